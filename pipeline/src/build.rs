@@ -1,0 +1,294 @@
+//! `pipeline build`: run every stage of a recipe in order and write the snapshot atomically.
+//!
+//! The snapshot is assembled in a hidden temp folder beside `out` and renamed into place only
+//! when every file, the manifest last, is written: a failed run leaves no half snapshot that
+//! looks complete.
+
+use crate::decontaminate::{self, Benchmark};
+use crate::pack::{self, Tokenized};
+use crate::tokenize::ChatTokenizer;
+use crate::write::{self, PromptRow};
+use crate::{dedup, filter, ingest};
+use anyhow::{bail, Context};
+use schemas::manifest::{Manifest, RecipeInfo, FORMAT_VERSION, MANIFEST_FILE};
+use schemas::recipe::{self, Recipe, SnapshotKind};
+use schemas::{Dropped, Example, StageReport};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TEMPLATE_FILE: &str = "chat_template.jinja";
+pub const DROPPED_FILE: &str = "dropped.jsonl";
+pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+pub const TIMINGS_FILE: &str = "timings.json";
+
+/// Wall time and throughput of one stage; kept out of the manifest so it stays reproducible.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    pub rows_in: u64,
+    pub rows_per_second: f64,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+}
+
+/// Collects stage reports, dropped rows and timings as the build goes.
+struct Ledger {
+    stages: Vec<StageReport>,
+    dropped: Vec<Dropped>,
+    timings: Vec<StageTiming>,
+    clock: Instant,
+}
+
+impl Ledger {
+    fn record(&mut self, report: StageReport, dropped: Vec<Dropped>, tokens: u64) {
+        let seconds = self.clock.elapsed().as_secs_f64();
+        assert!(report.balanced(), "stage {} lost rows: {report:?}", report.stage);
+        tracing::info!(
+            "{:<14} {:>7} in {:>7} out {:>6} dropped  {:.2}s",
+            report.stage,
+            report.rows_in,
+            report.rows_out,
+            report.rows_in - report.rows_out,
+            seconds
+        );
+        self.timings.push(StageTiming {
+            stage: report.stage.clone(),
+            seconds,
+            rows_in: report.rows_in,
+            rows_per_second: report.rows_in as f64 / seconds.max(1e-9),
+            tokens,
+            tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        });
+        self.stages.push(report);
+        self.dropped.extend(dropped);
+        self.clock = Instant::now();
+    }
+}
+
+fn stage(name: &str, rows_in: usize, rows_out: usize, dropped: &[Dropped]) -> StageReport {
+    StageReport::new(name, rows_in, rows_out, dropped)
+}
+
+pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(ChatTokenizer, PathBuf)> {
+    let t = &recipe.tokenizer;
+    let template = match &t.chat_template {
+        Some(p) => {
+            let path = recipe::resolve(recipe_path, p);
+            Some(std::fs::read_to_string(&path).with_context(|| format!("cannot read chat template {}", path.display()))?)
+        }
+        None => None,
+    };
+    if let Some(gguf) = &t.gguf {
+        let path = recipe::resolve(recipe_path, gguf);
+        if !path.exists() {
+            bail!("model file {} not found (from tokenizer.gguf in {}); run `make model` to fetch the default model", path.display(), recipe_path.display());
+        }
+        Ok((ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?, path))
+    } else {
+        let path = recipe::resolve(recipe_path, t.tokenizer_json.as_deref().expect("validated"));
+        let tpl = recipe::resolve(recipe_path, t.chat_template.as_deref().expect("validated"));
+        let eos = t.eos_token.as_deref().expect("validated");
+        Ok((ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.system_prompt.clone())?, path))
+    }
+}
+
+/// Build the snapshot of `recipe_path` into `out`. With `force`, an existing snapshot is replaced.
+pub fn build(recipe_path: &Path, out: &Path, force: bool) -> anyhow::Result<Manifest> {
+    if out.exists() && !force {
+        bail!("{} already exists; pass --force to replace it", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
+    let tmp = parent.join(format!(".{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = build_into(recipe_path, &tmp);
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old)?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, out)?;
+    }
+    Ok(manifest)
+}
+
+fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
+    let recipe_bytes = std::fs::read(recipe_path).with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
+    let recipe = Recipe::parse(&String::from_utf8_lossy(&recipe_bytes), recipe_path)?;
+    let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };
+
+    let (tok, tok_path) = load_tokenizer(&recipe, recipe_path)?;
+    let tok_info = tok.info(&tok_path)?;
+
+    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "")?;
+    let mut inputs = ing.inputs;
+    let quarantine = ing.quarantine;
+    ledger.record(ing.report, ing.dropped, 0);
+    let examples = ing.examples;
+
+    let n = examples.len();
+    let (examples, dropped) = filter::filter(examples, &recipe.filter, recipe.kind, &tok)?;
+    ledger.record(stage(filter::STAGE, n, examples.len(), &dropped), dropped, 0);
+
+    let examples = if recipe.dedup.exact {
+        let n = examples.len();
+        let (kept, dropped) = dedup::exact_dedup(examples);
+        ledger.record(stage("exact_dedup", n, kept.len(), &dropped), dropped, 0);
+        kept
+    } else {
+        examples
+    };
+    let examples = if recipe.dedup.near.enabled {
+        let n = examples.len();
+        let (kept, dropped, stats) = dedup::near_dedup(examples, &recipe.dedup.near, recipe.seed);
+        tracing::info!("near-dedup: {stats:?}");
+        ledger.record(stage("near_dedup", n, kept.len(), &dropped), dropped, 0);
+        kept
+    } else {
+        examples
+    };
+
+    let mut contamination = vec![];
+    let examples = if recipe.decontaminate.against.is_empty() {
+        examples
+    } else {
+        let mut benchmarks = vec![];
+        for rel in &recipe.decontaminate.against {
+            let path = recipe::resolve(recipe_path, rel);
+            let bench = Recipe::load(&path).with_context(|| format!("decontaminate.against `{rel}`"))?;
+            let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name))?;
+            inputs.extend(got.inputs);
+            benchmarks.push(Benchmark { name: bench.name, items: got.examples });
+        }
+        let n = examples.len();
+        let (kept, dropped, report) = decontaminate::decontaminate(examples, &benchmarks, recipe.decontaminate.ngram);
+        for r in &report {
+            tracing::info!("decontaminate: {}: {} training rows overlap {} of {} items", r.benchmark, r.contaminated_rows, r.contaminated_items, r.items);
+        }
+        contamination = report;
+        ledger.record(stage("decontaminate", n, kept.len(), &dropped), dropped, 0);
+        kept
+    };
+
+    let (shards, packing) = match recipe.kind {
+        SnapshotKind::Train => {
+            let (rows, packing) = tokenize_and_pack(examples, &recipe, &tok, tok_info.pad_id, &mut ledger)?;
+            let mut shards = vec![];
+            let chunks: Vec<&[pack::PackedRow]> = rows.chunks(recipe.write.rows_per_shard).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let batch = write::train_batch(chunk, i * recipe.write.rows_per_shard)?;
+                let file = format!("train-{i:05}-of-{:05}.parquet", chunks.len());
+                shards.push(write::write_shard(dir, &file, &batch, &recipe.write, &[schemas::shard::EXAMPLE_IDS])?);
+            }
+            let tokens = packing.tokens;
+            ledger.record(stage("write", rows.len(), rows.len(), &[]), vec![], tokens);
+            (shards, Some(packing))
+        }
+        SnapshotKind::Prompts => {
+            let n = examples.len();
+            let encoded: Vec<anyhow::Result<(String, Vec<u32>)>> = examples.iter().map(|e| tok.encode_prompt(&e.prompt)).collect();
+            let mut rows = vec![];
+            let mut dropped = vec![];
+            for (e, enc) in examples.iter().zip(encoded) {
+                match enc {
+                    Ok((text, ids)) => rows.push(PromptRow { example: e, text, ids }),
+                    Err(err) => dropped.push(Dropped::new("tokenize", "template_error", e, format!("{err:#}"))),
+                }
+            }
+            let tokens: u64 = rows.iter().map(|r| r.ids.len() as u64).sum();
+            let kept = rows.len();
+            ledger.record(stage("tokenize", n, kept, &dropped), dropped, tokens);
+            let batch = write::prompts_batch(&rows)?;
+            let shard = write::write_shard(dir, "prompts-00000-of-00001.parquet", &batch, &recipe.write, &["source", "domain"])?;
+            ledger.record(stage("write", kept, kept, &[]), vec![], tokens);
+            (vec![shard], None)
+        }
+    };
+
+    let dropped_text: String = ledger.dropped.iter().map(|d| serde_json::to_string(d).expect("serialises") + "\n").collect();
+    let sidecars = vec![
+        write::write_sidecar(dir, QUARANTINE_FILE, &ingest::quarantine_jsonl(&quarantine))?,
+        write::write_sidecar(dir, DROPPED_FILE, &dropped_text)?,
+        write::write_sidecar(dir, TOKENIZER_FILE, &tok.tokenizer_json())?,
+        write::write_sidecar(dir, TEMPLATE_FILE, tok.chat_template())?,
+    ];
+
+    let mut seeds = BTreeMap::new();
+    seeds.insert("recipe".to_string(), recipe.seed);
+    let mut conventions = BTreeMap::new();
+    conventions.insert(
+        "loss_mask".into(),
+        "aligned with input_ids: loss_mask[i]=1 means input_ids[i] is a target predicted at position i-1; the first token of every packed example is 0".into(),
+    );
+    conventions.insert("segment_ids".into(), "1..k for the examples of a row in order, 0 for padding; attention must not cross segments".into());
+    conventions.insert("position_ids".into(), "restart at 0 for every packed example; 0 on padding".into());
+    conventions.insert("ref_logprobs".into(), "aligned like loss_mask: log p_ref(input_ids[i] | tokens before i in its example); null until scored".into());
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        snapshot_id: Manifest::snapshot_id_for(&shards),
+        name: recipe.name.clone(),
+        kind: recipe.kind,
+        recipe: RecipeInfo {
+            path: recipe_path.display().to_string(),
+            sha256: schemas::sha256_hex(&recipe_bytes),
+            resolved: serde_json::to_value(&recipe)?,
+        },
+        inputs,
+        tokenizer: tok_info,
+        seeds,
+        stages: ledger.stages,
+        decontamination: contamination,
+        packing,
+        shards,
+        sidecars,
+        conventions,
+        ref_logprobs: None,
+        tool: format!("rectify-pipeline {}", env!("CARGO_PKG_VERSION")),
+    };
+    std::fs::write(dir.join(TIMINGS_FILE), serde_json::to_string_pretty(&ledger.timings)? + "\n")?;
+    schemas::write_atomic(&dir.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    Ok(manifest)
+}
+
+fn tokenize_and_pack(
+    examples: Vec<Example>,
+    recipe: &Recipe,
+    tok: &ChatTokenizer,
+    pad_id: u32,
+    ledger: &mut Ledger,
+) -> anyhow::Result<(Vec<pack::PackedRow>, schemas::manifest::PackingReport)> {
+    let n = examples.len();
+    let pairs: Vec<(&str, &str)> = examples.iter().map(|e| (e.prompt.as_str(), e.response.as_str())).collect();
+    let encoded = tok.encode_chat_batch(&pairs);
+    let mut items = Vec::with_capacity(n);
+    let mut dropped = vec![];
+    for (e, enc) in examples.iter().zip(encoded) {
+        match enc {
+            Ok(enc) => items.push(Tokenized { id: e.id.clone(), source: e.source.clone(), ids: enc.ids, loss_mask: enc.loss_mask }),
+            Err(err) => dropped.push(Dropped::new("tokenize", "template_error", e, format!("{err:#}"))),
+        }
+    }
+    let tokens: u64 = items.iter().map(|t| t.ids.len() as u64).sum();
+    ledger.record(stage("tokenize", n, items.len(), &dropped), dropped, tokens);
+
+    let n = items.len();
+    let (rows, dropped, report) = pack::pack(items, &recipe.pack, pad_id, recipe.seed);
+    ledger.record(stage(pack::STAGE, n, n - dropped.len(), &dropped), dropped, tokens);
+    tracing::info!("packing: {} rows of {} tokens, efficiency {:.2}%", report.rows, report.seq_len, 100.0 * report.efficiency);
+    Ok((rows, report))
+}

@@ -1,0 +1,534 @@
+//! Stage 1, ingest: read JSONL (`.jsonl`, `.jsonl.gz`), JSON arrays and Parquet, validate every
+//! row, and map it through the source's adapter to the canonical [`Example`].
+//!
+//! Parquet is scanned with DataFusion; JSON lines are read here so that every error can name its
+//! line. A malformed row (invalid UTF-8, invalid JSON, a missing field, a wrong type) goes to the
+//! quarantine with file, line and field; the source fails when more than `max_bad_fraction` of
+//! its rows are malformed.
+
+use crate::answer;
+use anyhow::{bail, Context};
+use schemas::manifest::InputFile;
+use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
+use schemas::{Domain, Dropped, Example, StageReport};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+
+pub const STAGE: &str = "ingest";
+
+/// A row that could not be read, with enough context to find and fix it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    pub source: String,
+    pub file: String,
+    pub line: u64,
+    pub field: String,
+    pub error: String,
+    /// The start of the raw line, lossily decoded.
+    pub raw: String,
+}
+
+pub struct Ingested {
+    pub examples: Vec<Example>,
+    pub dropped: Vec<Dropped>,
+    pub quarantine: Vec<QuarantineRow>,
+    pub inputs: Vec<InputFile>,
+    pub report: StageReport,
+}
+
+/// Why a field of a row is unusable.
+#[derive(Debug)]
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+fn field_err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_string(), message: message.into() }
+}
+
+/// Read every source of a recipe, in recipe order.
+pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_prefix: &str) -> anyhow::Result<Ingested> {
+    let mut out = Ingested {
+        examples: vec![],
+        dropped: vec![],
+        quarantine: vec![],
+        inputs: vec![],
+        report: StageReport::default(),
+    };
+    let mut rows_in = 0usize;
+    for source in sources {
+        let path = schemas::recipe::resolve(recipe_path, &source.path);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display())
+        })?;
+        out.inputs.push(InputFile {
+            role: format!("{role_prefix}{}", source.name),
+            path: source.path.clone(),
+            sha256: schemas::sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+        });
+        let rows = read_rows(&path, bytes)?;
+        rows_in += rows.len();
+        let before_q = out.quarantine.len();
+        let before_e = out.examples.len();
+        adapt_rows(source, &path, rows, &mut out)?;
+        let bad = out.quarantine.len() - before_q;
+        let total = bad + (out.examples.len() - before_e);
+        if total > 0 && bad as f64 / total as f64 > cfg.max_bad_fraction {
+            let first: Vec<String> = out.quarantine[before_q..]
+                .iter()
+                .take(5)
+                .map(|q| format!("  {}:{}: field `{}`: {}", q.file, q.line, q.field, q.error))
+                .collect();
+            bail!(
+                "source `{}`: {bad} of {total} rows are malformed ({:.1}% > ingest.max_bad_fraction {:.1}%); first errors:\n{}",
+                source.name,
+                100.0 * bad as f64 / total as f64,
+                100.0 * cfg.max_bad_fraction,
+                first.join("\n")
+            );
+        }
+    }
+    let mut report = StageReport::new(STAGE, rows_in, out.examples.len(), &out.dropped);
+    if !out.quarantine.is_empty() {
+        report.dropped.insert("malformed".into(), out.quarantine.len() as u64);
+    }
+    out.report = report;
+    Ok(out)
+}
+
+/// One raw row: its line (1-based; the row number for Parquet and JSON arrays) and parsed value,
+/// or the reason it could not be parsed.
+struct RawRow {
+    line: u64,
+    value: Result<Value, FieldError>,
+    raw: String,
+}
+
+fn read_rows(path: &Path, bytes: Vec<u8>) -> anyhow::Result<Vec<RawRow>> {
+    let name = path.to_string_lossy();
+    if name.ends_with(".parquet") {
+        return read_parquet(path);
+    }
+    let bytes = if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+        out
+    } else {
+        bytes
+    };
+    let plain = name.trim_end_matches(".gz");
+    if plain.ends_with(".json") {
+        return read_json_array(path, &bytes);
+    }
+    if !plain.ends_with(".jsonl") && !plain.ends_with(".ndjson") {
+        bail!("{}: unknown file type; use .jsonl, .jsonl.gz, .json or .parquet", path.display());
+    }
+    Ok(read_jsonl(&bytes))
+}
+
+/// Blank lines are not rows; every other line becomes a row, parsed or not.
+fn read_jsonl(bytes: &[u8]) -> Vec<RawRow> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(|b| b.is_ascii_whitespace()))
+        .map(|(i, line)| {
+            let raw = String::from_utf8_lossy(&line[..line.len().min(300)]).into_owned();
+            let value = match std::str::from_utf8(line) {
+                Err(e) => Err(field_err("", format!("invalid UTF-8 at byte {}", e.valid_up_to()))),
+                Ok(text) => serde_json::from_str::<Value>(text)
+                    .map_err(|e| field_err("", format!("invalid JSON: {e}"))),
+            };
+            RawRow { line: i as u64 + 1, value, raw }
+        })
+        .collect()
+}
+
+fn read_json_array(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<RawRow>> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: invalid UTF-8 at byte {}", path.display(), e.valid_up_to()))?;
+    let value: Value = serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let Value::Array(items) = value else {
+        bail!("{}: a .json source must hold one array of objects", path.display());
+    };
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| RawRow { line: i as u64 + 1, raw: truncate(&v.to_string(), 300), value: Ok(v) })
+        .collect())
+}
+
+/// Scan a Parquet file with DataFusion and turn each row into a JSON object, so that Parquet and
+/// JSON sources share one validation path. One partition keeps file order, so row numbers are
+/// stable.
+fn read_parquet(path: &Path) -> anyhow::Result<Vec<RawRow>> {
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let batches = runtime.block_on(async {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let df = ctx.read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+        df.collect().await
+    })
+    .with_context(|| format!("{}: cannot read Parquet", path.display()))?;
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in &batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(vec![]);
+    }
+    read_json_array(path, &bytes)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+fn adapt_rows(source: &Source, path: &Path, rows: Vec<RawRow>, out: &mut Ingested) -> anyhow::Result<()> {
+    let file = path.display().to_string();
+    let mut seen_ids = HashSet::new();
+    let mut kept = 0usize;
+    for row in rows {
+        let adapted = row.value.and_then(|v| match v {
+            Value::Object(obj) => adapt(source, &obj, row.line),
+            other => Err(field_err("", format!("expected a JSON object, got {}", type_name(&other)))),
+        });
+        let (example, int_id) = match adapted {
+            Ok(x) => x,
+            Err(e) => {
+                out.quarantine.push(QuarantineRow {
+                    source: source.name.clone(),
+                    file: file.clone(),
+                    line: row.line,
+                    field: e.field,
+                    error: e.message,
+                    raw: row.raw,
+                });
+                continue;
+            }
+        };
+        if !seen_ids.insert(example.id.clone()) {
+            out.quarantine.push(QuarantineRow {
+                source: source.name.clone(),
+                file: file.clone(),
+                line: row.line,
+                field: "id".into(),
+                error: format!("duplicate id `{}`", example.id),
+                raw: row.raw,
+            });
+            continue;
+        }
+        if let Some([lo, hi]) = source.id_range {
+            if !int_id.is_some_and(|id| id >= lo && id <= hi) {
+                out.dropped.push(Dropped::new(STAGE, "outside_id_range", &example, format!("{lo}..={hi}")));
+                continue;
+            }
+        }
+        if source.limit.is_some_and(|limit| kept >= limit) {
+            out.dropped.push(Dropped::new(STAGE, "over_limit", &example, ""));
+            continue;
+        }
+        kept += 1;
+        out.examples.push(example);
+    }
+    Ok(())
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to the fields of one raw row; remembers which fields an adapter used so the rest
+/// can go to `metadata`.
+struct Row<'a> {
+    obj: &'a Map<String, Value>,
+    used: Vec<&'a str>,
+}
+
+impl<'a> Row<'a> {
+    fn get(&mut self, field: &str) -> Option<&'a Value> {
+        let (k, v) = self.obj.get_key_value(field)?;
+        self.used.push(k.as_str());
+        (!v.is_null()).then_some(v)
+    }
+
+    fn text(&mut self, field: &str) -> Result<String, FieldError> {
+        self.opt_text(field)?.ok_or_else(|| field_err(field, "missing field"))
+    }
+
+    fn opt_text(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(field_err(field, format!("expected a string, got {}", type_name(v)))),
+        }
+    }
+
+    /// A string, or a number written without a spurious `.0`.
+    fn opt_scalar(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(number_text(n))),
+            Some(v) => Err(field_err(field, format!("expected a string or number, got {}", type_name(v)))),
+        }
+    }
+
+    fn opt_int(&mut self, field: &str) -> Result<Option<i64>, FieldError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| field_err(field, format!("expected an integer, got {n}"))),
+            Some(v) => Err(field_err(field, format!("expected an integer, got {}", type_name(v)))),
+        }
+    }
+
+    fn string_list(&mut self, field: &str) -> Result<Vec<String>, FieldError> {
+        match self.get(field) {
+            None => Err(field_err(field, "missing field")),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(field_err(field, format!("expected a list of strings, found {}", type_name(other)))),
+                })
+                .collect(),
+            Some(v) => Err(field_err(field, format!("expected a list of strings, got {}", type_name(v)))),
+        }
+    }
+
+    /// A string, or the first string of a list (OlympiadBench stores solutions as lists).
+    fn opt_text_or_first(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+        match self.get(field) {
+            Some(Value::Array(items)) => match items.first() {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(field_err(field, format!("expected a list of strings, found {}", type_name(v)))),
+            },
+            Some(_) => {
+                self.used.pop();
+                self.opt_scalar(field)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn any_json(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+        Ok(self.get(field).map(|v| v.to_string()))
+    }
+
+    /// Every field the adapter did not use, as a JSON object string (keys in file order).
+    fn metadata(&self) -> String {
+        let rest: Map<String, Value> = self
+            .obj
+            .iter()
+            .filter(|(k, _)| !self.used.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Value::Object(rest).to_string()
+    }
+}
+
+fn number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => n.to_string(),
+    }
+}
+
+/// Apply the source's adapter. Returns the example and its integer id, if it has one.
+fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Example, Option<i64>), FieldError> {
+    let mut row = Row { obj, used: vec![] };
+    let mut int_id = None;
+    let (native_id, domain, prompt, response, gold, tests) = match source.format {
+        Format::Gsm8k => {
+            let prompt = row.text("question")?;
+            let answer = row.text("answer")?;
+            let gold = answer::gsm8k_answer(&answer);
+            (None, Domain::Math, prompt, answer::strip_gsm8k_calculations(&answer), gold, None)
+        }
+        Format::Math => {
+            let prompt = row.text("problem")?;
+            let solution = row.text("solution")?;
+            let gold = row.opt_scalar("answer")?.or_else(|| answer::last_boxed(&solution));
+            (row.opt_text("unique_id")?, Domain::Math, prompt, solution, gold, None)
+        }
+        Format::QwenMath => {
+            let prompt = match row.opt_text("problem")? {
+                Some(p) => p,
+                None => row.text("question")?,
+            };
+            let solution = row.opt_text_or_first("solution")?.unwrap_or_default();
+            let gold = match row.opt_scalar("answer")? {
+                Some(a) => Some(a),
+                None => match row.get("final_answer") {
+                    Some(Value::Array(items)) => Some(items.iter().map(|v| value_text(v).trim_matches('$').to_string()).collect::<Vec<_>>().join(", ")),
+                    Some(v) => Some(value_text(v).trim_matches('$').to_string()),
+                    None => answer::last_boxed(&solution),
+                },
+            };
+            let id = match row.opt_scalar("id")? {
+                Some(id) => Some(id),
+                None => row.opt_scalar("idx")?,
+            };
+            (id, Domain::Math, prompt, solution, gold, None)
+        }
+        Format::Mbpp => {
+            let text = match row.opt_text("text")? {
+                Some(t) => t,
+                None => row.text("prompt")?,
+            };
+            let code = row.text("code")?.replace("\r\n", "\n");
+            let tests = if row.obj.contains_key("test_list") { row.string_list("test_list")? } else { row.string_list("test")? };
+            let task_id = row.opt_int("task_id")?.ok_or_else(|| field_err("task_id", "missing field"))?;
+            int_id = Some(task_id);
+            let prompt = format!(
+                "{}\nYour code should pass these tests:\n\n{}",
+                text.trim(),
+                tests.join("\n")
+            );
+            let response = format!("```python\n{}\n```", code.trim_end());
+            let tests_json = serde_json::json!({ "test_list": tests, "test_setup_code": row.opt_text("test_setup_code")?.unwrap_or_default() });
+            (Some(task_id.to_string()), Domain::Code, prompt, response, None, Some(tests_json.to_string()))
+        }
+        Format::Humaneval => {
+            let task_id = row.text("task_id")?;
+            let code_prompt = row.text("prompt")?;
+            let solution = row.text("canonical_solution")?;
+            let test = row.text("test")?;
+            let entry_point = row.text("entry_point")?;
+            let prompt = format!("Complete the following Python function.\n\n```python\n{code_prompt}```");
+            let response = format!("```python\n{code_prompt}{solution}```");
+            let tests = serde_json::json!({ "test": test, "entry_point": entry_point, "code_prompt": code_prompt });
+            (Some(task_id.replace('/', "_")), Domain::Code, prompt, response, None, Some(tests.to_string()))
+        }
+        Format::Generic => {
+            let map: &FieldMap = source.fields.as_ref().expect("validated: generic has fields");
+            let id = match &map.id {
+                Some(f) => row.opt_scalar(f)?,
+                None => None,
+            };
+            int_id = id.as_deref().and_then(|s| s.parse().ok());
+            let prompt = row.text(&map.prompt)?;
+            let response = match &map.response {
+                Some(f) => row.text(f)?,
+                None => String::new(),
+            };
+            let gold = match &map.gold {
+                Some(f) => row.opt_scalar(f)?,
+                None => None,
+            };
+            let tests = match &map.tests {
+                Some(f) => row.any_json(f)?,
+                None => None,
+            };
+            (id, source.domain.expect("validated: generic has domain"), prompt, response, gold, tests)
+        }
+    };
+    let native = native_id.unwrap_or_else(|| format!("L{line}"));
+    let example = Example {
+        id: format!("{}/{}", source.name, native),
+        source: source.name.clone(),
+        domain: source.domain.unwrap_or(domain),
+        prompt,
+        response,
+        gold,
+        tests,
+        metadata: row.metadata(),
+    };
+    Ok((example, int_id))
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => number_text(n),
+        other => other.to_string(),
+    }
+}
+
+/// Write the quarantine as JSONL (deterministic: file order).
+pub fn quarantine_jsonl(rows: &[QuarantineRow]) -> String {
+    rows.iter().map(|r| serde_json::to_string(r).expect("serialises") + "\n").collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source(name: &str, path: &str, format: Format) -> Source {
+        Source { name: name.into(), path: path.into(), format, domain: None, fields: None, id_range: None, limit: None }
+    }
+
+    #[test]
+    fn malformed_lines_are_quarantined_with_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.jsonl");
+        let mut f = std::fs::File::create(&p).unwrap();
+        writeln!(f, r#"{{"question": "q1", "answer": "a\n#### 3"}}"#).unwrap();
+        writeln!(f, r#"{{"question": "q2", "answer": 5}}"#).unwrap(); // wrong type
+        writeln!(f, r#"{{"question": "q3""#).unwrap(); // invalid JSON
+        writeln!(f).unwrap(); // blank: not a row
+        f.write_all(b"{\"question\": \"\xff\", \"answer\": \"x\"}\n").unwrap(); // invalid UTF-8
+        writeln!(f, r#"{{"answer": "a"}}"#).unwrap(); // missing field
+        writeln!(f, r#"[1, 2]"#).unwrap(); // not an object
+        drop(f);
+        let cfg = IngestConfig { max_bad_fraction: 1.0 };
+        let out = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &cfg, "").unwrap();
+        assert_eq!(out.examples.len(), 1);
+        assert_eq!(out.examples[0].gold.as_deref(), Some("3"));
+        let q: Vec<(u64, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str())).collect();
+        assert_eq!(q, vec![(2, "answer"), (3, ""), (5, ""), (6, "question"), (7, "")]);
+        assert!(out.quarantine[2].error.contains("UTF-8"));
+        assert_eq!(out.report.rows_in, 6);
+        assert!(out.report.balanced(), "{:?}", out.report);
+
+        let strict = IngestConfig { max_bad_fraction: 0.5 };
+        let err = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("5 of 6 rows are malformed") && err.contains("g.jsonl:2: field `answer`"), "{err}");
+    }
+
+    #[test]
+    fn mbpp_id_range_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl.gz");
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&p).unwrap(), flate2::Compression::default());
+        for id in 1..=5 {
+            writeln!(gz, r#"{{"text": "t{id}", "code": "def f():\r\n    return {id}", "task_id": {id}, "test_list": ["assert f() == {id}"], "test_setup_code": ""}}"#).unwrap();
+        }
+        gz.finish().unwrap();
+        let mut s = source("m", "m.jsonl.gz", Format::Mbpp);
+        s.id_range = Some([2, 4]);
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig::default(), "").unwrap();
+        let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["m/2", "m/3", "m/4"]);
+        assert_eq!(out.examples[0].response, "```python\ndef f():\n    return 2\n```");
+        assert_eq!(out.report.dropped.get("outside_id_range"), Some(&2));
+        assert!(out.report.balanced());
+    }
+}

@@ -1,0 +1,160 @@
+//! `pipeline inspect` and `pipeline stats`: read a snapshot back the way a person checks it.
+
+use crate::build::TOKENIZER_FILE;
+use crate::verify::read_manifest;
+use anyhow::{bail, Context};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int8Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use schemas::manifest::Manifest;
+use schemas::recipe::SnapshotKind;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// How trained spans are marked: ANSI colour, or brackets for pipes and files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marking {
+    Colour,
+    Brackets,
+}
+
+/// Read global row `row` of a snapshot (rows numbered across shards in manifest order).
+pub fn read_row(dir: &Path, manifest: &Manifest, row: usize) -> anyhow::Result<(RecordBatch, String)> {
+    let mut first = 0usize;
+    for shard in &manifest.shards {
+        let rows = shard.rows as usize;
+        if row < first + rows {
+            let file = std::fs::File::open(dir.join(&shard.file)).with_context(|| format!("cannot open {}", shard.file))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+                .with_row_selection(parquet::arrow::arrow_reader::RowSelection::from(vec![
+                    parquet::arrow::arrow_reader::RowSelector::skip(row - first),
+                    parquet::arrow::arrow_reader::RowSelector::select(1),
+                ]))
+                .build()?;
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+            let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+            return Ok((batch, shard.file.clone()));
+        }
+        first += rows;
+    }
+    bail!("row {row} is out of range: the snapshot has {first} rows")
+}
+
+fn list_i32(batch: &RecordBatch, name: &str) -> Vec<i32> {
+    let list = batch.column_by_name(name).expect("column").as_list::<i32>();
+    list.value(0).as_primitive::<Int32Type>().values().to_vec()
+}
+
+pub fn inspect(dir: &Path, row: usize, marking: Marking) -> anyhow::Result<String> {
+    let manifest = read_manifest(dir)?;
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join(TOKENIZER_FILE))
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", dir.join(TOKENIZER_FILE).display()))?;
+    let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_else(|e| format!("<undecodable: {e}>"));
+    let (batch, shard) = read_row(dir, &manifest, row)?;
+    let total: u64 = manifest.shards.iter().map(|s| s.rows).sum();
+    let mut out = String::new();
+    if manifest.kind == SnapshotKind::Prompts {
+        let s = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>()).filter(|c| c.is_valid(0)).map(|c| c.value(0).to_string());
+        let ids = list_i32(&batch, "prompt_ids");
+        writeln!(out, "row {row} of {total} ({shard}): {}, {} prompt tokens", s("id").unwrap_or_default(), ids.len())?;
+        writeln!(out, "--- prompt as the model sees it ---\n{}", s("prompt_text").unwrap_or_default())?;
+        writeln!(out, "--- gold ---\n{}", s("gold").unwrap_or_else(|| "(none)".into()))?;
+        if let Some(t) = s("tests") {
+            writeln!(out, "--- tests ---\n{t}")?;
+        }
+        return Ok(out);
+    }
+    let ids = list_i32(&batch, "input_ids");
+    let pos = list_i32(&batch, "position_ids");
+    let seg = list_i32(&batch, "segment_ids");
+    let mask: Vec<i8> = batch.column_by_name("loss_mask").expect("column").as_list::<i32>().value(0).as_primitive::<Int8Type>().values().to_vec();
+    let example_ids = batch.column_by_name("example_ids").expect("column").as_list::<i32>().value(0);
+    let example_ids = example_ids.as_string::<i32>();
+    let has_ref = batch.column_by_name("ref_logprobs").is_some_and(|c| c.is_valid(0));
+    let non_pad = seg.iter().filter(|&&s| s != 0).count();
+    let trained = mask.iter().filter(|&&m| m != 0).count();
+    let (open, close) = match marking {
+        Marking::Colour => ("\x1b[1;32m", "\x1b[0m"),
+        Marking::Brackets => ("⟦", "⟧"),
+    };
+    writeln!(
+        out,
+        "row {row} of {total} ({shard}): {} examples, {non_pad}/{} tokens used, {trained} trained, ref_logprobs {}",
+        example_ids.len(),
+        ids.len(),
+        if has_ref { "present" } else { "null" }
+    )?;
+    writeln!(out, "trained tokens are shown {}", if marking == Marking::Colour { "in green" } else { "inside ⟦ ⟧" })?;
+    for (s, example) in (1..).zip(example_ids.iter()) {
+        let idx: Vec<usize> = (0..ids.len()).filter(|&i| seg[i] == s).collect();
+        let (Some(&a), Some(&b)) = (idx.first(), idx.last()) else { continue };
+        let n_train = idx.iter().filter(|&&i| mask[i] != 0).count();
+        writeln!(
+            out,
+            "\n── segment {s}: {} · tokens {a}..={b} · positions {}..={} · {n_train} trained",
+            example.unwrap_or("?"),
+            pos[a],
+            pos[b]
+        )?;
+        // Decode runs of equal mask value so trained spans can be marked.
+        let mut i = a;
+        while i <= b {
+            let m = mask[i];
+            let mut j = i;
+            while j <= b && mask[j] == m {
+                j += 1;
+            }
+            let text = decode(&ids[i..j].iter().map(|&t| t as u32).collect::<Vec<_>>());
+            if m != 0 {
+                write!(out, "{open}{text}{close}")?;
+            } else {
+                write!(out, "{text}")?;
+            }
+            i = j;
+        }
+        writeln!(out)?;
+    }
+    let pad = ids.len() - non_pad;
+    if pad > 0 {
+        writeln!(out, "\n── padding: {pad} tokens (id {})", ids[ids.len() - 1])?;
+    }
+    Ok(out)
+}
+
+pub fn stats(dir: &Path) -> anyhow::Result<String> {
+    let m = read_manifest(dir)?;
+    let mut out = String::new();
+    writeln!(out, "snapshot {} ({}, {:?}), tokenizer {}", m.snapshot_id, m.name, m.kind, m.tokenizer.path)?;
+    writeln!(out, "\n{:<14} {:>8} {:>8} {:>8}  dropped by reason", "stage", "in", "out", "dropped")?;
+    for s in &m.stages {
+        let reasons: Vec<String> = s.dropped.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        writeln!(out, "{:<14} {:>8} {:>8} {:>8}  {}", s.stage, s.rows_in, s.rows_out, s.rows_in - s.rows_out, reasons.join(", "))?;
+    }
+    if !m.decontamination.is_empty() {
+        writeln!(out, "\n{:<16} {:>8} {:>14} {:>15}  examples", "benchmark", "items", "rows removed", "items overlapped")?;
+        for d in &m.decontamination {
+            let ex: Vec<String> = d.examples.iter().take(3).map(|(a, b)| format!("{a}~{b}")).collect();
+            writeln!(out, "{:<16} {:>8} {:>14} {:>15}  {}", d.benchmark, d.items, d.contaminated_rows, d.contaminated_items, ex.join(" "))?;
+        }
+    }
+    if let Some(p) = &m.packing {
+        writeln!(
+            out,
+            "\npacking: {} examples in {} rows of {} tokens; {} non-pad of {} tokens = {:.2}% efficiency; {} loss tokens; {} truncated",
+            p.examples,
+            p.rows,
+            p.seq_len,
+            p.non_pad_tokens,
+            p.tokens,
+            100.0 * p.efficiency,
+            p.loss_tokens,
+            p.truncated_examples
+        )?;
+    }
+    writeln!(out, "\n{:<34} {:>6} {:>10} {:>10} {:>10}  sha256", "file", "rows", "tokens", "loss", "bytes")?;
+    for s in m.shards.iter().chain(&m.sidecars) {
+        writeln!(out, "{:<34} {:>6} {:>10} {:>10} {:>10}  {}", s.file, s.rows, s.tokens, s.loss_tokens, s.bytes, &s.sha256[..16])?;
+    }
+    writeln!(out, "\nreference log-probabilities: {}", if m.ref_logprobs.is_some() { "scored" } else { "not scored yet (null)" })?;
+    Ok(out)
+}

@@ -1,0 +1,94 @@
+//! `pipeline`: build, verify and look inside rectify dataset snapshots.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pipeline::inspect::Marking;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pipeline", version, about = "Build reproducible, packed Parquet snapshots from math and code datasets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recipe: ingest, filter, dedup, decontaminate, tokenize, pack, write.
+    Build {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing snapshot at --out.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash every shard and sidecar against the manifest.
+    Verify { dir: PathBuf },
+    /// Decode one packed row and show which tokens are trained.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        row: usize,
+        #[arg(long, value_enum, default_value_t = Colour::Auto)]
+        color: Colour,
+    },
+    /// Per-stage counts, drop reasons, decontamination, packing and shards.
+    Stats { dir: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Colour {
+    Auto,
+    Always,
+    Never,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Build { recipe, out, force } => {
+            let m = pipeline::build::build(&recipe, &out, force)?;
+            println!("{}", pipeline::inspect::stats(&out)?);
+            println!("snapshot {} written to {}", m.snapshot_id, out.display());
+        }
+        Command::Verify { dir } => {
+            let (m, problems) = pipeline::verify::verify(&dir)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    println!("MISMATCH {p}");
+                }
+                println!("snapshot {} at {}: {} problem(s)", m.snapshot_id, dir.display(), problems.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("snapshot {} at {}: {} shards and {} sidecars match the manifest", m.snapshot_id, dir.display(), m.shards.len(), m.sidecars.len());
+        }
+        Command::Inspect { dir, row, color } => {
+            let colour = match color {
+                Colour::Always => true,
+                Colour::Never => false,
+                Colour::Auto => std::io::stdout().is_terminal(),
+            };
+            print!("{}", pipeline::inspect::inspect(&dir, row, if colour { Marking::Colour } else { Marking::Brackets })?);
+        }
+        Command::Stats { dir } => print!("{}", pipeline::inspect::stats(&dir)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}

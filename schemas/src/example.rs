@@ -1,0 +1,67 @@
+//! The canonical example every ingest adapter produces, and the record of a dropped row.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Math,
+    Code,
+}
+
+impl Domain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Math => "math",
+            Domain::Code => "code",
+        }
+    }
+}
+
+/// One training or evaluation item, whatever file format it came from.
+///
+/// Examples are kept in a `Vec` in input order (recipe source order, then file order); every
+/// "keep the first" rule in the pipeline refers to that order, which makes winners deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// `{source}/{native id or line number}`, unique within a snapshot.
+    pub id: String,
+    /// Name of the recipe source the row came from.
+    pub source: String,
+    pub domain: Domain,
+    /// The user turn, without chat template.
+    pub prompt: String,
+    /// The assistant turn. Empty for prompt-only (evaluation) sources.
+    pub response: String,
+    /// Final answer for math (e.g. `72`, `\frac{\pi}{2}`), if known.
+    pub gold: Option<String>,
+    /// Tests for code, as a JSON value (list of assert strings, or a test program).
+    pub tests: Option<String>,
+    /// Anything else from the source row, as a JSON object string.
+    pub metadata: String,
+}
+
+/// A row that left the pipeline, and why. Nothing is dropped without one of these.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Dropped {
+    pub stage: String,
+    pub reason: String,
+    pub id: String,
+    pub source: String,
+    /// Stage-specific detail: the id a duplicate duplicates, the benchmark item a
+    /// contaminated row overlaps, the pattern that matched.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub detail: String,
+}
+
+impl Dropped {
+    pub fn new(stage: &str, reason: &str, ex: &Example, detail: impl Into<String>) -> Self {
+        Dropped {
+            stage: stage.to_string(),
+            reason: reason.to_string(),
+            id: ex.id.clone(),
+            source: ex.source.clone(),
+            detail: detail.into(),
+        }
+    }
+}

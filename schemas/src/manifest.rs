@@ -1,0 +1,137 @@
+//! `manifest.json`: everything needed to say which exact tokens a snapshot holds and how they
+//! were made. It carries no timestamps or timings, so two builds of the same recipe and inputs
+//! produce the same manifest byte for byte (timings go to `timings.json`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// First 16 hex digits of the sha256 over the shard hashes, in shard order.
+    pub snapshot_id: String,
+    pub name: String,
+    pub kind: crate::recipe::SnapshotKind,
+    pub recipe: RecipeInfo,
+    pub inputs: Vec<InputFile>,
+    pub tokenizer: TokenizerInfo,
+    pub seeds: BTreeMap<String, u64>,
+    pub stages: Vec<StageReport>,
+    pub decontamination: Vec<BenchmarkContamination>,
+    /// Present for `train` snapshots.
+    pub packing: Option<PackingReport>,
+    pub shards: Vec<ShardInfo>,
+    /// Files beside the shards: the quarantine of malformed input rows and the dropped-row log.
+    pub sidecars: Vec<ShardInfo>,
+    /// How the masks line up with the tokens, stated once so no reader has to guess.
+    pub conventions: BTreeMap<String, String>,
+    /// Filled by a reference-scoring pass; null until then.
+    pub ref_logprobs: Option<serde_json::Value>,
+    pub tool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipeInfo {
+    pub path: String,
+    pub sha256: String,
+    /// The parsed recipe with every default filled in.
+    pub resolved: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Source name, or `benchmark:<name>` for decontamination inputs.
+    pub role: String,
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// Model or tokenizer.json file the tokenizer was read from.
+    pub path: String,
+    pub file_sha256: String,
+    /// sha256 of the tokenizer serialised as Hugging Face `tokenizer.json`.
+    pub tokenizer_sha256: String,
+    pub chat_template_sha256: String,
+    pub vocab_size: usize,
+    pub eos_token: String,
+    pub eos_id: u32,
+    pub pad_id: u32,
+}
+
+/// Rows in, rows out and rows dropped by reason for one stage. `rows_in == rows_out + sum(dropped)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub dropped: BTreeMap<String, u64>,
+}
+
+impl StageReport {
+    pub fn new(stage: &str, rows_in: usize, rows_out: usize, drops: &[crate::Dropped]) -> Self {
+        let mut dropped = BTreeMap::new();
+        for d in drops {
+            *dropped.entry(d.reason.clone()).or_insert(0) += 1;
+        }
+        StageReport { stage: stage.to_string(), rows_in: rows_in as u64, rows_out: rows_out as u64, dropped }
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.rows_in == self.rows_out + self.dropped.values().sum::<u64>()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchmarkContamination {
+    pub benchmark: String,
+    pub items: u64,
+    /// Training rows that overlap this benchmark (and were removed).
+    pub contaminated_rows: u64,
+    /// Benchmark items that some training row overlaps.
+    pub contaminated_items: u64,
+    /// Up to ten `training id -> benchmark id` pairs.
+    pub examples: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackingReport {
+    pub seq_len: u64,
+    pub rows: u64,
+    pub examples: u64,
+    pub tokens: u64,
+    pub non_pad_tokens: u64,
+    pub loss_tokens: u64,
+    pub truncated_examples: u64,
+    /// non-pad tokens / all tokens.
+    pub efficiency: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub tokens: u64,
+    pub loss_tokens: u64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("manifest serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Snapshot id from the shard hashes: same shards, same id.
+    pub fn snapshot_id_for(shards: &[ShardInfo]) -> String {
+        let joined: String = shards.iter().map(|s| format!("{}\n", s.sha256)).collect();
+        crate::sha256_hex(joined.as_bytes())[..16].to_string()
+    }
+}

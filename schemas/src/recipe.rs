@@ -1,0 +1,432 @@
+//! The YAML recipe: which files go in, and every stage's settings.
+//!
+//! Every struct denies unknown keys, so a typo such as `seq_lenght` is an error naming the key
+//! and the file instead of a silently ignored setting. Paths inside a recipe are relative to the
+//! recipe file's own folder.
+
+use crate::Domain;
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// `train`: packed token rows for training. `prompts`: one prompt-only row per example,
+    /// gold answers and tests kept as metadata, for evaluation.
+    #[serde(default)]
+    pub kind: SnapshotKind,
+    /// Seed for everything random in the build (MinHash permutations, row shuffle).
+    #[serde(default)]
+    pub seed: u64,
+    pub sources: Vec<Source>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    #[serde(default)]
+    pub decontaminate: DecontamConfig,
+    pub tokenizer: TokenizerConfig,
+    #[serde(default)]
+    pub pack: PackConfig,
+    #[serde(default)]
+    pub write: WriteConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    #[default]
+    Train,
+    Prompts,
+}
+
+/// Built-in adapters for the shipped formats, and `generic` for anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// openai/grade-school-math: `question`, `answer` ending in `#### x`.
+    Gsm8k,
+    /// MATH / MATH-500: `problem`, `solution` with `\boxed{}`, optional `answer`.
+    Math,
+    /// Qwen2.5-Math evaluation files (aime24, amc23, minerva_math, olympiadbench, ...).
+    QwenMath,
+    /// MBPP: `text` or `prompt`, `code`, `task_id`, `test_list` or `test`.
+    Mbpp,
+    /// HumanEval: `task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`.
+    Humaneval,
+    /// Any JSONL or Parquet file, with `fields` naming which column is which.
+    Generic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    /// `.jsonl`, `.jsonl.gz`, `.json` (one array) or `.parquet`, relative to the recipe.
+    pub path: String,
+    pub format: Format,
+    /// Required for `generic`; the built-in adapters know their domain.
+    #[serde(default)]
+    pub domain: Option<Domain>,
+    /// Column mapping for the `generic` adapter.
+    #[serde(default)]
+    pub fields: Option<FieldMap>,
+    /// Keep only rows whose integer id lies in this inclusive range (MBPP's task-id splits).
+    #[serde(default)]
+    pub id_range: Option<[i64; 2]>,
+    /// Keep only the first N rows (after `id_range`), for small recipes.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMap {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub prompt: String,
+    #[serde(default)]
+    pub response: Option<String>,
+    #[serde(default)]
+    pub gold: Option<String>,
+    #[serde(default)]
+    pub tests: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The build fails when more than this fraction of a source's rows is malformed.
+    #[serde(default = "default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_bad_fraction: default_max_bad_fraction() }
+    }
+}
+
+fn default_max_bad_fraction() -> f64 {
+    0.01
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextField {
+    Prompt,
+    Response,
+    Any,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRule {
+    pub field: TextField,
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Bounds on the tokenized prompt + response length (no chat template).
+    #[serde(default)]
+    pub min_tokens: usize,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// Drop math rows from whose response (or gold field) no final answer can be extracted.
+    #[serde(default = "yes")]
+    pub require_math_answer: bool,
+    /// Drop code rows whose response does not parse as Python (checked with `python3 -m ast`).
+    #[serde(default = "yes")]
+    pub require_python_parses: bool,
+    /// A row must match every include rule...
+    #[serde(default)]
+    pub include: Vec<RegexRule>,
+    /// ...and no exclude rule.
+    #[serde(default)]
+    pub exclude: Vec<RegexRule>,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            min_tokens: 0,
+            max_tokens: None,
+            require_math_answer: true,
+            require_python_parses: true,
+            include: vec![],
+            exclude: vec![],
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    #[serde(default = "yes")]
+    pub exact: bool,
+    #[serde(default)]
+    pub near: NearDedupConfig,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig { exact: true, near: NearDedupConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearDedupConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Word n-gram size of the shingles.
+    #[serde(default = "default_shingle")]
+    pub ngram: usize,
+    #[serde(default = "default_bands")]
+    pub bands: usize,
+    #[serde(default = "default_rows")]
+    pub rows: usize,
+    /// Candidate pairs are kept as duplicates when their true Jaccard similarity is at least this.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+}
+
+impl Default for NearDedupConfig {
+    fn default() -> Self {
+        NearDedupConfig {
+            enabled: true,
+            ngram: default_shingle(),
+            bands: default_bands(),
+            rows: default_rows(),
+            threshold: default_threshold(),
+        }
+    }
+}
+
+fn default_shingle() -> usize {
+    5
+}
+fn default_bands() -> usize {
+    14
+}
+fn default_rows() -> usize {
+    8
+}
+fn default_threshold() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecontamConfig {
+    /// Evaluation recipes whose sources are the benchmarks to decontaminate against.
+    #[serde(default)]
+    pub against: Vec<String>,
+    #[serde(default = "default_contam_ngram")]
+    pub ngram: usize,
+}
+
+impl Default for DecontamConfig {
+    fn default() -> Self {
+        DecontamConfig { against: vec![], ngram: default_contam_ngram() }
+    }
+}
+
+fn default_contam_ngram() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// A GGUF model file: tokenizer, special tokens and chat template come from its metadata.
+    #[serde(default)]
+    pub gguf: Option<String>,
+    /// Or a Hugging Face `tokenizer.json`...
+    #[serde(default)]
+    pub tokenizer_json: Option<String>,
+    /// ...with a Jinja chat template file (also overrides the GGUF's template when set).
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// With `tokenizer_json`: the end-of-turn token the loss mask must cover, e.g. `<|im_end|>`.
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    /// A system message placed before every prompt; when absent the template's default applies.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    Drop,
+    Truncate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackConfig {
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// What to do with an example longer than `seq_len`.
+    #[serde(default = "default_overlong")]
+    pub overlong: Overlong,
+}
+
+impl Default for PackConfig {
+    fn default() -> Self {
+        PackConfig { seq_len: default_seq_len(), overlong: default_overlong() }
+    }
+}
+
+fn default_seq_len() -> usize {
+    2048
+}
+fn default_overlong() -> Overlong {
+    Overlong::Drop
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteConfig {
+    #[serde(default = "default_rows_per_shard")]
+    pub rows_per_shard: usize,
+    #[serde(default = "default_row_group")]
+    pub row_group_rows: usize,
+    #[serde(default = "default_zstd")]
+    pub zstd_level: i32,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            rows_per_shard: default_rows_per_shard(),
+            row_group_rows: default_row_group(),
+            zstd_level: default_zstd(),
+        }
+    }
+}
+
+fn default_rows_per_shard() -> usize {
+    512
+}
+fn default_row_group() -> usize {
+    256
+}
+fn default_zstd() -> i32 {
+    3
+}
+
+impl Recipe {
+    /// Read and validate a recipe. Errors name the file, and for unknown keys the key.
+    pub fn load(path: &Path) -> anyhow::Result<Recipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read recipe {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Recipe> {
+        let recipe: Recipe = serde_norway::from_str(text)
+            .map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+        recipe.validate().with_context(|| format!("recipe {}", path.display()))?;
+        Ok(recipe)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.sources.is_empty() {
+            bail!("`sources` is empty: name at least one input file");
+        }
+        let mut names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!("source name `{}` is used twice; names must be unique", w[0]);
+        }
+        for s in &self.sources {
+            if s.format == Format::Generic && (s.fields.is_none() || s.domain.is_none()) {
+                bail!("source `{}`: format `generic` needs `fields` and `domain`", s.name);
+            }
+            if s.name.contains('/') {
+                bail!("source `{}`: names may not contain '/'", s.name);
+            }
+        }
+        let t = &self.tokenizer;
+        if t.gguf.is_some() == t.tokenizer_json.is_some() {
+            bail!("`tokenizer` needs exactly one of `gguf` or `tokenizer_json`");
+        }
+        if t.tokenizer_json.is_some() && (t.chat_template.is_none() || t.eos_token.is_none()) {
+            bail!("`tokenizer.tokenizer_json` needs `chat_template` and `eos_token` too");
+        }
+        let n = &self.dedup.near;
+        if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {
+            bail!("`dedup.near`: bands, rows and ngram must be positive and threshold in [0, 1]");
+        }
+        if self.pack.seq_len < 16 {
+            bail!("`pack.seq_len` must be at least 16");
+        }
+        if self.write.rows_per_shard == 0 || self.write.row_group_rows == 0 {
+            bail!("`write.rows_per_shard` and `write.row_group_rows` must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Resolve a path written in a recipe against the recipe's folder.
+pub fn resolve(recipe_path: &Path, rel: &str) -> PathBuf {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        recipe_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: t\nsources:\n  - {name: a, path: a.jsonl, format: gsm8k}\ntokenizer: {gguf: m.gguf}\n";
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let r = Recipe::parse(MINIMAL, Path::new("r.yaml")).unwrap();
+        assert_eq!(r.pack.seq_len, 2048);
+        assert_eq!((r.dedup.near.ngram, r.dedup.near.bands, r.dedup.near.rows), (5, 14, 8));
+        assert_eq!(r.dedup.near.threshold, 0.8);
+        assert_eq!(r.decontaminate.ngram, 8);
+        assert_eq!(r.kind, SnapshotKind::Train);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_key_and_file() {
+        let text = MINIMAL.replace("tokenizer:", "pack: {seq_lenght: 10}\ntokenizer:");
+        let err = Recipe::parse(&text, Path::new("recipes/bad.yaml")).unwrap_err().to_string();
+        assert!(err.contains("seq_lenght"), "{err}");
+        assert!(err.contains("recipes/bad.yaml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_source_key_is_an_error() {
+        let text = MINIMAL.replace("format: gsm8k", "format: gsm8k, lmit: 3");
+        let err = Recipe::parse(&text, Path::new("r.yaml")).unwrap_err().to_string();
+        assert!(err.contains("lmit"), "{err}");
+    }
+
+    #[test]
+    fn generic_source_needs_fields() {
+        let text = MINIMAL.replace("format: gsm8k", "format: generic");
+        let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());
+        assert!(err.contains("needs `fields`"), "{err}");
+    }
+}
