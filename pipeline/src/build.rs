@@ -175,7 +175,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
             benchmarks.push(Benchmark { name: bench.name, items: got.examples });
         }
         let n = examples.len();
-        let (kept, dropped, report) = decontaminate::decontaminate(examples, &benchmarks, recipe.decontaminate.ngram);
+        let (kept, dropped, report) = decontaminate::decontaminate(examples, &benchmarks, recipe.decontaminate.ngram, recipe.decontaminate.min_overlap);
         for r in &report {
             tracing::info!("decontaminate: {}: {} training rows overlap {} of {} items", r.benchmark, r.contaminated_rows, r.contaminated_items, r.items);
         }

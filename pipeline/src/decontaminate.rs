@@ -1,9 +1,13 @@
-//! Benchmark decontamination: drop training rows that share a word n-gram with a benchmark
-//! prompt.
+//! Stage 5, decontaminate: drop training rows that contain a benchmark prompt.
 //!
 //! Benchmark prompts are indexed by the hashes of their word `ngram`-grams (after
 //! [`normalize`](crate::normalize::normalize) and [`words`]), and every training row's prompt +
-//! response is scanned for them. Hashes are 64-bit, so a false hit needs a hash collision
+//! response is scanned for them. A row overlaps an item when it contains at least
+//! `min_overlap` of the item's distinct n-grams. Requiring a fraction rather than a single shared
+//! n-gram matters: on GSM8K, one shared 8-gram flags 97 training rows against the test set, and
+//! they share only stock phrases such as "how much money will she have left over" (or, for
+//! MBPP, our own prompt boilerplate); a planted problem shares all of its n-grams, and a lightly
+//! edited one most of them. Hashes are 64-bit, so a false hit needs a hash collision
 //! between two different n-grams: negligible at benchmark sizes. A benchmark prompt shorter than
 //! `ngram` words has no n-gram; it only matches a training row whose whole prompt has the same
 //! word sequence, since a short phrase such as "what is 2 2" would otherwise hit countless
@@ -39,8 +43,10 @@ pub fn decontaminate(
     examples: Vec<Example>,
     benchmarks: &[Benchmark],
     ngram: usize,
+    min_overlap: f64,
 ) -> (Vec<Example>, Vec<Dropped>, Vec<BenchmarkContamination>) {
-    let index = Index::build(benchmarks, ngram.max(1));
+    let mut index = Index::build(benchmarks, ngram.max(1));
+    index.min_overlap = min_overlap;
     let pb = crate::progress::bar(examples.len(), "decontaminate");
     let hits: Vec<Vec<Hit>> = examples
         .par_iter()
@@ -75,6 +81,9 @@ struct Index {
     /// Word sequence (joined by spaces) of each item shorter than `ngram` words. Used for
     /// lookups only; each list is in (benchmark, item) order.
     short: HashMap<String, Vec<(u32, u32)>>,
+    /// Distinct n-grams of each item, by benchmark then item.
+    item_ngrams: Vec<Vec<u32>>,
+    min_overlap: f64,
 }
 
 impl Index {
@@ -94,7 +103,11 @@ impl Index {
         }
         ngrams.par_sort_unstable();
         ngrams.dedup();
-        Index { ngram, ngrams, short }
+        let mut item_ngrams: Vec<Vec<u32>> = benchmarks.iter().map(|b| vec![0; b.items.len()]).collect();
+        for &(_, b, i) in &ngrams {
+            item_ngrams[b as usize][i as usize] += 1;
+        }
+        Index { ngram, ngrams, short, item_ngrams, min_overlap: 0.0 }
     }
 
     /// Every benchmark item the row overlaps, once each at its earliest position, sorted by
@@ -111,8 +124,23 @@ impl Index {
             // Words of prompt + "\n" + response: the newline only separates words.
             let mut text = prompt_words;
             text.extend(words(&ex.response));
-            for (pos, window) in text.windows(self.ngram).enumerate() {
-                hits.extend(self.lookup(hash_ngram(window)).map(|&(_, b, i)| (pos, b, i)));
+            // Each distinct n-gram of the row once, at its earliest position.
+            let mut grams: Vec<(u64, usize)> =
+                text.windows(self.ngram).enumerate().map(|(pos, w)| (hash_ngram(w), pos)).collect();
+            grams.sort_unstable();
+            grams.dedup_by_key(|g| g.0);
+            let mut matched: Vec<Hit> = grams
+                .iter()
+                .flat_map(|&(hash, pos)| self.lookup(hash).map(move |&(_, b, i)| (pos, b, i)))
+                .collect();
+            // Count shared n-grams per item; keep items over the threshold, at their first hit.
+            matched.sort_unstable_by_key(|&(pos, b, i)| (b, i, pos));
+            for group in matched.chunk_by(|x, y| (x.1, x.2) == (y.1, y.2)) {
+                let (_, b, i) = group[0];
+                let total = self.item_ngrams[b as usize][i as usize] as f64;
+                if group.len() as f64 >= (self.min_overlap * total).max(1.0) {
+                    hits.push(group[0]);
+                }
             }
         }
         first_per_item(hits)
@@ -218,7 +246,7 @@ mod tests {
             ex("train/3", "Solve the following problem.", &format!("Problem: {DOMAIN}\nSolution: [2, 5).")),
             ex("train/4", "Convert the point (1, 1) to polar form.", "sqrt 2"),
         ];
-        let (kept, dropped, report) = decontaminate(rows, &[math500], 8);
+        let (kept, dropped, report) = decontaminate(rows, &[math500], 8, 0.5);
         assert_eq!(ids(&kept), ["train/0", "train/4"]);
         assert_eq!(
             details(&dropped),
@@ -232,11 +260,30 @@ mod tests {
     fn shared_seven_word_phrase_is_not_an_overlap_at_ngram_8() {
         let b = bench("b", &["the quick brown fox jumps over the lazy dog and runs far away"]);
         let rows = vec![ex("t/0", "I saw that the quick brown fox jumps over the cat", "")];
-        let (kept, dropped, report) = decontaminate(rows.clone(), std::slice::from_ref(&b), 8);
+        let (kept, dropped, report) = decontaminate(rows.clone(), std::slice::from_ref(&b), 8, 0.5);
         assert_eq!((kept.len(), dropped.len(), report[0].contaminated_rows), (1, 0, 0));
         // The same row does overlap at n = 7, so the test above is about n, not about matching.
-        let (_, dropped, _) = decontaminate(rows, &[b], 7);
+        let (_, dropped, _) = decontaminate(rows, &[b], 7, 0.0);
         assert_eq!(dropped.len(), 1);
+    }
+
+    #[test]
+    fn stock_phrases_are_not_overlap_but_edited_copies_are() {
+        let item = "Kim has 12 apples and buys 3 more bags with 4 apples each at the market. \
+                    How much money will she have left over after buying a cake for 5 dollars?";
+        let b = bench("gsm", &[item]);
+        let rows = vec![
+            // Shares one stock 8-gram ("how much money will she have left over") and nothing else.
+            ex("t/0", "Tom earns 9 dollars a day. How much money will she have left over?", ""),
+            // The item with one word changed in the middle: most 8-grams survive.
+            ex("t/1", &item.replace("bags", "boxes"), "solution"),
+        ];
+        let (kept, dropped, _) = decontaminate(rows.clone(), std::slice::from_ref(&b), 8, 0.5);
+        assert_eq!(ids(&kept), ["t/0"]);
+        assert_eq!(details(&dropped), [("t/1", "gsm:gsm/0")]);
+        // With the threshold at zero, a single shared n-gram is enough.
+        let (kept, _, _) = decontaminate(rows, &[b], 8, 0.0);
+        assert!(kept.is_empty());
     }
 
     #[test]
@@ -248,7 +295,7 @@ mod tests {
             ex("t/2", "Answer this.", "What is 2+2?"),
             ex("t/3", "What is 22?", "22"),
         ];
-        let (kept, dropped, report) = decontaminate(rows, &[b], 8);
+        let (kept, dropped, report) = decontaminate(rows, &[b], 8, 0.5);
         assert_eq!(ids(&kept), ["t/1", "t/2", "t/3"]);
         assert_eq!(details(&dropped), [("t/0", "arith:arith/0")]);
         assert_eq!((report[0].contaminated_rows, report[0].contaminated_items), (1, 1));
@@ -261,7 +308,7 @@ mod tests {
         // Item 1 appears first in the text, so it is named although item 0 is also present.
         let bs = [bench("x", &[a, b]), bench("y", &[b])];
         let rows = vec![ex("t/0", b, a)];
-        let (_, dropped, report) = decontaminate(rows, &bs, 8);
+        let (_, dropped, report) = decontaminate(rows, &bs, 8, 0.5);
         assert_eq!(details(&dropped), [("t/0", "x:x/1")]);
         // Same position in two benchmarks: the lower benchmark index wins; both are reported.
         assert_eq!(report[0].examples, [("t/0".to_string(), "x/1".to_string())]);
@@ -278,7 +325,7 @@ mod tests {
             (0..12).map(|k| ex(&format!("t/{k}"), &format!("Question {k}: {POLAR}"), "")).collect();
         rows.push(ex("t/12", DOMAIN, POLAR));
         rows.push(ex("t/13", "clean row with nothing in common", ""));
-        let (kept, dropped, report) = decontaminate(rows, &[b0, b1], 8);
+        let (kept, dropped, report) = decontaminate(rows, &[b0, b1], 8, 0.5);
         assert_eq!(ids(&kept), ["t/13"]);
         assert_eq!(dropped.len(), 13);
         assert_eq!(dropped[12].detail, "b0:b0/1");
@@ -295,9 +342,9 @@ mod tests {
     #[test]
     fn empty_and_missing_benchmarks_drop_nothing() {
         let rows = vec![ex("t/0", "", ""), ex("t/1", "some prompt", "some response")];
-        let (kept, dropped, report) = decontaminate(rows.clone(), &[], 8);
+        let (kept, dropped, report) = decontaminate(rows.clone(), &[], 8, 0.5);
         assert_eq!((kept.len(), dropped.len(), report.len()), (2, 0, 0));
-        let (kept, _, report) = decontaminate(rows, &[bench("e", &["", "  ?! "])], 8);
+        let (kept, _, report) = decontaminate(rows, &[bench("e", &["", "  ?! "])], 8, 0.5);
         assert_eq!(kept.len(), 2);
         assert_eq!((report[0].items, report[0].contaminated_rows), (2, 0));
     }
@@ -314,7 +361,7 @@ mod tests {
             .collect();
         let run = |n: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-            pool.install(|| decontaminate(rows.clone(), &bs, 8))
+            pool.install(|| decontaminate(rows.clone(), &bs, 8, 0.5))
         };
         assert_eq!(run(1), run(4));
     }

@@ -691,7 +691,7 @@ mod tests {
         // A string claiming 2^62 bytes.
         let mut b = header(3, 0, 1);
         b.extend((1u64 << 62).to_le_bytes());
-        b.extend(b"key");
+        b.extend([b'k'; 64]);
         assert!(err(&b).contains("string length"));
 
         // An array claiming 2^40 u32 elements.

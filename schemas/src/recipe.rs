@@ -236,12 +236,20 @@ pub struct DecontamConfig {
     pub against: Vec<String>,
     #[serde(default = "default_contam_ngram")]
     pub ngram: usize,
+    /// A training row overlaps a benchmark item when it contains at least this fraction of the
+    /// item's distinct n-grams (0 = any single shared n-gram).
+    #[serde(default = "default_min_overlap")]
+    pub min_overlap: f64,
 }
 
 impl Default for DecontamConfig {
     fn default() -> Self {
-        DecontamConfig { against: vec![], ngram: default_contam_ngram() }
+        DecontamConfig { against: vec![], ngram: default_contam_ngram(), min_overlap: default_min_overlap() }
     }
+}
+
+fn default_min_overlap() -> f64 {
+    0.5
 }
 
 fn default_contam_ngram() -> usize {
