@@ -390,14 +390,26 @@ impl Recipe {
     }
 }
 
-/// Resolve a path written in a recipe against the recipe's folder.
+/// Resolve a path written in a recipe against the recipe's folder, folding `..` lexically so
+/// messages and manifests show `models/x.gguf` rather than `datasets/recipes/../../models/x.gguf`.
 pub fn resolve(recipe_path: &Path, rel: &str) -> PathBuf {
+    use std::path::Component;
     let p = Path::new(rel);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        recipe_path.parent().unwrap_or(Path::new(".")).join(p)
+    let joined = if p.is_absolute() { p.to_path_buf() } else { recipe_path.parent().unwrap_or(Path::new(".")).join(p) };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -429,6 +441,15 @@ mod tests {
         let text = MINIMAL.replace("format: gsm8k", "format: gsm8k, lmit: 3");
         let err = Recipe::parse(&text, Path::new("r.yaml")).unwrap_err().to_string();
         assert!(err.contains("lmit"), "{err}");
+    }
+
+    #[test]
+    fn paths_resolve_against_the_recipe_folder() {
+        let r = Path::new("datasets/recipes/default.yaml");
+        assert_eq!(resolve(r, "../../models/m.gguf"), Path::new("models/m.gguf"));
+        assert_eq!(resolve(r, "../raw/a.jsonl"), Path::new("datasets/raw/a.jsonl"));
+        assert_eq!(resolve(Path::new("r.yaml"), "../x"), Path::new("../x"));
+        assert_eq!(resolve(r, "/abs/x"), Path::new("/abs/x"));
     }
 
     #[test]
