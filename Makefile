@@ -5,16 +5,24 @@ CARGO_TARGET_DIR ?= target
 export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/release
 PIPELINE := $(BIN)/pipeline
+TRAINER := $(BIN)/trainer
+LOSS ?= dft
+BACKEND ?= cpu
+RUNS ?= runs
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build model data data-eval test bench bench-data clean
+.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train clean
 
 all: data
 
 build:
 	$(CARGO) build --release --workspace
+
+# The CUDA backend compiles its kernels with NVRTC at run time, so it builds without a GPU.
+build-cuda:
+	CUDARC_CUDA_VERSION=13000 $(CARGO) build --release -p trainer --features cuda
 
 model: $(MODEL)
 $(MODEL):
@@ -32,12 +40,25 @@ data-eval: build model
 	  echo "eval snapshot: $(SNAPSHOTS)/eval/$$b"; \
 	done
 
+$(SNAPSHOTS)/default/manifest.json:
+	$(MAKE) --no-print-directory build model
+	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default --force
+
+# Fine-tune the default model on the default snapshot (LOSS=dft|sft, BACKEND=cpu|cuda).
+# Each run starts afresh in $(RUNS)/$(LOSS); use `trainer train --resume` to continue one.
+train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json
+	rm -rf $(RUNS)/$(LOSS)
+	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND)
+
 test: model
 	$(CARGO) test --release --workspace
 
-bench: bench-data
+bench: bench-data bench-train
 bench-data: build model
 	./scripts/bench_data.sh
 
+bench-train: build model
+	./scripts/bench_train.sh
+
 clean:
-	rm -rf $(SNAPSHOTS) bench-out
+	rm -rf $(SNAPSHOTS) $(RUNS) bench-out

@@ -5,6 +5,7 @@ pub mod example;
 pub mod manifest;
 pub mod recipe;
 pub mod shard;
+pub mod train;
 
 pub use example::{Domain, Dropped, Example};
 pub use manifest::{Manifest, ShardInfo, StageReport};

@@ -1,13 +1,171 @@
-//! The rectify trainer (SFT, DFT and rejection-sampled offline RL on packed snapshots) is the
-//! next milestone. Until it exists this binary says so and exits with an error, rather than
-//! pretending to train.
+//! `trainer`: fine-tune Llama-family models on rectify snapshots with SFT or DFT.
 
+use anyhow::Context;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand, ValueEnum};
+use schemas::train::TrainRecipe;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use trainer::train::Run;
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about = "SFT and DFT on packed rectify snapshots (Llama, SmolLM2, Qwen2)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Device {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train as a YAML recipe says; flags override the recipe.
+    Train {
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Continue from the newest checkpoint in the output folder.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        #[arg(long)]
+        loss: Option<String>,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long)]
+        epochs: Option<f64>,
+        #[arg(long)]
+        batch_tokens: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+        /// Relative to the current folder (recipe paths are relative to the recipe).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+    },
+    /// Greedy completion of one chat prompt, for a quick look at a model.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Tokenizer + template source when the model is a Hugging Face folder without GGUF
+        /// metadata: a GGUF file.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors + config.json.
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "trainer: not built yet. This release ships the data pipeline only: run `make data` to build \
-         snapshots, and `pipeline --help` for the snapshot tools."
-    );
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { recipe, resume, device, loss, lr, steps, epochs, batch_tokens, seed, checkpoint_every, output_dir, model, snapshot } => {
+            let mut r = TrainRecipe::load(&recipe)?;
+            if let Some(l) = loss {
+                r.loss = l.parse()?;
+            }
+            if let Some(v) = lr {
+                r.lr = v;
+            }
+            if steps.is_some() || epochs.is_some() {
+                r.steps = steps;
+                r.epochs = epochs;
+            }
+            if let Some(v) = batch_tokens {
+                r.batch_tokens = v;
+            }
+            if let Some(v) = seed {
+                r.seed = v;
+            }
+            if let Some(v) = checkpoint_every {
+                r.checkpoint_every = v;
+            }
+            let cwd = |p: PathBuf| std::path::absolute(p).map(|p| p.display().to_string());
+            if let Some(p) = output_dir {
+                r.output_dir = cwd(p)?;
+            }
+            if let Some(p) = model {
+                r.model = cwd(p)?;
+            }
+            if let Some(p) = snapshot {
+                r.snapshot = cwd(p)?;
+            }
+            let run = Run::new(r, &recipe)?;
+            match device {
+                Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, &Default::default()),
+                #[cfg(feature = "cuda")]
+                Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, &Default::default()),
+            }
+        }
+        Command::Generate { model, prompt, max_new_tokens, tokenizer } => {
+            let tok_source = tokenizer.unwrap_or_else(|| model.clone());
+            let tok = pipeline::tokenize::ChatTokenizer::from_gguf(&tok_source, None, None)
+                .with_context(|| format!("reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)", tok_source.display()))?;
+            let device = Default::default();
+            let ckpt = trainer::weights::load(&model)?;
+            let m = trainer::model::Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
+            let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
+            let out = trainer::model::greedy(&m, &prompt_ids, max_new_tokens, &[tok.eos_id()], &device);
+            println!("{}", tok.decode(&out));
+            Ok(())
+        }
+        Command::Export { model, out } => {
+            let ckpt = trainer::weights::load(&model)?;
+            std::fs::create_dir_all(&out)?;
+            trainer::weights::save_hf(&out, &ckpt)?;
+            println!("wrote {} ({} tensors) and config.json", out.join("model.safetensors").display(), ckpt.tensors.len());
+            Ok(())
+        }
+    }
+}
+
+fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
+    let s = trainer::train::train::<B>(run, resume, device)?;
+    if let Some(m) = &s.last {
+        println!(
+            "done: {} steps; last step objective {:.4}, cross-entropy {:.4}, mean token prob {:.3}, {:.0} tokens/s",
+            s.steps, m.objective, m.cross_entropy, m.mean_token_prob, m.tokens_per_second
+        );
+    }
+    println!("metrics:     {}", s.metrics.display());
+    println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
+    println!("final model: {} (Hugging Face safetensors + config.json + tokenizer.json)", s.final_model.display());
+    Ok(())
 }

@@ -1,0 +1,134 @@
+//! The YAML training recipe. Paths are relative to the recipe file; unknown keys are errors.
+//! Defaults follow the DFT paper where it states one (lr 5e-5, AdamW betas 0.9/0.95, weight
+//! decay 0.01, 10% warmup then cosine, clip 1.0).
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Token-mean cross-entropy over loss tokens.
+    Sft,
+    /// Cross-entropy of each token weighted by its detached probability.
+    Dft,
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "sft" => Ok(LossKind::Sft),
+            "dft" => Ok(LossKind::Dft),
+            other => bail!("unknown loss `{other}`: expected sft or dft"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRecipe {
+    /// GGUF file, or a Hugging Face folder (config.json + safetensors).
+    pub model: String,
+    /// A `train` snapshot folder from `pipeline build`.
+    pub snapshot: String,
+    pub output_dir: String,
+    #[serde(default = "default_loss")]
+    pub loss: LossKind,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clip; 0 disables it.
+    #[serde(default = "default_clip")]
+    pub clip: f64,
+    /// Tokens per optimizer step (packed rows x seq_len); rounded up to whole rows.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    /// Rows per forward pass; the rest of a step is gradient accumulation.
+    #[serde(default = "default_micro")]
+    pub micro_batch_rows: usize,
+    /// Optimizer steps; exactly one of `steps` and `epochs`.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a checkpoint every N steps (and always at the end).
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: u64,
+}
+
+fn default_loss() -> LossKind {
+    LossKind::Dft
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.95]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_warmup() -> f64 {
+    0.1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_batch_tokens() -> usize {
+    4096
+}
+fn default_micro() -> usize {
+    1
+}
+fn default_ckpt() -> u64 {
+    50
+}
+
+impl TrainRecipe {
+    pub fn load(path: &Path) -> anyhow::Result<TrainRecipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read training recipe {}: {e}", path.display()))?;
+        let r: TrainRecipe = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("training recipe {}: {e}", path.display()))?;
+        Ok(r)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.steps.is_some() == self.epochs.is_some() {
+            bail!("set exactly one of `steps` and `epochs`");
+        }
+        if !(self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
+            bail!("`lr` and `batch_tokens` must be positive, `warmup_ratio` in [0, 1), `micro_batch_rows` at least 1");
+        }
+        if self.checkpoint_every == 0 {
+            bail!("`checkpoint_every` must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_defaults_and_unknown_keys() {
+        let r: TrainRecipe = serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\n").unwrap();
+        assert_eq!((r.loss, r.lr, r.betas, r.weight_decay, r.warmup_ratio, r.clip), (LossKind::Dft, 5e-5, [0.9, 0.95], 0.01, 0.1, 1.0));
+        r.validate().unwrap();
+        let err = serde_norway::from_str::<TrainRecipe>("model: m\nsnapshot: s\noutput_dir: o\nstep: 3\n").unwrap_err().to_string();
+        assert!(err.contains("step"), "{err}");
+    }
+}

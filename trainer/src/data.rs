@@ -1,0 +1,104 @@
+//! Packed rows from a snapshot, and the tensors of a micro-batch.
+
+use crate::model::segment_runs;
+use anyhow::{bail, Context};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Int32Type, Int8Type};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use schemas::manifest::Manifest;
+use schemas::recipe::SnapshotKind;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub input_ids: Vec<i32>,
+    pub loss_mask: Vec<i8>,
+    pub position_ids: Vec<i32>,
+    pub segment_ids: Vec<i32>,
+    pub ref_logprobs: Option<Vec<f32>>,
+}
+
+impl Row {
+    /// Loss tokens of this row as targets of the next-token objective (the first position is
+    /// never a target: nothing precedes it).
+    pub fn targets(&self) -> usize {
+        self.loss_mask[1..].iter().filter(|&&m| m != 0).count()
+    }
+}
+
+pub struct Snapshot {
+    pub manifest: Manifest,
+    pub seq_len: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Read every row of a `train` snapshot after checking its shards against the manifest: a
+/// corrupted shard must not train silently.
+pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
+    let (manifest, problems) = pipeline::verify::verify(dir).with_context(|| format!("snapshot {}", dir.display()))?;
+    if !problems.is_empty() {
+        bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
+    }
+    if manifest.kind != SnapshotKind::Train {
+        bail!("snapshot {} is a `prompts` snapshot; training needs a `train` snapshot", dir.display());
+    }
+    let seq_len = manifest.packing.as_ref().context("train snapshot without packing report")?.seq_len as usize;
+    let mut rows = vec![];
+    for shard in &manifest.shards {
+        let path = dir.join(&shard.file);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+            read_rows(&batch?, &mut rows).with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
+    Ok(Snapshot { manifest, seq_len, rows })
+}
+
+fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {
+    let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
+    let ids = col("input_ids")?.as_list::<i32>();
+    let mask = col("loss_mask")?.as_list::<i32>();
+    let pos = col("position_ids")?.as_list::<i32>();
+    let seg = col("segment_ids")?.as_list::<i32>();
+    let refs = col("ref_logprobs")?.as_list::<i32>();
+    for i in 0..batch.num_rows() {
+        let i32s = |l: &arrow::array::ListArray| l.value(i).as_primitive::<Int32Type>().values().to_vec();
+        out.push(Row {
+            input_ids: i32s(ids),
+            loss_mask: mask.value(i).as_primitive::<Int8Type>().values().to_vec(),
+            position_ids: i32s(pos),
+            segment_ids: i32s(seg),
+            ref_logprobs: refs.is_valid(i).then(|| refs.value(i).as_primitive::<Float32Type>().values().to_vec()),
+        });
+    }
+    Ok(())
+}
+
+/// Tensors for a micro-batch of rows: inputs, positions, next-token targets and their mask
+/// (both `[batch, seq-1]`), and the segment runs of each row.
+pub struct MicroBatch<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub positions: Tensor<B, 2, Int>,
+    pub targets: Tensor<B, 2, Int>,
+    pub target_mask: Tensor<B, 2>,
+    pub segments: Vec<Vec<(usize, usize)>>,
+}
+
+pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<B> {
+    let b = rows.len();
+    let t = rows[0].input_ids.len();
+    let flat = |f: &dyn Fn(&Row) -> Vec<i64>| -> Vec<i64> { rows.iter().flat_map(|r| f(r)).collect() };
+    let ids = flat(&|r| r.input_ids.iter().map(|&x| x as i64).collect());
+    let pos = flat(&|r| r.position_ids.iter().map(|&x| x as i64).collect());
+    let targets = flat(&|r| r.input_ids[1..].iter().map(|&x| x as i64).collect());
+    let mask: Vec<f32> = rows.iter().flat_map(|r| r.loss_mask[1..].iter().map(|&m| m as f32)).collect();
+    MicroBatch {
+        input_ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+        positions: Tensor::from_data(TensorData::new(pos, [b, t]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [b, t - 1]), device),
+        target_mask: Tensor::from_data(TensorData::new(mask, [b, t - 1]), device),
+        segments: rows.iter().map(|r| segment_runs(&r.segment_ids)).collect(),
+    }
+}

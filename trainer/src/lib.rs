@@ -1,0 +1,10 @@
+//! rectify's trainer: a Llama-family model in Burn, SFT and DFT objectives, and the loop that
+//! trains it on packed snapshots.
+
+pub mod config;
+pub mod data;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod train;
+pub mod weights;

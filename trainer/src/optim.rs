@@ -1,0 +1,198 @@
+//! AdamW, the learning-rate schedule and global gradient clipping, over named parameters.
+//!
+//! Written out rather than taken from Burn: Burn's AdamW applies one weight decay to every
+//! parameter and its gradient clipping is per tensor, while we need no decay on norms and biases
+//! and one clip over the global norm of all gradients (as PyTorch's `clip_grad_norm_`).
+
+use crate::weights::HostTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// Norm weights and biases are not decayed; everything else (matrices, embeddings) is.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("norm"))
+}
+
+pub struct AdamW<B: Backend> {
+    pub config: AdamWConfig,
+    /// Optimizer steps taken so far (bias correction uses `step` after increment).
+    pub step: u64,
+    m: BTreeMap<String, Tensor<B, 2>>,
+    v: BTreeMap<String, Tensor<B, 2>>,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+    }
+
+    /// Start an optimizer step: every `update` until the next call uses this step's bias
+    /// correction.
+    pub fn begin_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// The updated parameter: decoupled weight decay (`p -= lr·wd·p`) then the Adam step.
+    pub fn update(&mut self, name: &str, param: Tensor<B, 2>, grad: Tensor<B, 2>, lr: f64) -> Tensor<B, 2> {
+        let c = self.config;
+        let t = self.step.max(1) as i32;
+        let m = match self.m.remove(name) {
+            Some(m) => m.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
+            None => grad.clone().mul_scalar(1.0 - c.beta1),
+        };
+        let v = match self.v.remove(name) {
+            Some(v) => v.mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2),
+            None => grad.square().mul_scalar(1.0 - c.beta2),
+        };
+        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
+        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
+        self.m.insert(name.to_string(), m);
+        self.v.insert(name.to_string(), v);
+        let param = if decays(name) && c.weight_decay != 0.0 { param.clone() - param.mul_scalar(lr * c.weight_decay) } else { param };
+        param - (m_hat / v_hat.sqrt().add_scalar(c.eps)).mul_scalar(lr)
+    }
+
+    /// Moment estimates as host tensors named `m.<param>` and `v.<param>`, for checkpoints.
+    pub fn state_to_host(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        for (prefix, map) in [("m", &self.m), ("v", &self.v)] {
+            for (name, t) in map {
+                let [r, c] = t.dims();
+                let data = t.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+                out.insert(format!("{prefix}.{name}"), HostTensor { shape: vec![r, c], data });
+            }
+        }
+        out
+    }
+
+    pub fn load_state(&mut self, step: u64, state: &BTreeMap<String, HostTensor>, device: &B::Device) -> anyhow::Result<()> {
+        self.step = step;
+        self.m.clear();
+        self.v.clear();
+        for (key, t) in state {
+            let (prefix, name) = key.split_once('.').ok_or_else(|| anyhow::anyhow!("optimizer state `{key}`: expected m.<name> or v.<name>"))?;
+            anyhow::ensure!(t.shape.len() == 2, "optimizer state `{key}`: expected a matrix, got shape {:?}", t.shape);
+            let tensor = Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device);
+            match prefix {
+                "m" => self.m.insert(name.to_string(), tensor),
+                "v" => self.v.insert(name.to_string(), tensor),
+                _ => anyhow::bail!("optimizer state `{key}`: expected m.<name> or v.<name>"),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Linear warmup over `warmup` steps to `peak`, then cosine decay to zero at `total`.
+/// `step` counts from 0 (the first optimizer step uses `lr_at(0, ..)`).
+pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Global L2 norm of all gradients, and the gradients scaled so that norm is at most `max_norm`
+/// (`max_norm <= 0` disables clipping). The norm is reported before clipping.
+pub fn clip_global<B: Backend>(grads: Vec<(String, Tensor<B, 2>)>, max_norm: f64) -> (f64, Vec<(String, Tensor<B, 2>)>) {
+    let sq: f64 = grads
+        .iter()
+        .map(|(_, g)| g.clone().square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0])
+        .sum();
+    let norm = sq.sqrt();
+    if max_norm <= 0.0 || !norm.is_finite() || norm <= max_norm {
+        return (norm, grads);
+    }
+    let scale = max_norm / (norm + 1e-6);
+    (norm, grads.into_iter().map(|(n, g)| (n, g.mul_scalar(scale))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn t(v: &[f32]) -> Tensor<Flex, 2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), &Default::default())
+    }
+
+    fn host(x: Tensor<Flex, 2>) -> Vec<f32> {
+        x.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn adamw_matches_a_hand_computed_step() {
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = AdamW::<Flex>::new(cfg);
+        opt.begin_step();
+        let lr = 0.1;
+        let p = opt.update("w", t(&[1.0, -2.0]), t(&[0.5, -0.25]), lr);
+        // Step 1: m_hat = g, v_hat = g^2, so the Adam term is g/|g| = sign(g) (up to eps).
+        let want = [1.0 - lr * 0.01 * 1.0 - lr * 1.0, -2.0 - lr * 0.01 * -2.0 + lr * 1.0];
+        for (a, b) in host(p.clone()).iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        // Step 2, by hand.
+        opt.begin_step();
+        let p2 = opt.update("w", p.clone(), t(&[0.1, 0.1]), lr);
+        let (g1, g2) = ([0.5f64, -0.25], [0.1f64, 0.1]);
+        let p_host = host(p);
+        for k in 0..2 {
+            let m = 0.9 * 0.1 * g1[k] + 0.1 * g2[k];
+            let v = 0.95 * 0.05 * g1[k] * g1[k] + 0.05 * g2[k] * g2[k];
+            let m_hat = m / (1.0 - 0.9f64.powi(2));
+            let v_hat = v / (1.0 - 0.95f64.powi(2));
+            let pk = p_host[k] as f64;
+            let want = pk - lr * 0.01 * pk - lr * m_hat / (v_hat.sqrt() + 1e-8);
+            assert!((host(p2.clone())[k] as f64 - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn norms_and_biases_are_not_decayed() {
+        assert!(decays("model.layers.0.self_attn.q_proj.weight"));
+        assert!(decays("model.embed_tokens.weight"));
+        assert!(!decays("model.layers.0.input_layernorm.weight"));
+        assert!(!decays("model.norm.weight"));
+        assert!(!decays("model.layers.0.self_attn.q_proj.bias"));
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.5 };
+        let mut opt = AdamW::<Flex>::new(cfg);
+        opt.begin_step();
+        let p = opt.update("model.norm.weight", t(&[2.0]), t(&[1.0]), 0.1);
+        assert!((host(p)[0] - 1.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12);
+        assert!((lr_at(9, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+        assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+        assert!((lr_at(55, 100, 10, 1.0) - 0.5).abs() < 1e-12);
+        assert!(lr_at(100, 100, 10, 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping_uses_the_global_norm() {
+        // Norms 3 and 4 per tensor, 5 globally: each tensor alone is under 4.5, the whole is not.
+        let grads = vec![("a".to_string(), t(&[3.0, 0.0])), ("b".to_string(), t(&[0.0, 4.0]))];
+        let (norm, clipped) = clip_global(grads, 2.5);
+        assert!((norm - 5.0).abs() < 1e-9);
+        let a = host(clipped[0].1.clone());
+        let b = host(clipped[1].1.clone());
+        assert!((a[0] - 1.5).abs() < 1e-5 && (b[1] - 2.0).abs() < 1e-5, "{a:?} {b:?}");
+        let (_, untouched) = clip_global(vec![("a".to_string(), t(&[0.3]))], 1.0);
+        assert_eq!(host(untouched[0].1.clone()), [0.3]);
+    }
+}

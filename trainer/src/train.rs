@@ -1,0 +1,285 @@
+//! The training loop: packed rows in, SFT or DFT, AdamW with warmup + cosine, global clipping,
+//! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
+
+use crate::data::{load_snapshot, micro_batch, Row};
+use crate::loss::{objective, target_logprobs};
+use crate::model::Llama;
+use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
+use crate::weights;
+use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use pipeline::pack::shuffle;
+use schemas::train::TrainRecipe;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub lr: f64,
+    /// The loss being optimised (DFT or SFT), over the step's loss tokens.
+    pub objective: f64,
+    /// Plain token-mean cross-entropy over the same tokens, whatever the objective.
+    pub cross_entropy: f64,
+    /// Mean probability of the target tokens.
+    pub mean_token_prob: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub loss_tokens: u64,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+    pub elapsed_seconds: f64,
+}
+
+/// What a checkpoint needs besides weights and optimizer moments to resume exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Rows consumed from the data stream; with the seed this fixes the next row.
+    pub rows_consumed: u64,
+    /// The data order is `shuffle(rows, seed + epoch)`: the seed is the whole RNG state.
+    pub seed: u64,
+    pub snapshot_id: String,
+    pub recipe: TrainRecipe,
+}
+
+/// Fully resolved run settings.
+pub struct Run {
+    pub recipe: TrainRecipe,
+    pub model_path: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub output_dir: PathBuf,
+}
+
+impl Run {
+    pub fn new(recipe: TrainRecipe, recipe_path: &Path) -> anyhow::Result<Run> {
+        recipe.validate().with_context(|| format!("training recipe {}", recipe_path.display()))?;
+        let at = |p: &str| schemas::recipe::resolve(recipe_path, p);
+        Ok(Run { model_path: at(&recipe.model), snapshot_dir: at(&recipe.snapshot), output_dir: at(&recipe.output_dir), recipe })
+    }
+}
+
+/// The data stream: epoch `e` visits the rows in `shuffle(0..n, seed + e)` order.
+struct Stream {
+    n: usize,
+    seed: u64,
+    epoch: u64,
+    order: Vec<usize>,
+}
+
+impl Stream {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut s = Stream { n, seed, epoch: u64::MAX, order: vec![] };
+        s.set_epoch(0);
+        s
+    }
+
+    fn set_epoch(&mut self, epoch: u64) {
+        if self.epoch != epoch {
+            self.order = (0..self.n).collect();
+            shuffle(&mut self.order, self.seed.wrapping_add(epoch));
+            self.epoch = epoch;
+        }
+    }
+
+    fn row(&mut self, k: u64) -> usize {
+        self.set_epoch(k / self.n as u64);
+        self.order[(k % self.n as u64) as usize]
+    }
+}
+
+fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
+    output.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// The newest complete checkpoint (its state file is written last, so its presence means
+/// complete).
+pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let dir = output.join("checkpoints");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<PathBuf> = None;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("step-") && path.join(STATE_FILE).exists() && best.as_ref().is_none_or(|b| path > *b) {
+            best = Some(path);
+        }
+    }
+    Ok(best)
+}
+
+fn save_checkpoint<B: AutodiffBackend>(output: &Path, model: &Llama<B>, opt: &AdamW<B::InnerBackend>, state: &TrainerState) -> anyhow::Result<PathBuf> {
+    let final_dir = checkpoint_dir(output, state.step);
+    let tmp = final_dir.with_file_name(format!(".step-{:06}.tmp-{}", state.step, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    weights::save_hf(&tmp, &model.to_checkpoint())?;
+    weights::write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
+    schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir)?;
+    Ok(final_dir)
+}
+
+pub struct Summary {
+    pub steps: u64,
+    pub final_model: PathBuf,
+    pub metrics: PathBuf,
+    pub last: Option<StepMetrics>,
+}
+
+/// Train as the run says. With `resume`, continue from the newest checkpoint in the output
+/// folder; without it, refuse to overwrite one.
+pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, device: &B::Device) -> anyhow::Result<Summary> {
+    let r = &run.recipe;
+    let snapshot = load_snapshot(&run.snapshot_dir)?;
+    let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
+    let total_steps = match (r.steps, r.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => ((e * snapshot.rows.len() as f64) / rows_per_step as f64).ceil().max(1.0) as u64,
+        _ => unreachable!("validated"),
+    };
+    let warmup = (r.warmup_ratio * total_steps as f64).round() as u64;
+    std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
+
+    let mut opt = AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: r.betas[0], beta2: r.betas[1], eps: r.eps, weight_decay: r.weight_decay });
+    let latest = latest_checkpoint(&run.output_dir)?;
+    let (ckpt, mut state) = match (resume, latest) {
+        (true, Some(dir)) => {
+            let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)?;
+            if state.snapshot_id != snapshot.manifest.snapshot_id {
+                bail!("checkpoint {} was trained on snapshot {}, this run uses {}", dir.display(), state.snapshot_id, snapshot.manifest.snapshot_id);
+            }
+            opt.load_state(state.step, &weights::read_safetensors(&dir.join(OPTIMIZER_FILE))?, device)?;
+            tracing::info!("resuming from {} (step {})", dir.display(), state.step);
+            (weights::load(&dir)?, state)
+        }
+        (false, Some(dir)) => bail!("{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir", run.output_dir.display(), dir.display()),
+        (_, None) => {
+            let state = TrainerState { step: 0, total_steps, rows_consumed: 0, seed: r.seed, snapshot_id: snapshot.manifest.snapshot_id.clone(), recipe: r.clone() };
+            (weights::load(&run.model_path)?, state)
+        }
+    };
+    if ckpt.config.vocab_size < snapshot.manifest.tokenizer.vocab_size {
+        bail!("model vocab {} is smaller than the snapshot tokenizer's {}", ckpt.config.vocab_size, snapshot.manifest.tokenizer.vocab_size);
+    }
+    let mut model: Llama<B> = Llama::<B>::from_checkpoint(&ckpt, device)?.map_params(device, |_, p| p.require_grad());
+    drop(ckpt);
+
+    let metrics_path = run.output_dir.join(METRICS_FILE);
+    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    let mut stream = Stream::new(snapshot.rows.len(), r.seed);
+    let start = Instant::now();
+    let pb = indicatif::ProgressBar::new(total_steps);
+    pb.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("template").progress_chars("=> "));
+    pb.set_prefix(format!("{:?}", r.loss).to_lowercase());
+    pb.set_position(state.step);
+    let mut last = None;
+    while state.step < total_steps {
+        let t0 = Instant::now();
+        let rows: Vec<&Row> = (0..rows_per_step as u64).map(|i| &snapshot.rows[stream.row(state.rows_consumed + i)]).collect();
+        let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
+        let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
+        let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
+        for chunk in rows.chunks(r.micro_batch_rows) {
+            let mb = micro_batch::<B>(chunk, device);
+            let [_, t] = mb.input_ids.dims();
+            let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
+            let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, r.loss, step_tokens);
+            obj += parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
+            ce += parts.ce_sum;
+            prob += parts.prob_sum;
+            let g = parts.objective.backward();
+            for (name, p) in model.named_params() {
+                let gp = p.grad(&g).with_context(|| format!("no gradient for {name}"))?;
+                let sum = match grads.remove(&name) {
+                    Some(acc) => acc + gp,
+                    None => gp,
+                };
+                grads.insert(name, sum);
+            }
+        }
+        let step_no = state.step + 1;
+        let (norm, clipped) = clip_global(grads.into_iter().collect(), r.clip);
+        if !obj.is_finite() || !ce.is_finite() || !norm.is_finite() {
+            pb.abandon();
+            bail!(
+                "step {step_no}: objective {obj}, cross-entropy {}, grad norm {norm} is not finite; stopped before updating. The last good checkpoint in {} is intact",
+                ce / step_tokens,
+                run.output_dir.join("checkpoints").display()
+            );
+        }
+        let lr = lr_at(state.step, total_steps, warmup, r.lr);
+        opt.begin_step();
+        let mut clipped: BTreeMap<String, Tensor<B::InnerBackend, 2>> = clipped.into_iter().collect();
+        model = model.map_params(device, |name, p| {
+            let g = clipped.remove(name).expect("a gradient per parameter");
+            Tensor::from_inner(opt.update(name, p.inner(), g, lr)).require_grad()
+        });
+        state.step = step_no;
+        state.rows_consumed += rows_per_step as u64;
+        let tokens = (rows_per_step * snapshot.seq_len) as u64;
+        let m = StepMetrics {
+            step: step_no,
+            lr,
+            objective: obj,
+            cross_entropy: ce / step_tokens,
+            mean_token_prob: prob / step_tokens,
+            grad_norm: norm,
+            loss_tokens: step_tokens as u64,
+            tokens,
+            tokens_per_second: tokens as f64 / t0.elapsed().as_secs_f64(),
+            elapsed_seconds: start.elapsed().as_secs_f64(),
+        };
+        writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+        metrics.flush()?;
+        pb.set_message(format!("obj {:.4} ce {:.4} p {:.3} |g| {:.2} {:.0} tok/s", m.objective, m.cross_entropy, m.mean_token_prob, m.grad_norm, m.tokens_per_second));
+        pb.inc(1);
+        if step_no % r.checkpoint_every == 0 || step_no == total_steps {
+            save_checkpoint(&run.output_dir, &model, &opt, &state)?;
+        }
+        last = Some(m);
+    }
+    pb.finish();
+    let final_dir = run.output_dir.join("final");
+    let tmp = run.output_dir.join(format!(".final.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    weights::save_hf(&tmp, &model.to_checkpoint())?;
+    std::fs::copy(run.snapshot_dir.join(pipeline::build::TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir)?;
+    Ok(Summary { steps: state.step, final_model: final_dir, metrics: metrics_path, last })
+}
+
+/// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
+/// after its last checkpoint), so a resumed run's log has each step once.
+fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)?;
+        let kept: String = text
+            .lines()
+            .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        schemas::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+}

@@ -1,0 +1,119 @@
+//! `kill -9` in the middle of training, then `--resume`, must end at the same weights, bit for
+//! bit, as a run that was never interrupted (CPU, tiny model, real snapshot and tokenizer).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use trainer::weights::{Checkpoint, HostTensor};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn model_path() -> PathBuf {
+    let p = std::env::var_os("RECTIFY_MODEL").map(PathBuf::from).unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(p.is_file(), "model {} not found: run `make model`", p.display());
+    p
+}
+
+/// A 2-layer model with SmolLM2's vocabulary and seeded random weights.
+fn tiny_model(dir: &Path) {
+    let config = serde_json::from_str(
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    let mut rng = pipeline::pack::SplitMix64::new(3);
+    let mut tensors = BTreeMap::new();
+    for (name, shape) in trainer::weights::expected_tensors(&config) {
+        let n: usize = shape.iter().product();
+        let data = if name.contains("norm") {
+            vec![1.0; n]
+        } else {
+            (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1).collect()
+        };
+        tensors.insert(name, HostTensor { shape, data });
+    }
+    trainer::weights::save_hf(dir, &Checkpoint { config, tensors }).unwrap();
+}
+
+fn tiny_snapshot(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/train.jsonl")).unwrap().lines().take(40).map(String::from).collect();
+    std::fs::write(dir.join("gsm.jsonl"), lines.join("\n") + "\n").unwrap();
+    let recipe = format!(
+        "name: tiny\nseed: 1\nsources:\n  - {{name: gsm, path: gsm.jsonl, format: gsm8k}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\n",
+        model_path().display()
+    );
+    std::fs::write(dir.join("tiny.yaml"), recipe).unwrap();
+    let out = dir.join("snap");
+    pipeline::build::build(&dir.join("tiny.yaml"), &out, false).unwrap();
+    out
+}
+
+fn recipe(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "model: tiny\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: 1e-3\nsteps: 6\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5").unwrap();
+    path
+}
+
+fn trainer(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.args(args).env("RUST_LOG", "warn");
+    c
+}
+
+fn steps_logged(metrics: &Path) -> Vec<u64> {
+    std::fs::read_to_string(metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn kill_9_and_resume_reaches_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+
+    let a = recipe(dir, "a");
+    let status = trainer(&["train", "--recipe", a.to_str().unwrap()]).status().unwrap();
+    assert!(status.success());
+
+    let b = recipe(dir, "b");
+    let mut child = trainer(&["train", "--recipe", b.to_str().unwrap()]).spawn().unwrap();
+    let metrics = dir.join("b/metrics.jsonl");
+    let t0 = Instant::now();
+    while steps_logged(&metrics).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "training made no progress");
+        if child.try_wait().unwrap().is_some() {
+            panic!("training finished before it could be killed; make the run longer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!dir.join("b/final").exists(), "the run was not interrupted");
+    let status = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).status().unwrap();
+    assert!(status.success());
+
+    let wa = std::fs::read(dir.join("a/final/model.safetensors")).unwrap();
+    let wb = std::fs::read(dir.join("b/final/model.safetensors")).unwrap();
+    assert!(wa == wb, "resumed run ended at different weights");
+    assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6], "each step logged once");
+    let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
+    let lb = std::fs::read_to_string(&metrics).unwrap();
+    let objectives = |s: &str| -> Vec<f64> { s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect() };
+    assert_eq!(objectives(&la), objectives(&lb));
+
+    // Without --resume an existing run is not overwritten.
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
