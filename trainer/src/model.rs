@@ -30,6 +30,8 @@ pub struct Block<B: Backend> {
     pub k_bias: Option<Tensor<B, 2>>,
     pub v_bias: Option<Tensor<B, 2>>,
     pub o_proj: Tensor<B, 2>,
+    /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
+    pub o_bias: Option<Tensor<B, 2>>,
     pub post_attention_layernorm: Tensor<B, 2>,
     pub gate_proj: Tensor<B, 2>,
     pub up_proj: Tensor<B, 2>,
@@ -147,6 +149,7 @@ impl<B: Backend> Llama<B> {
                 k_bias: opt(format!("{p}.self_attn.k_proj.bias"))?,
                 v_bias: opt(format!("{p}.self_attn.v_proj.bias"))?,
                 o_proj: get(&format!("{p}.self_attn.o_proj.weight"))?,
+                o_bias: opt(format!("{p}.self_attn.o_proj.bias"))?,
                 post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"))?,
                 gate_proj: get(&format!("{p}.mlp.gate_proj.weight"))?,
                 up_proj: get(&format!("{p}.mlp.up_proj.weight"))?,
@@ -182,6 +185,9 @@ impl<B: Backend> Llama<B> {
                 }
             }
             out.push((format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
+            if let Some(b) = &l.o_bias {
+                out.push((format!("{p}.self_attn.o_proj.bias"), b));
+            }
             out.push((format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
             out.push((format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
             out.push((format!("{p}.mlp.up_proj.weight"), &l.up_proj));
@@ -219,6 +225,7 @@ impl<B: Backend> Llama<B> {
                     k_bias: l.k_bias.map(|b| m(format!("{p}.self_attn.k_proj.bias"), b)),
                     v_bias: l.v_bias.map(|b| m(format!("{p}.self_attn.v_proj.bias"), b)),
                     o_proj: m(format!("{p}.self_attn.o_proj.weight"), l.o_proj),
+                    o_bias: l.o_bias.map(|b| m(format!("{p}.self_attn.o_proj.bias"), b)),
                     post_attention_layernorm: m(format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm),
                     gate_proj: m(format!("{p}.mlp.gate_proj.weight"), l.gate_proj),
                     up_proj: m(format!("{p}.mlp.up_proj.weight"), l.up_proj),
@@ -307,7 +314,7 @@ impl<B: Backend> Llama<B> {
         }
         let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };
         let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        linear(out, &l.o_proj, None)
+        linear(out, &l.o_proj, l.o_bias.as_ref())
     }
 }
 

@@ -117,3 +117,23 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let r = recipe(dir, "nan");
+    // An absurd learning rate overflows the weights after the first update.
+    let text = std::fs::read_to_string(&r).unwrap().replace("lr: 1e-3", "lr: 1.0e+30").replace("clip: 1.0", "");
+    std::fs::write(&r, text).unwrap();
+    let out = trainer(&["train", "--recipe", r.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("step 2") && err.contains("not finite"), "{err}");
+    let ckpt = dir.join("nan/checkpoints/step-000001");
+    assert!(ckpt.join("trainer_state.json").exists(), "the step-1 checkpoint is kept");
+    assert!(!dir.join("nan/checkpoints/step-000002").exists());
+    trainer::weights::load(&ckpt).expect("the kept checkpoint loads");
+}
