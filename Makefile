@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train clean
+.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train check-export clean
 
 all: data
 
@@ -56,6 +56,14 @@ test: model
 bench: bench-data bench-train
 bench-data: build model
 	./scripts/bench_data.sh
+
+# The exported Hugging Face folder, run by an independent numpy implementation of transformers'
+# Llama forward, must reproduce the model's reference greedy ids.
+check-export: build model
+	$(TRAINER) export --model $(MODEL) --out bench-out/export-base
+	@[ -x .venv-bench/bin/python ] || (python3 -m venv .venv-bench && .venv-bench/bin/pip install --quiet "tokenizers==0.22.1")
+	.venv-bench/bin/pip install --quiet numpy safetensors
+	.venv-bench/bin/python scripts/check_hf_export.py bench-out/export-base pipeline/tests/fixtures/reference_greedy.json
 
 bench-train: build model
 	./scripts/bench_train.sh

@@ -3,30 +3,86 @@
 
 /// Contents of the last `\boxed{...}` or `\fbox{...}` (braces balanced), or of `\boxed 5`.
 pub fn last_boxed(text: &str) -> Option<String> {
-    let start = ["\\boxed", "\\fbox"].iter().filter_map(|m| text.rfind(m).map(|i| (i, m.len()))).max()?;
-    let rest = &text[start.0 + start.1..];
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut depth = 1usize;
-        for (i, c) in inner.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return non_empty(&inner[..i]);
-                    }
-                }
-                _ => {}
+    let b = boxes_from_end(text, 1).into_iter().next()?;
+    if b.closed { non_empty(b.content) } else { None }
+}
+
+/// A `\boxed{...}` or `\fbox{...}` found by [`boxes_from_end`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boxed<'a> {
+    /// Byte offset of the command's backslash.
+    pub start: usize,
+    /// Byte offset just past the closing brace (past the argument for `\boxed 5`).
+    pub end: usize,
+    pub content: &'a str,
+    /// False when the braces never close; `content` then runs to the end of the search window.
+    pub closed: bool,
+}
+
+/// The boxes of `text`, last first, at most `limit`. Each box is searched for only before the start
+/// of the box after it, so a box that encloses a later one reads as unclosed (and ends the list):
+/// the innermost, last-written answer wins, as in Math-Verify.
+pub fn boxes_from_end(text: &str, limit: usize) -> Vec<Boxed<'_>> {
+    let mut out = vec![];
+    let mut window_end = text.len();
+    // Each step re-searches the text; bounding the steps (not only the boxes found) keeps a text
+    // full of `\boxedx`-like non-boxes linear.
+    for _ in 0..limit.saturating_add(64) {
+        if out.len() >= limit {
+            break;
+        }
+        let window = &text[..window_end];
+        let Some((start, cmd_len)) =
+            ["\\boxed", "\\fbox"].iter().filter_map(|m| window.rfind(m).map(|i| (i, m.len()))).max()
+        else {
+            break;
+        };
+        if let Some((content, used, closed)) = box_argument(&window[start + cmd_len..]) {
+            out.push(Boxed { start, end: start + cmd_len + used, content, closed });
+            if !closed {
+                break;
             }
         }
-        None
-    } else if let Some(inner) = rest.strip_prefix(' ') {
-        // `\boxed 5`: the argument runs to the next `$` or whitespace.
-        let end = inner.find(|c: char| c == '$' || c.is_whitespace()).unwrap_or(inner.len());
-        non_empty(&inner[..end])
-    } else {
-        None
+        window_end = start;
     }
+    out
+}
+
+/// The argument after `\boxed`: `{...}` with balanced braces (or unclosed: the rest), or the
+/// `\boxed 5` form that runs to the next `$` or whitespace. Returns (content, bytes used, closed).
+fn box_argument(rest: &str) -> Option<(&str, usize, bool)> {
+    let trimmed = rest.trim_start();
+    let offset = rest.len() - trimmed.len();
+    if let Some(inner) = trimmed.strip_prefix('{') {
+        return Some(match matching_brace(inner) {
+            Some(i) => (&inner[..i], offset + 1 + i + 1, true),
+            None => (inner, rest.len(), false),
+        });
+    }
+    if offset == 0 {
+        // `\boxedx`: another command, not a box.
+        return None;
+    }
+    let end = trimmed.find(|c: char| c == '$' || c.is_whitespace()).unwrap_or(trimmed.len());
+    Some((&trimmed[..end], offset + end, true))
+}
+
+/// Byte index of the `}` that closes an already-open brace at the start of `inner`.
+fn matching_brace(inner: &str) -> Option<usize> {
+    let mut depth = 1usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The GSM8K answer after `####`, thousands separators removed.
@@ -101,6 +157,20 @@ mod tests {
         assert_eq!(last_boxed(r"is $\boxed 5$.").unwrap(), "5");
         assert_eq!(last_boxed(r"\boxed{unbalanced"), None);
         assert_eq!(last_boxed(r"\boxed{}"), None);
+    }
+
+    #[test]
+    fn boxes_from_the_end() {
+        let text = r"\boxed{1} and \fbox{2} then \boxed{3}";
+        let contents: Vec<_> = boxes_from_end(text, 10).iter().map(|b| b.content).collect();
+        assert_eq!(contents, ["3", "2", "1"]);
+        let b = &boxes_from_end(text, 1)[0];
+        assert_eq!(&text[b.start..b.end], r"\boxed{3}");
+        // A box around a later box is unclosed within its window: the inner answer is last.
+        let nested = boxes_from_end(r"\boxed{a \boxed{b}}", 10);
+        assert_eq!(nested[0].content, "b");
+        assert!(!nested[1].closed);
+        assert_eq!(boxes_from_end(r"\boxedx{1}", 10), vec![]);
     }
 
     #[test]

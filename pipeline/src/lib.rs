@@ -9,6 +9,7 @@ pub mod filter;
 pub mod gguf;
 pub mod ingest;
 pub mod inspect;
+pub mod math_verify;
 pub mod normalize;
 pub mod pack;
 pub mod progress;

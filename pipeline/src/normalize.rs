@@ -87,7 +87,9 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Deterministic stream of pseudo-random `u64`s (splitmix64), for seeding hash families.
+/// Deterministic stream of pseudo-random `u64`s (splitmix64): MinHash seeds, the row shuffle and
+/// the trainer's data order. Its sequence is part of the snapshot format, so it is written here
+/// rather than taken from a crate whose algorithm could change with an upgrade.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
@@ -99,6 +101,11 @@ impl SplitMix64 {
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.0)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the tiny bias is irrelevant for shuffling).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 }
 

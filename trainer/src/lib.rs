@@ -6,5 +6,6 @@ pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod sandbox;
 pub mod train;
 pub mod weights;
