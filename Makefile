@@ -22,7 +22,7 @@ build:
 
 # The CUDA backend compiles its kernels with NVRTC at run time, so it builds without a GPU.
 build-cuda:
-	CUDARC_CUDA_VERSION=13000 $(CARGO) build --release -p trainer --features cuda
+	CUDARC_CUDA_VERSION=13000 $(CARGO) build --release --workspace --features trainer/cuda
 
 model: $(MODEL)
 $(MODEL):

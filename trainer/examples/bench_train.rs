@@ -18,9 +18,6 @@ use trainer::optim::{clip_global, AdamW, AdamWConfig};
 
 type B = Autodiff<Flex>;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--matmul") {

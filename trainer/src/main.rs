@@ -9,9 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::train::Run;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "trainer", version, about = "SFT and DFT on packed rectify snapshots (Llama, SmolLM2, Qwen2)")]
 struct Cli {
