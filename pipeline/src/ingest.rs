@@ -531,4 +531,37 @@ mod tests {
         assert_eq!(out.report.dropped.get("outside_id_range"), Some(&2));
         assert!(out.report.balanced());
     }
+
+    #[test]
+    fn parquet_goes_through_datafusion_with_row_numbers() {
+        use arrow::array::{Int64Array, RecordBatch, StringArray};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.parquet");
+        let batch = RecordBatch::try_from_iter(vec![
+            ("uid", Arc::new(Int64Array::from(vec![7, 8, 9])) as arrow::array::ArrayRef),
+            ("q", Arc::new(StringArray::from(vec![Some("What is 1+1?"), None, Some("What is 2+2?")])) as _),
+            ("a", Arc::new(StringArray::from(vec![Some("\\boxed{2}"), Some("x"), Some("\\boxed{4}")])) as _),
+        ])
+        .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let source = Source {
+            name: "p".into(),
+            path: "g.parquet".into(),
+            format: Format::Generic,
+            domain: Some(Domain::Math),
+            fields: Some(FieldMap { id: Some("uid".into()), prompt: "q".into(), response: Some("a".into()), gold: None, tests: None }),
+            id_range: None,
+            limit: None,
+        };
+        let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "").unwrap();
+        let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["p/7", "p/9"]);
+        assert_eq!(out.examples[1].response, "\\boxed{4}");
+        // The null prompt is quarantined with its row number and field.
+        assert_eq!((out.quarantine[0].line, out.quarantine[0].field.as_str()), (2, "q"));
+        assert!(out.report.balanced());
+    }
 }
