@@ -129,9 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let run = Run::new(r, &recipe)?;
             match device {
-                Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, &Default::default()),
+                Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, rayon::current_num_threads(), &Default::default()),
                 #[cfg(feature = "cuda")]
-                Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, &Default::default()),
+                Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default()),
             }
         }
         Command::Generate { model, prompt, max_new_tokens, tokenizer } => {
@@ -156,8 +156,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
-    let s = trainer::train::train::<B>(run, resume, device)?;
+fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
+    let s = trainer::train::train::<B>(run, resume, concurrency, device)?;
     if let Some(m) = &s.last {
         println!(
             "done: {} steps; last step objective {:.4}, cross-entropy {:.4}, mean token prob {:.3}, {:.0} tokens/s",

@@ -2,7 +2,7 @@
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::data::{load_snapshot, micro_batch, Row};
-use crate::loss::{objective, target_logprobs};
+use crate::loss::{objective, target_logprobs, LossKind};
 use crate::model::Llama;
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use crate::weights;
@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use pipeline::pack::shuffle;
+use rayon::prelude::*;
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -145,7 +146,8 @@ pub struct Summary {
 
 /// Train as the run says. With `resume`, continue from the newest checkpoint in the output
 /// folder; without it, refuse to overwrite one.
-pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, device: &B::Device) -> anyhow::Result<Summary> {
+/// `concurrency`: micro-batches computed at once (the CPU's cores; 1 on a GPU).
+pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
     let r = &run.recipe;
     let snapshot = load_snapshot(&run.snapshot_dir)?;
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
@@ -196,22 +198,34 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, device: &B::Device) ->
         let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
         let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
         let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
-        for chunk in rows.chunks(r.micro_batch_rows) {
-            let mb = micro_batch::<B>(chunk, device);
-            let [_, t] = mb.input_ids.dims();
-            let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
-            let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, r.loss, step_tokens);
-            obj += parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
-            ce += parts.ce_sum;
-            prob += parts.prob_sum;
-            let g = parts.objective.backward();
-            for (name, p) in model.named_params() {
-                let gp = p.grad(&g).with_context(|| format!("no gradient for {name}"))?;
-                let sum = match grads.remove(&name) {
-                    Some(acc) => acc + gp,
-                    None => gp,
-                };
-                grads.insert(name, sum);
+        // Burn's CPU backend runs element-wise ops on one thread, so on CPU the micro-batches of a
+        // step run side by side, each on its own copy of the parameters (separate autodiff leaves),
+        // and their gradients are summed in micro-batch order, which keeps the result independent
+        // of thread timing.
+        let chunks: Vec<&[&Row]> = rows.chunks(r.micro_batch_rows).collect();
+        for wave in chunks.chunks(concurrency.max(1)) {
+            let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
+                vec![micro_step(&model, wave[0], r.loss, step_tokens, device)]
+            } else {
+                wave.par_iter()
+                    .map(|chunk| {
+                        let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
+                        micro_step(&local, chunk, r.loss, step_tokens, device)
+                    })
+                    .collect()
+            };
+            for result in results {
+                let m = result?;
+                obj += m.objective;
+                ce += m.ce_sum;
+                prob += m.prob_sum;
+                for (name, g) in m.grads {
+                    let sum = match grads.remove(&name) {
+                        Some(acc) => acc + g,
+                        None => g,
+                    };
+                    grads.insert(name, sum);
+                }
             }
         }
         let step_no = state.step + 1;
@@ -267,6 +281,29 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, device: &B::Device) ->
     }
     std::fs::rename(&tmp, &final_dir)?;
     Ok(Summary { steps: state.step, final_model: final_dir, metrics: metrics_path, last })
+}
+
+/// Gradients and detached loss sums of one micro-batch.
+struct MicroResult<B: AutodiffBackend> {
+    grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
+    objective: f64,
+    ce_sum: f64,
+    prob_sum: f64,
+}
+
+fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: LossKind, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
+    let mb = micro_batch::<B>(rows, device);
+    let [_, t] = mb.input_ids.dims();
+    let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
+    let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, loss, step_tokens);
+    let value = parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
+    let g = parts.objective.backward();
+    let grads = model
+        .named_params()
+        .into_iter()
+        .map(|(name, p)| p.grad(&g).with_context(|| format!("no gradient for {name}")).map(|gp| (name, gp)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(MicroResult { grads, objective: value, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
 }
 
 /// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
