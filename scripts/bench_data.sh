@@ -9,7 +9,7 @@ BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-bench-out}
 RECIPE=${RECIPE:-datasets/recipes/default.yaml}
 mkdir -p "$OUT"
-cargo build --release -p pipeline --bins --examples
+cargo build --release --workspace --bins --examples
 make --no-print-directory model
 
 # The baseline's own environment, so the bench never touches the user's Python.

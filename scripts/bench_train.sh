@@ -9,7 +9,7 @@ OUT=${BENCH_OUT:-bench-out}
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 LENGTHS=${LENGTHS:-"256 512 1024 2048"}
 mkdir -p "$OUT"
-cargo build --release -p trainer --examples
+cargo build --release --workspace --examples
 make --no-print-directory model
 BIN=$CARGO_TARGET_DIR/release/examples/bench_train
 $BIN --matmul 2048 > "$OUT/train_matmul.json"

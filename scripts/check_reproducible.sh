@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 PIPELINE=$CARGO_TARGET_DIR/release/pipeline
-cargo build --release -p pipeline
+cargo build --release --workspace
 make --no-print-directory model
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
