@@ -69,6 +69,17 @@ enum Command {
         #[arg(long)]
         tokenizer: Option<PathBuf>,
     },
+    /// Re-score a results file without a model: each JSONL line with `gold` and `prediction`
+    /// (a final answer or a whole model output) is written back with `extracted` and `correct`.
+    VerifyAnswers {
+        file: PathBuf,
+        /// Where to write; default: FILE with `.verified.jsonl`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Benchmark name: `gsm8k*` allows the last-number fallback, others need an explicit answer.
+        #[arg(long, default_value = "math")]
+        benchmark: String,
+    },
     /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors + config.json.
     Export {
         #[arg(long)]
@@ -144,6 +155,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
             let out = trainer::model::greedy(&m, &prompt_ids, max_new_tokens, &[tok.eos_id()], &device);
             println!("{}", tok.decode(&out));
+            Ok(())
+        }
+        Command::VerifyAnswers { file, out, benchmark } => {
+            let out = out.unwrap_or_else(|| file.with_extension("verified.jsonl"));
+            let opts = pipeline::math_verify::ExtractOptions::for_benchmark(&benchmark);
+            let s = pipeline::math_verify::verify_jsonl(&file, &out, &opts)?;
+            println!("{s:?}");
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Export { model, out } => {
