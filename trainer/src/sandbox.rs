@@ -24,7 +24,7 @@
 //! * **Writes outside the work dir.** Landlock (Linux ≥ 5.13, unprivileged, works as root too):
 //!   every write-type filesystem access — creating, writing, truncating, removing, renaming,
 //!   linking — is denied except beneath the work dir (and writing `/dev/null`). Landlock is
-//!   inherited by children and survives `exec`, so `os.system("echo > /tmp/x")` is contained too.
+//!   inherited by children and survives `exec`, so `os.system("echo > $TMPDIR/x")` is contained too.
 //!   With Landlock ABI ≥ 4 TCP `bind`/`connect` are denied; with ABI ≥ 6 signals to processes
 //!   outside the sandbox and abstract unix sockets are blocked. As root the private uid adds
 //!   ordinary permission checks on top. *Limitation:* where the kernel lacks Landlock the only

@@ -745,7 +745,7 @@ mod tests {
                 Dtype::F16 => t.data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
                 Dtype::BF16 => t.data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
                 Dtype::I32 => t.data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-                _ => unimplemented!(),
+                other => panic!("test helper writes F32, F16, BF16 or I32, not {other:?}"),
             })
             .collect();
         let views: Vec<_> = tensors
