@@ -9,12 +9,13 @@
 //! `--matmul N` times an N x N x N f32 matmul, the machine's practical ceiling.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use std::time::Instant;
-use trainer::data::{micro_batch, Row};
-use trainer::loss::{objective, target_logprobs, LossKind};
+use trainer::data::Row;
+use trainer::loss::LossKind;
 use trainer::model::Llama;
 use trainer::optim::{clip_global, AdamW, AdamWConfig};
+use trainer::train::{apply_update, micro_step};
 
 type B = Autodiff<Flex>;
 
@@ -59,15 +60,9 @@ fn main() -> anyhow::Result<()> {
     let mut times = vec![];
     for _ in 0..steps {
         let t = Instant::now();
-        let mb = micro_batch::<B>(&[&row], &dev);
-        let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, seq_len - 1);
-        let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, LossKind::Dft, row.targets() as f64);
-        let grads = parts.objective.backward();
-        let g: Vec<_> = model.named_params().into_iter().map(|(n, p)| (n, p.grad(&grads).expect("grad"))).collect();
-        let (_, g) = clip_global(g, 1.0);
-        let mut g: std::collections::BTreeMap<_, _> = g.into_iter().collect();
-        opt.begin_step();
-        model = model.map_params(&dev, |n, p| Tensor::from_inner(opt.update(n, p.inner(), g.remove(n).expect("grad"), 1e-5)).require_grad());
+        let step = micro_step(&model, &[&row], LossKind::Dft, row.targets() as f64, &dev)?;
+        let (_, grads) = clip_global(step.grads, 1.0);
+        model = apply_update(model, grads, &mut opt, 1e-5, &dev);
         let _ = model.norm.clone().into_data();
         times.push(t.elapsed().as_secs_f64());
     }
@@ -83,7 +78,6 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .unwrap_or(0.0);
-    let _ = TensorData::new(vec![0f32], [1]);
     println!(
         "{}",
         serde_json::json!({

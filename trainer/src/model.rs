@@ -18,6 +18,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One transformer block's parameters.
 #[derive(Clone, Debug)]
@@ -50,30 +51,44 @@ pub struct Llama<B: Backend> {
 }
 
 /// Precomputed rotary tables, `[max_positions, head_dim]`, in Hugging Face's `rotate_half`
-/// layout (the frequencies repeated over both halves).
+/// layout (the frequencies repeated over both halves). The host copy is shared so that moving
+/// the model between backends (every optimizer step does) copies the tables instead of
+/// recomputing a few hundred thousand sines and cosines.
 #[derive(Clone, Debug)]
 struct Rope<B: Backend> {
+    host: Arc<(Vec<f32>, Vec<f32>)>,
+    head_dim: usize,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
     fn new(theta: f64, head_dim: usize, max_positions: usize, device: &B::Device) -> Self {
-        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..head_dim).map(|j| 1.0 / theta.powf((2 * (j % (head_dim / 2))) as f64 / head_dim as f64)).collect();
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
         for p in 0..max_positions {
-            for j in 0..head_dim {
-                let inv_freq = 1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64);
-                let angle = p as f64 * inv_freq;
+            for f in &inv_freq {
+                let angle = p as f64 * f;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
+        Self::from_host(Arc::new((cos, sin)), head_dim, device)
+    }
+
+    fn from_host(host: Arc<(Vec<f32>, Vec<f32>)>, head_dim: usize, device: &B::Device) -> Self {
+        let shape = [host.0.len() / head_dim, head_dim];
         Rope {
-            cos: Tensor::from_data(TensorData::new(cos, [max_positions, head_dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_positions, head_dim]), device),
+            cos: Tensor::from_data(TensorData::new(host.0.clone(), shape), device),
+            sin: Tensor::from_data(TensorData::new(host.1.clone(), shape), device),
+            host,
+            head_dim,
         }
+    }
+
+    fn to_backend<B2: Backend>(&self, device: &B2::Device) -> Rope<B2> {
+        Rope::from_host(self.host.clone(), self.head_dim, device)
     }
 
     /// `x`: `[batch, heads, seq, head_dim]`; `positions`: `[batch, seq]`.
@@ -208,6 +223,7 @@ impl<B: Backend> Llama<B> {
         device: &B2::Device,
         mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>,
     ) -> Llama<B2> {
+        let rope = self.rope.to_backend::<B2>(device);
         let mut m = |name: String, t: Tensor<B, 2>| f(&name, t);
         let embed_tokens = m("model.embed_tokens.weight".into(), self.embed_tokens);
         let layers = self
@@ -235,10 +251,9 @@ impl<B: Backend> Llama<B> {
             .collect();
         let norm = m("model.norm.weight".into(), self.norm);
         let lm_head = self.lm_head.map(|h| m("lm_head.weight".into(), h));
-        let cfg = self.config;
         Llama {
-            rope: Rope::new(cfg.rope_theta, cfg.head_dim(), cfg.max_position_embeddings, device),
-            config: cfg,
+            rope,
+            config: self.config,
             embed_tokens,
             layers,
             norm,

@@ -239,12 +239,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             );
         }
         let lr = lr_at(state.step, total_steps, warmup, r.lr);
-        opt.begin_step();
-        let mut clipped: BTreeMap<String, Tensor<B::InnerBackend, 2>> = clipped.into_iter().collect();
-        model = model.map_params(device, |name, p| {
-            let g = clipped.remove(name).expect("a gradient per parameter");
-            Tensor::from_inner(opt.update(name, p.inner(), g, lr)).require_grad()
-        });
+        model = apply_update(model, clipped, &mut opt, lr, device);
         state.step = step_no;
         state.rows_consumed += rows_per_step as u64;
         let tokens = (rows_per_step * snapshot.seq_len) as u64;
@@ -284,14 +279,31 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
 }
 
 /// Gradients and detached loss sums of one micro-batch.
-struct MicroResult<B: AutodiffBackend> {
-    grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
-    objective: f64,
-    ce_sum: f64,
-    prob_sum: f64,
+pub struct MicroResult<B: AutodiffBackend> {
+    pub grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
+    pub objective: f64,
+    pub ce_sum: f64,
+    pub prob_sum: f64,
 }
 
-fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: LossKind, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
+/// One AdamW step with (already clipped) gradients; the updated parameters stay trainable.
+pub fn apply_update<B: AutodiffBackend>(
+    model: Llama<B>,
+    grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
+    opt: &mut AdamW<B::InnerBackend>,
+    lr: f64,
+    device: &B::Device,
+) -> Llama<B> {
+    opt.begin_step();
+    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = grads.into_iter().collect();
+    model.map_params(device, |name, p| {
+        let g = grads.remove(name).expect("a gradient per parameter");
+        Tensor::from_inner(opt.update(name, p.inner(), g, lr)).require_grad()
+    })
+}
+
+/// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
+pub fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: LossKind, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
     let mb = micro_batch::<B>(rows, device);
     let [_, t] = mb.input_ids.dims();
     let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
