@@ -527,8 +527,9 @@ impl Gguf {
 
 /// The test model, `<workspace>/models/SmolLM2-135M-Instruct.Q4_1.gguf` or `$RECTIFY_MODEL`.
 /// Panics when it is missing: a test that silently passes without its model proves nothing.
-#[cfg(test)]
-pub(crate) fn test_model_path() -> PathBuf {
+/// Shared by the tests of every crate in the workspace.
+#[doc(hidden)]
+pub fn test_model_path() -> PathBuf {
     let p = match std::env::var_os("RECTIFY_MODEL") {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -13,9 +13,7 @@ fn repo() -> PathBuf {
 }
 
 fn model() -> PathBuf {
-    let p = std::env::var_os("RECTIFY_MODEL").map(PathBuf::from).unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(p.is_file(), "model {} not found: run `make model`", p.display());
-    p
+    pipeline::gguf::test_model_path()
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {

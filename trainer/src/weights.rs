@@ -1173,16 +1173,7 @@ mod tests {
     // ----- the real test model -----
 
     fn test_model_path() -> PathBuf {
-        let p = match std::env::var_os("RECTIFY_MODEL") {
-            Some(p) => PathBuf::from(p),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        };
-        assert!(
-            p.is_file(),
-            "test model {} not found: run `make model` (or set RECTIFY_MODEL to a GGUF file)",
-            p.display()
-        );
-        p
+        pipeline::gguf::test_model_path()
     }
 
     /// Loaded once: the tests below share ~540 MB of f32 weights.

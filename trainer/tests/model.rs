@@ -11,9 +11,7 @@ fn repo() -> PathBuf {
 }
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("RECTIFY_MODEL").map(PathBuf::from).unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(p.is_file(), "model {} not found: run `make model`", p.display());
-    p
+    pipeline::gguf::test_model_path()
 }
 
 fn smollm() -> Llama<Flex> {
