@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train check-export clean
+.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train check-export probs clean
 
 all: data
 
@@ -49,6 +49,14 @@ $(SNAPSHOTS)/default/manifest.json:
 train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json
 	rm -rf $(RUNS)/$(LOSS)
 	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND)
+
+# Histogram (PNG + CSV) of the probability each model gives the training tokens of PROBS_ROWS
+# rows of the default snapshot: the base model and whichever of the SFT / DFT runs exist.
+MODELS ?= $(MODEL) $(wildcard $(RUNS)/dft/final $(RUNS)/sft/final)
+PROBS_ROWS ?= 8
+PROBS_OUT ?= bench-out/probs.png
+probs: build model $(SNAPSHOTS)/default/manifest.json
+	$(TRAINER) probs $(foreach m,$(MODELS),--model $(m)) --snapshot $(SNAPSHOTS)/default --rows $(PROBS_ROWS) --out $(PROBS_OUT)
 
 test: model
 	$(CARGO) test --release --workspace

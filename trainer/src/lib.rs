@@ -6,6 +6,8 @@ pub mod data;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plot;
+pub mod probs;
 pub mod sandbox;
 pub mod train;
 pub mod weights;

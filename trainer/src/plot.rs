@@ -1,0 +1,529 @@
+//! A small raster chart: grouped-bar histograms drawn into an RGB canvas and written as PNG.
+//!
+//! Text is rasterised from DejaVu Sans (bundled in `trainer/assets/`, Bitstream Vera license)
+//! with `ab_glyph`; everything else is axis-aligned rectangles. Integer pixel geometry and a
+//! fixed PNG encoder configuration make the output a pure function of the chart: the same
+//! chart gives the same bytes.
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+use std::sync::OnceLock;
+
+pub type Rgb = [u8; 3];
+
+pub const WHITE: Rgb = [255, 255, 255];
+pub const BLACK: Rgb = [0, 0, 0];
+const TEXT: Rgb = [34, 34, 34];
+const GRID: Rgb = [225, 225, 225];
+const AXIS: Rgb = [90, 90, 90];
+
+/// Series colours: Tableau 10, distinguishable for most colour-vision deficiencies in the
+/// first few entries.
+pub const PALETTE: [Rgb; 10] = [
+    [0x4E, 0x79, 0xA7],
+    [0xF2, 0x8E, 0x2B],
+    [0x59, 0xA1, 0x4F],
+    [0xE1, 0x57, 0x59],
+    [0xB0, 0x7A, 0xA1],
+    [0x76, 0xB7, 0xB2],
+    [0xED, 0xC9, 0x48],
+    [0xFF, 0x9D, 0xA7],
+    [0x9C, 0x75, 0x5F],
+    [0xBA, 0xB0, 0xAC],
+];
+
+static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| FontRef::try_from_slice(FONT_BYTES).expect("bundled DejaVu Sans parses"))
+}
+
+/// Coverage mask of a line of text: `width × height` values in `[0, 1]`, row-major; the
+/// baseline is `ascent` pixels below the top.
+pub struct TextMask {
+    pub width: usize,
+    pub height: usize,
+    pub ascent: usize,
+    pub alpha: Vec<f32>,
+}
+
+/// Width in pixels of `s` at `size` px.
+pub fn text_width(s: &str, size: f32) -> usize {
+    let f = font().as_scaled(PxScale::from(size));
+    let mut w = 0.0f32;
+    let mut prev = None;
+    for c in s.chars() {
+        let id = f.glyph_id(c);
+        if let Some(p) = prev {
+            w += f.kern(p, id);
+        }
+        w += f.h_advance(id);
+        prev = Some(id);
+    }
+    w.ceil() as usize
+}
+
+pub fn text_mask(s: &str, size: f32) -> TextMask {
+    let f = font().as_scaled(PxScale::from(size));
+    let ascent = f.ascent().ceil() as usize;
+    let height = ascent + (-f.descent()).ceil() as usize + 1;
+    let width = text_width(s, size) + 2;
+    let mut alpha = vec![0.0f32; width * height];
+    let mut x = 0.0f32;
+    let mut prev = None;
+    for c in s.chars() {
+        let id = f.glyph_id(c);
+        if let Some(p) = prev {
+            x += f.kern(p, id);
+        }
+        let glyph = id.with_scale_and_position(PxScale::from(size), ab_glyph::point(x, ascent as f32));
+        x += f.h_advance(id);
+        prev = Some(id);
+        if let Some(g) = font().outline_glyph(glyph) {
+            let b = g.px_bounds();
+            g.draw(|gx, gy, c| {
+                let px = b.min.x as i64 + gx as i64;
+                let py = b.min.y as i64 + gy as i64;
+                if px >= 0 && py >= 0 && (px as usize) < width && (py as usize) < height {
+                    let a = &mut alpha[py as usize * width + px as usize];
+                    *a = (*a + c).min(1.0);
+                }
+            });
+        }
+    }
+    TextMask { width, height, ascent, alpha }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Start,
+    Center,
+    End,
+}
+
+/// An RGB image, row-major, 8 bits per channel.
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Canvas {
+    pub fn new(width: usize, height: usize, background: Rgb) -> Canvas {
+        Canvas { width, height, pixels: background.iter().copied().cycle().take(width * height * 3).collect() }
+    }
+
+    pub fn get(&self, x: usize, y: usize) -> Rgb {
+        let i = (y * self.width + x) * 3;
+        [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
+    }
+
+    /// Mix `color` over the pixel with opacity `a` in `[0, 1]`; outside the canvas is ignored.
+    pub fn blend(&mut self, x: i64, y: i64, color: Rgb, a: f32) {
+        if x < 0 || y < 0 || x as usize >= self.width || y as usize >= self.height || a <= 0.0 {
+            return;
+        }
+        let i = (y as usize * self.width + x as usize) * 3;
+        let a = a.min(1.0);
+        for c in 0..3 {
+            let old = self.pixels[i + c] as f32;
+            self.pixels[i + c] = (old + (color[c] as f32 - old) * a).round() as u8;
+        }
+    }
+
+    /// Fill the half-open rectangle `[x0, x1) × [y0, y1)`.
+    pub fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb) {
+        for y in y0.max(0)..y1.min(self.height as i64) {
+            for x in x0.max(0)..x1.min(self.width as i64) {
+                let i = (y as usize * self.width + x as usize) * 3;
+                self.pixels[i..i + 3].copy_from_slice(&color);
+            }
+        }
+    }
+
+    /// A one-pixel outline just inside `[x0, x1) × [y0, y1)`.
+    pub fn stroke_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb) {
+        self.fill_rect(x0, y0, x1, y0 + 1, color);
+        self.fill_rect(x0, y1 - 1, x1, y1, color);
+        self.fill_rect(x0, y0, x0 + 1, y1, color);
+        self.fill_rect(x1 - 1, y0, x1, y1, color);
+    }
+
+    /// Draw text horizontally: `x` is aligned as `align` says, `y` is the baseline.
+    pub fn text(&mut self, s: &str, x: i64, y: i64, size: f32, color: Rgb, align: Align) {
+        let m = text_mask(s, size);
+        let left = match align {
+            Align::Start => x,
+            Align::Center => x - m.width as i64 / 2,
+            Align::End => x - m.width as i64,
+        };
+        let top = y - m.ascent as i64;
+        for my in 0..m.height {
+            for mx in 0..m.width {
+                self.blend(left + mx as i64, top + my as i64, color, m.alpha[my * m.width + mx]);
+            }
+        }
+    }
+
+    /// Draw text turned 90° counter-clockwise (reading bottom to top), centred on `cy`, its
+    /// baseline on column `x`.
+    pub fn text_vertical(&mut self, s: &str, x: i64, cy: i64, size: f32, color: Rgb) {
+        let m = text_mask(s, size);
+        // Mask pixel (mx, my) goes to (x - ascent + my, cy + width/2 - mx).
+        for my in 0..m.height {
+            for mx in 0..m.width {
+                let px = x - m.ascent as i64 + my as i64;
+                let py = cy + m.width as i64 / 2 - mx as i64;
+                self.blend(px, py, color, m.alpha[my * m.width + mx]);
+            }
+        }
+    }
+
+    /// PNG bytes (8-bit RGB, default compression and filter: deterministic).
+    pub fn to_png(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().expect("PNG header to memory");
+            w.write_image_data(&self.pixels).expect("PNG data to memory");
+        }
+        out
+    }
+}
+
+/// One series of a grouped-bar histogram: a value per bin, a colour and legend text.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub label: String,
+    /// Extra legend text after the label (e.g. summary numbers).
+    pub note: String,
+    pub values: Vec<f64>,
+}
+
+/// A histogram with several series side by side in each bin.
+#[derive(Clone, Debug)]
+pub struct BarChart {
+    pub title: String,
+    pub subtitle: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Bin edges, one more than the bins, increasing.
+    pub edges: Vec<f64>,
+    pub series: Vec<Series>,
+    pub log_y: bool,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Where things were drawn, for tests and callers that annotate the chart.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Plot area `[x0, x1) × [y0, y1)`.
+    pub plot: (i64, i64, i64, i64),
+    /// `bars[series][bin]`: the bar's rectangle, `None` where nothing is drawn (zero, or below
+    /// the log axis).
+    pub bars: Vec<Vec<Option<(i64, i64, i64, i64)>>>,
+    /// Legend swatch of each series.
+    pub swatches: Vec<(i64, i64, i64, i64)>,
+    pub y_range: (f64, f64),
+}
+
+/// "Nice" linear ticks from 0 to at least `max`: steps of 1, 2 or 5 × 10^k, about 5 of them.
+pub fn linear_ticks(max: f64) -> Vec<f64> {
+    let max = if max > 0.0 && max.is_finite() { max } else { 1.0 };
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let n = (max / step - 1e-9).ceil() as usize;
+    (0..=n).map(|i| i as f64 * step).collect()
+}
+
+/// Tick label with as many decimals as the step needs.
+fn tick_label(v: f64, step: f64) -> String {
+    let decimals = (0..3).find(|&d| {
+        let x = step * 10f64.powi(d as i32);
+        (x - x.round()).abs() < 1e-6 * x.max(1.0)
+    });
+    let decimals = decimals.unwrap_or(3);
+    format!("{v:.decimals$}")
+}
+
+fn log_label(e: i32) -> String {
+    if e >= 0 {
+        format!("{}", 10f64.powi(e))
+    } else {
+        format!("{:.*}", (-e) as usize, 10f64.powi(e))
+    }
+}
+
+const TITLE_PX: f32 = 22.0;
+const SUBTITLE_PX: f32 = 15.0;
+const LABEL_PX: f32 = 16.0;
+const TICK_PX: f32 = 13.0;
+const LEGEND_PX: f32 = 14.0;
+const LEGEND_ROW: i64 = 24;
+
+impl BarChart {
+    /// Height the chart needs for its legend rows below the plot (added to `height`).
+    fn legend_height(&self) -> i64 {
+        LEGEND_ROW * self.series.len() as i64 + 12
+    }
+
+    pub fn render(&self) -> (Canvas, Layout) {
+        assert!(self.edges.len() >= 2, "at least one bin");
+        let bins = self.edges.len() - 1;
+        for s in &self.series {
+            assert_eq!(s.values.len(), bins, "series `{}` has {} values for {} bins", s.label, s.values.len(), bins);
+        }
+        let total_h = self.height + self.legend_height() as usize;
+        let mut c = Canvas::new(self.width, total_h, WHITE);
+        let (w, h) = (self.width as i64, self.height as i64);
+        let (x0, x1) = (92, w - 36);
+        let (y0, y1) = (86, h - 70);
+
+        c.text(&self.title, w / 2, 34, TITLE_PX, TEXT, Align::Center);
+        c.text(&self.subtitle, w / 2, 60, SUBTITLE_PX, [85, 85, 85], Align::Center);
+
+        // Y axis range and ticks.
+        let max = self.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+        let (lo, hi, ticks): (f64, f64, Vec<(f64, String)>) = if self.log_y {
+            let min_pos = self.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| *v > 0.0 && v.is_finite()).fold(f64::INFINITY, f64::min);
+            let lo_e = if min_pos.is_finite() { min_pos.log10().floor().max(-9.0) as i32 } else { -3 };
+            let hi_e = if max > 0.0 { max.log10().ceil() as i32 } else { 0 };
+            let hi_e = hi_e.max(lo_e + 1);
+            (10f64.powi(lo_e), 10f64.powi(hi_e), (lo_e..=hi_e).map(|e| (10f64.powi(e), log_label(e))).collect())
+        } else {
+            let t = linear_ticks(max);
+            let step = if t.len() > 1 { t[1] - t[0] } else { 1.0 };
+            let hi = *t.last().expect("ticks");
+            (0.0, hi, t.iter().map(|&v| (v, tick_label(v, step))).collect())
+        };
+        let y_of = |v: f64| -> i64 {
+            let f = if self.log_y { (v.log10() - lo.log10()) / (hi.log10() - lo.log10()) } else { (v - lo) / (hi - lo) };
+            y1 - (f.clamp(0.0, 1.0) * (y1 - y0) as f64).round() as i64
+        };
+        let (xlo, xhi) = (self.edges[0], self.edges[bins]);
+        let x_of = |v: f64| -> i64 { x0 + ((v - xlo) / (xhi - xlo) * (x1 - x0) as f64).round() as i64 };
+
+        // Grid and tick labels.
+        for (v, label) in &ticks {
+            let y = y_of(*v);
+            c.fill_rect(x0, y, x1, y + 1, GRID);
+            c.fill_rect(x0 - 5, y, x0, y + 1, AXIS);
+            c.text(label, x0 - 9, y + 5, TICK_PX, TEXT, Align::End);
+        }
+        if self.log_y {
+            // Minor grid at 2..9 × 10^e.
+            for (v, _) in ticks.iter().take(ticks.len() - 1) {
+                for k in 2..10 {
+                    let y = y_of(v * k as f64);
+                    c.fill_rect(x0 - 2, y, x0, y + 1, AXIS);
+                }
+            }
+        }
+        let x_step = x_tick_step(xhi - xlo, bins);
+        let n_xticks = ((xhi - xlo) / x_step).round() as i64;
+        for i in 0..=n_xticks {
+            let v = xlo + i as f64 * x_step;
+            let x = x_of(v);
+            c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
+            c.text(&tick_label(v, x_step), x, y1 + 21, TICK_PX, TEXT, Align::Center);
+        }
+
+        // Bars: each bin's group takes 84% of the bin, split evenly among the series.
+        let n = self.series.len().max(1) as i64;
+        let mut bars = vec![vec![None; bins]; self.series.len()];
+        for b in 0..bins {
+            let (bx0, bx1) = (x_of(self.edges[b]), x_of(self.edges[b + 1]));
+            let group = ((bx1 - bx0) as f64 * 0.84).round() as i64;
+            let gx0 = bx0 + ((bx1 - bx0) - group) / 2;
+            let bar_w = (group / n).max(1);
+            let gx0 = gx0 + (group - bar_w * n) / 2;
+            for (s, series) in self.series.iter().enumerate() {
+                let v = series.values[b];
+                if !(v > 0.0) || (self.log_y && v < lo) {
+                    continue;
+                }
+                let top = y_of(v).min(y1 - 1);
+                let rect = (gx0 + s as i64 * bar_w, top, gx0 + (s as i64 + 1) * bar_w, y1);
+                let color = PALETTE[s % PALETTE.len()];
+                c.fill_rect(rect.0, rect.1, rect.2, rect.3, color);
+                if rect.2 - rect.0 >= 6 && rect.3 - rect.1 >= 6 {
+                    c.stroke_rect(rect.0, rect.1, rect.2, rect.3, darker(color));
+                }
+                bars[s][b] = Some(rect);
+            }
+        }
+
+        // Axes.
+        c.fill_rect(x0, y1, x1, y1 + 1, AXIS);
+        c.fill_rect(x0 - 1, y0, x0, y1 + 1, AXIS);
+        c.text(&self.x_label, (x0 + x1) / 2, y1 + 48, LABEL_PX, TEXT, Align::Center);
+        c.text_vertical(&self.y_label, 26, (y0 + y1) / 2, LABEL_PX, TEXT);
+
+        // Legend below the plot: swatch, label in bold colour-free text, then the note.
+        let mut swatches = vec![];
+        for (s, series) in self.series.iter().enumerate() {
+            let top = h + 4 + s as i64 * LEGEND_ROW;
+            let color = PALETTE[s % PALETTE.len()];
+            let sw = (x0, top + 3, x0 + 28, top + 19);
+            c.fill_rect(sw.0, sw.1, sw.2, sw.3, color);
+            c.stroke_rect(sw.0, sw.1, sw.2, sw.3, darker(color));
+            swatches.push(sw);
+            let base = top + 16;
+            c.text(&series.label, x0 + 38, base, LEGEND_PX, TEXT, Align::Start);
+            let label_w = text_width(&series.label, LEGEND_PX) as i64;
+            let note_x = (x0 + 38 + label_w + 16).max(x0 + 38 + self.legend_label_width() + 16);
+            c.text(&series.note, note_x, base, LEGEND_PX, [70, 70, 70], Align::Start);
+        }
+        (c, Layout { plot: (x0, y0, x1, y1), bars, swatches, y_range: (lo, hi) })
+    }
+
+    fn legend_label_width(&self) -> i64 {
+        self.series.iter().map(|s| text_width(&s.label, LEGEND_PX) as i64).max().unwrap_or(0)
+    }
+}
+
+/// X tick spacing: 0.1 of a unit range unless the bins are coarser or finer in a way that
+/// makes another step line up with their edges.
+fn x_tick_step(range: f64, bins: usize) -> f64 {
+    let per_bin = range / bins as f64;
+    let target = range / 10.0;
+    if per_bin >= target {
+        per_bin
+    } else {
+        // The smallest multiple of the bin width that is at least a tenth of the range.
+        per_bin * (target / per_bin - 1e-9).ceil()
+    }
+}
+
+fn darker(c: Rgb) -> Rgb {
+    [(c[0] as u16 * 7 / 10) as u8, (c[1] as u16 * 7 / 10) as u8, (c[2] as u16 * 7 / 10) as u8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_ticks_are_nice_and_cover_the_maximum() {
+        let t = linear_ticks(0.62);
+        assert_eq!(t.len(), 5);
+        assert!(t.iter().zip([0.0, 0.2, 0.4, 0.6, 0.8]).all(|(a, b)| (a - b).abs() < 1e-12), "{t:?}");
+        let t = linear_ticks(0.043);
+        assert_eq!(t.len(), 6);
+        assert!((t[1] - 0.01).abs() < 1e-12 && *t.last().unwrap() >= 0.043);
+        assert_eq!(linear_ticks(0.0), linear_ticks(1.0));
+        assert_eq!(tick_label(0.30000000000000004, 0.1), "0.3");
+        assert_eq!(tick_label(0.05, 0.05), "0.05");
+        assert_eq!(tick_label(0.25, 0.25), "0.25");
+        assert_eq!(log_label(-3), "0.001");
+        assert_eq!(log_label(0), "1");
+    }
+
+    #[test]
+    fn x_ticks_line_up_with_bin_edges() {
+        assert!((x_tick_step(1.0, 20) - 0.1).abs() < 1e-12);
+        assert!((x_tick_step(1.0, 10) - 0.1).abs() < 1e-12);
+        assert!((x_tick_step(1.0, 4) - 0.25).abs() < 1e-12);
+        assert!((x_tick_step(1.0, 30) - 0.1).abs() < 1e-12);
+        assert!((x_tick_step(1.0, 7) - 1.0 / 7.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn text_is_drawn_where_asked() {
+        let mut c = Canvas::new(200, 60, WHITE);
+        c.text("probability 0.9", 100, 40, 16.0, BLACK, Align::Center);
+        let dark: Vec<(usize, usize)> = (0..60).flat_map(|y| (0..200).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y)[0] < 128).collect();
+        assert!(dark.len() > 100, "{} dark pixels", dark.len());
+        let (minx, maxx) = (dark.iter().map(|p| p.0).min().unwrap(), dark.iter().map(|p| p.0).max().unwrap());
+        let (miny, maxy) = (dark.iter().map(|p| p.1).min().unwrap(), dark.iter().map(|p| p.1).max().unwrap());
+        // Centred on x = 100, sitting on the baseline y = 40 (the descender of "p"/"y" below).
+        assert!(((minx + maxx) as i64 / 2 - 100).abs() <= 3, "{minx}..{maxx}");
+        assert!((26..=31).contains(&miny) && (41..=45).contains(&maxy), "{miny}..{maxy}");
+        let w = text_width("probability 0.9", 16.0);
+        assert!((maxx - minx + 1) as i64 - w as i64 <= 0 && w - (maxx - minx + 1) < 6, "{w} vs {}", maxx - minx + 1);
+
+        let mut v = Canvas::new(60, 200, WHITE);
+        v.text_vertical("fraction", 30, 100, 16.0, BLACK);
+        let dark: Vec<(usize, usize)> = (0..200).flat_map(|y| (0..60).map(move |x| (x, y))).filter(|&(x, y)| v.get(x, y)[0] < 128).collect();
+        let (minx, maxx) = (dark.iter().map(|p| p.0).min().unwrap(), dark.iter().map(|p| p.0).max().unwrap());
+        let (miny, maxy) = (dark.iter().map(|p| p.1).min().unwrap(), dark.iter().map(|p| p.1).max().unwrap());
+        // Turned: taller than wide, centred on y = 100, left of the baseline column.
+        assert!(maxy - miny > 3 * (maxx - minx), "{minx}..{maxx} × {miny}..{maxy}");
+        assert!(((miny + maxy) as i64 / 2 - 100).abs() <= 3 && maxx <= 31);
+    }
+
+    fn chart(log_y: bool) -> BarChart {
+        BarChart {
+            title: "t".into(),
+            subtitle: "s".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            edges: (0..=4).map(|i| i as f64 / 4.0).collect(),
+            series: vec![
+                Series { label: "a".into(), note: String::new(), values: vec![0.5, 0.0, 0.25, 0.25] },
+                Series { label: "b".into(), note: String::new(), values: vec![0.001, 0.0, 0.0, 0.999] },
+            ],
+            log_y,
+            width: 600,
+            height: 400,
+        }
+    }
+
+    #[test]
+    fn bars_have_their_colour_height_and_order() {
+        for log_y in [false, true] {
+            let ch = chart(log_y);
+            let (c, l) = ch.render();
+            assert_eq!((c.width, c.height), (600, 400 + 2 * 24 + 12));
+            for (s, series) in ch.series.iter().enumerate() {
+                for (b, &v) in series.values.iter().enumerate() {
+                    match l.bars[s][b] {
+                        None => assert_eq!(v, 0.0, "series {s} bin {b}"),
+                        Some((x0, y0, x1, y1)) => {
+                            assert!(v > 0.0);
+                            assert_eq!(c.get(((x0 + x1) / 2) as usize, ((y0 + y1) / 2) as usize), PALETTE[s], "series {s} bin {b}");
+                            assert_eq!(y1, l.plot.3);
+                            // Inside its bin, series side by side in order.
+                            assert!(x0 >= l.plot.0 + b as i64 * (l.plot.2 - l.plot.0) / 4 && x1 <= l.plot.0 + (b as i64 + 1) * (l.plot.2 - l.plot.0) / 4 + 1);
+                            if s == 1 {
+                                assert!(x0 >= l.bars[0][b].map_or(x0, |r| r.2));
+                            }
+                        }
+                    }
+                }
+                // Empty bins show background at the foot of the plot, where a bar would be.
+                let x = (l.plot.0 + (l.plot.2 - l.plot.0) * 3 / 8) as usize;
+                assert_eq!(c.get(x, (l.plot.3 - 3) as usize), WHITE);
+            }
+            // Heights are ordered like the values.
+            let height = |s: usize, b: usize| l.bars[s][b].map(|r| r.3 - r.1).unwrap();
+            assert!(height(1, 3) > height(0, 0) && height(0, 0) > height(0, 2) && height(0, 2) > height(1, 0));
+            if !log_y {
+                // Linear: 0.5 is half of 0.999's bar (within rounding), axis top at 1.0.
+                assert_eq!(l.y_range, (0.0, 1.0));
+                assert!((height(0, 0) as f64 / height(1, 3) as f64 - 0.5 / 0.999).abs() < 0.01);
+            } else {
+                assert_eq!(l.y_range, (0.001, 1.0));
+            }
+            for (s, sw) in l.swatches.iter().enumerate() {
+                assert_eq!(c.get(((sw.0 + sw.2) / 2) as usize, ((sw.1 + sw.3) / 2) as usize), PALETTE[s]);
+            }
+        }
+    }
+
+    #[test]
+    fn png_round_trips_and_is_deterministic() {
+        let (c, _) = chart(false).render();
+        let bytes = c.to_png();
+        assert_eq!(bytes, chart(false).render().0.to_png());
+        let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes)).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width as usize, info.height as usize, info.color_type), (c.width, c.height, png::ColorType::Rgb));
+        assert_eq!(&buf[..info.buffer_size()], &c.pixels[..]);
+    }
+}
