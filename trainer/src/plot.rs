@@ -230,10 +230,10 @@ pub struct Layout {
     pub y_range: (f64, f64),
 }
 
-/// "Nice" linear ticks from 0 to at least `max`: steps of 1, 2 or 5 × 10^k, about 5 of them.
+/// "Nice" linear ticks from 0 to at least `max`: steps of 1, 2 or 5 × 10^k, 5 to 9 of them.
 pub fn linear_ticks(max: f64) -> Vec<f64> {
     let max = if max > 0.0 && max.is_finite() { max } else { 1.0 };
-    let raw = max / 5.0;
+    let raw = max / 8.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
     let n = (max / step - 1e-9).ceil() as usize;
@@ -409,12 +409,14 @@ mod tests {
 
     #[test]
     fn linear_ticks_are_nice_and_cover_the_maximum() {
-        let t = linear_ticks(0.62);
-        assert_eq!(t.len(), 5);
-        assert!(t.iter().zip([0.0, 0.2, 0.4, 0.6, 0.8]).all(|(a, b)| (a - b).abs() < 1e-12), "{t:?}");
+        let t = linear_ticks(0.57);
+        assert_eq!(t.len(), 7);
+        assert!(t.iter().zip([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).all(|(a, b)| (a - b).abs() < 1e-12), "{t:?}");
         let t = linear_ticks(0.043);
         assert_eq!(t.len(), 6);
         assert!((t[1] - 0.01).abs() < 1e-12 && *t.last().unwrap() >= 0.043);
+        let t = linear_ticks(0.999);
+        assert!((t[1] - 0.2).abs() < 1e-12 && t.len() == 6, "{t:?}");
         assert_eq!(linear_ticks(0.0), linear_ticks(1.0));
         assert_eq!(tick_label(0.30000000000000004, 0.1), "0.3");
         assert_eq!(tick_label(0.05, 0.05), "0.05");
