@@ -28,7 +28,8 @@ pub struct Manifest {
     pub sidecars: Vec<ShardInfo>,
     /// How the masks line up with the tokens, stated once so no reader has to guess.
     pub conventions: BTreeMap<String, String>,
-    /// Filled by a reference-scoring pass; null until then.
+    /// Filled by a reference-scoring pass (`trainer score`, see [`RefLogprobsInfo`]); null until
+    /// then.
     pub ref_logprobs: Option<serde_json::Value>,
     pub tool: String,
 }
@@ -122,7 +123,38 @@ pub struct ShardInfo {
     pub loss_tokens: u64,
 }
 
+/// What `trainer score` records in [`Manifest::ref_logprobs`]: which model scored the rows and
+/// which snapshot they came from. Kept as a JSON value in the manifest so manifests written before
+/// scoring existed still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefLogprobsInfo {
+    /// The reference model as given on the command line.
+    pub model: String,
+    /// sha256 of the model file; for a folder, sha256 over `"<sha256>  <file>\n"` lines of its
+    /// files (sorted by name), as listed in `model_files`.
+    pub model_sha256: String,
+    pub model_files: Vec<InputFile>,
+    /// The unscored (or previously scored) snapshot these rows were copied from.
+    pub parent_snapshot_id: String,
+    /// What each value means and where it is zero.
+    pub convention: String,
+    /// Element type of the stored values.
+    pub dtype: String,
+    pub rows: u64,
+    /// Values that are a real log-probability (not a segment start or padding).
+    pub scored_tokens: u64,
+    pub tool: String,
+}
+
 impl Manifest {
+    /// The reference-scoring record, `None` for an unscored snapshot.
+    pub fn ref_logprobs_info(&self) -> anyhow::Result<Option<RefLogprobsInfo>> {
+        match &self.ref_logprobs {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("manifest `ref_logprobs`: {e}"))?)),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("manifest serialises");
         s.push('\n');

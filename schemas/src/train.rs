@@ -13,6 +13,9 @@ pub enum LossKind {
     Sft,
     /// Cross-entropy of each token weighted by its detached probability.
     Dft,
+    /// Importance-weighted SFT: cross-entropy of each token weighted by the clipped, detached
+    /// ratio of its current to its reference probability (needs a scored snapshot).
+    Iwsft,
 }
 
 impl std::str::FromStr for LossKind {
@@ -21,7 +24,8 @@ impl std::str::FromStr for LossKind {
         match s {
             "sft" => Ok(LossKind::Sft),
             "dft" => Ok(LossKind::Dft),
-            other => bail!("unknown loss `{other}`: expected sft or dft"),
+            "iwsft" => Ok(LossKind::Iwsft),
+            other => bail!("unknown loss `{other}`: expected sft, dft or iwsft"),
         }
     }
 }
@@ -36,6 +40,10 @@ pub struct TrainRecipe {
     pub output_dir: String,
     #[serde(default = "default_loss")]
     pub loss: LossKind,
+    /// `iwsft` only: the bounds `[lo, hi]` of the token importance weight
+    /// `clip(p_t / p_ref_t, lo, hi)`.
+    #[serde(default = "default_iwsft_clip")]
+    pub iwsft_clip: [f64; 2],
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default = "default_betas")]
@@ -69,6 +77,12 @@ pub struct TrainRecipe {
 
 fn default_loss() -> LossKind {
     LossKind::Dft
+}
+/// The token-level bounds of the iw-SFT authors' implementation: `1 ± 0.8`.
+pub const DEFAULT_IWSFT_CLIP: [f64; 2] = [0.2, 1.8];
+
+fn default_iwsft_clip() -> [f64; 2] {
+    DEFAULT_IWSFT_CLIP
 }
 fn default_lr() -> f64 {
     5e-5
@@ -112,6 +126,10 @@ impl TrainRecipe {
         if !(self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
             bail!("`lr` and `batch_tokens` must be positive, `warmup_ratio` in [0, 1), `micro_batch_rows` at least 1");
         }
+        let [lo, hi] = self.iwsft_clip;
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+            bail!("`iwsft_clip` must be [lo, hi] with 0 <= lo <= hi, got [{lo}, {hi}]");
+        }
         if self.checkpoint_every == 0 {
             bail!("`checkpoint_every` must be at least 1");
         }
@@ -130,5 +148,9 @@ mod tests {
         r.validate().unwrap();
         let err = serde_norway::from_str::<TrainRecipe>("model: m\nsnapshot: s\noutput_dir: o\nstep: 3\n").unwrap_err().to_string();
         assert!(err.contains("step"), "{err}");
+        assert_eq!(r.iwsft_clip, [0.2, 1.8]);
+        assert_eq!("iwsft".parse::<LossKind>().unwrap(), LossKind::Iwsft);
+        let bad: TrainRecipe = serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: iwsft\niwsft_clip: [2.0, 1.0]\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("iwsft_clip"));
     }
 }

@@ -56,6 +56,24 @@ pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
     Ok(Snapshot { manifest, seq_len, rows })
 }
 
+impl Snapshot {
+    /// Fail unless the snapshot carries reference log-probabilities in its manifest and in every
+    /// row (what `iwsft` needs), saying how to get them.
+    pub fn require_ref_logprobs(&self, dir: &Path) -> anyhow::Result<()> {
+        let how = format!(
+            "run `trainer score --model MODEL --snapshot {} --out SCORED` (or `make score` for the default snapshot) and train on the scored snapshot",
+            dir.display()
+        );
+        if self.manifest.ref_logprobs_info()?.is_none() {
+            bail!("snapshot {} has no reference log-probabilities (its manifest's `ref_logprobs` is null), which the iwsft loss needs: {how}", dir.display());
+        }
+        if let Some(i) = self.rows.iter().position(|r| r.ref_logprobs.as_ref().is_none_or(|v| v.len() != r.input_ids.len())) {
+            bail!("snapshot {}: row {i} has no reference log-probabilities (or the wrong number), which the iwsft loss needs: {how}", dir.display());
+        }
+        Ok(())
+    }
+}
+
 fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {
     let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
     let ids = col("input_ids")?.as_list::<i32>();
@@ -77,12 +95,14 @@ fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {
 }
 
 /// Tensors for a micro-batch of rows: inputs, positions, next-token targets and their mask
-/// (both `[batch, seq-1]`), and the segment runs of each row.
+/// (both `[batch, seq-1]`), the reference log-probabilities of those targets when every row has
+/// them (`ref_logprobs[1..]`, also `[batch, seq-1]`), and the segment runs of each row.
 pub struct MicroBatch<B: Backend> {
     pub input_ids: Tensor<B, 2, Int>,
     pub positions: Tensor<B, 2, Int>,
     pub targets: Tensor<B, 2, Int>,
     pub target_mask: Tensor<B, 2>,
+    pub target_ref_logprobs: Option<Tensor<B, 2>>,
     pub segments: Vec<Vec<(usize, usize)>>,
 }
 
@@ -94,7 +114,9 @@ pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<
     let pos = flat(&|r| r.position_ids.iter().map(|&x| x as i64).collect());
     let targets = flat(&|r| r.input_ids[1..].iter().map(|&x| x as i64).collect());
     let mask: Vec<f32> = rows.iter().flat_map(|r| r.loss_mask[1..].iter().map(|&m| m as f32)).collect();
+    let refs: Option<Vec<f32>> = rows.iter().map(|r| r.ref_logprobs.as_ref().map(|v| &v[1..])).collect::<Option<Vec<&[f32]>>>().map(|v| v.concat());
     MicroBatch {
+        target_ref_logprobs: refs.map(|v| Tensor::from_data(TensorData::new(v, [b, t - 1]), device)),
         input_ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
         positions: Tensor::from_data(TensorData::new(pos, [b, t]), device),
         targets: Tensor::from_data(TensorData::new(targets, [b, t - 1]), device),

@@ -9,5 +9,6 @@ pub mod optim;
 pub mod plot;
 pub mod probs;
 pub mod sandbox;
+pub mod score;
 pub mod train;
 pub mod weights;

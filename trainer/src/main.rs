@@ -80,6 +80,24 @@ enum Command {
         #[arg(long, default_value = "math")]
         benchmark: String,
     },
+    /// Fill a train snapshot's `ref_logprobs` with a reference model's log-probability of every
+    /// next token (packed rows, block-diagonal attention) and write a new snapshot. Resumable:
+    /// run the same command again after an interruption.
+    Score {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// The scored snapshot; default: SNAPSHOT with `-scored` appended.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Rows per resumable chunk of work.
+        #[arg(long, default_value_t = 16)]
+        chunk_rows: usize,
+    },
     /// Histogram (PNG + CSV) of the probability each model gives the loss-mask tokens of a few
     /// rows of a train snapshot: SFT pushes them toward 1, DFT polarises them.
     Probs {
@@ -184,6 +202,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Command::Score { model, snapshot, out, force, chunk_rows } => {
+            let out = out.unwrap_or_else(|| {
+                let mut s = snapshot.clone().into_os_string();
+                s.push("-scored");
+                PathBuf::from(s)
+            });
+            let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows, concurrency: rayon::current_num_threads() };
+            let s = trainer::score::score::<Flex>(&opts, &Default::default())?;
+            let resumed = if s.resumed_rows > 0 { format!(", {} resumed from an earlier run", s.resumed_rows) } else { String::new() };
+            println!(
+                "scored {} rows{resumed}: {} tokens in {:.1}s, {:.0} tokens/s",
+                s.rows,
+                s.tokens,
+                s.seconds,
+                s.tokens_per_second()
+            );
+            println!("snapshot {} (parent {}) at {}", s.manifest.snapshot_id, snapshot_parent(&s.manifest), opts.out.display());
+            Ok(())
+        }
         Command::Probs { models, labels, snapshot, rows, bins, log_y, out } => {
             anyhow::ensure!(labels.len() <= models.len(), "{} --label for {} --model", labels.len(), models.len());
             let models = models.into_iter().enumerate().map(|(i, m)| (m, labels.get(i).cloned())).collect();
@@ -207,6 +244,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn snapshot_parent(m: &schemas::Manifest) -> String {
+    m.ref_logprobs_info().ok().flatten().map(|i| i.parent_snapshot_id).unwrap_or_default()
 }
 
 fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {

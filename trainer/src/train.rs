@@ -1,8 +1,8 @@
-//! The training loop: packed rows in, SFT or DFT, AdamW with warmup + cosine, global clipping,
+//! The training loop: packed rows in, SFT, DFT or iw-SFT, AdamW with warmup + cosine, global clipping,
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::data::{load_snapshot, micro_batch, Row};
-use crate::loss::{objective, target_logprobs, LossKind};
+use crate::loss::{objective, target_logprobs, Loss, LossKind};
 use crate::model::Llama;
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use crate::weights;
@@ -27,7 +27,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub struct StepMetrics {
     pub step: u64,
     pub lr: f64,
-    /// The loss being optimised (DFT or SFT), over the step's loss tokens.
+    /// The loss being optimised (SFT, DFT or iw-SFT), over the step's loss tokens.
     pub objective: f64,
     /// Plain token-mean cross-entropy over the same tokens, whatever the objective.
     pub cross_entropy: f64,
@@ -150,6 +150,14 @@ pub struct Summary {
 pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
     let r = &run.recipe;
     let snapshot = load_snapshot(&run.snapshot_dir)?;
+    if r.loss == LossKind::Iwsft {
+        // Before the model is loaded: a missing scoring pass should cost nothing to find out.
+        snapshot.require_ref_logprobs(&run.snapshot_dir)?;
+        if let Some(info) = snapshot.manifest.ref_logprobs_info()? {
+            tracing::info!("iwsft: reference log-probabilities from {} (sha256 {})", info.model, &info.model_sha256[..16.min(info.model_sha256.len())]);
+        }
+    }
+    let loss = Loss::from(r);
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
     let total_steps = match (r.steps, r.epochs) {
         (Some(s), _) => s,
@@ -205,12 +213,12 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let chunks: Vec<&[&Row]> = rows.chunks(r.micro_batch_rows).collect();
         for wave in chunks.chunks(concurrency.max(1)) {
             let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-                vec![micro_step(&model, wave[0], r.loss, step_tokens, device)]
+                vec![micro_step(&model, wave[0], loss, step_tokens, device)]
             } else {
                 wave.par_iter()
                     .map(|chunk| {
                         let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
-                        micro_step(&local, chunk, r.loss, step_tokens, device)
+                        micro_step(&local, chunk, loss, step_tokens, device)
                     })
                     .collect()
             };
@@ -303,11 +311,11 @@ pub fn apply_update<B: AutodiffBackend>(
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
-pub fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: LossKind, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
+pub fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: impl Into<Loss>, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
     let mb = micro_batch::<B>(rows, device);
     let [_, t] = mb.input_ids.dims();
     let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
-    let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, loss, step_tokens);
+    let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, mb.target_ref_logprobs, loss.into(), step_tokens)?;
     let value = parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
     let g = parts.objective.backward();
     let grads = model

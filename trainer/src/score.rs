@@ -1,0 +1,406 @@
+//! `trainer score`: fill a `train` snapshot's `ref_logprobs` column with a reference model's
+//! log-probability of every next token and write the result as a new snapshot.
+//!
+//! Rows are scored exactly as they are trained: packed, with the shard's `position_ids` and
+//! block-diagonal attention (each example attends only to itself). Inference only, no autodiff.
+//! On CPU the rows of a chunk run side by side, one per core (Burn's CPU element-wise ops are
+//! single-threaded, as in training).
+//!
+//! Resuming: scores go to a work folder beside `--out` (`.<out>.scoring/`), one file per chunk of
+//! rows, each listed with its sha256 in `done.jsonl` after it is written and renamed into place.
+//! A run killed at any point and started again with the same command re-checks every listed
+//! chunk against its hash and scores only the rest. The work folder records the parent snapshot
+//! id and the model hash; a different snapshot or model starts it afresh. The scored snapshot is
+//! assembled in a hidden folder and renamed into place only when complete and verified.
+
+use crate::data::{load_snapshot, Row};
+use crate::loss::target_logprobs;
+use crate::model::{segment_runs, Llama};
+use anyhow::{bail, Context};
+use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rayon::prelude::*;
+use schemas::manifest::{InputFile, Manifest, RefLogprobsInfo, MANIFEST_FILE};
+use schemas::recipe::WriteConfig;
+use schemas::shard;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every stored value means; recorded in the manifest's `conventions` and `ref_logprobs`.
+pub const CONVENTION: &str = "aligned like loss_mask: ref_logprobs[i] = ln p_ref(input_ids[i] | input_ids of the same packed example before i), \
+float32, from the reference model's logits with the row's position_ids and attention confined to each example (as in training); \
+0.0 at the first token of every example and on padding, where nothing is predicted; every other position is scored, prompt tokens included";
+
+const WORK_FILE: &str = "work.json";
+const JOURNAL_FILE: &str = "done.jsonl";
+
+/// `log p(input_ids[i] | earlier tokens of its segment)` for each row, aligned with `input_ids`:
+/// 0.0 at the first token of each segment and on padding. All rows must have the same length.
+/// Rows are run as one batch; call it with one row per thread to use several cores on CPU.
+pub fn row_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device) -> Vec<Vec<f32>> {
+    let Some(first) = rows.first() else { return vec![] };
+    let t_full = first.input_ids.len();
+    assert!(rows.iter().all(|r| r.input_ids.len() == t_full && r.segment_ids.len() == t_full), "rows of one batch have the same length");
+    let mut out = vec![vec![0.0f32; t_full]; rows.len()];
+    // Padding (segment 0) sits at the end of a packed row: stop at the last real token.
+    let used = rows.iter().map(|r| r.segment_ids.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1)).max().unwrap_or(0);
+    if used < 2 {
+        return out;
+    }
+    let b = rows.len();
+    let ids: Vec<i64> = rows.iter().flat_map(|r| r.input_ids[..used].iter().map(|&x| x as i64)).collect();
+    let pos: Vec<i64> = rows.iter().flat_map(|r| r.position_ids[..used].iter().map(|&x| x as i64)).collect();
+    let targets: Vec<i64> = rows.iter().flat_map(|r| r.input_ids[1..used].iter().map(|&x| x as i64)).collect();
+    let segments: Vec<Vec<(usize, usize)>> = rows.iter().map(|r| segment_runs(&r.segment_ids[..used])).collect();
+    let logits = model
+        .forward(
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, used]), device),
+            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, used]), device),
+            &segments,
+        )
+        .narrow(1, 0, used - 1);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, used - 1]), device);
+    let lp: Vec<f32> = target_logprobs(logits, targets).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    for (k, (row, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
+        let seg = &row.segment_ids;
+        for i in 1..used {
+            if seg[i] != 0 && seg[i] == seg[i - 1] {
+                o[i] = lp[k * (used - 1) + i - 1];
+            }
+        }
+    }
+    out
+}
+
+/// Positions of a row that hold a real prediction (not a segment start, not padding).
+pub fn scored_positions(row: &Row) -> usize {
+    (1..row.segment_ids.len()).filter(|&i| row.segment_ids[i] != 0 && row.segment_ids[i] == row.segment_ids[i - 1]).count()
+}
+
+/// sha256 of a model: of the file itself, or for a Hugging Face folder, over
+/// `"<sha256>  <name>\n"` lines of its `config.json`, `*.safetensors` and
+/// `*.safetensors.index.json` files sorted by name. Also returns the files.
+pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
+    let describe = |p: &Path, name: String| -> anyhow::Result<InputFile> {
+        Ok(InputFile { role: "model".into(), path: name, sha256: schemas::sha256_file(p)?, bytes: std::fs::metadata(p)?.len() })
+    };
+    if path.is_file() {
+        let f = describe(path, path.display().to_string())?;
+        return Ok((f.sha256.clone(), vec![f]));
+    }
+    if !path.is_dir() {
+        bail!("model {} not found (run `make model` for the default model)", path.display());
+    }
+    let mut names = vec![];
+    for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        bail!("{} holds no config.json or safetensors files", path.display());
+    }
+    let files: Vec<InputFile> = names.iter().map(|n| describe(&path.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
+    let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
+    Ok((schemas::sha256_hex(joined.as_bytes()), files))
+}
+
+pub struct ScoreOptions {
+    pub model: PathBuf,
+    pub snapshot: PathBuf,
+    pub out: PathBuf,
+    /// Replace `out` if it exists.
+    pub force: bool,
+    /// Rows per resumable chunk.
+    pub chunk_rows: usize,
+    /// Rows scored at once (the CPU's cores; 1 on a GPU).
+    pub concurrency: usize,
+}
+
+pub struct ScoreSummary {
+    pub manifest: Manifest,
+    pub rows: usize,
+    /// Rows found already scored in the work folder.
+    pub resumed_rows: usize,
+    /// Non-pad tokens run through the model by this process, and the seconds it took.
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+impl ScoreSummary {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The identity of a scoring job: a work folder is reused only for the same one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Work {
+    parent_snapshot_id: String,
+    model_sha256: String,
+    rows: usize,
+    seq_len: usize,
+    chunk_rows: usize,
+}
+
+/// One finished chunk: rows `start..start + rows`, `rows * seq_len` little-endian f32 in `file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Chunk {
+    file: String,
+    start: usize,
+    rows: usize,
+    sha256: String,
+}
+
+fn chunk_file(start: usize, end: usize) -> String {
+    format!("rows-{start:07}-{end:07}.f32")
+}
+
+/// The chunks of the plan: consecutive rows, never crossing a shard.
+fn plan(manifest: &Manifest, chunk_rows: usize) -> Vec<(usize, usize)> {
+    let mut out = vec![];
+    let mut start = 0;
+    for s in &manifest.shards {
+        let end = start + s.rows as usize;
+        let mut a = start;
+        while a < end {
+            let b = (a + chunk_rows).min(end);
+            out.push((a, b - a));
+            a = b;
+        }
+        start = end;
+    }
+    out
+}
+
+/// Chunks listed in the journal whose file is present and matches its hash.
+fn finished_chunks(work: &Path, seq_len: usize) -> anyhow::Result<BTreeMap<usize, Chunk>> {
+    let mut done = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(work.join(JOURNAL_FILE)) else { return Ok(done) };
+    for line in text.lines() {
+        // A line cut short by a kill does not parse and is skipped; its chunk is scored again.
+        let Ok(c) = serde_json::from_str::<Chunk>(line) else { continue };
+        let path = work.join(&c.file);
+        let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == (c.rows * seq_len * 4) as u64) && schemas::sha256_file(&path)? == c.sha256;
+        if ok {
+            done.insert(c.start, c);
+        } else {
+            tracing::warn!("{}: missing or does not match its hash; scoring it again", path.display());
+        }
+    }
+    Ok(done)
+}
+
+fn read_chunk(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// Score `opts.snapshot` with `opts.model` into the new snapshot `opts.out`.
+pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Result<ScoreSummary> {
+    if opts.out.exists() && !opts.force {
+        bail!("{} already exists; pass --force to replace it", opts.out.display());
+    }
+    if opts.out.exists() && std::fs::canonicalize(&opts.out)? == std::fs::canonicalize(&opts.snapshot)? {
+        bail!("--out must be a new folder, not the snapshot being scored ({})", opts.snapshot.display());
+    }
+    let chunk_rows = opts.chunk_rows.max(1);
+    let snapshot = load_snapshot(&opts.snapshot)?;
+    let parent = &snapshot.manifest;
+    let seq_len = snapshot.seq_len;
+    let write_cfg: WriteConfig = serde_json::from_value(parent.recipe.resolved.get("write").cloned().unwrap_or_default())
+        .context("the snapshot manifest's resolved recipe has no valid `write` settings")?;
+    let (model_sha, model_files) = model_hash(&opts.model)?;
+
+    let out_parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(out_parent).with_context(|| format!("cannot create {}", out_parent.display()))?;
+    let out_name = opts.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
+    let work = out_parent.join(format!(".{out_name}.scoring"));
+    let job = Work { parent_snapshot_id: parent.snapshot_id.clone(), model_sha256: model_sha.clone(), rows: snapshot.rows.len(), seq_len, chunk_rows };
+    let same_job = std::fs::read_to_string(work.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<Work>(&t).ok()).is_some_and(|w| w == job);
+    if !same_job {
+        if work.exists() {
+            tracing::info!("{} belongs to another snapshot, model or chunk size; starting afresh", work.display());
+            std::fs::remove_dir_all(&work)?;
+        }
+        std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+        schemas::write_atomic(&work.join(WORK_FILE), (serde_json::to_string_pretty(&job)? + "\n").as_bytes())?;
+    }
+    let mut done = finished_chunks(&work, seq_len)?;
+    let chunks = plan(parent, chunk_rows);
+    done.retain(|start, c| chunks.iter().any(|&(s, n)| s == *start && n == c.rows));
+    let resumed_rows: usize = done.values().map(|c| c.rows).sum();
+    if resumed_rows > 0 {
+        tracing::info!("resuming: {resumed_rows} of {} rows already scored in {}", snapshot.rows.len(), work.display());
+    }
+
+    let pending: Vec<(usize, usize)> = chunks.iter().copied().filter(|(s, _)| !done.contains_key(s)).collect();
+    let start_time = Instant::now();
+    let mut tokens = 0u64;
+    if !pending.is_empty() {
+        let ckpt = crate::weights::load(&opts.model)?;
+        if ckpt.config.vocab_size < parent.tokenizer.vocab_size {
+            bail!("model vocab {} is smaller than the snapshot tokenizer's {}", ckpt.config.vocab_size, parent.tokenizer.vocab_size);
+        }
+        let model = Llama::<B>::from_checkpoint(&ckpt, device)?;
+        drop(ckpt);
+        let pb = pipeline::progress::bar(snapshot.rows.len(), "score");
+        pb.set_position(resumed_rows as u64);
+        let mut journal = std::fs::OpenOptions::new().create(true).append(true).open(work.join(JOURNAL_FILE))?;
+        for (start, n) in pending {
+            let rows: Vec<&Row> = snapshot.rows[start..start + n].iter().collect();
+            let scored: Vec<Vec<f32>> = if opts.concurrency > 1 {
+                rows.par_iter()
+                    .map(|r| {
+                        let v = row_logprobs(&model, &[r], device).pop().expect("one row");
+                        pb.inc(1);
+                        v
+                    })
+                    .collect()
+            } else {
+                rows.iter()
+                    .map(|r| {
+                        let v = row_logprobs(&model, &[r], device).pop().expect("one row");
+                        pb.inc(1);
+                        v
+                    })
+                    .collect()
+            };
+            for (k, v) in scored.iter().enumerate() {
+                if let Some(i) = v.iter().position(|x| !x.is_finite() || *x > 1e-4) {
+                    bail!("row {}: position {i} scored {}: not a log-probability", start + k, v[i]);
+                }
+            }
+            let bytes: Vec<u8> = scored.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+            let file = chunk_file(start, start + n);
+            schemas::write_atomic(&work.join(&file), &bytes)?;
+            let c = Chunk { file, start, rows: n, sha256: schemas::sha256_hex(&bytes) };
+            writeln!(journal, "{}", serde_json::to_string(&c)?)?;
+            journal.sync_data()?;
+            tokens += rows.iter().map(|r| r.segment_ids.iter().filter(|&&s| s != 0).count() as u64).sum::<u64>();
+            done.insert(start, c);
+        }
+        pb.finish_and_clear();
+    }
+    let seconds = start_time.elapsed().as_secs_f64();
+
+    // Assemble the scored snapshot in a hidden folder, verify it, then rename it into place.
+    let stage = out_parent.join(format!(".{out_name}.writing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir(&stage).with_context(|| format!("cannot create {}", stage.display()))?;
+    let result = assemble(&opts.snapshot, &stage, &snapshot.rows, &snapshot.manifest, &work, &done, &write_cfg, seq_len).and_then(|shards| {
+        let mut m = parent.clone();
+        m.snapshot_id = Manifest::snapshot_id_for(&shards);
+        m.shards = shards;
+        let info = RefLogprobsInfo {
+            model: opts.model.display().to_string(),
+            model_sha256: model_sha.clone(),
+            model_files: model_files.clone(),
+            parent_snapshot_id: parent.snapshot_id.clone(),
+            convention: CONVENTION.to_string(),
+            dtype: "float32".into(),
+            rows: snapshot.rows.len() as u64,
+            scored_tokens: snapshot.rows.iter().map(scored_positions).sum::<usize>() as u64,
+            tool: format!("rectify-trainer {} score", env!("CARGO_PKG_VERSION")),
+        };
+        m.ref_logprobs = Some(serde_json::to_value(&info)?);
+        m.conventions.insert("ref_logprobs".into(), CONVENTION.into());
+        for side in &m.sidecars {
+            std::fs::copy(opts.snapshot.join(&side.file), stage.join(&side.file)).with_context(|| format!("copying {}", side.file))?;
+        }
+        write_timings(&opts.snapshot, &stage, snapshot.rows.len() - resumed_rows, tokens, seconds)?;
+        schemas::write_atomic(&stage.join(MANIFEST_FILE), m.to_json().as_bytes())?;
+        let (_, problems) = pipeline::verify::verify(&stage)?;
+        if !problems.is_empty() {
+            bail!("the scored snapshot does not verify:\n  {}", problems.join("\n  "));
+        }
+        Ok(m)
+    });
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&stage);
+            return Err(e);
+        }
+    };
+    if opts.out.exists() {
+        let old = out_parent.join(format!(".{out_name}.old-{}", std::process::id()));
+        std::fs::rename(&opts.out, &old)?;
+        std::fs::rename(&stage, &opts.out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&stage, &opts.out)?;
+    }
+    std::fs::remove_dir_all(&work)?;
+    Ok(ScoreSummary { manifest, rows: snapshot.rows.len(), resumed_rows, tokens, seconds })
+}
+
+/// Write each shard again with `ref_logprobs` filled from the chunk files; every other column is
+/// copied as it is, and the writer settings are the snapshot's own.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    src: &Path,
+    dst: &Path,
+    rows: &[Row],
+    manifest: &Manifest,
+    work: &Path,
+    done: &BTreeMap<usize, Chunk>,
+    cfg: &WriteConfig,
+    seq_len: usize,
+) -> anyhow::Result<Vec<schemas::ShardInfo>> {
+    let mut values: Vec<Vec<f32>> = Vec::with_capacity(rows.len());
+    for c in done.values() {
+        anyhow::ensure!(c.start == values.len(), "scores for row {} missing", values.len());
+        let v = read_chunk(&work.join(&c.file))?;
+        anyhow::ensure!(schemas::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()) == c.sha256, "{} changed since it was written", c.file);
+        values.extend(v.chunks_exact(seq_len).map(<[f32]>::to_vec));
+    }
+    anyhow::ensure!(values.len() == rows.len(), "scored {} of {} rows", values.len(), rows.len());
+    let schema = Arc::new(shard::train_schema());
+    let mut shards = vec![];
+    let mut first = 0;
+    for info in &manifest.shards {
+        let path = src.join(&info.file);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?.collect::<Result<_, _>>()?;
+        let batch = arrow::compute::concat_batches(&schema, &batches)?;
+        let n = batch.num_rows();
+        anyhow::ensure!(n as u64 == info.rows, "{}: {n} rows, manifest says {}", info.file, info.rows);
+        let mut b = ListBuilder::new(Float32Builder::new()).with_field(Arc::new(arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Float32, false)));
+        for v in &values[first..first + n] {
+            b.values().append_slice(v);
+            b.append(true);
+        }
+        let idx = schema.index_of(shard::REF_LOGPROBS)?;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns[idx] = Arc::new(b.finish());
+        let scored = RecordBatch::try_new(schema.clone(), columns)?;
+        shards.push(pipeline::write::write_shard(dst, &info.file, &scored, cfg, &[shard::EXAMPLE_IDS])?);
+        first += n;
+    }
+    Ok(shards)
+}
+
+/// The parent's `timings.json` plus a `score` entry for this run (not hashed: it varies).
+fn write_timings(src: &Path, dst: &Path, rows: usize, tokens: u64, seconds: f64) -> anyhow::Result<()> {
+    let file = pipeline::build::TIMINGS_FILE;
+    let mut timings: Vec<serde_json::Value> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    timings.push(serde_json::json!({
+        "stage": "score",
+        "seconds": seconds,
+        "rows_in": rows,
+        "rows_per_second": rows as f64 / seconds.max(1e-9),
+        "tokens": tokens,
+        "tokens_per_second": tokens as f64 / seconds.max(1e-9),
+    }));
+    std::fs::write(dst.join(file), serde_json::to_string_pretty(&timings)? + "\n")?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! `trainer score` against a plain forward pass of each example on its own, the scored
+//! snapshot's manifest, resuming after `kill -9`, and the iwsft loss that reads the scores
+//! (real model and tokenizer, a small real snapshot with several examples packed per row).
+
+use burn::backend::Flex;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use trainer::data::{load_snapshot, Row};
+use trainer::model::{single_sequence, Llama};
+use trainer::score::{score, ScoreOptions};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn model_path() -> PathBuf {
+    pipeline::gguf::test_model_path()
+}
+
+/// GSM8K examples (about 200 tokens each with the template) packed into 512-token rows: two or
+/// three per row, padding at the end of each.
+fn small_snapshot(dir: &Path, examples: usize) -> PathBuf {
+    let lines: Vec<String> =
+        std::fs::read_to_string(repo().join("datasets/raw/gsm8k/train.jsonl")).unwrap().lines().take(examples).map(String::from).collect();
+    std::fs::write(dir.join("gsm.jsonl"), lines.join("\n") + "\n").unwrap();
+    let recipe = format!(
+        "name: small\nseed: 1\nsources:\n  - {{name: gsm, path: gsm.jsonl, format: gsm8k}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\nwrite: {{rows_per_shard: 2}}\n",
+        model_path().display()
+    );
+    std::fs::write(dir.join("small.yaml"), recipe).unwrap();
+    let out = dir.join("unscored");
+    pipeline::build::build(&dir.join("small.yaml"), &out, false).unwrap();
+    out
+}
+
+fn trainer(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.args(args).env("RUST_LOG", "info");
+    c
+}
+
+/// Log-softmax of each next token of `ids` run alone (positions 0.., one segment), in f64 on
+/// the host from the model's logits.
+fn alone(model: &Llama<Flex>, ids: &[u32]) -> Vec<f64> {
+    let dev = Default::default();
+    let (x, pos) = single_sequence::<Flex>(ids, &dev);
+    let logits: Vec<f32> = model.forward(x, pos, &[vec![(0, ids.len())]]).into_data().to_vec().unwrap();
+    let v = logits.len() / ids.len();
+    (1..ids.len())
+        .map(|i| {
+            let z = &logits[(i - 1) * v..i * v];
+            let m = z.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            z[ids[i] as usize] as f64 - lse
+        })
+        .collect()
+}
+
+/// The `(start, len)` runs of each example (segment id != 0) in a row.
+fn examples(row: &Row) -> Vec<(usize, usize)> {
+    trainer::model::segment_runs(&row.segment_ids).into_iter().filter(|&(s, _)| row.segment_ids[s] != 0).collect()
+}
+
+#[test]
+fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let unscored = small_snapshot(dir, 10);
+    let parent = load_snapshot(&unscored).unwrap();
+    assert!(parent.rows.len() >= 3, "{} rows", parent.rows.len());
+    assert!(parent.rows.iter().any(|r| examples(r).len() >= 2), "no row packs several examples");
+    assert!(parent.manifest.ref_logprobs_info().unwrap().is_none());
+
+    // Library call: two rows at a time (one per thread), chunks of 2 rows.
+    let out = dir.join("scored");
+    let opts = ScoreOptions { model: model_path(), snapshot: unscored.clone(), out: out.clone(), force: false, chunk_rows: 2, concurrency: 2 };
+    let summary = score::<Flex>(&opts, &Default::default()).unwrap();
+    assert_eq!(summary.rows, parent.rows.len());
+
+    // The manifest: parent id, model hash, the new id, the convention; and it verifies.
+    let (m, problems) = pipeline::verify::verify(&out).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let info = m.ref_logprobs_info().unwrap().expect("ref_logprobs recorded");
+    assert_eq!(info.parent_snapshot_id, parent.manifest.snapshot_id);
+    assert_eq!(info.model_sha256, schemas::sha256_file(&model_path()).unwrap());
+    assert_eq!(info.dtype, "float32");
+    assert_ne!(m.snapshot_id, parent.manifest.snapshot_id);
+    assert_eq!(m.conventions["ref_logprobs"], trainer::score::CONVENTION);
+    assert_eq!(m.sidecars, parent.manifest.sidecars);
+    assert_eq!((m.packing.clone(), m.stages.clone()), (parent.manifest.packing.clone(), parent.manifest.stages.clone()));
+
+    // Every stored value against the example run on its own.
+    let scored = load_snapshot(&out).unwrap();
+    let model = Llama::<Flex>::from_checkpoint(&trainer::weights::load(&model_path()).unwrap(), &Default::default()).unwrap();
+    let (mut checked, mut worst) = (0usize, 0.0f64);
+    for (r, (row, before)) in scored.rows.iter().zip(&parent.rows).enumerate() {
+        assert_eq!((&row.input_ids, &row.loss_mask, &row.position_ids, &row.segment_ids), (&before.input_ids, &before.loss_mask, &before.position_ids, &before.segment_ids));
+        let lp = row.ref_logprobs.as_ref().expect("scored row");
+        assert_eq!(lp.len(), row.input_ids.len());
+        let mut expected_zero = vec![true; lp.len()];
+        for (s, n) in examples(row) {
+            let ids: Vec<u32> = row.input_ids[s..s + n].iter().map(|&t| t as u32).collect();
+            let want = alone(&model, &ids);
+            for i in 1..n {
+                let (got, want) = (lp[s + i] as f64, want[i - 1]);
+                let diff = (got - want).abs();
+                assert!(diff < 1e-3, "row {r} position {}: stored {got}, alone {want}", s + i);
+                worst = worst.max(diff);
+                expected_zero[s + i] = false;
+                checked += 1;
+            }
+        }
+        for (i, z) in expected_zero.iter().enumerate() {
+            if *z {
+                assert_eq!(lp[i], 0.0, "row {r} position {i}: segment start or padding must be 0");
+            }
+        }
+    }
+    assert_eq!(checked as u64, info.scored_tokens);
+    eprintln!("{checked} log-probabilities checked, largest difference {worst:.2e}");
+
+    // The same job through the CLI, one row per chunk, killed after its first chunk and started
+    // again: it resumes and ends at the same scores.
+    let cli_out = dir.join("cli");
+    let model_file = model_path();
+    let args = ["score", "--model", model_file.to_str().unwrap(), "--snapshot", unscored.to_str().unwrap(), "--out", cli_out.to_str().unwrap(), "--chunk-rows", "1"];
+    let mut child = trainer(&args).spawn().unwrap();
+    let journal = dir.join(".cli.scoring/done.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "scoring made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "scoring finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!cli_out.exists(), "an interrupted run must leave no snapshot");
+    let o = trainer(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(!dir.join(".cli.scoring").exists(), "work folder left behind");
+    let resumed = load_snapshot(&cli_out).unwrap();
+    for (a, b) in resumed.rows.iter().zip(&scored.rows) {
+        let (a, b) = (a.ref_logprobs.as_ref().unwrap(), b.ref_logprobs.as_ref().unwrap());
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "resumed scores differ by {d}");
+    }
+
+    // An existing output is not replaced without --force.
+    let o = trainer(&args).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+}
+
+#[test]
+fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let unscored = small_snapshot(dir, 3);
+    let recipe = dir.join("train.yaml");
+    std::fs::write(&recipe, "model: no-such-model.gguf\nsnapshot: unscored\noutput_dir: run\nloss: iwsft\nsteps: 1\nbatch_tokens: 512\n").unwrap();
+
+    // No reference scores: refused before the (missing) model is even opened.
+    let o = trainer(&["train", "--recipe", recipe.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("trainer score") && stderr.contains("make score"), "{stderr}");
+    assert!(!stderr.contains("no-such-model"), "{stderr}");
+
+    // Scored by the model it then trains: every weight exp(logp - ref) is 1 at the first step,
+    // so the iwsft objective equals the plain cross-entropy.
+    let scored = dir.join("scored");
+    let opts = ScoreOptions { model: model_path(), snapshot: unscored, out: scored.clone(), force: false, chunk_rows: 16, concurrency: 2 };
+    score::<Flex>(&opts, &Default::default()).unwrap();
+    let o = trainer(&[
+        "train",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--model",
+        model_path().to_str().unwrap(),
+        "--snapshot",
+        scored.to_str().unwrap(),
+        "--output-dir",
+        dir.join("run").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let (obj, ce) = (m["objective"].as_f64().unwrap(), m["cross_entropy"].as_f64().unwrap());
+    assert!((obj - ce).abs() < 1e-3 * ce, "iwsft objective {obj} vs cross-entropy {ce}");
+}
