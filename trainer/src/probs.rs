@@ -9,8 +9,7 @@
 //! A target is token `i` of a row with `loss_mask[i] = 1`, predicted from tokens `..i` of its
 //! own packed segment (the first token of a segment is never a target).
 
-use crate::data::{load_snapshot, micro_batch, Row};
-use crate::loss::target_logprobs;
+use crate::data::{load_snapshot, Row};
 use crate::model::Llama;
 use crate::plot::{BarChart, Series};
 use anyhow::{bail, Context};
@@ -91,24 +90,13 @@ pub fn pick_rows(total: usize, n: usize) -> Vec<usize> {
 }
 
 /// `log p(input_ids[i] | input_ids[..i] of its segment)` for every row, aligned to `input_ids`
-/// (index 0, which nothing predicts, holds 0). Inference only; on CPU the rows run side by side,
-/// one per rayon thread (Burn's element-wise ops are single-threaded), and come back in order.
+/// (see [`crate::score::row_logprobs`]). Inference only; on CPU the rows run side by side, one
+/// per rayon thread (Burn's element-wise ops are single-threaded), and come back in order.
 pub fn row_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device) -> Vec<Vec<f32>>
 where
     Llama<B>: Sync,
 {
-    rows.par_iter()
-        .map(|row| {
-            let mb = micro_batch::<B>(&[*row], device);
-            let [_, t] = mb.input_ids.dims();
-            let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
-            let lp = target_logprobs(logits, mb.targets).into_data().convert::<f32>().to_vec::<f32>().expect("f32 log-probabilities");
-            let mut out = Vec::with_capacity(t);
-            out.push(0.0);
-            out.extend(lp);
-            out
-        })
-        .collect()
+    rows.par_iter().map(|row| crate::score::row_logprobs(model, &[*row], device).pop().expect("one row")).collect()
 }
 
 /// Probabilities of the loss-mask targets of `rows`, given log-probabilities aligned to
