@@ -9,6 +9,8 @@ use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use std::sync::OnceLock;
 
 pub type Rgb = [u8; 3];
+/// A pixel rectangle `[x0, x1) × [y0, y1)` as `(x0, y0, x1, y1)`.
+pub type Rect = (i64, i64, i64, i64);
 
 pub const WHITE: Rgb = [255, 255, 255];
 pub const BLACK: Rgb = [0, 0, 0];
@@ -125,9 +127,9 @@ impl Canvas {
         }
         let i = (y as usize * self.width + x as usize) * 3;
         let a = a.min(1.0);
-        for c in 0..3 {
-            let old = self.pixels[i + c] as f32;
-            self.pixels[i + c] = (old + (color[c] as f32 - old) * a).round() as u8;
+        for (px, &c) in self.pixels[i..i + 3].iter_mut().zip(&color) {
+            let old = *px as f32;
+            *px = (old + (c as f32 - old) * a).round() as u8;
         }
     }
 
@@ -221,12 +223,12 @@ pub struct BarChart {
 #[derive(Clone, Debug)]
 pub struct Layout {
     /// Plot area `[x0, x1) × [y0, y1)`.
-    pub plot: (i64, i64, i64, i64),
+    pub plot: Rect,
     /// `bars[series][bin]`: the bar's rectangle, `None` where nothing is drawn (zero, or below
     /// the log axis).
-    pub bars: Vec<Vec<Option<(i64, i64, i64, i64)>>>,
+    pub bars: Vec<Vec<Option<Rect>>>,
     /// Legend swatch of each series.
-    pub swatches: Vec<(i64, i64, i64, i64)>,
+    pub swatches: Vec<Rect>,
     pub y_range: (f64, f64),
 }
 
@@ -335,15 +337,15 @@ impl BarChart {
         // Bars: each bin's group takes 84% of the bin, split evenly among the series.
         let n = self.series.len().max(1) as i64;
         let mut bars = vec![vec![None; bins]; self.series.len()];
-        for b in 0..bins {
-            let (bx0, bx1) = (x_of(self.edges[b]), x_of(self.edges[b + 1]));
+        for (b, edge) in self.edges.windows(2).enumerate() {
+            let (bx0, bx1) = (x_of(edge[0]), x_of(edge[1]));
             let group = ((bx1 - bx0) as f64 * 0.84).round() as i64;
             let gx0 = bx0 + ((bx1 - bx0) - group) / 2;
             let bar_w = (group / n).max(1);
             let gx0 = gx0 + (group - bar_w * n) / 2;
             for (s, series) in self.series.iter().enumerate() {
                 let v = series.values[b];
-                if !(v > 0.0) || (self.log_y && v < lo) {
+                if v.is_nan() || v <= 0.0 || (self.log_y && v < lo) {
                     continue;
                 }
                 let top = y_of(v).min(y1 - 1);

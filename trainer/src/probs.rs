@@ -105,11 +105,8 @@ pub fn target_probs(rows: &[&Row], logprobs: &[Vec<f32>]) -> Vec<f32> {
     let mut out = vec![];
     for (row, lp) in rows.iter().zip(logprobs) {
         assert_eq!(row.input_ids.len(), lp.len(), "log-probabilities aligned to input_ids");
-        for i in 1..row.input_ids.len() {
-            if row.loss_mask[i] != 0 && row.segment_ids[i] == row.segment_ids[i - 1] {
-                out.push(lp[i].exp());
-            }
-        }
+        let targets = (1..row.input_ids.len()).filter(|&i| row.loss_mask[i] != 0 && row.segment_ids[i] == row.segment_ids[i - 1]);
+        out.extend(targets.map(|i| lp[i].exp()));
     }
     out
 }
@@ -239,7 +236,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -283,6 +280,10 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
     }
     if opts.bins == 0 {
         bail!("--bins must be at least 1");
+    }
+    // Fail before minutes of scoring, not after.
+    if let Some((missing, _)) = opts.models.iter().find(|(p, _)| !p.exists()) {
+        bail!("model {} does not exist", missing.display());
     }
     let snapshot = load_snapshot(&opts.snapshot)?;
     let picked = pick_rows(snapshot.rows.len(), opts.rows);
@@ -511,14 +512,14 @@ base,models/base.gguf,2,5,3,0.75,1,2,0.400000
             [buf[i], buf[i + 1], buf[i + 2]]
         };
         let counts = [histogram(&toy_models()[0].probs, 4), histogram(&toy_models()[1].probs, 4)];
-        for s in 0..2 {
-            for b in 0..4 {
+        for (s, series) in counts.iter().enumerate() {
+            for (b, &count) in series.iter().enumerate() {
                 match layout.bars[s][b] {
                     Some((x0, y0, x1, y1)) => {
-                        assert!(counts[s][b] > 0);
+                        assert!(count > 0);
                         assert_eq!(px((x0 + x1) / 2, (y0 + y1) / 2), crate::plot::PALETTE[s], "series {s} bin {b}");
                     }
-                    None => assert_eq!(counts[s][b], 0, "series {s} bin {b} has no bar"),
+                    None => assert_eq!(count, 0, "series {s} bin {b} has no bar"),
                 }
             }
         }
