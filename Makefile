@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval train test bench bench-data bench-train check-export probs clean
+.PHONY: all build build-cuda model data data-eval score train test bench bench-data bench-train check-export probs clean
 
 all: data
 
@@ -28,11 +28,24 @@ model: $(MODEL)
 $(MODEL):
 	./scripts/fetch_model.sh
 
-# The default training snapshot plus the evaluation snapshots (prompt-only).
+# The default training snapshot plus the evaluation snapshots (prompt-only). The default recipe is
+# built unscored into default-unscored, then `score` writes default/ with the reference model's
+# log-probabilities.
 data: build model
-	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default --force
+	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default-unscored --force
 	$(MAKE) --no-print-directory data-eval
+	$(MAKE) --no-print-directory score
 	@echo "default snapshot: $(SNAPSHOTS)/default  (try: $(PIPELINE) inspect $(SNAPSHOTS)/default --row 0)"
+
+# Reference scoring: fill ref_logprobs of the default snapshot with MODEL's log-probability of
+# every token (`make score MODEL=path/to/model` for another reference). Run it again after an
+# interruption and it resumes where it stopped.
+score: build model $(SNAPSHOTS)/default-unscored/manifest.json
+	$(TRAINER) score --model $(MODEL) --snapshot $(SNAPSHOTS)/default-unscored --out $(SNAPSHOTS)/default --force
+
+$(SNAPSHOTS)/default-unscored/manifest.json:
+	$(MAKE) --no-print-directory build model
+	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default-unscored --force
 
 data-eval: build model
 	@for b in $(EVALS); do \
@@ -41,8 +54,7 @@ data-eval: build model
 	done
 
 $(SNAPSHOTS)/default/manifest.json:
-	$(MAKE) --no-print-directory build model
-	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default --force
+	$(MAKE) --no-print-directory score
 
 # Fine-tune the default model on the default snapshot (LOSS=dft|sft, BACKEND=cpu|cuda).
 # Each run starts afresh in $(RUNS)/$(LOSS); use `trainer train --resume` to continue one.

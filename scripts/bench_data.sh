@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench-data`: the default recipe end to end and per stage (rows/s, tokens/s, peak memory,
+# `make bench-data`: the full-size recipe (datasets/recipes/full.yaml) end to end and per stage (rows/s, tokens/s, peak memory,
 # CPU use), and tokenization against a baseline measured in the same run: Python Hugging Face
 # `tokenizers` batch-encoding the same texts with the same tokenizer.json.
 set -euo pipefail
@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=$CARGO_TARGET_DIR/release
 OUT=${BENCH_OUT:-bench-out}
-RECIPE=${RECIPE:-datasets/recipes/default.yaml}
+RECIPE=${RECIPE:-datasets/recipes/full.yaml}
 mkdir -p "$OUT"
 cargo build --release --workspace --bins --examples
 make --no-print-directory model

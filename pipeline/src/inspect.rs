@@ -155,6 +155,10 @@ pub fn stats(dir: &Path) -> anyhow::Result<String> {
     for s in m.shards.iter().chain(&m.sidecars) {
         writeln!(out, "{:<34} {:>6} {:>10} {:>10} {:>10}  {}", s.file, s.rows, s.tokens, s.loss_tokens, s.bytes, &s.sha256[..16])?;
     }
-    writeln!(out, "\nreference log-probabilities: {}", if m.ref_logprobs.is_some() { "scored" } else { "not scored yet (null)" })?;
+    let scored = match m.ref_logprobs_info()? {
+        Some(i) => format!("scored by {} (sha256 {}), parent snapshot {}, {} tokens", i.model, &i.model_sha256[..16.min(i.model_sha256.len())], i.parent_snapshot_id, i.scored_tokens),
+        None => "not scored yet (null; `trainer score` fills them)".to_string(),
+    };
+    writeln!(out, "\nreference log-probabilities: {scored}")?;
     Ok(out)
 }
