@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod loss;
 pub mod model;
