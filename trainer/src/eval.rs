@@ -30,6 +30,8 @@ pub struct Prompt {
     pub id: String,
     pub domain: String,
     pub prompt_ids: Vec<u32>,
+    /// The dataset's own answer (a worked solution, a canonical program).
+    pub reference: String,
     pub gold: Option<String>,
     /// Code benchmarks: JSON with the tests (see the pipeline's HumanEval and MBPP adapters).
     pub tests: Option<String>,
@@ -88,11 +90,13 @@ fn read_prompts(batch: &RecordBatch, out: &mut Vec<Prompt>) -> anyhow::Result<()
     let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
     let (id, domain, gold, tests) = (col("id")?.as_string::<i32>(), col("domain")?.as_string::<i32>(), col("gold")?.as_string::<i32>(), col("tests")?.as_string::<i32>());
     let ids = col("prompt_ids")?.as_list::<i32>();
+    let reference = col("reference")?.as_string::<i32>();
     for i in 0..batch.num_rows() {
         out.push(Prompt {
             id: id.value(i).to_string(),
             domain: domain.value(i).to_string(),
             prompt_ids: ids.value(i).as_primitive::<Int32Type>().values().iter().map(|&x| x as u32).collect(),
+            reference: reference.value(i).to_string(),
             gold: gold.is_valid(i).then(|| gold.value(i).to_string()),
             tests: tests.is_valid(i).then(|| tests.value(i).to_string()),
         });
@@ -275,7 +279,7 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfi
 
 /// Fills `extracted` and `correct`: math with the verifier (GSM8K may fall back to the last
 /// number), HumanEval and MBPP by running the code with the benchmark's tests in the sandbox.
-fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleResult]) -> anyhow::Result<()> {
+pub fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleResult]) -> anyhow::Result<()> {
     let prompt_of = |i: usize| &prompts[i / k];
     let code = prompts.first().is_some_and(|p| p.domain == "code");
     if !code {
@@ -378,6 +382,51 @@ pub fn write_summary(out_dir: &Path, s: &Summary) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(bench: &str, p: &Prompt, completion: &str) -> SampleResult {
+        SampleResult {
+            bench: bench.into(),
+            prompt_id: p.id.clone(),
+            sample: 0,
+            completion: completion.into(),
+            extracted: None,
+            correct: false,
+            finish: Finish::Stop,
+            new_tokens: 0,
+            status: None,
+        }
+    }
+
+    /// The benchmarks' own solutions, graded as if a model had written them, must pass; the
+    /// same solutions with the answer changed must fail. Runs the real snapshot build, verifier
+    /// and sandbox.
+    #[test]
+    fn reference_solutions_pass_and_corrupted_ones_fail() {
+        let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/recipes/eval");
+        let tmp = tempfile::tempdir().unwrap();
+        for (bench, n) in [("gsm8k_test", 40), ("math500", 40), ("humaneval", 20), ("mbpp_test", 20)] {
+            let dir = tmp.path().join(bench);
+            pipeline::build::build(&recipes.join(format!("{bench}.yaml")), &dir, true).unwrap();
+            let b = load_benchmark(dir.to_str().unwrap(), tmp.path()).unwrap();
+            let prompts = &b.prompts[..n];
+            let mut good: Vec<SampleResult> = prompts.iter().map(|p| sample(bench, p, &p.reference)).collect();
+            grade(bench, prompts, 1, &mut good).unwrap();
+            let failed: Vec<&str> = good.iter().filter(|r| !r.correct).map(|r| r.prompt_id.as_str()).collect();
+            assert!(failed.is_empty(), "{bench}: reference solutions graded wrong: {failed:?}");
+            let corrupt = |p: &Prompt| -> String {
+                if p.domain == "code" {
+                    // The function is left undefined (MBPP) or a stub that returns None (HumanEval).
+                    "```python\npass\n```".to_string()
+                } else {
+                    format!("The final answer is $\\boxed{{({})+1}}$.", p.gold.as_deref().unwrap())
+                }
+            };
+            let mut bad: Vec<SampleResult> = prompts.iter().map(|p| sample(bench, p, &corrupt(p))).collect();
+            grade(bench, prompts, 1, &mut bad).unwrap();
+            let passed: Vec<&str> = bad.iter().filter(|r| r.correct).map(|r| r.prompt_id.as_str()).collect();
+            assert!(passed.is_empty(), "{bench}: corrupted solutions graded right: {passed:?}");
+        }
+    }
 
     #[test]
     fn pass_at_k_matches_the_combinatorial_definition() {
