@@ -121,6 +121,8 @@ enum Command {
         /// Results folder: summary.json, summary.md, results/<bench>.jsonl.
         #[arg(long, default_value = "runs/eval")]
         out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// Re-score a results file without a model: each JSONL line with `gold` and `prediction`
     /// (a final answer or a whole model output) is written back with `extracted` and `correct`.
@@ -214,22 +216,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, bench, snapshots, samples, temperature, top_p, top_k, max_new_tokens, seed, limit, batch_size, out } => {
+        Command::Eval { model, bench, snapshots, samples, temperature, top_p, top_k, max_new_tokens, seed, limit, batch_size, out, device } => {
             let benches = bench.iter().map(|b| eval::load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
-            let device = Default::default();
-            let ckpt = trainer::weights::load(&model)?;
-            let m = trainer::model::Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
             if samples > 1 && temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
             let config = eval::EvalConfig { samples: samples.max(1), sampling: Sampling { temperature, top_p, top_k, max_new_tokens, seed }, limit, batch_size };
-            let mut summary = eval::Summary { model: model.display().to_string(), model_sha256: eval::model_sha256(&model)?, config, benchmarks: vec![] };
-            for b in &benches {
-                let s = eval::evaluate(&m, b, &summary.config, &out, &device)?;
-                eprintln!("{}: Average@{} {:.1}% over {} prompts ({:.0} s)", s.bench, s.samples, 100.0 * s.average_at_k, s.prompts, s.generation_seconds);
-                summary.benchmarks.push(s);
-                eval::write_summary(&out, &summary)?;
-            }
+            let summary = eval::Summary { model: model.display().to_string(), model_sha256: eval::model_sha256(&model)?, config, benchmarks: vec![] };
+            let summary = match device {
+                Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
+                // One batch at a time on the GPU: concurrent batches only help a CPU whose
+                // element-wise kernels are single-threaded.
+                #[cfg(feature = "cuda")]
+                Device::Cuda => rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()?
+                    .install(|| eval_on::<burn::backend::Cuda>(&model, &benches, summary, &out, &Default::default()))?,
+            };
             print!("{}", eval::markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
             Ok(())
@@ -250,6 +253,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval_on<B: burn::tensor::backend::Backend>(model: &std::path::Path, benches: &[eval::Benchmark], mut summary: eval::Summary, out: &std::path::Path, device: &B::Device) -> anyhow::Result<eval::Summary> {
+    let m = trainer::model::Llama::<B>::from_checkpoint(&trainer::weights::load(model)?, device)?;
+    for b in benches {
+        let s = eval::evaluate(&m, b, &summary.config, out, device)?;
+        eprintln!("{}: Average@{} {:.1}% over {} prompts ({:.0} s)", s.bench, s.samples, 100.0 * s.average_at_k, s.prompts, s.generation_seconds);
+        summary.benchmarks.push(s);
+        eval::write_summary(out, &summary)?;
+    }
+    Ok(summary)
 }
 
 fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
