@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval score train test bench bench-data bench-train check-export probs clean
+.PHONY: all build build-cuda model data data-eval score train eval test bench bench-data bench-train check-export probs clean
 
 all: data
 
@@ -69,6 +69,19 @@ PROBS_ROWS ?= 8
 PROBS_OUT ?= bench-out/probs.png
 probs: build model $(SNAPSHOTS)/default/manifest.json
 	$(TRAINER) probs $(foreach m,$(MODELS),--model $(m)) --snapshot $(SNAPSHOTS)/default --rows $(PROBS_ROWS) --out $(PROBS_OUT)
+
+# Evaluate the model from `make train` (runs/$(LOSS)/final), or the base model when there is none,
+# on a stated subset that finishes on 2 CPU cores in minutes: the first $(EVAL_LIMIT) prompts of
+# each of $(EVAL_BENCH), greedy, at most $(EVAL_MAX_NEW) new tokens. Full runs: see the README.
+EVAL_BENCH ?= gsm8k,math500,humaneval,mbpp
+EVAL_LIMIT ?= 30
+EVAL_MAX_NEW ?= 384
+EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)/final,$(MODEL))
+eval: build model
+	@for b in gsm8k_test math500 humaneval mbpp_test; do \
+	  $(PIPELINE) build --recipe datasets/recipes/eval/$$b.yaml --out $(SNAPSHOTS)/eval/$$b --force > /dev/null || exit 1; \
+	done
+	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(SNAPSHOTS)/eval --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))
 
 test: model
 	$(CARGO) test --release --workspace

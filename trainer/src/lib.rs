@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod data;
+pub mod eval;
+pub mod generate;
 pub mod loss;
 pub mod model;
 pub mod optim;

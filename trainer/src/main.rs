@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use schemas::train::TrainRecipe;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use trainer::eval;
+use trainer::generate::{generate_batch, Request, Sampling};
 use trainer::train::Run;
 
 #[derive(Parser)]
@@ -56,18 +58,71 @@ enum Command {
         #[arg(long)]
         snapshot: Option<PathBuf>,
     },
-    /// Greedy completion of one chat prompt, for a quick look at a model.
+    /// Complete one chat prompt (chat template applied), for a quick look at a model.
     Generate {
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
         prompt: String,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
+        /// 0 is greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// 0 keeps the whole vocabulary.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Completions to draw (each from its own random stream).
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// A system message instead of the template's default.
+        #[arg(long)]
+        system: Option<String>,
         /// Tokenizer + template source when the model is a Hugging Face folder without GGUF
         /// metadata: a GGUF file.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+    },
+    /// Evaluate a model on benchmark snapshots: Average@K, pass@K, every sample in results/.
+    Eval {
+        /// GGUF file or Hugging Face folder (e.g. runs/dft/final).
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated benchmarks: gsm8k, math500, aime24, amc23, minerva, olympiadbench,
+        /// humaneval, mbpp, mbpp_validation (or snapshot folders).
+        #[arg(long, value_delimiter = ',', required = true)]
+        bench: Vec<String>,
+        /// Where the evaluation snapshots are (`make data-eval` builds them).
+        #[arg(long, default_value = "snapshots/eval")]
+        snapshots: PathBuf,
+        /// K: samples per prompt.
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        /// 0 is greedy (then K should be 1).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 512)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only the first N prompts of each benchmark.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Results folder: summary.json, summary.md, results/<bench>.jsonl.
+        #[arg(long, default_value = "runs/eval")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// Re-score a results file without a model: each JSONL line with `gold` and `prediction`
     /// (a final answer or a whole model output) is written back with `extracted` and `correct`.
@@ -182,16 +237,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default()),
             }
         }
-        Command::Generate { model, prompt, max_new_tokens, tokenizer } => {
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, top_k, seed, samples, system, tokenizer } => {
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
-            let tok = pipeline::tokenize::ChatTokenizer::from_gguf(&tok_source, None, None)
+            let tok = pipeline::tokenize::ChatTokenizer::from_gguf(&tok_source, system, None)
                 .with_context(|| format!("reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)", tok_source.display()))?;
             let device = Default::default();
             let ckpt = trainer::weights::load(&model)?;
             let m = trainer::model::Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
-            let out = trainer::model::greedy(&m, &prompt_ids, max_new_tokens, &[tok.eos_id()], &device);
-            println!("{}", tok.decode(&out));
+            let params = Sampling { temperature, top_p, top_k, max_new_tokens, seed };
+            let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
+            let mut stop = vec![tok.eos_id()];
+            stop.extend(tok.token_to_id("<|endoftext|>"));
+            for (i, c) in generate_batch(&m, &requests, &params, &stop, tok.pad_id(), &device).iter().enumerate() {
+                if samples > 1 {
+                    println!("--- sample {i} ({:?}, {} tokens)", c.finish, c.ids.len());
+                }
+                let ids = if c.finish == trainer::generate::Finish::Stop { &c.ids[..c.ids.len() - 1] } else { &c.ids[..] };
+                println!("{}", tok.decode(ids));
+            }
+            Ok(())
+        }
+        Command::Eval { model, bench, snapshots, samples, temperature, top_p, top_k, max_new_tokens, seed, limit, batch_size, out, device } => {
+            let benches = bench.iter().map(|b| eval::load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
+            if samples > 1 && temperature == 0.0 {
+                tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
+            }
+            let config = eval::EvalConfig { samples: samples.max(1), sampling: Sampling { temperature, top_p, top_k, max_new_tokens, seed }, limit, batch_size };
+            let summary = eval::Summary { model: model.display().to_string(), model_sha256: eval::model_sha256(&model)?, config, benchmarks: vec![] };
+            let summary = match device {
+                Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
+                // One batch at a time on the GPU: concurrent batches only help a CPU whose
+                // element-wise kernels are single-threaded.
+                #[cfg(feature = "cuda")]
+                Device::Cuda => rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()?
+                    .install(|| eval_on::<burn::backend::Cuda>(&model, &benches, summary, &out, &Default::default()))?,
+            };
+            print!("{}", eval::markdown(&summary));
+            println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
             Ok(())
         }
         Command::VerifyAnswers { file, out, benchmark } => {
@@ -248,6 +333,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn snapshot_parent(m: &schemas::Manifest) -> String {
     m.ref_logprobs_info().ok().flatten().map(|i| i.parent_snapshot_id).unwrap_or_default()
+}
+
+fn eval_on<B: burn::tensor::backend::Backend>(model: &std::path::Path, benches: &[eval::Benchmark], mut summary: eval::Summary, out: &std::path::Path, device: &B::Device) -> anyhow::Result<eval::Summary> {
+    let m = trainer::model::Llama::<B>::from_checkpoint(&trainer::weights::load(model)?, device)?;
+    for b in benches {
+        let s = eval::evaluate(&m, b, &summary.config, out, device)?;
+        eprintln!("{}: Average@{} {:.1}% over {} prompts ({:.0} s)", s.bench, s.samples, 100.0 * s.average_at_k, s.prompts, s.generation_seconds);
+        summary.benchmarks.push(s);
+        eval::write_summary(out, &summary)?;
+    }
+    Ok(summary)
 }
 
 fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
