@@ -92,7 +92,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
 
     // Every stored value against the example run on its own.
     let scored = load_snapshot(&out).unwrap();
-    let model = Llama::<Flex>::from_checkpoint(&trainer::weights::load(&model_path()).unwrap(), &Default::default()).unwrap();
+    let model = Llama::<Flex>::from_checkpoint(&trainer::weights::load(model_path()).unwrap(), &Default::default()).unwrap();
     let (mut checked, mut worst) = (0usize, 0.0f64);
     for (r, (row, before)) in scored.rows.iter().zip(&parent.rows).enumerate() {
         assert_eq!((&row.input_ids, &row.loss_mask, &row.position_ids, &row.segment_ids), (&before.input_ids, &before.loss_mask, &before.position_ids, &before.segment_ids));
