@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval score train eval test bench bench-data bench-train check-export probs clean
+.PHONY: all build build-cuda model data data-eval score train eval test bench bench-data bench-train bench-generate check-export probs clean
 
 all: data
 
@@ -86,7 +86,7 @@ eval: build model
 test: model
 	$(CARGO) test --release --workspace
 
-bench: bench-data bench-train
+bench: bench-data bench-train bench-generate
 bench-data: build model
 	./scripts/bench_data.sh
 
@@ -100,6 +100,9 @@ check-export: build model
 
 bench-train: build model
 	./scripts/bench_train.sh
+
+bench-generate: build model
+	./scripts/bench_generate.sh
 
 clean:
 	rm -rf $(SNAPSHOTS) $(RUNS) bench-out
