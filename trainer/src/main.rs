@@ -3,7 +3,7 @@
 use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use schemas::train::TrainRecipe;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,27 @@ enum Device {
     Cpu,
     #[cfg(feature = "cuda")]
     Cuda,
+}
+
+/// Decoding settings shared by `generate` and `eval`.
+#[derive(Args, Clone, Copy)]
+struct SamplingArgs {
+    /// 0 is greedy decoding (ties go to the lowest token id).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 keeps the whole vocabulary.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn with_budget(self, max_new_tokens: usize) -> Sampling {
+        Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, max_new_tokens, seed: self.seed }
+    }
 }
 
 #[derive(Subcommand)]
@@ -66,16 +87,8 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
-        /// 0 is greedy decoding.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        /// 0 keeps the whole vocabulary.
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Completions to draw (each from its own random stream).
         #[arg(long, default_value_t = 1)]
         samples: usize,
@@ -102,17 +115,10 @@ enum Command {
         /// K: samples per prompt.
         #[arg(long, default_value_t = 1)]
         samples: usize,
-        /// 0 is greedy (then K should be 1).
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, default_value_t = 512)]
         max_new_tokens: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         /// Only the first N prompts of each benchmark.
         #[arg(long)]
         limit: Option<usize>,
@@ -237,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default()),
             }
         }
-        Command::Generate { model, prompt, max_new_tokens, temperature, top_p, top_k, seed, samples, system, tokenizer } => {
+        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer } => {
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
             let tok = pipeline::tokenize::ChatTokenizer::from_gguf(&tok_source, system, None)
                 .with_context(|| format!("reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)", tok_source.display()))?;
@@ -245,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let ckpt = trainer::weights::load(&model)?;
             let m = trainer::model::Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
-            let params = Sampling { temperature, top_p, top_k, max_new_tokens, seed };
+            let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             let mut stop = vec![tok.eos_id()];
             stop.extend(tok.token_to_id("<|endoftext|>"));
@@ -258,12 +264,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, bench, snapshots, samples, temperature, top_p, top_k, max_new_tokens, seed, limit, batch_size, out, device } => {
+        Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
             let benches = bench.iter().map(|b| eval::load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
-            if samples > 1 && temperature == 0.0 {
+            if samples > 1 && sampling.temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
-            let config = eval::EvalConfig { samples: samples.max(1), sampling: Sampling { temperature, top_p, top_k, max_new_tokens, seed }, limit, batch_size };
+            let config = eval::EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
             let summary = eval::Summary { model: model.display().to_string(), model_sha256: eval::model_sha256(&model)?, config, benchmarks: vec![] };
             let summary = match device {
                 Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,

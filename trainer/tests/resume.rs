@@ -8,13 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use trainer::weights::{Checkpoint, HostTensor};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
-fn model_path() -> PathBuf {
-    pipeline::gguf::test_model_path()
-}
+mod common;
+use common::gsm8k_snapshot;
 
 /// A 2-layer model with SmolLM2's vocabulary and seeded random weights.
 fn tiny_model(dir: &Path) {
@@ -39,16 +34,7 @@ fn tiny_model(dir: &Path) {
 }
 
 fn tiny_snapshot(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/train.jsonl")).unwrap().lines().take(40).map(String::from).collect();
-    std::fs::write(dir.join("gsm.jsonl"), lines.join("\n") + "\n").unwrap();
-    let recipe = format!(
-        "name: tiny\nseed: 1\nsources:\n  - {{name: gsm, path: gsm.jsonl, format: gsm8k}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\n",
-        model_path().display()
-    );
-    std::fs::write(dir.join("tiny.yaml"), recipe).unwrap();
-    let out = dir.join("snap");
-    pipeline::build::build(&dir.join("tiny.yaml"), &out, false).unwrap();
-    out
+    gsm8k_snapshot(dir, "snap", 40, "")
 }
 
 fn recipe(dir: &Path, name: &str) -> PathBuf {

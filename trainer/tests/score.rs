@@ -10,28 +10,12 @@ use trainer::data::{load_snapshot, Row};
 use trainer::model::{single_sequence, Llama};
 use trainer::score::{score, ScoreOptions};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
+mod common;
+use common::{gsm8k_snapshot, model_path};
 
-fn model_path() -> PathBuf {
-    pipeline::gguf::test_model_path()
-}
-
-/// GSM8K examples (about 200 tokens each with the template) packed into 512-token rows: two or
-/// three per row, padding at the end of each.
+/// GSM8K examples packed two or three per 512-token row, two rows per shard.
 fn small_snapshot(dir: &Path, examples: usize) -> PathBuf {
-    let lines: Vec<String> =
-        std::fs::read_to_string(repo().join("datasets/raw/gsm8k/train.jsonl")).unwrap().lines().take(examples).map(String::from).collect();
-    std::fs::write(dir.join("gsm.jsonl"), lines.join("\n") + "\n").unwrap();
-    let recipe = format!(
-        "name: small\nseed: 1\nsources:\n  - {{name: gsm, path: gsm.jsonl, format: gsm8k}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\nwrite: {{rows_per_shard: 2}}\n",
-        model_path().display()
-    );
-    std::fs::write(dir.join("small.yaml"), recipe).unwrap();
-    let out = dir.join("unscored");
-    pipeline::build::build(&dir.join("small.yaml"), &out, false).unwrap();
-    out
+    gsm8k_snapshot(dir, "unscored", examples, "write: {rows_per_shard: 2}\n")
 }
 
 fn trainer(args: &[&str]) -> Command {
