@@ -37,22 +37,10 @@ pub struct Snapshot {
 /// Read every row of a `train` snapshot after checking its shards against the manifest: a
 /// corrupted shard must not train silently.
 pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
-    let (manifest, problems) = pipeline::verify::verify(dir).with_context(|| format!("snapshot {}", dir.display()))?;
-    if !problems.is_empty() {
-        bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
-    }
-    if manifest.kind != SnapshotKind::Train {
-        bail!("snapshot {} is a `prompts` snapshot; training needs a `train` snapshot", dir.display());
-    }
+    let manifest = verified_manifest(dir, SnapshotKind::Train)?;
     let seq_len = manifest.packing.as_ref().context("train snapshot without packing report")?.seq_len as usize;
     let mut rows = vec![];
-    for shard in &manifest.shards {
-        let path = dir.join(&shard.file);
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-            read_rows(&batch?, &mut rows).with_context(|| format!("reading {}", path.display()))?;
-        }
-    }
+    for_each_batch(dir, &manifest, |batch| read_rows(batch, &mut rows))?;
     Ok(Snapshot { manifest, seq_len, rows })
 }
 
@@ -72,6 +60,35 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// The manifest of a snapshot whose shards and sidecars match it, of the expected kind: a
+/// corrupted shard must not train or evaluate silently.
+pub fn verified_manifest(dir: &Path, kind: SnapshotKind) -> anyhow::Result<Manifest> {
+    let (manifest, problems) = pipeline::verify::verify(dir).with_context(|| format!("snapshot {}", dir.display()))?;
+    if !problems.is_empty() {
+        bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
+    }
+    if manifest.kind != kind {
+        let (is, wants) = match kind {
+            SnapshotKind::Train => ("prompts", "training needs a `train` snapshot"),
+            SnapshotKind::Prompts => ("train", "evaluation needs a `prompts` snapshot"),
+        };
+        bail!("snapshot {} is a `{is}` snapshot; {wants}", dir.display());
+    }
+    Ok(manifest)
+}
+
+/// Calls `f` on every record batch of every shard, in manifest order.
+pub fn for_each_batch(dir: &Path, manifest: &Manifest, mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for shard in &manifest.shards {
+        let path = dir.join(&shard.file);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+            f(&batch?).with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {

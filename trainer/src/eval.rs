@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int32Type;
 use burn::tensor::backend::Backend;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pipeline::math_verify::{self, ExtractOptions};
 use pipeline::tokenize::ChatTokenizer;
 use rayon::prelude::*;
@@ -61,13 +60,7 @@ pub fn load_benchmark(bench: &str, eval_dir: &Path) -> anyhow::Result<Benchmark>
     if !dir.join("manifest.json").exists() {
         bail!("no evaluation snapshot for `{bench}` at {} (build it with `make data-eval`)", dir.display());
     }
-    let (manifest, problems) = pipeline::verify::verify(&dir).with_context(|| format!("snapshot {}", dir.display()))?;
-    if !problems.is_empty() {
-        bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
-    }
-    if manifest.kind != SnapshotKind::Prompts {
-        bail!("snapshot {} is a `train` snapshot; evaluation needs a `prompts` snapshot", dir.display());
-    }
+    let manifest = crate::data::verified_manifest(&dir, SnapshotKind::Prompts)?;
     let tokenizer = ChatTokenizer::from_tokenizer_json(
         &dir.join(pipeline::build::TOKENIZER_FILE),
         &dir.join("chat_template.jinja"),
@@ -75,13 +68,7 @@ pub fn load_benchmark(bench: &str, eval_dir: &Path) -> anyhow::Result<Benchmark>
         None,
     )?;
     let mut prompts = vec![];
-    for shard in &manifest.shards {
-        let path = dir.join(&shard.file);
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-            read_prompts(&batch?, &mut prompts).with_context(|| format!("reading {}", path.display()))?;
-        }
-    }
+    crate::data::for_each_batch(&dir, &manifest, |batch| read_prompts(batch, &mut prompts))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| bench.to_string());
     Ok(Benchmark { name, dir, manifest, prompts, tokenizer })
 }
