@@ -6,7 +6,7 @@
 //! written to `results/<bench>.jsonl`, and `summary.json` / `summary.md` carry the model's and
 //! each snapshot's hashes.
 
-use crate::generate::{generate_batch, Completion, Finish, Request, Sampling};
+use crate::generate::{generate_batch, stop_ids, Completion, Finish, Request, Sampling};
 use crate::model::Llama;
 use crate::sandbox::{self, Limits};
 use anyhow::{bail, Context};
@@ -157,25 +157,6 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
 }
 
-/// sha256 of a model: the GGUF or safetensors file, or for a Hugging Face folder, of the
-/// `config.json` and weight files' hashes in name order.
-pub fn model_sha256(path: &Path) -> anyhow::Result<String> {
-    if path.is_file() {
-        return schemas::sha256_file(path);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read model folder {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "config.json" || n.ends_with(".safetensors")))
-        .collect();
-    files.sort();
-    let mut joined = String::new();
-    for f in &files {
-        joined.push_str(&format!("{}  {}\n", schemas::sha256_file(f)?, f.file_name().unwrap_or_default().to_string_lossy()));
-    }
-    Ok(schemas::sha256_hex(joined.as_bytes()))
-}
-
 /// Generates, verifies and writes results for one benchmark.
 pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfig, out_dir: &Path, device: &B::Device) -> anyhow::Result<BenchSummary> {
     let prompts = &bench.prompts[..cfg.limit.unwrap_or(usize::MAX).min(bench.prompts.len())];
@@ -184,10 +165,7 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfi
     }
     let k = cfg.samples.max(1);
     let tok = &bench.tokenizer;
-    let mut stop = vec![tok.eos_id()];
-    stop.extend(["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"].iter().filter_map(|t| tok.token_to_id(t)));
-    stop.sort_unstable();
-    stop.dedup();
+    let stop = stop_ids(tok);
     let vocab = model.config.vocab_size;
     if let Some(p) = prompts.iter().find(|p| p.prompt_ids.iter().any(|&t| t as usize >= vocab)) {
         bail!("{}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model", bench.name, p.id);
@@ -221,12 +199,11 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfi
     for (p, prompt) in prompts.iter().enumerate() {
         for (s, c) in completions[p].iter().enumerate() {
             let c = c.as_ref().expect("every sample generated");
-            let text_ids: &[u32] = if c.finish == Finish::Stop { &c.ids[..c.ids.len() - 1] } else { &c.ids };
             results.push(SampleResult {
                 bench: bench.name.clone(),
                 prompt_id: prompt.id.clone(),
                 sample: s,
-                completion: tok.decode(text_ids),
+                completion: tok.decode(c.text_ids()),
                 extracted: None,
                 correct: false,
                 finish: c.finish,

@@ -52,6 +52,26 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+impl Completion {
+    /// The generated ids without the stop token that ended them: what to decode as text.
+    pub fn text_ids(&self) -> &[u32] {
+        match self.finish {
+            Finish::Stop => &self.ids[..self.ids.len() - 1],
+            Finish::Length => &self.ids,
+        }
+    }
+}
+
+/// The ids that end a completion: the tokenizer's end-of-turn token and whichever of the usual
+/// end-of-text tokens its vocabulary has (a chat model may close with either).
+pub fn stop_ids(tok: &pipeline::tokenize::ChatTokenizer) -> Vec<u32> {
+    let mut stop = vec![tok.eos_id()];
+    stop.extend(["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"].iter().filter_map(|t| tok.token_to_id(t)));
+    stop.sort_unstable();
+    stop.dedup();
+    stop
+}
+
 /// One prompt to complete; `stream` picks its random stream (e.g. prompt index * K + sample).
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {

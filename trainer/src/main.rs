@@ -8,7 +8,7 @@ use schemas::train::TrainRecipe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::eval;
-use trainer::generate::{generate_batch, Request, Sampling};
+use trainer::generate::{generate_batch, stop_ids, Request, Sampling};
 use trainer::train::Run;
 
 #[derive(Parser)]
@@ -253,14 +253,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
-            let mut stop = vec![tok.eos_id()];
-            stop.extend(tok.token_to_id("<|endoftext|>"));
-            for (i, c) in generate_batch(&m, &requests, &params, &stop, tok.pad_id(), &device).iter().enumerate() {
+            for (i, c) in generate_batch(&m, &requests, &params, &stop_ids(&tok), tok.pad_id(), &device).iter().enumerate() {
                 if samples > 1 {
                     println!("--- sample {i} ({:?}, {} tokens)", c.finish, c.ids.len());
                 }
-                let ids = if c.finish == trainer::generate::Finish::Stop { &c.ids[..c.ids.len() - 1] } else { &c.ids[..] };
-                println!("{}", tok.decode(ids));
+                println!("{}", tok.decode(c.text_ids()));
             }
             Ok(())
         }
@@ -270,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
             let config = eval::EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
-            let summary = eval::Summary { model: model.display().to_string(), model_sha256: eval::model_sha256(&model)?, config, benchmarks: vec![] };
+            let summary = eval::Summary { model: model.display().to_string(), model_sha256: trainer::score::model_hash(&model)?.0, config, benchmarks: vec![] };
             let summary = match device {
                 Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
                 // One batch at a time on the GPU: concurrent batches only help a CPU whose

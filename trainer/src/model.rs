@@ -298,21 +298,33 @@ impl<B: Backend> Llama<B> {
         let eps = self.config.rms_norm_eps;
         let h = rms_norm(x.clone(), &l.input_layernorm, eps);
         let x = x + self.attention(l, h, positions, segments);
-        let h = rms_norm(x.clone(), &l.post_attention_layernorm, eps);
+        self.mlp(l, x)
+    }
+
+    /// The second half of a block: norm, SwiGLU MLP, residual.
+    fn mlp(&self, l: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = rms_norm(x.clone(), &l.post_attention_layernorm, self.config.rms_norm_eps);
         let gate = activation::silu(linear(h.clone(), &l.gate_proj, None));
         let up = linear(h, &l.up_proj, None);
         x + linear(gate * up, &l.down_proj, None)
     }
 
-    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+    /// Queries, keys and values `[batch, heads, seq, head_dim]` of normed hidden states `h`, with
+    /// rotary embeddings applied to queries and keys.
+    fn qkv(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
         let heads = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = heads(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh);
-        let k = heads(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv);
+        let q = self.rope.apply(heads(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), positions);
+        let k = self.rope.apply(heads(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), positions);
         let v = heads(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv);
-        let q = self.rope.apply(q, positions);
-        let k = self.rope.apply(k, positions);
+        (q, k, v)
+    }
+
+    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let [b, t, _] = h.dims();
+        let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
+        let (q, k, v) = self.qkv(l, h, positions);
         // Grouped-query attention: each key/value head serves nh / nkv query heads.
         let group = nh / nkv;
         let expand = |x: Tensor<B, 4>| if group == 1 { x } else { x.reshape([b, nkv, 1, t, hd]).repeat_dim(2, group).reshape([b, nh, t, hd]) };
@@ -375,13 +387,10 @@ impl<B: Backend> Llama<B> {
         let d = self.config.hidden_size;
         let eps = self.config.rms_norm_eps;
         let mut x = self.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
-        for (i, l) in self.layers.iter().enumerate() {
+        for (l, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
             let h = rms_norm(x.clone(), &l.input_layernorm, eps);
-            x = x + self.attention_cached(l, h, &positions, &bias, &mut cache.layers[i]);
-            let h = rms_norm(x.clone(), &l.post_attention_layernorm, eps);
-            let gate = activation::silu(linear(h.clone(), &l.gate_proj, None));
-            let up = linear(h, &l.up_proj, None);
-            x = x + linear(gate * up, &l.down_proj, None);
+            let x_attn = x + self.attention_cached(l, h, &positions, &bias, layer_cache);
+            x = self.mlp(l, x_attn);
         }
         let last = rms_norm(x.narrow(1, t - 1, 1), &self.norm, eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
@@ -399,10 +408,7 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
-        let heads = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = self.rope.apply(heads(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), positions);
-        let k = self.rope.apply(heads(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), positions);
-        let v = heads(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv);
+        let (q, k, v) = self.qkv(l, h, positions);
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
             None => (k, v),
