@@ -72,6 +72,11 @@ pub fn hash_ngram<S: AsRef<str>>(words: &[S]) -> u64 {
     mix64(h)
 }
 
+/// Plain FNV-1a of `bytes` (no finaliser), for callers that mix it themselves.
+pub fn fnv64(bytes: &[u8]) -> u64 {
+    fnv1a(FNV_OFFSET, bytes)
+}
+
 fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= b as u64;

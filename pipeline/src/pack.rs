@@ -10,7 +10,7 @@ use schemas::recipe::{Overlong, PackConfig};
 use schemas::Dropped;
 use std::collections::BTreeSet;
 
-pub use crate::normalize::SplitMix64;
+use crate::normalize::SplitMix64;
 
 pub const STAGE: &str = "pack";
 

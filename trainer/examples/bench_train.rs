@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     drop(ckpt);
 
     // A packed row of equal segments with deterministic token ids, 70% of them targets.
-    let mut rng = pipeline::pack::SplitMix64::new(1);
+    let mut rng = pipeline::normalize::SplitMix64::new(1);
     let row = Row {
         input_ids: (0..seq_len).map(|_| rng.below(cfg.vocab_size) as i32).collect(),
         loss_mask: (0..seq_len).map(|i| ((i % seg_len) * 10 >= seg_len * 3) as i8).collect(),

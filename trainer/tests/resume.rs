@@ -19,7 +19,7 @@ fn tiny_model(dir: &Path) {
             "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": true}"#,
     )
     .unwrap();
-    let mut rng = pipeline::pack::SplitMix64::new(3);
+    let mut rng = pipeline::normalize::SplitMix64::new(3);
     let mut tensors = BTreeMap::new();
     for (name, shape) in trainer::weights::expected_tensors(&config) {
         let n: usize = shape.iter().product();

@@ -291,7 +291,7 @@ fn eval_f64(n: &Node, vars: Vec<(String, Num)>) -> Option<f64> {
 
 /// A deterministic value for variable `name` at point `i`.
 fn sample(i: u64, name: &str) -> Num {
-    let h = eval::mix(eval::fnv(name.as_bytes()) ^ eval::mix(i));
+    let h = eval::mix(crate::normalize::fnv64(name.as_bytes()) ^ eval::mix(i));
     let exact = |n: i128, d: i128| Num::Exact(Rat::new(n, d).expect("nonzero denominator"));
     match i {
         0..4 => exact(2 + (h % 8) as i128, 1),

@@ -234,7 +234,7 @@ fn binom(n: Num, k: Num, o: &mut Overflow) -> Num {
 /// A fixed smooth function per name, so `f(x)` equals `f(x)` and differs from `g(x)` and `f(y)`
 /// at sample points, without knowing what `f` is.
 fn undefined_function(name: &str, args: &[Num]) -> f64 {
-    let h = fnv(name.as_bytes());
+    let h = crate::normalize::fnv64(name.as_bytes());
     let mut acc = 0.0;
     for (i, a) in args.iter().enumerate() {
         let k = mix(h ^ (i as u64 + 1));
@@ -269,16 +269,9 @@ fn integer(x: Num) -> Option<i128> {
     }
 }
 
-pub fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// SplitMix64 finaliser: a well-mixed deterministic hash of a 64-bit value.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// One splitmix64 step from state `z`: a well-mixed deterministic hash of a 64-bit value.
+pub fn mix(z: u64) -> u64 {
+    crate::normalize::SplitMix64::new(z).next_u64()
 }
 
 /// Free variables of `n` (names bound by `\sum` excluded).

@@ -681,7 +681,10 @@ impl Parser<'_> {
             return self.node(Node::Neg(Box::new(t)));
         }
         if self.eat('+') {
-            return self.signed_term();
+            self.enter()?;
+            let t = self.signed_term()?;
+            self.leave();
+            return Ok(t);
         }
         if self.eat_command("pm") || self.eat_command("mp") {
             let t = self.term()?;
@@ -784,7 +787,10 @@ impl Parser<'_> {
             return self.node(Node::Neg(Box::new(u)));
         }
         if self.eat('+') {
-            return self.unary();
+            self.enter()?;
+            let u = self.unary()?;
+            self.leave();
+            return Ok(u);
         }
         self.power()
     }
@@ -825,7 +831,9 @@ impl Parser<'_> {
             return self.group('{', '}');
         }
         if self.eat('-') {
+            self.enter()?;
             let e = self.exponent()?;
+            self.leave();
             return self.node(Node::Neg(Box::new(e)));
         }
         self.power()

@@ -290,6 +290,9 @@ fn pathological_inputs_are_fast_and_false() {
         ("1".into(), format!(r"\begin{{pmatrix}}{}\end{{pmatrix}}", "1 & ".repeat(3000))),
         ("1".into(), "|".repeat(4000)),
         ("1".into(), "\\".repeat(4000)),
+        // Sign chains recurse once per sign: they must hit the depth limit, not the stack.
+        ("1".into(), "+".repeat(4000) + "1"),
+        ("1".into(), "2^".to_string() + &"-".repeat(4000) + "2"),
         ("1".into(), "{".repeat(4000)),
         ("1".into(), r"\left(".repeat(1000)),
         ("1".into(), "é∑∞√".repeat(1000)),
