@@ -57,6 +57,8 @@ def forward(ids):
         x = x + lin(g / (1 + np.exp(-g)) * lin(h, f"{p}.mlp.up_proj"), f"{p}.mlp.down_proj")
     return rms(x, w["model.norm.weight"]) @ head.T
 
+eos = cfg.get("eos_token_id")
+stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 ok = True
 for case in json.load(open(reference))["cases"]:
     ids = list(case["prompt_ids"])
@@ -68,7 +70,7 @@ for case in json.load(open(reference))["cases"]:
         nxt = int(logits.argmax())
         out.append(nxt)
         ids.append(nxt)
-        if nxt in (2,):
+        if nxt in stop:
             break
     same = out == case["greedy_ids"]
     ok &= same

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use schemas::manifest::{Manifest, RecipeInfo, FORMAT_VERSION, MANIFEST_FILE};
 use schemas::recipe::{self, Recipe, SnapshotKind};
 use schemas::{Dropped, Example, StageReport};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,7 +25,7 @@ pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
 pub const TIMINGS_FILE: &str = "timings.json";
 
 /// Wall time and throughput of one stage; kept out of the manifest so it stays reproducible.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: String,
     pub seconds: f64,

@@ -274,11 +274,8 @@ pub fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleRes
         programs.push(program);
     }
     let bar = pipeline::progress::bar(programs.len(), &format!("run {bench}"));
-    let mut outcomes = Vec::with_capacity(programs.len());
-    for chunk in programs.chunks(32) {
-        outcomes.extend(sandbox::run_many(chunk, &Limits::default(), rayon::current_num_threads())?);
-        bar.inc(chunk.len() as u64);
-    }
+    // One pool over all programs: batches would wait for their slowest (a timed-out loop).
+    let outcomes = sandbox::run_many(&programs, &Limits::default(), rayon::current_num_threads(), |_| bar.inc(1))?;
     bar.finish_and_clear();
     for (r, o) in results.iter_mut().zip(outcomes) {
         r.correct = o.passed;

@@ -367,6 +367,8 @@ impl BarChart {
 
         // Legend below the plot: swatch, label in bold colour-free text, then the note.
         let mut swatches = vec![];
+        // Notes line up in one column after the widest label.
+        let note_x = x0 + 38 + self.legend_label_width() + 16;
         for (s, series) in self.series.iter().enumerate() {
             let top = h + 4 + s as i64 * LEGEND_ROW;
             let color = PALETTE[s % PALETTE.len()];
@@ -376,8 +378,6 @@ impl BarChart {
             swatches.push(sw);
             let base = top + 16;
             c.text(&series.label, x0 + 38, base, LEGEND_PX, TEXT, Align::Start);
-            let label_w = text_width(&series.label, LEGEND_PX) as i64;
-            let note_x = (x0 + 38 + label_w + 16).max(x0 + 38 + self.legend_label_width() + 16);
             c.text(&series.note, note_x, base, LEGEND_PX, [70, 70, 70], Align::Start);
         }
         (c, Layout { plot: (x0, y0, x1, y1), bars, swatches, y_range: (lo, hi) })

@@ -313,7 +313,8 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
         if let Some(bad) = probs.iter().find(|p| !p.is_finite()) {
             bail!("model {}: a token probability is {bad}", path.display());
         }
-        let tokens: usize = rows.iter().map(|r| r.input_ids.len()).sum();
+        // What the forward pass ran: each row stops at its last real token.
+        let tokens: usize = rows.iter().map(|r| r.segment_ids.iter().filter(|&&s| s != 0).count()).sum();
         let secs = t1.elapsed().as_secs_f64();
         tracing::info!(
             "{}: {} rows, {} targets in {:.1}s ({:.0} tokens/s forward; load {:.1}s)",

@@ -224,15 +224,25 @@ pub fn mbpp_program(completion_code: &str, test_setup_code: &str, test_list: &[S
     program
 }
 
-/// Runs `programs` with at most `parallelism` at a time; outcomes are in input order.
-/// Fails only if the sandbox itself could not run (no python3, no temp dir, ...).
-pub fn run_many(programs: &[String], limits: &Limits, parallelism: usize) -> anyhow::Result<Vec<Outcome>> {
+/// Runs `programs` with at most `parallelism` at a time; outcomes are in input order, and
+/// `on_done` sees each as it finishes (a progress bar). Fails only if the sandbox itself could
+/// not run (no python3, no temp dir, ...).
+pub fn run_many(programs: &[String], limits: &Limits, parallelism: usize, on_done: impl Fn(&Outcome) + Sync) -> anyhow::Result<Vec<Outcome>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(parallelism.max(1))
         .thread_name(|i| format!("sandbox-{i}"))
         .build()
         .context("building the sandbox thread pool")?;
-    pool.install(|| programs.par_iter().map(|p| run_python(p, limits)).collect())
+    pool.install(|| {
+        programs
+            .par_iter()
+            .map(|p| {
+                let outcome = run_python(p, limits)?;
+                on_done(&outcome);
+                Ok(outcome)
+            })
+            .collect()
+    })
 }
 
 /// Runs one Python program in the sandbox and reports how it ended. `Err` only when the sandbox

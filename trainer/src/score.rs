@@ -392,15 +392,16 @@ fn assemble(
 /// The parent's `timings.json` plus a `score` entry for this run (not hashed: it varies).
 fn write_timings(src: &Path, dst: &Path, rows: usize, tokens: u64, seconds: f64) -> anyhow::Result<()> {
     let file = pipeline::build::TIMINGS_FILE;
-    let mut timings: Vec<serde_json::Value> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    timings.push(serde_json::json!({
-        "stage": "score",
-        "seconds": seconds,
-        "rows_in": rows,
-        "rows_per_second": rows as f64 / seconds.max(1e-9),
-        "tokens": tokens,
-        "tokens_per_second": tokens as f64 / seconds.max(1e-9),
-    }));
+    let mut timings: Vec<pipeline::build::StageTiming> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let per_second = |n: f64| n / seconds.max(1e-9);
+    timings.push(pipeline::build::StageTiming {
+        stage: "score".into(),
+        seconds,
+        rows_in: rows as u64,
+        rows_per_second: per_second(rows as f64),
+        tokens,
+        tokens_per_second: per_second(tokens as f64),
+    });
     std::fs::write(dst.join(file), serde_json::to_string_pretty(&timings)? + "\n")?;
     Ok(())
 }

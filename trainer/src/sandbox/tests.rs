@@ -323,7 +323,7 @@ fn sandbox_network_is_denied_with_landlock_net() {
 #[test]
 fn sandbox_run_many_keeps_input_order() {
     let programs: Vec<String> = (0..6).map(|i| format!("print({i})\nassert {i} != 3\n")).collect();
-    let outcomes = run_many(&programs, &Limits::default(), 2).unwrap();
+    let outcomes = run_many(&programs, &Limits::default(), 2, |_| {}).unwrap();
     assert_eq!(outcomes.len(), 6);
     for (i, o) in outcomes.iter().enumerate() {
         assert_eq!(o.stdout_tail.trim(), i.to_string(), "{o:?}");
@@ -386,7 +386,7 @@ fn sandbox_humaneval_canonical_solutions_pass() {
         programs.push(humaneval_program(&prompt, &format!("{prompt}{solution}"), &test, &entry));
     }
     let started = Instant::now();
-    let outcomes = run_many(&programs, &Limits::default(), 2).unwrap();
+    let outcomes = run_many(&programs, &Limits::default(), 2, |_| {}).unwrap();
     eprintln!("HumanEval: {} programs in {:?}", programs.len(), started.elapsed());
     let failed = failures(&ids, &outcomes);
     assert!(failed.is_empty(), "canonical HumanEval solutions failed: {failed:#?}");
@@ -410,7 +410,7 @@ fn sandbox_mbpp_canonical_solutions_pass() {
     let present: std::collections::BTreeSet<u64> = ids.iter().map(|i| i.parse().unwrap()).collect();
     assert!((11..=510).all(|id| present.contains(&id)), "the test split (11-510) is incomplete");
     let started = Instant::now();
-    let outcomes = run_many(&programs, &Limits::default(), 2).unwrap();
+    let outcomes = run_many(&programs, &Limits::default(), 2, |_| {}).unwrap();
     eprintln!("MBPP: {} programs in {:?}", programs.len(), started.elapsed());
     let failed = failures(&ids, &outcomes);
     let known: BTreeMap<String, String> = MBPP_KNOWN_FAILURES.iter().map(|(id, why)| (id.to_string(), why.to_string())).collect();
