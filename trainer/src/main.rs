@@ -296,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.push("-scored");
                 PathBuf::from(s)
             });
-            let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows, concurrency: rayon::current_num_threads() };
+            let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows };
             let s = trainer::score::score::<Flex>(&opts, &Default::default())?;
             let resumed = if s.resumed_rows > 0 { format!(", {} resumed from an earlier run", s.resumed_rows) } else { String::new() };
             println!(

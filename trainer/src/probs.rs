@@ -14,8 +14,6 @@ use crate::model::Llama;
 use crate::plot::{BarChart, Series};
 use anyhow::{bail, Context};
 use burn::backend::Flex;
-use burn::tensor::backend::Backend;
-use rayon::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -87,16 +85,6 @@ pub fn pick_rows(total: usize, n: usize) -> Vec<usize> {
         return (0..total).collect();
     }
     (0..n).map(|i| i * total / n).collect()
-}
-
-/// `log p(input_ids[i] | input_ids[..i] of its segment)` for every row, aligned to `input_ids`
-/// (see [`crate::score::row_logprobs`]). Inference only; on CPU the rows run side by side, one
-/// per rayon thread (Burn's element-wise ops are single-threaded), and come back in order.
-pub fn row_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device) -> Vec<Vec<f32>>
-where
-    Llama<B>: Sync,
-{
-    rows.par_iter().map(|row| crate::score::row_logprobs(model, &[*row], device).pop().expect("one row")).collect()
 }
 
 /// Probabilities of the loss-mask targets of `rows`, given log-probabilities aligned to
@@ -308,7 +296,7 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
         let model = Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
         drop(ckpt);
         let t1 = Instant::now();
-        let lp = row_logprobs(&model, &rows, &device);
+        let lp = crate::score::rows_logprobs(&model, &rows, &device, || {});
         let probs = target_probs(&rows, &lp);
         if let Some(bad) = probs.iter().find(|p| !p.is_finite()) {
             bail!("model {}: a token probability is {bad}", path.display());
@@ -439,7 +427,7 @@ mod tests {
             row(&ids, &mask, &seg)
         };
         let (r1, r2) = (pack(&a, &b, 2), pack(&b, &a, 0));
-        let lp = row_logprobs(&model, &[&r1, &r2], &device);
+        let lp = crate::score::rows_logprobs(&model, &[&r1, &r2], &device, || {});
         assert_eq!((lp[0].len(), lp[1].len()), (r1.input_ids.len(), r2.input_ids.len()));
         let want1: Vec<f64> = la[1..].iter().chain(&lb[1..]).copied().collect();
         let want2: Vec<f64> = lb[1..].iter().chain(&la[1..]).copied().collect();

@@ -78,6 +78,22 @@ pub fn row_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Dev
     out
 }
 
+/// [`row_logprobs`] of each row, the rows side by side, one per rayon thread (on CPU, Burn's
+/// element-wise ops are single-threaded, so one row at a time would leave cores idle), in
+/// order; `on_row` is called as each row finishes (a progress bar).
+pub fn rows_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device, on_row: impl Fn() + Sync) -> Vec<Vec<f32>>
+where
+    Llama<B>: Sync,
+{
+    rows.par_iter()
+        .map(|row| {
+            let v = row_logprobs(model, &[*row], device).pop().expect("one row");
+            on_row();
+            v
+        })
+        .collect()
+}
+
 /// Positions of a row that hold a real prediction (not a segment start, not padding).
 pub fn scored_positions(row: &Row) -> usize {
     (1..row.segment_ids.len()).filter(|&i| row.segment_ids[i] != 0 && row.segment_ids[i] == row.segment_ids[i - 1]).count()
@@ -121,8 +137,6 @@ pub struct ScoreOptions {
     pub force: bool,
     /// Rows per resumable chunk.
     pub chunk_rows: usize,
-    /// Rows scored at once (the CPU's cores; 1 on a GPU).
-    pub concurrency: usize,
 }
 
 pub struct ScoreSummary {
@@ -257,23 +271,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         let mut journal = std::fs::OpenOptions::new().create(true).append(true).open(work.join(JOURNAL_FILE))?;
         for (start, n) in pending {
             let rows: Vec<&Row> = snapshot.rows[start..start + n].iter().collect();
-            let scored: Vec<Vec<f32>> = if opts.concurrency > 1 {
-                rows.par_iter()
-                    .map(|r| {
-                        let v = row_logprobs(&model, &[r], device).pop().expect("one row");
-                        pb.inc(1);
-                        v
-                    })
-                    .collect()
-            } else {
-                rows.iter()
-                    .map(|r| {
-                        let v = row_logprobs(&model, &[r], device).pop().expect("one row");
-                        pb.inc(1);
-                        v
-                    })
-                    .collect()
-            };
+            let scored = rows_logprobs(&model, &rows, device, || pb.inc(1));
             for (k, v) in scored.iter().enumerate() {
                 if let Some(i) = v.iter().position(|x| !x.is_finite() || *x > 1e-4) {
                     bail!("row {}: position {i} scored {}: not a log-probability", start + k, v[i]);
