@@ -96,7 +96,7 @@ check-export: build model
 	$(TRAINER) export --model $(MODEL) --out bench-out/export-base
 	@[ -x .venv-bench/bin/python ] || (python3 -m venv .venv-bench && .venv-bench/bin/pip install --quiet "tokenizers==0.22.1")
 	.venv-bench/bin/pip install --quiet numpy safetensors
-	.venv-bench/bin/python scripts/check_hf_export.py bench-out/export-base pipeline/tests/fixtures/reference_greedy.json
+	.venv-bench/bin/python scripts/check_hf_export.py bench-out/export-base model-files/tests/fixtures/reference_greedy.json
 
 bench-train: build model
 	./scripts/bench_train.sh

@@ -5,35 +5,17 @@
 //! looks complete.
 
 use crate::decontaminate::{self, Benchmark};
-use crate::pack::{self, Tokenized};
-use crate::tokenize::ChatTokenizer;
-use crate::write::{self, PromptRow};
-use crate::{dedup, filter, ingest};
+use crate::pack;
+use crate::{dedup, filter, ingest, tokenize, write};
 use anyhow::{bail, Context};
+use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::{Manifest, RecipeInfo, FORMAT_VERSION, MANIFEST_FILE};
 use schemas::recipe::{self, Recipe, SnapshotKind};
+use schemas::snapshot::{self, StageTiming, DROPPED_FILE, QUARANTINE_FILE, TEMPLATE_FILE, TIMINGS_FILE, TOKENIZER_FILE};
 use schemas::{Dropped, Example, StageReport};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const TEMPLATE_FILE: &str = "chat_template.jinja";
-pub const DROPPED_FILE: &str = "dropped.jsonl";
-pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
-pub const TIMINGS_FILE: &str = "timings.json";
-
-/// Wall time and throughput of one stage; kept out of the manifest so it stays reproducible.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageTiming {
-    pub stage: String,
-    pub seconds: f64,
-    pub rows_in: u64,
-    pub rows_per_second: f64,
-    pub tokens: u64,
-    pub tokens_per_second: f64,
-}
 
 /// Collects stage reports, dropped rows and timings as the build goes.
 struct Ledger {
@@ -101,29 +83,7 @@ pub fn build(recipe_path: &Path, out: &Path, force: bool) -> anyhow::Result<Mani
     if out.exists() && !force {
         bail!("{} already exists; pass --force to replace it", out.display());
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
-    let tmp = parent.join(format!(".{name}.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = build_into(recipe_path, &tmp);
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old)?;
-        std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, out)?;
-    }
-    Ok(manifest)
+    snapshot::publish_dir(out, |dir| build_into(recipe_path, dir))
 }
 
 fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
@@ -192,7 +152,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
             for (i, chunk) in chunks.iter().enumerate() {
                 let batch = write::train_batch(chunk, i * recipe.write.rows_per_shard)?;
                 let file = format!("train-{i:05}-of-{:05}.parquet", chunks.len());
-                shards.push(write::write_shard(dir, &file, &batch, &recipe.write, &[schemas::shard::EXAMPLE_IDS])?);
+                shards.push(snapshot::write_shard(dir, &file, &batch, &recipe.write, &[schemas::shard::EXAMPLE_IDS])?);
             }
             let tokens = packing.tokens;
             ledger.record(stage("write", rows.len(), rows.len(), &[]), vec![], tokens);
@@ -200,20 +160,12 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
         }
         SnapshotKind::Prompts => {
             let n = examples.len();
-            let encoded: Vec<anyhow::Result<(String, Vec<u32>)>> = examples.iter().map(|e| tok.encode_prompt(&e.prompt)).collect();
-            let mut rows = vec![];
-            let mut dropped = vec![];
-            for (e, enc) in examples.iter().zip(encoded) {
-                match enc {
-                    Ok((text, ids)) => rows.push(PromptRow { example: e, text, ids }),
-                    Err(err) => dropped.push(Dropped::new("tokenize", "template_error", e, format!("{err:#}"))),
-                }
-            }
+            let (rows, dropped) = tokenize::tokenize_prompts(&examples, &tok);
             let tokens: u64 = rows.iter().map(|r| r.ids.len() as u64).sum();
             let kept = rows.len();
-            ledger.record(stage("tokenize", n, kept, &dropped), dropped, tokens);
+            ledger.record(stage(tokenize::STAGE, n, kept, &dropped), dropped, tokens);
             let batch = write::prompts_batch(&rows)?;
-            let shard = write::write_shard(dir, "prompts-00000-of-00001.parquet", &batch, &recipe.write, &["source", "domain"])?;
+            let shard = snapshot::write_shard(dir, "prompts-00000-of-00001.parquet", &batch, &recipe.write, &["source", "domain"])?;
             ledger.record(stage("write", kept, kept, &[]), vec![], tokens);
             (vec![shard], None)
         }
@@ -221,10 +173,10 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
 
     let dropped_text: String = ledger.dropped.iter().map(|d| serde_json::to_string(d).expect("serialises") + "\n").collect();
     let sidecars = vec![
-        write::write_sidecar(dir, QUARANTINE_FILE, &ingest::quarantine_jsonl(&quarantine))?,
-        write::write_sidecar(dir, DROPPED_FILE, &dropped_text)?,
-        write::write_sidecar(dir, TOKENIZER_FILE, &tok.tokenizer_json())?,
-        write::write_sidecar(dir, TEMPLATE_FILE, tok.chat_template())?,
+        snapshot::write_sidecar(dir, QUARANTINE_FILE, &ingest::quarantine_jsonl(&quarantine))?,
+        snapshot::write_sidecar(dir, DROPPED_FILE, &dropped_text)?,
+        snapshot::write_sidecar(dir, TOKENIZER_FILE, &tok.tokenizer_json())?,
+        snapshot::write_sidecar(dir, TEMPLATE_FILE, tok.chat_template())?,
     ];
 
     let mut seeds = BTreeMap::new();
@@ -273,18 +225,9 @@ fn tokenize_and_pack(
     ledger: &mut Ledger,
 ) -> anyhow::Result<(Vec<pack::PackedRow>, schemas::manifest::PackingReport)> {
     let n = examples.len();
-    let pairs: Vec<(&str, &str)> = examples.iter().map(|e| (e.prompt.as_str(), e.response.as_str())).collect();
-    let encoded = tok.encode_chat_batch(&pairs);
-    let mut items = Vec::with_capacity(n);
-    let mut dropped = vec![];
-    for (e, enc) in examples.iter().zip(encoded) {
-        match enc {
-            Ok(enc) => items.push(Tokenized { id: e.id.clone(), source: e.source.clone(), ids: enc.ids, loss_mask: enc.loss_mask }),
-            Err(err) => dropped.push(Dropped::new("tokenize", "template_error", e, format!("{err:#}"))),
-        }
-    }
+    let (items, dropped) = tokenize::tokenize_chats(&examples, tok);
     let tokens: u64 = items.iter().map(|t| t.ids.len() as u64).sum();
-    ledger.record(stage("tokenize", n, items.len(), &dropped), dropped, tokens);
+    ledger.record(stage(tokenize::STAGE, n, items.len(), &dropped), dropped, tokens);
 
     let n = items.len();
     let (rows, dropped, report) = pack::pack(items, &recipe.pack, pad_id, recipe.seed);

@@ -13,7 +13,8 @@
 //! word sequence, since a short phrase such as "what is 2 2" would otherwise hit countless
 //! unrelated rows.
 
-use crate::normalize::{hash_ngram, words};
+use crate::normalize::words;
+use schemas::rng::hash_ngram;
 use rayon::prelude::*;
 use schemas::manifest::BenchmarkContamination;
 use schemas::{Dropped, Example};
@@ -47,7 +48,7 @@ pub fn decontaminate(
 ) -> (Vec<Example>, Vec<Dropped>, Vec<BenchmarkContamination>) {
     let mut index = Index::build(benchmarks, ngram.max(1));
     index.min_overlap = min_overlap;
-    let pb = crate::progress::bar(examples.len(), "decontaminate");
+    let pb = progress::bar(examples.len(), "decontaminate");
     let hits: Vec<Vec<Hit>> = examples
         .par_iter()
         .map(|ex| {

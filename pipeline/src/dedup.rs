@@ -4,7 +4,8 @@
 //! id it duplicates. Hashing runs in parallel; every decision is made from sorted data, so the
 //! output depends neither on thread count nor on any hash map's iteration order.
 
-use crate::normalize::{hash_ngram, mix64, normalize, words, SplitMix64};
+use crate::normalize::{normalize, words};
+use schemas::rng::{hash_ngram, mix64, SplitMix64};
 use rayon::prelude::*;
 use schemas::recipe::NearDedupConfig;
 use schemas::{Dropped, Example};
@@ -100,7 +101,7 @@ pub fn near_dedup(
     let (ngram, bands, rows) = (cfg.ngram.max(1), cfg.bands.max(1), cfg.rows.max(1));
     let family = HashFamily::new(seed, bands * rows);
 
-    let pb = crate::progress::bar(examples.len(), "near-dedup");
+    let pb = progress::bar(examples.len(), "near-dedup");
     let band_keys: Vec<Vec<u64>> = examples
         .par_iter()
         .map(|ex| {

@@ -5,8 +5,9 @@
 //! columns and the recipe's regex rules yields the first failing reason for every row, in a fixed
 //! order, so the reported reason is deterministic.
 
-use crate::answer;
-use crate::tokenize::ChatTokenizer;
+use model_files::tokenizer::ChatTokenizer;
+use verify::answer::code_of;
+use verify::math::{self, ExtractOptions};
 use anyhow::{bail, Context};
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::DataType;
@@ -24,7 +25,9 @@ use std::sync::Arc;
 
 pub const STAGE: &str = "filter";
 
-/// `has_final_answer(text)`: true when [`answer::extract_answer`] finds an answer.
+/// `has_final_answer(text)`: true when the grader's extractor ([`verify::math::extract`], MATH
+/// rules: no last-number fallback) finds a final answer, so training keeps exactly the solutions
+/// whose answers evaluation could read.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct HasFinalAnswer {
     signature: Signature,
@@ -52,7 +55,7 @@ impl ScalarUDFImpl for HasFinalAnswer {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let text = arrays[0].as_any().downcast_ref::<StringArray>().expect("signature is Utf8");
-        let out: BooleanArray = text.iter().map(|t| t.map(|t| answer::extract_answer(t).is_some())).collect();
+        let out: BooleanArray = text.iter().map(|t| t.map(|t| math::extract(t, &ExtractOptions::MATH).is_some())).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -168,18 +171,6 @@ fn decide(batch: RecordBatch, cfg: &FilterConfig, kind: SnapshotKind) -> anyhow:
     Ok(out)
 }
 
-/// The code inside the first ```python fence, or the whole text when there is none.
-pub fn code_of(response: &str) -> &str {
-    let Some(start) = response.find("```") else { return response };
-    let after = &response[start + 3..];
-    let body_start = after.find('\n').map(|i| i + 1).unwrap_or(after.len());
-    let body = &after[body_start..];
-    match body.find("```") {
-        Some(end) => &body[..end],
-        None => body,
-    }
-}
-
 const PY_CHECK: &str = r#"
 import ast, json, sys
 out = []
@@ -287,11 +278,5 @@ mod tests {
                 Some("exclude_matched:(?i)buy now".into())
             ]
         );
-    }
-
-    #[test]
-    fn code_fence_extraction() {
-        assert_eq!(code_of("```python\nx = 1\n```"), "x = 1\n");
-        assert_eq!(code_of("x = 1"), "x = 1");
     }
 }

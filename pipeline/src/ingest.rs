@@ -6,11 +6,11 @@
 //! quarantine with file, line and field; the source fails when more than `max_bad_fraction` of
 //! its rows are malformed.
 
-use crate::answer;
+use verify::answer;
 use anyhow::{bail, Context};
 use schemas::manifest::InputFile;
 use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
-use schemas::{Domain, Dropped, Example, StageReport};
+use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -409,8 +409,8 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
                 tests.join("\n")
             );
             let response = format!("```python\n{}\n```", code.trim_end());
-            let tests_json = serde_json::json!({ "test_list": tests, "test_setup_code": row.opt_text("test_setup_code")?.unwrap_or_default() });
-            (Some(task_id.to_string()), Domain::Code, prompt, response, None, Some(tests_json.to_string()))
+            let tests = CodeTests::Mbpp { test_list: tests, test_setup_code: row.opt_text("test_setup_code")?.unwrap_or_default() };
+            (Some(task_id.to_string()), Domain::Code, prompt, response, None, Some(tests.to_json()))
         }
         Format::Humaneval => {
             let task_id = row.text("task_id")?;
@@ -420,8 +420,8 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             let entry_point = row.text("entry_point")?;
             let prompt = format!("Complete the following Python function.\n\n```python\n{code_prompt}```");
             let response = format!("```python\n{code_prompt}{solution}```");
-            let tests = serde_json::json!({ "test": test, "entry_point": entry_point, "code_prompt": code_prompt });
-            (Some(task_id.replace('/', "_")), Domain::Code, prompt, response, None, Some(tests.to_string()))
+            let tests = CodeTests::HumanEval { test, entry_point, code_prompt };
+            (Some(task_id.replace('/', "_")), Domain::Code, prompt, response, None, Some(tests.to_json()))
         }
         Format::Generic => {
             let map: &FieldMap = source.fields.as_ref().expect("validated: generic has fields");

@@ -1,7 +1,6 @@
 //! `pipeline inspect` and `pipeline stats`: read a snapshot back the way a person checks it.
 
-use crate::build::TOKENIZER_FILE;
-use crate::verify::read_manifest;
+use schemas::snapshot::{read_manifest, TOKENIZER_FILE};
 use anyhow::{bail, Context};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int8Type};
@@ -155,7 +154,7 @@ pub fn stats(dir: &Path) -> anyhow::Result<String> {
     for s in m.shards.iter().chain(&m.sidecars) {
         writeln!(out, "{:<34} {:>6} {:>10} {:>10} {:>10}  {}", s.file, s.rows, s.tokens, s.loss_tokens, s.bytes, &s.sha256[..16])?;
     }
-    let scored = match m.ref_logprobs_info()? {
+    let scored = match &m.ref_logprobs {
         Some(i) => format!("scored by {} (sha256 {}), parent snapshot {}, {} tokens", i.model, &i.model_sha256[..16.min(i.model_sha256.len())], i.parent_snapshot_id, i.scored_tokens),
         None => "not scored yet (null; `trainer score` fills them)".to_string(),
     };

@@ -47,7 +47,7 @@ enum Colour {
 }
 
 fn main() -> ExitCode {
-    pipeline::progress::init_logging();
+    progress::init_logging();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -65,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("snapshot {} written to {}", m.snapshot_id, out.display());
         }
         Command::Verify { dir } => {
-            let (m, problems) = pipeline::verify::verify(&dir)?;
+            let (m, problems) = schemas::snapshot::verify(&dir)?;
             if !problems.is_empty() {
                 for p in &problems {
                     println!("MISMATCH {p}");

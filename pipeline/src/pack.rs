@@ -8,9 +8,9 @@
 use schemas::manifest::PackingReport;
 use schemas::recipe::{Overlong, PackConfig};
 use schemas::Dropped;
+use schemas::rng::shuffle;
 use std::collections::BTreeSet;
 
-use crate::normalize::SplitMix64;
 
 pub const STAGE: &str = "pack";
 
@@ -37,12 +37,6 @@ pub struct PackedRow {
     pub num_loss_tokens: i32,
 }
 
-pub fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i + 1));
-    }
-}
 
 /// Best-fit-decreasing: longest first (ties by input order); each goes to the open row with the
 /// least room that still fits it, else a new row. Returns the example indices of each row.

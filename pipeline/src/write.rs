@@ -1,32 +1,11 @@
-//! Stage 8, write: Parquet shards. zstd, small row groups so a reader can seek, and no dictionary
-//! encoding on token columns (token ids barely repeat within a page; dictionaries only cost).
-//! The writer is single-threaded and stamps no time, so the same rows give the same bytes.
+//! Stage 8, write: packed rows and prompts as Arrow record batches of the shard schemas;
+//! `schemas::snapshot::write_shard` writes each as a Parquet shard.
 
 use crate::pack::PackedRow;
-use anyhow::Context;
 use arrow::array::{ArrayRef, Float32Builder, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder};
 use arrow::array::{Int32Builder, Int8Builder};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
-use schemas::manifest::ShardInfo;
-use schemas::recipe::WriteConfig;
 use schemas::{shard, Example};
-use std::path::Path;
 use std::sync::Arc;
-
-fn properties(cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<WriterProperties> {
-    let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
-        .set_max_row_group_row_count(Some(cfg.row_group_rows))
-        .set_dictionary_enabled(false)
-        .set_created_by(format!("rectify {}", env!("CARGO_PKG_VERSION")));
-    for c in dictionary_columns {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(*c), true);
-    }
-    Ok(b.build())
-}
 
 fn list_i32<'a>(rows: impl Iterator<Item = &'a [i32]>) -> ArrayRef {
     let mut b = ListBuilder::new(Int32Builder::new()).with_field(item_field(arrow::datatypes::DataType::Int32));
@@ -93,45 +72,3 @@ pub fn prompts_batch(rows: &[PromptRow]) -> anyhow::Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::new(shard::prompts_schema()), columns)?)
 }
 
-/// Write one shard file and describe it for the manifest.
-pub fn write_shard(dir: &Path, file: &str, batch: &RecordBatch, cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<ShardInfo> {
-    let path = dir.join(file);
-    let out = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(properties(cfg, dictionary_columns)?))?;
-    writer.write(batch)?;
-    writer.close()?;
-    let (tokens, loss_tokens) = token_counts(batch);
-    Ok(ShardInfo {
-        file: file.to_string(),
-        sha256: schemas::sha256_file(&path)?,
-        bytes: std::fs::metadata(&path)?.len(),
-        rows: batch.num_rows() as u64,
-        tokens,
-        loss_tokens,
-    })
-}
-
-fn token_counts(batch: &RecordBatch) -> (u64, u64) {
-    let sum = |name: &str| -> u64 {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-            .map(|a| a.iter().flatten().map(|v| v as u64).sum())
-            .unwrap_or(0)
-    };
-    (sum("num_tokens"), sum("num_loss_tokens"))
-}
-
-/// Write a text sidecar (JSONL) and describe it.
-pub fn write_sidecar(dir: &Path, file: &str, text: &str) -> anyhow::Result<ShardInfo> {
-    let path = dir.join(file);
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(ShardInfo {
-        file: file.to_string(),
-        sha256: schemas::sha256_hex(text.as_bytes()),
-        bytes: text.len() as u64,
-        rows: text.lines().count() as u64,
-        tokens: 0,
-        loss_tokens: 0,
-    })
-}

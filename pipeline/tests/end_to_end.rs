@@ -13,7 +13,7 @@ fn repo() -> PathBuf {
 }
 
 fn model() -> PathBuf {
-    pipeline::gguf::test_model_path()
+    model_files::test_model_path()
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
@@ -176,14 +176,14 @@ fn same_recipe_gives_byte_identical_shards_and_verify_catches_a_flipped_byte() {
     }
     assert_eq!(std::fs::read(tmp.path().join("a/manifest.json")).unwrap(), std::fs::read(tmp.path().join("b/manifest.json")).unwrap());
 
-    let (_, problems) = pipeline::verify::verify(&tmp.path().join("a")).unwrap();
+    let (_, problems) = schemas::snapshot::verify(&tmp.path().join("a")).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let shard = tmp.path().join("a").join(&a.shards[1].file);
     let mut bytes = std::fs::read(&shard).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&shard, bytes).unwrap();
-    let (_, problems) = pipeline::verify::verify(&tmp.path().join("a")).unwrap();
+    let (_, problems) = schemas::snapshot::verify(&tmp.path().join("a")).unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].starts_with(&a.shards[1].file) && problems[0].contains("sha256"), "{problems:?}");
 }
@@ -208,7 +208,7 @@ fn packed_tokens_match_the_reference_ids_and_masks() {
     // The reference prompts, as a one-row-per-example training set whose responses are the
     // reference greedy outputs: the packed row must hold exactly prompt_ids ++ greedy_ids.
     let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("pipeline/tests/fixtures/reference_greedy.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("model-files/tests/fixtures/reference_greedy.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut f = std::fs::File::create(tmp.path().join("ref.jsonl")).unwrap();
     let mut expected = vec![];

@@ -9,6 +9,17 @@ pub enum Domain {
     Code,
 }
 
+impl std::str::FromStr for Domain {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Domain> {
+        match s {
+            "math" => Ok(Domain::Math),
+            "code" => Ok(Domain::Code),
+            other => anyhow::bail!("unknown domain `{other}` (math or code)"),
+        }
+    }
+}
+
 impl Domain {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -35,10 +46,35 @@ pub struct Example {
     pub response: String,
     /// Final answer for math (e.g. `72`, `\frac{\pi}{2}`), if known.
     pub gold: Option<String>,
-    /// Tests for code, as a JSON value (list of assert strings, or a test program).
+    /// Tests for code, as JSON: [`CodeTests`] for the HumanEval and MBPP adapters (a generic
+    /// source may carry any JSON value here; evaluation then says it cannot run it).
     pub tests: Option<String>,
     /// Anything else from the source row, as a JSON object string.
     pub metadata: String,
+}
+
+/// The tests of a code benchmark item, as the `tests` column stores them (JSON). The ingest
+/// adapters write this type and evaluation reads it, so the two cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CodeTests {
+    /// HumanEval: a `check(candidate)` program, the function it checks, and the prompt's code
+    /// (signature and docstring) that a completion continues.
+    HumanEval { test: String, entry_point: String, code_prompt: String },
+    /// MBPP: assert statements, and code to run before them.
+    Mbpp { test_list: Vec<String>, test_setup_code: String },
+}
+
+impl CodeTests {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("strings serialise")
+    }
+
+    pub fn from_json(text: &str) -> anyhow::Result<CodeTests> {
+        serde_json::from_str(text).map_err(|_| {
+            anyhow::anyhow!("tests are neither HumanEval's {{test, entry_point, code_prompt}} nor MBPP's {{test_list, test_setup_code}}")
+        })
+    }
 }
 
 /// A row that left the pipeline, and why. Nothing is dropped without one of these.

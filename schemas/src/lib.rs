@@ -1,13 +1,17 @@
-//! Types shared by every rectify crate: the canonical example, the YAML recipe, the snapshot
-//! manifest and the Arrow schemas of the Parquet files a snapshot is made of.
+//! rectify's formats and their IO, nothing else: the canonical example, the YAML data and
+//! training recipes, the snapshot manifest, the Arrow schemas of its Parquet shards, reading,
+//! verifying and atomically writing a snapshot, and the seeded RNG and hashes the formats are
+//! defined by. No DataFusion, no Burn: every other crate may depend on this one.
 
 pub mod example;
 pub mod manifest;
 pub mod recipe;
+pub mod rng;
 pub mod shard;
+pub mod snapshot;
 pub mod train;
 
-pub use example::{Domain, Dropped, Example};
+pub use example::{CodeTests, Domain, Dropped, Example};
 pub use manifest::{Manifest, ShardInfo, StageReport};
 pub use recipe::Recipe;
 

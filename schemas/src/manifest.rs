@@ -30,7 +30,8 @@ pub struct Manifest {
     pub conventions: BTreeMap<String, String>,
     /// Filled by a reference-scoring pass (`trainer score`, see [`RefLogprobsInfo`]); null until
     /// then.
-    pub ref_logprobs: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ref_logprobs: Option<RefLogprobsInfo>,
     pub tool: String,
 }
 
@@ -124,8 +125,8 @@ pub struct ShardInfo {
 }
 
 /// What `trainer score` records in [`Manifest::ref_logprobs`]: which model scored the rows and
-/// which snapshot they came from. Kept as a JSON value in the manifest so manifests written before
-/// scoring existed still read.
+/// which snapshot they came from. `null` (or absent, in manifests written before scoring
+/// existed) until a snapshot is scored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefLogprobsInfo {
     /// The reference model as given on the command line.
@@ -147,14 +148,6 @@ pub struct RefLogprobsInfo {
 }
 
 impl Manifest {
-    /// The reference-scoring record, `None` for an unscored snapshot.
-    pub fn ref_logprobs_info(&self) -> anyhow::Result<Option<RefLogprobsInfo>> {
-        match &self.ref_logprobs {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => Ok(Some(serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("manifest `ref_logprobs`: {e}"))?)),
-        }
-    }
-
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("manifest serialises");
         s.push('\n');

@@ -11,9 +11,9 @@
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use std::time::Instant;
-use trainer::data::Row;
+use schemas::snapshot::Row;
 use trainer::loss::LossKind;
-use trainer::model::Llama;
+use model::decoder::Llama;
 use trainer::optim::{clip_global, AdamW, AdamWConfig};
 use trainer::train::{apply_update, micro_step};
 
@@ -42,13 +42,13 @@ fn main() -> anyhow::Result<()> {
     let seg_len: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(256).min(seq_len);
     let steps: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(2);
     let dev = Default::default();
-    let ckpt = trainer::weights::load(&args[1])?;
+    let ckpt = model_files::checkpoint::load(&args[1])?;
     let cfg = ckpt.config.clone();
     let mut model = Llama::<B>::from_checkpoint(&ckpt, &dev)?.map_params(&dev, |_, p| p.require_grad());
     drop(ckpt);
 
     // A packed row of equal segments with deterministic token ids, 70% of them targets.
-    let mut rng = pipeline::normalize::SplitMix64::new(1);
+    let mut rng = schemas::rng::SplitMix64::new(1);
     let row = Row {
         input_ids: (0..seq_len).map(|_| rng.below(cfg.vocab_size) as i32).collect(),
         loss_mask: (0..seq_len).map(|i| ((i % seg_len) * 10 >= seg_len * 3) as i8).collect(),

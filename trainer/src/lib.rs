@@ -1,16 +1,9 @@
-//! rectify's trainer: a Llama-family model in Burn, SFT and DFT objectives, and the loop that
-//! trains it on packed snapshots.
+//! rectify's trainer: batch assembly (`batch`), the SFT / DFT / iwsft objectives (`loss`), AdamW
+//! and the schedule (`optim`), the loop and its checkpoints (`train`), and reference scoring into
+//! a new snapshot (`score`). The `trainer` binary also fronts evaluation (the `eval` crate).
 
-pub mod config;
-pub mod data;
-pub mod eval;
-pub mod generate;
+pub mod batch;
 pub mod loss;
-pub mod model;
 pub mod optim;
-pub mod plot;
-pub mod probs;
-pub mod sandbox;
 pub mod score;
 pub mod train;
-pub mod weights;

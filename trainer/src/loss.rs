@@ -23,7 +23,7 @@
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 pub use schemas::train::LossKind;
 
 /// An objective and its settings.
@@ -44,15 +44,6 @@ impl From<&schemas::train::TrainRecipe> for Loss {
     fn from(r: &schemas::train::TrainRecipe) -> Loss {
         Loss { kind: r.loss, iwsft_clip: r.iwsft_clip }
     }
-}
-
-/// `log p(targets)` for logits `[batch, seq, vocab]` and targets `[batch, seq]`.
-pub fn target_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-    // The max is a constant shift of the log-sum-exp; detaching it changes no gradient.
-    let max = logits.clone().detach().max_dim(2);
-    let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
-    let target = logits.gather(2, targets.unsqueeze_dim(2));
-    (target - lse).squeeze_dim(2)
 }
 
 /// The objective of one micro-batch (to be summed over the step), plus detached sums for logging.
@@ -97,7 +88,8 @@ pub fn objective<B: Backend>(logp: Tensor<B, 2>, mask: Tensor<B, 2>, reference: 
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::TensorData;
+    use burn::tensor::{Int, TensorData};
+    use model::logprobs::target_logprobs;
 
     type B = Autodiff<Flex>;
 

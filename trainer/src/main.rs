@@ -1,4 +1,5 @@
-//! `trainer`: fine-tune Llama-family models on rectify snapshots with SFT or DFT.
+//! `trainer`: fine-tune Llama-family models on rectify snapshots with SFT or DFT, score
+//! snapshots with a reference model, and front evaluation (`eval`, `probs`, `generate`).
 
 use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
@@ -7,8 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use schemas::train::TrainRecipe;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trainer::eval;
-use trainer::generate::{generate_batch, stop_ids, Request, Sampling};
+use eval::benchmark::{load_benchmark, Benchmark};
+use eval::report::{markdown, write_summary, EvalConfig, Summary};
+use model::generate::{generate_batch, stop_ids, Request};
+use model::sampling::Sampling;
+use model::Llama;
 use trainer::train::Run;
 
 #[derive(Parser)]
@@ -193,7 +197,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    pipeline::progress::init_logging();
+    progress::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -245,11 +249,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer } => {
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
-            let tok = pipeline::tokenize::ChatTokenizer::from_gguf(&tok_source, system, None)
+            let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None)
                 .with_context(|| format!("reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)", tok_source.display()))?;
             let device = Default::default();
-            let ckpt = trainer::weights::load(&model)?;
-            let m = trainer::model::Llama::<Flex>::from_checkpoint(&ckpt, &device)?;
+            let m = Llama::<Flex>::load(&model, &device)?;
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
@@ -262,12 +265,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
-            let benches = bench.iter().map(|b| eval::load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
+            let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
             if samples > 1 && sampling.temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
-            let config = eval::EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
-            let summary = eval::Summary { model: model.display().to_string(), model_sha256: trainer::score::model_hash(&model)?.0, config, benchmarks: vec![] };
+            let config = EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
+            let summary = Summary { model: model.display().to_string(), model_sha256: model_files::checkpoint::model_hash(&model)?.0, config, benchmarks: vec![] };
             let summary = match device {
                 Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
                 // One batch at a time on the GPU: concurrent batches only help a CPU whose
@@ -278,14 +281,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .build()?
                     .install(|| eval_on::<burn::backend::Cuda>(&model, &benches, summary, &out, &Default::default()))?,
             };
-            print!("{}", eval::markdown(&summary));
+            print!("{}", markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
             Ok(())
         }
         Command::VerifyAnswers { file, out, benchmark } => {
             let out = out.unwrap_or_else(|| file.with_extension("verified.jsonl"));
-            let opts = pipeline::math_verify::ExtractOptions::for_benchmark(&benchmark);
-            let s = pipeline::math_verify::verify_jsonl(&file, &out, &opts)?;
+            let opts = verify::math::ExtractOptions::for_benchmark(&benchmark);
+            let s = verify::math::verify_jsonl(&file, &out, &opts)?;
             println!("{s:?}");
             println!("wrote {}", out.display());
             Ok(())
@@ -313,9 +316,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(labels.len() <= models.len(), "{} --label for {} --model", labels.len(), models.len());
             let models = models.into_iter().enumerate().map(|(i, m)| (m, labels.get(i).cloned())).collect();
             let t0 = std::time::Instant::now();
-            let (measured, written) = trainer::probs::run(&trainer::probs::Options { models, snapshot, rows, bins, log_y, out })?;
+            let (measured, written) = eval::probs::run(&eval::probs::Options { models, snapshot, rows, bins, log_y, out })?;
             for m in &measured {
-                let s = trainer::probs::summarize(&m.probs);
+                let s = eval::probs::summarize(&m.probs);
                 println!(
                     "{}: {} tokens, mean p {:.3}, median p {:.3}, p < 0.1: {:.1}%, p > 0.9: {:.1}%",
                     m.label, s.tokens, s.mean, s.median, 100.0 * s.below_0_1, 100.0 * s.above_0_9
@@ -325,9 +328,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { model, out } => {
-            let ckpt = trainer::weights::load(&model)?;
+            let ckpt = model_files::checkpoint::load(&model)?;
             std::fs::create_dir_all(&out)?;
-            trainer::weights::save_hf(&out, &ckpt)?;
+            model_files::checkpoint::save_hf(&out, &ckpt)?;
             println!("wrote {} ({} tensors) and config.json", out.join("model.safetensors").display(), ckpt.tensors.len());
             Ok(())
         }
@@ -335,16 +338,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn snapshot_parent(m: &schemas::Manifest) -> String {
-    m.ref_logprobs_info().ok().flatten().map(|i| i.parent_snapshot_id).unwrap_or_default()
+    m.ref_logprobs.as_ref().map(|i| i.parent_snapshot_id.clone()).unwrap_or_default()
 }
 
-fn eval_on<B: burn::tensor::backend::Backend>(model: &std::path::Path, benches: &[eval::Benchmark], mut summary: eval::Summary, out: &std::path::Path, device: &B::Device) -> anyhow::Result<eval::Summary> {
-    let m = trainer::model::Llama::<B>::from_checkpoint(&trainer::weights::load(model)?, device)?;
+fn eval_on<B: burn::tensor::backend::Backend>(model: &std::path::Path, benches: &[Benchmark], mut summary: Summary, out: &std::path::Path, device: &B::Device) -> anyhow::Result<Summary> {
+    let m = Llama::<B>::load(model, device)?;
     for b in benches {
-        let s = eval::evaluate(&m, b, &summary.config, out, device)?;
+        let s = eval::evaluate::evaluate(&m, b, &summary.config, out, device)?;
         eprintln!("{}: Average@{} {:.1}% over {} prompts ({:.0} s)", s.bench, s.samples, 100.0 * s.average_at_k, s.prompts, s.generation_seconds);
         summary.benchmarks.push(s);
-        eval::write_summary(out, &summary)?;
+        write_summary(out, &summary)?;
     }
     Ok(summary)
 }

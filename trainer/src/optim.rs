@@ -4,7 +4,7 @@
 //! parameter and its gradient clipping is per tensor, while we need no decay on norms and biases
 //! and one clip over the global norm of all gradients (as PyTorch's `clip_grad_norm_`).
 
-use crate::weights::HostTensor;
+use model_files::checkpoint::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};

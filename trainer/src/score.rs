@@ -13,16 +13,15 @@
 //! id and the model hash; a different snapshot or model starts it afresh. The scored snapshot is
 //! assembled in a hidden folder and renamed into place only when complete and verified.
 
-use crate::data::{load_snapshot, Row};
-use crate::loss::target_logprobs;
-use crate::model::{segment_runs, Llama};
 use anyhow::{bail, Context};
+use model::logprobs::rows_logprobs;
+use model::Llama;
+use model_files::checkpoint::model_hash;
+use schemas::snapshot::{load_snapshot, publish_dir, verify, write_shard, Row, StageTiming, TIMINGS_FILE};
 use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rayon::prelude::*;
-use schemas::manifest::{InputFile, Manifest, RefLogprobsInfo, MANIFEST_FILE};
+use schemas::manifest::{Manifest, RefLogprobsInfo, MANIFEST_FILE};
 use schemas::recipe::WriteConfig;
 use schemas::shard;
 use serde::{Deserialize, Serialize};
@@ -40,94 +39,6 @@ float32, from the reference model's logits with the row's position_ids and atten
 const WORK_FILE: &str = "work.json";
 const JOURNAL_FILE: &str = "done.jsonl";
 
-/// `log p(input_ids[i] | earlier tokens of its segment)` for each row, aligned with `input_ids`:
-/// 0.0 at the first token of each segment and on padding. All rows must have the same length.
-/// Rows are run as one batch; call it with one row per thread to use several cores on CPU.
-pub fn row_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device) -> Vec<Vec<f32>> {
-    let Some(first) = rows.first() else { return vec![] };
-    let t_full = first.input_ids.len();
-    assert!(rows.iter().all(|r| r.input_ids.len() == t_full && r.segment_ids.len() == t_full), "rows of one batch have the same length");
-    let mut out = vec![vec![0.0f32; t_full]; rows.len()];
-    // Padding (segment 0) sits at the end of a packed row: stop at the last real token.
-    let used = rows.iter().map(|r| r.segment_ids.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1)).max().unwrap_or(0);
-    if used < 2 {
-        return out;
-    }
-    let b = rows.len();
-    let ids: Vec<i64> = rows.iter().flat_map(|r| r.input_ids[..used].iter().map(|&x| x as i64)).collect();
-    let pos: Vec<i64> = rows.iter().flat_map(|r| r.position_ids[..used].iter().map(|&x| x as i64)).collect();
-    let targets: Vec<i64> = rows.iter().flat_map(|r| r.input_ids[1..used].iter().map(|&x| x as i64)).collect();
-    let segments: Vec<Vec<(usize, usize)>> = rows.iter().map(|r| segment_runs(&r.segment_ids[..used])).collect();
-    let logits = model
-        .forward(
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, used]), device),
-            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, used]), device),
-            &segments,
-        )
-        .narrow(1, 0, used - 1);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, used - 1]), device);
-    let lp: Vec<f32> = target_logprobs(logits, targets).into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-    for (k, (row, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
-        let seg = &row.segment_ids;
-        for i in 1..used {
-            if seg[i] != 0 && seg[i] == seg[i - 1] {
-                o[i] = lp[k * (used - 1) + i - 1];
-            }
-        }
-    }
-    out
-}
-
-/// [`row_logprobs`] of each row, the rows side by side, one per rayon thread (on CPU, Burn's
-/// element-wise ops are single-threaded, so one row at a time would leave cores idle), in
-/// order; `on_row` is called as each row finishes (a progress bar).
-pub fn rows_logprobs<B: Backend>(model: &Llama<B>, rows: &[&Row], device: &B::Device, on_row: impl Fn() + Sync) -> Vec<Vec<f32>>
-where
-    Llama<B>: Sync,
-{
-    rows.par_iter()
-        .map(|row| {
-            let v = row_logprobs(model, &[*row], device).pop().expect("one row");
-            on_row();
-            v
-        })
-        .collect()
-}
-
-/// Positions of a row that hold a real prediction (not a segment start, not padding).
-pub fn scored_positions(row: &Row) -> usize {
-    (1..row.segment_ids.len()).filter(|&i| row.segment_ids[i] != 0 && row.segment_ids[i] == row.segment_ids[i - 1]).count()
-}
-
-/// sha256 of a model: of the file itself, or for a Hugging Face folder, over
-/// `"<sha256>  <name>\n"` lines of its `config.json`, `*.safetensors` and
-/// `*.safetensors.index.json` files sorted by name. Also returns the files.
-pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
-    let describe = |p: &Path, name: String| -> anyhow::Result<InputFile> {
-        Ok(InputFile { role: "model".into(), path: name, sha256: schemas::sha256_file(p)?, bytes: std::fs::metadata(p)?.len() })
-    };
-    if path.is_file() {
-        let f = describe(path, path.display().to_string())?;
-        return Ok((f.sha256.clone(), vec![f]));
-    }
-    if !path.is_dir() {
-        bail!("model {} not found (run `make model` for the default model)", path.display());
-    }
-    let mut names = vec![];
-    for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
-            names.push(name);
-        }
-    }
-    names.sort();
-    if names.is_empty() {
-        bail!("{} holds no config.json or safetensors files", path.display());
-    }
-    let files: Vec<InputFile> = names.iter().map(|n| describe(&path.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
-    let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
-    Ok((schemas::sha256_hex(joined.as_bytes()), files))
-}
 
 pub struct ScoreOptions {
     pub model: PathBuf,
@@ -260,13 +171,9 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
     let start_time = Instant::now();
     let mut tokens = 0u64;
     if !pending.is_empty() {
-        let ckpt = crate::weights::load(&opts.model)?;
-        if ckpt.config.vocab_size < parent.tokenizer.vocab_size {
-            bail!("model vocab {} is smaller than the snapshot tokenizer's {}", ckpt.config.vocab_size, parent.tokenizer.vocab_size);
-        }
-        let model = Llama::<B>::from_checkpoint(&ckpt, device)?;
-        drop(ckpt);
-        let pb = pipeline::progress::bar(snapshot.rows.len(), "score");
+        let model = Llama::<B>::load(&opts.model, device)?;
+        model.check_vocab(parent.tokenizer.vocab_size)?;
+        let pb = progress::bar(snapshot.rows.len(), "score");
         pb.set_position(resumed_rows as u64);
         let mut journal = std::fs::OpenOptions::new().create(true).append(true).open(work.join(JOURNAL_FILE))?;
         for (start, n) in pending {
@@ -291,14 +198,12 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
     let seconds = start_time.elapsed().as_secs_f64();
 
     // Assemble the scored snapshot in a hidden folder, verify it, then rename it into place.
-    let stage = out_parent.join(format!(".{out_name}.writing-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir(&stage).with_context(|| format!("cannot create {}", stage.display()))?;
-    let result = assemble(&opts.snapshot, &stage, &snapshot.rows, &snapshot.manifest, &work, &done, &write_cfg, seq_len).and_then(|shards| {
+    let manifest = publish_dir(&opts.out, |stage| {
+        let shards = assemble(&opts.snapshot, stage, &snapshot.rows, &snapshot.manifest, &work, &done, &write_cfg, seq_len)?;
         let mut m = parent.clone();
         m.snapshot_id = Manifest::snapshot_id_for(&shards);
         m.shards = shards;
-        let info = RefLogprobsInfo {
+        m.ref_logprobs = Some(RefLogprobsInfo {
             model: opts.model.display().to_string(),
             model_sha256: model_sha.clone(),
             model_files: model_files.clone(),
@@ -306,37 +211,21 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
             convention: CONVENTION.to_string(),
             dtype: "float32".into(),
             rows: snapshot.rows.len() as u64,
-            scored_tokens: snapshot.rows.iter().map(scored_positions).sum::<usize>() as u64,
+            scored_tokens: snapshot.rows.iter().map(Row::predicted).sum::<usize>() as u64,
             tool: format!("rectify-trainer {} score", env!("CARGO_PKG_VERSION")),
-        };
-        m.ref_logprobs = Some(serde_json::to_value(&info)?);
+        });
         m.conventions.insert("ref_logprobs".into(), CONVENTION.into());
         for side in &m.sidecars {
             std::fs::copy(opts.snapshot.join(&side.file), stage.join(&side.file)).with_context(|| format!("copying {}", side.file))?;
         }
-        write_timings(&opts.snapshot, &stage, snapshot.rows.len() - resumed_rows, tokens, seconds)?;
+        write_timings(&opts.snapshot, stage, snapshot.rows.len() - resumed_rows, tokens, seconds)?;
         schemas::write_atomic(&stage.join(MANIFEST_FILE), m.to_json().as_bytes())?;
-        let (_, problems) = pipeline::verify::verify(&stage)?;
+        let (_, problems) = verify(stage)?;
         if !problems.is_empty() {
             bail!("the scored snapshot does not verify:\n  {}", problems.join("\n  "));
         }
         Ok(m)
-    });
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&stage);
-            return Err(e);
-        }
-    };
-    if opts.out.exists() {
-        let old = out_parent.join(format!(".{out_name}.old-{}", std::process::id()));
-        std::fs::rename(&opts.out, &old)?;
-        std::fs::rename(&stage, &opts.out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&stage, &opts.out)?;
-    }
+    })?;
     std::fs::remove_dir_all(&work)?;
     Ok(ScoreSummary { manifest, rows: snapshot.rows.len(), resumed_rows, tokens, seconds })
 }
@@ -381,7 +270,7 @@ fn assemble(
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns[idx] = Arc::new(b.finish());
         let scored = RecordBatch::try_new(schema.clone(), columns)?;
-        shards.push(pipeline::write::write_shard(dst, &info.file, &scored, cfg, &[shard::EXAMPLE_IDS])?);
+        shards.push(write_shard(dst, &info.file, &scored, cfg, &[shard::EXAMPLE_IDS])?);
         first += n;
     }
     Ok(shards)
@@ -389,10 +278,10 @@ fn assemble(
 
 /// The parent's `timings.json` plus a `score` entry for this run (not hashed: it varies).
 fn write_timings(src: &Path, dst: &Path, rows: usize, tokens: u64, seconds: f64) -> anyhow::Result<()> {
-    let file = pipeline::build::TIMINGS_FILE;
-    let mut timings: Vec<pipeline::build::StageTiming> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let file = TIMINGS_FILE;
+    let mut timings: Vec<StageTiming> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let per_second = |n: f64| n / seconds.max(1e-9);
-    timings.push(pipeline::build::StageTiming {
+    timings.push(StageTiming {
         stage: "score".into(),
         seconds,
         rows_in: rows as u64,

@@ -1,15 +1,19 @@
 //! The training loop: packed rows in, SFT, DFT or iw-SFT, AdamW with warmup + cosine, global clipping,
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
-use crate::data::{load_snapshot, micro_batch, Row};
-use crate::loss::{objective, target_logprobs, Loss, LossKind};
-use crate::model::Llama;
+use crate::batch::micro_batch;
+use schemas::snapshot::{load_snapshot, Row};
+use crate::loss::{objective, Loss, LossKind};
+use model::logprobs::target_logprobs;
+use model::Llama;
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
-use crate::weights;
+use model_files::checkpoint::save_hf;
+use model_files::safetensors::write_safetensors;
+use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
-use pipeline::pack::shuffle;
+use schemas::rng::shuffle;
 use rayon::prelude::*;
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
@@ -124,16 +128,11 @@ pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
 
 fn save_checkpoint<B: AutodiffBackend>(output: &Path, model: &Llama<B>, opt: &AdamW<B::InnerBackend>, state: &TrainerState) -> anyhow::Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
-    let tmp = final_dir.with_file_name(format!(".step-{:06}.tmp-{}", state.step, std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    weights::save_hf(&tmp, &model.to_checkpoint())?;
-    weights::write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
-    schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir)?;
+    publish_dir(&final_dir, |tmp| {
+        save_hf(tmp, &model.to_checkpoint())?;
+        write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
+        schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
+    })?;
     Ok(final_dir)
 }
 
@@ -153,7 +152,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
         snapshot.require_ref_logprobs(&run.snapshot_dir)?;
-        if let Some(info) = snapshot.manifest.ref_logprobs_info()? {
+        if let Some(info) = &snapshot.manifest.ref_logprobs {
             tracing::info!("iwsft: reference log-probabilities from {} (sha256 {})", info.model, &info.model_sha256[..16.min(info.model_sha256.len())]);
         }
     }
@@ -169,35 +168,30 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
 
     let mut opt = AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: r.betas[0], beta2: r.betas[1], eps: r.eps, weight_decay: r.weight_decay });
     let latest = latest_checkpoint(&run.output_dir)?;
-    let (ckpt, mut state) = match (resume, latest) {
+    let (model_dir, mut state) = match (resume, latest) {
         (true, Some(dir)) => {
             let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)?;
             if state.snapshot_id != snapshot.manifest.snapshot_id {
                 bail!("checkpoint {} was trained on snapshot {}, this run uses {}", dir.display(), state.snapshot_id, snapshot.manifest.snapshot_id);
             }
-            opt.load_state(state.step, &weights::read_safetensors(&dir.join(OPTIMIZER_FILE))?, device)?;
+            opt.load_state(state.step, &model_files::safetensors::read_safetensors(&dir.join(OPTIMIZER_FILE))?, device)?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
-            (weights::load(&dir)?, state)
+            (dir, state)
         }
         (false, Some(dir)) => bail!("{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir", run.output_dir.display(), dir.display()),
         (_, None) => {
             let state = TrainerState { step: 0, total_steps, rows_consumed: 0, seed: r.seed, snapshot_id: snapshot.manifest.snapshot_id.clone(), recipe: r.clone() };
-            (weights::load(&run.model_path)?, state)
+            (run.model_path.clone(), state)
         }
     };
-    if ckpt.config.vocab_size < snapshot.manifest.tokenizer.vocab_size {
-        bail!("model vocab {} is smaller than the snapshot tokenizer's {}", ckpt.config.vocab_size, snapshot.manifest.tokenizer.vocab_size);
-    }
-    let mut model: Llama<B> = Llama::<B>::from_checkpoint(&ckpt, device)?.map_params(device, |_, p| p.require_grad());
-    drop(ckpt);
+    let mut model: Llama<B> = Llama::<B>::load(&model_dir, device)?.map_params(device, |_, p| p.require_grad());
+    model.check_vocab(snapshot.manifest.tokenizer.vocab_size)?;
 
     let metrics_path = run.output_dir.join(METRICS_FILE);
     let mut metrics = open_metrics(&metrics_path, state.step)?;
     let mut stream = Stream::new(snapshot.rows.len(), r.seed);
     let start = Instant::now();
-    let pb = indicatif::ProgressBar::new(total_steps);
-    pb.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("template").progress_chars("=> "));
-    pb.set_prefix(format!("{:?}", r.loss).to_lowercase());
+    let pb = progress::steps(total_steps, &format!("{:?}", r.loss).to_lowercase());
     pb.set_position(state.step);
     let mut last = None;
     while state.step < total_steps {
@@ -274,15 +268,11 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     }
     pb.finish();
     let final_dir = run.output_dir.join("final");
-    let tmp = run.output_dir.join(format!(".final.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    weights::save_hf(&tmp, &model.to_checkpoint())?;
-    std::fs::copy(run.snapshot_dir.join(pipeline::build::TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir)?;
+    publish_dir(&final_dir, |tmp| {
+        save_hf(tmp, &model.to_checkpoint())?;
+        std::fs::copy(run.snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
+        Ok(())
+    })?;
     Ok(Summary { steps: state.step, final_model: final_dir, metrics: metrics_path, last })
 }
 

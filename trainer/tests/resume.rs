@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use trainer::weights::{Checkpoint, HostTensor};
+use model_files::checkpoint::{Checkpoint, HostTensor};
 
 mod common;
 use common::gsm8k_snapshot;
@@ -19,9 +19,9 @@ fn tiny_model(dir: &Path) {
             "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": true}"#,
     )
     .unwrap();
-    let mut rng = pipeline::normalize::SplitMix64::new(3);
+    let mut rng = schemas::rng::SplitMix64::new(3);
     let mut tensors = BTreeMap::new();
-    for (name, shape) in trainer::weights::expected_tensors(&config) {
+    for (name, shape) in model_files::checkpoint::expected_tensors(&config) {
         let n: usize = shape.iter().product();
         let data = if name.contains("norm") {
             vec![1.0; n]
@@ -30,7 +30,7 @@ fn tiny_model(dir: &Path) {
         };
         tensors.insert(name, HostTensor { shape, data });
     }
-    trainer::weights::save_hf(dir, &Checkpoint { config, tensors }).unwrap();
+    model_files::checkpoint::save_hf(dir, &Checkpoint { config, tensors }).unwrap();
 }
 
 fn tiny_snapshot(dir: &Path) -> PathBuf {
@@ -119,5 +119,5 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
     let ckpt = dir.join("nan/checkpoints/step-000001");
     assert!(ckpt.join("trainer_state.json").exists(), "the step-1 checkpoint is kept");
     assert!(!dir.join("nan/checkpoints/step-000002").exists());
-    trainer::weights::load(&ckpt).expect("the kept checkpoint loads");
+    model_files::checkpoint::load(&ckpt).expect("the kept checkpoint loads");
 }

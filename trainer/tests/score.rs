@@ -6,8 +6,8 @@ use burn::backend::Flex;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use trainer::data::{load_snapshot, Row};
-use trainer::model::{single_sequence, Llama};
+use schemas::snapshot::{load_snapshot, Row};
+use model::decoder::{single_sequence, Llama};
 use trainer::score::{score, ScoreOptions};
 
 mod common;
@@ -43,7 +43,7 @@ fn alone(model: &Llama<Flex>, ids: &[u32]) -> Vec<f64> {
 
 /// The `(start, len)` runs of each example (segment id != 0) in a row.
 fn examples(row: &Row) -> Vec<(usize, usize)> {
-    trainer::model::segment_runs(&row.segment_ids).into_iter().filter(|&(s, _)| row.segment_ids[s] != 0).collect()
+    schemas::snapshot::segment_runs(&row.segment_ids).into_iter().filter(|&(s, _)| row.segment_ids[s] != 0).collect()
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     let parent = load_snapshot(&unscored).unwrap();
     assert!(parent.rows.len() >= 3, "{} rows", parent.rows.len());
     assert!(parent.rows.iter().any(|r| examples(r).len() >= 2), "no row packs several examples");
-    assert!(parent.manifest.ref_logprobs_info().unwrap().is_none());
+    assert!(parent.manifest.ref_logprobs.is_none());
 
     // Library call: two rows at a time (one per thread), chunks of 2 rows.
     let out = dir.join("scored");
@@ -63,9 +63,9 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     assert_eq!(summary.rows, parent.rows.len());
 
     // The manifest: parent id, model hash, the new id, the convention; and it verifies.
-    let (m, problems) = pipeline::verify::verify(&out).unwrap();
+    let (m, problems) = schemas::snapshot::verify(&out).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let info = m.ref_logprobs_info().unwrap().expect("ref_logprobs recorded");
+    let info = m.ref_logprobs.clone().expect("ref_logprobs recorded");
     assert_eq!(info.parent_snapshot_id, parent.manifest.snapshot_id);
     assert_eq!(info.model_sha256, schemas::sha256_file(&model_path()).unwrap());
     assert_eq!(info.dtype, "float32");
@@ -76,7 +76,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
 
     // Every stored value against the example run on its own.
     let scored = load_snapshot(&out).unwrap();
-    let model = Llama::<Flex>::from_checkpoint(&trainer::weights::load(model_path()).unwrap(), &Default::default()).unwrap();
+    let model = Llama::<Flex>::from_checkpoint(&model_files::checkpoint::load(model_path()).unwrap(), &Default::default()).unwrap();
     let (mut checked, mut worst) = (0usize, 0.0f64);
     for (r, (row, before)) in scored.rows.iter().zip(&parent.rows).enumerate() {
         assert_eq!((&row.input_ids, &row.loss_mask, &row.position_ids, &row.segment_ids), (&before.input_ids, &before.loss_mask, &before.position_ids, &before.segment_ids));

@@ -10,7 +10,7 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn model_path() -> PathBuf {
-    pipeline::gguf::test_model_path()
+    model_files::test_model_path()
 }
 
 /// Builds a `train` snapshot of the first `examples` GSM8K training problems (about 200 tokens

@@ -1,0 +1,989 @@
+//! Host-side model weights: load a Llama-family checkpoint from GGUF or Hugging Face safetensors
+//! into f32 tensors with Hugging Face names and layouts, check it against its config, and save it
+//! back as a Hugging Face checkpoint that Python `transformers` loads.
+//!
+//! Everything here is plain `Vec<f32>`; turning tensors into device tensors is the model's job.
+//!
+//! Two things make GGUF files differ from the Hugging Face checkpoint they came from, and both are
+//! undone on load so that the rest of the trainer sees one layout only:
+//! - ggml lists dimensions fastest-first, so GGUF dims `(576, 1536)` is row-major `[1536, 576]`;
+//! - llama.cpp's converter permutes the rows of Q and K (architecture `llama` only) so that its
+//!   RoPE can rotate adjacent pairs; Hugging Face rotates the two halves of each head instead
+//!   (`rotate_half`). See [`unpermute_from_gguf`].
+
+use crate::config::LlamaConfig;
+use crate::gguf::{check_dequantizable, dequantize, Gguf};
+use crate::safetensors::{ignorable_safetensors_name, read_index, read_shard, write_safetensors};
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use schemas::manifest::InputFile;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A dense f32 tensor, row-major, in Hugging Face's shape convention (`q_proj.weight` is
+/// `[out_features, in_features]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            bail!("shape {shape:?} holds {n} values but {} were given", data.len());
+        }
+        Ok(HostTensor { shape, data })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// A model's config and its weights under Hugging Face names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub config: LlamaConfig,
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+/// Every tensor a checkpoint of `cfg` must have, with its shape, in a stable order (embeddings,
+/// layer by layer, final norm, then `lm_head.weight` unless the embeddings are tied).
+pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim();
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut add = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+        add("self_attn.q_proj.weight", vec![q, h]);
+        add("self_attn.k_proj.weight", vec![kv, h]);
+        add("self_attn.v_proj.weight", vec![kv, h]);
+        add("self_attn.o_proj.weight", vec![h, q]);
+        if cfg.qkv_bias() {
+            add("self_attn.q_proj.bias", vec![q]);
+            add("self_attn.k_proj.bias", vec![kv]);
+            add("self_attn.v_proj.bias", vec![kv]);
+        }
+        if cfg.o_bias() {
+            add("self_attn.o_proj.bias", vec![h]);
+        }
+        add("mlp.gate_proj.weight", vec![ff, h]);
+        add("mlp.up_proj.weight", vec![ff, h]);
+        add("mlp.down_proj.weight", vec![h, ff]);
+        add("input_layernorm.weight", vec![h]);
+        add("post_attention_layernorm.weight", vec![h]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, h]));
+    }
+    out
+}
+
+/// Problems listed in one error before the rest are only counted.
+const MAX_LISTED_PROBLEMS: usize = 20;
+
+impl Checkpoint {
+    /// The config is supported and the tensors are exactly [`expected_tensors`]: every problem is
+    /// reported, each naming its tensor.
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate().context("unsupported model config")?;
+        let expected = expected_tensors(&self.config);
+        let mut problems = Vec::new();
+        for (name, shape) in &expected {
+            match self.tensors.get(name) {
+                None => problems.push(format!("{name}: missing")),
+                Some(t) if &t.shape != shape => {
+                    problems.push(format!("{name}: shape {:?}, expected {shape:?}", t.shape))
+                }
+                Some(t) if t.data.len() != shape.iter().product::<usize>() => {
+                    problems.push(format!("{name}: {} values for shape {shape:?}", t.data.len()))
+                }
+                Some(_) => {}
+            }
+        }
+        let names: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        for name in self.tensors.keys().filter(|n| !names.contains(n.as_str())) {
+            if name == "lm_head.weight" && self.config.tie_word_embeddings {
+                problems.push(format!(
+                    "unexpected tensor `{name}` (tie_word_embeddings is true: the output layer is model.embed_tokens.weight)"
+                ));
+            } else {
+                problems.push(format!("unexpected tensor `{name}`"));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let n = problems.len();
+        let mut msg = problems.into_iter().take(MAX_LISTED_PROBLEMS).collect::<Vec<_>>().join("; ");
+        if n > MAX_LISTED_PROBLEMS {
+            msg.push_str(&format!("; and {} more", n - MAX_LISTED_PROBLEMS));
+        }
+        bail!("checkpoint does not match its config ({n} problem{}): {msg}", if n == 1 { "" } else { "s" })
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.tensors.values().map(HostTensor::numel).sum()
+    }
+}
+
+/// Load a checkpoint: a `.gguf` file, or safetensors (a model directory or a `.safetensors` file).
+pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
+    let path = path.as_ref();
+    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if is_gguf {
+        load_gguf(path)
+    } else {
+        load_safetensors(path)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+/// GGUF tensors with no Hugging Face counterpart that are safe to drop. `rope_freqs.weight` holds
+/// the per-frequency factors of Llama 3.1-style RoPE scaling; dropping it gives plain RoPE, so it
+/// is logged as a warning (see [`load_gguf`]).
+pub const IGNORED_GGUF_TENSORS: &[&str] = &["rope_freqs.weight"];
+
+/// The Hugging Face name of a llama.cpp tensor name; `None` for names this loader does not know.
+pub fn hf_name_from_gguf(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let hf = match part {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Reorder the rows (first dimension) of a `[rows]` or `[rows, cols]` tensor:
+/// row `r` of the result is row `src(r)` of `t`.
+fn reorder_rows(t: &HostTensor, src: impl Fn(usize) -> usize) -> HostTensor {
+    let rows = t.shape[0];
+    let cols = t.data.len().checked_div(rows).unwrap_or(0);
+    let mut data = Vec::with_capacity(t.data.len());
+    for r in 0..rows {
+        let s = src(r);
+        data.extend_from_slice(&t.data[s * cols..(s + 1) * cols]);
+    }
+    HostTensor { shape: t.shape.clone(), data }
+}
+
+fn rope_geometry(t: &HostTensor, n_head: usize) -> Result<(usize, usize)> {
+    let rows = *t.shape.first().ok_or_else(|| anyhow!("cannot permute a scalar"))?;
+    if t.shape.len() > 2 || n_head == 0 || rows % (2 * n_head) != 0 {
+        bail!("cannot split shape {:?} into {n_head} heads of an even size", t.shape);
+    }
+    let head_dim = rows / n_head;
+    Ok((head_dim, head_dim / 2))
+}
+
+/// Hugging Face → GGUF row order of a Q or K weight (or bias), as llama.cpp's
+/// `convert_hf_to_gguf.py` does for architecture `llama`:
+/// `w.reshape(n_head, 2, head_dim/2, in).swapaxes(1, 2).reshape(w.shape)`.
+/// Within each head, HF rows `[x0 .. x(d/2-1), y0 .. y(d/2-1)]` (RoPE pairs `(xi, yi)`) become
+/// `[x0, y0, x1, y1, ...]`. For K, `n_head` is the number of key/value heads.
+pub fn permute_for_gguf(t: &HostTensor, n_head: usize) -> Result<HostTensor> {
+    let (hd, half) = rope_geometry(t, n_head)?;
+    // GGUF row h*hd + 2i + j comes from HF row h*hd + j*half + i.
+    Ok(reorder_rows(t, |r| {
+        let (h, k) = (r / hd, r % hd);
+        h * hd + (k % 2) * half + k / 2
+    }))
+}
+
+/// The inverse of [`permute_for_gguf`]: GGUF → Hugging Face row order,
+/// `w.reshape(n_head, head_dim/2, 2, in).swapaxes(1, 2).reshape(w.shape)`.
+pub fn unpermute_from_gguf(t: &HostTensor, n_head: usize) -> Result<HostTensor> {
+    let (hd, half) = rope_geometry(t, n_head)?;
+    // HF row h*hd + j*half + i comes from GGUF row h*hd + 2i + j.
+    Ok(reorder_rows(t, |r| {
+        let (h, k) = (r / hd, r % hd);
+        h * hd + 2 * (k % half) + k / half
+    }))
+}
+
+/// Read a GGUF model (`llama` or `qwen2`), dequantised to f32, in Hugging Face names and layout.
+pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
+    let path = path.as_ref();
+    let g = Gguf::open(path)?;
+    let config = LlamaConfig::from_gguf(&g)?;
+
+    // Names and types are checked before any tensor data is read, so a file this loader cannot
+    // use fails at once.
+    let mut jobs = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        if IGNORED_GGUF_TENSORS.contains(&t.name.as_str()) {
+            tracing::warn!(
+                "{}: ignoring tensor `{}` (RoPE frequency factors); the model uses plain RoPE",
+                path.display(),
+                t.name
+            );
+            continue;
+        }
+        let hf = hf_name_from_gguf(&t.name).ok_or_else(|| {
+            anyhow!("{}: tensor `{}` has no Hugging Face counterpart this loader knows", path.display(), t.name)
+        })?;
+        check_dequantizable(t.ggml_type).with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
+        jobs.push((hf, t));
+    }
+
+    let loaded = jobs
+        .par_iter()
+        .map(|(hf, t)| -> Result<(String, HostTensor)> {
+            let bytes = g.tensor_bytes(t)?;
+            let data = dequantize(t.ggml_type, &bytes, t.n_elements() as usize)
+                .with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
+            // ggml lists the fastest-varying dimension first.
+            let shape = t.dims.iter().rev().map(|&d| d as usize).collect();
+            Ok((hf.clone(), HostTensor { shape, data }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut tensors = BTreeMap::new();
+    for (name, t) in loaded {
+        if tensors.insert(name.clone(), t).is_some() {
+            bail!("{}: two tensors map to `{name}`", path.display());
+        }
+    }
+
+    let mut ckpt = Checkpoint { config, tensors };
+    ckpt.validate().with_context(|| format!("{}: not a usable {} model", path.display(), ckpt.config.model_type))?;
+    if ckpt.config.model_type == "llama" {
+        undo_llama_qk_permutation(&mut ckpt)?;
+    }
+    Ok(ckpt)
+}
+
+/// Put Q and K rows back in Hugging Face order (qwen2 GGUF files are not permuted).
+fn undo_llama_qk_permutation(ckpt: &mut Checkpoint) -> Result<()> {
+    let (heads, kv_heads) = (ckpt.config.num_attention_heads, ckpt.config.num_key_value_heads);
+    for i in 0..ckpt.config.num_hidden_layers {
+        for (proj, n_head) in [("q_proj", heads), ("k_proj", kv_heads)] {
+            for kind in ["weight", "bias"] {
+                let name = format!("model.layers.{i}.self_attn.{proj}.{kind}");
+                if let Some(t) = ckpt.tensors.get_mut(&name) {
+                    *t = unpermute_from_gguf(t, n_head).with_context(|| format!("tensor `{name}`"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read a Hugging Face safetensors checkpoint: a directory with `config.json` and either
+/// `model.safetensors` or `model.safetensors.index.json` plus its shards (the single file wins
+/// when both exist, as in transformers), or one `.safetensors` file with `config.json` beside it.
+pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Checkpoint> {
+    let path = path.as_ref();
+    let (dir, files, index): (PathBuf, Vec<PathBuf>, Option<BTreeMap<String, String>>) = if path.is_dir() {
+        let single = path.join("model.safetensors");
+        let index_path = path.join("model.safetensors.index.json");
+        if single.is_file() {
+            (path.to_path_buf(), vec![single], None)
+        } else if index_path.is_file() {
+            let map = read_index(&index_path)?;
+            let shards: BTreeSet<&String> = map.values().collect();
+            (path.to_path_buf(), shards.into_iter().map(|s| path.join(s)).collect(), Some(map))
+        } else {
+            bail!("{}: neither model.safetensors nor model.safetensors.index.json is there", path.display());
+        }
+    } else if path.is_file() {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        (dir.to_path_buf(), vec![path.to_path_buf()], None)
+    } else {
+        bail!("{}: no such file or directory", path.display());
+    };
+    let config = LlamaConfig::from_file(dir.join("config.json"))?;
+
+    let mut tensors = BTreeMap::new();
+    for file in &files {
+        let shard_name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        for (name, t) in read_shard(file)? {
+            if ignorable_safetensors_name(&name) {
+                continue;
+            }
+            if let Some(map) = &index {
+                match map.get(&name) {
+                    Some(s) if s == shard_name => {}
+                    Some(s) => bail!("{}: tensor `{name}` is in {shard_name} but the index puts it in {s}", file.display()),
+                    None => bail!("{}: tensor `{name}` is not listed in model.safetensors.index.json", file.display()),
+                }
+            }
+            if tensors.insert(name.clone(), t).is_some() {
+                bail!("{}: tensor `{name}` appears in more than one shard", file.display());
+            }
+        }
+    }
+    if let Some(map) = &index {
+        if let Some((name, shard)) = map.iter().find(|(n, _)| !tensors.contains_key(*n) && !ignorable_safetensors_name(n)) {
+            bail!("{}: tensor `{name}` is listed in the index but missing from {shard}", dir.display());
+        }
+    }
+
+    // Some tied checkpoints still carry a copy of the embeddings as lm_head; it is only dropped
+    // when it really is a copy, since otherwise the config and the weights disagree.
+    if config.tie_word_embeddings {
+        if let Some(head) = tensors.get("lm_head.weight") {
+            if tensors.get("model.embed_tokens.weight") != Some(head) {
+                bail!(
+                    "{}: config.json ties the embeddings but lm_head.weight differs from model.embed_tokens.weight",
+                    path.display()
+                );
+            }
+            tensors.remove("lm_head.weight");
+        }
+    }
+
+    let ckpt = Checkpoint { config, tensors };
+    ckpt.validate().with_context(|| format!("{}: not a usable checkpoint", path.display()))?;
+    Ok(ckpt)
+}
+
+/// Write `dir/model.safetensors` (f32, see [`write_safetensors`]) and `dir/config.json`, each
+/// atomically. The checkpoint is validated first; with tied embeddings there is no
+/// `lm_head.weight` (validation rejects one).
+pub fn save_hf(dir: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> {
+    let dir = dir.as_ref();
+    ckpt.validate().context("refusing to save an invalid checkpoint")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_safetensors(dir.join("model.safetensors"), &ckpt.tensors)?;
+    schemas::write_atomic(&dir.join("config.json"), ckpt.config.to_json().as_bytes())
+}
+
+/// sha256 of a model: of the file itself, or for a Hugging Face folder, over
+/// `"<sha256>  <name>\n"` lines of its `config.json`, `*.safetensors` and
+/// `*.safetensors.index.json` files sorted by name. Also returns the files.
+pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
+    let describe = |p: &Path, name: String| -> anyhow::Result<InputFile> {
+        Ok(InputFile { role: "model".into(), path: name, sha256: schemas::sha256_file(p)?, bytes: std::fs::metadata(p)?.len() })
+    };
+    if path.is_file() {
+        let f = describe(path, path.display().to_string())?;
+        return Ok((f.sha256.clone(), vec![f]));
+    }
+    if !path.is_dir() {
+        bail!("model {} not found (run `make model` for the default model)", path.display());
+    }
+    let mut names = vec![];
+    for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        bail!("{} holds no config.json or safetensors files", path.display());
+    }
+    let files: Vec<InputFile> = names.iter().map(|n| describe(&path.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
+    let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
+    Ok((schemas::sha256_hex(joined.as_bytes()), files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safetensors::read_safetensors;
+    use half::{bf16, f16};
+    use safetensors::{Dtype, SafeTensors};
+    use std::sync::OnceLock;
+
+    // ----- Q/K permutation -----
+
+    fn rows(data: Vec<f32>, cols: usize) -> HostTensor {
+        let r = data.len() / cols;
+        HostTensor::new(if cols == 1 { vec![r] } else { vec![r, cols] }, data).unwrap()
+    }
+
+    #[test]
+    fn permutation_hand_worked() {
+        // One head of dim 6: HF rows [x0 x1 x2 y0 y1 y2] -> GGUF [x0 y0 x1 y1 x2 y2].
+        let t = rows((0..6).map(|x| x as f32).collect(), 1);
+        assert_eq!(permute_for_gguf(&t, 1).unwrap().data, vec![0., 3., 1., 4., 2., 5.]);
+        assert_eq!(unpermute_from_gguf(&t, 1).unwrap().data, vec![0., 2., 4., 1., 3., 5.]);
+        // Two heads of dim 4, two columns: rows move whole, each head on its own.
+        let t = rows((0..16).map(|x| x as f32).collect(), 2);
+        let p = permute_for_gguf(&t, 2).unwrap();
+        assert_eq!(p.shape, vec![8, 2]);
+        let row_order: Vec<f32> = p.data.chunks(2).map(|r| r[0] / 2.0).collect();
+        assert_eq!(row_order, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert!(p.data.chunks(2).all(|r| r[1] == r[0] + 1.0));
+    }
+
+    #[test]
+    fn permutation_round_trips() {
+        for (n_head, hd, cols) in [(9, 64, 3), (3, 64, 1), (2, 8, 5), (4, 2, 2)] {
+            let t = rows((0..n_head * hd * cols).map(|x| x as f32).collect(), cols);
+            let p = permute_for_gguf(&t, n_head).unwrap();
+            // With head_dim 2 the permutation is the identity.
+            assert_eq!(p == t, hd == 2);
+            assert_eq!(unpermute_from_gguf(&p, n_head).unwrap(), t);
+            assert_eq!(permute_for_gguf(&unpermute_from_gguf(&t, n_head).unwrap(), n_head).unwrap(), t);
+        }
+        assert!(permute_for_gguf(&rows(vec![0.; 6], 1), 2).is_err(), "3 rows per head cannot be paired");
+    }
+
+    #[test]
+    fn gguf_names_map() {
+        assert_eq!(hf_name_from_gguf("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(hf_name_from_gguf("blk.12.attn_output.weight").unwrap(), "model.layers.12.self_attn.o_proj.weight");
+        assert_eq!(hf_name_from_gguf("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
+        assert_eq!(hf_name_from_gguf("blk.3.ffn_norm.weight").unwrap(), "model.layers.3.post_attention_layernorm.weight");
+        for bad in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkv.weight", "blk.0.attn_q.scale", "blk.0"] {
+            assert!(hf_name_from_gguf(bad).is_none(), "{bad}");
+        }
+    }
+
+    // ----- tiny synthetic checkpoints -----
+
+    fn tiny_config(model_type: &str, tied: bool) -> LlamaConfig {
+        LlamaConfig::from_json(&format!(
+            r#"{{"model_type": "{model_type}", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "rms_norm_eps": 1e-6, "rope_theta": 500000.0, "max_position_embeddings": 32,
+                "tie_word_embeddings": {tied}, "bos_token_id": 1, "eos_token_id": 2}}"#
+        ))
+        .unwrap()
+    }
+
+    /// Values exactly representable in f16 and bf16, different in every tensor.
+    fn tiny_checkpoint(config: LlamaConfig) -> Checkpoint {
+        let tensors = expected_tensors(&config)
+            .into_iter()
+            .enumerate()
+            .map(|(k, (name, shape))| {
+                let n: usize = shape.iter().product();
+                let data = (0..n).map(|i| (((i * 7 + k * 3) % 33) as f32 - 16.0) * 0.125).collect();
+                (name, HostTensor { shape, data })
+            })
+            .collect();
+        Checkpoint { config, tensors }
+    }
+
+    fn write_typed(path: &Path, tensors: &[(&String, &HostTensor)], dtype: Dtype) {
+        let bufs: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, t)| match dtype {
+                Dtype::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Dtype::F16 => t.data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+                Dtype::BF16 => t.data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+                Dtype::I32 => t.data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                other => panic!("test helper writes F32, F16, BF16 or I32, not {other:?}"),
+            })
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .zip(&bufs)
+            .map(|((name, t), b)| (name.as_str(), safetensors::tensor::TensorView::new(dtype, t.shape.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    fn write_config(dir: &Path, cfg: &LlamaConfig) {
+        std::fs::write(dir.join("config.json"), cfg.to_json()).unwrap();
+    }
+
+    #[test]
+    fn expected_tensor_lists() {
+        let llama = expected_tensors(&tiny_config("llama", true));
+        assert_eq!(llama.len(), 1 + 2 * 9 + 1);
+        assert!(llama.iter().all(|(n, _)| !n.ends_with(".bias") && n != "lm_head.weight"));
+        let get = |l: &[(String, Vec<usize>)], n: &str| l.iter().find(|(x, _)| x == n).unwrap().1.clone();
+        assert_eq!(get(&llama, "model.layers.1.self_attn.k_proj.weight"), vec![4, 8]);
+        assert_eq!(get(&llama, "model.layers.1.self_attn.o_proj.weight"), vec![8, 8]);
+        assert_eq!(get(&llama, "model.layers.0.mlp.down_proj.weight"), vec![8, 12]);
+        let qwen = expected_tensors(&tiny_config("qwen2", false));
+        assert_eq!(qwen.len(), 1 + 2 * 12 + 2);
+        assert_eq!(get(&qwen, "model.layers.0.self_attn.v_proj.bias"), vec![4]);
+        assert_eq!(get(&qwen, "lm_head.weight"), vec![11, 8]);
+        assert!(!qwen.iter().any(|(n, _)| n.ends_with("o_proj.bias")));
+    }
+
+    #[test]
+    fn validate_names_the_tensor() {
+        let good = tiny_checkpoint(tiny_config("llama", true));
+        good.validate().unwrap();
+
+        let mut c = good.clone();
+        c.tensors.remove("model.layers.1.mlp.up_proj.weight");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("model.layers.1.mlp.up_proj.weight: missing"), "{e}");
+
+        let mut c = good.clone();
+        c.tensors.insert("foo".into(), HostTensor { shape: vec![1], data: vec![0.0] });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("unexpected tensor `foo`"), "{e}");
+
+        let mut c = good.clone();
+        c.tensors.get_mut("model.norm.weight").unwrap().shape = vec![2, 4];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("model.norm.weight: shape [2, 4], expected [8]"), "{e}");
+
+        let mut c = good.clone();
+        c.tensors.get_mut("model.layers.0.self_attn.q_proj.weight").unwrap().data.pop();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("model.layers.0.self_attn.q_proj.weight: 63 values"), "{e}");
+
+        let mut c = good.clone();
+        let emb = c.tensors["model.embed_tokens.weight"].clone();
+        c.tensors.insert("lm_head.weight".into(), emb);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("unexpected tensor `lm_head.weight` (tie_word_embeddings"), "{e}");
+
+        // Several problems are all reported.
+        let mut c = good;
+        c.tensors.remove("model.norm.weight");
+        c.tensors.insert("bar".into(), HostTensor { shape: vec![1], data: vec![0.0] });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("2 problems") && e.contains("model.norm.weight: missing") && e.contains("`bar`"), "{e}");
+    }
+
+    #[test]
+    fn save_and_load_tiny_both_architectures() {
+        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true)] {
+            let ckpt = tiny_checkpoint(tiny_config(arch, tied));
+            let dir = tempfile::tempdir().unwrap();
+            save_hf(dir.path(), &ckpt).unwrap();
+            let names: BTreeSet<String> =
+                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            assert_eq!(names, BTreeSet::from(["config.json".into(), "model.safetensors".into()]), "no temp files left");
+            let back = load(dir.path()).unwrap();
+            assert_eq!(back, Checkpoint { config: ckpt.config.export_form(), tensors: ckpt.tensors.clone() });
+            // Also through the file path, with config.json found beside it.
+            assert_eq!(load(dir.path().join("model.safetensors")).unwrap().tensors, ckpt.tensors);
+
+            let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+            let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+            assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+            assert!(meta.tensors().values().all(|i| i.dtype == Dtype::F32));
+            assert_eq!(meta.tensors().contains_key("lm_head.weight"), !tied);
+            let cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+            let want = if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" };
+            assert_eq!(cfg["architectures"], serde_json::json!([want]));
+            assert_eq!((cfg["model_type"].as_str(), cfg["torch_dtype"].as_str()), (Some(arch), Some("float32")));
+        }
+    }
+
+    #[test]
+    fn tensor_map_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        let mut map = BTreeMap::new();
+        map.insert("m.a".to_string(), HostTensor::new(vec![2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, -0.0]).unwrap());
+        map.insert("v.a".to_string(), HostTensor::new(vec![1, 1], vec![1e-30]).unwrap());
+        write_safetensors(&path, &map).unwrap();
+        let back = read_safetensors(&path).unwrap();
+        assert_eq!(back, map);
+        assert!(back["m.a"].data[5].is_sign_negative());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+
+        map.get_mut("m.a").unwrap().shape = vec![7];
+        let e = write_safetensors(&path, &map).unwrap_err().to_string();
+        assert!(e.contains("tensor `m.a` has 6 values for shape [7]"), "{e}");
+        let e = format!("{:#}", read_safetensors(dir.path().join("missing.safetensors")).unwrap_err());
+        assert!(e.contains("missing.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn save_refuses_invalid_checkpoint() {
+        let mut ckpt = tiny_checkpoint(tiny_config("llama", true));
+        ckpt.tensors.remove("model.layers.0.input_layernorm.weight");
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", save_hf(dir.path(), &ckpt).unwrap_err());
+        assert!(e.contains("model.layers.0.input_layernorm.weight: missing"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn f16_and_bf16_safetensors_load() {
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let ckpt = tiny_checkpoint(tiny_config("qwen2", true));
+            let dir = tempfile::tempdir().unwrap();
+            write_config(dir.path(), &ckpt.config);
+            let list: Vec<_> = ckpt.tensors.iter().collect();
+            write_typed(&dir.path().join("model.safetensors"), &list, dtype);
+            let back = load_safetensors(dir.path()).unwrap();
+            assert_eq!(back.tensors, ckpt.tensors, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn sharded_checkpoint_loads() {
+        let ckpt = tiny_checkpoint(tiny_config("llama", false));
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), &ckpt.config);
+        let list: Vec<_> = ckpt.tensors.iter().collect();
+        let (a, b) = list.split_at(list.len() / 2);
+        let shard = |i| format!("model-0000{i}-of-00002.safetensors");
+        write_typed(&dir.path().join(shard(1)), a, Dtype::F32);
+        write_typed(&dir.path().join(shard(2)), b, Dtype::BF16);
+        let mut map: BTreeMap<String, String> = a.iter().map(|(n, _)| ((*n).clone(), shard(1))).collect();
+        map.extend(b.iter().map(|(n, _)| ((*n).clone(), shard(2))));
+        let index = |map: &BTreeMap<String, String>| {
+            serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map}).to_string()
+        };
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index(&map)).unwrap();
+        assert_eq!(load(dir.path()).unwrap().tensors, ckpt.tensors);
+
+        // An index that names a tensor no shard has.
+        let mut bad = map.clone();
+        bad.insert("model.layers.9.mlp.up_proj.weight".into(), shard(2));
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index(&bad)).unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("`model.layers.9.mlp.up_proj.weight` is listed in the index"), "{e}");
+
+        // An index that puts a tensor in the wrong shard.
+        let mut bad = map.clone();
+        let moved = a[0].0.clone();
+        bad.insert(moved.clone(), shard(2));
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index(&bad)).unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains(&format!("`{moved}`")) && e.contains("index puts it in"), "{e}");
+
+        // A shard path outside the directory.
+        let mut bad = map;
+        bad.insert(moved, "../x.safetensors".into());
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index(&bad)).unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("not a file name"), "{e}");
+    }
+
+    #[test]
+    fn safetensors_errors_name_file_and_tensor() {
+        let ckpt = tiny_checkpoint(tiny_config("llama", true));
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), &ckpt.config);
+        let file = dir.path().join("model.safetensors");
+
+        let mut list: Vec<_> = ckpt.tensors.iter().filter(|(n, _)| *n != "model.layers.1.mlp.up_proj.weight").collect();
+        write_typed(&file, &list, Dtype::F32);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("model.layers.1.mlp.up_proj.weight: missing") && e.contains(&dir.path().display().to_string()), "{e}");
+
+        let foo_name = "foo".to_string();
+        let foo = HostTensor { shape: vec![2], data: vec![1.0, 2.0] };
+        list = ckpt.tensors.iter().collect();
+        list.push((&foo_name, &foo));
+        write_typed(&file, &list, Dtype::F32);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("unexpected tensor `foo`"), "{e}");
+
+        let wrong = HostTensor { shape: vec![11, 4], data: vec![0.0; 44] };
+        let emb = "model.embed_tokens.weight".to_string();
+        list = ckpt.tensors.iter().filter(|(n, _)| **n != emb).collect();
+        list.push((&emb, &wrong));
+        write_typed(&file, &list, Dtype::F32);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("model.embed_tokens.weight: shape [11, 4], expected [11, 8]"), "{e}");
+
+        write_typed(&file, &[(&foo_name, &foo)], Dtype::I32);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("tensor `foo` has dtype I32") && e.contains("model.safetensors"), "{e}");
+
+        // A tied lm_head that is a copy of the embeddings is dropped; one that differs is an error.
+        let head = "lm_head.weight".to_string();
+        let mut list: Vec<_> = ckpt.tensors.iter().collect();
+        list.push((&head, &ckpt.tensors[&emb]));
+        write_typed(&file, &list, Dtype::F32);
+        assert_eq!(load(dir.path()).unwrap().tensors, ckpt.tensors);
+        list.pop();
+        list.push((&head, &wrong));
+        write_typed(&file, &list, Dtype::F32);
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("lm_head.weight differs"), "{e}");
+
+        std::fs::remove_file(dir.path().join("config.json")).unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("config.json"), "{e}");
+        let e = format!("{:#}", load(dir.path().join("nope")).unwrap_err());
+        assert!(e.contains("no such file"), "{e}");
+    }
+
+    // ----- synthetic GGUF files -----
+
+    /// Minimal GGUF v3 writer for tests: metadata and F32 (or raw typed) tensors.
+    struct GgufWriter {
+        kv: Vec<u8>,
+        n_kv: u64,
+        tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    }
+
+    impl GgufWriter {
+        fn new() -> Self {
+            GgufWriter { kv: vec![], n_kv: 0, tensors: vec![] }
+        }
+        fn s(b: &mut Vec<u8>, s: &str) {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        }
+        fn key(&mut self, k: &str, ty: u32) {
+            Self::s(&mut self.kv, k);
+            self.kv.extend(ty.to_le_bytes());
+            self.n_kv += 1;
+        }
+        fn u32(&mut self, k: &str, v: u32) {
+            self.key(k, 4);
+            self.kv.extend(v.to_le_bytes());
+        }
+        fn f32(&mut self, k: &str, v: f32) {
+            self.key(k, 6);
+            self.kv.extend(v.to_le_bytes());
+        }
+        fn str(&mut self, k: &str, v: &str) {
+            self.key(k, 8);
+            Self::s(&mut self.kv, v);
+        }
+        fn strs(&mut self, k: &str, n: usize) {
+            self.key(k, 9);
+            self.kv.extend(8u32.to_le_bytes());
+            self.kv.extend((n as u64).to_le_bytes());
+            for i in 0..n {
+                Self::s(&mut self.kv, &format!("t{i}"));
+            }
+        }
+        /// `t` in HF row-major shape; written with ggml's reversed dims.
+        fn f32_tensor(&mut self, name: &str, t: &HostTensor) {
+            let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
+            self.tensors.push((name.into(), dims, 0, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+        fn write(&self, path: &Path) {
+            let mut b = b"GGUF".to_vec();
+            b.extend(3u32.to_le_bytes());
+            b.extend((self.tensors.len() as u64).to_le_bytes());
+            b.extend(self.n_kv.to_le_bytes());
+            b.extend(&self.kv);
+            let mut offset = 0u64;
+            for (name, dims, ty, data) in &self.tensors {
+                Self::s(&mut b, name);
+                b.extend((dims.len() as u32).to_le_bytes());
+                dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+                b.extend(ty.to_le_bytes());
+                b.extend(offset.to_le_bytes());
+                offset += (data.len() as u64).div_ceil(32) * 32;
+            }
+            b.resize(b.len().div_ceil(32) * 32, 0);
+            for (_, _, _, data) in &self.tensors {
+                b.extend(data);
+                b.resize(b.len().div_ceil(32) * 32, 0);
+            }
+            std::fs::write(path, b).unwrap();
+        }
+    }
+
+    /// What llama.cpp's converter would write for `ckpt`: renamed, Q/K permuted for llama.
+    fn gguf_of(ckpt: &Checkpoint) -> GgufWriter {
+        let c = &ckpt.config;
+        let arch = c.model_type.as_str();
+        let mut w = GgufWriter::new();
+        w.str("general.architecture", arch);
+        w.u32(&format!("{arch}.block_count"), c.num_hidden_layers as u32);
+        w.u32(&format!("{arch}.embedding_length"), c.hidden_size as u32);
+        w.u32(&format!("{arch}.feed_forward_length"), c.intermediate_size as u32);
+        w.u32(&format!("{arch}.attention.head_count"), c.num_attention_heads as u32);
+        w.u32(&format!("{arch}.attention.head_count_kv"), c.num_key_value_heads as u32);
+        w.u32(&format!("{arch}.context_length"), c.max_position_embeddings as u32);
+        w.f32(&format!("{arch}.rope.freq_base"), c.rope_theta as f32);
+        w.f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+        w.strs("tokenizer.ggml.tokens", c.vocab_size);
+        w.u32("tokenizer.ggml.bos_token_id", 1);
+        w.u32("tokenizer.ggml.eos_token_id", 2);
+        let gguf_name = |hf: &str| -> String {
+            let fixed = [
+                ("model.embed_tokens.weight", "token_embd.weight"),
+                ("lm_head.weight", "output.weight"),
+                ("model.norm.weight", "output_norm.weight"),
+            ];
+            if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+                return g.to_string();
+            }
+            let rest = hf.strip_prefix("model.layers.").unwrap();
+            let (layer, rest) = rest.split_once('.').unwrap();
+            let (part, kind) = rest.rsplit_once('.').unwrap();
+            let g = match part {
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                p => panic!("{p}"),
+            };
+            format!("blk.{layer}.{g}.{kind}")
+        };
+        for (name, t) in &ckpt.tensors {
+            let t = if arch == "llama" && name.contains(".q_proj.") {
+                permute_for_gguf(t, c.num_attention_heads).unwrap()
+            } else if arch == "llama" && name.contains(".k_proj.") {
+                permute_for_gguf(t, c.num_key_value_heads).unwrap()
+            } else {
+                t.clone()
+            };
+            w.f32_tensor(&gguf_name(name), &t);
+        }
+        w
+    }
+
+    #[test]
+    fn synthetic_gguf_loads_in_hf_layout() {
+        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true)] {
+            let mut ckpt = tiny_checkpoint(tiny_config(arch, tied));
+            // Every value distinct, so a wrong row order cannot go unnoticed.
+            for (k, t) in ckpt.tensors.values_mut().enumerate() {
+                t.data.iter_mut().enumerate().for_each(|(i, x)| *x = (k * 1000 + i) as f32);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.gguf");
+            gguf_of(&ckpt).write(&path);
+            let back = load(&path).unwrap();
+            assert_eq!(back.config.model_type, arch);
+            assert_eq!(back.config.tie_word_embeddings, tied);
+            assert_eq!(back.config.rms_norm_eps, 1e-6);
+            assert_eq!(back.config.rope_theta, 500000.0);
+            assert_eq!(back.config.qkv_bias(), arch == "qwen2");
+            assert_eq!((back.config.bos_token_id, back.config.eos_token_ids()), (Some(1), vec![2]));
+            for (name, t) in &ckpt.tensors {
+                assert_eq!(&back.tensors[name], t, "{arch}: {name}");
+            }
+            assert_eq!(back.tensors.len(), ckpt.tensors.len());
+        }
+    }
+
+    #[test]
+    fn gguf_errors_name_the_tensor() {
+        let ckpt = tiny_checkpoint(tiny_config("llama", true));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+
+        let mut w = gguf_of(&ckpt);
+        w.f32_tensor("blk.0.attn_qkv.weight", &HostTensor { shape: vec![2], data: vec![0.0; 2] });
+        w.write(&path);
+        let e = format!("{:#}", load(&path).unwrap_err());
+        assert!(e.contains("tensor `blk.0.attn_qkv.weight` has no Hugging Face counterpart"), "{e}");
+
+        // rope_freqs is known and dropped.
+        let mut w = gguf_of(&ckpt);
+        w.f32_tensor("rope_freqs.weight", &HostTensor { shape: vec![2], data: vec![1.0; 2] });
+        w.write(&path);
+        assert_eq!(load(&path).unwrap().tensors, ckpt.tensors);
+
+        let mut w = gguf_of(&ckpt);
+        let t = w.tensors.iter_mut().find(|t| t.0 == "blk.1.ffn_up.weight").unwrap();
+        // Q4_K: 144 bytes per 256 values; 12 x 8 = 96 values is not a whole block, so make it one.
+        t.1 = vec![256];
+        t.2 = 12;
+        t.3 = vec![0; 144];
+        w.write(&path);
+        let e = format!("{:#}", load(&path).unwrap_err());
+        assert!(e.contains("tensor `blk.1.ffn_up.weight` has ggml type 12 (Q4_K)"), "{e}");
+
+        let mut w = gguf_of(&ckpt);
+        w.tensors.retain(|t| t.0 != "blk.1.ffn_down.weight");
+        w.write(&path);
+        let e = format!("{:#}", load(&path).unwrap_err());
+        assert!(e.contains("model.layers.1.mlp.down_proj.weight: missing") && e.contains("m.gguf"), "{e}");
+
+        let mut w = GgufWriter::new();
+        w.str("general.architecture", "gemma");
+        w.write(&path);
+        let e = format!("{:#}", load(&path).unwrap_err());
+        assert!(e.contains("architecture `gemma`"), "{e}");
+    }
+
+    // ----- the real test model -----
+
+    fn test_model_path() -> PathBuf {
+        crate::test_model_path()
+    }
+
+    /// Loaded once: the tests below share ~540 MB of f32 weights.
+    fn smollm2() -> &'static Checkpoint {
+        static CKPT: OnceLock<Checkpoint> = OnceLock::new();
+        CKPT.get_or_init(|| load(test_model_path()).unwrap())
+    }
+
+    #[test]
+    fn smollm2_config_and_tensors() {
+        let ck = smollm2();
+        let c = &ck.config;
+        assert_eq!(c.model_type, "llama");
+        assert_eq!(c.architectures, vec!["LlamaForCausalLM"]);
+        assert_eq!((c.num_hidden_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
+        assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim()), (9, 3, 64));
+        assert_eq!((c.rope_theta, c.rms_norm_eps), (100000.0, 1e-5));
+        assert!(c.tie_word_embeddings && !c.qkv_bias());
+        assert_eq!(c.vocab_size, 49152);
+        assert_eq!((c.bos_token_id, c.eos_token_ids()), (Some(1), vec![2]));
+        for (name, shape) in expected_tensors(c) {
+            assert_eq!(ck.tensors[&name].shape, shape, "{name}");
+        }
+        assert_eq!(ck.tensors.len(), 272);
+        assert!(!ck.tensors.contains_key("lm_head.weight"));
+        ck.validate().unwrap();
+        let n = ck.n_params();
+        assert!((134_000_000..136_000_000).contains(&n), "{n} parameters");
+    }
+
+    #[test]
+    fn smollm2_values_are_plausible() {
+        let ck = smollm2();
+        let emb = &ck.tensors["model.embed_tokens.weight"];
+        let row = |r: usize| &emb.data[r * 576..(r + 1) * 576];
+        for r in [0, 1, 2, 1000, 49151] {
+            let x = row(r);
+            assert!(x.iter().all(|v| v.is_finite()), "row {r}");
+            assert!(x.iter().any(|&v| v != x[0]), "row {r} is constant");
+        }
+        assert_ne!(row(1000), row(1001));
+        for t in ck.tensors.values() {
+            assert!(t.data.iter().all(|v| v.is_finite()));
+        }
+        // RMSNorm gains are around 1, unlike quantised matrix weights.
+        let norm = &ck.tensors["model.norm.weight"].data;
+        let mean = norm.iter().sum::<f32>() / norm.len() as f32;
+        assert!(mean > 0.1 && mean < 10.0, "final norm mean {mean}");
+    }
+
+    #[test]
+    fn smollm2_save_hf_round_trips_bit_exactly() {
+        let ck = smollm2();
+        let dir = tempfile::tempdir().unwrap();
+        save_hf(dir.path(), ck).unwrap();
+        let back = load_safetensors(dir.path()).unwrap();
+        assert_eq!(back.config, ck.config);
+        assert_eq!(back.tensors.len(), ck.tensors.len());
+        for (name, t) in &ck.tensors {
+            let b = &back.tensors[name];
+            assert_eq!(b.shape, t.shape, "{name}");
+            assert!(b.data.iter().zip(&t.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+        }
+    }
+}

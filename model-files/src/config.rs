@@ -1,0 +1,427 @@
+//! The model configuration of a Llama-family decoder (Llama, SmolLM2, Qwen2/Qwen2.5), read from a
+//! Hugging Face `config.json` or from a GGUF file's metadata, and written back as a `config.json`
+//! that Python `transformers` loads.
+//!
+//! Keys this struct does not name are kept in [`LlamaConfig::extra`], so a config read and written
+//! again loses nothing. Features the model does not implement (RoPE scaling, MLP biases, sliding
+//! window attention, activations other than SiLU) are accepted by the parser but rejected by
+//! [`LlamaConfig::validate`]: silently ignoring them would give a model that loads and is wrong.
+
+use anyhow::{bail, Context, Result};
+use crate::gguf::Gguf;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The architectures this crate implements, as `config.json` spells `model_type`.
+pub const MODEL_TYPES: &[&str] = &["llama", "qwen2"];
+
+/// A token id or a list of them: Llama 3 lists several end-of-turn ids as `eos_token_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RawConfig")]
+pub struct LlamaConfig {
+    pub architectures: Vec<String>,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (no grouped-query attention) when the key is absent.
+    pub num_key_value_heads: usize,
+    /// Only set when a config gives it explicitly; [`Self::head_dim()`] gives the value in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    /// transformers defaults this to false for Llama; SmolLM2 and small Qwen2.5 models set it.
+    pub tie_word_embeddings: bool,
+    /// Llama's switch for biases on all four attention projections. Qwen2 has no such key: its
+    /// q/k/v always have biases. Use [`Self::qkv_bias`] and [`Self::o_bias`], not this field.
+    pub attention_bias: bool,
+    // Serialised even when `None`: transformers would otherwise fill in its own default ids.
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch_dtype: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// What `config.json` holds, before the defaults that depend on other keys are filled in (serde
+/// has no way to default one field from another).
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: String,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f64,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    torch_dtype: Option<String>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, Value>,
+}
+
+impl From<RawConfig> for LlamaConfig {
+    fn from(r: RawConfig) -> Self {
+        LlamaConfig {
+            architectures: r.architectures,
+            model_type: r.model_type,
+            vocab_size: r.vocab_size,
+            hidden_size: r.hidden_size,
+            intermediate_size: r.intermediate_size,
+            num_hidden_layers: r.num_hidden_layers,
+            num_attention_heads: r.num_attention_heads,
+            num_key_value_heads: r.num_key_value_heads.unwrap_or(r.num_attention_heads),
+            head_dim: r.head_dim,
+            rms_norm_eps: r.rms_norm_eps,
+            rope_theta: r.rope_theta,
+            max_position_embeddings: r.max_position_embeddings,
+            tie_word_embeddings: r.tie_word_embeddings,
+            attention_bias: r.attention_bias,
+            bos_token_id: r.bos_token_id,
+            eos_token_id: r.eos_token_id,
+            torch_dtype: r.torch_dtype,
+            extra: r.extra,
+        }
+    }
+}
+
+impl LlamaConfig {
+    pub fn from_json(json: &str) -> Result<Self> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// Read a `config.json`; errors name the file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("{}: not a usable model config", path.display()))
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether q_proj, k_proj and v_proj carry a bias.
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias
+    }
+
+    /// Whether o_proj carries a bias: only Llama with `attention_bias`, never Qwen2.
+    pub fn o_bias(&self) -> bool {
+        self.model_type == "llama" && self.attention_bias
+    }
+
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+    }
+
+    /// The `architectures` entry transformers needs to pick the model class.
+    fn hf_architecture(&self) -> Option<&'static str> {
+        match self.model_type.as_str() {
+            "llama" => Some("LlamaForCausalLM"),
+            "qwen2" => Some("Qwen2ForCausalLM"),
+            _ => None,
+        }
+    }
+
+    /// Check that this is a model the trainer implements, with consistent dimensions.
+    pub fn validate(&self) -> Result<()> {
+        if !MODEL_TYPES.contains(&self.model_type.as_str()) {
+            bail!("model_type `{}` is not supported (supported: {})", self.model_type, MODEL_TYPES.join(", "));
+        }
+        let (heads, kv) = (self.num_attention_heads, self.num_key_value_heads);
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv),
+            ("head_dim", self.head_dim()),
+        ] {
+            if v == 0 {
+                bail!("{name} is 0");
+            }
+        }
+        if heads % kv != 0 {
+            bail!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
+        }
+        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+            bail!("hidden_size {} is not a multiple of num_attention_heads {heads}", self.hidden_size);
+        }
+        // rotate_half splits each head in two halves.
+        if self.head_dim() % 2 != 0 {
+            bail!("head_dim {} is odd; RoPE needs an even head dimension", self.head_dim());
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            bail!("rms_norm_eps {} is not a positive number", self.rms_norm_eps);
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            bail!("rope_theta {} is not a positive number", self.rope_theta);
+        }
+        if let Some(act) = self.extra.get("hidden_act") {
+            if act.as_str() != Some("silu") {
+                bail!("hidden_act {act} is not supported (only \"silu\")");
+            }
+        }
+        if let Some(s) = self.extra.get("rope_scaling").filter(|v| !v.is_null()) {
+            bail!("rope_scaling {s} is not supported: the model implements plain RoPE only");
+        }
+        if self.extra.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+            bail!("mlp_bias = true is not supported");
+        }
+        if self.extra.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+            bail!("use_sliding_window = true is not supported: the model implements full attention only");
+        }
+        Ok(())
+    }
+
+    /// This config as exported with [`Self::to_json`]: the keys transformers needs are filled in
+    /// and `torch_dtype` is "float32", the dtype `save_hf` writes.
+    pub fn export_form(&self) -> LlamaConfig {
+        let mut c = self.clone();
+        if c.architectures.is_empty() {
+            c.architectures = c.hf_architecture().map(|a| vec![a.to_string()]).unwrap_or_default();
+        }
+        c.torch_dtype = Some("float32".to_string());
+        c.extra.entry("hidden_act".into()).or_insert_with(|| Value::from("silu"));
+        c
+    }
+
+    /// `config.json` text for export (see [`Self::export_form`]).
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(&self.export_form()).expect("a config always serialises");
+        s.push('\n');
+        s
+    }
+
+    /// The config of a GGUF model, from its metadata and tensor directory.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_inner(g).with_context(|| format!("{}: cannot derive a model config", g.path().display()))
+    }
+
+    fn from_gguf_inner(g: &Gguf) -> Result<Self> {
+        let arch = g.get_str("general.architecture")?;
+        if !MODEL_TYPES.contains(&arch) {
+            bail!("GGUF architecture `{arch}` is not supported (supported: {})", MODEL_TYPES.join(", "));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_of = |k: &str| -> Result<usize> { Ok(g.get_u64(&key(k))? as usize) };
+
+        let hidden_size = usize_of("embedding_length")?;
+        let num_attention_heads = usize_of("attention.head_count")?;
+        let num_kv = match g.opt_u32(&key("attention.head_count_kv"))? {
+            Some(n) => n as usize,
+            None => num_attention_heads,
+        };
+        let head_dim = match g.opt_u32(&key("attention.key_length"))? {
+            Some(d) if num_attention_heads == 0 || d as usize != hidden_size / num_attention_heads => Some(d as usize),
+            _ => None,
+        };
+        let vocab_size = if g.contains("tokenizer.ggml.tokens") {
+            g.get_array("tokenizer.ggml.tokens")?.len()
+        } else if g.contains(&key("vocab_size")) {
+            usize_of("vocab_size")?
+        } else if let Some(t) = g.tensor("token_embd.weight").filter(|t| t.dims.len() == 2) {
+            t.dims[1] as usize
+        } else {
+            bail!("no vocabulary size: neither `tokenizer.ggml.tokens` nor `{}` is present", key("vocab_size"));
+        };
+        let rope_theta = if g.contains(&key("rope.freq_base")) { g.get_f64(&key("rope.freq_base"))? } else { 10000.0 };
+        let rms_norm_eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))?;
+
+        let mut extra = BTreeMap::new();
+        if let Some(t) = g.opt_str(&key("rope.scaling.type"))?.filter(|t| *t != "none") {
+            // Recorded so that validate() refuses it rather than the model quietly ignoring it.
+            extra.insert("rope_scaling".to_string(), serde_json::json!({ "rope_type": t }));
+        }
+        let cfg = LlamaConfig {
+            architectures: vec![],
+            model_type: arch.to_string(),
+            vocab_size,
+            hidden_size,
+            intermediate_size: usize_of("feed_forward_length")?,
+            num_hidden_layers: usize_of("block_count")?,
+            num_attention_heads,
+            num_key_value_heads: num_kv,
+            head_dim,
+            rms_norm_eps: shortest_f64(rms_norm_eps),
+            rope_theta: shortest_f64(rope_theta),
+            max_position_embeddings: usize_of("context_length")?,
+            tie_word_embeddings: g.tensor("output.weight").is_none(),
+            // Llama's attention biases are all-or-nothing in transformers; qwen2 ignores the flag.
+            attention_bias: arch == "llama" && g.tensor("blk.0.attn_q.bias").is_some(),
+            bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: g.opt_u32("tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
+            torch_dtype: None,
+            extra,
+        };
+        Ok(cfg.export_form())
+    }
+}
+
+/// GGUF stores eps and theta as f32, so 1e-5 arrives as 9.999999747378752e-6; going through the
+/// shortest f32 decimal gives back the value the original config.json had.
+fn shortest_f64(v: f64) -> f64 {
+    let f = v as f32;
+    if f as f64 == v {
+        format!("{f}").parse().unwrap_or(v)
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M-Instruct's config.json as published.
+    const SMOLLM2_JSON: &str = r#"{
+      "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576,
+      "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": true,
+      "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9,
+      "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2, "pretraining_tp": 1,
+      "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null, "rope_theta": 100000,
+      "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.42.3",
+      "use_cache": true, "vocab_size": 49152 }"#;
+
+    const QWEN25_JSON: &str = r#"{
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+      "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+      "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+      "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+      "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+      "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+      "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+      "vocab_size": 151936 }"#;
+
+    #[test]
+    fn parses_smollm2() {
+        let c = LlamaConfig::from_json(SMOLLM2_JSON).unwrap();
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_key_value_heads, c.head_dim()), (576, 30, 3, 64));
+        assert_eq!((c.rope_theta, c.rms_norm_eps), (100000.0, 1e-5));
+        assert!(c.tie_word_embeddings && !c.qkv_bias() && !c.o_bias());
+        assert_eq!((c.bos_token_id, c.eos_token_ids()), (Some(1), vec![2]));
+        assert_eq!(c.extra["initializer_range"], serde_json::json!(0.041666666666666664));
+        assert!(c.extra["rope_scaling"].is_null());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_qwen2_with_qkv_bias() {
+        let c = LlamaConfig::from_json(QWEN25_JSON).unwrap();
+        assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim()), (14, 2, 64));
+        assert!(c.qkv_bias() && !c.o_bias() && !c.attention_bias);
+        c.validate().unwrap();
+        let back = LlamaConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(back.architectures, vec!["Qwen2ForCausalLM"]);
+        assert_eq!(back.extra["max_window_layers"], serde_json::json!(21));
+    }
+
+    #[test]
+    fn defaults_and_list_eos() {
+        let c = LlamaConfig::from_json(
+            r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "rms_norm_eps": 1e-6,
+                "max_position_embeddings": 64, "eos_token_id": [128001, 128009]}"#,
+        )
+        .unwrap();
+        assert_eq!((c.num_key_value_heads, c.head_dim(), c.rope_theta), (2, 4, 10000.0));
+        assert!(!c.tie_word_embeddings && c.bos_token_id.is_none());
+        assert_eq!(c.eos_token_ids(), vec![128001, 128009]);
+        let j: Value = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(j["architectures"], serde_json::json!(["LlamaForCausalLM"]));
+        assert_eq!(j["hidden_act"], "silu");
+        assert_eq!(j["torch_dtype"], "float32");
+        assert_eq!(j["eos_token_id"], serde_json::json!([128001, 128009]));
+        assert!(j["bos_token_id"].is_null(), "a null bos must stay null, not become transformers' default");
+    }
+
+    #[test]
+    fn round_trip_keeps_unknown_keys() {
+        let c = LlamaConfig::from_json(SMOLLM2_JSON).unwrap();
+        let back = LlamaConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(back, c.export_form());
+        let orig: Value = serde_json::from_str(SMOLLM2_JSON).unwrap();
+        let out: Value = serde_json::from_str(&c.to_json()).unwrap();
+        for (k, v) in orig.as_object().unwrap() {
+            match (v.as_f64(), out[k].as_f64()) {
+                // 100000 may come back as 100000.0: the same number.
+                (Some(a), Some(b)) => assert_eq!(a, b, "key {k}"),
+                _ if k == "torch_dtype" => {}
+                _ => assert_eq!(&out[k], v, "key {k}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validate_rejects_unsupported() {
+        let with = |patch: &str| {
+            let mut v: Value = serde_json::from_str(SMOLLM2_JSON).unwrap();
+            let p: Value = serde_json::from_str(patch).unwrap();
+            for (k, x) in p.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let c: LlamaConfig = serde_json::from_value(v).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(with(r#"{"model_type": "mistral"}"#).contains("`mistral`"));
+        assert!(with(r#"{"num_key_value_heads": 2}"#).contains("multiple of num_key_value_heads 2"));
+        assert!(with(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("rope_scaling"));
+        assert!(with(r#"{"hidden_act": "gelu"}"#).contains("hidden_act"));
+        assert!(with(r#"{"mlp_bias": true}"#).contains("mlp_bias"));
+    }
+
+    #[test]
+    fn shortest_f64_recovers_config_values() {
+        assert_eq!(shortest_f64(1e-5f32 as f64), 1e-5);
+        assert_eq!(shortest_f64(1e-6f32 as f64), 1e-6);
+        assert_eq!(shortest_f64(100000.0), 100000.0);
+        assert_eq!(shortest_f64(0.1), 0.1);
+    }
+}

@@ -1,0 +1,13 @@
+//! Model files, without a tensor library: the GGUF reader (with the one table of ggml types),
+//! safetensors, `config.json`, checkpoints in Hugging Face names and layout, and the chat
+//! tokenizer (from GGUF metadata, or `tokenizer.json` plus a template).
+
+pub mod checkpoint;
+pub mod config;
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;
+
+pub use checkpoint::{Checkpoint, HostTensor};
+pub use config::LlamaConfig;
+pub use gguf::test_model_path;

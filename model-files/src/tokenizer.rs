@@ -1,0 +1,779 @@
+//! Chat template rendering and tokenization with a loss mask.
+//!
+//! The tokenizer is either rebuilt from a GGUF file's metadata (so the model file alone fixes the
+//! tokens) or loaded from a Hugging Face `tokenizer.json`. Either way it can be written back out
+//! as `tokenizer.json` ([`ChatTokenizer::tokenizer_json`]), so a Python baseline can load the very
+//! same tokenizer.
+//!
+//! Loss mask: the conversation is rendered twice, once up to the generation prompt (P) and once in
+//! full (F). The trained span is F from the end of P up to and including the first end-of-turn
+//! token after it: the assistant response and the token that ends it, which is what the model has
+//! to learn to emit in order to stop. Text after that (ChatML's trailing newline) is not trained.
+//! F is tokenized once, and a token is trained iff its byte span lies entirely inside the trained
+//! span. A token straddling the start (for instance a response that begins with a newline, merged
+//! with the generation prompt's own newline) is not trained: it belongs partly to the prompt, and
+//! tokenizing P and the response separately would give token boundaries the model never sees at
+//! inference time.
+
+use crate::gguf::Gguf;
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use schemas::manifest::TokenizerInfo;
+use std::path::Path;
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+/// The regex llama.cpp and Hugging Face use for Qwen2's pre-tokenizer.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// Token ids and, per token, 1 if the loss is taken on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub loss_mask: Vec<u8>,
+}
+
+/// A tokenizer plus the chat template and special tokens needed to turn (prompt, response) pairs
+/// into training rows.
+#[derive(Clone)]
+pub struct ChatTokenizer {
+    tokenizer: Tokenizer,
+    template: String,
+    env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    eos_id: u32,
+    pad_id: u32,
+    system_prompt: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("eos_token", &self.eos_token)
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .field("system_prompt", &self.system_prompt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which pre-tokenizer a GGUF `tokenizer.ggml.pre` value stands for.
+enum PreKind {
+    /// Every digit on its own, then the GPT-2 regex (SmolLM, StarCoder).
+    DigitsGpt2,
+    /// The GPT-2 regex alone.
+    Gpt2,
+    Qwen2,
+}
+
+fn pre_kind(pre: Option<&str>, path: &Path) -> Result<PreKind> {
+    // Aliases follow llama.cpp's llama-vocab.cpp, restricted to the regexes built here.
+    Ok(match pre {
+        Some("smollm" | "starcoder" | "refact") => PreKind::DigitsGpt2,
+        Some("gpt-2" | "gpt2" | "phi-2") => PreKind::Gpt2,
+        Some("qwen2" | "deepseek-r1-qwen") => PreKind::Qwen2,
+        Some(other) => bail!(
+            "{}: tokenizer.ggml.pre = \"{other}\" is not supported (supported: smollm, starcoder, refact, \
+             gpt-2, phi-2, qwen2, deepseek-r1-qwen); use tokenizer_json instead",
+            path.display()
+        ),
+        None => {
+            tracing::warn!(
+                "{}: no tokenizer.ggml.pre; assuming SmolLM2's pre-tokenizer (single digits + GPT-2 regex)",
+                path.display()
+            );
+            PreKind::DigitsGpt2
+        }
+    })
+}
+
+fn build_environment(template: &str) -> Result<minijinja::Environment<'static>> {
+    let mut env = minijinja::Environment::new();
+    // Hugging Face renders chat templates with these two on; without them whitespace differs.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
+    });
+    env.add_template_owned("chat_template", template.to_string())
+        .map_err(|e| anyhow!("chat template does not compile: {e:#}"))?;
+    Ok(env)
+}
+
+/// Prepends bos the way Hugging Face tokenizer.json files of bos-adding models do.
+fn bos_processor(bos: &str, id: u32) -> std::result::Result<TemplateProcessing, String> {
+    let mut b = TemplateProcessing::builder();
+    b.try_single(format!("{bos} $A"))?;
+    b.try_pair(format!("{bos} $A {bos} $B"))?;
+    b.special_tokens(vec![(bos.to_string(), id)]);
+    b.build().map_err(|e| e.to_string())
+}
+
+/// `s` around byte `at`, cut on char boundaries, for error messages.
+fn snippet(s: &str, at: usize) -> &str {
+    let mut a = at.min(s.len());
+    while !s.is_char_boundary(a) {
+        a -= 1;
+    }
+    let mut b = (a + 40).min(s.len());
+    while !s.is_char_boundary(b) {
+        b -= 1;
+    }
+    &s[a..b]
+}
+
+fn tok_err(e: tokenizers::Error) -> anyhow::Error {
+    anyhow!("tokenizer: {e}")
+}
+
+impl ChatTokenizer {
+    /// Build the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata. `template_override` is
+    /// the Jinja source of a chat template to use instead of `tokenizer.chat_template`.
+    pub fn from_gguf(path: &Path, system_prompt: Option<String>, template_override: Option<String>) -> Result<Self> {
+        let g = Gguf::open(path)?;
+        let p = path.display();
+
+        let model = g.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            bail!("{p}: tokenizer.ggml.model = \"{model}\"; only byte-level BPE (\"gpt2\") is supported");
+        }
+        let pre = pre_kind(g.opt_str("tokenizer.ggml.pre")?, path)?;
+
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
+        let merges_raw = g.get_str_array("tokenizer.ggml.merges")?;
+        let types = match g.contains("tokenizer.ggml.token_type") {
+            true => g.get_i32_array("tokenizer.ggml.token_type")?,
+            false => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            bail!("{p}: {} token types for {} tokens", types.len(), tokens.len());
+        }
+
+        let mut vocab = Vocab::default();
+        for (id, t) in tokens.iter().enumerate() {
+            // A repeated string keeps its first id, as llama.cpp's text-to-token map does.
+            vocab.entry(t.to_string()).or_insert(id as u32);
+        }
+        let merges: Merges = merges_raw
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| anyhow!("{p}: tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"))
+            })
+            .collect::<Result<_>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| anyhow!("{p}: cannot build BPE from tokenizer.ggml.tokens/merges: {e}"))?;
+
+        let mut tokenizer = Tokenizer::new(bpe);
+        let pre_tokenizer: PreTokenizerWrapper = match pre {
+            PreKind::DigitsGpt2 => Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
+            PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
+            PreKind::Qwen2 => Sequence::new(vec![
+                Split::new(SplitPattern::Regex(QWEN2_PATTERN.to_string()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| anyhow!("qwen2 pre-tokenizer regex: {e}"))?
+                    .into(),
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into(),
+        };
+        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+        if let PreKind::Qwen2 = pre {
+            // Qwen2's tokenizer.json normalises to NFC; mirror it so ids match.
+            tokenizer.with_normalizer(Some(NFC));
+        }
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+
+        let token = |key: &str| -> Result<Option<(u32, String)>> {
+            match g.opt_u32(key)? {
+                None => Ok(None),
+                Some(id) => {
+                    let s = tokens
+                        .get(id as usize)
+                        .ok_or_else(|| anyhow!("{p}: {key} = {id} is outside the {}-token vocabulary", tokens.len()))?;
+                    Ok(Some((id, s.to_string())))
+                }
+            }
+        };
+        let bos = token("tokenizer.ggml.bos_token_id")?;
+        // The end-of-turn token is what ends an assistant reply (Llama 3's <|eot_id|>, Gemma's
+        // <end_of_turn>); plain eos only when the file has no separate one.
+        let eos = match token("tokenizer.ggml.eot_token_id")? {
+            Some(t) => t,
+            None => token("tokenizer.ggml.eos_token_id")?
+                .ok_or_else(|| anyhow!("{p}: metadata key `tokenizer.ggml.eos_token_id` missing"))?,
+        };
+        let pad_id = token("tokenizer.ggml.padding_token_id")?.map(|t| t.0).unwrap_or(eos.0);
+
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter_map(|(t, &ty)| match ty {
+                TOKEN_TYPE_CONTROL => Some(AddedToken::from(t.to_string(), true)),
+                // Converters store user-defined tokens as plain text, not byte-level encoded.
+                TOKEN_TYPE_USER_DEFINED => Some(AddedToken::from(t.to_string(), false)),
+                _ => None,
+            })
+            .collect();
+        tokenizer.add_special_tokens(&added);
+        // The end-of-turn token must be recognised in rendered text even if the file forgot to
+        // mark it as a control token.
+        tokenizer.add_special_tokens(&[AddedToken::from(eos.1.clone(), true)]);
+
+        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let post: PostProcessorWrapper = match (&bos, add_bos) {
+            (Some((bos_id, bos_str)), true) => {
+                bos_processor(bos_str, *bos_id).map_err(|e| anyhow!("{p}: bos post-processor: {e}"))?.into()
+            }
+            (None, true) => bail!("{p}: tokenizer.ggml.add_bos_token is true but there is no bos_token_id"),
+            // What SmolLM2's tokenizer.json has: offsets left untouched.
+            _ => ByteLevel::new(true, false, true).into(),
+        };
+        tokenizer.with_post_processor(Some(post));
+
+        let template = match template_override {
+            Some(t) => t,
+            None => g
+                .get_str("tokenizer.chat_template")
+                .context("no chat template in the model; set tokenizer.chat_template in the recipe")?
+                .to_string(),
+        };
+        Self::new(tokenizer, template, bos.map(|b| b.1).unwrap_or_default(), eos.1, eos.0, pad_id, system_prompt)
+    }
+
+    /// Load a Hugging Face `tokenizer.json` and a Jinja chat template file. `eos_token` is the
+    /// end-of-turn token the loss mask must cover, e.g. `<|im_end|>`. Templates that use
+    /// `bos_token` get an empty string: tokenizer.json does not say which token that is.
+    pub fn from_tokenizer_json(
+        tokenizer_json: &Path,
+        chat_template: &Path,
+        eos_token: &str,
+        system_prompt: Option<String>,
+    ) -> Result<Self> {
+        let tokenizer = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
+        let template = std::fs::read_to_string(chat_template)
+            .with_context(|| format!("cannot read chat template {}", chat_template.display()))?;
+        let eos_id = tokenizer.token_to_id(eos_token).ok_or_else(|| {
+            anyhow!("{}: eos token {eos_token:?} is not in the vocabulary", tokenizer_json.display())
+        })?;
+        if !tokenizer.get_added_tokens_decoder().get(&eos_id).is_some_and(|t| t.special) {
+            // Not an error: a plain vocabulary token still works if the template text tokenizes
+            // to it, which the encode-time checks verify.
+            tracing::warn!(
+                "{}: eos token {eos_token:?} is not a special added token; it may be split when it appears in text",
+                tokenizer_json.display()
+            );
+        }
+        let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(eos_id);
+        Self::new(tokenizer, template, String::new(), eos_token.to_string(), eos_id, pad_id, system_prompt)
+    }
+
+    fn new(
+        tokenizer: Tokenizer,
+        template: String,
+        bos_token: String,
+        eos_token: String,
+        eos_id: u32,
+        pad_id: u32,
+        system_prompt: Option<String>,
+    ) -> Result<Self> {
+        if eos_token.is_empty() {
+            bail!("the end-of-turn token is empty");
+        }
+        let env = build_environment(&template)?;
+        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn chat_template(&self) -> &str {
+        &self.template
+    }
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+    pub fn system_prompt(&self) -> Option<&str> {
+        self.system_prompt.as_deref()
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Render the conversation: with `response` None, up to and including the generation prompt.
+    pub fn render(&self, prompt: &str, response: Option<&str>) -> Result<String> {
+        let mut messages = Vec::with_capacity(3);
+        if let Some(s) = &self.system_prompt {
+            messages.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": prompt}));
+        if let Some(r) = response {
+            messages.push(serde_json::json!({"role": "assistant", "content": r}));
+        }
+        let ctx = serde_json::json!({
+            "messages": messages,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_generation_prompt": response.is_none(),
+        });
+        let tmpl = self.env.get_template("chat_template").expect("template added in new()");
+        tmpl.render(&ctx).map_err(|e| anyhow!("chat template failed to render: {e:#}"))
+    }
+
+    /// Token ids and byte offsets of `text` as the model sees it: special tokens in the text are
+    /// recognised and the post-processor's own (bos) is added.
+    fn encode_text(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.tokenizer.encode(text, true).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut offsets = enc.get_offsets().to_vec();
+        // A template that writes bos_token itself plus a tokenizer that adds one gives two; the
+        // model was never trained on that, so keep one (llama.cpp warns about the same thing).
+        let special = enc.get_special_tokens_mask();
+        if ids.len() >= 2 && special.first() == Some(&1) && special.get(1) == Some(&0) && ids[0] == ids[1] {
+            ids.remove(0);
+            offsets.remove(0);
+        }
+        Ok((ids, offsets))
+    }
+
+    /// One (prompt, response) pair as token ids with the loss mask over the response and its
+    /// end-of-turn token.
+    pub fn encode_chat(&self, prompt: &str, response: &str) -> Result<Encoded> {
+        let p = self.render(prompt, None)?;
+        let f = self.render(prompt, Some(response))?;
+        if p.is_empty() {
+            bail!("chat template rendered an empty prompt");
+        }
+        if !f.starts_with(&p) {
+            let at = p.bytes().zip(f.bytes()).take_while(|(a, b)| a == b).count();
+            bail!(
+                "chat template is not prefix-stable: the rendered prompt with the generation prompt is not a prefix \
+                 of the rendered conversation (they differ at byte {at}: {:?} vs {:?})",
+                snippet(&p, at),
+                snippet(&f, at),
+            );
+        }
+        let start = p.len();
+        let end = start
+            + f[start..].find(&self.eos_token).ok_or_else(|| {
+                anyhow!("the chat template does not end the assistant turn with the end-of-turn token {:?}", self.eos_token)
+            })?
+            + self.eos_token.len();
+
+        let (ids, offsets) = self.encode_text(&f)?;
+        // Zero-width tokens were added by the post-processor, not read from the text.
+        let loss_mask: Vec<u8> =
+            offsets.iter().map(|&(s, e)| u8::from(s < e && s >= start && e <= end)).collect();
+        debug_assert!(loss_mask.first() != Some(&1), "first token of a conversation must not be trained");
+        if loss_mask.first() == Some(&1) {
+            bail!("internal error: the first token of the conversation would be trained");
+        }
+        Ok(Encoded { ids, loss_mask })
+    }
+
+    /// The rendered prompt (up to the generation prompt) and its ids, for evaluation snapshots.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<(String, Vec<u32>)> {
+        let p = self.render(prompt, None)?;
+        let (ids, _) = self.encode_text(&p)?;
+        Ok((p, ids))
+    }
+
+    pub fn encode_chat_batch(&self, items: &[(&str, &str)]) -> Vec<Result<Encoded>> {
+        items.par_iter().map(|(p, r)| self.encode_chat(p, r)).collect()
+    }
+
+    /// Token counts of plain text: no template, no special tokens added (special tokens written in
+    /// the text are still recognised).
+    pub fn count_tokens_batch(&self, texts: &[&str]) -> Vec<usize> {
+        texts
+            .par_iter()
+            // A text the tokenizer rejects has no length; usize::MAX makes any length bound drop it.
+            .map(|t| self.tokenizer.encode_fast(*t, false).map(|e| e.len()).unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, false).unwrap_or_else(|e| format!("<decode error: {e}>"))
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// The tokenizer as Hugging Face `tokenizer.json`.
+    pub fn tokenizer_json(&self) -> String {
+        self.tokenizer.to_string(false).expect("a built tokenizer serialises")
+    }
+
+    /// What the manifest records about this tokenizer; `source_path` is the file it came from.
+    pub fn info(&self, source_path: &Path) -> Result<TokenizerInfo> {
+        Ok(TokenizerInfo {
+            path: source_path.display().to_string(),
+            file_sha256: schemas::sha256_file(source_path)?,
+            tokenizer_sha256: schemas::sha256_hex(self.tokenizer_json().as_bytes()),
+            chat_template_sha256: schemas::sha256_hex(self.template.as_bytes()),
+            vocab_size: self.vocab_size(),
+            eos_token: self.eos_token.clone(),
+            eos_id: self.eos_id,
+            pad_id: self.pad_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::test_model_path;
+    use std::sync::OnceLock;
+
+    fn smol() -> &'static ChatTokenizer {
+        static T: OnceLock<ChatTokenizer> = OnceLock::new();
+        T.get_or_init(|| ChatTokenizer::from_gguf(&test_model_path(), None, None).unwrap())
+    }
+
+    struct Case {
+        prompt: String,
+        prompt_ids: Vec<u32>,
+        greedy_ids: Vec<u32>,
+        greedy_text: String,
+    }
+
+    fn cases() -> Vec<Case> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference_greedy.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let ids = |x: &serde_json::Value| -> Vec<u32> {
+            x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
+        };
+        let cases: Vec<Case> = v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Case {
+                prompt: c["prompt"].as_str().unwrap().to_string(),
+                prompt_ids: ids(&c["prompt_ids"]),
+                greedy_ids: ids(&c["greedy_ids"]),
+                greedy_text: c["greedy_text"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        assert_eq!(cases.len(), 2);
+        cases
+    }
+
+    fn question(prompt: &str) -> &str {
+        let start = prompt.find("<|im_start|>user\n").unwrap() + "<|im_start|>user\n".len();
+        let len = prompt[start..].find("<|im_end|>").unwrap();
+        &prompt[start..start + len]
+    }
+
+    #[test]
+    fn special_tokens_and_ids() {
+        let t = smol();
+        assert_eq!(t.vocab_size(), 49152);
+        assert_eq!((t.eos_token(), t.eos_id(), t.pad_id()), ("<|im_end|>", 2, 2));
+        assert_eq!(t.id_to_token(1).as_deref(), Some("<|im_start|>"));
+        assert_eq!(t.id_to_token(0).as_deref(), Some("<|endoftext|>"));
+        // No bos is added: the template writes <|im_start|> itself.
+        assert_eq!(t.tokenizer().encode("hi", true).unwrap().get_ids(), t.tokenizer().encode("hi", false).unwrap().get_ids());
+    }
+
+    #[test]
+    fn prompts_match_reference_ids() {
+        let t = smol();
+        let qs: Vec<&str> = vec!["What is the capital of France?", "What is 12 + 7?"];
+        for (c, q) in cases().iter().zip(qs) {
+            assert_eq!(question(&c.prompt), q);
+            let (text, ids) = t.encode_prompt(q).unwrap();
+            assert_eq!(text, c.prompt);
+            assert_eq!(ids, c.prompt_ids, "prompt ids for {q:?}");
+        }
+    }
+
+    #[test]
+    fn chat_ids_and_loss_mask_match_reference() {
+        let t = smol();
+        for c in cases() {
+            let q = question(&c.prompt);
+            let response = c.greedy_text.strip_suffix("<|im_end|>").unwrap();
+            assert_eq!(*c.greedy_ids.last().unwrap(), 2);
+            let enc = t.encode_chat(q, response).unwrap();
+
+            let mut want = c.prompt_ids.clone();
+            want.extend(&c.greedy_ids);
+            want.push(198); // ChatML's newline after <|im_end|>
+            assert_eq!(enc.ids, want, "ids for {q:?}");
+
+            let n_p = c.prompt_ids.len();
+            let n_g = c.greedy_ids.len();
+            let want_mask: Vec<u8> = (0..want.len()).map(|i| u8::from(i >= n_p && i < n_p + n_g)).collect();
+            assert_eq!(enc.loss_mask, want_mask, "loss mask for {q:?}");
+            assert_eq!(enc.loss_mask[0], 0);
+
+            let full = format!("{}{}\n", c.prompt, c.greedy_text);
+            assert_eq!(t.decode(&enc.ids), full);
+            assert_eq!(t.render(q, Some(response)).unwrap(), full);
+            let trained: Vec<u32> = enc.ids.iter().zip(&enc.loss_mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+            assert_eq!(t.decode(&trained), c.greedy_text);
+        }
+    }
+
+    #[test]
+    fn digits_are_split_individually() {
+        let t = smol();
+        assert_eq!(t.tokenizer().encode("12", false).unwrap().get_ids(), &[33, 34]);
+        assert_eq!(t.count_tokens_batch(&["12", "2024", "x = 1234567"]), vec![2, 4, 10]);
+        let ids = t.tokenizer().encode("12345", false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(t.decode(&ids), "12345");
+    }
+
+    #[test]
+    fn round_trips_text() {
+        let t = smol();
+        for text in ["héllo wörld 😀 ∫x dx", "  two  spaces\n\n\ttab", "<|im_start|>user\nx<|im_end|>", ""] {
+            let ids = t.tokenizer().encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(t.decode(&ids), text);
+        }
+    }
+
+    #[test]
+    fn straddling_tokens_are_not_trained() {
+        let t = smol();
+        // Whatever the response starts or ends with, exactly the tokens inside the span are
+        // trained, they are contiguous, the last is <|im_end|>, and they decode to a suffix of
+        // response + <|im_end|>.
+        for response in ["\n\nLeading newlines", " leading space", "héllo 😀", "", "ends with newline\n", "12+7=19"] {
+            let enc = t.encode_chat("Question?", response).unwrap();
+            assert_eq!(enc.ids.len(), enc.loss_mask.len());
+            assert_eq!(enc.loss_mask[0], 0);
+            let first = enc.loss_mask.iter().position(|&m| m == 1).unwrap();
+            let last = enc.loss_mask.iter().rposition(|&m| m == 1).unwrap();
+            assert!(enc.loss_mask[first..=last].iter().all(|&m| m == 1), "{response:?}");
+            assert_eq!(enc.ids[last], 2);
+            assert_eq!(enc.ids[last + 1..], [198]);
+            let trained = t.decode(&enc.ids[first..=last]);
+            let want = format!("{response}<|im_end|>");
+            assert!(want.ends_with(&trained), "{response:?}: trained {trained:?}");
+            assert!(trained.len() + 2 >= want.len(), "{response:?}: trained only {trained:?}");
+        }
+    }
+
+    #[test]
+    fn system_prompt_replaces_default() {
+        let t = ChatTokenizer::from_gguf(&test_model_path(), Some("You are a math tutor.".into()), None).unwrap();
+        let (p, ids) = t.encode_prompt("Hi").unwrap();
+        assert_eq!(p, "<|im_start|>system\nYou are a math tutor.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(ids[0], 1);
+        let enc = t.encode_chat("Hi", "Hello").unwrap();
+        assert_eq!(enc.loss_mask.iter().filter(|&&m| m == 1).count(), 2, "Hello + <|im_end|>");
+    }
+
+    #[test]
+    fn template_errors() {
+        let path = test_model_path();
+        let not_prefix_stable = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                                 {% if add_generation_prompt %}assistant says:{% endif %}";
+        let t = ChatTokenizer::from_gguf(&path, None, Some(not_prefix_stable.into())).unwrap();
+        let e = t.encode_chat("q", "a").unwrap_err().to_string();
+        assert!(e.contains("not prefix-stable"), "{e}");
+
+        let no_eos = "{% for m in messages %}{{ m.content }}\n{% endfor %}";
+        let t = ChatTokenizer::from_gguf(&path, None, Some(no_eos.into())).unwrap();
+        let e = t.encode_chat("q", "a").unwrap_err().to_string();
+        assert!(e.contains("end-of-turn"), "{e}");
+
+        let raises = "{% if messages[0].role != 'system' %}{{ raise_exception('need a system turn') }}{% endif %}";
+        let t = ChatTokenizer::from_gguf(&path, None, Some(raises.into())).unwrap();
+        let e = t.encode_prompt("q").unwrap_err().to_string();
+        assert!(e.contains("need a system turn"), "{e}");
+
+        assert!(ChatTokenizer::from_gguf(&path, None, Some("{% if %}".into())).is_err());
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let tpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'].strip() }}<|im_end|>\n{% endfor %}\
+                   {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let t = ChatTokenizer::from_gguf(&test_model_path(), None, Some(tpl.into())).unwrap();
+        let (p, _) = t.encode_prompt("  padded  ").unwrap();
+        assert_eq!(p, "<|im_start|>user\npadded<|im_end|>\n<|im_start|>assistant\n");
+        let enc = t.encode_chat("q", "  a  ").unwrap();
+        assert_eq!(enc.loss_mask.iter().filter(|&&m| m == 1).count(), 2);
+    }
+
+    #[test]
+    fn batches_match_single_calls() {
+        let t = smol();
+        let items: Vec<(String, String)> =
+            (0..64).map(|i| (format!("What is {i} + {i}?"), format!("{i} + {i} = {}", 2 * i))).collect();
+        let refs: Vec<(&str, &str)> = items.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+        let batch = t.encode_chat_batch(&refs);
+        for ((p, r), b) in refs.iter().zip(batch) {
+            assert_eq!(b.unwrap(), t.encode_chat(p, r).unwrap());
+        }
+        let texts: Vec<&str> = refs.iter().map(|(p, _)| *p).collect();
+        let counts = t.count_tokens_batch(&texts);
+        for (text, n) in texts.iter().zip(counts) {
+            assert_eq!(n, t.tokenizer().encode(*text, false).unwrap().len());
+        }
+    }
+
+    #[test]
+    fn tokenizer_json_reloads_to_the_same_ids() {
+        let t = smol();
+        let dir = tempfile::tempdir().unwrap();
+        let tj = dir.path().join("tokenizer.json");
+        let tpl = dir.path().join("chat_template.jinja");
+        std::fs::write(&tj, t.tokenizer_json()).unwrap();
+        std::fs::write(&tpl, t.chat_template()).unwrap();
+        let r = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|im_end|>", None).unwrap();
+        assert_eq!(r.tokenizer_json(), t.tokenizer_json());
+        assert_eq!((r.eos_id(), r.pad_id(), r.vocab_size()), (2, 2, 49152));
+        for c in cases() {
+            let q = question(&c.prompt);
+            assert_eq!(r.encode_prompt(q).unwrap(), t.encode_prompt(q).unwrap());
+            let resp = c.greedy_text.strip_suffix("<|im_end|>").unwrap();
+            assert_eq!(r.encode_chat(q, resp).unwrap(), t.encode_chat(q, resp).unwrap());
+        }
+        let text = "Mixed 123 text, ünïcödé and <|im_end|> tokens\n\n";
+        assert_eq!(r.tokenizer().encode(text, false).unwrap().get_ids(), t.tokenizer().encode(text, false).unwrap().get_ids());
+
+        let ti = t.info(&test_model_path()).unwrap();
+        let ri = r.info(&tj).unwrap();
+        assert_eq!(ti.tokenizer_sha256, ri.tokenizer_sha256);
+        assert_eq!(ti.chat_template_sha256, ri.chat_template_sha256);
+        assert_eq!(ri.file_sha256, schemas::sha256_hex(t.tokenizer_json().as_bytes()));
+        assert_eq!((ti.vocab_size, ti.eos_token.as_str(), ti.eos_id, ti.pad_id), (49152, "<|im_end|>", 2, 2));
+
+        let e = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|no_such|>", None).unwrap_err().to_string();
+        assert!(e.contains("<|no_such|>"), "{e}");
+    }
+
+    /// A minimal GGUF with only tokenizer metadata, for pre-tokenizer selection.
+    fn tiny_gguf(pre: Option<&str>, add_bos: bool) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        fn s(b: &mut Vec<u8>, x: &str) {
+            b.extend((x.len() as u64).to_le_bytes());
+            b.extend(x.as_bytes());
+        }
+        let tokens = ["a", "b", "ab", "<s>", "</s>", "1", "2", "12"];
+        let mut kvs: Vec<(String, Vec<u8>)> = Vec::new();
+        let string_kv = |v: &str| {
+            let mut b = 8u32.to_le_bytes().to_vec();
+            s(&mut b, v);
+            b
+        };
+        let str_array = |items: &[&str]| {
+            let mut b = 9u32.to_le_bytes().to_vec();
+            b.extend(8u32.to_le_bytes());
+            b.extend((items.len() as u64).to_le_bytes());
+            for i in items {
+                s(&mut b, i);
+            }
+            b
+        };
+        let u32_kv = |v: u32| {
+            let mut b = 4u32.to_le_bytes().to_vec();
+            b.extend(v.to_le_bytes());
+            b
+        };
+        kvs.push(("tokenizer.ggml.model".into(), string_kv("gpt2")));
+        if let Some(p) = pre {
+            kvs.push(("tokenizer.ggml.pre".into(), string_kv(p)));
+        }
+        kvs.push(("tokenizer.ggml.tokens".into(), str_array(&tokens)));
+        kvs.push(("tokenizer.ggml.merges".into(), str_array(&["a b", "1 2"])));
+        let mut tt = 9u32.to_le_bytes().to_vec();
+        tt.extend(5u32.to_le_bytes());
+        tt.extend((tokens.len() as u64).to_le_bytes());
+        for ty in [1i32, 1, 1, 3, 3, 1, 1, 1] {
+            tt.extend(ty.to_le_bytes());
+        }
+        kvs.push(("tokenizer.ggml.token_type".into(), tt));
+        kvs.push(("tokenizer.ggml.bos_token_id".into(), u32_kv(3)));
+        kvs.push(("tokenizer.ggml.eos_token_id".into(), u32_kv(4)));
+        let mut bos = 7u32.to_le_bytes().to_vec();
+        bos.push(add_bos as u8);
+        kvs.push(("tokenizer.ggml.add_bos_token".into(), bos));
+        kvs.push((
+            "tokenizer.chat_template".into(),
+            string_kv("{{ bos_token }}{% for m in messages %}{{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"),
+        ));
+
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((kvs.len() as u64).to_le_bytes());
+        for (k, v) in &kvs {
+            s(&mut b, k);
+            b.extend(v);
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&b).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    #[test]
+    fn pre_tokenizer_selection() {
+        let ids = |pre: Option<&str>, text: &str| -> Vec<u32> {
+            let t = ChatTokenizer::from_gguf(tiny_gguf(pre, false).path(), None, None).unwrap();
+            t.tokenizer().encode(text, false).unwrap().get_ids().to_vec()
+        };
+        assert_eq!(ids(Some("smollm"), "ab12"), vec![2, 5, 6]);
+        assert_eq!(ids(None, "ab12"), vec![2, 5, 6]);
+        assert_eq!(ids(Some("gpt-2"), "ab12"), vec![2, 7]);
+        assert_eq!(ids(Some("qwen2"), "ab12"), vec![2, 5, 6]);
+
+        let e = format!("{:#}", ChatTokenizer::from_gguf(tiny_gguf(Some("llama-bpe"), false).path(), None, None).unwrap_err());
+        assert!(e.contains("\"llama-bpe\"") && e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn add_bos_token_is_honoured_once() {
+        let t = ChatTokenizer::from_gguf(tiny_gguf(Some("smollm"), true).path(), None, None).unwrap();
+        // The template writes <s> and the tokenizer would add another: only one remains.
+        let (p, ids) = t.encode_prompt("ab").unwrap();
+        assert_eq!(p, "<s>ab");
+        assert_eq!(ids, vec![3, 2]);
+        let enc = t.encode_chat("ab", "12").unwrap();
+        assert_eq!(enc.ids, vec![3, 2, 5, 6, 4]);
+        assert_eq!(enc.loss_mask, vec![0, 0, 1, 1, 1]);
+        assert_eq!(t.tokenizer().encode("ab", true).unwrap().get_ids(), &[3, 2]);
+
+        let t = ChatTokenizer::from_gguf(tiny_gguf(Some("smollm"), false).path(), None, None).unwrap();
+        assert_eq!(t.tokenizer().encode("ab", true).unwrap().get_ids(), &[2]);
+        assert_eq!(t.eos_id(), 4);
+    }
+}

@@ -1,0 +1,365 @@
+//! One decoder-only transformer for Llama, SmolLM2 and Qwen2/Qwen2.5: RMSNorm, rotary
+//! embeddings, grouped-query attention, SwiGLU MLP, optional q/k/v bias, tied or untied output.
+//!
+//! Weights are plain tensors addressed by their Hugging Face names, in Hugging Face layout
+//! (`[out, in]` matrices), so loading and exporting are name-for-name copies. Every parameter is
+//! held as a rank-2 tensor (norm weights and biases as `[1, n]`) so one map over named parameters
+//! serves loading, export, the optimizer and moving between backends.
+//!
+//! Packed rows: attention is causal within each packed example and never crosses examples. Rather
+//! than masking a `T x T` score matrix, each segment's attention is computed on its own slice,
+//! which is block-diagonal by construction and needs `sum(len_i^2)` instead of `T^2` memory.
+
+use model_files::config::LlamaConfig;
+use model_files::checkpoint::{Checkpoint, HostTensor};
+use anyhow::{bail, Context};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Int, Tensor, TensorData};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One transformer block's parameters.
+#[derive(Clone, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: Tensor<B, 2>,
+    pub q_proj: Tensor<B, 2>,
+    pub k_proj: Tensor<B, 2>,
+    pub v_proj: Tensor<B, 2>,
+    pub q_bias: Option<Tensor<B, 2>>,
+    pub k_bias: Option<Tensor<B, 2>>,
+    pub v_bias: Option<Tensor<B, 2>>,
+    pub o_proj: Tensor<B, 2>,
+    /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
+    pub o_bias: Option<Tensor<B, 2>>,
+    pub post_attention_layernorm: Tensor<B, 2>,
+    pub gate_proj: Tensor<B, 2>,
+    pub up_proj: Tensor<B, 2>,
+    pub down_proj: Tensor<B, 2>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    pub embed_tokens: Tensor<B, 2>,
+    pub layers: Vec<Block<B>>,
+    pub norm: Tensor<B, 2>,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    pub lm_head: Option<Tensor<B, 2>>,
+    rope: Rope<B>,
+}
+
+/// Precomputed rotary tables, `[max_positions, head_dim]`, in Hugging Face's `rotate_half`
+/// layout (the frequencies repeated over both halves). The host copy is shared so that moving
+/// the model between backends (every optimizer step does) copies the tables instead of
+/// recomputing a few hundred thousand sines and cosines.
+#[derive(Clone, Debug)]
+struct Rope<B: Backend> {
+    host: Arc<(Vec<f32>, Vec<f32>)>,
+    head_dim: usize,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(theta: f64, head_dim: usize, max_positions: usize, device: &B::Device) -> Self {
+        let inv_freq: Vec<f64> = (0..head_dim).map(|j| 1.0 / theta.powf((2 * (j % (head_dim / 2))) as f64 / head_dim as f64)).collect();
+        let mut cos = Vec::with_capacity(max_positions * head_dim);
+        let mut sin = Vec::with_capacity(max_positions * head_dim);
+        for p in 0..max_positions {
+            for f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Self::from_host(Arc::new((cos, sin)), head_dim, device)
+    }
+
+    fn from_host(host: Arc<(Vec<f32>, Vec<f32>)>, head_dim: usize, device: &B::Device) -> Self {
+        let shape = [host.0.len() / head_dim, head_dim];
+        Rope {
+            cos: Tensor::from_data(TensorData::new(host.0.clone(), shape), device),
+            sin: Tensor::from_data(TensorData::new(host.1.clone(), shape), device),
+            host,
+            head_dim,
+        }
+    }
+
+    fn to_backend<B2: Backend>(&self, device: &B2::Device) -> Rope<B2> {
+        Rope::from_host(self.host.clone(), self.head_dim, device)
+    }
+
+    /// `x`: `[batch, heads, seq, head_dim]`; `positions`: `[batch, seq]`.
+    fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [b, _, t, d] = x.dims();
+        let flat = positions.clone().reshape([b * t]);
+        let cos = self.cos.clone().select(0, flat.clone()).reshape([b, 1, t, d]);
+        let sin = self.sin.clone().select(0, flat).reshape([b, 1, t, d]);
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// `x @ w^T + b` for a weight in Hugging Face `[out, in]` layout.
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let out = w.dims()[0];
+    let y = x.reshape([b * t, d]).matmul(w.clone().transpose());
+    let y = match bias {
+        Some(bias) => y + bias.clone(),
+        None => y,
+    };
+    y.reshape([b, t, out])
+}
+
+pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, eps: f64) -> Tensor<B, 3> {
+    let rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt();
+    x / rms * weight.clone().unsqueeze::<3>()
+}
+
+impl<B: Backend> Llama<B> {
+    /// Build from a checkpoint (every expected tensor must be there, with its shape).
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: &B::Device) -> anyhow::Result<Self> {
+        ckpt.validate()?;
+        let cfg = ckpt.config.clone();
+        let get = |name: &str| -> anyhow::Result<Tensor<B, 2>> {
+            let t = ckpt.tensors.get(name).with_context(|| format!("tensor `{name}` missing"))?;
+            Ok(host_to_tensor(t, device))
+        };
+        let opt = |name: String| -> anyhow::Result<Option<Tensor<B, 2>>> {
+            if ckpt.tensors.contains_key(&name) {
+                get(&name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"))?,
+                q_proj: get(&format!("{p}.self_attn.q_proj.weight"))?,
+                k_proj: get(&format!("{p}.self_attn.k_proj.weight"))?,
+                v_proj: get(&format!("{p}.self_attn.v_proj.weight"))?,
+                q_bias: opt(format!("{p}.self_attn.q_proj.bias"))?,
+                k_bias: opt(format!("{p}.self_attn.k_proj.bias"))?,
+                v_bias: opt(format!("{p}.self_attn.v_proj.bias"))?,
+                o_proj: get(&format!("{p}.self_attn.o_proj.weight"))?,
+                o_bias: opt(format!("{p}.self_attn.o_proj.bias"))?,
+                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: get(&format!("{p}.mlp.gate_proj.weight"))?,
+                up_proj: get(&format!("{p}.mlp.up_proj.weight"))?,
+                down_proj: get(&format!("{p}.mlp.down_proj.weight"))?,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
+        if cfg.head_dim() % 2 != 0 {
+            bail!("head_dim {} is odd: rotary embeddings need an even head dimension", cfg.head_dim());
+        }
+        Ok(Llama {
+            rope: Rope::new(cfg.rope_theta, cfg.head_dim(), cfg.max_position_embeddings, device),
+            embed_tokens: get("model.embed_tokens.weight")?,
+            norm: get("model.norm.weight")?,
+            lm_head,
+            layers,
+            config: cfg,
+        })
+    }
+
+    /// Load a model file (GGUF, or a Hugging Face folder / safetensors file) onto `device`.
+    pub fn load(path: &std::path::Path, device: &B::Device) -> anyhow::Result<Self> {
+        let ckpt = model_files::checkpoint::load(path).with_context(|| format!("loading model {}", path.display()))?;
+        Self::from_checkpoint(&ckpt, device)
+    }
+
+    /// A snapshot tokenized with a vocabulary of `vocab_size` ids can be fed to this model.
+    pub fn check_vocab(&self, vocab_size: usize) -> anyhow::Result<()> {
+        if self.config.vocab_size < vocab_size {
+            bail!("model vocab {} is smaller than the snapshot tokenizer's {vocab_size}", self.config.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order.
+    pub fn named_params(&self) -> Vec<(String, &Tensor<B, 2>)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), &l.input_layernorm));
+            out.push((format!("{p}.self_attn.q_proj.weight"), &l.q_proj));
+            out.push((format!("{p}.self_attn.k_proj.weight"), &l.k_proj));
+            out.push((format!("{p}.self_attn.v_proj.weight"), &l.v_proj));
+            for (name, b) in [("q", &l.q_bias), ("k", &l.k_bias), ("v", &l.v_bias)] {
+                if let Some(b) = b {
+                    out.push((format!("{p}.self_attn.{name}_proj.bias"), b));
+                }
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
+            if let Some(b) = &l.o_bias {
+                out.push((format!("{p}.self_attn.o_proj.bias"), b));
+            }
+            out.push((format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+            out.push((format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
+            out.push((format!("{p}.mlp.up_proj.weight"), &l.up_proj));
+            out.push((format!("{p}.mlp.down_proj.weight"), &l.down_proj));
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+
+    /// Rebuild the model with every parameter passed through `f` (by name, in `named_params`
+    /// order), possibly onto another backend: used to attach gradients, apply updates and
+    /// detach for inference.
+    pub fn map_params<B2: Backend>(
+        self,
+        device: &B2::Device,
+        mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>,
+    ) -> Llama<B2> {
+        let rope = self.rope.to_backend::<B2>(device);
+        let mut m = |name: String, t: Tensor<B, 2>| f(&name, t);
+        let embed_tokens = m("model.embed_tokens.weight".into(), self.embed_tokens);
+        let layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let p = format!("model.layers.{i}");
+                Block {
+                    input_layernorm: m(format!("{p}.input_layernorm.weight"), l.input_layernorm),
+                    q_proj: m(format!("{p}.self_attn.q_proj.weight"), l.q_proj),
+                    k_proj: m(format!("{p}.self_attn.k_proj.weight"), l.k_proj),
+                    v_proj: m(format!("{p}.self_attn.v_proj.weight"), l.v_proj),
+                    q_bias: l.q_bias.map(|b| m(format!("{p}.self_attn.q_proj.bias"), b)),
+                    k_bias: l.k_bias.map(|b| m(format!("{p}.self_attn.k_proj.bias"), b)),
+                    v_bias: l.v_bias.map(|b| m(format!("{p}.self_attn.v_proj.bias"), b)),
+                    o_proj: m(format!("{p}.self_attn.o_proj.weight"), l.o_proj),
+                    o_bias: l.o_bias.map(|b| m(format!("{p}.self_attn.o_proj.bias"), b)),
+                    post_attention_layernorm: m(format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm),
+                    gate_proj: m(format!("{p}.mlp.gate_proj.weight"), l.gate_proj),
+                    up_proj: m(format!("{p}.mlp.up_proj.weight"), l.up_proj),
+                    down_proj: m(format!("{p}.mlp.down_proj.weight"), l.down_proj),
+                }
+            })
+            .collect();
+        let norm = m("model.norm.weight".into(), self.norm);
+        let lm_head = self.lm_head.map(|h| m("lm_head.weight".into(), h));
+        Llama {
+            rope,
+            config: self.config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        }
+    }
+
+    /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1).
+    pub fn to_checkpoint(&self) -> Checkpoint {
+        let mut tensors = BTreeMap::new();
+        for (name, t) in self.named_params() {
+            let [r, c] = t.dims();
+            let data: Vec<f32> = t.clone().into_data().convert::<f32>().to_vec().expect("f32 data");
+            let shape = if r == 1 && (name.ends_with("norm.weight") || name.ends_with(".bias")) { vec![c] } else { vec![r, c] };
+            tensors.insert(name, HostTensor { shape, data });
+        }
+        Checkpoint { config: self.config.clone(), tensors }
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` at `positions` `[batch, seq]`.
+    /// `segments[b]` lists the `(start, len)` runs of row `b` (see `schemas::snapshot::segment_runs`); attention
+    /// is causal within each run and zero across runs.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, positions, segments);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        linear(h, head, None)
+    }
+
+    /// Final hidden states (after the last norm), `[batch, seq, hidden]`.
+    pub fn hidden(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        assert_eq!(segments.len(), b, "one segment list per row");
+        let d = self.config.hidden_size;
+        let mut x = self.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        for layer in &self.layers {
+            x = self.block(layer, x, &positions, segments);
+        }
+        rms_norm(x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    fn block(&self, l: &Block<B>, x: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let eps = self.config.rms_norm_eps;
+        let h = rms_norm(x.clone(), &l.input_layernorm, eps);
+        let x = x + self.attention(l, h, positions, segments);
+        self.mlp(l, x)
+    }
+
+    /// The second half of a block: norm, SwiGLU MLP, residual.
+    pub(crate) fn mlp(&self, l: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = rms_norm(x.clone(), &l.post_attention_layernorm, self.config.rms_norm_eps);
+        let gate = activation::silu(linear(h.clone(), &l.gate_proj, None));
+        let up = linear(h, &l.up_proj, None);
+        x + linear(gate * up, &l.down_proj, None)
+    }
+
+    /// Queries, keys and values `[batch, heads, seq, head_dim]` of normed hidden states `h`, with
+    /// rotary embeddings applied to queries and keys.
+    pub(crate) fn qkv(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, t, _] = h.dims();
+        let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
+        let heads = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = self.rope.apply(heads(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), positions);
+        let k = self.rope.apply(heads(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), positions);
+        let v = heads(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv);
+        (q, k, v)
+    }
+
+    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let [b, t, _] = h.dims();
+        let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
+        let (q, k, v) = self.qkv(l, h, positions);
+        // Grouped-query attention: each key/value head serves nh / nkv query heads.
+        let group = nh / nkv;
+        let expand = |x: Tensor<B, 4>| if group == 1 { x } else { x.reshape([b, nkv, 1, t, hd]).repeat_dim(2, group).reshape([b, nh, t, hd]) };
+        let (k, v) = (expand(k), expand(v));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let mut rows = Vec::with_capacity(b);
+        for (row, runs) in segments.iter().enumerate() {
+            let pick = |x: &Tensor<B, 4>, s: usize, n: usize| x.clone().narrow(0, row, 1).narrow(2, s, n);
+            let parts: Vec<Tensor<B, 4>> = runs
+                .iter()
+                .map(|&(s, n)| attention(pick(&q, s, n), pick(&k, s, n), pick(&v, s, n), None, None, options.clone()))
+                .collect();
+            rows.push(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::cat(parts, 2) });
+        }
+        let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        linear(out, &l.o_proj, l.o_bias.as_ref())
+    }
+}
+
+fn host_to_tensor<B: Backend>(t: &HostTensor, device: &B::Device) -> Tensor<B, 2> {
+    let shape = match t.shape.as_slice() {
+        [n] => [1, *n],
+        [r, c] => [*r, *c],
+        other => panic!("parameters are rank 1 or 2, got shape {other:?}"),
+    };
+    Tensor::from_data(TensorData::new(t.data.clone(), shape), device)
+}
+
+/// Token ids as a `[1, len]` tensor with positions `0..len`, for unpacked inference.
+pub fn single_sequence<B: Backend>(ids: &[u32], device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let n = ids.len();
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let pos: Vec<i64> = (0..n as i64).collect();
+    (
+        Tensor::from_data(TensorData::new(ids, [1, n]), device),
+        Tensor::from_data(TensorData::new(pos, [1, n]), device),
+    )
+}

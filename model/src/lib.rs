@@ -1,0 +1,12 @@
+//! The decoder in Burn: one file per concern. `decoder` is the Llama / SmolLM2 / Qwen2 forward
+//! pass over packed rows, `kv_cache` the incremental forward pass used by generation, `generate`
+//! batched generation, `sampling` the next-token choice, `logprobs` per-token log-probabilities
+//! of packed rows (reference scoring, the probability histogram).
+
+pub mod decoder;
+pub mod generate;
+pub mod kv_cache;
+pub mod logprobs;
+pub mod sampling;
+
+pub use decoder::Llama;

@@ -1,0 +1,283 @@
+//! A snapshot on disk: its file names, reading and verifying it against its manifest, its packed
+//! rows, writing shards and sidecars, and publishing a finished folder atomically.
+
+use crate::manifest::{Manifest, ShardInfo, MANIFEST_FILE};
+use crate::recipe::{SnapshotKind, WriteConfig};
+use anyhow::{bail, Context};
+use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
+use arrow::datatypes::{Float32Type, Int32Type, Int8Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TEMPLATE_FILE: &str = "chat_template.jinja";
+pub const DROPPED_FILE: &str = "dropped.jsonl";
+pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+pub const TIMINGS_FILE: &str = "timings.json";
+
+/// Wall time and throughput of one stage; kept out of the manifest so it stays reproducible.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    pub rows_in: u64,
+    pub rows_per_second: f64,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+}
+
+pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} has no {MANIFEST_FILE}: not a snapshot, or its build did not finish", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))
+}
+
+/// Problems found (empty = the snapshot is intact), and the manifest.
+/// Re-hash every file a manifest lists (`pipeline verify`).
+pub fn verify(dir: &Path) -> anyhow::Result<(Manifest, Vec<String>)> {
+    let manifest = read_manifest(dir)?;
+    let mut problems = vec![];
+    for info in manifest.shards.iter().chain(&manifest.sidecars) {
+        let path = dir.join(&info.file);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            problems.push(format!("{}: missing", info.file));
+            continue;
+        };
+        if meta.len() != info.bytes {
+            problems.push(format!("{}: {} bytes, manifest says {}", info.file, meta.len(), info.bytes));
+        }
+        let sha = crate::sha256_file(&path)?;
+        if sha != info.sha256 {
+            problems.push(format!("{}: sha256 {sha}, manifest says {}", info.file, info.sha256));
+        }
+    }
+    let id = Manifest::snapshot_id_for(&manifest.shards);
+    if id != manifest.snapshot_id {
+        problems.push(format!("snapshot id {id} from the shard hashes, manifest says {}", manifest.snapshot_id));
+    }
+    Ok((manifest, problems))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub input_ids: Vec<i32>,
+    pub loss_mask: Vec<i8>,
+    pub position_ids: Vec<i32>,
+    pub segment_ids: Vec<i32>,
+    pub ref_logprobs: Option<Vec<f32>>,
+}
+
+impl Row {
+    /// Position `i` is a training target: `loss_mask[i]` is set. Position 0 never is: nothing
+    /// precedes it (and the format sets the mask to 0 at every example's first token).
+    pub fn is_target(&self, i: usize) -> bool {
+        i > 0 && self.loss_mask[i] != 0
+    }
+
+    /// Position `i` is predicted from earlier tokens of its own example: not padding and not an
+    /// example's first token. Reference log-probabilities are stored exactly there.
+    pub fn is_predicted(&self, i: usize) -> bool {
+        i > 0 && self.segment_ids[i] != 0 && self.segment_ids[i] == self.segment_ids[i - 1]
+    }
+
+    /// Number of training targets ([`Row::is_target`]).
+    pub fn targets(&self) -> usize {
+        (0..self.loss_mask.len()).filter(|&i| self.is_target(i)).count()
+    }
+
+    /// Number of predicted positions ([`Row::is_predicted`]).
+    pub fn predicted(&self) -> usize {
+        (0..self.segment_ids.len()).filter(|&i| self.is_predicted(i)).count()
+    }
+}
+
+pub struct Snapshot {
+    pub manifest: Manifest,
+    pub seq_len: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Read every row of a `train` snapshot after checking its shards against the manifest: a
+/// corrupted shard must not train silently.
+pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
+    let manifest = verified_manifest(dir, SnapshotKind::Train)?;
+    let seq_len = manifest.packing.as_ref().context("train snapshot without packing report")?.seq_len as usize;
+    let mut rows = vec![];
+    for_each_batch(dir, &manifest, |batch| read_rows(batch, &mut rows))?;
+    Ok(Snapshot { manifest, seq_len, rows })
+}
+
+impl Snapshot {
+    /// Fail unless the snapshot carries reference log-probabilities in its manifest and in every
+    /// row (what `iwsft` needs), saying how to get them.
+    pub fn require_ref_logprobs(&self, dir: &Path) -> anyhow::Result<()> {
+        let how = format!(
+            "run `trainer score --model MODEL --snapshot {} --out SCORED` (or `make score` for the default snapshot) and train on the scored snapshot",
+            dir.display()
+        );
+        if self.manifest.ref_logprobs.is_none() {
+            bail!("snapshot {} has no reference log-probabilities (its manifest's `ref_logprobs` is null), which the iwsft loss needs: {how}", dir.display());
+        }
+        if let Some(i) = self.rows.iter().position(|r| r.ref_logprobs.as_ref().is_none_or(|v| v.len() != r.input_ids.len())) {
+            bail!("snapshot {}: row {i} has no reference log-probabilities (or the wrong number), which the iwsft loss needs: {how}", dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// The manifest of a snapshot whose shards and sidecars match it, of the expected kind: a
+/// corrupted shard must not train or evaluate silently.
+pub fn verified_manifest(dir: &Path, kind: SnapshotKind) -> anyhow::Result<Manifest> {
+    let (manifest, problems) = verify(dir).with_context(|| format!("snapshot {}", dir.display()))?;
+    if !problems.is_empty() {
+        bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
+    }
+    if manifest.kind != kind {
+        let (is, wants) = match kind {
+            SnapshotKind::Train => ("prompts", "training needs a `train` snapshot"),
+            SnapshotKind::Prompts => ("train", "evaluation needs a `prompts` snapshot"),
+        };
+        bail!("snapshot {} is a `{is}` snapshot; {wants}", dir.display());
+    }
+    Ok(manifest)
+}
+
+/// Calls `f` on every record batch of every shard, in manifest order.
+pub fn for_each_batch(dir: &Path, manifest: &Manifest, mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for shard in &manifest.shards {
+        let path = dir.join(&shard.file);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+            f(&batch?).with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The segments of one packed row as `(start, len)` runs of equal segment id, in order.
+/// Padding (segment 0) is its own run: its outputs are never used, but computing them keeps
+/// shapes whole.
+pub fn segment_runs(segment_ids: &[i32]) -> Vec<(usize, usize)> {
+    let mut runs = vec![];
+    let mut start = 0;
+    for i in 1..=segment_ids.len() {
+        if i == segment_ids.len() || segment_ids[i] != segment_ids[start] {
+            runs.push((start, i - start));
+            start = i;
+        }
+    }
+    runs
+}
+
+fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {
+    let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
+    let ids = col("input_ids")?.as_list::<i32>();
+    let mask = col("loss_mask")?.as_list::<i32>();
+    let pos = col("position_ids")?.as_list::<i32>();
+    let seg = col("segment_ids")?.as_list::<i32>();
+    let refs = col("ref_logprobs")?.as_list::<i32>();
+    for i in 0..batch.num_rows() {
+        let i32s = |l: &arrow::array::ListArray| l.value(i).as_primitive::<Int32Type>().values().to_vec();
+        out.push(Row {
+            input_ids: i32s(ids),
+            loss_mask: mask.value(i).as_primitive::<Int8Type>().values().to_vec(),
+            position_ids: i32s(pos),
+            segment_ids: i32s(seg),
+            ref_logprobs: refs.is_valid(i).then(|| refs.value(i).as_primitive::<Float32Type>().values().to_vec()),
+        });
+    }
+    Ok(())
+}
+
+/// zstd, small row groups so a reader can seek, and no dictionary encoding on token columns
+/// (token ids barely repeat within a page; dictionaries only cost). The writer is
+/// single-threaded and stamps no time, so the same rows give the same bytes.
+fn properties(cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<WriterProperties> {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
+        .set_max_row_group_row_count(Some(cfg.row_group_rows))
+        .set_dictionary_enabled(false)
+        .set_created_by(format!("rectify {}", env!("CARGO_PKG_VERSION")));
+    for c in dictionary_columns {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*c), true);
+    }
+    Ok(b.build())
+}
+
+/// Write one shard file and describe it for the manifest.
+pub fn write_shard(dir: &Path, file: &str, batch: &RecordBatch, cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<ShardInfo> {
+    let path = dir.join(file);
+    let out = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(properties(cfg, dictionary_columns)?))?;
+    writer.write(batch)?;
+    writer.close()?;
+    let (tokens, loss_tokens) = token_counts(batch);
+    Ok(ShardInfo {
+        file: file.to_string(),
+        sha256: crate::sha256_file(&path)?,
+        bytes: std::fs::metadata(&path)?.len(),
+        rows: batch.num_rows() as u64,
+        tokens,
+        loss_tokens,
+    })
+}
+
+fn token_counts(batch: &RecordBatch) -> (u64, u64) {
+    let sum = |name: &str| -> u64 {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .map(|a| a.iter().flatten().map(|v| v as u64).sum())
+            .unwrap_or(0)
+    };
+    (sum("num_tokens"), sum("num_loss_tokens"))
+}
+
+/// Write a text sidecar (JSONL) and describe it.
+pub fn write_sidecar(dir: &Path, file: &str, text: &str) -> anyhow::Result<ShardInfo> {
+    let path = dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(ShardInfo {
+        file: file.to_string(),
+        sha256: crate::sha256_hex(text.as_bytes()),
+        bytes: text.len() as u64,
+        rows: text.lines().count() as u64,
+        tokens: 0,
+        loss_tokens: 0,
+    })
+}
+
+/// Fill a new folder and put it at `out` atomically: `fill` writes into a hidden temp folder
+/// beside `out`, which replaces `out` (if any) only once `fill` succeeded, so an interrupted or
+/// failed run never leaves a half-written folder under the real name. The caller decides whether
+/// an existing `out` may be replaced.
+pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} needs a folder name", out.display()))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let value = match fill(&tmp) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old).with_context(|| format!("cannot move {} aside", out.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    } else {
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+    }
+    Ok(value)
+}
