@@ -19,7 +19,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() >= 3, "usage: bench_generate MODEL SNAPSHOT_DIR [NEW_TOKENS] [BATCH_SIZES]");
     let new_tokens: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let sizes: Vec<usize> = args.get(4).map(String::as_str).unwrap_or("1,4,8,16").split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let sizes: Vec<usize> =
+        args.get(4).map(String::as_str).unwrap_or("1,4,8,16").split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
     let dev = Default::default();
     let model = Llama::<Flex>::load(Path::new(&args[1]), &dev)?;
     let bench = load_benchmark(&args[2], Path::new("."))?;
@@ -34,7 +35,10 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let out = greedy(&model, prompts[0], new_tokens, &[], &dev);
         base = out.len() as f64 / t.elapsed().as_secs_f64();
-        println!("{}", serde_json::json!({"mode": "no_cache", "batch": 1, "new_tokens": out.len(), "tokens_per_second": base, "speedup": 1.0}));
+        println!(
+            "{}",
+            serde_json::json!({"mode": "no_cache", "batch": 1, "new_tokens": out.len(), "tokens_per_second": base, "speedup": 1.0})
+        );
     }
     for &b in &sizes {
         let requests: Vec<Request> = prompts[..b].iter().enumerate().map(|(i, p)| Request { prompt: p, stream: i as u64 }).collect();

@@ -51,12 +51,8 @@ pub fn load_benchmark(bench: &str, eval_dir: &Path) -> anyhow::Result<Benchmark>
         bail!("no evaluation snapshot for `{bench}` at {} (build it with `make data-eval`)", dir.display());
     }
     let manifest = verified_manifest(&dir, SnapshotKind::Prompts)?;
-    let tokenizer = ChatTokenizer::from_tokenizer_json(
-        &dir.join(TOKENIZER_FILE),
-        &dir.join(TEMPLATE_FILE),
-        &manifest.tokenizer.eos_token,
-        None,
-    )?;
+    let tokenizer =
+        ChatTokenizer::from_tokenizer_json(&dir.join(TOKENIZER_FILE), &dir.join(TEMPLATE_FILE), &manifest.tokenizer.eos_token, None)?;
     let mut prompts = vec![];
     for_each_batch(&dir, &manifest, |batch| read_prompts(batch, &mut prompts))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| bench.to_string());
@@ -65,7 +61,12 @@ pub fn load_benchmark(bench: &str, eval_dir: &Path) -> anyhow::Result<Benchmark>
 
 fn read_prompts(batch: &RecordBatch, out: &mut Vec<Prompt>) -> anyhow::Result<()> {
     let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
-    let (id, domain, gold, tests) = (col("id")?.as_string::<i32>(), col("domain")?.as_string::<i32>(), col("gold")?.as_string::<i32>(), col("tests")?.as_string::<i32>());
+    let (id, domain, gold, tests) = (
+        col("id")?.as_string::<i32>(),
+        col("domain")?.as_string::<i32>(),
+        col("gold")?.as_string::<i32>(),
+        col("tests")?.as_string::<i32>(),
+    );
     let ids = col("prompt_ids")?.as_list::<i32>();
     let reference = col("reference")?.as_string::<i32>();
     for i in 0..batch.num_rows() {
@@ -80,4 +81,3 @@ fn read_prompts(batch: &RecordBatch, out: &mut Vec<Prompt>) -> anyhow::Result<()
     }
     Ok(())
 }
-

@@ -16,7 +16,13 @@ use verify::math::{self, ExtractOptions};
 use verify::sandbox::{self, Limits};
 
 /// Generates, verifies and writes results for one benchmark.
-pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfig, out_dir: &Path, device: &B::Device) -> anyhow::Result<BenchSummary> {
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    bench: &Benchmark,
+    cfg: &EvalConfig,
+    out_dir: &Path,
+    device: &B::Device,
+) -> anyhow::Result<BenchSummary> {
     let prompts = &bench.prompts[..cfg.limit.unwrap_or(usize::MAX).min(bench.prompts.len())];
     if prompts.is_empty() {
         bail!("{}: no prompts to evaluate", bench.name);
@@ -26,7 +32,11 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfi
     let stop = stop_ids(tok);
     let vocab = model.config.vocab_size;
     if let Some(p) = prompts.iter().find(|p| p.prompt_ids.iter().any(|&t| t as usize >= vocab)) {
-        bail!("{}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model", bench.name, p.id);
+        bail!(
+            "{}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model",
+            bench.name,
+            p.id
+        );
     }
 
     // Requests sorted by prompt length so each batch pads little; `stream` = prompt * K + sample
@@ -39,7 +49,8 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, bench: &Benchmark, cfg: &EvalConfi
     let done: Vec<Vec<Completion>> = batches
         .par_iter()
         .map(|batch| {
-            let requests: Vec<Request> = batch.iter().map(|&(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: (p * k + s) as u64 }).collect();
+            let requests: Vec<Request> =
+                batch.iter().map(|&(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: (p * k + s) as u64 }).collect();
             let out = generate_batch(model, &requests, &cfg.sampling, &stop, tok.pad_id(), device);
             bar.inc(batch.len() as u64);
             out

@@ -291,7 +291,12 @@ impl BarChart {
         // Y axis range and ticks.
         let max = self.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
         let (lo, hi, ticks): (f64, f64, Vec<(f64, String)>) = if self.log_y {
-            let min_pos = self.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| *v > 0.0 && v.is_finite()).fold(f64::INFINITY, f64::min);
+            let min_pos = self
+                .series
+                .iter()
+                .flat_map(|s| s.values.iter().copied())
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .fold(f64::INFINITY, f64::min);
             let lo_e = if min_pos.is_finite() { min_pos.log10().floor().max(-9.0) as i32 } else { -3 };
             let hi_e = if max > 0.0 { max.log10().ceil() as i32 } else { 0 };
             let hi_e = hi_e.max(lo_e + 1);
@@ -440,7 +445,8 @@ mod tests {
     fn text_is_drawn_where_asked() {
         let mut c = Canvas::new(200, 60, WHITE);
         c.text("probability 0.9", 100, 40, 16.0, BLACK, Align::Center);
-        let dark: Vec<(usize, usize)> = (0..60).flat_map(|y| (0..200).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y)[0] < 128).collect();
+        let dark: Vec<(usize, usize)> =
+            (0..60).flat_map(|y| (0..200).map(move |x| (x, y))).filter(|&(x, y)| c.get(x, y)[0] < 128).collect();
         assert!(dark.len() > 100, "{} dark pixels", dark.len());
         let (minx, maxx) = (dark.iter().map(|p| p.0).min().unwrap(), dark.iter().map(|p| p.0).max().unwrap());
         let (miny, maxy) = (dark.iter().map(|p| p.1).min().unwrap(), dark.iter().map(|p| p.1).max().unwrap());
@@ -452,7 +458,8 @@ mod tests {
 
         let mut v = Canvas::new(60, 200, WHITE);
         v.text_vertical("fraction", 30, 100, 16.0, BLACK);
-        let dark: Vec<(usize, usize)> = (0..200).flat_map(|y| (0..60).map(move |x| (x, y))).filter(|&(x, y)| v.get(x, y)[0] < 128).collect();
+        let dark: Vec<(usize, usize)> =
+            (0..200).flat_map(|y| (0..60).map(move |x| (x, y))).filter(|&(x, y)| v.get(x, y)[0] < 128).collect();
         let (minx, maxx) = (dark.iter().map(|p| p.0).min().unwrap(), dark.iter().map(|p| p.0).max().unwrap());
         let (miny, maxy) = (dark.iter().map(|p| p.1).min().unwrap(), dark.iter().map(|p| p.1).max().unwrap());
         // Turned: taller than wide, centred on y = 100, left of the baseline column.
@@ -492,7 +499,10 @@ mod tests {
                             assert_eq!(c.get(((x0 + x1) / 2) as usize, ((y0 + y1) / 2) as usize), PALETTE[s], "series {s} bin {b}");
                             assert_eq!(y1, l.plot.3);
                             // Inside its bin, series side by side in order.
-                            assert!(x0 >= l.plot.0 + b as i64 * (l.plot.2 - l.plot.0) / 4 && x1 <= l.plot.0 + (b as i64 + 1) * (l.plot.2 - l.plot.0) / 4 + 1);
+                            assert!(
+                                x0 >= l.plot.0 + b as i64 * (l.plot.2 - l.plot.0) / 4
+                                    && x1 <= l.plot.0 + (b as i64 + 1) * (l.plot.2 - l.plot.0) / 4 + 1
+                            );
                             if s == 1 {
                                 assert!(x0 >= l.bars[0][b].map_or(x0, |r| r.2));
                             }

@@ -9,11 +9,11 @@
 //! A target is token `i` of a row with `loss_mask[i] = 1`, predicted from tokens `..i` of its
 //! own packed segment (the first token of a segment is never a target).
 
-use schemas::snapshot::{load_snapshot, Row};
-use model::Llama;
 use crate::plot::{BarChart, Series};
 use anyhow::{bail, Context};
 use burn::backend::Flex;
+use model::Llama;
+use schemas::snapshot::{load_snapshot, Row};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -103,7 +103,8 @@ pub fn target_probs(rows: &[&Row], logprobs: &[Vec<f32>]) -> Vec<f32> {
 /// folder's parent and name (`dft/final`; `checkpoints` is skipped: `dft/step-000008`).
 pub fn default_label(path: &Path) -> String {
     let name = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned());
-    let is_file = path.is_file() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"));
+    let is_file =
+        path.is_file() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf") || e.eq_ignore_ascii_case("safetensors"));
     if is_file {
         if path.file_name().is_some_and(|n| n == "model.safetensors") {
             if let Some(parent) = path.parent() {
@@ -162,7 +163,20 @@ pub fn histogram_csv(models: &[ModelProbs], sample: &Sample, bins: usize) -> Str
         let n = m.probs.len();
         for (k, &c) in counts.iter().enumerate() {
             let frac = if n == 0 { 0.0 } else { c as f64 / n as f64 };
-            writeln!(s, "{},{},{},{},{},{},{},{},{:.6}", csv_field(&m.label), csv_field(&m.path), sample.rows_used, n, k, e[k], e[k + 1], c, frac).expect("string");
+            writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{:.6}",
+                csv_field(&m.label),
+                csv_field(&m.path),
+                sample.rows_used,
+                n,
+                k,
+                e[k],
+                e[k + 1],
+                c,
+                frac
+            )
+            .expect("string");
         }
     }
     s
@@ -173,7 +187,19 @@ pub fn summary_csv(models: &[ModelProbs], sample: &Sample) -> String {
     let mut s = String::from("label,model,rows,tokens,mean_prob,median_prob,frac_below_0.1,frac_above_0.9\n");
     for m in models {
         let x = summarize(&m.probs);
-        writeln!(s, "{},{},{},{},{:.6},{:.6},{:.6},{:.6}", csv_field(&m.label), csv_field(&m.path), sample.rows_used, x.tokens, x.mean, x.median, x.below_0_1, x.above_0_9).expect("string");
+        writeln!(
+            s,
+            "{},{},{},{},{:.6},{:.6},{:.6},{:.6}",
+            csv_field(&m.label),
+            csv_field(&m.path),
+            sample.rows_used,
+            x.tokens,
+            x.mean,
+            x.median,
+            x.below_0_1,
+            x.above_0_9
+        )
+        .expect("string");
     }
     s
 }
@@ -390,8 +416,8 @@ mod tests {
 
     #[test]
     fn row_logprobs_match_each_segment_run_alone() {
-        use model::decoder::single_sequence;
         use burn::tensor::Tensor;
+        use model::decoder::single_sequence;
         let device = Default::default();
         let ckpt = model_files::checkpoint::load(model_files::test_model_path()).unwrap();
         let model = Llama::<Flex>::from_checkpoint(&ckpt, &device).unwrap();
@@ -418,7 +444,10 @@ mod tests {
         // each segment and the padding.
         let pack = |first: &[i32], second: &[i32], pad: usize| {
             let ids: Vec<i32> = first.iter().chain(second).copied().chain(std::iter::repeat_n(0, pad)).collect();
-            let seg: Vec<i32> = std::iter::repeat_n(1, first.len()).chain(std::iter::repeat_n(2, second.len())).chain(std::iter::repeat_n(0, pad)).collect();
+            let seg: Vec<i32> = std::iter::repeat_n(1, first.len())
+                .chain(std::iter::repeat_n(2, second.len()))
+                .chain(std::iter::repeat_n(0, pad))
+                .collect();
             let mask: Vec<i8> = (0..ids.len()).map(|i| i8::from(i != 0 && i != first.len() && seg[i] != 0)).collect();
             row(&ids, &mask, &seg)
         };
@@ -513,7 +542,9 @@ base,models/base.gguf,2,5,3,0.75,1,2,0.400000
         let mid = x0 + (x1 - x0) * 5 / 8;
         assert_eq!(px(mid, y1 - 2), crate::plot::WHITE);
         // The text is there: dark pixels in the title band and left of the plot (tick labels).
-        let dark = |xa: i64, xb: i64, ya: i64, yb: i64| (ya..yb).flat_map(|y| (xa..xb).map(move |x| (x, y))).filter(|&(x, y)| px(x, y)[0] < 100).count();
+        let dark = |xa: i64, xb: i64, ya: i64, yb: i64| {
+            (ya..yb).flat_map(|y| (xa..xb).map(move |x| (x, y))).filter(|&(x, y)| px(x, y)[0] < 100).count()
+        };
         assert!(dark(0, 1100, 0, 45) > 200, "title");
         assert!(dark(30, x0 - 6, layout.plot.1 - 10, y1 + 10) > 50, "y tick labels");
         // Deterministic.

@@ -118,4 +118,3 @@ pub fn write_summary(out_dir: &Path, s: &Summary) -> anyhow::Result<()> {
     schemas::write_atomic(&out_dir.join("summary.json"), &json)?;
     schemas::write_atomic(&out_dir.join("summary.md"), markdown(s).as_bytes())
 }
-

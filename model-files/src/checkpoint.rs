@@ -97,9 +97,7 @@ impl Checkpoint {
         for (name, shape) in &expected {
             match self.tensors.get(name) {
                 None => problems.push(format!("{name}: missing")),
-                Some(t) if &t.shape != shape => {
-                    problems.push(format!("{name}: shape {:?}, expected {shape:?}", t.shape))
-                }
+                Some(t) if &t.shape != shape => problems.push(format!("{name}: shape {:?}, expected {shape:?}", t.shape)),
                 Some(t) if t.data.len() != shape.iter().product::<usize>() => {
                     problems.push(format!("{name}: {} values for shape {shape:?}", t.data.len()))
                 }
@@ -239,16 +237,11 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let mut jobs = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         if IGNORED_GGUF_TENSORS.contains(&t.name.as_str()) {
-            tracing::warn!(
-                "{}: ignoring tensor `{}` (RoPE frequency factors); the model uses plain RoPE",
-                path.display(),
-                t.name
-            );
+            tracing::warn!("{}: ignoring tensor `{}` (RoPE frequency factors); the model uses plain RoPE", path.display(), t.name);
             continue;
         }
-        let hf = hf_name_from_gguf(&t.name).ok_or_else(|| {
-            anyhow!("{}: tensor `{}` has no Hugging Face counterpart this loader knows", path.display(), t.name)
-        })?;
+        let hf = hf_name_from_gguf(&t.name)
+            .ok_or_else(|| anyhow!("{}: tensor `{}` has no Hugging Face counterpart this loader knows", path.display(), t.name))?;
         check_dequantizable(t.ggml_type).with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
         jobs.push((hf, t));
     }
@@ -350,10 +343,7 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Checkpoint> {
     if config.tie_word_embeddings {
         if let Some(head) = tensors.get("lm_head.weight") {
             if tensors.get("model.embed_tokens.weight") != Some(head) {
-                bail!(
-                    "{}: config.json ties the embeddings but lm_head.weight differs from model.embed_tokens.weight",
-                    path.display()
-                );
+                bail!("{}: config.json ties the embeddings but lm_head.weight differs from model.embed_tokens.weight", path.display());
             }
             tensors.remove("lm_head.weight");
         }
@@ -582,8 +572,7 @@ mod tests {
             assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
             assert!(meta.tensors().values().all(|i| i.dtype == Dtype::F32));
             assert_eq!(meta.tensors().contains_key("lm_head.weight"), !tied);
-            let cfg: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+            let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
             let want = if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" };
             assert_eq!(cfg["architectures"], serde_json::json!([want]));
             assert_eq!((cfg["model_type"].as_str(), cfg["torch_dtype"].as_str()), (Some(arch), Some("float32")));
@@ -645,9 +634,7 @@ mod tests {
         write_typed(&dir.path().join(shard(2)), b, Dtype::BF16);
         let mut map: BTreeMap<String, String> = a.iter().map(|(n, _)| ((*n).clone(), shard(1))).collect();
         map.extend(b.iter().map(|(n, _)| ((*n).clone(), shard(2))));
-        let index = |map: &BTreeMap<String, String>| {
-            serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map}).to_string()
-        };
+        let index = |map: &BTreeMap<String, String>| serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map}).to_string();
         std::fs::write(dir.path().join("model.safetensors.index.json"), index(&map)).unwrap();
         assert_eq!(load(dir.path()).unwrap().tensors, ckpt.tensors);
 

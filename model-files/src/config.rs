@@ -7,8 +7,8 @@
 //! window attention, activations other than SiLU) are accepted by the parser but rejected by
 //! [`LlamaConfig::validate`]: silently ignoring them would give a model that loads and is wrong.
 
-use anyhow::{bail, Context, Result};
 use crate::gguf::Gguf;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

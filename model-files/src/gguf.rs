@@ -308,9 +308,7 @@ impl Reader {
 
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut b = [0u8; N];
-        self.r
-            .read_exact(&mut b)
-            .with_context(|| format!("unexpected end of file at byte {}", self.pos))?;
+        self.r.read_exact(&mut b).with_context(|| format!("unexpected end of file at byte {}", self.pos))?;
         self.pos += N as u64;
         Ok(b)
     }
@@ -590,9 +588,7 @@ impl Gguf {
             .enumerate()
             .map(|(i, v)| {
                 let x = v.as_i128().ok_or_else(|| self.wrong_type(&format!("{key}[{i}]"), want, v))?;
-                T::try_from(x).map_err(|_| {
-                    anyhow!("{}: metadata key `{key}[{i}]` = {x} does not fit in {want}", self.path.display())
-                })
+                T::try_from(x).map_err(|_| anyhow!("{}: metadata key `{key}[{i}]` = {x} does not fit in {want}", self.path.display()))
             })
             .collect()
     }
@@ -631,8 +627,7 @@ impl Gguf {
         let mut f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
         f.seek(SeekFrom::Start(self.data_offset + t.offset))?;
         let mut buf = vec![0u8; n as usize];
-        f.read_exact(&mut buf)
-            .with_context(|| format!("{}: reading tensor `{}` ({n} bytes)", self.path.display(), t.name))?;
+        f.read_exact(&mut buf).with_context(|| format!("{}: reading tensor `{}` ({n} bytes)", self.path.display(), t.name))?;
         Ok(buf)
     }
 }
@@ -646,11 +641,7 @@ pub fn test_model_path() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
-    assert!(
-        p.is_file(),
-        "test model {} not found: run `make model` (or set RECTIFY_MODEL to a GGUF file)",
-        p.display()
-    );
+    assert!(p.is_file(), "test model {} not found: run `make model` (or set RECTIFY_MODEL to a GGUF file)", p.display());
     p
 }
 
@@ -675,7 +666,7 @@ mod tests {
         assert_eq!(w[15], 3.5); // (15 - 8) * 0.5
         assert_eq!(w[16], 3.5); // high nibble of byte 0 is 15
         assert_eq!(w[31], -4.0); // high nibble of byte 15 is 0
-        // Two blocks: the second has its own scale.
+                                 // Two blocks: the second has its own scale.
         let mut b2 = b.clone();
         b2.extend(f16b(-2.0));
         b2.extend([0x88u8; 16]);

@@ -30,8 +30,7 @@ fn to_host(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Hos
 /// The tensors of one safetensors file, converted to f32 in parallel; errors name the file.
 pub(crate) fn read_shard(file: &Path) -> Result<Vec<(String, HostTensor)>> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", file.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a readable safetensors file: {e}", file.display()))?;
     st.tensors()
         .into_par_iter()
         .map(|(name, view)| -> Result<(String, HostTensor)> {
@@ -95,12 +94,8 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Host
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
-        .and_then(|()| {
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", tmp.display()))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-        });
+        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", tmp.display())))
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display())));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -116,4 +111,3 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, HostT
     }
     Ok(out)
 }
-

@@ -30,7 +30,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 /// The regex llama.cpp and Hugging Face use for Qwen2's pre-tokenizer.
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -90,10 +91,7 @@ fn pre_kind(pre: Option<&str>, path: &Path) -> Result<PreKind> {
             path.display()
         ),
         None => {
-            tracing::warn!(
-                "{}: no tokenizer.ggml.pre; assuming SmolLM2's pre-tokenizer (single digits + GPT-2 regex)",
-                path.display()
-            );
+            tracing::warn!("{}: no tokenizer.ggml.pre; assuming SmolLM2's pre-tokenizer (single digits + GPT-2 regex)", path.display());
             PreKind::DigitsGpt2
         }
     })
@@ -108,8 +106,7 @@ fn build_environment(template: &str) -> Result<minijinja::Environment<'static>> 
     env.add_function("raise_exception", |msg: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
     });
-    env.add_template_owned("chat_template", template.to_string())
-        .map_err(|e| anyhow!("chat template does not compile: {e:#}"))?;
+    env.add_template_owned("chat_template", template.to_string()).map_err(|e| anyhow!("chat template does not compile: {e:#}"))?;
     Ok(env)
 }
 
@@ -183,11 +180,7 @@ impl ChatTokenizer {
 
         let mut tokenizer = Tokenizer::new(bpe);
         let pre_tokenizer: PreTokenizerWrapper = match pre {
-            PreKind::DigitsGpt2 => Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
+            PreKind::DigitsGpt2 => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
             PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
             PreKind::Qwen2 => Sequence::new(vec![
                 Split::new(SplitPattern::Regex(QWEN2_PATTERN.to_string()), SplitDelimiterBehavior::Isolated, false)
@@ -220,8 +213,9 @@ impl ChatTokenizer {
         // <end_of_turn>); plain eos only when the file has no separate one.
         let eos = match token("tokenizer.ggml.eot_token_id")? {
             Some(t) => t,
-            None => token("tokenizer.ggml.eos_token_id")?
-                .ok_or_else(|| anyhow!("{p}: metadata key `tokenizer.ggml.eos_token_id` missing"))?,
+            None => {
+                token("tokenizer.ggml.eos_token_id")?.ok_or_else(|| anyhow!("{p}: metadata key `tokenizer.ggml.eos_token_id` missing"))?
+            }
         };
         let pad_id = token("tokenizer.ggml.padding_token_id")?.map(|t| t.0).unwrap_or(eos.0);
 
@@ -242,9 +236,7 @@ impl ChatTokenizer {
 
         let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
         let post: PostProcessorWrapper = match (&bos, add_bos) {
-            (Some((bos_id, bos_str)), true) => {
-                bos_processor(bos_str, *bos_id).map_err(|e| anyhow!("{p}: bos post-processor: {e}"))?.into()
-            }
+            (Some((bos_id, bos_str)), true) => bos_processor(bos_str, *bos_id).map_err(|e| anyhow!("{p}: bos post-processor: {e}"))?.into(),
             (None, true) => bail!("{p}: tokenizer.ggml.add_bos_token is true but there is no bos_token_id"),
             // What SmolLM2's tokenizer.json has: offsets left untouched.
             _ => ByteLevel::new(true, false, true).into(),
@@ -270,13 +262,13 @@ impl ChatTokenizer {
         eos_token: &str,
         system_prompt: Option<String>,
     ) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(tokenizer_json)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
-        let template = std::fs::read_to_string(chat_template)
-            .with_context(|| format!("cannot read chat template {}", chat_template.display()))?;
-        let eos_id = tokenizer.token_to_id(eos_token).ok_or_else(|| {
-            anyhow!("{}: eos token {eos_token:?} is not in the vocabulary", tokenizer_json.display())
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(tokenizer_json).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
+        let template =
+            std::fs::read_to_string(chat_template).with_context(|| format!("cannot read chat template {}", chat_template.display()))?;
+        let eos_id = tokenizer
+            .token_to_id(eos_token)
+            .ok_or_else(|| anyhow!("{}: eos token {eos_token:?} is not in the vocabulary", tokenizer_json.display()))?;
         if !tokenizer.get_added_tokens_decoder().get(&eos_id).is_some_and(|t| t.special) {
             // Not an error: a plain vocabulary token still works if the template text tokenizes
             // to it, which the encode-time checks verify.
@@ -389,8 +381,7 @@ impl ChatTokenizer {
 
         let (ids, offsets) = self.encode_text(&f)?;
         // Zero-width tokens were added by the post-processor, not read from the text.
-        let loss_mask: Vec<u8> =
-            offsets.iter().map(|&(s, e)| u8::from(s < e && s >= start && e <= end)).collect();
+        let loss_mask: Vec<u8> = offsets.iter().map(|&(s, e)| u8::from(s < e && s >= start && e <= end)).collect();
         debug_assert!(loss_mask.first() != Some(&1), "first token of a conversation must not be trained");
         if loss_mask.first() == Some(&1) {
             bail!("internal error: the first token of the conversation would be trained");
@@ -473,9 +464,7 @@ mod tests {
     fn cases() -> Vec<Case> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference_greedy.json");
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let ids = |x: &serde_json::Value| -> Vec<u32> {
-            x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
-        };
+        let ids = |x: &serde_json::Value| -> Vec<u32> { x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect() };
         let cases: Vec<Case> = v["cases"]
             .as_array()
             .unwrap()
@@ -635,8 +624,7 @@ mod tests {
     #[test]
     fn batches_match_single_calls() {
         let t = smol();
-        let items: Vec<(String, String)> =
-            (0..64).map(|i| (format!("What is {i} + {i}?"), format!("{i} + {i} = {}", 2 * i))).collect();
+        let items: Vec<(String, String)> = (0..64).map(|i| (format!("What is {i} + {i}?"), format!("{i} + {i} = {}", 2 * i))).collect();
         let refs: Vec<(&str, &str)> = items.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
         let batch = t.encode_chat_batch(&refs);
         for ((p, r), b) in refs.iter().zip(batch) {
@@ -728,7 +716,9 @@ mod tests {
         kvs.push(("tokenizer.ggml.add_bos_token".into(), bos));
         kvs.push((
             "tokenizer.chat_template".into(),
-            string_kv("{{ bos_token }}{% for m in messages %}{{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"),
+            string_kv(
+                "{{ bos_token }}{% for m in messages %}{{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}",
+            ),
         ));
 
         let mut b = b"GGUF".to_vec();

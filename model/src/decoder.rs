@@ -10,13 +10,13 @@
 //! than masking a `T x T` score matrix, each segment's attention is computed on its own slice,
 //! which is block-diagonal by construction and needs `sum(len_i^2)` instead of `T^2` memory.
 
-use model_files::config::LlamaConfig;
-use model_files::checkpoint::{Checkpoint, HostTensor};
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor, TensorData};
+use model_files::checkpoint::{Checkpoint, HostTensor};
+use model_files::config::LlamaConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -217,11 +217,7 @@ impl<B: Backend> Llama<B> {
     /// Rebuild the model with every parameter passed through `f` (by name, in `named_params`
     /// order), possibly onto another backend: used to attach gradients, apply updates and
     /// detach for inference.
-    pub fn map_params<B2: Backend>(
-        self,
-        device: &B2::Device,
-        mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>,
-    ) -> Llama<B2> {
+    pub fn map_params<B2: Backend>(self, device: &B2::Device, mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>) -> Llama<B2> {
         let rope = self.rope.to_backend::<B2>(device);
         let mut m = |name: String, t: Tensor<B, 2>| f(&name, t);
         let embed_tokens = m("model.embed_tokens.weight".into(), self.embed_tokens);
@@ -250,14 +246,7 @@ impl<B: Backend> Llama<B> {
             .collect();
         let norm = m("model.norm.weight".into(), self.norm);
         let lm_head = self.lm_head.map(|h| m("lm_head.weight".into(), h));
-        Llama {
-            rope,
-            config: self.config,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-        }
+        Llama { rope, config: self.config, embed_tokens, layers, norm, lm_head }
     }
 
     /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1).
@@ -326,16 +315,15 @@ impl<B: Backend> Llama<B> {
         let (q, k, v) = self.qkv(l, h, positions);
         // Grouped-query attention: each key/value head serves nh / nkv query heads.
         let group = nh / nkv;
-        let expand = |x: Tensor<B, 4>| if group == 1 { x } else { x.reshape([b, nkv, 1, t, hd]).repeat_dim(2, group).reshape([b, nh, t, hd]) };
+        let expand =
+            |x: Tensor<B, 4>| if group == 1 { x } else { x.reshape([b, nkv, 1, t, hd]).repeat_dim(2, group).reshape([b, nh, t, hd]) };
         let (k, v) = (expand(k), expand(v));
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         let mut rows = Vec::with_capacity(b);
         for (row, runs) in segments.iter().enumerate() {
             let pick = |x: &Tensor<B, 4>, s: usize, n: usize| x.clone().narrow(0, row, 1).narrow(2, s, n);
-            let parts: Vec<Tensor<B, 4>> = runs
-                .iter()
-                .map(|&(s, n)| attention(pick(&q, s, n), pick(&k, s, n), pick(&v, s, n), None, None, options.clone()))
-                .collect();
+            let parts: Vec<Tensor<B, 4>> =
+                runs.iter().map(|&(s, n)| attention(pick(&q, s, n), pick(&k, s, n), pick(&v, s, n), None, None, options.clone())).collect();
             rows.push(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::cat(parts, 2) });
         }
         let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };
@@ -358,8 +346,5 @@ pub fn single_sequence<B: Backend>(ids: &[u32], device: &B::Device) -> (Tensor<B
     let n = ids.len();
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let pos: Vec<i64> = (0..n as i64).collect();
-    (
-        Tensor::from_data(TensorData::new(ids, [1, n]), device),
-        Tensor::from_data(TensorData::new(pos, [1, n]), device),
-    )
+    (Tensor::from_data(TensorData::new(ids, [1, n]), device), Tensor::from_data(TensorData::new(pos, [1, n]), device))
 }

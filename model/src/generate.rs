@@ -60,7 +60,14 @@ pub struct Request<'a> {
 
 /// Completes every request in one batch. `stop` ends a sequence (end-of-turn, end-of-text);
 /// `pad` fills the left of shorter prompts and is never attended to.
-pub fn generate_batch<B: Backend>(model: &Llama<B>, requests: &[Request], params: &Sampling, stop: &[u32], pad: u32, device: &B::Device) -> Vec<Completion> {
+pub fn generate_batch<B: Backend>(
+    model: &Llama<B>,
+    requests: &[Request],
+    params: &Sampling,
+    stop: &[u32],
+    pad: u32,
+    device: &B::Device,
+) -> Vec<Completion> {
     let n = requests.len();
     let mut done: Vec<Option<Completion>> = vec![None; n];
     if n == 0 {
@@ -137,7 +144,8 @@ pub fn generate_batch<B: Backend>(model: &Llama<B>, requests: &[Request], params
         let pos: Vec<i64> = live.iter().map(|&i| (requests[i].prompt.len() + outputs[i].len() - 1) as i64).collect();
         let bias: Vec<f32> = pads.iter().flat_map(|&p| (0..total).map(move |k| if k < p { HIDDEN } else { 0.0 })).collect();
         logits = model.forward_cached(
-            Tensor::<B, 1, Int>::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [b]), device).reshape([b, 1]),
+            Tensor::<B, 1, Int>::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [b]), device)
+                .reshape([b, 1]),
             Tensor::from_data(TensorData::new(pos, [b, 1]), device),
             Tensor::from_data(TensorData::new(bias, [b, 1, total]), device),
             &mut cache,

@@ -41,7 +41,13 @@ impl<B: Backend> Llama<B> {
     /// position, `[batch, vocab]`. `bias` `[batch, t, cache_len + t]` is added to the attention
     /// scores: 0 where a query may look at a key, a large negative number where not (padding,
     /// the future). Used by batched generation with left padding.
-    pub fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, bias: Tensor<B, 3>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        bias: Tensor<B, 3>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
         let d = self.config.hidden_size;
         let eps = self.config.rms_norm_eps;
@@ -85,4 +91,3 @@ impl<B: Backend> Llama<B> {
         linear(out, &l.o_proj, l.o_bias.as_ref())
     }
 }
-

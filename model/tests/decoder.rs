@@ -3,10 +3,10 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use std::path::{Path, PathBuf};
 use model::decoder::{single_sequence, Llama};
 use model::generate::greedy;
 use schemas::snapshot::segment_runs;
+use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

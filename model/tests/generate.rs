@@ -2,10 +2,10 @@
 //! implementation of the same GGUF, and each prompt decoded alone without a cache.
 
 use burn::backend::Flex;
-use std::path::Path;
 use model::generate::{generate_batch, Finish, Request};
 use model::sampling::Sampling;
 use model::{generate::greedy, Llama};
+use std::path::Path;
 
 fn smollm() -> Llama<Flex> {
     Llama::load(&model_files::test_model_path(), &Default::default()).unwrap()

@@ -34,10 +34,7 @@ fn main() -> anyhow::Result<()> {
     let recipe = Recipe::load(&recipe_path)?;
     let (tok, _) = load_tokenizer(&recipe, &recipe_path)?;
     let examples = ingest::ingest(&recipe.sources, &recipe_path, &recipe.ingest, "")?.examples;
-    let texts: Vec<String> = examples
-        .iter()
-        .map(|e| tok.render(&e.prompt, Some(&e.response)))
-        .collect::<anyhow::Result<_>>()?;
+    let texts: Vec<String> = examples.iter().map(|e| tok.render(&e.prompt, Some(&e.response))).collect::<anyhow::Result<_>>()?;
     let bytes: usize = texts.iter().map(String::len).sum();
 
     let mut f = std::io::BufWriter::new(std::fs::File::create(out.join("texts.jsonl"))?);

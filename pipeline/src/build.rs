@@ -67,7 +67,11 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
     if let Some(gguf) = &t.gguf {
         let path = recipe::resolve(recipe_path, gguf);
         if !path.exists() {
-            bail!("model file {} not found (from tokenizer.gguf in {}); run `make model` to fetch the default model", path.display(), recipe_path.display());
+            bail!(
+                "model file {} not found (from tokenizer.gguf in {}); run `make model` to fetch the default model",
+                path.display(),
+                recipe_path.display()
+            );
         }
         Ok((ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?, path))
     } else {
@@ -135,9 +139,16 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
             benchmarks.push(Benchmark { name: bench.name, items: got.examples });
         }
         let n = examples.len();
-        let (kept, dropped, report) = decontaminate::decontaminate(examples, &benchmarks, recipe.decontaminate.ngram, recipe.decontaminate.min_overlap);
+        let (kept, dropped, report) =
+            decontaminate::decontaminate(examples, &benchmarks, recipe.decontaminate.ngram, recipe.decontaminate.min_overlap);
         for r in &report {
-            tracing::info!("decontaminate: {}: {} training rows overlap {} of {} items", r.benchmark, r.contaminated_rows, r.contaminated_items, r.items);
+            tracing::info!(
+                "decontaminate: {}: {} training rows overlap {} of {} items",
+                r.benchmark,
+                r.contaminated_rows,
+                r.contaminated_items,
+                r.items
+            );
         }
         contamination = report;
         ledger.record(stage("decontaminate", n, kept.len(), &dropped), dropped, 0);
@@ -186,9 +197,13 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
         "loss_mask".into(),
         "aligned with input_ids: loss_mask[i]=1 means input_ids[i] is a target predicted at position i-1; the first token of every packed example is 0".into(),
     );
-    conventions.insert("segment_ids".into(), "1..k for the examples of a row in order, 0 for padding; attention must not cross segments".into());
+    conventions
+        .insert("segment_ids".into(), "1..k for the examples of a row in order, 0 for padding; attention must not cross segments".into());
     conventions.insert("position_ids".into(), "restart at 0 for every packed example; 0 on padding".into());
-    conventions.insert("ref_logprobs".into(), "aligned like loss_mask: log p_ref(input_ids[i] | tokens before i in its example); null until scored".into());
+    conventions.insert(
+        "ref_logprobs".into(),
+        "aligned like loss_mask: log p_ref(input_ids[i] | tokens before i in its example); null until scored".into(),
+    );
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,

@@ -14,9 +14,9 @@
 //! unrelated rows.
 
 use crate::normalize::words;
-use schemas::rng::hash_ngram;
 use rayon::prelude::*;
 use schemas::manifest::BenchmarkContamination;
+use schemas::rng::hash_ngram;
 use schemas::{Dropped, Example};
 use std::collections::HashMap;
 
@@ -126,14 +126,11 @@ impl Index {
             let mut text = prompt_words;
             text.extend(words(&ex.response));
             // Each distinct n-gram of the row once, at its earliest position.
-            let mut grams: Vec<(u64, usize)> =
-                text.windows(self.ngram).enumerate().map(|(pos, w)| (hash_ngram(w), pos)).collect();
+            let mut grams: Vec<(u64, usize)> = text.windows(self.ngram).enumerate().map(|(pos, w)| (hash_ngram(w), pos)).collect();
             grams.sort_unstable();
             grams.dedup_by_key(|g| g.0);
-            let mut matched: Vec<Hit> = grams
-                .iter()
-                .flat_map(|&(hash, pos)| self.lookup(hash).map(move |&(_, b, i)| (pos, b, i)))
-                .collect();
+            let mut matched: Vec<Hit> =
+                grams.iter().flat_map(|&(hash, pos)| self.lookup(hash).map(move |&(_, b, i)| (pos, b, i))).collect();
             // Count shared n-grams per item; keep items over the threshold, at their first hit.
             matched.sort_unstable_by_key(|&(pos, b, i)| (b, i, pos));
             for group in matched.chunk_by(|x, y| (x.1, x.2) == (y.1, y.2)) {
@@ -322,8 +319,7 @@ mod tests {
     fn report_counts_rows_once_per_benchmark_and_caps_examples() {
         let b0 = bench("b0", &[POLAR, DOMAIN, "an item nobody ever copies into the training data at all"]);
         let b1 = bench("b1", &[POLAR]);
-        let mut rows: Vec<Example> =
-            (0..12).map(|k| ex(&format!("t/{k}"), &format!("Question {k}: {POLAR}"), "")).collect();
+        let mut rows: Vec<Example> = (0..12).map(|k| ex(&format!("t/{k}"), &format!("Question {k}: {POLAR}"), "")).collect();
         rows.push(ex("t/12", DOMAIN, POLAR));
         rows.push(ex("t/13", "clean row with nothing in common", ""));
         let (kept, dropped, report) = decontaminate(rows, &[b0, b1], 8, 0.5);

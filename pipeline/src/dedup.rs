@@ -5,9 +5,9 @@
 //! output depends neither on thread count nor on any hash map's iteration order.
 
 use crate::normalize::{normalize, words};
-use schemas::rng::{hash_ngram, mix64, SplitMix64};
 use rayon::prelude::*;
 use schemas::recipe::NearDedupConfig;
+use schemas::rng::{hash_ngram, mix64, SplitMix64};
 use schemas::{Dropped, Example};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -45,16 +45,8 @@ fn exact_key(ex: &Example) -> [u8; 32] {
 }
 
 /// Partition rows into kept (input order) and dropped; `keeper_of[i]` is the row `i` duplicates.
-fn split_kept(
-    examples: Vec<Example>,
-    keeper_of: &[Option<usize>],
-    stage: &str,
-    reason: &str,
-) -> (Vec<Example>, Vec<Dropped>) {
-    let ids: Vec<String> = keeper_of
-        .iter()
-        .map(|k| k.map(|k| examples[k].id.clone()).unwrap_or_default())
-        .collect();
+fn split_kept(examples: Vec<Example>, keeper_of: &[Option<usize>], stage: &str, reason: &str) -> (Vec<Example>, Vec<Dropped>) {
+    let ids: Vec<String> = keeper_of.iter().map(|k| k.map(|k| examples[k].id.clone()).unwrap_or_default()).collect();
     let mut kept = Vec::with_capacity(examples.len());
     let mut dropped = Vec::new();
     for ((ex, keeper), keeper_id) in examples.into_iter().zip(keeper_of).zip(ids) {
@@ -90,11 +82,7 @@ const BUCKET_WINDOW: usize = 64;
 /// transitivity (A~B, B~C) a dropped row may be only indirectly similar to its keeper; that is
 /// intended, since chains of small edits are one family of duplicates. Rows without words have
 /// no shingles and are never duplicates. With `cfg.enabled == false` nothing is dropped.
-pub fn near_dedup(
-    examples: Vec<Example>,
-    cfg: &NearDedupConfig,
-    seed: u64,
-) -> (Vec<Example>, Vec<Dropped>, NearDedupStats) {
+pub fn near_dedup(examples: Vec<Example>, cfg: &NearDedupConfig, seed: u64) -> (Vec<Example>, Vec<Dropped>, NearDedupStats) {
     if !cfg.enabled || examples.is_empty() {
         return (examples, Vec::new(), NearDedupStats::default());
     }
@@ -119,14 +107,9 @@ pub fn near_dedup(
     for &(a, b) in &similar {
         uf.union(a as usize, b as usize);
     }
-    let keeper_of: Vec<Option<usize>> = (0..examples.len())
-        .map(|i| Some(uf.find(i)).filter(|&root| root != i))
-        .collect();
-    let stats = NearDedupStats {
-        candidate_pairs: pairs.len() as u64,
-        verified_pairs: similar.len() as u64,
-        clusters: count_clusters(&keeper_of),
-    };
+    let keeper_of: Vec<Option<usize>> = (0..examples.len()).map(|i| Some(uf.find(i)).filter(|&root| root != i)).collect();
+    let stats =
+        NearDedupStats { candidate_pairs: pairs.len() as u64, verified_pairs: similar.len() as u64, clusters: count_clusters(&keeper_of) };
     let (kept, dropped) = split_kept(examples, &keeper_of, "near_dedup", "near_duplicate");
     (kept, dropped, stats)
 }
@@ -157,17 +140,12 @@ struct HashFamily {
 impl HashFamily {
     fn new(seed: u64, n: usize) -> Self {
         let mut rng = SplitMix64::new(seed);
-        let coeffs = (0..n)
-            .map(|_| (rng.next_u64() | 1, rng.next_u64()))
-            .collect();
+        let coeffs = (0..n).map(|_| (rng.next_u64() | 1, rng.next_u64())).collect();
         HashFamily { coeffs }
     }
 
     fn signature(&self, shingles: &[u64]) -> Vec<u64> {
-        self.coeffs
-            .iter()
-            .map(|&(a, b)| shingles.iter().map(|&x| a.wrapping_mul(x).wrapping_add(b)).min().unwrap_or(u64::MAX))
-            .collect()
+        self.coeffs.iter().map(|&(a, b)| shingles.iter().map(|&x| a.wrapping_mul(x).wrapping_add(b)).min().unwrap_or(u64::MAX)).collect()
     }
 
     /// One bucket key per band; empty for a row without shingles, which joins no bucket.
@@ -175,10 +153,7 @@ impl HashFamily {
         if shingles.is_empty() {
             return Vec::new();
         }
-        self.signature(shingles)
-            .chunks(rows)
-            .map(|band| band.iter().fold(0x51_7cc1_b727_220a_u64, |h, &v| mix64(h ^ v)))
-            .collect()
+        self.signature(shingles).chunks(rows).map(|band| band.iter().fold(0x51_7cc1_b727_220a_u64, |h, &v| mix64(h ^ v))).collect()
     }
 }
 
@@ -224,11 +199,7 @@ fn verify(examples: &[Example], pairs: &[(u32, u32)], ngram: usize, threshold: f
     involved.dedup();
     let sets: Vec<Vec<u64>> = involved.par_iter().map(|&d| shingles(&examples[d as usize], ngram)).collect();
     let set_of = |d: u32| &sets[involved.binary_search(&d).expect("involved row")];
-    pairs
-        .par_iter()
-        .copied()
-        .filter(|&(a, b)| jaccard(set_of(a), set_of(b)) >= threshold)
-        .collect()
+    pairs.par_iter().copied().filter(|&(a, b)| jaccard(set_of(a), set_of(b)) >= threshold).collect()
 }
 
 /// Jaccard similarity of two sorted, deduplicated sets.
@@ -414,12 +385,8 @@ mod tests {
         let sets: Vec<Vec<u64>> = [&a, &b, &c].iter().map(|w| shingles(&ex("", &w.join(" "), ""), 5)).collect();
         assert!(jaccard(&sets[0], &sets[1]) >= 0.8 && jaccard(&sets[1], &sets[2]) >= 0.8);
         assert!(jaccard(&sets[0], &sets[2]) < 0.8);
-        let rows = vec![
-            ex("c", &text(6, 30).join(" "), ""),
-            ex("A", &a.join(" "), ""),
-            ex("B", &b.join(" "), ""),
-            ex("C", &c.join(" "), ""),
-        ];
+        let rows =
+            vec![ex("c", &text(6, 30).join(" "), ""), ex("A", &a.join(" "), ""), ex("B", &b.join(" "), ""), ex("C", &c.join(" "), "")];
         let (kept, dropped, stats) = near_dedup(rows, &cfg(), 9);
         assert_eq!(ids(&kept), ["c", "A"]);
         let d: Vec<(&str, &str)> = dropped.iter().map(|d| (d.id.as_str(), d.detail.as_str())).collect();

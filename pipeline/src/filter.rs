@@ -5,23 +5,21 @@
 //! columns and the recipe's regex rules yields the first failing reason for every row, in a fixed
 //! order, so the reported reason is deterministic.
 
-use model_files::tokenizer::ChatTokenizer;
-use verify::answer::code_of;
-use verify::math::{self, ExtractOptions};
 use anyhow::{bail, Context};
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::DataType;
 use datafusion::common::{Result as DfResult, ScalarValue};
-use datafusion::logical_expr::{
-    col, lit, when, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{col, lit, when, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
+use model_files::tokenizer::ChatTokenizer;
 use schemas::recipe::{FilterConfig, RegexRule, SnapshotKind, TextField};
 use schemas::{Domain, Dropped, Example};
 use std::io::Write;
 use std::ops::Not;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use verify::answer::code_of;
+use verify::math::{self, ExtractOptions};
 
 pub const STAGE: &str = "filter";
 
@@ -67,8 +65,7 @@ pub fn filter(
     tok: &ChatTokenizer,
 ) -> anyhow::Result<(Vec<Example>, Vec<Dropped>)> {
     for rule in cfg.include.iter().chain(&cfg.exclude) {
-        regex::Regex::new(&rule.pattern)
-            .with_context(|| format!("filter rule pattern `{}` is not a valid regex", rule.pattern))?;
+        regex::Regex::new(&rule.pattern).with_context(|| format!("filter rule pattern `{}` is not a valid regex", rule.pattern))?;
     }
     let python_errors = if cfg.require_python_parses { python_syntax_errors(&examples)? } else { vec![None; examples.len()] };
     let texts: Vec<String> = examples.iter().map(|e| format!("{}\n{}", e.prompt, e.response)).collect();
@@ -191,10 +188,7 @@ json.dump(out, sys.stdout)
 /// Python syntax errors of the code rows (None = parses, or not a code row), checked with the
 /// real Python parser in one `python3` process.
 pub fn python_syntax_errors(examples: &[Example]) -> anyhow::Result<Vec<Option<String>>> {
-    let sources: Vec<Option<&str>> = examples
-        .iter()
-        .map(|e| (e.domain == Domain::Code).then(|| code_of(&e.response)))
-        .collect();
+    let sources: Vec<Option<&str>> = examples.iter().map(|e| (e.domain == Domain::Code).then(|| code_of(&e.response))).collect();
     if sources.iter().all(Option::is_none) {
         return Ok(vec![None; examples.len()]);
     }

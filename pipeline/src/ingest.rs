@@ -6,7 +6,6 @@
 //! quarantine with file, line and field; the source fails when more than `max_bad_fraction` of
 //! its rows are malformed.
 
-use verify::answer;
 use anyhow::{bail, Context};
 use schemas::manifest::InputFile;
 use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
@@ -16,6 +15,7 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
+use verify::answer;
 
 pub const STAGE: &str = "ingest";
 
@@ -52,19 +52,12 @@ fn field_err(field: &str, message: impl Into<String>) -> FieldError {
 
 /// Read every source of a recipe, in recipe order.
 pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_prefix: &str) -> anyhow::Result<Ingested> {
-    let mut out = Ingested {
-        examples: vec![],
-        dropped: vec![],
-        quarantine: vec![],
-        inputs: vec![],
-        report: StageReport::default(),
-    };
+    let mut out = Ingested { examples: vec![], dropped: vec![], quarantine: vec![], inputs: vec![], report: StageReport::default() };
     let mut rows_in = 0usize;
     for source in sources {
         let path = schemas::recipe::resolve(recipe_path, &source.path);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display())
-        })?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display()))?;
         out.inputs.push(InputFile {
             role: format!("{role_prefix}{}", source.name),
             path: source.path.clone(),
@@ -143,8 +136,7 @@ fn read_jsonl(bytes: &[u8]) -> Vec<RawRow> {
             let raw = String::from_utf8_lossy(&line[..line.len().min(300)]).into_owned();
             let value = match std::str::from_utf8(line) {
                 Err(e) => Err(field_err("", format!("invalid UTF-8 at byte {}", e.valid_up_to()))),
-                Ok(text) => serde_json::from_str::<Value>(text)
-                    .map_err(|e| field_err("", format!("invalid JSON: {e}"))),
+                Ok(text) => serde_json::from_str::<Value>(text).map_err(|e| field_err("", format!("invalid JSON: {e}"))),
             };
             RawRow { line: i as u64 + 1, value, raw }
         })
@@ -152,8 +144,7 @@ fn read_jsonl(bytes: &[u8]) -> Vec<RawRow> {
 }
 
 fn read_json_array(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<RawRow>> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{}: invalid UTF-8 at byte {}", path.display(), e.valid_up_to()))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: invalid UTF-8 at byte {}", path.display(), e.valid_up_to()))?;
     let value: Value = serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     let Value::Array(items) = value else {
         bail!("{}: a .json source must hold one array of objects", path.display());
@@ -171,12 +162,13 @@ fn read_json_array(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<RawRow>> {
 fn read_parquet(path: &Path) -> anyhow::Result<Vec<RawRow>> {
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let batches = runtime.block_on(async {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let df = ctx.read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
-        df.collect().await
-    })
-    .with_context(|| format!("{}: cannot read Parquet", path.display()))?;
+    let batches = runtime
+        .block_on(async {
+            let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+            let df = ctx.read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+            df.collect().await
+        })
+        .with_context(|| format!("{}: cannot read Parquet", path.display()))?;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in &batches {
         writer.write(batch)?;
@@ -296,10 +288,7 @@ impl<'a> Row<'a> {
     fn opt_int(&mut self, field: &str) -> Result<Option<i64>, FieldError> {
         match self.get(field) {
             None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| field_err(field, format!("expected an integer, got {n}"))),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| field_err(field, format!("expected an integer, got {n}"))),
             Some(v) => Err(field_err(field, format!("expected an integer, got {}", type_name(v)))),
         }
     }
@@ -340,12 +329,8 @@ impl<'a> Row<'a> {
 
     /// Every field the adapter did not use, as a JSON object string (keys in file order).
     fn metadata(&self) -> String {
-        let rest: Map<String, Value> = self
-            .obj
-            .iter()
-            .filter(|(k, _)| !self.used.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let rest: Map<String, Value> =
+            self.obj.iter().filter(|(k, _)| !self.used.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         Value::Object(rest).to_string()
     }
 }
@@ -383,7 +368,9 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             let gold = match row.opt_scalar("answer")? {
                 Some(a) => Some(a),
                 None => match row.get("final_answer") {
-                    Some(Value::Array(items)) => Some(items.iter().map(|v| value_text(v).trim_matches('$').to_string()).collect::<Vec<_>>().join(", ")),
+                    Some(Value::Array(items)) => {
+                        Some(items.iter().map(|v| value_text(v).trim_matches('$').to_string()).collect::<Vec<_>>().join(", "))
+                    }
                     Some(v) => Some(value_text(v).trim_matches('$').to_string()),
                     None => answer::last_boxed(&solution),
                 },
@@ -403,11 +390,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             let tests = if row.obj.contains_key("test_list") { row.string_list("test_list")? } else { row.string_list("test")? };
             let task_id = row.opt_int("task_id")?.ok_or_else(|| field_err("task_id", "missing field"))?;
             int_id = Some(task_id);
-            let prompt = format!(
-                "{}\nYour code should pass these tests:\n\n{}",
-                text.trim(),
-                tests.join("\n")
-            );
+            let prompt = format!("{}\nYour code should pass these tests:\n\n{}", text.trim(), tests.join("\n"));
             let response = format!("```python\n{}\n```", code.trim_end());
             let tests = CodeTests::Mbpp { test_list: tests, test_setup_code: row.opt_text("test_setup_code")?.unwrap_or_default() };
             (Some(task_id.to_string()), Domain::Code, prompt, response, None, Some(tests.to_json()))
@@ -506,10 +489,7 @@ mod tests {
         assert!(out.report.balanced(), "{:?}", out.report);
 
         let strict = IngestConfig { max_bad_fraction: 0.5 };
-        let err = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "").err().unwrap().to_string();
         assert!(err.contains("5 of 6 rows are malformed") && err.contains("g.jsonl:2: field `answer`"), "{err}");
     }
 

@@ -1,12 +1,12 @@
 //! `pipeline inspect` and `pipeline stats`: read a snapshot back the way a person checks it.
 
-use schemas::snapshot::{read_manifest, TOKENIZER_FILE};
 use anyhow::{bail, Context};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int8Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use schemas::manifest::Manifest;
 use schemas::recipe::SnapshotKind;
+use schemas::snapshot::{read_manifest, TOKENIZER_FILE};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -53,7 +53,8 @@ pub fn inspect(dir: &Path, row: usize, marking: Marking) -> anyhow::Result<Strin
     let total: u64 = manifest.shards.iter().map(|s| s.rows).sum();
     let mut out = String::new();
     if manifest.kind == SnapshotKind::Prompts {
-        let s = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>()).filter(|c| c.is_valid(0)).map(|c| c.value(0).to_string());
+        let s =
+            |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>()).filter(|c| c.is_valid(0)).map(|c| c.value(0).to_string());
         let ids = list_i32(&batch, "prompt_ids");
         writeln!(out, "row {row} of {total} ({shard}): {}, {} prompt tokens", s("id").unwrap_or_default(), ids.len())?;
         writeln!(out, "--- prompt as the model sees it ---\n{}", s("prompt_text").unwrap_or_default())?;
@@ -66,7 +67,8 @@ pub fn inspect(dir: &Path, row: usize, marking: Marking) -> anyhow::Result<Strin
     let ids = list_i32(&batch, "input_ids");
     let pos = list_i32(&batch, "position_ids");
     let seg = list_i32(&batch, "segment_ids");
-    let mask: Vec<i8> = batch.column_by_name("loss_mask").expect("column").as_list::<i32>().value(0).as_primitive::<Int8Type>().values().to_vec();
+    let mask: Vec<i8> =
+        batch.column_by_name("loss_mask").expect("column").as_list::<i32>().value(0).as_primitive::<Int8Type>().values().to_vec();
     let example_ids = batch.column_by_name("example_ids").expect("column").as_list::<i32>().value(0);
     let example_ids = example_ids.as_string::<i32>();
     let has_ref = batch.column_by_name("ref_logprobs").is_some_and(|c| c.is_valid(0));
@@ -155,7 +157,13 @@ pub fn stats(dir: &Path) -> anyhow::Result<String> {
         writeln!(out, "{:<34} {:>6} {:>10} {:>10} {:>10}  {}", s.file, s.rows, s.tokens, s.loss_tokens, s.bytes, &s.sha256[..16])?;
     }
     let scored = match &m.ref_logprobs {
-        Some(i) => format!("scored by {} (sha256 {}), parent snapshot {}, {} tokens", i.model, &i.model_sha256[..16.min(i.model_sha256.len())], i.parent_snapshot_id, i.scored_tokens),
+        Some(i) => format!(
+            "scored by {} (sha256 {}), parent snapshot {}, {} tokens",
+            i.model,
+            &i.model_sha256[..16.min(i.model_sha256.len())],
+            i.parent_snapshot_id,
+            i.scored_tokens
+        ),
         None => "not scored yet (null; `trainer score` fills them)".to_string(),
     };
     writeln!(out, "\nreference log-probabilities: {scored}")?;

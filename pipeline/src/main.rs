@@ -73,7 +73,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("snapshot {} at {}: {} problem(s)", m.snapshot_id, dir.display(), problems.len());
                 return Ok(ExitCode::FAILURE);
             }
-            println!("snapshot {} at {}: {} shards and {} sidecars match the manifest", m.snapshot_id, dir.display(), m.shards.len(), m.sidecars.len());
+            println!(
+                "snapshot {} at {}: {} shards and {} sidecars match the manifest",
+                m.snapshot_id,
+                dir.display(),
+                m.shards.len(),
+                m.sidecars.len()
+            );
         }
         Command::Inspect { dir, row, color } => {
             let colour = match color {

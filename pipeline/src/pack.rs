@@ -7,10 +7,9 @@
 
 use schemas::manifest::PackingReport;
 use schemas::recipe::{Overlong, PackConfig};
-use schemas::Dropped;
 use schemas::rng::shuffle;
+use schemas::Dropped;
 use std::collections::BTreeSet;
-
 
 pub const STAGE: &str = "pack";
 
@@ -36,7 +35,6 @@ pub struct PackedRow {
     pub num_tokens: i32,
     pub num_loss_tokens: i32,
 }
-
 
 /// Best-fit-decreasing: longest first (ties by input order); each goes to the open row with the
 /// least room that still fits it, else a new row. Returns the example indices of each row.

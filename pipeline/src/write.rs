@@ -71,4 +71,3 @@ pub fn prompts_batch(rows: &[PromptRow]) -> anyhow::Result<RecordBatch> {
     ];
     Ok(RecordBatch::try_new(Arc::new(shard::prompts_schema()), columns)?)
 }
-

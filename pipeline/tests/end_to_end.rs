@@ -51,7 +51,12 @@ fn planted_recipe(dir: &Path) -> PathBuf {
     }
     // 207..=209: MATH-500 problems planted as training rows.
     for row in &math500 {
-        writeln!(f, "{}", serde_json::json!({"question": row["problem"], "answer": format!("{}\n#### 1", row["solution"].as_str().unwrap())})).unwrap();
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"question": row["problem"], "answer": format!("{}\n#### 1", row["solution"].as_str().unwrap())})
+        )
+        .unwrap();
     }
     // 210..=213: malformed lines.
     writeln!(f, "{{\"question\": \"broken json\", \"answer\": \"#### 1\"").unwrap();
@@ -82,7 +87,8 @@ fn planted_recipe(dir: &Path) -> PathBuf {
 /// Example ids in the shards, with the number of loss tokens of each row.
 fn shard_example_ids(dir: &Path) -> Vec<String> {
     let mut ids = vec![];
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
     files.sort();
     for f in files {
         let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap();
@@ -108,7 +114,12 @@ fn planted_problems_are_caught_and_every_row_is_accounted_for() {
     let dropped = json_lines(&out.join("dropped.jsonl"));
     let reason_of: BTreeMap<String, (String, String)> = dropped
         .iter()
-        .map(|d| (d["id"].as_str().unwrap().to_string(), (d["reason"].as_str().unwrap().to_string(), d["detail"].as_str().unwrap_or("").to_string())))
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_string(),
+                (d["reason"].as_str().unwrap().to_string(), d["detail"].as_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     for line in 201..=203 {
         let (reason, detail) = &reason_of[&format!("math/L{line}")];
@@ -217,7 +228,13 @@ fn packed_tokens_match_the_reference_ids_and_masks() {
         let question = prompt.split("<|im_start|>user\n").nth(1).unwrap().split("<|im_end|>").next().unwrap();
         let answer = case["greedy_text"].as_str().unwrap().trim_end_matches("<|im_end|>");
         writeln!(f, "{}", serde_json::json!({"id": i, "q": question, "a": answer})).unwrap();
-        let ids: Vec<i64> = case["prompt_ids"].as_array().unwrap().iter().chain(case["greedy_ids"].as_array().unwrap()).map(|v| v.as_i64().unwrap()).collect();
+        let ids: Vec<i64> = case["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(case["greedy_ids"].as_array().unwrap())
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         expected.push((ids, case["prompt_ids"].as_array().unwrap().len()));
     }
     drop(f);

@@ -319,11 +319,7 @@ pub struct WriteConfig {
 
 impl Default for WriteConfig {
     fn default() -> Self {
-        WriteConfig {
-            rows_per_shard: default_rows_per_shard(),
-            row_group_rows: default_row_group(),
-            zstd_level: default_zstd(),
-        }
+        WriteConfig { rows_per_shard: default_rows_per_shard(), row_group_rows: default_row_group(), zstd_level: default_zstd() }
     }
 }
 
@@ -340,14 +336,12 @@ fn default_zstd() -> i32 {
 impl Recipe {
     /// Read and validate a recipe. Errors name the file, and for unknown keys the key.
     pub fn load(path: &Path) -> anyhow::Result<Recipe> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read recipe {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Recipe> {
-        let recipe: Recipe = serde_norway::from_str(text)
-            .map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+        let recipe: Recipe = serde_norway::from_str(text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
         recipe.validate().with_context(|| format!("recipe {}", path.display()))?;
         Ok(recipe)
     }

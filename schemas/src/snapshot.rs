@@ -122,10 +122,16 @@ impl Snapshot {
             dir.display()
         );
         if self.manifest.ref_logprobs.is_none() {
-            bail!("snapshot {} has no reference log-probabilities (its manifest's `ref_logprobs` is null), which the iwsft loss needs: {how}", dir.display());
+            bail!(
+                "snapshot {} has no reference log-probabilities (its manifest's `ref_logprobs` is null), which the iwsft loss needs: {how}",
+                dir.display()
+            );
         }
         if let Some(i) = self.rows.iter().position(|r| r.ref_logprobs.as_ref().is_none_or(|v| v.len() != r.input_ids.len())) {
-            bail!("snapshot {}: row {i} has no reference log-probabilities (or the wrong number), which the iwsft loss needs: {how}", dir.display());
+            bail!(
+                "snapshot {}: row {i} has no reference log-probabilities (or the wrong number), which the iwsft loss needs: {how}",
+                dir.display()
+            );
         }
         Ok(())
     }
@@ -211,7 +217,13 @@ fn properties(cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<
 }
 
 /// Write one shard file and describe it for the manifest.
-pub fn write_shard(dir: &Path, file: &str, batch: &RecordBatch, cfg: &WriteConfig, dictionary_columns: &[&str]) -> anyhow::Result<ShardInfo> {
+pub fn write_shard(
+    dir: &Path,
+    file: &str,
+    batch: &RecordBatch,
+    cfg: &WriteConfig,
+    dictionary_columns: &[&str],
+) -> anyhow::Result<ShardInfo> {
     let path = dir.join(file);
     let out = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut writer = ArrowWriter::try_new(out, batch.schema(), Some(properties(cfg, dictionary_columns)?))?;

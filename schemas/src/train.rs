@@ -123,7 +123,9 @@ impl TrainRecipe {
         if self.steps.is_some() == self.epochs.is_some() {
             bail!("set exactly one of `steps` and `epochs`");
         }
-        if !(self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
+        // Written so that a NaN learning rate fails too.
+        let lr_positive = self.lr > 0.0;
+        if !lr_positive || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
             bail!("`lr` and `batch_tokens` must be positive, `warmup_ratio` in [0, 1), `micro_batch_rows` at least 1");
         }
         let [lo, hi] = self.iwsft_clip;
@@ -150,7 +152,8 @@ mod tests {
         assert!(err.contains("step"), "{err}");
         assert_eq!(r.iwsft_clip, [0.2, 1.8]);
         assert_eq!("iwsft".parse::<LossKind>().unwrap(), LossKind::Iwsft);
-        let bad: TrainRecipe = serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: iwsft\niwsft_clip: [2.0, 1.0]\n").unwrap();
+        let bad: TrainRecipe =
+            serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: iwsft\niwsft_clip: [2.0, 1.0]\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("iwsft_clip"));
     }
 }

@@ -10,10 +10,10 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
-use std::time::Instant;
-use schemas::snapshot::Row;
-use trainer::loss::LossKind;
 use model::decoder::Llama;
+use schemas::snapshot::Row;
+use std::time::Instant;
+use trainer::loss::LossKind;
 use trainer::optim::{clip_global, AdamW, AdamWConfig};
 use trainer::train::{apply_update, micro_step};
 

@@ -24,7 +24,8 @@ pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<
     let pos = flat(&|r| r.position_ids.iter().map(|&x| x as i64).collect());
     let targets = flat(&|r| r.input_ids[1..].iter().map(|&x| x as i64).collect());
     let mask: Vec<f32> = rows.iter().flat_map(|r| (1..t).map(|i| if r.is_target(i) { 1.0 } else { 0.0 })).collect();
-    let refs: Option<Vec<f32>> = rows.iter().map(|r| r.ref_logprobs.as_ref().map(|v| &v[1..])).collect::<Option<Vec<&[f32]>>>().map(|v| v.concat());
+    let refs: Option<Vec<f32>> =
+        rows.iter().map(|r| r.ref_logprobs.as_ref().map(|v| &v[1..])).collect::<Option<Vec<&[f32]>>>().map(|v| v.concat());
     MicroBatch {
         target_ref_logprobs: refs.map(|v| Tensor::from_data(TensorData::new(v, [b, t - 1]), device)),
         input_ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),

@@ -61,7 +61,13 @@ pub struct LossParts<B: Backend> {
 /// `mask` is 1.0 on target positions; `reference` is the reference model's log-probability of
 /// each target (same shape, needed by `iwsft` only); `step_tokens` is N, the loss tokens of the
 /// whole step.
-pub fn objective<B: Backend>(logp: Tensor<B, 2>, mask: Tensor<B, 2>, reference: Option<Tensor<B, 2>>, loss: Loss, step_tokens: f64) -> anyhow::Result<LossParts<B>> {
+pub fn objective<B: Backend>(
+    logp: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    reference: Option<Tensor<B, 2>>,
+    loss: Loss,
+    step_tokens: f64,
+) -> anyhow::Result<LossParts<B>> {
     let prob = logp.clone().detach().exp();
     let weight = match loss.kind {
         LossKind::Sft => mask.clone(),

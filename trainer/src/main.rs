@@ -5,14 +5,14 @@ use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use schemas::train::TrainRecipe;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use eval::benchmark::{load_benchmark, Benchmark};
 use eval::report::{markdown, write_summary, EvalConfig, Summary};
 use model::generate::{generate_batch, stop_ids, Request};
 use model::sampling::Sampling;
 use model::Llama;
+use schemas::train::TrainRecipe;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use trainer::train::Run;
 
 #[derive(Parser)]
@@ -209,7 +209,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { recipe, resume, device, loss, lr, steps, epochs, batch_tokens, seed, checkpoint_every, output_dir, model, snapshot } => {
+        Command::Train {
+            recipe,
+            resume,
+            device,
+            loss,
+            lr,
+            steps,
+            epochs,
+            batch_tokens,
+            seed,
+            checkpoint_every,
+            output_dir,
+            model,
+            snapshot,
+        } => {
             let mut r = TrainRecipe::load(&recipe)?;
             if let Some(l) = loss {
                 r.loss = l.parse()?;
@@ -249,8 +263,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer } => {
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
-            let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None)
-                .with_context(|| format!("reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)", tok_source.display()))?;
+            let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None).with_context(|| {
+                format!(
+                    "reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)",
+                    tok_source.display()
+                )
+            })?;
             let device = Default::default();
             let m = Llama::<Flex>::load(&model, &device)?;
             let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
@@ -270,7 +288,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
             let config = EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
-            let summary = Summary { model: model.display().to_string(), model_sha256: model_files::checkpoint::model_hash(&model)?.0, config, benchmarks: vec![] };
+            let summary = Summary {
+                model: model.display().to_string(),
+                model_sha256: model_files::checkpoint::model_hash(&model)?.0,
+                config,
+                benchmarks: vec![],
+            };
             let summary = match device {
                 Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
                 // One batch at a time on the GPU: concurrent batches only help a CPU whose
@@ -302,13 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows };
             let s = trainer::score::score::<Flex>(&opts, &Default::default())?;
             let resumed = if s.resumed_rows > 0 { format!(", {} resumed from an earlier run", s.resumed_rows) } else { String::new() };
-            println!(
-                "scored {} rows{resumed}: {} tokens in {:.1}s, {:.0} tokens/s",
-                s.rows,
-                s.tokens,
-                s.seconds,
-                s.tokens_per_second()
-            );
+            println!("scored {} rows{resumed}: {} tokens in {:.1}s, {:.0} tokens/s", s.rows, s.tokens, s.seconds, s.tokens_per_second());
             println!("snapshot {} (parent {}) at {}", s.manifest.snapshot_id, snapshot_parent(&s.manifest), opts.out.display());
             Ok(())
         }
@@ -321,10 +338,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let s = eval::probs::summarize(&m.probs);
                 println!(
                     "{}: {} tokens, mean p {:.3}, median p {:.3}, p < 0.1: {:.1}%, p > 0.9: {:.1}%",
-                    m.label, s.tokens, s.mean, s.median, 100.0 * s.below_0_1, 100.0 * s.above_0_9
+                    m.label,
+                    s.tokens,
+                    s.mean,
+                    s.median,
+                    100.0 * s.below_0_1,
+                    100.0 * s.above_0_9
                 );
             }
-            println!("wrote {} in {:.1}s", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "), t0.elapsed().as_secs_f64());
+            println!(
+                "wrote {} in {:.1}s",
+                written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                t0.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Export { model, out } => {
@@ -341,11 +367,24 @@ fn snapshot_parent(m: &schemas::Manifest) -> String {
     m.ref_logprobs.as_ref().map(|i| i.parent_snapshot_id.clone()).unwrap_or_default()
 }
 
-fn eval_on<B: burn::tensor::backend::Backend>(model: &std::path::Path, benches: &[Benchmark], mut summary: Summary, out: &std::path::Path, device: &B::Device) -> anyhow::Result<Summary> {
+fn eval_on<B: burn::tensor::backend::Backend>(
+    model: &std::path::Path,
+    benches: &[Benchmark],
+    mut summary: Summary,
+    out: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<Summary> {
     let m = Llama::<B>::load(model, device)?;
     for b in benches {
         let s = eval::evaluate::evaluate(&m, b, &summary.config, out, device)?;
-        eprintln!("{}: Average@{} {:.1}% over {} prompts ({:.0} s)", s.bench, s.samples, 100.0 * s.average_at_k, s.prompts, s.generation_seconds);
+        eprintln!(
+            "{}: Average@{} {:.1}% over {} prompts ({:.0} s)",
+            s.bench,
+            s.samples,
+            100.0 * s.average_at_k,
+            s.prompts,
+            s.generation_seconds
+        );
         summary.benchmarks.push(s);
         write_summary(out, &summary)?;
     }

@@ -4,9 +4,9 @@
 //! parameter and its gradient clipping is per tensor, while we need no decay on norms and biases
 //! and one clip over the global norm of all gradients (as PyTorch's `clip_grad_norm_`).
 
-use model_files::checkpoint::HostTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use model_files::checkpoint::HostTensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -80,7 +80,8 @@ impl<B: Backend> AdamW<B> {
         self.m.clear();
         self.v.clear();
         for (key, t) in state {
-            let (prefix, name) = key.split_once('.').ok_or_else(|| anyhow::anyhow!("optimizer state `{key}`: expected m.<name> or v.<name>"))?;
+            let (prefix, name) =
+                key.split_once('.').ok_or_else(|| anyhow::anyhow!("optimizer state `{key}`: expected m.<name> or v.<name>"))?;
             anyhow::ensure!(t.shape.len() == 2, "optimizer state `{key}`: expected a matrix, got shape {:?}", t.shape);
             let tensor = Tensor::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), device);
             match prefix {
@@ -107,10 +108,7 @@ pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
 /// Global L2 norm of all gradients, and the gradients scaled so that norm is at most `max_norm`
 /// (`max_norm <= 0` disables clipping). The norm is reported before clipping.
 pub fn clip_global<B: Backend>(grads: Vec<(String, Tensor<B, 2>)>, max_norm: f64) -> (f64, Vec<(String, Tensor<B, 2>)>) {
-    let sq: f64 = grads
-        .iter()
-        .map(|(_, g)| g.clone().square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0])
-        .sum();
+    let sq: f64 = grads.iter().map(|(_, g)| g.clone().square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]).sum();
     let norm = sq.sqrt();
     if max_norm <= 0.0 || !norm.is_finite() || norm <= max_norm {
         return (norm, grads);

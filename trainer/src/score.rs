@@ -14,16 +14,16 @@
 //! assembled in a hidden folder and renamed into place only when complete and verified.
 
 use anyhow::{bail, Context};
+use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch};
+use burn::tensor::backend::Backend;
 use model::logprobs::rows_logprobs;
 use model::Llama;
 use model_files::checkpoint::model_hash;
-use schemas::snapshot::{load_snapshot, publish_dir, verify, write_shard, Row, StageTiming, TIMINGS_FILE};
-use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch};
-use burn::tensor::backend::Backend;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use schemas::manifest::{Manifest, RefLogprobsInfo, MANIFEST_FILE};
 use schemas::recipe::WriteConfig;
 use schemas::shard;
+use schemas::snapshot::{load_snapshot, publish_dir, verify, write_shard, Row, StageTiming, TIMINGS_FILE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,13 +32,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What every stored value means; recorded in the manifest's `conventions` and `ref_logprobs`.
-pub const CONVENTION: &str = "aligned like loss_mask: ref_logprobs[i] = ln p_ref(input_ids[i] | input_ids of the same packed example before i), \
+pub const CONVENTION: &str =
+    "aligned like loss_mask: ref_logprobs[i] = ln p_ref(input_ids[i] | input_ids of the same packed example before i), \
 float32, from the reference model's logits with the row's position_ids and attention confined to each example (as in training); \
 0.0 at the first token of every example and on padding, where nothing is predicted; every other position is scored, prompt tokens included";
 
 const WORK_FILE: &str = "work.json";
 const JOURNAL_FILE: &str = "done.jsonl";
-
 
 pub struct ScoreOptions {
     pub model: PathBuf,
@@ -114,7 +114,8 @@ fn finished_chunks(work: &Path, seq_len: usize) -> anyhow::Result<BTreeMap<usize
         // A line cut short by a kill does not parse and is skipped; its chunk is scored again.
         let Ok(c) = serde_json::from_str::<Chunk>(line) else { continue };
         let path = work.join(&c.file);
-        let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == (c.rows * seq_len * 4) as u64) && schemas::sha256_file(&path)? == c.sha256;
+        let ok =
+            std::fs::metadata(&path).is_ok_and(|m| m.len() == (c.rows * seq_len * 4) as u64) && schemas::sha256_file(&path)? == c.sha256;
         if ok {
             done.insert(c.start, c);
         } else {
@@ -149,8 +150,15 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
     std::fs::create_dir_all(out_parent).with_context(|| format!("cannot create {}", out_parent.display()))?;
     let out_name = opts.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
     let work = out_parent.join(format!(".{out_name}.scoring"));
-    let job = Work { parent_snapshot_id: parent.snapshot_id.clone(), model_sha256: model_sha.clone(), rows: snapshot.rows.len(), seq_len, chunk_rows };
-    let same_job = std::fs::read_to_string(work.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<Work>(&t).ok()).is_some_and(|w| w == job);
+    let job = Work {
+        parent_snapshot_id: parent.snapshot_id.clone(),
+        model_sha256: model_sha.clone(),
+        rows: snapshot.rows.len(),
+        seq_len,
+        chunk_rows,
+    };
+    let same_job =
+        std::fs::read_to_string(work.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<Work>(&t).ok()).is_some_and(|w| w == job);
     if !same_job {
         if work.exists() {
             tracing::info!("{} belongs to another snapshot, model or chunk size; starting afresh", work.display());
@@ -247,7 +255,11 @@ fn assemble(
     for c in done.values() {
         anyhow::ensure!(c.start == values.len(), "scores for row {} missing", values.len());
         let v = read_chunk(&work.join(&c.file))?;
-        anyhow::ensure!(schemas::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()) == c.sha256, "{} changed since it was written", c.file);
+        anyhow::ensure!(
+            schemas::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()) == c.sha256,
+            "{} changed since it was written",
+            c.file
+        );
         values.extend(v.chunks_exact(seq_len).map(<[f32]>::to_vec));
     }
     anyhow::ensure!(values.len() == rows.len(), "scored {} of {} rows", values.len(), rows.len());
@@ -261,7 +273,11 @@ fn assemble(
         let batch = arrow::compute::concat_batches(&schema, &batches)?;
         let n = batch.num_rows();
         anyhow::ensure!(n as u64 == info.rows, "{}: {n} rows, manifest says {}", info.file, info.rows);
-        let mut b = ListBuilder::new(Float32Builder::new()).with_field(Arc::new(arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Float32, false)));
+        let mut b = ListBuilder::new(Float32Builder::new()).with_field(Arc::new(arrow::datatypes::Field::new(
+            "item",
+            arrow::datatypes::DataType::Float32,
+            false,
+        )));
         for v in &values[first..first + n] {
             b.values().append_slice(v);
             b.append(true);
@@ -279,7 +295,8 @@ fn assemble(
 /// The parent's `timings.json` plus a `score` entry for this run (not hashed: it varies).
 fn write_timings(src: &Path, dst: &Path, rows: usize, tokens: u64, seconds: f64) -> anyhow::Result<()> {
     let file = TIMINGS_FILE;
-    let mut timings: Vec<StageTiming> = std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut timings: Vec<StageTiming> =
+        std::fs::read_to_string(src.join(file)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let per_second = |n: f64| n / seconds.max(1e-9);
     timings.push(StageTiming {
         stage: "score".into(),

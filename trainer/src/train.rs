@@ -2,19 +2,19 @@
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::batch::micro_batch;
-use schemas::snapshot::{load_snapshot, Row};
 use crate::loss::{objective, Loss, LossKind};
-use model::logprobs::target_logprobs;
-use model::Llama;
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
-use model_files::checkpoint::save_hf;
-use model_files::safetensors::write_safetensors;
-use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
-use schemas::rng::shuffle;
+use model::logprobs::target_logprobs;
+use model::Llama;
+use model_files::checkpoint::save_hf;
+use model_files::safetensors::write_safetensors;
 use rayon::prelude::*;
+use schemas::rng::shuffle;
+use schemas::snapshot::{load_snapshot, Row};
+use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -126,7 +126,12 @@ pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(best)
 }
 
-fn save_checkpoint<B: AutodiffBackend>(output: &Path, model: &Llama<B>, opt: &AdamW<B::InnerBackend>, state: &TrainerState) -> anyhow::Result<PathBuf> {
+fn save_checkpoint<B: AutodiffBackend>(
+    output: &Path,
+    model: &Llama<B>,
+    opt: &AdamW<B::InnerBackend>,
+    state: &TrainerState,
+) -> anyhow::Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
     publish_dir(&final_dir, |tmp| {
         save_hf(tmp, &model.to_checkpoint())?;
@@ -153,7 +158,11 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
         snapshot.require_ref_logprobs(&run.snapshot_dir)?;
         if let Some(info) = &snapshot.manifest.ref_logprobs {
-            tracing::info!("iwsft: reference log-probabilities from {} (sha256 {})", info.model, &info.model_sha256[..16.min(info.model_sha256.len())]);
+            tracing::info!(
+                "iwsft: reference log-probabilities from {} (sha256 {})",
+                info.model,
+                &info.model_sha256[..16.min(info.model_sha256.len())]
+            );
         }
     }
     let loss = Loss::from(r);
@@ -166,21 +175,38 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let warmup = (r.warmup_ratio * total_steps as f64).round() as u64;
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
 
-    let mut opt = AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: r.betas[0], beta2: r.betas[1], eps: r.eps, weight_decay: r.weight_decay });
+    let mut opt =
+        AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: r.betas[0], beta2: r.betas[1], eps: r.eps, weight_decay: r.weight_decay });
     let latest = latest_checkpoint(&run.output_dir)?;
     let (model_dir, mut state) = match (resume, latest) {
         (true, Some(dir)) => {
             let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)?;
             if state.snapshot_id != snapshot.manifest.snapshot_id {
-                bail!("checkpoint {} was trained on snapshot {}, this run uses {}", dir.display(), state.snapshot_id, snapshot.manifest.snapshot_id);
+                bail!(
+                    "checkpoint {} was trained on snapshot {}, this run uses {}",
+                    dir.display(),
+                    state.snapshot_id,
+                    snapshot.manifest.snapshot_id
+                );
             }
             opt.load_state(state.step, &model_files::safetensors::read_safetensors(&dir.join(OPTIMIZER_FILE))?, device)?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             (dir, state)
         }
-        (false, Some(dir)) => bail!("{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir", run.output_dir.display(), dir.display()),
+        (false, Some(dir)) => bail!(
+            "{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir",
+            run.output_dir.display(),
+            dir.display()
+        ),
         (_, None) => {
-            let state = TrainerState { step: 0, total_steps, rows_consumed: 0, seed: r.seed, snapshot_id: snapshot.manifest.snapshot_id.clone(), recipe: r.clone() };
+            let state = TrainerState {
+                step: 0,
+                total_steps,
+                rows_consumed: 0,
+                seed: r.seed,
+                snapshot_id: snapshot.manifest.snapshot_id.clone(),
+                recipe: r.clone(),
+            };
             (run.model_path.clone(), state)
         }
     };
@@ -259,7 +285,10 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         };
         writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
         metrics.flush()?;
-        pb.set_message(format!("obj {:.4} ce {:.4} p {:.3} |g| {:.2} {:.0} tok/s", m.objective, m.cross_entropy, m.mean_token_prob, m.grad_norm, m.tokens_per_second));
+        pb.set_message(format!(
+            "obj {:.4} ce {:.4} p {:.3} |g| {:.2} {:.0} tok/s",
+            m.objective, m.cross_entropy, m.mean_token_prob, m.grad_norm, m.tokens_per_second
+        ));
         pb.inc(1);
         if step_no % r.checkpoint_every == 0 || step_no == total_steps {
             save_checkpoint(&run.output_dir, &model, &opt, &state)?;
@@ -301,7 +330,13 @@ pub fn apply_update<B: AutodiffBackend>(
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
-pub fn micro_step<B: AutodiffBackend>(model: &Llama<B>, rows: &[&Row], loss: impl Into<Loss>, step_tokens: f64, device: &B::Device) -> anyhow::Result<MicroResult<B>> {
+pub fn micro_step<B: AutodiffBackend>(
+    model: &Llama<B>,
+    rows: &[&Row],
+    loss: impl Into<Loss>,
+    step_tokens: f64,
+    device: &B::Device,
+) -> anyhow::Result<MicroResult<B>> {
     let mb = micro_batch::<B>(rows, device);
     let [_, t] = mb.input_ids.dims();
     let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);

@@ -1,12 +1,12 @@
 //! `kill -9` in the middle of training, then `--resume`, must end at the same weights, bit for
 //! bit, as a run that was never interrupted (CPU, tiny model, real snapshot and tokenizer).
 
+use model_files::checkpoint::{Checkpoint, HostTensor};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use model_files::checkpoint::{Checkpoint, HostTensor};
 
 mod common;
 use common::gsm8k_snapshot;
@@ -40,7 +40,11 @@ fn tiny_snapshot(dir: &Path) -> PathBuf {
 fn recipe(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "model: tiny\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: 1e-3\nsteps: 6\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5").unwrap();
+    writeln!(
+        f,
+        "model: tiny\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: 1e-3\nsteps: 6\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5"
+    )
+    .unwrap();
     path
 }
 
@@ -93,7 +97,9 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6], "each step logged once");
     let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
     let lb = std::fs::read_to_string(&metrics).unwrap();
-    let objectives = |s: &str| -> Vec<f64> { s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect() };
+    let objectives = |s: &str| -> Vec<f64> {
+        s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
+    };
     assert_eq!(objectives(&la), objectives(&lb));
 
     // Without --resume an existing run is not overwritten.

@@ -3,11 +3,11 @@
 //! (real model and tokenizer, a small real snapshot with several examples packed per row).
 
 use burn::backend::Flex;
+use model::decoder::{single_sequence, Llama};
+use schemas::snapshot::{load_snapshot, Row};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use schemas::snapshot::{load_snapshot, Row};
-use model::decoder::{single_sequence, Llama};
 use trainer::score::{score, ScoreOptions};
 
 mod common;
@@ -79,7 +79,10 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     let model = Llama::<Flex>::from_checkpoint(&model_files::checkpoint::load(model_path()).unwrap(), &Default::default()).unwrap();
     let (mut checked, mut worst) = (0usize, 0.0f64);
     for (r, (row, before)) in scored.rows.iter().zip(&parent.rows).enumerate() {
-        assert_eq!((&row.input_ids, &row.loss_mask, &row.position_ids, &row.segment_ids), (&before.input_ids, &before.loss_mask, &before.position_ids, &before.segment_ids));
+        assert_eq!(
+            (&row.input_ids, &row.loss_mask, &row.position_ids, &row.segment_ids),
+            (&before.input_ids, &before.loss_mask, &before.position_ids, &before.segment_ids)
+        );
         let lp = row.ref_logprobs.as_ref().expect("scored row");
         assert_eq!(lp.len(), row.input_ids.len());
         let mut expected_zero = vec![true; lp.len()];
@@ -108,7 +111,17 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     // again: it resumes and ends at the same scores.
     let cli_out = dir.join("cli");
     let model_file = model_path();
-    let args = ["score", "--model", model_file.to_str().unwrap(), "--snapshot", unscored.to_str().unwrap(), "--out", cli_out.to_str().unwrap(), "--chunk-rows", "1"];
+    let args = [
+        "score",
+        "--model",
+        model_file.to_str().unwrap(),
+        "--snapshot",
+        unscored.to_str().unwrap(),
+        "--out",
+        cli_out.to_str().unwrap(),
+        "--chunk-rows",
+        "1",
+    ];
     let mut child = trainer(&args).spawn().unwrap();
     let journal = dir.join(".cli.scoring/done.jsonl");
     let t0 = Instant::now();
@@ -144,7 +157,8 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     let dir = tmp.path();
     let unscored = small_snapshot(dir, 3);
     let recipe = dir.join("train.yaml");
-    std::fs::write(&recipe, "model: no-such-model.gguf\nsnapshot: unscored\noutput_dir: run\nloss: iwsft\nsteps: 1\nbatch_tokens: 512\n").unwrap();
+    std::fs::write(&recipe, "model: no-such-model.gguf\nsnapshot: unscored\noutput_dir: run\nloss: iwsft\nsteps: 1\nbatch_tokens: 512\n")
+        .unwrap();
 
     // No reference scores: refused before the (missing) model is even opened.
     let o = trainer(&["train", "--recipe", recipe.to_str().unwrap()]).output().unwrap();

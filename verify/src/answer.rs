@@ -5,7 +5,11 @@
 /// Contents of the last `\boxed{...}` or `\fbox{...}` (braces balanced), or of `\boxed 5`.
 pub fn last_boxed(text: &str) -> Option<String> {
     let b = boxes_from_end(text, 1).into_iter().next()?;
-    if b.closed { non_empty(b.content) } else { None }
+    if b.closed {
+        non_empty(b.content)
+    } else {
+        None
+    }
 }
 
 /// A `\boxed{...}` or `\fbox{...}` found by [`boxes_from_end`].
@@ -33,9 +37,7 @@ pub fn boxes_from_end(text: &str, limit: usize) -> Vec<Boxed<'_>> {
             break;
         }
         let window = &text[..window_end];
-        let Some((start, cmd_len)) =
-            ["\\boxed", "\\fbox"].iter().filter_map(|m| window.rfind(m).map(|i| (i, m.len()))).max()
-        else {
+        let Some((start, cmd_len)) = ["\\boxed", "\\fbox"].iter().filter_map(|m| window.rfind(m).map(|i| (i, m.len()))).max() else {
             break;
         };
         if let Some((content, used, closed)) = box_argument(&window[start + cmd_len..]) {

@@ -140,15 +140,9 @@ pub fn verify(gold: &str, prediction: &str, opts: &ExtractOptions) -> Verdict {
     verify_with(gold, prediction, opts, &CompareOptions::default())
 }
 
-pub fn verify_with(
-    gold: &str,
-    prediction: &str,
-    extract_opts: &ExtractOptions,
-    compare_opts: &CompareOptions,
-) -> Verdict {
+pub fn verify_with(gold: &str, prediction: &str, extract_opts: &ExtractOptions, compare_opts: &CompareOptions) -> Verdict {
     let extracted = extract(prediction, extract_opts);
-    let correct =
-        extracted.as_deref().is_some_and(|p| equivalent_with(&gold_answer(gold, extract_opts), p, compare_opts));
+    let correct = extracted.as_deref().is_some_and(|p| equivalent_with(&gold_answer(gold, extract_opts), p, compare_opts));
     Verdict { extracted, correct }
 }
 
@@ -202,8 +196,7 @@ pub fn verify_jsonl(input: &Path, output: &Path, opts: &ExtractOptions) -> anyho
     let result = write_verified(BufReader::new(file), input, &tmp, opts);
     match result {
         Ok(summary) => {
-            std::fs::rename(&tmp, output)
-                .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+            std::fs::rename(&tmp, output).with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
             Ok(summary)
         }
         Err(e) => {
@@ -232,10 +225,8 @@ fn write_verified(reader: impl BufRead, input: &Path, tmp: &Path, opts: &Extract
         if chunk.is_empty() {
             break;
         }
-        let rows: Vec<anyhow::Result<(String, Verdict)>> = chunk
-            .par_iter()
-            .map(|(n, line)| verify_line(line, opts).with_context(|| format!("{}:{n}", input.display())))
-            .collect();
+        let rows: Vec<anyhow::Result<(String, Verdict)>> =
+            chunk.par_iter().map(|(n, line)| verify_line(line, opts).with_context(|| format!("{}:{n}", input.display()))).collect();
         for row in rows {
             let (json, verdict) = row?;
             summary.lines += 1;

@@ -227,7 +227,12 @@ pub fn mbpp_program(completion_code: &str, test_setup_code: &str, test_list: &[S
 /// Runs `programs` with at most `parallelism` at a time; outcomes are in input order, and
 /// `on_done` sees each as it finishes (a progress bar). Fails only if the sandbox itself could
 /// not run (no python3, no temp dir, ...).
-pub fn run_many(programs: &[String], limits: &Limits, parallelism: usize, on_done: impl Fn(&Outcome) + Sync) -> anyhow::Result<Vec<Outcome>> {
+pub fn run_many(
+    programs: &[String],
+    limits: &Limits,
+    parallelism: usize,
+    on_done: impl Fn(&Outcome) + Sync,
+) -> anyhow::Result<Vec<Outcome>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(parallelism.max(1))
         .thread_name(|i| format!("sandbox-{i}"))

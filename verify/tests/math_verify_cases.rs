@@ -8,9 +8,9 @@
 //! disagreements for the 90% bar; any disagreement *not* listed fails the test, so the list stays
 //! exact.
 
-use verify::math::{extract_choice, verify_with, CompareOptions, ExtractOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use verify::math::{extract_choice, verify_with, CompareOptions, ExtractOptions};
 
 /// (0-based line in `math_verify_cases.jsonl`, why we disagree).
 const KNOWN_GAPS: &[(usize, &str)] = &[
@@ -81,11 +81,7 @@ fn agreement_with_math_verify_cases() {
         }
     }
     let total = cases.len();
-    println!(
-        "math_verify agreement: {agree}/{total} ({:.1}%), {} known gaps",
-        100.0 * agree as f64 / total as f64,
-        KNOWN_GAPS.len()
-    );
+    println!("math_verify agreement: {agree}/{total} ({:.1}%), {} known gaps", 100.0 * agree as f64 / total as f64, KNOWN_GAPS.len());
     for (line, why) in KNOWN_GAPS {
         println!("  known gap, line {line}: {why}");
     }

@@ -69,10 +69,7 @@ impl<'a> Comparer<'a> {
     fn collections(&mut self, g: &Answer, p: &Answer) -> bool {
         match (&g.kind, &p.kind) {
             (Kind::Interval(a), Kind::Interval(b)) => {
-                a.lo_closed == b.lo_closed
-                    && a.hi_closed == b.hi_closed
-                    && self.exprs(&a.lo, &b.lo)
-                    && self.exprs(&a.hi, &b.hi)
+                a.lo_closed == b.lo_closed && a.hi_closed == b.hi_closed && self.exprs(&a.lo, &b.lo) && self.exprs(&a.hi, &b.hi)
             }
             // `(a, b)` is both a point and an open interval.
             (Kind::Interval(a), Kind::Tuple(t)) if is_open(a) && t.len() == 2 => {
@@ -84,9 +81,7 @@ impl<'a> Comparer<'a> {
             (Kind::Union(a), Kind::Union(b)) => self.unordered(a, b),
             (Kind::Tuple(a), Kind::Tuple(b)) => self.ordered(a, b),
             // A bare list against a tuple is read in order, as Math-Verify does: `(3,1)` ≠ `{1,3}`.
-            (Kind::Tuple(a), Kind::Set { items: b, .. }) | (Kind::Set { items: a, .. }, Kind::Tuple(b)) => {
-                self.ordered(a, b)
-            }
+            (Kind::Tuple(a), Kind::Set { items: b, .. }) | (Kind::Set { items: a, .. }, Kind::Tuple(b)) => self.ordered(a, b),
             (Kind::Set { items: a, .. }, Kind::Set { items: b, .. }) => self.unordered(a, b),
             // A one-element set is its element: `\{5\}` and `5`; so is `15\frac{39}{40}, \frac{639}{40}`,
             // two spellings of one value.
@@ -273,8 +268,7 @@ impl<'a> Comparer<'a> {
         let points = (0..SAMPLE_POINTS)
             .map(|i| {
                 let ga: Vec<(String, Num)> = names.iter().map(|n| (n.clone(), sample(i, n))).collect();
-                let pa =
-                    if rename { vb.iter().zip(&ga).map(|(n, (_, v))| (n.clone(), *v)).collect() } else { ga.clone() };
+                let pa = if rename { vb.iter().zip(&ga).map(|(n, (_, v))| (n.clone(), *v)).collect() } else { ga.clone() };
                 (ga, pa)
             })
             .collect();
@@ -377,10 +371,7 @@ fn is_setlike(a: &Answer) -> bool {
 /// never holds a top-level comma, so no space there is significant).
 fn dedupe(items: &[Answer]) -> Vec<&Answer> {
     let mut seen = BTreeSet::new();
-    items
-        .iter()
-        .filter(|a| a.src.is_empty() || seen.insert(a.src.chars().filter(|c| !c.is_whitespace()).collect::<String>()))
-        .collect()
+    items.iter().filter(|a| a.src.is_empty() || seen.insert(a.src.chars().filter(|c| !c.is_whitespace()).collect::<String>())).collect()
 }
 
 /// Text answers compare without markup and spacing, case-insensitively beyond one letter (a
@@ -515,8 +506,7 @@ impl Chain {
     }
 
     fn holds(&self, x: f64) -> bool {
-        let vals: Option<Vec<f64>> =
-            self.terms.iter().map(|t| eval_f64(t, vec![(self.var.clone(), Num::Approx(x))])).collect();
+        let vals: Option<Vec<f64>> = self.terms.iter().map(|t| eval_f64(t, vec![(self.var.clone(), Num::Approx(x))])).collect();
         let Some(vals) = vals else { return false };
         self.ops.iter().zip(vals.windows(2)).all(|(op, w)| {
             let (a, b) = (w[0], w[1]);
@@ -560,12 +550,9 @@ impl Region {
     fn of(a: &Answer) -> Option<Region> {
         let constant = |n: &Node| eval_f64(n, vec![]).or_else(|| infinite(n));
         match &a.kind {
-            Kind::Interval(i) => Some(Region::Interval {
-                lo: constant(&i.lo)?,
-                hi: constant(&i.hi)?,
-                lo_closed: i.lo_closed,
-                hi_closed: i.hi_closed,
-            }),
+            Kind::Interval(i) => {
+                Some(Region::Interval { lo: constant(&i.lo)?, hi: constant(&i.hi)?, lo_closed: i.lo_closed, hi_closed: i.hi_closed })
+            }
             Kind::Tuple(t) if t.len() == 2 => {
                 let (Kind::Expr(lo), Kind::Expr(hi)) = (&t[0].kind, &t[1].kind) else { return None };
                 Some(Region::Interval { lo: constant(lo)?, hi: constant(hi)?, lo_closed: false, hi_closed: false })

@@ -131,9 +131,7 @@ fn multiply(env: &mut Env, a: Val, b: Val) -> Option<Val> {
     let o = &mut env.overflow;
     match (a, b) {
         (Val::Scalar(x), Val::Scalar(y)) => Some(Val::Scalar(num::mul(o, x, y))),
-        (Val::Scalar(x), m @ Val::Matrix(..)) | (m @ Val::Matrix(..), Val::Scalar(x)) => {
-            Some(map(m, |y| num::mul(o, x, y)))
-        }
+        (Val::Scalar(x), m @ Val::Matrix(..)) | (m @ Val::Matrix(..), Val::Scalar(x)) => Some(map(m, |y| num::mul(o, x, y))),
         (Val::Matrix(xs, c), Val::Matrix(ys, d)) => {
             let (rows, inner) = (xs.len() / c, c);
             if ys.len() / d != inner {
@@ -346,8 +344,7 @@ mod tests {
 
     #[test]
     fn matrices_add_and_multiply() {
-        let m = parse_expr(r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} \begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix}", 0)
-            .unwrap();
+        let m = parse_expr(r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} \begin{pmatrix}0 & 1 \\ 1 & 0\end{pmatrix}", 0).unwrap();
         let Some(Val::Matrix(xs, 2)) = eval(&m, &mut Env::new(vec![])) else { panic!() };
         assert_eq!(xs.iter().map(|x| x.f()).collect::<Vec<_>>(), [2.0, 1.0, 4.0, 3.0]);
     }

@@ -208,9 +208,7 @@ impl<'a> Doc<'a> {
             }
             let between = &self.text[earlier.end..later_box.start];
             let near = between.chars().count() < 10;
-            let listed = earlier.content.trim() != later_box.content.trim()
-                && between.chars().count() < 70
-                && has_list_separator(between);
+            let listed = earlier.content.trim() != later_box.content.trim() && between.chars().count() < 70 && has_list_separator(between);
             if !(near || listed) {
                 break;
             }
@@ -326,9 +324,8 @@ fn list_separator_end(text: &str, p: usize) -> Option<usize> {
     if comma {
         q = skip(text, q + 1, char::is_whitespace);
     }
-    let word = ["and", "or"]
-        .iter()
-        .find(|w| text[q..].starts_with(**w) && !text[q + w.len()..].starts_with(|c: char| c.is_ascii_alphanumeric()));
+    let word =
+        ["and", "or"].iter().find(|w| text[q..].starts_with(**w) && !text[q + w.len()..].starts_with(|c: char| c.is_ascii_alphanumeric()));
     match word {
         Some(w) => Some(skip(text, q + w.len(), char::is_whitespace)),
         None if comma => Some(q),
@@ -415,11 +412,8 @@ fn number_or_expr_at(text: &str, p: usize) -> Option<Found> {
 /// longest prefix that ends in a digit or `)`, balances its parentheses and is followed by
 /// punctuation or space; one pass, at most [`MAX_EXPR_CHARS`].
 fn expr_at(text: &str, p: usize) -> Option<Found> {
-    let chars: Vec<(usize, char)> = text[p..]
-        .char_indices()
-        .take(MAX_EXPR_CHARS)
-        .take_while(|&(_, c)| c.is_ascii_digit() || " \t.+-*/^()×÷".contains(c))
-        .collect();
+    let chars: Vec<(usize, char)> =
+        text[p..].char_indices().take(MAX_EXPR_CHARS).take_while(|&(_, c)| c.is_ascii_digit() || " \t.+-*/^()×÷".contains(c)).collect();
     let mut first_digit = 0;
     for lead in ['-', '(', '-'] {
         if chars.get(first_digit).is_some_and(|&(_, c)| c == lead) {
@@ -467,10 +461,8 @@ fn number_at(text: &str, p: usize) -> Option<Found> {
     if neg {
         q += 1;
     }
-    let (int_part, frac_part, end) = grouped_number(b, q)
-        .or_else(|| decimal_number(b, q))
-        .or_else(|| fraction_only(b, q))
-        .or_else(|| integer(b, q))?;
+    let (int_part, frac_part, end) =
+        grouped_number(b, q).or_else(|| decimal_number(b, q)).or_else(|| fraction_only(b, q)).or_else(|| integer(b, q))?;
     let int_digits: String = text[int_part.0..int_part.1].chars().filter(char::is_ascii_digit).collect();
     let int_digits = int_digits.trim_start_matches('0');
     let mut out = String::new();
@@ -586,8 +578,7 @@ fn last_standalone(text: &str, choices: &[&str]) -> Option<String> {
             let after = &text[i + c.len()..];
             let after = after.strip_prefix("**").unwrap_or(after);
             let alone_before = before.is_empty() || before.ends_with(char::is_whitespace);
-            let alone_after =
-                after.is_empty() || after.starts_with(|ch: char| ch.is_whitespace() || ".,:".contains(ch));
+            let alone_after = after.is_empty() || after.starts_with(|ch: char| ch.is_whitespace() || ".,:".contains(ch));
             if alone_before && alone_after && best.is_none_or(|(j, _)| i > j) {
                 best = Some((i, c));
             }
@@ -616,11 +607,7 @@ mod tests {
     #[test]
     fn anchored_answers() {
         assert_eq!(ex("Final Answer: The final answer is $10,455$. I hope it is correct.", false).unwrap(), "10,455");
-        assert_eq!(
-            ex(r"we get \boxed{255}. Final Answer: The final answer is $10,455$. I hope it is correct.", false)
-                .unwrap(),
-            "10,455"
-        );
+        assert_eq!(ex(r"we get \boxed{255}. Final Answer: The final answer is $10,455$. I hope it is correct.", false).unwrap(), "10,455");
         assert_eq!(ex("Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", false).unwrap(), "120");
         assert_eq!(ex("Final Answer: Jane started growing Sphere 3 hours ago.", false).unwrap(), "3");
         assert_eq!(ex("The answer is 12,000,023.", false).unwrap(), "12000023");

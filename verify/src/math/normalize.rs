@@ -247,10 +247,7 @@ mod tests {
         assert_eq!(normalize(r"6 \text{ and } 8"), "6, 8");
         assert_eq!(normalize("(11,7)or(7,11)"), "(11,7), (7,11)");
         assert_eq!(normalize("W(x)=1orW(x)=-1"), "W(x)=1, W(x)=-1");
-        assert_eq!(
-            normalize(r"\text{The midpoints form a regular hexagon}"),
-            r"\text{The midpoints form a regular hexagon}"
-        );
+        assert_eq!(normalize(r"\text{The midpoints form a regular hexagon}"), r"\text{The midpoints form a regular hexagon}");
         assert_eq!(normalize("order"), "order");
     }
 }

@@ -208,11 +208,7 @@ fn item(s: &str, depth: usize) -> Res<Answer> {
 /// `x \in [1,2]` → `[1,2]`: the variable name is not part of the answer.
 fn strip_membership(s: &str) -> &str {
     // The first `\in` that is not the start of a longer command (`\infty`, `\int`).
-    let Some(i) = s
-        .match_indices("\\in")
-        .map(|(i, _)| i)
-        .find(|&i| !s.as_bytes().get(i + 3).is_some_and(u8::is_ascii_alphabetic))
-    else {
+    let Some(i) = s.match_indices("\\in").map(|(i, _)| i).find(|&i| !s.as_bytes().get(i + 3).is_some_and(u8::is_ascii_alphabetic)) else {
         return s;
     };
     let head = s[..i].trim();
@@ -447,8 +443,7 @@ fn join_thousands(s: &str) -> String {
             b')' | b']' | b'}' => depth -= 1,
             _ => {}
         }
-        let starts_number =
-            b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_digit() || b[i - 1] == b'.' || b[i - 1] == b','));
+        let starts_number = b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_digit() || b[i - 1] == b'.' || b[i - 1] == b','));
         if depth == 0 && starts_number {
             if let Some(end) = thousands_run(b, i) {
                 out.extend(s[i..end].chars().filter(|&c| c != ','));
@@ -513,11 +508,10 @@ fn strip_trailing_text(s: &str) -> &str {
 }
 
 const UNITS: &[&str] = &[
-    "cm", "mm", "km", "meter", "metre", "meters", "metres", "inch", "inches", "feet", "foot", "ft", "yard", "yards",
-    "mile", "miles", "unit", "units", "degree", "degrees", "dollar", "dollars", "cent", "cents", "hour", "hours", "hr",
-    "hrs", "minute", "minutes", "min", "mins", "second", "seconds", "sec", "day", "days", "week", "weeks", "month",
-    "months", "year", "years", "kg", "gram", "grams", "lb", "lbs", "pound", "pounds", "liter", "liters", "litre",
-    "litres", "ml", "mph", "kmh", "yuan", "euro", "euros", "rupees", "square", "sq",
+    "cm", "mm", "km", "meter", "metre", "meters", "metres", "inch", "inches", "feet", "foot", "ft", "yard", "yards", "mile", "miles",
+    "unit", "units", "degree", "degrees", "dollar", "dollars", "cent", "cents", "hour", "hours", "hr", "hrs", "minute", "minutes", "min",
+    "mins", "second", "seconds", "sec", "day", "days", "week", "weeks", "month", "months", "year", "years", "kg", "gram", "grams", "lb",
+    "lbs", "pound", "pounds", "liter", "liters", "litre", "litres", "ml", "mph", "kmh", "yuan", "euro", "euros", "rupees", "square", "sq",
 ];
 
 fn strip_unit_word(s: &str) -> &str {
@@ -567,8 +561,8 @@ struct Parser<'a> {
 
 /// Commands that are operators or separators, never the start of an implicit product.
 const NOT_ATOMS: &[&str] = &[
-    "cdot", "times", "div", "pm", "mp", "le", "ge", "ne", "cup", "cap", "in", "to", "end", "right", "setminus", "mid",
-    "approx", "equiv", "pmod", "bmod", "mod",
+    "cdot", "times", "div", "pm", "mp", "le", "ge", "ne", "cup", "cap", "in", "to", "end", "right", "setminus", "mid", "approx", "equiv",
+    "pmod", "bmod", "mod",
 ];
 
 impl Parser<'_> {
@@ -659,8 +653,7 @@ impl Parser<'_> {
                 terms.push(self.node(Node::Neg(Box::new(t)))?);
             } else if self.eat_command("pm") || self.eat_command("mp") {
                 let rhs = self.term()?;
-                let lhs =
-                    if terms.len() == 1 { terms.pop().expect("one") } else { Node::Add(std::mem::take(&mut terms)) };
+                let lhs = if terms.len() == 1 { terms.pop().expect("one") } else { Node::Add(std::mem::take(&mut terms)) };
                 terms.push(self.node(Node::PlusMinus(Some(Box::new(lhs)), Box::new(rhs)))?);
             } else {
                 break;
@@ -701,17 +694,16 @@ impl Parser<'_> {
         let mut factors = vec![(first, false)];
         loop {
             self.ws();
-            let inverse =
-                if self.eat('*') || self.eat_command("cdot") || self.eat_command("times") || self.eat_command("ast") {
-                    false
-                } else if self.eat('/') || self.eat(':') || self.eat_command("div") {
-                    true
-                } else if self.starts_atom() {
-                    factors.push((self.power()?, false));
-                    continue;
-                } else {
-                    break;
-                };
+            let inverse = if self.eat('*') || self.eat_command("cdot") || self.eat_command("times") || self.eat_command("ast") {
+                false
+            } else if self.eat('/') || self.eat(':') || self.eat_command("div") {
+                true
+            } else if self.starts_atom() {
+                factors.push((self.power()?, false));
+                continue;
+            } else {
+                break;
+            };
             factors.push((self.unary()?, inverse));
         }
         self.leave();
@@ -753,11 +745,7 @@ impl Parser<'_> {
                 return Ok(first);
             }
             let (d, dl) = (n + nl + 1, digits_at(n + nl + 1));
-            if self
-                .s
-                .get(d + dl)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '^' | '(' | '\\'))
-            {
+            if self.s.get(d + dl).is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '^' | '(' | '\\')) {
                 return Ok(first);
             }
             (n, nl, d, dl, d + dl)
@@ -767,8 +755,7 @@ impl Parser<'_> {
         if num_len == 0 || den_len == 0 || num_len > MAX_LITERAL_DIGITS || den_len > MAX_LITERAL_DIGITS {
             return Ok(first);
         }
-        let literal =
-            |a: usize, l: usize| self.s[a..a + l].iter().collect::<String>().parse::<i128>().map_err(|_| ParseError);
+        let literal = |a: usize, l: usize| self.s[a..a + l].iter().collect::<String>().parse::<i128>().map_err(|_| ParseError);
         let (num, den) = (literal(num_at, num_len)?, literal(den_at, den_len)?);
         if den == 0 || num >= den {
             return Err(ParseError);
@@ -1058,8 +1045,8 @@ impl Parser<'_> {
             "log" | "ln" | "lg" => self.logarithm(&name),
             "sum" | "prod" => self.big_operator(name == "prod"),
             "begin" => self.matrix(),
-            "overline" | "bar" | "vec" | "hat" | "widehat" | "tilde" | "widetilde" | "underline" | "mathbb"
-            | "mathcal" | "dot" | "ddot" => self.argument(),
+            "overline" | "bar" | "vec" | "hat" | "widehat" | "tilde" | "widetilde" | "underline" | "mathbb" | "mathcal" | "dot"
+            | "ddot" => self.argument(),
             _ => {
                 if let Some(f) = func_named(&name) {
                     return self.function(f);
@@ -1080,10 +1067,7 @@ impl Parser<'_> {
             Some('{') => self.group('{', '}'),
             Some(c) if c.is_ascii_digit() => {
                 self.i += 1;
-                self.node(Node::Num {
-                    value: Rat::int(c.to_digit(10).expect("digit") as i128).ok_or(ParseError)?,
-                    decimal: false,
-                })
+                self.node(Node::Num { value: Rat::int(c.to_digit(10).expect("digit") as i128).ok_or(ParseError)?, decimal: false })
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 self.i += 1;
@@ -1130,8 +1114,7 @@ impl Parser<'_> {
             let e = self.exponent()?;
             power = Some(e);
         }
-        let inverse =
-            matches!(&power, Some(Node::Neg(x)) if matches!(**x, Node::Num { value, .. } if value == Rat::ONE));
+        let inverse = matches!(&power, Some(Node::Neg(x)) if matches!(**x, Node::Num { value, .. } if value == Rat::ONE));
         let arg = self.function_argument()?;
         let f = if inverse { inverse_of(f).ok_or(ParseError)? } else { f };
         let applied = self.node(Node::Func(f, Box::new(arg)))?;
@@ -1282,9 +1265,9 @@ impl Parser<'_> {
 const FUNCTION_LETTERS: &[&str] = &["f", "g", "h", "F", "G", "H", "P", "Q", "W"];
 
 const GREEK: &[&str] = &[
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "vartheta", "iota", "kappa", "lambda", "mu",
-    "nu", "xi", "rho", "varrho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta",
-    "Theta", "Lambda", "Xi", "Sigma", "Upsilon", "Phi", "Psi", "Omega",
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "rho",
+    "varrho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma",
+    "Upsilon", "Phi", "Psi", "Omega",
 ];
 
 fn func_named(name: &str) -> Option<Func> {
@@ -1400,9 +1383,7 @@ pub fn map_children(n: &Node, f: &mut dyn FnMut(&Node) -> Node) -> Node {
         Node::Log(x, y) => Node::Log(b(x), b(y)),
         Node::Binom(x, y) => Node::Binom(b(x), b(y)),
         Node::Apply(name, xs) => Node::Apply(name.clone(), xs.iter().map(|x| *b(x)).collect()),
-        Node::Sum { var, lo, hi, body, product } => {
-            Node::Sum { var: var.clone(), lo: b(lo), hi: b(hi), body: b(body), product: *product }
-        }
+        Node::Sum { var, lo, hi, body, product } => Node::Sum { var: var.clone(), lo: b(lo), hi: b(hi), body: b(body), product: *product },
         Node::Matrix(rows) => Node::Matrix(rows.iter().map(|r| r.iter().map(|x| *b(x)).collect()).collect()),
         Node::PlusMinus(x, y) => Node::PlusMinus(x.as_ref().map(|x| b(x)), b(y)),
     }
