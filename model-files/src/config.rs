@@ -190,11 +190,11 @@ impl LlamaConfig {
         if heads % kv != 0 {
             bail!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
         }
-        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
             bail!("hidden_size {} is not a multiple of num_attention_heads {heads}", self.hidden_size);
         }
         // rotate_half splits each head in two halves.
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head_dim {} is odd; RoPE needs an even head dimension", self.head_dim());
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {

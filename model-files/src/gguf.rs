@@ -111,7 +111,7 @@ impl TensorInfo {
     pub fn n_bytes(&self) -> Option<u64> {
         let (block_bytes, block_elems) = GgmlType::from_id(self.ggml_type)?.block();
         let n = self.n_elements();
-        if n % block_elems as u64 != 0 {
+        if !n.is_multiple_of(block_elems as u64) {
             return None;
         }
         (n / block_elems as u64).checked_mul(block_bytes as u64)
@@ -261,7 +261,7 @@ pub fn dequantize(ggml_type: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         bail!("ggml type {ggml_type} ({}) cannot be dequantised (supported: {})", ggml_type_name(ggml_type), supported_list());
     };
     let (block_bytes, block_elems) = kind.expect("has a kernel").block();
-    if n % block_elems != 0 || bytes.len() != n / block_elems * block_bytes {
+    if !n.is_multiple_of(block_elems) || bytes.len() != n / block_elems * block_bytes {
         bail!("{} bytes of {} do not hold {n} values ({block_bytes} bytes per {block_elems})", bytes.len(), ggml_type_name(ggml_type));
     }
     let mut out = vec![0f32; n];
@@ -383,7 +383,7 @@ fn min_value_bytes(ty: u32) -> Result<u64> {
     Ok(match ty {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         10..=12 => 8,
         8 => 8,  // length prefix
         9 => 12, // element type + length

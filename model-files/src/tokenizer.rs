@@ -136,6 +136,9 @@ fn tok_err(e: tokenizers::Error) -> anyhow::Error {
     anyhow!("tokenizer: {e}")
 }
 
+/// `(start, end)` byte offsets of a token in the text it was encoded from.
+type ByteSpan = (usize, usize);
+
 impl ChatTokenizer {
     /// Build the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata. `template_override` is
     /// the Jinja source of a chat template to use instead of `tokenizer.chat_template`.
@@ -341,7 +344,7 @@ impl ChatTokenizer {
 
     /// Token ids and byte offsets of `text` as the model sees it: special tokens in the text are
     /// recognised and the post-processor's own (bos) is added.
-    fn encode_text(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_text(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
         let enc = self.tokenizer.encode(text, true).map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         let mut offsets = enc.get_offsets().to_vec();

@@ -157,7 +157,7 @@ impl<B: Backend> Llama<B> {
             });
         }
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
-        if cfg.head_dim() % 2 != 0 {
+        if !cfg.head_dim().is_multiple_of(2) {
             bail!("head_dim {} is odd: rotary embeddings need an even head dimension", cfg.head_dim());
         }
         Ok(Llama {
@@ -323,7 +323,7 @@ impl<B: Backend> Llama<B> {
         for (row, runs) in segments.iter().enumerate() {
             let pick = |x: &Tensor<B, 4>, s: usize, n: usize| x.clone().narrow(0, row, 1).narrow(2, s, n);
             let parts: Vec<Tensor<B, 4>> =
-                runs.iter().map(|&(s, n)| attention(pick(&q, s, n), pick(&k, s, n), pick(&v, s, n), None, None, options.clone())).collect();
+                runs.iter().map(|&(s, n)| attention(pick(&q, s, n), pick(&k, s, n), pick(&v, s, n), None, None, options)).collect();
             rows.push(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::cat(parts, 2) });
         }
         let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };

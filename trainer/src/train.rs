@@ -135,7 +135,7 @@ fn save_checkpoint<B: AutodiffBackend>(
     let final_dir = checkpoint_dir(output, state.step);
     publish_dir(&final_dir, |tmp| {
         save_hf(tmp, &model.to_checkpoint())?;
-        write_safetensors(&tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
+        write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;
     Ok(final_dir)
@@ -189,7 +189,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                     snapshot.manifest.snapshot_id
                 );
             }
-            opt.load_state(state.step, &model_files::safetensors::read_safetensors(&dir.join(OPTIMIZER_FILE))?, device)?;
+            opt.load_state(state.step, &model_files::safetensors::read_safetensors(dir.join(OPTIMIZER_FILE))?, device)?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             (dir, state)
         }

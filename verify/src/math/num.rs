@@ -93,7 +93,7 @@ impl Rat {
 
     /// The exact `k`-th root when numerator and denominator are perfect `k`-th powers.
     pub fn root(self, k: u32) -> Option<Rat> {
-        if k == 0 || (self.n < 0 && k % 2 == 0) {
+        if k == 0 || (self.n < 0 && k.is_multiple_of(2)) {
             return None;
         }
         let n = int_root(self.n.unsigned_abs(), k)?;

@@ -916,7 +916,7 @@ impl Parser<'_> {
         self.i += 1;
         let sub = self.subscript_text()?;
         let base: u32 = sub.parse().map_err(|_| ParseError)?;
-        if !(2..=36).contains(&base) || !digits.chars().all(|d| d.to_digit(base).is_some()) {
+        if !(2..=36).contains(&base) || !digits.chars().all(|d| d.is_digit(base)) {
             return Err(ParseError);
         }
         let n: i128 = digits.parse().map_err(|_| ParseError)?;
