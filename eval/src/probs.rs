@@ -419,8 +419,7 @@ mod tests {
         use burn::tensor::Tensor;
         use model::decoder::single_sequence;
         let device = Default::default();
-        let ckpt = model_files::checkpoint::load(model_files::test_model_path()).unwrap();
-        let model = Llama::<Flex>::from_checkpoint(&ckpt, &device).unwrap();
+        let model = Llama::<Flex>::load(&model_files::test_model_path(), &device).unwrap();
         let a: Vec<i32> = vec![1, 4093, 28, 346, 5248, 30, 2, 905];
         let b: Vec<i32> = vec![1, 7566, 6471, 314, 3157, 17];
         // Host log-softmax of the model run on one segment alone: lp[i] = log p(seg[i] | seg[..i]).

@@ -11,8 +11,9 @@
 //!   RoPE can rotate adjacent pairs; Hugging Face rotates the two halves of each head instead
 //!   (`rotate_half`). See [`unpermute_from_gguf`].
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, ModelType};
 use crate::gguf::{check_dequantizable, dequantize, Gguf};
+use crate::params::Params;
 use crate::safetensors::{ignorable_safetensors_name, read_index, read_shard, write_safetensors};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
@@ -49,39 +50,9 @@ pub struct Checkpoint {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
-/// Every tensor a checkpoint of `cfg` must have, with its shape, in a stable order (embeddings,
-/// layer by layer, final norm, then `lm_head.weight` unless the embeddings are tied).
+/// Every tensor a checkpoint of `cfg` must have, with its shape, in [`Params::map`] order.
 pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
-    let q = cfg.num_attention_heads * cfg.head_dim();
-    let kv = cfg.num_key_value_heads * cfg.head_dim();
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let mut add = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
-        add("self_attn.q_proj.weight", vec![q, h]);
-        add("self_attn.k_proj.weight", vec![kv, h]);
-        add("self_attn.v_proj.weight", vec![kv, h]);
-        add("self_attn.o_proj.weight", vec![h, q]);
-        if cfg.qkv_bias() {
-            add("self_attn.q_proj.bias", vec![q]);
-            add("self_attn.k_proj.bias", vec![kv]);
-            add("self_attn.v_proj.bias", vec![kv]);
-        }
-        if cfg.o_bias() {
-            add("self_attn.o_proj.bias", vec![h]);
-        }
-        add("mlp.gate_proj.weight", vec![ff, h]);
-        add("mlp.up_proj.weight", vec![ff, h]);
-        add("mlp.down_proj.weight", vec![h, ff]);
-        add("input_layernorm.weight", vec![h]);
-        add("post_attention_layernorm.weight", vec![h]);
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![v, h]));
-    }
-    out
+    Params::shapes(cfg).into_named().into_iter().map(|(n, shape)| (n.hf, shape)).collect()
 }
 
 /// Problems listed in one error before the rest are only counted.
@@ -149,34 +120,10 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
 /// is logged as a warning (see [`load_gguf`]).
 pub const IGNORED_GGUF_TENSORS: &[&str] = &["rope_freqs.weight"];
 
-/// The Hugging Face name of a llama.cpp tensor name; `None` for names this loader does not know.
-pub fn hf_name_from_gguf(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+/// llama.cpp tensor name -> Hugging Face name, for every parameter a decoder of `layers` blocks
+/// can have (see [`Params::every`]).
+pub fn hf_names_from_gguf(layers: usize) -> BTreeMap<String, String> {
+    Params::every(layers).into_named().into_iter().map(|(n, ())| (n.gguf, n.hf)).collect()
 }
 
 /// Reorder the rows (first dimension) of a `[rows]` or `[rows, cols]` tensor:
@@ -234,13 +181,16 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
 
     // Names and types are checked before any tensor data is read, so a file this loader cannot
     // use fails at once.
+    let hf_names = hf_names_from_gguf(config.num_hidden_layers);
     let mut jobs = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         if IGNORED_GGUF_TENSORS.contains(&t.name.as_str()) {
             tracing::warn!("{}: ignoring tensor `{}` (RoPE frequency factors); the model uses plain RoPE", path.display(), t.name);
             continue;
         }
-        let hf = hf_name_from_gguf(&t.name)
+        let hf = hf_names
+            .get(&t.name)
+            .cloned()
             .ok_or_else(|| anyhow!("{}: tensor `{}` has no Hugging Face counterpart this loader knows", path.display(), t.name))?;
         check_dequantizable(t.ggml_type).with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
         jobs.push((hf, t));
@@ -266,7 +216,7 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
 
     let mut ckpt = Checkpoint { config, tensors };
     ckpt.validate().with_context(|| format!("{}: not a usable {} model", path.display(), ckpt.config.model_type))?;
-    if ckpt.config.model_type == "llama" {
+    if ckpt.config.model_type == ModelType::Llama {
         undo_llama_qk_permutation(&mut ckpt)?;
     }
     Ok(ckpt)
@@ -275,14 +225,13 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
 /// Put Q and K rows back in Hugging Face order (qwen2 GGUF files are not permuted).
 fn undo_llama_qk_permutation(ckpt: &mut Checkpoint) -> Result<()> {
     let (heads, kv_heads) = (ckpt.config.num_attention_heads, ckpt.config.num_key_value_heads);
-    for i in 0..ckpt.config.num_hidden_layers {
-        for (proj, n_head) in [("q_proj", heads), ("k_proj", kv_heads)] {
-            for kind in ["weight", "bias"] {
-                let name = format!("model.layers.{i}.self_attn.{proj}.{kind}");
-                if let Some(t) = ckpt.tensors.get_mut(&name) {
-                    *t = unpermute_from_gguf(t, n_head).with_context(|| format!("tensor `{name}`"))?;
-                }
-            }
+    let names = Params::shapes(&ckpt.config).map(|n, _| n.hf.clone());
+    for l in &names.layers {
+        let q = [Some(&l.q_proj), l.q_bias.as_ref()].into_iter().flatten().map(|n| (n, heads));
+        let k = [Some(&l.k_proj), l.k_bias.as_ref()].into_iter().flatten().map(|n| (n, kv_heads));
+        for (name, n_head) in q.chain(k) {
+            let t = ckpt.tensors.get_mut(name).expect("validated");
+            *t = unpermute_from_gguf(t, n_head).with_context(|| format!("tensor `{name}`"))?;
         }
     }
     Ok(())
@@ -440,13 +389,24 @@ mod tests {
 
     #[test]
     fn gguf_names_map() {
-        assert_eq!(hf_name_from_gguf("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(hf_name_from_gguf("blk.12.attn_output.weight").unwrap(), "model.layers.12.self_attn.o_proj.weight");
-        assert_eq!(hf_name_from_gguf("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
-        assert_eq!(hf_name_from_gguf("blk.3.ffn_norm.weight").unwrap(), "model.layers.3.post_attention_layernorm.weight");
-        for bad in ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkv.weight", "blk.0.attn_q.scale", "blk.0"] {
-            assert!(hf_name_from_gguf(bad).is_none(), "{bad}");
+        let names = hf_names_from_gguf(13);
+        let hf = |gguf: &str| names.get(gguf).map(String::as_str);
+        // As llama.cpp's convert_hf_to_gguf.py writes them.
+        assert_eq!(hf("token_embd.weight"), Some("model.embed_tokens.weight"));
+        assert_eq!(hf("output.weight"), Some("lm_head.weight"));
+        assert_eq!(hf("output_norm.weight"), Some("model.norm.weight"));
+        assert_eq!(hf("blk.12.attn_output.weight"), Some("model.layers.12.self_attn.o_proj.weight"));
+        assert_eq!(hf("blk.0.attn_k.bias"), Some("model.layers.0.self_attn.k_proj.bias"));
+        assert_eq!(hf("blk.3.ffn_norm.weight"), Some("model.layers.3.post_attention_layernorm.weight"));
+        assert_eq!(hf("blk.3.attn_norm.weight"), Some("model.layers.3.input_layernorm.weight"));
+        assert_eq!(hf("blk.7.ffn_gate.weight"), Some("model.layers.7.mlp.gate_proj.weight"));
+        for bad in
+            ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkv.weight", "blk.0.attn_q.scale", "blk.0", "blk.13.attn_q.weight"]
+        {
+            assert_eq!(hf(bad), None, "{bad}");
         }
+        // 3 top-level tensors and 13 per block (with every bias).
+        assert_eq!(names.len(), 3 + 13 * 13);
     }
 
     // ----- tiny synthetic checkpoints -----
@@ -851,7 +811,7 @@ mod tests {
             let path = dir.path().join("m.gguf");
             gguf_of(&ckpt).write(&path);
             let back = load(&path).unwrap();
-            assert_eq!(back.config.model_type, arch);
+            assert_eq!(back.config.model_type.as_str(), arch);
             assert_eq!(back.config.tie_word_embeddings, tied);
             assert_eq!(back.config.rms_norm_eps, 1e-6);
             assert_eq!(back.config.rope_theta, 500000.0);
@@ -921,7 +881,7 @@ mod tests {
     fn smollm2_config_and_tensors() {
         let ck = smollm2();
         let c = &ck.config;
-        assert_eq!(c.model_type, "llama");
+        assert_eq!(c.model_type, ModelType::Llama);
         assert_eq!(c.architectures, vec!["LlamaForCausalLM"]);
         assert_eq!((c.num_hidden_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
         assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim()), (9, 3, 64));

@@ -14,8 +14,65 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The architectures this crate implements, as `config.json` spells `model_type`.
-pub const MODEL_TYPES: &[&str] = &["llama", "qwen2"];
+/// A model's architecture, as `config.json` spells `model_type` and GGUF `general.architecture`.
+/// Any other name is read as [`ModelType::Unsupported`] so that [`LlamaConfig::validate`] can
+/// refuse it by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ModelType {
+    Llama,
+    Qwen2,
+    Unsupported(String),
+}
+
+impl ModelType {
+    /// The architectures this crate implements.
+    pub const SUPPORTED: [ModelType; 2] = [ModelType::Llama, ModelType::Qwen2];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ModelType::Llama => "llama",
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Unsupported(name) => name,
+        }
+    }
+
+    /// The `architectures` entry transformers needs to pick the model class.
+    fn hf_architecture(&self) -> Option<&'static str> {
+        match self {
+            ModelType::Llama => Some("LlamaForCausalLM"),
+            ModelType::Qwen2 => Some("Qwen2ForCausalLM"),
+            ModelType::Unsupported(_) => None,
+        }
+    }
+
+    /// Fails for an architecture this crate does not implement, listing those it does.
+    pub fn check_supported(&self) -> Result<()> {
+        if let ModelType::Unsupported(name) = self {
+            let supported: Vec<&str> = Self::SUPPORTED.iter().map(ModelType::as_str).collect();
+            bail!("model_type `{name}` is not supported (supported: {})", supported.join(", "));
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for ModelType {
+    fn from(name: String) -> ModelType {
+        Self::SUPPORTED.into_iter().find(|t| t.as_str() == name).unwrap_or(ModelType::Unsupported(name))
+    }
+}
+
+impl From<ModelType> for String {
+    fn from(t: ModelType) -> String {
+        t.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for ModelType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A token id or a list of them: Llama 3 lists several end-of-turn ids as `eos_token_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +99,7 @@ fn default_rope_theta() -> f64 {
 #[serde(from = "RawConfig")]
 pub struct LlamaConfig {
     pub architectures: Vec<String>,
-    pub model_type: String,
+    pub model_type: ModelType,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -76,7 +133,7 @@ pub struct LlamaConfig {
 struct RawConfig {
     #[serde(default)]
     architectures: Vec<String>,
-    model_type: String,
+    model_type: ModelType,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -147,32 +204,21 @@ impl LlamaConfig {
 
     /// Whether q_proj, k_proj and v_proj carry a bias.
     pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || self.attention_bias
+        self.model_type == ModelType::Qwen2 || self.attention_bias
     }
 
     /// Whether o_proj carries a bias: only Llama with `attention_bias`, never Qwen2.
     pub fn o_bias(&self) -> bool {
-        self.model_type == "llama" && self.attention_bias
+        self.model_type == ModelType::Llama && self.attention_bias
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
-    /// The `architectures` entry transformers needs to pick the model class.
-    fn hf_architecture(&self) -> Option<&'static str> {
-        match self.model_type.as_str() {
-            "llama" => Some("LlamaForCausalLM"),
-            "qwen2" => Some("Qwen2ForCausalLM"),
-            _ => None,
-        }
-    }
-
     /// Check that this is a model the trainer implements, with consistent dimensions.
     pub fn validate(&self) -> Result<()> {
-        if !MODEL_TYPES.contains(&self.model_type.as_str()) {
-            bail!("model_type `{}` is not supported (supported: {})", self.model_type, MODEL_TYPES.join(", "));
-        }
+        self.model_type.check_supported()?;
         let (heads, kv) = (self.num_attention_heads, self.num_key_value_heads);
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -225,7 +271,7 @@ impl LlamaConfig {
     pub fn export_form(&self) -> LlamaConfig {
         let mut c = self.clone();
         if c.architectures.is_empty() {
-            c.architectures = c.hf_architecture().map(|a| vec![a.to_string()]).unwrap_or_default();
+            c.architectures = c.model_type.hf_architecture().map(|a| vec![a.to_string()]).unwrap_or_default();
         }
         c.torch_dtype = Some("float32".to_string());
         c.extra.entry("hidden_act".into()).or_insert_with(|| Value::from("silu"));
@@ -246,9 +292,8 @@ impl LlamaConfig {
 
     fn from_gguf_inner(g: &Gguf) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
-        if !MODEL_TYPES.contains(&arch) {
-            bail!("GGUF architecture `{arch}` is not supported (supported: {})", MODEL_TYPES.join(", "));
-        }
+        let model_type = ModelType::from(arch.to_string());
+        model_type.check_supported().context("GGUF `general.architecture`")?;
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize> { Ok(g.get_u64(&key(k))? as usize) };
 
@@ -281,7 +326,7 @@ impl LlamaConfig {
         }
         let cfg = LlamaConfig {
             architectures: vec![],
-            model_type: arch.to_string(),
+            model_type,
             vocab_size,
             hidden_size,
             intermediate_size: usize_of("feed_forward_length")?,

@@ -1,10 +1,11 @@
 //! Model files, without a tensor library: the GGUF reader (with the one table of ggml types),
-//! safetensors, `config.json`, checkpoints in Hugging Face names and layout, and the chat
-//! tokenizer (from GGUF metadata, or `tokenizer.json` plus a template).
+//! safetensors, `config.json`, the one list of a decoder's parameters (`params`), checkpoints in
+//! Hugging Face names and layout, and the chat tokenizer (from GGUF metadata, or `tokenizer.json` plus a template).
 
 pub mod checkpoint;
 pub mod config;
 pub mod gguf;
+pub mod params;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -1,10 +1,10 @@
 //! One decoder-only transformer for Llama, SmolLM2 and Qwen2/Qwen2.5: RMSNorm, rotary
 //! embeddings, grouped-query attention, SwiGLU MLP, optional q/k/v bias, tied or untied output.
 //!
-//! Weights are plain tensors addressed by their Hugging Face names, in Hugging Face layout
-//! (`[out, in]` matrices), so loading and exporting are name-for-name copies. Every parameter is
-//! held as a rank-2 tensor (norm weights and biases as `[1, n]`) so one map over named parameters
-//! serves loading, export, the optimizer and moving between backends.
+//! Weights are plain tensors in `model_files::params::Params`, named by Hugging Face's names and
+//! in its layout (`[out, in]` matrices), so loading and exporting are name-for-name copies. Every
+//! parameter is held as a rank-2 tensor (norm weights and biases as `[1, n]`) so one map over
+//! named parameters serves loading, export, the optimizer and moving between backends.
 //!
 //! Packed rows: attention is causal within each packed example and never crosses examples. Rather
 //! than masking a `T x T` score matrix, each segment's attention is computed on its own slice,
@@ -17,36 +17,17 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use model_files::checkpoint::{Checkpoint, HostTensor};
 use model_files::config::LlamaConfig;
-use std::collections::BTreeMap;
+use model_files::params::Params;
 use std::sync::Arc;
 
-/// One transformer block's parameters.
-#[derive(Clone, Debug)]
-pub struct Block<B: Backend> {
-    pub input_layernorm: Tensor<B, 2>,
-    pub q_proj: Tensor<B, 2>,
-    pub k_proj: Tensor<B, 2>,
-    pub v_proj: Tensor<B, 2>,
-    pub q_bias: Option<Tensor<B, 2>>,
-    pub k_bias: Option<Tensor<B, 2>>,
-    pub v_bias: Option<Tensor<B, 2>>,
-    pub o_proj: Tensor<B, 2>,
-    /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
-    pub o_bias: Option<Tensor<B, 2>>,
-    pub post_attention_layernorm: Tensor<B, 2>,
-    pub gate_proj: Tensor<B, 2>,
-    pub up_proj: Tensor<B, 2>,
-    pub down_proj: Tensor<B, 2>,
-}
+/// One transformer block's parameters (norm weights and biases as `[1, n]`).
+pub type Block<B> = model_files::params::Block<Tensor<B, 2>>;
 
 #[derive(Clone, Debug)]
 pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
-    pub embed_tokens: Tensor<B, 2>,
-    pub layers: Vec<Block<B>>,
-    pub norm: Tensor<B, 2>,
-    /// `None` when the output projection is tied to `embed_tokens`.
-    pub lm_head: Option<Tensor<B, 2>>,
+    /// Every weight, named by [`Params::map`].
+    pub params: Params<Tensor<B, 2>>,
     rope: Rope<B>,
 }
 
@@ -126,48 +107,11 @@ impl<B: Backend> Llama<B> {
     pub fn from_checkpoint(ckpt: &Checkpoint, device: &B::Device) -> anyhow::Result<Self> {
         ckpt.validate()?;
         let cfg = ckpt.config.clone();
-        let get = |name: &str| -> anyhow::Result<Tensor<B, 2>> {
-            let t = ckpt.tensors.get(name).with_context(|| format!("tensor `{name}` missing"))?;
-            Ok(host_to_tensor(t, device))
-        };
-        let opt = |name: String| -> anyhow::Result<Option<Tensor<B, 2>>> {
-            if ckpt.tensors.contains_key(&name) {
-                get(&name).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Block {
-                input_layernorm: get(&format!("{p}.input_layernorm.weight"))?,
-                q_proj: get(&format!("{p}.self_attn.q_proj.weight"))?,
-                k_proj: get(&format!("{p}.self_attn.k_proj.weight"))?,
-                v_proj: get(&format!("{p}.self_attn.v_proj.weight"))?,
-                q_bias: opt(format!("{p}.self_attn.q_proj.bias"))?,
-                k_bias: opt(format!("{p}.self_attn.k_proj.bias"))?,
-                v_bias: opt(format!("{p}.self_attn.v_proj.bias"))?,
-                o_proj: get(&format!("{p}.self_attn.o_proj.weight"))?,
-                o_bias: opt(format!("{p}.self_attn.o_proj.bias"))?,
-                post_attention_layernorm: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_proj: get(&format!("{p}.mlp.gate_proj.weight"))?,
-                up_proj: get(&format!("{p}.mlp.up_proj.weight"))?,
-                down_proj: get(&format!("{p}.mlp.down_proj.weight"))?,
-            });
-        }
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
-        if !cfg.head_dim().is_multiple_of(2) {
+        if cfg.head_dim() % 2 != 0 {
             bail!("head_dim {} is odd: rotary embeddings need an even head dimension", cfg.head_dim());
         }
-        Ok(Llama {
-            rope: Rope::new(cfg.rope_theta, cfg.head_dim(), cfg.max_position_embeddings, device),
-            embed_tokens: get("model.embed_tokens.weight")?,
-            norm: get("model.norm.weight")?,
-            lm_head,
-            layers,
-            config: cfg,
-        })
+        let params = Params::shapes(&cfg).map(|name, _| host_to_tensor(&ckpt.tensors[&name.hf], device));
+        Ok(Llama { rope: Rope::new(cfg.rope_theta, cfg.head_dim(), cfg.max_position_embeddings, device), params, config: cfg })
     }
 
     /// Load a model file (GGUF, or a Hugging Face folder / safetensors file) onto `device`.
@@ -184,80 +128,32 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    /// Every parameter with its Hugging Face name, in a fixed order.
+    /// Every parameter with its Hugging Face name, in [`Params::map`] order.
     pub fn named_params(&self) -> Vec<(String, &Tensor<B, 2>)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), &l.input_layernorm));
-            out.push((format!("{p}.self_attn.q_proj.weight"), &l.q_proj));
-            out.push((format!("{p}.self_attn.k_proj.weight"), &l.k_proj));
-            out.push((format!("{p}.self_attn.v_proj.weight"), &l.v_proj));
-            for (name, b) in [("q", &l.q_bias), ("k", &l.k_bias), ("v", &l.v_bias)] {
-                if let Some(b) = b {
-                    out.push((format!("{p}.self_attn.{name}_proj.bias"), b));
-                }
-            }
-            out.push((format!("{p}.self_attn.o_proj.weight"), &l.o_proj));
-            if let Some(b) = &l.o_bias {
-                out.push((format!("{p}.self_attn.o_proj.bias"), b));
-            }
-            out.push((format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
-            out.push((format!("{p}.mlp.gate_proj.weight"), &l.gate_proj));
-            out.push((format!("{p}.mlp.up_proj.weight"), &l.up_proj));
-            out.push((format!("{p}.mlp.down_proj.weight"), &l.down_proj));
-        }
-        out.push(("model.norm.weight".to_string(), &self.norm));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h));
-        }
-        out
+        self.params.as_ref().into_named().into_iter().map(|(n, t)| (n.hf, t)).collect()
     }
 
-    /// Rebuild the model with every parameter passed through `f` (by name, in `named_params`
-    /// order), possibly onto another backend: used to attach gradients, apply updates and
-    /// detach for inference.
+    /// Rebuild the model with every parameter passed through `f` (by Hugging Face name, in
+    /// [`Params::map`] order), possibly onto another backend: used to attach gradients, apply
+    /// updates and detach for inference.
     pub fn map_params<B2: Backend>(self, device: &B2::Device, mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>) -> Llama<B2> {
-        let rope = self.rope.to_backend::<B2>(device);
-        let mut m = |name: String, t: Tensor<B, 2>| f(&name, t);
-        let embed_tokens = m("model.embed_tokens.weight".into(), self.embed_tokens);
-        let layers = self
-            .layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let p = format!("model.layers.{i}");
-                Block {
-                    input_layernorm: m(format!("{p}.input_layernorm.weight"), l.input_layernorm),
-                    q_proj: m(format!("{p}.self_attn.q_proj.weight"), l.q_proj),
-                    k_proj: m(format!("{p}.self_attn.k_proj.weight"), l.k_proj),
-                    v_proj: m(format!("{p}.self_attn.v_proj.weight"), l.v_proj),
-                    q_bias: l.q_bias.map(|b| m(format!("{p}.self_attn.q_proj.bias"), b)),
-                    k_bias: l.k_bias.map(|b| m(format!("{p}.self_attn.k_proj.bias"), b)),
-                    v_bias: l.v_bias.map(|b| m(format!("{p}.self_attn.v_proj.bias"), b)),
-                    o_proj: m(format!("{p}.self_attn.o_proj.weight"), l.o_proj),
-                    o_bias: l.o_bias.map(|b| m(format!("{p}.self_attn.o_proj.bias"), b)),
-                    post_attention_layernorm: m(format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm),
-                    gate_proj: m(format!("{p}.mlp.gate_proj.weight"), l.gate_proj),
-                    up_proj: m(format!("{p}.mlp.up_proj.weight"), l.up_proj),
-                    down_proj: m(format!("{p}.mlp.down_proj.weight"), l.down_proj),
-                }
-            })
-            .collect();
-        let norm = m("model.norm.weight".into(), self.norm);
-        let lm_head = self.lm_head.map(|h| m("lm_head.weight".into(), h));
-        Llama { rope, config: self.config, embed_tokens, layers, norm, lm_head }
+        Llama { rope: self.rope.to_backend::<B2>(device), config: self.config, params: self.params.map(|n, t| f(&n.hf, t)) }
     }
 
     /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1).
     pub fn to_checkpoint(&self) -> Checkpoint {
-        let mut tensors = BTreeMap::new();
-        for (name, t) in self.named_params() {
-            let [r, c] = t.dims();
-            let data: Vec<f32> = t.clone().into_data().convert::<f32>().to_vec().expect("f32 data");
-            let shape = if r == 1 && (name.ends_with("norm.weight") || name.ends_with(".bias")) { vec![c] } else { vec![r, c] };
-            tensors.insert(name, HostTensor { shape, data });
-        }
+        let shapes = Params::shapes(&self.config).into_named();
+        let tensors = self
+            .params
+            .as_ref()
+            .into_named()
+            .into_iter()
+            .zip(shapes)
+            .map(|((name, t), (_, shape))| {
+                let data: Vec<f32> = t.clone().into_data().convert::<f32>().to_vec().expect("f32 data");
+                (name.hf, HostTensor { shape, data })
+            })
+            .collect();
         Checkpoint { config: self.config.clone(), tensors }
     }
 
@@ -266,7 +162,7 @@ impl<B: Backend> Llama<B> {
     /// is causal within each run and zero across runs.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let h = self.hidden(input_ids, positions, segments);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed_tokens);
         linear(h, head, None)
     }
 
@@ -275,11 +171,11 @@ impl<B: Backend> Llama<B> {
         let [b, t] = input_ids.dims();
         assert_eq!(segments.len(), b, "one segment list per row");
         let d = self.config.hidden_size;
-        let mut x = self.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
-        for layer in &self.layers {
+        let mut x = self.params.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        for layer in &self.params.layers {
             x = self.block(layer, x, &positions, segments);
         }
-        rms_norm(x, &self.norm, self.config.rms_norm_eps)
+        rms_norm(x, &self.params.norm, self.config.rms_norm_eps)
     }
 
     fn block(&self, l: &Block<B>, x: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {

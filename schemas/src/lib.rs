@@ -15,6 +15,7 @@ pub use example::{CodeTests, Domain, Dropped, Example};
 pub use manifest::{Manifest, ShardInfo, StageReport};
 pub use recipe::Recipe;
 
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::Path;
@@ -41,15 +42,30 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 /// Write `bytes` to `path` atomically: a temp file beside it, fsync, then rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    write_atomic_with(path, |w| Ok(std::io::Write::write_all(w, bytes)?))
+}
+
+/// Stream a file into place atomically: `fill` writes a temp file beside `path`, which is synced
+/// and renamed to `path` only when `fill` succeeds (and removed when it fails), so `path` never
+/// holds half a file. Returns what `fill` returns.
+pub fn write_atomic_with<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: not a file path", path.display()))?;
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let written = (|| {
+        let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let value = fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        Ok(value)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
-    Ok(())
+    written
 }

@@ -119,4 +119,19 @@ mod tests {
         // Reference value of splitmix64 seeded with 0.
         assert_eq!(SplitMix64::new(0).next(), Some(0xe220_a839_7b1d_cdaf));
     }
+
+    #[test]
+    fn shuffle_order_is_pinned() {
+        // Computed independently (a few lines of Python: splitmix64, Lemire's multiply-shift,
+        // Fisher-Yates from the end). Snapshot row order and the trainer's data order are this.
+        let mut a: Vec<u32> = (0..10).collect();
+        shuffle(&mut a, 42);
+        assert_eq!(a, [8, 3, 6, 5, 4, 0, 9, 2, 1, 7]);
+        let mut b: Vec<u32> = (0..20).collect();
+        shuffle(&mut b, 20250101);
+        assert_eq!(b, [1, 0, 9, 12, 11, 7, 10, 18, 6, 3, 15, 2, 14, 17, 5, 16, 8, 19, 4, 13]);
+        let mut c: Vec<u32> = (0..10).collect();
+        shuffle(&mut c, 43);
+        assert_ne!(a, c);
+    }
 }

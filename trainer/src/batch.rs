@@ -35,3 +35,61 @@ pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<
         segments: rows.iter().map(|r| segment_runs(&r.segment_ids)).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn ints(t: Tensor<Flex, 2, Int>) -> Vec<i64> {
+        t.into_data().convert::<i64>().to_vec().unwrap()
+    }
+
+    fn floats(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    /// Two packed examples and a pad in one row, one example in the other: the targets are the
+    /// inputs shifted left by one, and mask and reference scores move with them.
+    #[test]
+    fn targets_are_the_next_tokens_and_mask_and_references_shift_with_them() {
+        let a = Row {
+            input_ids: vec![5, 6, 7, 8, 9, 0],
+            loss_mask: vec![0, 0, 1, 0, 1, 0],
+            position_ids: vec![0, 1, 2, 0, 1, 0],
+            segment_ids: vec![1, 1, 1, 2, 2, 0],
+            ref_logprobs: Some(vec![0.0, -0.1, -0.2, 0.0, -0.4, 0.0]),
+        };
+        let b = Row {
+            input_ids: vec![20, 21, 22, 23, 24, 25],
+            loss_mask: vec![0, 1, 1, 1, 1, 1],
+            position_ids: vec![0, 1, 2, 3, 4, 5],
+            segment_ids: vec![1, 1, 1, 1, 1, 1],
+            ref_logprobs: Some(vec![0.0, -1.0, -2.0, -3.0, -4.0, -5.0]),
+        };
+        let mb = micro_batch::<Flex>(&[&a, &b], &Default::default());
+        assert_eq!(ints(mb.input_ids), [5, 6, 7, 8, 9, 0, 20, 21, 22, 23, 24, 25]);
+        assert_eq!(ints(mb.positions), [0, 1, 2, 0, 1, 0, 0, 1, 2, 3, 4, 5]);
+        // Position i predicts input_ids[i + 1]: the last input of a row predicts nothing.
+        assert_eq!(ints(mb.targets), [6, 7, 8, 9, 0, 21, 22, 23, 24, 25]);
+        // Only targets with loss_mask set count: 7 (end of example 1) and 9; the first token of
+        // example 2 (8) and the pad are never trained.
+        assert_eq!(floats(mb.target_mask), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(floats(mb.target_ref_logprobs.unwrap()), [-0.1, -0.2, 0.0, -0.4, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0]);
+        assert_eq!(mb.segments, vec![vec![(0, 3), (3, 2), (5, 1)], vec![(0, 6)]]);
+    }
+
+    #[test]
+    fn reference_scores_only_when_every_row_has_them() {
+        let scored = Row {
+            input_ids: vec![1, 2, 3],
+            loss_mask: vec![0, 1, 1],
+            position_ids: vec![0, 1, 2],
+            segment_ids: vec![1, 1, 1],
+            ref_logprobs: Some(vec![0.0, -0.5, -0.5]),
+        };
+        let unscored = Row { ref_logprobs: None, ..scored.clone() };
+        assert!(micro_batch::<Flex>(&[&scored, &unscored], &Default::default()).target_ref_logprobs.is_none());
+        assert!(micro_batch::<Flex>(&[&scored], &Default::default()).target_ref_logprobs.is_some());
+    }
+}

@@ -76,7 +76,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
 
     // Every stored value against the example run on its own.
     let scored = load_snapshot(&out).unwrap();
-    let model = Llama::<Flex>::from_checkpoint(&model_files::checkpoint::load(model_path()).unwrap(), &Default::default()).unwrap();
+    let model = Llama::<Flex>::load(&model_path(), &Default::default()).unwrap();
     let (mut checked, mut worst) = (0usize, 0.0f64);
     for (r, (row, before)) in scored.rows.iter().zip(&parent.rows).enumerate() {
         assert_eq!(

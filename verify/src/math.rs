@@ -42,7 +42,7 @@ mod parse;
 use anyhow::Context;
 use rayon::prelude::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -190,25 +190,10 @@ const JSONL_CHUNK: usize = 2048;
 /// was valid; errors name the file and line.
 pub fn verify_jsonl(input: &Path, output: &Path, opts: &ExtractOptions) -> anyhow::Result<Summary> {
     let file = std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
-    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = output.file_name().with_context(|| format!("{}: not a file path", output.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = write_verified(BufReader::new(file), input, &tmp, opts);
-    match result {
-        Ok(summary) => {
-            std::fs::rename(&tmp, output).with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
-            Ok(summary)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    schemas::write_atomic_with(output, |w| write_verified(BufReader::new(file), input, w, opts))
 }
 
-fn write_verified(reader: impl BufRead, input: &Path, tmp: &Path, opts: &ExtractOptions) -> anyhow::Result<Summary> {
-    let out = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = BufWriter::new(out);
+fn write_verified(reader: impl BufRead, input: &Path, w: &mut impl Write, opts: &ExtractOptions) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut lines = reader.lines().enumerate();
     loop {
@@ -236,8 +221,6 @@ fn write_verified(reader: impl BufRead, input: &Path, tmp: &Path, opts: &Extract
             w.write_all(b"\n")?;
         }
     }
-    let out = w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    out.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
     Ok(summary)
 }
 

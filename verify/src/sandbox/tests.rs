@@ -39,10 +39,32 @@ fn dataset(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/raw").join(path)
 }
 
+/// Set by CI, which runs as root: every containment layer must be there, so a test that would
+/// skip for lack of one fails instead, and CI runs all of them.
+const REQUIRE_ALL: &str = "RECTIFY_SANDBOX_REQUIRE_ALL";
+
+/// Whether a test that needs a containment layer can run here. If not, it prints `SKIPPED:` and
+/// the reason, or fails when [`REQUIRE_ALL`] is set.
+fn layer_available(available: bool, reason: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(std::env::var_os(REQUIRE_ALL).is_none(), "{REQUIRE_ALL} is set, but {reason}");
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
 #[test]
 fn sandbox_reports_isolation() {
     // Printed so a test log records which layers the attack tests below exercised.
-    eprintln!("sandbox isolation on this machine: {:?}; python: {:?}", isolation(), python().ok());
+    let iso = isolation();
+    eprintln!("sandbox isolation on this machine: {iso:?}; python: {:?}", python().ok());
+    python().expect("a python3 interpreter for the sandbox");
+    // The layers follow from the privileges: a private tmpfs is only set up for a dedicated uid.
+    assert!(!iso.private_tmpfs || iso.dedicated_uid, "{iso:?}");
+    if std::env::var_os(REQUIRE_ALL).is_some() {
+        assert!(iso.dedicated_uid && iso.private_tmpfs && iso.landlock_abi.is_some_and(|abi| abi >= 4), "{REQUIRE_ALL}: {iso:?}");
+    }
 }
 
 #[test]
@@ -145,9 +167,8 @@ fn sandbox_fork_bomb_stays_under_the_process_limit_and_is_killed() {
 
 #[test]
 fn sandbox_processes_that_leave_the_group_are_killed_too() {
-    if !isolation().dedicated_uid {
-        // Documented limitation: without a private uid only the process group is killed.
-        eprintln!("skipped: not root, so a setsid escapee is out of reach");
+    // Documented limitation: without a private uid only the process group is killed.
+    if !layer_available(isolation().dedicated_uid, "not root, so a setsid escapee is out of reach") {
         return;
     }
     let program = "import os, time\n\
@@ -262,9 +283,8 @@ fn sandbox_file_size_is_limited() {
 
 #[test]
 fn sandbox_work_dir_size_is_capped_on_a_private_tmpfs() {
-    if !isolation().private_tmpfs {
-        // Documented limitation: without it only RLIMIT_FSIZE bounds what a run writes.
-        eprintln!("skipped: no private tmpfs here (needs root with CAP_SYS_ADMIN)");
+    // Documented limitation: without it only RLIMIT_FSIZE bounds what a run writes.
+    if !layer_available(isolation().private_tmpfs, "no private tmpfs here (needs root with CAP_SYS_ADMIN)") {
         return;
     }
     let limits = Limits { disk_bytes: 8 << 20, ..Limits::default() };
@@ -306,8 +326,7 @@ fn sandbox_environment_is_cleared_and_privileges_dropped() {
 
 #[test]
 fn sandbox_network_is_denied_with_landlock_net() {
-    if isolation().landlock_abi.is_none_or(|abi| abi < 4) {
-        eprintln!("skipped: Landlock ABI < 4 cannot restrict TCP");
+    if !layer_available(isolation().landlock_abi.is_some_and(|abi| abi >= 4), "Landlock ABI < 4 cannot restrict TCP") {
         return;
     }
     let program = "import socket\n\

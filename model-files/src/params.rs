@@ -1,0 +1,177 @@
+//! The parameters of a Llama-family decoder as one generic structure, and the one list of their
+//! names: [`Params::map`] visits every parameter with its Hugging Face and llama.cpp names. The
+//! same structure holds shapes (to check a checkpoint), host tensors, Burn tensors (the model),
+//! gradients and optimizer moments, so no other file spells a parameter name.
+//!
+//! Burn's `#[derive(Module)]` would generate such a visitor, but its `Linear` stores weights as
+//! `[in, out]` and its records carry Burn's own names; keeping Hugging Face's `[out, in]` layout
+//! and names makes loading and export name-for-name copies, and the hand-written AdamW needs
+//! per-parameter weight decay by name, which Burn 0.21's AdamW lacks.
+
+use crate::config::LlamaConfig;
+
+/// A parameter's names: in a Hugging Face checkpoint (`model.layers.0.self_attn.q_proj.weight`)
+/// and in a GGUF file (`blk.0.attn_q.weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name {
+    pub hf: String,
+    pub gguf: String,
+}
+
+/// One transformer block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block<T> {
+    pub input_layernorm: T,
+    pub q_proj: T,
+    pub k_proj: T,
+    pub v_proj: T,
+    pub q_bias: Option<T>,
+    pub k_bias: Option<T>,
+    pub v_bias: Option<T>,
+    pub o_proj: T,
+    /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
+    pub o_bias: Option<T>,
+    pub post_attention_layernorm: T,
+    pub gate_proj: T,
+    pub up_proj: T,
+    pub down_proj: T,
+}
+
+/// Every parameter of a decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params<T> {
+    pub embed_tokens: T,
+    pub layers: Vec<Block<T>>,
+    pub norm: T,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    pub lm_head: Option<T>,
+}
+
+impl<T> Block<T> {
+    fn map<U>(self, layer: usize, f: &mut impl FnMut(&Name, T) -> U) -> Block<U> {
+        let mut m =
+            |hf: &str, gguf: &str, t: T| f(&Name { hf: format!("model.layers.{layer}.{hf}"), gguf: format!("blk.{layer}.{gguf}") }, t);
+        // Struct fields are evaluated in the order written: this is the visiting order.
+        Block {
+            input_layernorm: m("input_layernorm.weight", "attn_norm.weight", self.input_layernorm),
+            q_proj: m("self_attn.q_proj.weight", "attn_q.weight", self.q_proj),
+            k_proj: m("self_attn.k_proj.weight", "attn_k.weight", self.k_proj),
+            v_proj: m("self_attn.v_proj.weight", "attn_v.weight", self.v_proj),
+            q_bias: self.q_bias.map(|t| m("self_attn.q_proj.bias", "attn_q.bias", t)),
+            k_bias: self.k_bias.map(|t| m("self_attn.k_proj.bias", "attn_k.bias", t)),
+            v_bias: self.v_bias.map(|t| m("self_attn.v_proj.bias", "attn_v.bias", t)),
+            o_proj: m("self_attn.o_proj.weight", "attn_output.weight", self.o_proj),
+            o_bias: self.o_bias.map(|t| m("self_attn.o_proj.bias", "attn_output.bias", t)),
+            post_attention_layernorm: m("post_attention_layernorm.weight", "ffn_norm.weight", self.post_attention_layernorm),
+            gate_proj: m("mlp.gate_proj.weight", "ffn_gate.weight", self.gate_proj),
+            up_proj: m("mlp.up_proj.weight", "ffn_up.weight", self.up_proj),
+            down_proj: m("mlp.down_proj.weight", "ffn_down.weight", self.down_proj),
+        }
+    }
+}
+
+impl<T> Params<T> {
+    /// Every parameter passed through `f` with its names, in a fixed order (embeddings, then each
+    /// block from `input_layernorm` to `down_proj`, the final norm, `lm_head`).
+    pub fn map<U>(self, mut f: impl FnMut(&Name, T) -> U) -> Params<U> {
+        let mut top = |hf: &str, gguf: &str, t: T| f(&Name { hf: hf.to_string(), gguf: gguf.to_string() }, t);
+        let embed_tokens = top("model.embed_tokens.weight", "token_embd.weight", self.embed_tokens);
+        let layers = self.layers.into_iter().enumerate().map(|(i, l)| l.map(i, &mut |n: &Name, t| f(n, t))).collect();
+        // `f` is borrowed by the layers above, so the rest gets its own closure.
+        let mut top = |hf: &str, gguf: &str, t: T| f(&Name { hf: hf.to_string(), gguf: gguf.to_string() }, t);
+        let norm = top("model.norm.weight", "output_norm.weight", self.norm);
+        let lm_head = self.lm_head.map(|t| top("lm_head.weight", "output.weight", t));
+        Params { embed_tokens, layers, norm, lm_head }
+    }
+
+    /// Each parameter with its names, in [`Params::map`] order.
+    pub fn into_named(self) -> Vec<(Name, T)> {
+        let mut out = Vec::new();
+        self.map(|n, t| out.push((n.clone(), t)));
+        out
+    }
+
+    /// References to the parameters, in the same structure.
+    pub fn as_ref(&self) -> Params<&T> {
+        Params {
+            embed_tokens: &self.embed_tokens,
+            layers: self.layers.iter().map(Block::as_ref).collect(),
+            norm: &self.norm,
+            lm_head: self.lm_head.as_ref(),
+        }
+    }
+}
+
+impl<T> Block<T> {
+    fn as_ref(&self) -> Block<&T> {
+        Block {
+            input_layernorm: &self.input_layernorm,
+            q_proj: &self.q_proj,
+            k_proj: &self.k_proj,
+            v_proj: &self.v_proj,
+            q_bias: self.q_bias.as_ref(),
+            k_bias: self.k_bias.as_ref(),
+            v_bias: self.v_bias.as_ref(),
+            o_proj: &self.o_proj,
+            o_bias: self.o_bias.as_ref(),
+            post_attention_layernorm: &self.post_attention_layernorm,
+            gate_proj: &self.gate_proj,
+            up_proj: &self.up_proj,
+            down_proj: &self.down_proj,
+        }
+    }
+}
+
+impl Params<Vec<usize>> {
+    /// The parameters a model of `cfg` has, with their Hugging Face shapes (`[out, in]` matrices,
+    /// rank-1 norms and biases).
+    pub fn shapes(cfg: &LlamaConfig) -> Params<Vec<usize>> {
+        let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let q = cfg.num_attention_heads * cfg.head_dim();
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        let bias = |on: bool, n: usize| on.then(|| vec![n]);
+        let block = || Block {
+            input_layernorm: vec![h],
+            q_proj: vec![q, h],
+            k_proj: vec![kv, h],
+            v_proj: vec![kv, h],
+            q_bias: bias(cfg.qkv_bias(), q),
+            k_bias: bias(cfg.qkv_bias(), kv),
+            v_bias: bias(cfg.qkv_bias(), kv),
+            o_proj: vec![h, q],
+            o_bias: bias(cfg.o_bias(), h),
+            post_attention_layernorm: vec![h],
+            gate_proj: vec![ff, h],
+            up_proj: vec![ff, h],
+            down_proj: vec![h, ff],
+        };
+        Params {
+            embed_tokens: vec![v, h],
+            layers: (0..cfg.num_hidden_layers).map(|_| block()).collect(),
+            norm: vec![h],
+            lm_head: (!cfg.tie_word_embeddings).then(|| vec![v, h]),
+        }
+    }
+}
+
+impl Params<()> {
+    /// Every parameter a decoder of `layers` blocks can have: all biases and an untied head.
+    pub fn every(layers: usize) -> Params<()> {
+        let block = || Block {
+            input_layernorm: (),
+            q_proj: (),
+            k_proj: (),
+            v_proj: (),
+            q_bias: Some(()),
+            k_bias: Some(()),
+            v_bias: Some(()),
+            o_proj: (),
+            o_bias: Some(()),
+            post_attention_layernorm: (),
+            gate_proj: (),
+            up_proj: (),
+            down_proj: (),
+        };
+        Params { embed_tokens: (), layers: (0..layers).map(|_| block()).collect(), norm: (), lm_head: Some(()) }
+    }
+}
