@@ -107,7 +107,7 @@ impl<B: Backend> Llama<B> {
     pub fn from_checkpoint(ckpt: &Checkpoint, device: &B::Device) -> anyhow::Result<Self> {
         ckpt.validate()?;
         let cfg = ckpt.config.clone();
-        if cfg.head_dim() % 2 != 0 {
+        if !cfg.head_dim().is_multiple_of(2) {
             bail!("head_dim {} is odd: rotary embeddings need an even head dimension", cfg.head_dim());
         }
         let params = Params::shapes(&cfg).map(|name, _| host_to_tensor(&ckpt.tensors[&name.hf], device));

@@ -1,8 +1,9 @@
 //! rectify's trainer: batch assembly (`batch`), the SFT / DFT / iwsft objectives (`loss`), AdamW
-//! and the schedule (`optim`), the loop and its checkpoints (`train`), and reference scoring into
+//! and the schedule (`optim`), the loop (`train`) and its checkpoints (`checkpoint`), and reference scoring into
 //! a new snapshot (`score`). The `trainer` binary also fronts evaluation (the `eval` crate).
 
 pub mod batch;
+pub mod checkpoint;
 pub mod loss;
 pub mod optim;
 pub mod score;

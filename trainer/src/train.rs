@@ -2,6 +2,7 @@
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::batch::micro_batch;
+use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, TrainerState, OPTIMIZER_FILE, STATE_FILE};
 use crate::loss::{objective, Loss, LossKind};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use anyhow::{bail, Context};
@@ -9,12 +10,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use model::logprobs::target_logprobs;
 use model::Llama;
-use model_files::checkpoint::save_hf;
-use model_files::safetensors::write_safetensors;
 use rayon::prelude::*;
 use schemas::rng::shuffle;
 use schemas::snapshot::{load_snapshot, Row};
-use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,8 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,20 +39,6 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
-}
-
-/// What a checkpoint needs besides weights and optimizer moments to resume exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainerState {
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub total_steps: u64,
-    /// Rows consumed from the data stream; with the seed this fixes the next row.
-    pub rows_consumed: u64,
-    /// The data order is `shuffle(rows, seed + epoch)`: the seed is the whole RNG state.
-    pub seed: u64,
-    pub snapshot_id: String,
-    pub recipe: TrainRecipe,
 }
 
 /// Fully resolved run settings.
@@ -102,43 +84,6 @@ impl Stream {
         self.set_epoch(k / self.n as u64);
         self.order[(k % self.n as u64) as usize]
     }
-}
-
-fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
-    output.join("checkpoints").join(format!("step-{step:06}"))
-}
-
-/// The newest complete checkpoint (its state file is written last, so its presence means
-/// complete).
-pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let dir = output.join("checkpoints");
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let mut best: Option<PathBuf> = None;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("step-") && path.join(STATE_FILE).exists() && best.as_ref().is_none_or(|b| path > *b) {
-            best = Some(path);
-        }
-    }
-    Ok(best)
-}
-
-fn save_checkpoint<B: AutodiffBackend>(
-    output: &Path,
-    model: &Llama<B>,
-    opt: &AdamW<B::InnerBackend>,
-    state: &TrainerState,
-) -> anyhow::Result<PathBuf> {
-    let final_dir = checkpoint_dir(output, state.step);
-    publish_dir(&final_dir, |tmp| {
-        save_hf(tmp, &model.to_checkpoint())?;
-        write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
-        schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
-    })?;
-    Ok(final_dir)
 }
 
 pub struct Summary {
@@ -297,11 +242,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     }
     pb.finish();
     let final_dir = run.output_dir.join("final");
-    publish_dir(&final_dir, |tmp| {
-        save_hf(tmp, &model.to_checkpoint())?;
-        std::fs::copy(run.snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
-        Ok(())
-    })?;
+    save_final(&final_dir, &model, &run.snapshot_dir)?;
     Ok(Summary { steps: state.step, final_model: final_dir, metrics: metrics_path, last })
 }
 

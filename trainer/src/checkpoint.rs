@@ -1,0 +1,78 @@
+//! Checkpoints: `checkpoints/step-NNNNNN/` holds the model as a Hugging Face folder, the
+//! optimizer moments and the trainer state, written into a hidden folder and renamed into place
+//! (the state file last), so a checkpoint that exists is complete and resumes to the same
+//! weights. `final/` is the model alone, with the snapshot's tokenizer.
+
+use crate::optim::AdamW;
+use burn::tensor::backend::AutodiffBackend;
+use model::Llama;
+use model_files::checkpoint::save_hf;
+use model_files::safetensors::write_safetensors;
+use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
+use schemas::train::TrainRecipe;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// What a checkpoint needs besides weights and optimizer moments to resume exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Rows consumed from the data stream; with the seed this fixes the next row.
+    pub rows_consumed: u64,
+    /// The data order is `shuffle(rows, seed + epoch)`: the seed is the whole RNG state.
+    pub seed: u64,
+    pub snapshot_id: String,
+    pub recipe: TrainRecipe,
+}
+
+fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
+    output.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// The newest complete checkpoint (its state file is written last, so its presence means
+/// complete).
+pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let dir = output.join("checkpoints");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<PathBuf> = None;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("step-") && path.join(STATE_FILE).exists() && best.as_ref().is_none_or(|b| path > *b) {
+            best = Some(path);
+        }
+    }
+    Ok(best)
+}
+
+pub fn save_checkpoint<B: AutodiffBackend>(
+    output: &Path,
+    model: &Llama<B>,
+    opt: &AdamW<B::InnerBackend>,
+    state: &TrainerState,
+) -> anyhow::Result<PathBuf> {
+    let final_dir = checkpoint_dir(output, state.step);
+    publish_dir(&final_dir, |tmp| {
+        save_hf(tmp, &model.to_checkpoint())?;
+        write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
+        schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
+    })?;
+    Ok(final_dir)
+}
+
+/// The trained model as a Hugging Face folder at `dir`, with the tokenizer of the snapshot it
+/// was trained on.
+pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, snapshot_dir: &Path) -> anyhow::Result<()> {
+    publish_dir(dir, |tmp| {
+        save_hf(tmp, &model.to_checkpoint())?;
+        std::fs::copy(snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
+        Ok(())
+    })
+}
