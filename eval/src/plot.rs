@@ -1,6 +1,6 @@
 //! A small raster chart: grouped-bar histograms drawn into an RGB canvas and written as PNG.
 //!
-//! Text is rasterised from DejaVu Sans (bundled in `trainer/assets/`, Bitstream Vera license)
+//! Text is rasterised from DejaVu Sans (bundled in `eval/assets/`, Bitstream Vera license)
 //! with `ab_glyph`; everything else is axis-aligned rectangles. Integer pixel geometry and a
 //! fixed PNG encoder configuration make the output a pure function of the chart: the same
 //! chart gives the same bytes.

@@ -5,14 +5,14 @@
 //! Everything here is plain `Vec<f32>`; turning tensors into device tensors is the model's job.
 //!
 //! Two things make GGUF files differ from the Hugging Face checkpoint they came from, and both are
-//! undone on load so that the rest of the trainer sees one layout only:
+//! undone on load so that every user of a checkpoint sees one layout only:
 //! - ggml lists dimensions fastest-first, so GGUF dims `(576, 1536)` is row-major `[1536, 576]`;
 //! - llama.cpp's converter permutes the rows of Q and K (architecture `llama` only) so that its
 //!   RoPE can rotate adjacent pairs; Hugging Face rotates the two halves of each head instead
 //!   (`rotate_half`). See [`unpermute_from_gguf`].
 
 use crate::config::{LlamaConfig, ModelType};
-use crate::gguf::{check_dequantizable, dequantize, Gguf};
+use crate::gguf::{dequantize, not_dequantizable, Gguf};
 use crate::params::Params;
 use crate::safetensors::{ignorable_safetensors_name, read_index, read_shard, write_safetensors};
 use anyhow::{anyhow, bail, Context, Result};
@@ -192,7 +192,9 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
             .get(&t.name)
             .cloned()
             .ok_or_else(|| anyhow!("{}: tensor `{}` has no Hugging Face counterpart this loader knows", path.display(), t.name))?;
-        check_dequantizable(t.ggml_type).with_context(|| format!("{}: tensor `{}`", path.display(), t.name))?;
+        if let Some(why) = not_dequantizable(t.ggml_type) {
+            bail!("{}: tensor `{}` has {why}", path.display(), t.name);
+        }
         jobs.push((hf, t));
     }
 

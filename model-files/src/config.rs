@@ -293,7 +293,10 @@ impl LlamaConfig {
     fn from_gguf_inner(g: &Gguf) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
         let model_type = ModelType::from(arch.to_string());
-        model_type.check_supported().context("GGUF `general.architecture`")?;
+        if model_type.check_supported().is_err() {
+            let supported: Vec<&str> = ModelType::SUPPORTED.iter().map(ModelType::as_str).collect();
+            bail!("GGUF architecture `{arch}` is not supported (supported: {})", supported.join(", "));
+        }
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize> { Ok(g.get_u64(&key(k))? as usize) };
 

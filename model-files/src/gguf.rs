@@ -1,4 +1,5 @@
-//! A reader for GGUF (v2/v3) model files: the metadata key/values and the tensor directory.
+//! A reader for GGUF (v2/v3) model files: the metadata key/values and the tensor directory, and
+//! the one table of ggml tensor types with the dequantisation of those this crate reads.
 //!
 //! Only the header is read; tensor data is left on disk until someone asks for one tensor with
 //! [`Gguf::tensor_bytes`]. Every length in the header is checked against the bytes that are
@@ -254,13 +255,26 @@ fn supported_list() -> String {
     GgmlType::dequantizable().map(GgmlType::name).collect::<Vec<_>>().join(", ")
 }
 
+/// Why [`dequantize`] cannot read tensors of type id `ggml_type`, or `None` when it can.
+pub fn not_dequantizable(ggml_type: u32) -> Option<String> {
+    match GgmlType::from_id(ggml_type).and_then(GgmlType::kernel) {
+        Some(_) => None,
+        None => Some(format!(
+            "ggml type {ggml_type} ({}), which cannot be dequantised (supported: {})",
+            ggml_type_name(ggml_type),
+            supported_list()
+        )),
+    }
+}
+
 /// Dequantise `n` values of ggml type id `ggml_type` from their on-disk bytes.
 pub fn dequantize(ggml_type: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
-    let kind = GgmlType::from_id(ggml_type);
-    let Some(kernel) = kind.and_then(GgmlType::kernel) else {
-        bail!("ggml type {ggml_type} ({}) cannot be dequantised (supported: {})", ggml_type_name(ggml_type), supported_list());
-    };
-    let (block_bytes, block_elems) = kind.expect("has a kernel").block();
+    if let Some(why) = not_dequantizable(ggml_type) {
+        bail!("{why}");
+    }
+    let kind = GgmlType::from_id(ggml_type).expect("known type");
+    let kernel = kind.kernel().expect("has a kernel");
+    let (block_bytes, block_elems) = kind.block();
     if !n.is_multiple_of(block_elems) || bytes.len() != n / block_elems * block_bytes {
         bail!("{} bytes of {} do not hold {n} values ({block_bytes} bytes per {block_elems})", bytes.len(), ggml_type_name(ggml_type));
     }
@@ -272,14 +286,6 @@ pub fn dequantize(ggml_type: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         }
     });
     Ok(out)
-}
-
-/// Whether [`dequantize`] reads tensors of type id `ggml_type`, and if not, why, for an error.
-pub fn check_dequantizable(ggml_type: u32) -> Result<()> {
-    match GgmlType::from_id(ggml_type).and_then(GgmlType::kernel) {
-        Some(_) => Ok(()),
-        None => bail!("ggml type {ggml_type} ({}) cannot be dequantised (supported: {})", ggml_type_name(ggml_type), supported_list()),
-    }
 }
 
 /// A GGUF file's header.
@@ -666,7 +672,8 @@ mod tests {
         assert_eq!(w[15], 3.5); // (15 - 8) * 0.5
         assert_eq!(w[16], 3.5); // high nibble of byte 0 is 15
         assert_eq!(w[31], -4.0); // high nibble of byte 15 is 0
-                                 // Two blocks: the second has its own scale.
+
+        // Two blocks: the second has its own scale.
         let mut b2 = b.clone();
         b2.extend(f16b(-2.0));
         b2.extend([0x88u8; 16]);

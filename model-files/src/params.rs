@@ -3,10 +3,11 @@
 //! same structure holds shapes (to check a checkpoint), host tensors, Burn tensors (the model),
 //! gradients and optimizer moments, so no other file spells a parameter name.
 //!
-//! Burn's `#[derive(Module)]` would generate such a visitor, but its `Linear` stores weights as
-//! `[in, out]` and its records carry Burn's own names; keeping Hugging Face's `[out, in]` layout
-//! and names makes loading and export name-for-name copies, and the hand-written AdamW needs
-//! per-parameter weight decay by name, which Burn 0.21's AdamW lacks.
+//! Why not Burn's `#[derive(Module)]` and burn-store: in burn-nn 0.21.0 `Linear` stores its weight
+//! as `[d_input, d_output]` and records carry Burn's own names, while keeping Hugging Face's
+//! `[out, in]` layout and names makes loading and export name-for-name copies; and burn-optim
+//! 0.21.0's `AdamWConfig` has one `weight_decay` for every parameter, where the trainer's AdamW
+//! skips norms and biases by name (as transformers does). This file is the one hand-kept list.
 
 use crate::config::LlamaConfig;
 

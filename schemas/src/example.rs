@@ -62,7 +62,11 @@ pub enum CodeTests {
     /// (signature and docstring) that a completion continues.
     HumanEval { test: String, entry_point: String, code_prompt: String },
     /// MBPP: assert statements, and code to run before them.
-    Mbpp { test_list: Vec<String>, test_setup_code: String },
+    Mbpp {
+        test_list: Vec<String>,
+        #[serde(default)]
+        test_setup_code: String,
+    },
 }
 
 impl CodeTests {
@@ -71,8 +75,10 @@ impl CodeTests {
     }
 
     pub fn from_json(text: &str) -> anyhow::Result<CodeTests> {
-        serde_json::from_str(text).map_err(|_| {
-            anyhow::anyhow!("tests are neither HumanEval's {{test, entry_point, code_prompt}} nor MBPP's {{test_list, test_setup_code}}")
+        serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "tests are neither HumanEval's {{test, entry_point, code_prompt}} nor MBPP's {{test_list, test_setup_code}} ({e})"
+            )
         })
     }
 }

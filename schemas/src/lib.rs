@@ -53,7 +53,7 @@ pub fn write_atomic_with<T>(
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: not a file path", path.display()))?;
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let written = (|| {
         let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;

@@ -38,8 +38,8 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))
 }
 
-/// Problems found (empty = the snapshot is intact), and the manifest.
-/// Re-hash every file a manifest lists (`pipeline verify`).
+/// Re-hash every file a manifest lists (`pipeline verify`): the problems found (empty = the
+/// snapshot is intact), and the manifest.
 pub fn verify(dir: &Path) -> anyhow::Result<(Manifest, Vec<String>)> {
     let manifest = read_manifest(dir)?;
     let mut problems = vec![];

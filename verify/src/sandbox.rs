@@ -181,7 +181,8 @@ fn effective_capabilities() -> u64 {
 }
 
 /// The code in a model's answer: the first fenced block (of any language tag), else the whole text.
-/// Shares `pipeline`'s fence handling so that training filters and scoring agree on what the code is.
+/// The same fence handling as the pipeline's filter ([`crate::answer::code_of`]), so that training
+/// filters and scoring agree on what the code is.
 pub fn extract_code(model_output: &str) -> String {
     crate::answer::code_of(model_output).to_string()
 }
