@@ -372,7 +372,14 @@ fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, lim
     if timed_out {
         return Status::Timeout;
     }
-    let last_line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    // The exception that ended the program is the last unindented line of its traceback. Forked
+    // children write their tracebacks to the same pipe and may be killed mid-way, leaving bare
+    // `Traceback ...:` headers after it, so those are skipped.
+    let last_line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with("Traceback (most recent call last)"))
+        .unwrap_or("");
     let out_of_memory = last_line.starts_with("MemoryError");
     if libc::WIFSIGNALED(wstatus) {
         let signal = libc::WTERMSIG(wstatus);

@@ -214,6 +214,16 @@ fn sandbox_memory_bombs_fail_and_the_machine_survives() {
     assert!(after.passed, "{after:?}");
 }
 
+#[test]
+fn sandbox_classifies_interleaved_tracebacks_by_the_last_exception() {
+    // What a forking memory bomb left on stderr in one run: children killed mid-traceback.
+    let stderr = "Traceback (most recent call last):\n  File \"program.py\", line 7, in <module>\n    x = bytearray(10**11)\nMemoryError\nTraceback (most recent call last):\nTraceback (most recent call last):\n";
+    let exit_1 = 1 << 8;
+    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), stderr), Status::MemoryExceeded);
+    let other = "Traceback (most recent call last):\n  File \"program.py\", line 1, in <module>\nMemoryError\nAssertionError\n";
+    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), other), Status::Failed { exit_code: 1 });
+}
+
 /// Programs that try to write `target` in several ways; each must fail without creating it.
 fn escape_attempts(target: &Path) -> Vec<String> {
     let t = target.display();
