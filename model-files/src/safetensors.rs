@@ -79,7 +79,9 @@ impl View for F32View<'_> {
 
 /// Write `tensors` as one f32 safetensors file with metadata `{"format": "pt"}`, under a
 /// temporary name beside `path` and renamed into place, so a crash never leaves a half-written
-/// file under the real name.
+/// file under the real name. (safetensors 0.7 serialises only to a path, not to a writer, so this
+/// cannot go through `schemas::write_atomic_with`; buffering the file in memory would hold a
+/// second copy of the model.)
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
     let path = path.as_ref();
     for (name, t) in tensors {
