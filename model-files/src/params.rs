@@ -75,13 +75,11 @@ impl<T> Params<T> {
     /// Every parameter passed through `f` with its names, in a fixed order (embeddings, then each
     /// block from `input_layernorm` to `down_proj`, the final norm, `lm_head`).
     pub fn map<U>(self, mut f: impl FnMut(&Name, T) -> U) -> Params<U> {
-        let mut top = |hf: &str, gguf: &str, t: T| f(&Name { hf: hf.to_string(), gguf: gguf.to_string() }, t);
-        let embed_tokens = top("model.embed_tokens.weight", "token_embd.weight", self.embed_tokens);
-        let layers = self.layers.into_iter().enumerate().map(|(i, l)| l.map(i, &mut |n: &Name, t| f(n, t))).collect();
-        // `f` is borrowed by the layers above, so the rest gets its own closure.
-        let mut top = |hf: &str, gguf: &str, t: T| f(&Name { hf: hf.to_string(), gguf: gguf.to_string() }, t);
-        let norm = top("model.norm.weight", "output_norm.weight", self.norm);
-        let lm_head = self.lm_head.map(|t| top("lm_head.weight", "output.weight", t));
+        let top = |hf: &str, gguf: &str| Name { hf: hf.to_string(), gguf: gguf.to_string() };
+        let embed_tokens = f(&top("model.embed_tokens.weight", "token_embd.weight"), self.embed_tokens);
+        let layers = self.layers.into_iter().enumerate().map(|(i, l)| l.map(i, &mut f)).collect();
+        let norm = f(&top("model.norm.weight", "output_norm.weight"), self.norm);
+        let lm_head = self.lm_head.map(|t| f(&top("lm_head.weight", "output.weight"), t));
         Params { embed_tokens, layers, norm, lm_head }
     }
 
