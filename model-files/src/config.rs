@@ -46,11 +46,12 @@ impl ModelType {
         }
     }
 
-    /// Fails for an architecture this crate does not implement, listing those it does.
-    pub fn check_supported(&self) -> Result<()> {
+    /// Fails for an architecture this crate does not implement, naming it as `what` calls it
+    /// (`model_type`, `GGUF architecture`) and listing those it does implement.
+    pub fn check_supported(&self, what: &str) -> Result<()> {
         if let ModelType::Unsupported(name) = self {
             let supported: Vec<&str> = Self::SUPPORTED.iter().map(ModelType::as_str).collect();
-            bail!("model_type `{name}` is not supported (supported: {})", supported.join(", "));
+            bail!("{what} `{name}` is not supported (supported: {})", supported.join(", "));
         }
         Ok(())
     }
@@ -218,7 +219,7 @@ impl LlamaConfig {
 
     /// Check that this is a model the trainer implements, with consistent dimensions.
     pub fn validate(&self) -> Result<()> {
-        self.model_type.check_supported()?;
+        self.model_type.check_supported("model_type")?;
         let (heads, kv) = (self.num_attention_heads, self.num_key_value_heads);
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -293,10 +294,7 @@ impl LlamaConfig {
     fn from_gguf_inner(g: &Gguf) -> Result<Self> {
         let arch = g.get_str("general.architecture")?;
         let model_type = ModelType::from(arch.to_string());
-        if model_type.check_supported().is_err() {
-            let supported: Vec<&str> = ModelType::SUPPORTED.iter().map(ModelType::as_str).collect();
-            bail!("GGUF architecture `{arch}` is not supported (supported: {})", supported.join(", "));
-        }
+        model_type.check_supported("GGUF architecture")?;
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize> { Ok(g.get_u64(&key(k))? as usize) };
 

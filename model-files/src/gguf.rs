@@ -185,10 +185,6 @@ impl GgmlType {
         Self::TABLE.iter().find(|r| r.1 == id).map(|r| r.0)
     }
 
-    pub fn id(self) -> u32 {
-        self.row().1
-    }
-
     pub fn name(self) -> &'static str {
         self.row().2
     }
