@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda model data data-eval score train eval test bench bench-data bench-train bench-generate check-export probs clean
+.PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export probs clean
 
 all: data
 
@@ -23,6 +23,28 @@ build:
 # The CUDA backend compiles its kernels with NVRTC at run time, so it builds without a GPU.
 build-cuda:
 	CUDARC_CUDA_VERSION=13000 $(CARGO) build --release --workspace --features trainer/cuda
+
+# The GPU check (README: GPU check). `gpu-bundle` packs what a GPU machine without cargo needs
+# beside the repository: the stripped CUDA trainer, gzipped, and the two snapshots the check
+# reads. `gpu-check` runs it here (an NVIDIA machine with cargo); `gpu-check-cpu` is the dry run.
+GPU_BUNDLE ?= bench-out/gpu-bundle
+GPU_SNAPSHOTS := $(SNAPSHOTS)/default-unscored/manifest.json $(SNAPSHOTS)/eval/gsm8k_test/manifest.json
+gpu-bundle: build-cuda model $(GPU_SNAPSHOTS)
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/snapshots/eval
+	strip -o $(GPU_BUNDLE)/trainer $(TRAINER) && gzip -9 -f $(GPU_BUNDLE)/trainer
+	cp -r $(SNAPSHOTS)/default-unscored $(GPU_BUNDLE)/snapshots/
+	cp -r $(SNAPSHOTS)/eval/gsm8k_test $(GPU_BUNDLE)/snapshots/eval/
+	@echo "$(GPU_BUNDLE): $$(du -sh $(GPU_BUNDLE) | cut -f1) (trainer.gz $$(du -h $(GPU_BUNDLE)/trainer.gz | cut -f1)); repository $$(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1)"
+
+gpu-check: build-cuda model $(GPU_SNAPSHOTS)
+	./scripts/gpu_check.sh
+
+gpu-check-cpu: build model $(GPU_SNAPSHOTS)
+	./scripts/gpu_check.sh --cpu --out bench-out/gpu-check-cpu
+
+$(SNAPSHOTS)/eval/gsm8k_test/manifest.json:
+	$(MAKE) --no-print-directory build model
+	$(PIPELINE) build --recipe datasets/recipes/eval/gsm8k_test.yaml --out $(SNAPSHOTS)/eval/gsm8k_test --force > /dev/null
 
 model: $(MODEL)
 $(MODEL):

@@ -9,7 +9,8 @@
 
 use burn::backend::Flex;
 use eval::benchmark::load_benchmark;
-use model::generate::{generate_batch, greedy, Request};
+use eval::throughput;
+use model::generate::greedy;
 use model::sampling::Sampling;
 use model::Llama;
 use std::path::Path;
@@ -25,8 +26,7 @@ fn main() -> anyhow::Result<()> {
     let model = Llama::<Flex>::load(Path::new(&args[1]), &dev)?;
     let bench = load_benchmark(&args[2], Path::new("."))?;
     let n = *sizes.iter().max().unwrap_or(&1);
-    let prompts: Vec<&[u32]> = bench.prompts.iter().take(n).map(|p| p.prompt_ids.as_slice()).collect();
-    let mean_prompt = prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len() as f64;
+    let prompts = throughput::prompts(&bench, n);
     let params = Sampling::greedy(new_tokens);
 
     // Baseline: one prompt, no cache. (BENCH_NO_BASELINE=1 skips it, for profiling.)
@@ -41,15 +41,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     for &b in &sizes {
-        let requests: Vec<Request> = prompts[..b].iter().enumerate().map(|(i, p)| Request { prompt: p, stream: i as u64 }).collect();
-        let t = Instant::now();
-        let done = generate_batch(&model, &requests, &params, &[], 0, &dev);
-        let secs = t.elapsed().as_secs_f64();
-        let tokens: usize = done.iter().map(|c| c.ids.len()).sum();
-        let tps = tokens as f64 / secs;
+        let r = throughput::measure(&model, &prompts[..b], &params, &dev);
         println!(
             "{}",
-            serde_json::json!({"mode": "kv_cache", "batch": b, "new_tokens": tokens, "mean_prompt_tokens": mean_prompt, "seconds": secs, "tokens_per_second": tps, "speedup": tps / base})
+            serde_json::json!({"mode": "kv_cache", "batch": b, "new_tokens": r.new_tokens, "mean_prompt_tokens": r.mean_prompt_tokens, "seconds": r.seconds, "tokens_per_second": r.tokens_per_second, "speedup": r.tokens_per_second / base})
         );
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Evaluation: benchmarks read from prompt snapshots (`benchmark`), generation and grading with
 //! the verifier and the sandbox (`evaluate`), Average@K / pass@K (`metrics`), results and
 //! summaries (`report`), and the histogram of the probability a model gives the training tokens
-//! with its PNG chart (`probs`, `plot`).
+//! with its PNG chart (`probs`, `plot`), decoding throughput (`throughput`).
 
 pub mod benchmark;
 pub mod evaluate;
@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod plot;
 pub mod probs;
 pub mod report;
+pub mod throughput;

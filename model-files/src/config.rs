@@ -92,9 +92,8 @@ impl TokenIds {
     }
 }
 
-fn default_rope_theta() -> f64 {
-    10000.0
-}
+/// transformers' default for Llama and Qwen2 when a config names no `rope_theta`.
+const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RawConfig")]
@@ -112,6 +111,8 @@ pub struct LlamaConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     pub rms_norm_eps: f64,
+    /// From `rope_theta`, or from `rope_parameters.rope_theta`, where transformers 5 writes it
+    /// (`rope_parameters` itself is kept in `extra` and checked by [`Self::validate`]).
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
     /// transformers defaults this to false for Llama; SmolLM2 and small Qwen2.5 models set it.
@@ -145,8 +146,8 @@ struct RawConfig {
     #[serde(default)]
     head_dim: Option<usize>,
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
@@ -175,7 +176,7 @@ impl From<RawConfig> for LlamaConfig {
             num_key_value_heads: r.num_key_value_heads.unwrap_or(r.num_attention_heads),
             head_dim: r.head_dim,
             rms_norm_eps: r.rms_norm_eps,
-            rope_theta: r.rope_theta,
+            rope_theta: r.rope_theta.or_else(|| rope_parameters_theta(&r.extra)).unwrap_or(DEFAULT_ROPE_THETA),
             max_position_embeddings: r.max_position_embeddings,
             tie_word_embeddings: r.tie_word_embeddings,
             attention_bias: r.attention_bias,
@@ -185,6 +186,11 @@ impl From<RawConfig> for LlamaConfig {
             extra: r.extra,
         }
     }
+}
+
+/// `rope_parameters.rope_theta` of a transformers 5 config, when it is a number.
+fn rope_parameters_theta(extra: &BTreeMap<String, Value>) -> Option<f64> {
+    extra.get("rope_parameters")?.get("rope_theta")?.as_f64()
 }
 
 impl LlamaConfig {
@@ -258,6 +264,24 @@ impl LlamaConfig {
         if let Some(s) = self.extra.get("rope_scaling").filter(|v| !v.is_null()) {
             bail!("rope_scaling {s} is not supported: the model implements plain RoPE only");
         }
+        // transformers 5 moved `rope_theta` and `rope_scaling` into one `rope_parameters` map.
+        if let Some(p) = self.extra.get("rope_parameters").filter(|v| !v.is_null()) {
+            let kind = p.get("rope_type").map_or(Some("default"), Value::as_str);
+            if kind != Some("default") {
+                bail!("rope_parameters {p} is not supported: the model implements plain RoPE only (rope_type \"default\")");
+            }
+            match p.get("rope_theta") {
+                Some(t) if t.as_f64() != Some(self.rope_theta) => {
+                    bail!("rope_parameters.rope_theta {t} disagrees with rope_theta {}", self.rope_theta)
+                }
+                _ => {}
+            }
+        }
+        if let Some(kinds) = self.extra.get("layer_types").and_then(Value::as_array) {
+            if let Some(other) = kinds.iter().find(|k| k.as_str() != Some("full_attention")) {
+                bail!("layer_types lists {other}: the model implements full attention only");
+            }
+        }
         if self.extra.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
             bail!("mlp_bias = true is not supported");
         }
@@ -317,7 +341,7 @@ impl LlamaConfig {
         } else {
             bail!("no vocabulary size: neither `tokenizer.ggml.tokens` nor `{}` is present", key("vocab_size"));
         };
-        let rope_theta = if g.contains(&key("rope.freq_base")) { g.get_f64(&key("rope.freq_base"))? } else { 10000.0 };
+        let rope_theta = if g.contains(&key("rope.freq_base")) { g.get_f64(&key("rope.freq_base"))? } else { DEFAULT_ROPE_THETA };
         let rms_norm_eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))?;
 
         let mut extra = BTreeMap::new();
@@ -407,6 +431,41 @@ mod tests {
         let back = LlamaConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(back.architectures, vec!["Qwen2ForCausalLM"]);
         assert_eq!(back.extra["max_window_layers"], serde_json::json!(21));
+    }
+
+    /// A Qwen2 config as transformers 5.24 `save_pretrained` writes it: no top-level `rope_theta`,
+    /// `dtype` instead of `torch_dtype`, `layer_types`.
+    const QWEN2_TRANSFORMERS5_JSON: &str = r#"{
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": null,
+      "dtype": "float32", "eos_token_id": null, "hidden_act": "silu", "hidden_size": 64,
+      "initializer_range": 0.02, "intermediate_size": 128,
+      "layer_types": ["full_attention", "full_attention"], "max_position_embeddings": 32768,
+      "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 4,
+      "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "rms_norm_eps": 1e-06,
+      "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}, "sliding_window": null,
+      "tie_word_embeddings": true, "transformers_version": "5.24.0", "use_cache": true,
+      "use_sliding_window": false, "vocab_size": 49152 }"#;
+
+    #[test]
+    fn parses_transformers5_rope_parameters() {
+        let c = LlamaConfig::from_json(QWEN2_TRANSFORMERS5_JSON).unwrap();
+        assert_eq!(c.rope_theta, 1e6, "rope_theta comes from rope_parameters, not the 10000 default");
+        c.validate().unwrap();
+        let back = LlamaConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(back.rope_theta, 1e6);
+        back.validate().unwrap();
+        let with = |patch: &str| {
+            let mut v: Value = serde_json::from_str(QWEN2_TRANSFORMERS5_JSON).unwrap();
+            let p: Value = serde_json::from_str(patch).unwrap();
+            for (k, x) in p.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let c: LlamaConfig = serde_json::from_value(v).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(with(r#"{"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}"#).contains("yarn"));
+        assert!(with(r#"{"rope_theta": 10000.0}"#).contains("disagrees"));
+        assert!(with(r#"{"layer_types": ["full_attention", "sliding_attention"]}"#).contains("sliding_attention"));
     }
 
     #[test]

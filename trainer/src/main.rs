@@ -82,6 +82,9 @@ enum Command {
         model: Option<PathBuf>,
         #[arg(long)]
         snapshot: Option<PathBuf>,
+        /// Write no checkpoints and no final model, only metrics.jsonl (speed measurements).
+        #[arg(long)]
+        no_save: bool,
     },
     /// Complete one chat prompt (chat template applied), for a quick look at a model.
     Generate {
@@ -133,6 +136,52 @@ enum Command {
         out: PathBuf,
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+    },
+    /// Decoding throughput: new tokens/s of batched KV-cache generation of a prompt snapshot's
+    /// prompts, one batch per size, every sequence decoding exactly --new-tokens (no stop
+    /// tokens). Prints one JSON line per run.
+    BenchGenerate {
+        #[arg(long)]
+        model: PathBuf,
+        /// A benchmark name (looked up in --snapshots) or a `prompts` snapshot folder; its first
+        /// prompts are used, starting over when a batch needs more.
+        #[arg(long, default_value = "gsm8k")]
+        prompts: String,
+        #[arg(long, default_value = "snapshots/eval")]
+        snapshots: PathBuf,
+        /// Comma-separated batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Runs per batch size (on a GPU the first includes compiling the kernels).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Also write the prompt ids of the largest batch, one JSON array per line, so that
+        /// another framework can decode the same prompts.
+        #[arg(long)]
+        prompts_out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+    },
+    /// Write the first rows of a train snapshot as JSON lines (`row`, `input_ids`,
+    /// `position_ids`, `segment_ids`, `loss_mask`) for tools outside rectify; with --model also
+    /// `logprobs`, the model's log-probability of every token in the `ref_logprobs` convention.
+    Rows {
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// How many rows, from the first (0: all).
+        #[arg(long, default_value_t = 0)]
+        rows: usize,
+        /// GGUF file or Hugging Face folder to score the rows with.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Re-score a results file without a model: each JSONL line with `gold` and `prediction`
     /// (a final answer or a whole model output) is written back with `extracted` and `correct`.
@@ -223,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output_dir,
             model,
             snapshot,
+            no_save,
         } => {
             let mut r = TrainRecipe::load(&recipe)?;
             if let Some(l) = loss {
@@ -254,7 +304,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = snapshot {
                 r.snapshot = cwd(p)?;
             }
-            let run = Run::new(r, &recipe)?;
+            let mut run = Run::new(r, &recipe)?;
+            run.save = !no_save;
             match device {
                 Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, rayon::current_num_threads(), &Default::default()),
                 #[cfg(feature = "cuda")]
@@ -306,6 +357,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print!("{}", markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
+            Ok(())
+        }
+        Command::BenchGenerate { model, prompts, snapshots, batch, new_tokens, sampling, repeat, prompts_out, device } => {
+            let bench = load_benchmark(&prompts, &snapshots)?;
+            anyhow::ensure!(!bench.prompts.is_empty(), "{} holds no prompts", bench.dir.display());
+            let largest = batch.iter().copied().max().unwrap_or(1);
+            if let Some(path) = &prompts_out {
+                let lines: String =
+                    eval::throughput::prompts(&bench, largest).iter().map(|p| format!("{}\n", serde_json::json!(p))).collect();
+                schemas::write_atomic(path, lines.as_bytes())?;
+            }
+            let params = sampling.with_budget(new_tokens);
+            let runs: Vec<(usize, usize)> = batch.iter().flat_map(|&b| (0..repeat.max(1)).map(move |r| (b, r))).collect();
+            match device {
+                Device::Cpu => bench_generate_on::<Flex>(&model, &bench, &params, &runs, &Default::default()),
+                #[cfg(feature = "cuda")]
+                Device::Cuda => bench_generate_on::<burn::backend::Cuda>(&model, &bench, &params, &runs, &Default::default()),
+            }
+        }
+        Command::Rows { snapshot, rows, model, device, out } => {
+            let snap = schemas::snapshot::load_snapshot(&snapshot)?;
+            let n = if rows == 0 { snap.rows.len() } else { rows.min(snap.rows.len()) };
+            let picked: Vec<&schemas::snapshot::Row> = snap.rows[..n].iter().collect();
+            let scored = match &model {
+                None => None,
+                Some(m) => Some(match device {
+                    Device::Cpu => rows_logprobs_on::<Flex>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())?,
+                    // One row at a time on the GPU (see `Eval`).
+                    #[cfg(feature = "cuda")]
+                    Device::Cuda => rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(|| {
+                        rows_logprobs_on::<burn::backend::Cuda>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())
+                    })?,
+                }),
+            };
+            let mut text = String::new();
+            for (i, r) in picked.iter().enumerate() {
+                let mut line = serde_json::json!({
+                    "row": i, "input_ids": r.input_ids, "position_ids": r.position_ids,
+                    "segment_ids": r.segment_ids, "loss_mask": r.loss_mask,
+                });
+                if let Some((lp, _)) = &scored {
+                    line["logprobs"] = serde_json::json!(lp[i]);
+                }
+                text.push_str(&format!("{line}\n"));
+            }
+            schemas::write_atomic(&out, text.as_bytes())?;
+            match (&model, &scored) {
+                (Some(m), Some((_, secs))) => {
+                    let tokens: usize = picked.iter().map(|r| r.segment_ids.iter().filter(|&&s| s != 0).count()).sum();
+                    println!(
+                        "wrote {n} rows with the log-probabilities of {} to {} ({tokens} tokens scored in {secs:.2} s, {:.0} tokens/s)",
+                        m.display(),
+                        out.display(),
+                        tokens as f64 / secs
+                    );
+                }
+                _ => println!("wrote {n} rows to {}", out.display()),
+            }
             Ok(())
         }
         Command::VerifyAnswers { file, out, benchmark } => {
@@ -391,6 +500,46 @@ fn eval_on<B: burn::tensor::backend::Backend>(
     Ok(summary)
 }
 
+/// Each `(batch size, run number)` of `runs`, timed and printed as a JSON line.
+fn bench_generate_on<B: burn::tensor::backend::Backend>(
+    model: &std::path::Path,
+    bench: &Benchmark,
+    params: &Sampling,
+    runs: &[(usize, usize)],
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let m = Llama::<B>::load(model, device)?;
+    m.check_vocab(bench.manifest.tokenizer.vocab_size)?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    for &(b, run) in runs {
+        let r = eval::throughput::measure(&m, &eval::throughput::prompts(bench, b), params, device);
+        let mut line = serde_json::to_value(&r)?;
+        line["run"] = run.into();
+        line["load_seconds"] = load_seconds.into();
+        line["temperature"] = params.temperature.into();
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The log-probabilities of every token of `rows` under `model`, and the seconds they took.
+fn rows_logprobs_on<B: burn::tensor::backend::Backend>(
+    model: &std::path::Path,
+    rows: &[&schemas::snapshot::Row],
+    vocab_size: usize,
+    device: &B::Device,
+) -> anyhow::Result<(Vec<Vec<f32>>, f64)>
+where
+    Llama<B>: Sync,
+{
+    let m = Llama::<B>::load(model, device)?;
+    m.check_vocab(vocab_size)?;
+    let t0 = std::time::Instant::now();
+    let lp = model::logprobs::rows_logprobs(&m, rows, device, || {});
+    Ok((lp, t0.elapsed().as_secs_f64()))
+}
+
 fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &burn::tensor::Device<B>) -> anyhow::Result<()> {
     let s = trainer::train::train::<B>(run, resume, concurrency, device)?;
     if let Some(m) = &s.last {
@@ -401,6 +550,9 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
     }
     println!("metrics:     {}", s.metrics.display());
     println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
-    println!("final model: {} (Hugging Face safetensors + config.json + tokenizer.json)", s.final_model.display());
+    match &s.final_model {
+        Some(dir) => println!("final model: {} (Hugging Face safetensors + config.json + tokenizer.json)", dir.display()),
+        None => println!("final model: not saved (--no-save)"),
+    }
     Ok(())
 }

@@ -39,6 +39,10 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
+    /// The snapshot rows this step trained on, in micro-batch order (for replaying the run in
+    /// another framework; absent from logs written before it was recorded).
+    #[serde(default)]
+    pub rows: Vec<usize>,
 }
 
 /// Fully resolved run settings.
@@ -47,13 +51,21 @@ pub struct Run {
     pub model_path: PathBuf,
     pub snapshot_dir: PathBuf,
     pub output_dir: PathBuf,
+    /// Write checkpoints and the final model (off for speed measurements: metrics only).
+    pub save: bool,
 }
 
 impl Run {
     pub fn new(recipe: TrainRecipe, recipe_path: &Path) -> anyhow::Result<Run> {
         recipe.validate().with_context(|| format!("training recipe {}", recipe_path.display()))?;
         let at = |p: &str| schemas::recipe::resolve(recipe_path, p);
-        Ok(Run { model_path: at(&recipe.model), snapshot_dir: at(&recipe.snapshot), output_dir: at(&recipe.output_dir), recipe })
+        Ok(Run {
+            model_path: at(&recipe.model),
+            snapshot_dir: at(&recipe.snapshot),
+            output_dir: at(&recipe.output_dir),
+            recipe,
+            save: true,
+        })
     }
 }
 
@@ -88,7 +100,8 @@ impl Stream {
 
 pub struct Summary {
     pub steps: u64,
-    pub final_model: PathBuf,
+    /// `None` when the run was told not to save.
+    pub final_model: Option<PathBuf>,
     pub metrics: PathBuf,
     pub last: Option<StepMetrics>,
 }
@@ -167,7 +180,8 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let mut last = None;
     while state.step < total_steps {
         let t0 = Instant::now();
-        let rows: Vec<&Row> = (0..rows_per_step as u64).map(|i| &snapshot.rows[stream.row(state.rows_consumed + i)]).collect();
+        let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
+        let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
         let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
         let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
         let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
@@ -227,6 +241,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             tokens,
             tokens_per_second: tokens as f64 / t0.elapsed().as_secs_f64(),
             elapsed_seconds: start.elapsed().as_secs_f64(),
+            rows: row_ids,
         };
         writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
         metrics.flush()?;
@@ -235,15 +250,20 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             m.objective, m.cross_entropy, m.mean_token_prob, m.grad_norm, m.tokens_per_second
         ));
         pb.inc(1);
-        if step_no % r.checkpoint_every == 0 || step_no == total_steps {
+        if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, &opt, &state)?;
         }
         last = Some(m);
     }
     pb.finish();
-    let final_dir = run.output_dir.join("final");
-    save_final(&final_dir, &model, &run.snapshot_dir)?;
-    Ok(Summary { steps: state.step, final_model: final_dir, metrics: metrics_path, last })
+    let final_model = if run.save {
+        let dir = run.output_dir.join("final");
+        save_final(&dir, &model, &run.snapshot_dir)?;
+        Some(dir)
+    } else {
+        None
+    };
+    Ok(Summary { steps: state.step, final_model, metrics: metrics_path, last })
 }
 
 /// Gradients and detached loss sums of one micro-batch.

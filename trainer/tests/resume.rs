@@ -127,3 +127,34 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
     assert!(!dir.join("nan/checkpoints/step-000002").exists());
     model_files::checkpoint::load(&ckpt).expect("the kept checkpoint loads");
 }
+
+/// `--no-save` leaves metrics only, and each step's `rows` is the documented data order: epoch
+/// `e` visits the rows in `shuffle(0..n, seed + e)` order.
+#[test]
+fn no_save_writes_only_metrics_with_each_steps_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    let snap = tiny_snapshot(dir);
+    let r = recipe(dir, "ns");
+    let status = trainer(&["train", "--recipe", r.to_str().unwrap(), "--no-save"]).status().unwrap();
+    assert!(status.success());
+    assert!(!dir.join("ns/checkpoints").exists() && !dir.join("ns/final").exists(), "nothing but metrics is written");
+    let n = schemas::snapshot::load_snapshot(&snap).unwrap().rows.len();
+    let logged: Vec<Vec<usize>> = std::fs::read_to_string(dir.join("ns/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_value(serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"].clone()).unwrap())
+        .collect();
+    assert_eq!(logged.len(), 6);
+    let flat: Vec<usize> = logged.concat();
+    let expected: Vec<usize> = (0..flat.len())
+        .map(|k| {
+            let mut order: Vec<usize> = (0..n).collect();
+            schemas::rng::shuffle(&mut order, 5 + (k / n) as u64);
+            order[k % n]
+        })
+        .collect();
+    assert_eq!(flat, expected);
+    assert!(logged.iter().all(|r| r.len() == logged[0].len()), "every step trains on as many rows");
+}

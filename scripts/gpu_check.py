@@ -1,0 +1,864 @@
+#!/usr/bin/env python3
+"""The GPU check: rectify's CUDA path measured in one run, against PyTorch on the same GPU.
+
+Run through scripts/gpu_check.sh (see the README's GPU section). On a GPU machine (`--mode gpu`)
+it makes two random-weight Hugging Face checkpoints with transformers (a SmolLM2-135M-shaped
+Llama and a Qwen2.5-1.5B-shaped Qwen2), then for each shape:
+
+  logprobs        rectify's per-token log-probabilities of packed snapshot rows against PyTorch
+                  running every example alone, in float32
+  train_rectify   N DFT steps on the default snapshot's 2048-token rows: tokens/s, MFU, peak GPU
+                  memory, time to the first step
+  train_eager     the same steps, same rows, same learning rates in PyTorch eager
+  generate        batched sampling tokens/s against transformers' `generate`
+  microbatch      the largest micro-batch rectify trains without failing
+  train_compile   the PyTorch steps again under torch.compile
+
+Every measurement runs in its own process, so a CUDA failure (NVRTC missing, a kernel that does
+not compile, out of memory) is recorded with its message and the step it happened in, and the
+check goes on with the next one. Results go to OUT/gpu_check.json after every step, so a run cut
+short keeps what it measured. `--mode cpu` is the dry run CI uses: tiny shapes, two steps, Burn's
+Flex backend, PyTorch on CPU when it is installed (skipped with a message when it is not).
+
+The PyTorch side also runs here as worker processes: `gpu_check.py --worker TASK ARGS.json`.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+# Architectures measured. `init_std` is 2/sqrt(hidden): logits then spread with a standard
+# deviation near 2, so log-probabilities differ from token to token. With transformers' default
+# 0.02 the outputs are nearly uniform and a broken attention would still agree to 1e-3.
+SHAPES = {
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         max_position_embeddings=8192, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         max_position_embeddings=32768, tie_word_embeddings=True),
+    # Dry-run shapes: the same two architectures, small enough for two CPU cores. The Qwen2 one
+    # has a larger vocabulary than the snapshot's tokenizer, as the real one does.
+    "tiny-llama": dict(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5,
+                       max_position_embeddings=8192, tie_word_embeddings=True),
+    "tiny-qwen2": dict(model_type="qwen2", vocab_size=50000, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=1, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       max_position_embeddings=32768, tie_word_embeddings=False),
+}
+
+MODES = {
+    "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], steps=20, logprob_rows=4, gen_batches=[64, 256],
+                gen_new_tokens=128, microbatches=[2, 4, 8, 16, 32, 64], budget=420),
+    "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2"], steps=2, logprob_rows=2, gen_batches=[2, 4],
+                gen_new_tokens=8, microbatches=[2], budget=900),
+}
+
+# Per-token log-probabilities of rectify and PyTorch (both float32) must agree to this, in nats.
+LOGPROB_TOLERANCE = 2e-3
+# The training comparison: per-step DFT objective and gradient norm, relative.
+TRAIN_TOLERANCE = 1e-2
+
+# Dense peak throughput by GPU, FLOP/s: FP32 on the CUDA cores and TF32 on the tensor cores
+# (NVIDIA's H100/H200 SXM and A100 datasheets, without sparsity). Both frameworks compute in f32.
+GPU_PEAKS = {
+    "H200": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
+    "H100": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
+    "A100": {"fp32": 19.5e12, "tf32_tensor": 156e12},
+}
+
+SEQ_LEN_NOTE = "rows of the default snapshot (2048 tokens, several packed examples each)"
+
+
+# ---------------------------------------------------------------- the harness
+
+
+class Check:
+    def __init__(self, args):
+        self.args = args
+        self.mode = MODES[args.mode]
+        self.device = self.mode["device"]
+        self.out = os.path.abspath(args.out)
+        self.work = os.path.abspath(args.work or os.path.join(self.out, "work"))
+        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(self.work, exist_ok=True)
+        os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+        self.t0 = time.time()
+        self.deadline = self.t0 + (args.budget or self.mode["budget"])
+        self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "steps": [], "shapes": {},
+                        "tolerances": {"logprob_abs_nats": LOGPROB_TOLERANCE, "train_rel": TRAIN_TOLERANCE}}
+        self.failed = []
+
+    # -- bookkeeping
+
+    def save(self):
+        path = os.path.join(self.out, "gpu_check.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def left(self):
+        return self.deadline - time.time()
+
+    def shape(self, name):
+        return self.results["shapes"].setdefault(name, {})
+
+    def step(self, name, fn, *a, min_seconds=10, required=True):
+        """Run one measurement; an exception or a failed process is recorded, not raised."""
+        rec = {"step": name, "started_s": round(time.time() - self.t0, 1)}
+        if self.left() < min_seconds:
+            rec.update(ok=False, skipped=f"out of time: {self.left():.0f} s of the budget left, the step needs {min_seconds}")
+            print(f"[{name}] SKIPPED: {rec['skipped']}", flush=True)
+        else:
+            print(f"[{name}] ...", flush=True)
+            t = time.time()
+            try:
+                rec["result"] = fn(*a)
+                rec["ok"] = True
+            except Skip as e:
+                rec.update(ok=False, skipped=str(e))
+            except Failure as e:
+                rec.update(ok=False, error=str(e))
+            except Exception as e:  # a bug in this script: record it and go on
+                rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+            rec["seconds"] = round(time.time() - t, 2)
+            status = "ok" if rec["ok"] else ("SKIPPED: " + rec["skipped"] if "skipped" in rec else "FAILED: " + rec["error"])
+            print(f"[{name}] {status} ({rec['seconds']} s)", flush=True)
+        if not rec["ok"] and "error" in rec and required:
+            self.failed.append(name)
+        self.results["steps"].append(rec)
+        self.save()
+        return rec.get("result")
+
+    # -- processes
+
+    def run(self, name, cmd, timeout, metrics=None, env=None):
+        """Run `cmd`, polling its peak memory (GPU: nvidia-smi; CPU: VmHWM) and, when given, the
+        time its `metrics` file gets its first line. Raises Failure with the end of stderr."""
+        timeout = max(1.0, min(timeout, self.left()))
+        log = os.path.join(self.out, "logs", name + ".log")
+        with open(log, "w") as err:
+            t = time.time()
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env or self.env, start_new_session=True)
+            mon = Monitor(p.pid, self.device, metrics, t)
+            try:
+                out, _ = p.communicate(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                out, _ = p.communicate()
+                timed_out = True
+            mon.stop()
+        seconds = time.time() - t
+        res = {"seconds": round(seconds, 2), "peak_memory_mib": mon.peak_mib(), "memory_source": mon.source}
+        if mon.first_line_s is not None:
+            res["first_metrics_line_s"] = round(mon.first_line_s, 2)
+        if timed_out:
+            raise Failure(f"{name}: no result after {timeout:.0f} s (killed); stderr tail: {tail(log)}", res, out)
+        if p.returncode != 0:
+            raise Failure(f"{name}: exit {p.returncode}: {tail(log)}", res, out)
+        return res, out
+
+    def worker(self, name, task, params, timeout):
+        """A PyTorch measurement in its own process; its result is the last stdout line."""
+        if not self.torch:
+            raise Skip(self.torch_missing)
+        path = os.path.join(self.work, name + ".args.json")
+        with open(path, "w") as f:
+            json.dump(params, f)
+        # PyTorch gets the environment as it was: the trainer's library path could shadow the
+        # CUDA libraries its own wheels bring.
+        res, out = self.run(name, [sys.executable, os.path.abspath(__file__), "--worker", task, path], timeout, env=dict(os.environ))
+        lines = [l for l in out.splitlines() if l.strip()]
+        if not lines:
+            raise Failure(f"{name}: the worker printed no result")
+        r = json.loads(lines[-1])
+        r["process"] = res
+        return r
+
+    # -- the measurements
+
+    def environment(self):
+        env = dict(os.environ)
+        found = {}
+        if self.device == "cuda":
+            found = cuda_libraries(env)
+        self.env = env
+        info = {"python": sys.version.split()[0], "cpu_cores": os.cpu_count(), "cuda_libraries": found,
+                "trainer": self.args.trainer, "snapshot": self.args.snapshot, "prompts": self.args.prompts}
+        v = subprocess.run([self.args.trainer, "--version"], capture_output=True, text=True, env=env)
+        info["trainer_version"] = v.stdout.strip() or v.stderr.strip()
+        probe = subprocess.run([sys.executable, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
+                               capture_output=True, text=True)
+        self.torch = probe.returncode == 0
+        if self.torch:
+            info["torch"], info["transformers"] = probe.stdout.split()
+        else:
+            self.torch_missing = "PyTorch/transformers not importable here: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+            info["torch"] = None
+            print(f"SKIPPED (PyTorch parts): {self.torch_missing}", flush=True)
+            if self.device == "cuda":
+                self.failed.append("torch")
+        if self.device == "cuda":
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                               capture_output=True, text=True)
+            info["gpu"] = q.stdout.strip() or q.stderr.strip()
+            info["peak_flops"] = next((v for k, v in GPU_PEAKS.items() if k in info["gpu"]), None)
+        else:
+            info["gpu"], info["peak_flops"] = None, None
+        self.peaks = info["peak_flops"]
+        self.results["env"] = info
+        # The rows every framework trains on, and the segment lengths for the FLOPs formula.
+        rows = os.path.join(self.work, "rows.jsonl")
+        self.run("rows", [self.args.trainer, "rows", "--snapshot", self.args.snapshot, "--out", rows], 120)
+        self.rows_file = rows
+        seg = []
+        for line in open(rows):
+            ids = json.loads(line)["segment_ids"]
+            runs = {}
+            for s in ids:
+                if s:
+                    runs[s] = runs.get(s, 0) + 1
+            seg.extend(runs.values())
+        self.rows_count = sum(1 for _ in open(rows))
+        # Token-weighted mean length of a packed example: the mean span attention works over.
+        self.attn_span = sum(n * n for n in seg) / max(1, sum(seg))
+        info["rows"] = self.rows_count
+        info["mean_attention_span"] = round(self.attn_span, 1)
+        return info
+
+    def checkpoint(self, shape):
+        cfg = SHAPES[shape]
+        path = os.path.join(self.work, "models", shape)
+        if self.torch:
+            r = self.worker(f"checkpoint-{shape}", "checkpoint", {"config": cfg, "path": path, "device": self.device, "seed": 1}, 300)
+        elif self.device == "cuda":
+            raise Failure(f"no checkpoint: {self.torch_missing}")
+        else:
+            # Without PyTorch (the CPU dry run in CI) the same weights' distribution, written by hand.
+            r = write_random_checkpoint(cfg, path, seed=1)
+        self.shape(shape)["params"] = r["params"]
+        self.shape(shape)["config"] = cfg
+        return r
+
+    def logprobs(self, shape):
+        model = os.path.join(self.work, "models", shape)
+        rows = os.path.join(self.work, f"logprobs-{shape}.jsonl")
+        res, out = self.run(f"logprobs-rectify-{shape}", [self.args.trainer, "rows", "--snapshot", self.args.snapshot, "--rows",
+                                                          str(self.mode["logprob_rows"]), "--model", model, "--device", self.device,
+                                                          "--out", rows], 300)
+        r = {"rectify": {**res, "stdout": out.strip()}}
+        self.shape(shape)["logprobs"] = r
+        r["pytorch"] = self.worker(f"logprobs-pytorch-{shape}", "logprobs", {"model": model, "rows": rows, "device": self.device}, 300)
+        p = r["pytorch"]
+        r["max_abs_diff"], r["pass"] = p["max_abs_diff"], p["max_abs_diff"] <= LOGPROB_TOLERANCE
+        if not r["pass"]:
+            raise Failure(f"log-probabilities differ by up to {p['max_abs_diff']:.3g} nats (tolerance {LOGPROB_TOLERANCE})")
+        return r
+
+    def recipe(self, shape, name, steps, micro):
+        model = os.path.join(self.work, "models", shape)
+        out = os.path.join(self.work, "runs", name)
+        shutil.rmtree(out, ignore_errors=True)
+        path = os.path.join(self.work, name + ".yaml")
+        with open(path, "w") as f:
+            f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(os.path.abspath(self.args.snapshot))}\n"
+                    f"output_dir: {json.dumps(out)}\nloss: dft\nlr: 1.0e-4\nbatch_tokens: {micro * 2048}\n"
+                    f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n")
+        return path, os.path.join(out, "metrics.jsonl")
+
+    def train_rectify(self, shape, name, steps, micro, timeout):
+        recipe, metrics = self.recipe(shape, name, steps, micro)
+        try:
+            res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"], timeout,
+                              metrics=metrics)
+        except Failure as e:
+            # Steps finished before a failure or a time-out still count, and say so.
+            done = read_jsonl(metrics)
+            if not done:
+                raise
+            res = {**e.res, "stopped": str(e)}
+        lines = read_jsonl(metrics)
+        return {**res, **self.throughput(shape, lines), "steps": lines}
+
+    def throughput(self, shape, lines):
+        """Steady tokens/s (steps after the first two; all when there are fewer), MFU."""
+        if not lines:
+            return {}
+        steady = lines[2:] if len(lines) > 2 else lines
+        tokens = sum(l["tokens"] for l in steady)
+        secs = sum(l["tokens"] / l["tokens_per_second"] for l in steady)
+        tps = tokens / secs
+        fpt = flops_per_token(SHAPES[shape], self.attn_span)
+        r = {"tokens_per_second": round(tps, 1), "first_step_seconds": round(lines[0]["tokens"] / lines[0]["tokens_per_second"], 2),
+             "flops_per_token": fpt, "achieved_tflops": round(tps * fpt / 1e12, 2), "steps_done": len(lines)}
+        if self.peaks:
+            r["mfu_fp32"] = round(tps * fpt / self.peaks["fp32"], 4)
+            r["mfu_tf32_tensor"] = round(tps * fpt / self.peaks["tf32_tensor"], 4)
+        return r
+
+    def train(self, shape):
+        steps = self.mode["steps"]
+        r = self.train_rectify(shape, f"train-rectify-{shape}", steps, 1, 100 if self.device == "cuda" else 300)
+        self.shape(shape)["train_rectify"] = {k: v for k, v in r.items() if k != "steps"}
+        self.shape(shape)["rectify_steps"] = r["steps"]
+        if "first_metrics_line_s" in r:
+            r["time_to_first_step_s"] = r["first_metrics_line_s"]
+            self.shape(shape)["train_rectify"]["time_to_first_step_s"] = r["first_metrics_line_s"]
+        return {k: v for k, v in r.items() if k != "steps"}
+
+    def train_torch(self, shape, compile_):
+        steps = self.shape(shape).get("rectify_steps")
+        if not steps:
+            raise Skip("rectify's training run recorded no steps to replay")
+        key = "train_compile" if compile_ else "train_eager"
+        r = self.worker(f"{key}-{shape}", "train",
+                        {"model": os.path.join(self.work, "models", shape), "rows": self.rows_file, "device": self.device,
+                         "steps": [{"rows": s["rows"], "lr": s["lr"]} for s in steps], "micro": 1, "compile": compile_,
+                         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}, "clip": 1.0}, 420)
+        r.update(self.throughput(shape, r["steps"]))
+        # The same run, step for step: objective and gradient norm against rectify's.
+        cmp = []
+        for a, b in zip(steps, r["steps"]):
+            cmp.append({"step": a["step"], "objective_rel": rel(a["objective"], b["objective"]),
+                        "grad_norm_rel": rel(a["grad_norm"], b["grad_norm"])})
+        r["vs_rectify"] = cmp
+        r["max_rel_diff"] = max([max(c["objective_rel"], c["grad_norm_rel"]) for c in cmp] or [0.0])
+        mine = self.shape(shape).get("train_rectify", {})
+        if mine.get("tokens_per_second") and r.get("tokens_per_second"):
+            r["rectify_over_pytorch_tokens_per_second"] = round(mine["tokens_per_second"] / r["tokens_per_second"], 3)
+        self.shape(shape)[key] = {k: v for k, v in r.items() if k != "steps"}
+        if r["max_rel_diff"] > TRAIN_TOLERANCE:
+            raise Failure(f"training differs from rectify's by up to {r['max_rel_diff']:.3g} relative (tolerance {TRAIN_TOLERANCE})")
+        return self.shape(shape)[key]
+
+    def generate(self, shape):
+        model = os.path.join(self.work, "models", shape)
+        prompts = os.path.join(self.work, f"prompts-{shape}.jsonl")
+        batches, n = self.mode["gen_batches"], self.mode["gen_new_tokens"]
+        res, out = self.run(f"generate-rectify-{shape}",
+                            [self.args.trainer, "bench-generate", "--model", model, "--prompts", self.args.prompts, "--batch",
+                             ",".join(map(str, batches)), "--new-tokens", str(n), "--temperature", "1.0", "--repeat", "2",
+                             "--device", self.device, "--prompts-out", prompts], 300)
+        runs = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+        r = {"new_tokens_per_sequence": n, "temperature": 1.0, "rectify": {"process": res, "runs": runs}}
+        self.shape(shape)["generate"] = r
+        # The last run of each batch size: the first includes compiling kernels (rectify) or warm-up.
+        last = lambda rs, b: next((x["tokens_per_second"] for x in reversed(rs) if x["batch"] == b), None)
+        r["table"] = [{"batch": b, "rectify_tokens_per_second": last(runs, b), "pytorch_tokens_per_second": None} for b in batches]
+        r["pytorch"] = self.worker(f"generate-pytorch-{shape}", "generate",
+                                   {"model": model, "prompts": prompts, "device": self.device, "batches": batches, "new_tokens": n}, 300)
+        for row in r["table"]:
+            row["pytorch_tokens_per_second"] = last(r["pytorch"]["runs"], row["batch"])
+            if row["rectify_tokens_per_second"] and row["pytorch_tokens_per_second"]:
+                row["rectify_over_pytorch"] = round(row["rectify_tokens_per_second"] / row["pytorch_tokens_per_second"], 3)
+        return r
+
+    def microbatch(self, shape):
+        tried = []
+        largest = 1 if self.shape(shape).get("train_rectify") else None
+        for mb in self.mode["microbatches"]:
+            if mb > self.rows_count:
+                break
+            if self.left() < 45:
+                tried.append({"micro_batch_rows": mb, "skipped": "out of time"})
+                break
+            try:
+                r = self.train_rectify(shape, f"microbatch-{shape}-{mb}", 2, mb, 150)
+            except Failure as e:
+                tried.append({"micro_batch_rows": mb, "ok": False, "error": str(e), **e.res})
+                break
+            if "stopped" in r or r.get("steps_done", 0) < 2:
+                tried.append({"micro_batch_rows": mb, "ok": False, "error": r.get("stopped", "fewer than 2 steps")})
+                break
+            tried.append({"micro_batch_rows": mb, "ok": True, "tokens_per_second": r["tokens_per_second"],
+                          "peak_memory_mib": r["peak_memory_mib"], "mfu_fp32": r.get("mfu_fp32")})
+            largest = mb
+        r = {"largest_micro_batch_rows": largest, "tried": tried,
+             "note": "each size runs 2 steps in its own process; the first failure (or the budget) ends the search"}
+        self.shape(shape)["microbatch"] = r
+        return r
+
+    def report(self):
+        print()
+        env = self.results.get("env", {})
+        print(f"rectify GPU check ({self.results['mode']}): {env.get('gpu') or 'CPU'}; torch {env.get('torch')}; "
+              f"{time.time() - self.t0:.0f} s")
+        hdr = f"{'shape':<14} {'logprob max|d|':>14} {'rectify tok/s':>13} {'MFU fp32':>8} {'peak MiB':>9} {'1st step s':>10} " \
+              f"{'torch tok/s':>11} {'ratio':>6} {'compile tok/s':>13} {'max mb':>6}"
+        print(hdr)
+        for name, s in self.results["shapes"].items():
+            lp = s.get("logprobs", {}).get("max_abs_diff")
+            tr, te, tc = s.get("train_rectify", {}), s.get("train_eager", {}), s.get("train_compile", {})
+            print(f"{name:<14} {fmt(lp, '.2e'):>14} {fmt(tr.get('tokens_per_second'), '.0f'):>13} {fmt(tr.get('mfu_fp32'), '.1%'):>8} "
+                  f"{fmt(tr.get('peak_memory_mib'), '.0f'):>9} {fmt(tr.get('time_to_first_step_s'), '.1f'):>10} "
+                  f"{fmt(te.get('tokens_per_second'), '.0f'):>11} {fmt(te.get('rectify_over_pytorch_tokens_per_second'), '.2f'):>6} "
+                  f"{fmt(tc.get('tokens_per_second'), '.0f'):>13} {fmt(s.get('microbatch', {}).get('largest_micro_batch_rows'), 'd'):>6}")
+            for g in s.get("generate", {}).get("table", []):
+                print(f"{'':<14} generate batch {g['batch']}: rectify {fmt(g['rectify_tokens_per_second'], '.0f')} tok/s, "
+                      f"PyTorch {fmt(g['pytorch_tokens_per_second'], '.0f')} tok/s")
+        bad = [s for s in self.results["steps"] if not s["ok"]]
+        for s in bad:
+            print(f"  {s['step']}: {s.get('error') or 'skipped: ' + s.get('skipped', '')}")
+        print(f"results: {os.path.join(self.out, 'gpu_check.json')}")
+
+
+class Skip(Exception):
+    pass
+
+
+class Failure(Exception):
+    def __init__(self, msg, res=None, out=""):
+        super().__init__(msg)
+        self.res = res or {}
+        self.out = out
+
+
+class Monitor:
+    """Peak memory of one process, polled: GPU memory from nvidia-smi (the process's own when
+    its pid is visible, else the whole device's minus what was in use at the start), CPU peak
+    RSS from /proc. Also notes when a metrics file gets its first line."""
+
+    def __init__(self, pid, device, metrics, t0):
+        self.pid, self.device, self.metrics, self.t0 = pid, device, metrics, t0
+        self.proc_peak, self.dev_peak, self.rss_peak, self.first_line_s = None, None, None, None
+        self.base = gpu_used_total() if device == "cuda" else None
+        self.source = "nvidia-smi" if device == "cuda" else "VmHWM"
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.done.is_set():
+            self.sample()
+            self.done.wait(0.25)
+
+    def sample(self):
+        if self.metrics and self.first_line_s is None and os.path.exists(self.metrics) and os.path.getsize(self.metrics) > 0:
+            self.first_line_s = time.time() - self.t0
+        if self.device == "cuda":
+            procs = gpu_used_by_pid()
+            mine = sum(v for p, v in procs.items() if p in process_tree(self.pid))
+            if mine:
+                self.proc_peak = max(self.proc_peak or 0, mine)
+            total = gpu_used_total()
+            if total is not None and self.base is not None:
+                self.dev_peak = max(self.dev_peak or 0, total - self.base)
+        else:
+            try:
+                for line in open(f"/proc/{self.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        self.rss_peak = max(self.rss_peak or 0, int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+
+    def peak_mib(self):
+        if self.device == "cuda":
+            if self.proc_peak:
+                return self.proc_peak
+            self.source = "nvidia-smi, whole device less the memory in use before the process"
+            return self.dev_peak
+        return round(self.rss_peak, 1) if self.rss_peak else None
+
+
+def gpu_used_by_pid():
+    q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], capture_output=True,
+                       text=True)
+    out = {}
+    for line in q.stdout.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            out[int(parts[0])] = out.get(int(parts[0]), 0) + int(parts[1])
+    return out
+
+
+def gpu_used_total():
+    q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True)
+    try:
+        return sum(int(x) for x in q.stdout.split())
+    except ValueError:
+        return None
+
+
+def process_tree(pid):
+    """`pid` and its descendants (a wrapper process may run the one that holds the GPU)."""
+    kids = {pid}
+    try:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid in kids:
+                    kids.add(int(d))
+    except OSError:
+        pass
+    return kids
+
+
+def cuda_libraries(env):
+    """Make NVRTC and the CUDA runtime findable by the trainer (cudarc loads them at run time)
+    and point CUDA_PATH at headers NVRTC can include. A CUDA toolkit in the usual places comes
+    first; PyTorch's `nvidia-*` wheels are the fallback. Returns what was found."""
+    roots = []
+    if env.get("CUDA_PATH"):
+        roots.append(env["CUDA_PATH"])
+    roots += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    site = []
+    for p in sys.path:
+        site += glob.glob(os.path.join(p, "nvidia", "cu*")) + glob.glob(os.path.join(p, "nvidia", "cuda_nvrtc"))
+    lib_dirs, found = [], {}
+    for r in roots + sorted(set(site)):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            d = os.path.join(r, sub)
+            if glob.glob(os.path.join(d, "libnvrtc.so*")):
+                lib_dirs.append(d)
+                found.setdefault("nvrtc", d)
+        if "cuda_path" not in found and os.path.exists(os.path.join(r, "include", "cuda.h")):
+            found["cuda_path"] = r
+    if "cuda_path" in found and not env.get("CUDA_PATH"):
+        env["CUDA_PATH"] = found["cuda_path"]
+    if lib_dirs:
+        env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(lib_dirs + [x for x in env.get("LD_LIBRARY_PATH", "").split(":") if x]))
+    return found
+
+
+def flops_per_token(cfg, span):
+    """Training FLOPs per token: 6·N + 12·L·d·S (the PaLM appendix convention), with N the
+    weights of every matrix product (the output projection counted once even when tied to the
+    embedding; the embedding lookup is no product), L layers, d = heads·head_dim and S the mean
+    span attention covers (the token-weighted mean length of a packed example: attention never
+    crosses examples)."""
+    h, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * cfg["intermediate_size"]
+    n = L * per_layer + V * h
+    return 6 * n + 12 * L * q * span
+
+
+def write_random_checkpoint(cfg, path, seed):
+    """A Hugging Face folder (config.json + model.safetensors, f32) with random weights, written
+    with the standard library alone: matrices N(0, init_std), norm weights U(0.5, 1.5), biases
+    N(0, 0.5), as the PyTorch worker draws them."""
+    os.makedirs(path, exist_ok=True)
+    rng = random.Random(seed)
+    std = 2.0 / math.sqrt(cfg["hidden_size"])
+    tensors = {}
+    for name, shape in hf_shapes(cfg):
+        n = math.prod(shape)
+        if "norm" in name:
+            vals = [rng.uniform(0.5, 1.5) for _ in range(n)]
+        elif name.endswith(".bias"):
+            vals = [rng.gauss(0.0, 0.5) for _ in range(n)]
+        else:
+            vals = [rng.gauss(0.0, std) for _ in range(n)]
+        tensors[name] = (shape, struct.pack(f"<{n}f", *vals))
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name in sorted(tensors):
+        shape, blob = tensors[name]
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in blobs:
+            f.write(b)
+    config = {**cfg, "architectures": ["LlamaForCausalLM" if cfg["model_type"] == "llama" else "Qwen2ForCausalLM"],
+              "hidden_act": "silu", "dtype": "float32", "initializer_range": std}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return {"params": sum(math.prod(s) for s, _ in tensors.values()), "writer": "python standard library (no PyTorch)"}
+
+
+def hf_shapes(cfg):
+    h, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv, i = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd, cfg["intermediate_size"]
+    out = [("model.embed_tokens.weight", (cfg["vocab_size"], h)), ("model.norm.weight", (h,))]
+    if not cfg["tie_word_embeddings"]:
+        out.append(("lm_head.weight", (cfg["vocab_size"], h)))
+    for l in range(L):
+        p = f"model.layers.{l}."
+        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (q, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, q)),
+                (p + "mlp.gate_proj.weight", (i, h)), (p + "mlp.up_proj.weight", (i, h)), (p + "mlp.down_proj.weight", (h, i))]
+        if cfg["model_type"] == "qwen2":
+            out += [(p + "self_attn.q_proj.bias", (q,)), (p + "self_attn.k_proj.bias", (kv,)), (p + "self_attn.v_proj.bias", (kv,))]
+    return out
+
+
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def tail(path, n=6):
+    lines = [l.rstrip() for l in open(path, errors="replace") if l.strip()]
+    return " | ".join(lines[-n:])[-1500:] or "(no stderr)"
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(MODES), default="gpu")
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--snapshot", required=True, help="the default train snapshot")
+    ap.add_argument("--prompts", required=True, help="a prompts snapshot (GSM8K test)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", help="checkpoints and runs (default OUT/work; removed at the end unless --keep)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 420, cpu 900)")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    c = Check(args)
+    c.step("environment", c.environment, min_seconds=0)
+    if "environment" in c.failed:
+        c.report()
+        return 1
+    shapes = c.mode["shapes"]
+    for s in shapes:
+        c.step(f"checkpoint {s}", c.checkpoint, s)
+    ready = [s for s in shapes if os.path.exists(os.path.join(c.work, "models", s, "config.json"))]
+    for s in ready:
+        c.step(f"logprobs {s}", c.logprobs, s)
+    for s in ready:
+        c.step(f"train_rectify {s}", c.train, s, min_seconds=30)
+        c.step(f"train_eager {s}", c.train_torch, s, False, min_seconds=30)
+    for s in ready:
+        c.step(f"generate {s}", c.generate, s, min_seconds=30)
+    for s in ready:
+        c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
+    for s in ready:
+        # torch.compile is the one optional measurement: it may not work on a given machine.
+        c.step(f"train_compile {s}", c.train_torch, s, True, min_seconds=60, required=False)
+    c.results["failed_steps"] = c.failed
+    c.results["seconds"] = round(time.time() - c.t0, 1)
+    c.save()
+    c.report()
+    if not args.keep:
+        shutil.rmtree(c.work, ignore_errors=True)
+    return 1 if c.failed else 0
+
+
+# ---------------------------------------------------------------- PyTorch workers
+
+
+def worker(task, args_path):
+    import torch
+
+    a = json.load(open(args_path))
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as rectify computes them
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(a.get("device", "cpu"))
+    result = {"checkpoint": w_checkpoint, "logprobs": w_logprobs, "train": w_train, "generate": w_generate}[task](torch, dev, a)
+    if dev.type == "cuda":
+        result["torch_max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["torch_max_memory_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    print(json.dumps(result))
+
+
+def load_model(torch, dev, path):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").to(dev)
+    return m
+
+
+def w_checkpoint(torch, dev, a):
+    import transformers
+
+    cfg = dict(a["config"])
+    kind = cfg.pop("model_type")
+    std = 2.0 / math.sqrt(cfg["hidden_size"])
+    Config = transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config
+    config = Config(**cfg, initializer_range=std)
+    torch.manual_seed(a["seed"])
+    t = time.time()
+    with torch.device(dev):
+        m = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # Not transformers' zeros and ones: random biases and norm weights are checked too.
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    m.save_pretrained(a["path"])
+    return {"params": sum(p.numel() for p in m.parameters()), "seconds": round(time.time() - t, 2),
+            "writer": f"transformers {transformers.__version__} save_pretrained",
+            "files": sorted(os.listdir(a["path"]))}
+
+
+def rows_of(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def segments(seg_ids):
+    """(start, length) of each run of equal segment ids; padding (0) left out."""
+    out, start = [], 0
+    for i in range(1, len(seg_ids) + 1):
+        if i == len(seg_ids) or seg_ids[i] != seg_ids[start]:
+            if seg_ids[start] != 0:
+                out.append((start, i - start))
+            start = i
+    return out
+
+
+def block_mask(torch, seg_rows, dev):
+    """Additive float mask [b, 1, T, T]: causal within each packed example, nothing across
+    (padding attends to itself only, so no row of the softmax is empty)."""
+    seg = torch.tensor(seg_rows, device=dev)
+    T = seg.shape[1]
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    pad_self = (seg[:, :, None] == 0) & torch.eye(T, dtype=torch.bool, device=dev)
+    allowed = (same & causal & (seg[:, :, None] != 0)) | pad_self
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=dev)
+    mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return mask[:, None]
+
+
+def w_logprobs(torch, dev, a):
+    """PyTorch's log-probabilities of each packed example run alone, against rectify's. Also
+    the packed forward with the block mask the training baseline uses (it must agree too), and
+    plain causal attention over the whole row (it must not: that is the check's sensitivity)."""
+    m = load_model(torch, dev, a["model"])
+    m.eval()
+    stats = {"alone": [], "masked": [], "leaky": []}
+    values = []
+    with torch.no_grad():
+        for r in rows_of(a["rows"]):
+            ids, pos, seg, mine = r["input_ids"], r["position_ids"], r["segment_ids"], r["logprobs"]
+            # Each example alone, positions from 0.
+            for s, n in segments(seg):
+                x = torch.tensor([ids[s:s + n]], device=dev)
+                lp = torch.log_softmax(m(input_ids=x).logits.float(), -1)[0]
+                theirs = lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().tolist()
+                for k in range(1, n):
+                    stats["alone"].append(abs(theirs[k - 1] - mine[s + k]))
+                    values.append(mine[s + k])
+            x = torch.tensor([ids], device=dev)
+            p = torch.tensor([pos], device=dev)
+            for key, mask in (("masked", block_mask(torch, [seg], dev)), ("leaky", None)):
+                logits = m(input_ids=x, position_ids=p, attention_mask=mask).logits if mask is not None else m(input_ids=x).logits
+                lp = torch.log_softmax(logits.float(), -1)[0]
+                theirs = lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().tolist()
+                for s, n in segments(seg):
+                    for k in range(1, n):
+                        stats[key].append(abs(theirs[s + k - 1] - mine[s + k]))
+    mean = sum(values) / len(values)
+    return {"tokens": len(values), "max_abs_diff": max(stats["alone"]), "mean_abs_diff": sum(stats["alone"]) / len(values),
+            "packed_block_mask_max_abs_diff": max(stats["masked"]),
+            "leaky_causal_max_abs_diff": max(stats["leaky"]),
+            "logprob_mean": mean, "logprob_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)),
+            "reference": "each packed example run alone through transformers (sdpa, float32, TF32 off)"}
+
+
+def sync(torch, dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def w_train(torch, dev, a):
+    """rectify's DFT steps replayed: the same rows per step, the same learning rates, AdamW
+    with decay on matrices only, one clip over the global gradient norm."""
+    m = load_model(torch, dev, a["model"])
+    m.train()
+    m.config.use_cache = False
+    rows = rows_of(a["rows"])
+    decay = [p for n, p in m.named_parameters() if not (n.endswith(".bias") or "norm" in n)]
+    rest = [p for n, p in m.named_parameters() if n.endswith(".bias") or "norm" in n]
+    o = a["adamw"]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]}, {"params": rest, "weight_decay": 0.0}], lr=0.0,
+                            betas=tuple(o["betas"]), eps=o["eps"])
+    fwd = torch.compile(m) if a["compile"] else m
+    out = []
+    for step in a["steps"]:
+        sync(torch, dev)
+        t = time.time()
+        batch = [rows[i] for i in step["rows"]]
+        n_tok = sum(sum(1 for i in range(1, len(r["loss_mask"])) if r["loss_mask"][i]) for r in batch)
+        obj_sum = 0.0
+        for k in range(0, len(batch), a["micro"]):
+            mb = batch[k:k + a["micro"]]
+            ids = torch.tensor([r["input_ids"] for r in mb], device=dev)
+            pos = torch.tensor([r["position_ids"] for r in mb], device=dev)
+            mask = torch.tensor([r["loss_mask"][1:] for r in mb], device=dev, dtype=torch.float32)
+            logits = fwd(input_ids=ids, position_ids=pos, attention_mask=block_mask(torch, [r["segment_ids"] for r in mb], dev)).logits
+            lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[..., 0]
+            obj = -(mask * lp.detach().exp() * lp).sum() / n_tok
+            obj.backward()
+            obj_sum += obj.item()
+        norm = torch.nn.utils.clip_grad_norm_(m.parameters(), a["clip"]).item()
+        for g in opt.param_groups:
+            g["lr"] = step["lr"]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(torch, dev)
+        secs = time.time() - t
+        tokens = sum(len(r["input_ids"]) for r in batch)
+        out.append({"objective": obj_sum, "grad_norm": norm, "seconds": secs, "tokens": tokens, "tokens_per_second": tokens / secs})
+    import transformers
+
+    return {"steps": out, "compile": a["compile"], "attention": "sdpa with a block-diagonal causal float mask",
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def w_generate(torch, dev, a):
+    """transformers' `generate`, sampling at temperature 1 over the whole vocabulary, every
+    sequence exactly `new_tokens` long, left-padded prompts: the work rectify's bench does."""
+    m = load_model(torch, dev, a["model"])
+    m.eval()
+    prompts = [json.loads(l) for l in open(a["prompts"]) if l.strip()]
+    runs = []
+    for b in a["batches"]:
+        ps = [prompts[i % len(prompts)] for i in range(b)]
+        L = max(len(p) for p in ps)
+        ids = torch.tensor([[0] * (L - len(p)) + p for p in ps], device=dev)
+        att = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in ps], device=dev)
+        for run in range(2):
+            sync(torch, dev)
+            t = time.time()
+            with torch.no_grad():
+                out = m.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=a["new_tokens"], min_new_tokens=a["new_tokens"], pad_token_id=0)
+            sync(torch, dev)
+            secs = time.time() - t
+            new = (out.shape[1] - L) * b
+            runs.append({"batch": b, "run": run, "new_tokens": new, "seconds": secs, "tokens_per_second": new / secs})
+    return {"runs": runs}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU check (README: "GPU check"): rectify's CUDA path against PyTorch on the same GPU,
+# every figure in one run, all of them in OUT/gpu_check.json and a short table on stdout.
+#
+#   scripts/gpu_check.sh [--cpu] [--bundle DIR] [--out DIR] [--budget SECONDS] [--work DIR] [--keep]
+#
+# --bundle DIR  what `make gpu-bundle` wrote (trainer.gz and the snapshots), for a GPU machine
+#               without cargo. Without it the trainer is $TRAINER or the build folder's and the
+#               snapshots are those in $SNAPSHOTS (default snapshots/).
+# --cpu         the dry run CI runs: tiny shapes, two steps, the CPU backend; PyTorch optional.
+# --out DIR     where the results go (default bench-out/gpu-check); $GPU_CHECK_OUT also works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=gpu
+bundle=""
+out="${GPU_CHECK_OUT:-bench-out/gpu-check}"
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu) mode=cpu; shift ;;
+    --bundle) bundle=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --budget | --work) extra+=("$1" "$2"); shift 2 ;;
+    --keep) extra+=(--keep); shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (see the comment at the top of this script)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$bundle" ]; then
+  snapshots=$bundle/snapshots
+  if [ -z "${TRAINER:-}" ]; then
+    TRAINER=$(mktemp -d)/trainer
+    gunzip -c "$bundle/trainer.gz" > "$TRAINER"
+    chmod +x "$TRAINER"
+  fi
+else
+  snapshots=${SNAPSHOTS:-snapshots}
+  TRAINER=${TRAINER:-${CARGO_TARGET_DIR:-target}/release/trainer}
+fi
+# The scored default snapshot has the same rows as the unscored one; either will do.
+snapshot=$snapshots/default
+[ -f "$snapshot/manifest.json" ] || snapshot=$snapshots/default-unscored
+for need in "$TRAINER" "$snapshot/manifest.json" "$snapshots/eval/gsm8k_test/manifest.json"; do
+  if [ ! -e "$need" ]; then
+    echo "gpu_check.sh: $need is missing (make gpu-bundle, or make build snapshots: see the README's GPU check)" >&2
+    exit 2
+  fi
+done
+exec "${PYTHON:-python3}" scripts/gpu_check.py --mode "$mode" --trainer "$TRAINER" --snapshot "$snapshot" \
+  --prompts "$snapshots/eval/gsm8k_test" --out "$out" "${extra[@]}"
