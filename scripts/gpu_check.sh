@@ -10,7 +10,8 @@
 # --cpu         the dry run CI runs: tiny shapes, two steps, the CPU backend; PyTorch optional.
 # --out DIR     where the results go (default bench-out/gpu-check); $GPU_CHECK_OUT also works.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+need_value() { [ $# -ge 2 ] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }; }
 mode=gpu
 bundle=""
 out="${GPU_CHECK_OUT:-bench-out/gpu-check}"
@@ -18,19 +19,28 @@ extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) mode=cpu; shift ;;
-    --bundle) bundle=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --budget | --work) extra+=("$1" "$2"); shift 2 ;;
+    --bundle) need_value "$@"; bundle=$(abs "$2"); shift 2 ;;
+    --out) need_value "$@"; out=$2; shift 2 ;;
+    --budget) need_value "$@"; extra+=("$1" "$2"); shift 2 ;;
+    --work) need_value "$@"; extra+=("$1" "$(abs "$2")"); shift 2 ;;
     --keep) extra+=(--keep); shift ;;
     *) echo "gpu_check.sh: unknown argument $1 (see the comment at the top of this script)" >&2; exit 2 ;;
   esac
 done
+# Paths given relative to where the script was called from, then the repository root.
+out=$(abs "$out")
+[ -z "${TRAINER:-}" ] || TRAINER=$(abs "$TRAINER")
+[ -z "${SNAPSHOTS:-}" ] || SNAPSHOTS=$(abs "$SNAPSHOTS")
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
 if [ -n "$bundle" ]; then
   snapshots=$bundle/snapshots
   if [ -z "${TRAINER:-}" ]; then
-    TRAINER=$(mktemp -d)/trainer
+    # Unpacked beside the results, not in /tmp (which may be mounted noexec), and removed after.
+    TRAINER=$out/.trainer
     gunzip -c "$bundle/trainer.gz" > "$TRAINER"
     chmod +x "$TRAINER"
+    trap 'rm -f "$out/.trainer"' EXIT
   fi
 else
   snapshots=${SNAPSHOTS:-snapshots}
@@ -45,5 +55,5 @@ for need in "$TRAINER" "$snapshot/manifest.json" "$snapshots/eval/gsm8k_test/man
     exit 2
   fi
 done
-exec "${PYTHON:-python3}" scripts/gpu_check.py --mode "$mode" --trainer "$TRAINER" --snapshot "$snapshot" \
-  --prompts "$snapshots/eval/gsm8k_test" --out "$out" "${extra[@]}"
+"${PYTHON:-python3}" scripts/gpu_check.py --mode "$mode" --trainer "$TRAINER" --snapshot "$snapshot" \
+  --prompts "$snapshots/eval/gsm8k_test" --out "$out" ${extra[@]+"${extra[@]}"}

@@ -8,6 +8,7 @@
 //! [`LlamaConfig::validate`]: silently ignoring them would give a model that loads and is wrong.
 
 use crate::gguf::Gguf;
+use crate::rope::RopeScaling;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -219,6 +220,17 @@ impl LlamaConfig {
         self.model_type == ModelType::Llama && self.attention_bias
     }
 
+    /// How the rotary frequencies are scaled (`rope_scaling` or `rope_parameters`); an error
+    /// names a scaling the model does not implement.
+    pub fn rope_scaling(&self) -> Result<RopeScaling> {
+        RopeScaling::from_config(&self.extra)
+    }
+
+    /// The `head_dim / 2` rotary inverse frequencies, scaled as the config says.
+    pub fn rope_inv_freq(&self) -> Result<Vec<f64>> {
+        Ok(self.rope_scaling()?.inv_freq(self.rope_theta, self.head_dim()))
+    }
+
     pub fn eos_token_ids(&self) -> Vec<u32> {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
@@ -261,20 +273,11 @@ impl LlamaConfig {
                 bail!("hidden_act {act} is not supported (only \"silu\")");
             }
         }
-        if let Some(s) = self.extra.get("rope_scaling").filter(|v| !v.is_null()) {
-            bail!("rope_scaling {s} is not supported: the model implements plain RoPE only");
-        }
         // transformers 5 moved `rope_theta` and `rope_scaling` into one `rope_parameters` map.
-        if let Some(p) = self.extra.get("rope_parameters").filter(|v| !v.is_null()) {
-            let kind = p.get("rope_type").map_or(Some("default"), Value::as_str);
-            if kind != Some("default") {
-                bail!("rope_parameters {p} is not supported: the model implements plain RoPE only (rope_type \"default\")");
-            }
-            match p.get("rope_theta") {
-                Some(t) if t.as_f64() != Some(self.rope_theta) => {
-                    bail!("rope_parameters.rope_theta {t} disagrees with rope_theta {}", self.rope_theta)
-                }
-                _ => {}
+        self.rope_scaling()?;
+        if let Some(t) = self.extra.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+            if t.as_f64() != Some(self.rope_theta) {
+                bail!("rope_parameters.rope_theta {t} disagrees with rope_theta {}", self.rope_theta);
             }
         }
         if let Some(kinds) = self.extra.get("layer_types").and_then(Value::as_array) {
@@ -346,8 +349,13 @@ impl LlamaConfig {
 
         let mut extra = BTreeMap::new();
         if let Some(t) = g.opt_str(&key("rope.scaling.type"))?.filter(|t| *t != "none") {
-            // Recorded so that validate() refuses it rather than the model quietly ignoring it.
-            extra.insert("rope_scaling".to_string(), serde_json::json!({ "rope_type": t }));
+            // Linear scaling is implemented; any other type is recorded so that validate()
+            // refuses it by name rather than the model quietly ignoring it.
+            let scaling = match t {
+                "linear" => serde_json::json!({ "rope_type": t, "factor": g.get_f64(&key("rope.scaling.factor"))? }),
+                _ => serde_json::json!({ "rope_type": t }),
+            };
+            extra.insert("rope_scaling".to_string(), scaling);
         }
         let cfg = LlamaConfig {
             architectures: vec![],
@@ -461,9 +469,17 @@ mod tests {
                 v[k] = x.clone();
             }
             let c: LlamaConfig = serde_json::from_value(v).unwrap();
-            c.validate().unwrap_err().to_string()
+            format!("{:#}", c.validate().unwrap_err())
         };
         assert!(with(r#"{"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}"#).contains("yarn"));
+        let linear: LlamaConfig = serde_json::from_value({
+            let mut v: Value = serde_json::from_str(QWEN2_TRANSFORMERS5_JSON).unwrap();
+            v["rope_parameters"] = serde_json::json!({"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0});
+            v
+        })
+        .unwrap();
+        linear.validate().unwrap();
+        assert_eq!(linear.rope_inv_freq().unwrap()[1], 1e6f64.powf(-2.0 / 16.0) / 2.0);
         assert!(with(r#"{"rope_theta": 10000.0}"#).contains("disagrees"));
         assert!(with(r#"{"layer_types": ["full_attention", "sliding_attention"]}"#).contains("sliding_attention"));
     }
@@ -513,11 +529,12 @@ mod tests {
                 v[k] = x.clone();
             }
             let c: LlamaConfig = serde_json::from_value(v).unwrap();
-            c.validate().unwrap_err().to_string()
+            format!("{:#}", c.validate().unwrap_err())
         };
         assert!(with(r#"{"model_type": "mistral"}"#).contains("`mistral`"));
         assert!(with(r#"{"num_key_value_heads": 2}"#).contains("multiple of num_key_value_heads 2"));
-        assert!(with(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("rope_scaling"));
+        assert!(with(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}"#).contains("`yarn` is not supported"));
+        assert!(with(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("low_freq_factor"));
         assert!(with(r#"{"hidden_act": "gelu"}"#).contains("hidden_act"));
         assert!(with(r#"{"mlp_bias": true}"#).contains("mlp_bias"));
     }

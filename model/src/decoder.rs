@@ -44,8 +44,10 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    fn new(theta: f64, head_dim: usize, max_positions: usize, device: &B::Device) -> Self {
-        let inv_freq: Vec<f64> = (0..head_dim).map(|j| 1.0 / theta.powf((2 * (j % (head_dim / 2))) as f64 / head_dim as f64)).collect();
+    /// `half`: the `head_dim / 2` inverse frequencies (already scaled, see `model_files::rope`).
+    fn new(half: &[f64], max_positions: usize, device: &B::Device) -> Self {
+        let head_dim = 2 * half.len();
+        let inv_freq: Vec<f64> = half.iter().chain(half).copied().collect();
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
         for p in 0..max_positions {
@@ -111,7 +113,8 @@ impl<B: Backend> Llama<B> {
             bail!("head_dim {} is odd: rotary embeddings need an even head dimension", cfg.head_dim());
         }
         let params = Params::shapes(&cfg).map(|name, _| host_to_tensor(&ckpt.tensors[&name.hf], device));
-        Ok(Llama { rope: Rope::new(cfg.rope_theta, cfg.head_dim(), cfg.max_position_embeddings, device), params, config: cfg })
+        let rope = Rope::new(&cfg.rope_inv_freq()?, cfg.max_position_embeddings, device);
+        Ok(Llama { rope, params, config: cfg })
     }
 
     /// Load a model file (GGUF, or a Hugging Face folder / safetensors file) onto `device`.

@@ -1,0 +1,159 @@
+//! Rotary embeddings' frequencies as a config asks for them: plain RoPE, or the scalings current
+//! small models use, `linear` (position interpolation) and `llama3` (Llama 3.1 / 3.2). Read from
+//! transformers 4's `rope_scaling` or transformers 5's `rope_parameters`; any other scaling is an
+//! error that names it, since a model that ignored it would load and be wrong.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE: `inv_freq[j] = theta^(-2j/d)`.
+    None,
+    /// Every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, a smooth blend between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
+
+/// The scalings implemented, as `rope_type` names them.
+pub const SUPPORTED: [&str; 3] = ["default", "linear", "llama3"];
+
+impl RopeScaling {
+    /// The scaling of a config's extra keys: `rope_parameters` (transformers 5) when it names a
+    /// type, else `rope_scaling` (transformers 4, which spelled the type `type` before `rope_type`).
+    pub fn from_config(extra: &BTreeMap<String, Value>) -> Result<RopeScaling> {
+        let read = |key: &str| -> Result<Option<RopeScaling>> {
+            match extra.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(map) => Self::parse(map).with_context(|| format!("{key} {map}")).map(Some),
+            }
+        };
+        match (read("rope_parameters")?, read("rope_scaling")?) {
+            (None, None) => Ok(RopeScaling::None),
+            (Some(s), None) | (None, Some(s)) => Ok(s),
+            // A transformers 5 config may carry both; a plain `rope_parameters` names no scaling.
+            (Some(RopeScaling::None), Some(s)) => Ok(s),
+            (Some(a), Some(b)) if b == RopeScaling::None || a == b => Ok(a),
+            (Some(a), Some(b)) => bail!("rope_parameters ({a:?}) and rope_scaling ({b:?}) name different scalings"),
+        }
+    }
+
+    fn parse(map: &Value) -> Result<RopeScaling> {
+        let num = |k: &str| -> Result<f64> {
+            match map.get(k).and_then(Value::as_f64) {
+                Some(v) if v > 0.0 && v.is_finite() => Ok(v),
+                Some(v) => bail!("`{k}` = {v} is not a positive number"),
+                None => bail!("`{k}` is missing: it sets how the rotary frequencies are scaled"),
+            }
+        };
+        if map.get("partial_rotary_factor").and_then(Value::as_f64).is_some_and(|f| f != 1.0) {
+            bail!("partial_rotary_factor is not supported: the model rotates whole heads");
+        }
+        Ok(match kind(map)? {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor: num("factor")? },
+            "llama3" => {
+                let s = RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                };
+                if let RopeScaling::Llama3 { low_freq_factor: lo, high_freq_factor: hi, .. } = s {
+                    if hi <= lo {
+                        bail!("high_freq_factor {hi} must exceed low_freq_factor {lo}");
+                    }
+                }
+                s
+            }
+            other => bail!("rope type `{other}` is not supported (supported: {})", SUPPORTED.join(", ")),
+        })
+    }
+
+    /// The `head_dim / 2` inverse frequencies for base `theta`, scaled, in f64 (transformers
+    /// computes the same formulas in f32).
+    pub fn inv_freq(&self, theta: f64, head_dim: usize) -> Vec<f64> {
+        let half = head_dim / 2;
+        (0..half)
+            .map(|j| {
+                let f = 1.0 / theta.powf((2 * j) as f64 / head_dim as f64);
+                match *self {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < old / high_freq_factor {
+                            f
+                        } else if wavelen > old / low_freq_factor {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// `rope_type` (or transformers 4's older `type`) of a scaling map; absent means plain RoPE.
+fn kind(map: &Value) -> Result<&str> {
+    match map.get("rope_type").or_else(|| map.get("type")) {
+        None => Ok("default"),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => bail!("rope_type {other} is not a string"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extra(json: &str) -> BTreeMap<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// Reference inverse frequencies from transformers 5.24's `ROPE_INIT_FUNCTIONS` (float32),
+    /// head_dim 64: `scripts/rope_reference.py` printed them.
+    #[test]
+    fn matches_transformers_rotary_frequencies() {
+        let cases: Value = serde_json::from_str(include_str!("../tests/fixtures/rope_inv_freq.json")).unwrap();
+        for case in cases.as_array().unwrap() {
+            let cfg: BTreeMap<String, Value> = serde_json::from_value(case["extra"].clone()).unwrap();
+            let s = RopeScaling::from_config(&cfg).unwrap();
+            let want: Vec<f64> = serde_json::from_value(case["inv_freq"].clone()).unwrap();
+            let got = s.inv_freq(case["rope_theta"].as_f64().unwrap(), case["head_dim"].as_u64().unwrap() as usize);
+            assert_eq!(got.len(), want.len());
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                // transformers works in f32: agreement to f32 precision.
+                assert!((g - w).abs() <= 1e-6 * w.abs(), "{}: frequency {j}: {g} vs transformers {w}", case["name"]);
+            }
+        }
+    }
+
+    #[test]
+    fn reads_both_spellings_and_refuses_what_it_does_not_implement() {
+        let l3 = r#"{"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192"#;
+        let v4 = RopeScaling::from_config(&extra(&format!(r#"{{"rope_scaling": {{"rope_type": "llama3", {l3}}}}}}}"#))).unwrap();
+        let v5 = RopeScaling::from_config(&extra(&format!(
+            r#"{{"rope_parameters": {{"rope_type": "llama3", "rope_theta": 500000.0, {l3}}}}}}}"#
+        )))
+        .unwrap();
+        assert_eq!(v4, v5);
+        assert!(matches!(v4, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+        let old = RopeScaling::from_config(&extra(r#"{"rope_scaling": {"type": "linear", "factor": 2.0}}"#)).unwrap();
+        assert_eq!(old, RopeScaling::Linear { factor: 2.0 });
+        assert_eq!(RopeScaling::from_config(&extra(r#"{"rope_scaling": null}"#)).unwrap(), RopeScaling::None);
+        let plain = r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}"#;
+        assert_eq!(RopeScaling::from_config(&extra(plain)).unwrap(), RopeScaling::None);
+        let err = |j: &str| format!("{:#}", RopeScaling::from_config(&extra(j)).unwrap_err());
+        assert!(err(r#"{"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}"#).contains("`yarn` is not supported"));
+        assert!(err(r#"{"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}"#).contains("`dynamic`"));
+        assert!(err(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("low_freq_factor` is missing"));
+        assert!(err(r#"{"rope_scaling": {"rope_type": "linear"}}"#).contains("`factor` is missing"));
+        assert!(err(r#"{"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}}"#).contains("partial_rotary"));
+    }
+}
