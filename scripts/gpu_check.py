@@ -673,8 +673,17 @@ def read_jsonl(path):
 
 
 def tail(path, n=6):
+    """What went wrong, from a process's stderr: the first panic's message (later panics of
+    other threads are often consequences), rectify's `error:` line and Python's last exception
+    line when there are any, else the last lines."""
     lines = [l.rstrip() for l in open(path, errors="replace") if l.strip()]
-    return " | ".join(lines[-n:])[-1500:] or "(no stderr)"
+    picked = []
+    for i, l in enumerate(lines):
+        if " panicked at " in l and i + 1 < len(lines) and not any("panicked" in p for p in picked):
+            picked += [l.strip(), lines[i + 1].strip()]
+        elif l.startswith("error: ") or (not l.startswith(" ") and "Error" in l.split(":")[0]):
+            picked.append(l.strip())
+    return " | ".join(picked[:3] or lines[-n:])[-1500:] or "(no stderr)"
 
 
 def rel(a, b):

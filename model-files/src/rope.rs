@@ -136,11 +136,15 @@ mod tests {
 
     #[test]
     fn reads_both_spellings_and_refuses_what_it_does_not_implement() {
-        let l3 = r#"{"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192"#;
-        let v4 = RopeScaling::from_config(&extra(&format!(r#"{{"rope_scaling": {{"rope_type": "llama3", {l3}}}}}}}"#))).unwrap();
-        let v5 = RopeScaling::from_config(&extra(&format!(
-            r#"{{"rope_parameters": {{"rope_type": "llama3", "rope_theta": 500000.0, {l3}}}}}}}"#
-        )))
+        let v4 = RopeScaling::from_config(&extra(
+            r#"{"rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}}"#,
+        ))
+        .unwrap();
+        let v5 = RopeScaling::from_config(&extra(
+            r#"{"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#,
+        ))
         .unwrap();
         assert_eq!(v4, v5);
         assert!(matches!(v4, RopeScaling::Llama3 { factor, .. } if factor == 32.0));

@@ -1,0 +1,80 @@
+//! rectify's forward against transformers 5 itself: tiny random checkpoints that transformers
+//! saved with `save_pretrained` (f16), and transformers' own float32 log-probabilities of a
+//! 300-token sequence and of a packed row whose positions restart per example
+//! (`scripts/transformers_fixtures.py` made them). One is a Llama with a tied head and llama3
+//! RoPE scaling, the other a Qwen2 with q/k/v biases and an untied head.
+
+use burn::backend::Flex;
+use model::logprobs::row_logprobs;
+use model::Llama;
+use schemas::snapshot::Row;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Per-token agreement required with transformers, in nats.
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers5").join(name)
+}
+
+fn cases(name: &str) -> Vec<(String, Row, Vec<f32>)> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logprobs.json")).unwrap()).unwrap();
+    let ints = |c: &Value, k: &str| -> Vec<i32> { serde_json::from_value(c[k].clone()).unwrap() };
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let input_ids = ints(c, "input_ids");
+            let row = Row {
+                loss_mask: vec![0; input_ids.len()],
+                position_ids: ints(c, "position_ids"),
+                segment_ids: ints(c, "segment_ids"),
+                ref_logprobs: None,
+                input_ids,
+            };
+            (c["name"].as_str().unwrap().to_string(), row, serde_json::from_value(c["logprobs"].clone()).unwrap())
+        })
+        .collect()
+}
+
+/// The largest difference from transformers over every predicted token of every case.
+fn max_diff(model: &Llama<Flex>, name: &str) -> f32 {
+    let mut worst = 0.0f32;
+    for (case, row, want) in cases(name) {
+        let got = row_logprobs(model, &[&row], &Default::default()).pop().unwrap();
+        let predicted: Vec<usize> = (0..got.len()).filter(|&i| row.is_predicted(i)).collect();
+        assert!(predicted.len() > 200, "{name}, {case}: too few tokens to compare");
+        for i in predicted {
+            worst = worst.max((got[i] - want[i]).abs());
+        }
+    }
+    eprintln!("{name}: largest difference from transformers {worst:.2e} nats");
+    worst
+}
+
+fn load(name: &str) -> Llama<Flex> {
+    Llama::load(&fixture(name), &Default::default()).unwrap()
+}
+
+#[test]
+fn llama_with_llama3_rope_scaling_matches_transformers() {
+    let d = max_diff(&load("llama3-tied"), "llama3-tied");
+    assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
+    // The scaling matters here: the same weights with plain RoPE are far off, so the check
+    // above would see a scaling read wrongly or ignored.
+    let mut ckpt = model_files::checkpoint::load(&fixture("llama3-tied")).unwrap();
+    ckpt.config.extra.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
+    let plain = Llama::<Flex>::from_checkpoint(&ckpt, &Default::default()).unwrap();
+    let off = max_diff(&plain, "llama3-tied");
+    assert!(off > 100.0 * TOLERANCE, "plain RoPE differs by only {off}: the fixture does not exercise the scaling");
+}
+
+#[test]
+fn qwen2_with_biases_and_untied_head_matches_transformers() {
+    let m = load("qwen2-untied");
+    assert!(m.params.lm_head.is_some() && m.config.qkv_bias() && m.config.rope_theta == 1e6);
+    let d = max_diff(&m, "qwen2-untied");
+    assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
+}
