@@ -454,6 +454,21 @@ mod tests {
       "tie_word_embeddings": true, "transformers_version": "5.24.0", "use_cache": true,
       "use_sliding_window": false, "vocab_size": 49152 }"#;
 
+    /// `base` with the top-level keys of `patch` replaced.
+    fn patched(base: &str, patch: &str) -> LlamaConfig {
+        let mut v: Value = serde_json::from_str(base).unwrap();
+        let p: Value = serde_json::from_str(patch).unwrap();
+        for (k, x) in p.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Why `validate` refuses `base` patched with `patch`, with every cause.
+    fn validate_error(base: &str, patch: &str) -> String {
+        format!("{:#}", patched(base, patch).validate().unwrap_err())
+    }
+
     #[test]
     fn parses_transformers5_rope_parameters() {
         let c = LlamaConfig::from_json(QWEN2_TRANSFORMERS5_JSON).unwrap();
@@ -462,22 +477,9 @@ mod tests {
         let back = LlamaConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(back.rope_theta, 1e6);
         back.validate().unwrap();
-        let with = |patch: &str| {
-            let mut v: Value = serde_json::from_str(QWEN2_TRANSFORMERS5_JSON).unwrap();
-            let p: Value = serde_json::from_str(patch).unwrap();
-            for (k, x) in p.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            let c: LlamaConfig = serde_json::from_value(v).unwrap();
-            format!("{:#}", c.validate().unwrap_err())
-        };
+        let with = |patch: &str| validate_error(QWEN2_TRANSFORMERS5_JSON, patch);
         assert!(with(r#"{"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}"#).contains("yarn"));
-        let linear: LlamaConfig = serde_json::from_value({
-            let mut v: Value = serde_json::from_str(QWEN2_TRANSFORMERS5_JSON).unwrap();
-            v["rope_parameters"] = serde_json::json!({"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0});
-            v
-        })
-        .unwrap();
+        let linear = patched(QWEN2_TRANSFORMERS5_JSON, r#"{"rope_parameters": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}}"#);
         linear.validate().unwrap();
         let f = linear.rope_inv_freq().unwrap();
         assert!((f[1] - 1e6f64.powf(-2.0 / 16.0) / 2.0).abs() < 1e-15, "linear scaling halves every frequency: {f:?}");
@@ -523,15 +525,7 @@ mod tests {
 
     #[test]
     fn validate_rejects_unsupported() {
-        let with = |patch: &str| {
-            let mut v: Value = serde_json::from_str(SMOLLM2_JSON).unwrap();
-            let p: Value = serde_json::from_str(patch).unwrap();
-            for (k, x) in p.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            let c: LlamaConfig = serde_json::from_value(v).unwrap();
-            format!("{:#}", c.validate().unwrap_err())
-        };
+        let with = |patch: &str| validate_error(SMOLLM2_JSON, patch);
         assert!(with(r#"{"model_type": "mistral"}"#).contains("`mistral`"));
         assert!(with(r#"{"num_key_value_heads": 2}"#).contains("multiple of num_key_value_heads 2"));
         assert!(with(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}"#).contains("`yarn` is not supported"));

@@ -64,7 +64,7 @@ fn llama_with_llama3_rope_scaling_matches_transformers() {
     assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
     // The scaling matters here: the same weights with plain RoPE are far off, so the check
     // above would see a scaling read wrongly or ignored.
-    let mut ckpt = model_files::checkpoint::load(&fixture("llama3-tied")).unwrap();
+    let mut ckpt = model_files::checkpoint::load(fixture("llama3-tied")).unwrap();
     ckpt.config.extra.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
     let plain = Llama::<Flex>::from_checkpoint(&ckpt, &Default::default()).unwrap();
     let off = max_diff(&plain, "llama3-tied");
