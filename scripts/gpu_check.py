@@ -37,9 +37,25 @@ import sys
 import threading
 import time
 
-# Architectures measured. `init_std` is 2/sqrt(hidden): logits then spread with a standard
-# deviation near 2, so log-probabilities differ from token to token. With transformers' default
-# 0.02 the outputs are nearly uniform and a broken attention would still agree to 1e-3.
+def init_std(hidden):
+    """The random weights' standard deviation, 2/sqrt(hidden): logits then spread with a standard
+    deviation near 2, so log-probabilities differ from token to token. With transformers' default
+    0.02 the outputs are nearly uniform and a broken attention would still agree to 1e-3."""
+    return 2.0 / math.sqrt(hidden)
+
+
+def randomize_norms_and_biases(torch, model):
+    """Norm weights U(0.5, 1.5) and biases N(0, 0.5) instead of transformers' ones and zeros, so
+    that a norm weight or a bias applied wrongly shows too."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+
+
+# Architectures measured, with weights drawn as `init_std` and `randomize_norms_and_biases` say.
 SHAPES = {
     "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -230,14 +246,10 @@ class Check:
         self.run("rows", [self.args.trainer, "rows", "--snapshot", self.args.snapshot, "--out", rows], 120)
         self.rows_file = rows
         seg = []
+        self.rows_count = 0
         for line in open(rows):
-            ids = json.loads(line)["segment_ids"]
-            runs = {}
-            for s in ids:
-                if s:
-                    runs[s] = runs.get(s, 0) + 1
-            seg.extend(runs.values())
-        self.rows_count = sum(1 for _ in open(rows))
+            seg += [n for _, n in segments(json.loads(line)["segment_ids"])]
+            self.rows_count += 1
         # Token-weighted mean length of a packed example: the mean span attention works over.
         self.attn_span = sum(n * n for n in seg) / max(1, sum(seg))
         info["rows"] = self.rows_count
@@ -333,12 +345,11 @@ class Check:
     def train(self, shape):
         steps = self.mode["steps"]
         r = self.train_rectify(shape, f"train-rectify-{shape}", steps, 1, self.limit("train"))
-        self.shape(shape)["train_rectify"] = {k: v for k, v in r.items() if k != "steps"}
-        self.shape(shape)["rectify_steps"] = r["steps"]
-        if "first_metrics_line_s" in r:
-            r["time_to_first_step_s"] = r["first_metrics_line_s"]
-            self.shape(shape)["train_rectify"]["time_to_first_step_s"] = r["first_metrics_line_s"]
-        return {k: v for k, v in r.items() if k != "steps"}
+        self.shape(shape)["rectify_steps"] = r.pop("steps")
+        # From process start to the first metrics line: loading, NVRTC compilation, autotuning.
+        r["time_to_first_step_s"] = r.get("first_metrics_line_s")
+        self.shape(shape)["train_rectify"] = r
+        return r
 
     def train_torch(self, shape, compile_):
         steps = self.shape(shape).get("rectify_steps")
@@ -614,11 +625,11 @@ def flops_per_token(cfg, span):
 
 def write_random_checkpoint(cfg, path, seed):
     """A Hugging Face folder (config.json + model.safetensors, f32) with random weights, written
-    with the standard library alone: matrices N(0, init_std), norm weights U(0.5, 1.5), biases
-    N(0, 0.5), as the PyTorch worker draws them."""
+    with the standard library alone, drawn from the distributions the PyTorch worker uses:
+    matrices N(0, init_std), norm weights U(0.5, 1.5), biases N(0, 0.5)."""
     os.makedirs(path, exist_ok=True)
     rng = random.Random(seed)
-    std = 2.0 / math.sqrt(cfg["hidden_size"])
+    std = init_std(cfg["hidden_size"])
     tensors = {}
     for name, shape in hf_shapes(cfg):
         n = math.prod(shape)
@@ -769,20 +780,13 @@ def w_checkpoint(torch, dev, a):
 
     cfg = dict(a["config"])
     kind = cfg.pop("model_type")
-    std = 2.0 / math.sqrt(cfg["hidden_size"])
     Config = transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config
-    config = Config(**cfg, initializer_range=std)
+    config = Config(**cfg, initializer_range=init_std(cfg["hidden_size"]))
     torch.manual_seed(a["seed"])
     t = time.time()
     with torch.device(dev):
         m = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        # Not transformers' zeros and ones: random biases and norm weights are checked too.
-        for name, p in m.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif name.endswith(".bias"):
-                p.normal_(0.0, 0.5)
+    randomize_norms_and_biases(torch, m)
     m.save_pretrained(a["path"])
     return {"params": sum(p.numel() for p in m.parameters()), "seconds": round(time.time() - t, 2),
             "writer": f"transformers {transformers.__version__} save_pretrained",

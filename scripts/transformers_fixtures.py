@@ -18,12 +18,15 @@ default snapshot's tokenizer (49152):
   qwen2-untied  Qwen2, random q/k/v biases, untied head, rope_theta 1e6.
 """
 import json
-import math
 import os
 import random
+import sys
 
 import torch
 import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_check import init_std, randomize_norms_and_biases  # noqa: E402  (one definition of the weights' draw)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "tests", "fixtures", "transformers5")
 VOCAB = 49152
@@ -50,16 +53,10 @@ def main():
     rng = random.Random(7)
     for name, config in MODELS.items():
         torch.manual_seed(11)
-        # Logits spread (std near 2) so a wrong rotation or mask shows; biases and norm weights
-        # random too, not transformers' zeros and ones.
-        config.initializer_range = 2.0 / math.sqrt(config.hidden_size)
+        # Logits spread, so a wrong rotation or mask shows (see gpu_check.init_std).
+        config.initializer_range = init_std(config.hidden_size)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if "norm" in pname:
-                    p.uniform_(0.5, 1.5)
-                elif pname.endswith(".bias"):
-                    p.normal_(0.0, 0.5)
+        randomize_norms_and_biases(torch, model)
         path = os.path.join(OUT, name)
         model.to(torch.float16).save_pretrained(path)
         os.remove(os.path.join(path, "generation_config.json"))

@@ -55,18 +55,16 @@ impl RopeScaling {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: num("factor")? },
             "llama3" => {
-                let s = RopeScaling::Llama3 {
-                    factor: num("factor")?,
-                    low_freq_factor: num("low_freq_factor")?,
-                    high_freq_factor: num("high_freq_factor")?,
-                    original_max_position_embeddings: num("original_max_position_embeddings")?,
-                };
-                if let RopeScaling::Llama3 { low_freq_factor: lo, high_freq_factor: hi, .. } = s {
-                    if hi <= lo {
-                        bail!("high_freq_factor {hi} must exceed low_freq_factor {lo}");
-                    }
+                let (low_freq_factor, high_freq_factor) = (num("low_freq_factor")?, num("high_freq_factor")?);
+                if high_freq_factor <= low_freq_factor {
+                    bail!("high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}");
                 }
-                s
+                RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                }
             }
             other => bail!("rope type `{other}` is not supported (supported: {})", SUPPORTED.join(", ")),
         })

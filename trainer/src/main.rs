@@ -403,8 +403,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 text.push_str(&format!("{line}\n"));
             }
             schemas::write_atomic(&out, text.as_bytes())?;
-            match (&model, &scored) {
-                (Some(m), Some((_, secs))) => {
+            match model.as_ref().zip(scored.as_ref()) {
+                Some((m, (_, secs))) => {
                     let tokens: usize = picked.iter().map(|r| r.segment_ids.iter().filter(|&&s| s != 0).count()).sum();
                     println!(
                         "wrote {n} rows with the log-probabilities of {} to {} ({tokens} tokens scored in {secs:.2} s, {:.0} tokens/s)",
@@ -413,7 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         tokens as f64 / secs
                     );
                 }
-                _ => println!("wrote {n} rows to {}", out.display()),
+                None => println!("wrote {n} rows to {}", out.display()),
             }
             Ok(())
         }
