@@ -846,13 +846,14 @@ mod tests {
 
         let mut w = gguf_of(&ckpt);
         let t = w.tensors.iter_mut().find(|t| t.0 == "blk.1.ffn_up.weight").unwrap();
-        // Q4_K: 144 bytes per 256 values; 12 x 8 = 96 values is not a whole block, so make it one.
+        // Q8_K (llama.cpp's intermediate type, never a weight): 292 bytes per 256 values; 12 x 8
+        // = 96 values is not a whole block, so make it one.
         t.1 = vec![256];
-        t.2 = 12;
-        t.3 = vec![0; 144];
+        t.2 = 15;
+        t.3 = vec![0; 292];
         w.write(&path);
         let e = format!("{:#}", load(&path).unwrap_err());
-        assert!(e.contains("tensor `blk.1.ffn_up.weight` has ggml type 12 (Q4_K)"), "{e}");
+        assert!(e.contains("tensor `blk.1.ffn_up.weight` has ggml type 15 (Q8_K)") && e.contains("Q6_K"), "{e}");
 
         let mut w = gguf_of(&ckpt);
         w.tensors.retain(|t| t.0 != "blk.1.ffn_down.weight");

@@ -218,6 +218,27 @@ impl GgmlType {
                     o[j + 16] = (q >> 4) as f32 * d + m;
                 }
             },
+            // Q5_0: f16 scale, 32 fifth bits (bit j of a little-endian u32 for weight j), then
+            // nibbles as in Q4_0; offset by 16.
+            GgmlType::Q5_0 => |b, o| {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for (j, &q) in b[6..22].iter().enumerate() {
+                    let (lo, hi) = five_bit_pair(q, qh, j);
+                    o[j] = (lo as i32 - 16) as f32 * d;
+                    o[j + 16] = (hi as i32 - 16) as f32 * d;
+                }
+            },
+            // Q5_1: f16 scale and minimum, then as Q5_0 but unsigned.
+            GgmlType::Q5_1 => |b, o| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                for (j, &q) in b[8..24].iter().enumerate() {
+                    let (lo, hi) = five_bit_pair(q, qh, j);
+                    o[j] = lo as f32 * d + m;
+                    o[j + 16] = hi as f32 * d + m;
+                }
+            },
             // Q8_0: f16 scale, then 32 signed bytes.
             GgmlType::Q8_0 => |b, o| {
                 let d = f16_at(b, 0);
@@ -225,6 +246,11 @@ impl GgmlType {
                     o[j] = q as i8 as f32 * d;
                 }
             },
+            GgmlType::Q2_K => dequant_q2_k,
+            GgmlType::Q3_K => dequant_q3_k,
+            GgmlType::Q4_K => dequant_q4_k,
+            GgmlType::Q5_K => dequant_q5_k,
+            GgmlType::Q6_K => dequant_q6_k,
             _ => return None,
         })
     }
@@ -242,6 +268,136 @@ pub fn ggml_type_name(id: u32) -> &'static str {
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Weights `j` and `j + 16` of a Q5 block: nibbles of `q` with fifth bits `j` and `j + 16` of `qh`.
+fn five_bit_pair(q: u8, qh: u32, j: usize) -> (u32, u32) {
+    let lo = (q & 0xF) as u32 | ((qh >> j) & 1) << 4;
+    let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+    (lo, hi)
+}
+
+// The K-quants: 256 weights a block, in sub-blocks of 16 or 32 that each carry their own small
+// scale (and minimum), themselves scaled by the block's f16 `d` (and `dmin`). Layouts are ggml's
+// `block_q*_K` structs; the float operations are ggml's, in its order.
+
+/// Q2_K: 16 bytes of (4-bit scale | 4-bit minimum << 4) per 16 weights, 64 bytes of 2-bit
+/// weights, then f16 `d` and `dmin`. Each 32-byte half of the weights holds 128 weights as four
+/// 2-bit planes of 32.
+fn dequant_q2_k(b: &[u8], o: &mut [f32]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    for half in 0..2 {
+        let q = &qs[half * 32..half * 32 + 32];
+        for plane in 0..4 {
+            for sub in 0..2 {
+                let sc = scales[half * 8 + plane * 2 + sub];
+                let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
+                let out = &mut o[half * 128 + plane * 32 + sub * 16..][..16];
+                for (l, y) in out.iter_mut().enumerate() {
+                    *y = dl * ((q[sub * 16 + l] >> (2 * plane)) & 3) as f32 - ml;
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K: 32 bytes of high bits (bit `k` of byte `l` for plane `k`), 64 bytes of low 2-bit
+/// weights laid out as Q2_K's, 12 bytes packing sixteen 6-bit scales (offset by 32), f16 `d`.
+/// A weight is its low two bits, minus 4 when its high bit is clear.
+fn dequant_q3_k(b: &[u8], o: &mut [f32]) {
+    let (hmask, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    // Scale i: low 4 bits from byte i % 8 (low nibble for i < 8, high for i >= 8), high 2 bits
+    // from byte 8 + i % 4, bit pair i / 4.
+    let scale = |i: usize| -> i32 {
+        let low = (packed[i % 8] >> (4 * (i / 8))) & 0xF;
+        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        (low | high << 4) as i32 - 32
+    };
+    for half in 0..2 {
+        let q = &qs[half * 32..half * 32 + 32];
+        for plane in 0..4 {
+            let bit = 1u8 << (half * 4 + plane);
+            for sub in 0..2 {
+                let dl = d * scale(half * 8 + plane * 2 + sub) as f32;
+                let out = &mut o[half * 128 + plane * 32 + sub * 16..][..16];
+                for (l, y) in out.iter_mut().enumerate() {
+                    let i = sub * 16 + l;
+                    let low = ((q[i] >> (2 * plane)) & 3) as i32;
+                    *y = dl * (low - if hmask[i] & bit != 0 { 0 } else { 4 }) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Scale and minimum `j` (0..8) of a Q4_K / Q5_K block's 12 packed bytes: 6 bits each, the first
+/// four whole in bytes 0..8, the last four split over a nibble of bytes 8..12 and the top two
+/// bits of bytes 0..8.
+fn scale_min_k4(packed: &[u8], j: usize) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (packed[j] & 63, packed[j + 4] & 63)
+    } else {
+        ((packed[j + 4] & 0xF) | (packed[j - 4] >> 6) << 4, (packed[j + 4] >> 4) | (packed[j] >> 6) << 4)
+    };
+    (sc as f32, m as f32)
+}
+
+/// Q4_K: f16 `d` and `dmin`, 12 bytes of 6-bit scales and minima for eight sub-blocks of 32, 128
+/// bytes of nibbles: each 32 bytes hold two sub-blocks, low nibbles first.
+fn dequant_q4_k(b: &[u8], o: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (packed, qs) = (&b[4..16], &b[16..144]);
+    for pair in 0..4 {
+        let q = &qs[pair * 32..pair * 32 + 32];
+        for nibble in 0..2 {
+            let (sc, m) = scale_min_k4(packed, pair * 2 + nibble);
+            let (dl, ml) = (d * sc, dmin * m);
+            for (l, y) in o[pair * 64 + nibble * 32..][..32].iter_mut().enumerate() {
+                *y = dl * ((q[l] >> (4 * nibble)) & 0xF) as f32 - ml;
+            }
+        }
+    }
+}
+
+/// Q5_K: Q4_K's layout with 32 bytes of fifth bits after the scales (bit `s` of byte `l` for
+/// sub-block `s`).
+fn dequant_q5_k(b: &[u8], o: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (packed, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    for pair in 0..4 {
+        let q = &qs[pair * 32..pair * 32 + 32];
+        for nibble in 0..2 {
+            let sub = pair * 2 + nibble;
+            let (sc, m) = scale_min_k4(packed, sub);
+            let (dl, ml) = (d * sc, dmin * m);
+            for (l, y) in o[sub * 32..][..32].iter_mut().enumerate() {
+                let fifth = if qh[l] >> sub & 1 != 0 { 16 } else { 0 };
+                *y = dl * (((q[l] >> (4 * nibble)) & 0xF) + fifth) as f32 - ml;
+            }
+        }
+    }
+}
+
+/// Q6_K: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, sixteen signed 8-bit scales
+/// (one per 16 weights), f16 `d`. Each half of 128 weights takes 64 low bytes and 32 high bytes:
+/// weight `l + 32 k` (k = 0..4) is nibble `k / 2` of low byte `l + 32 (k % 2)` with bit pair `k`
+/// of high byte `l`, offset by 32.
+fn dequant_q6_k(b: &[u8], o: &mut [f32]) {
+    let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    for half in 0..2 {
+        let (ql, qh) = (&ql[half * 64..half * 64 + 64], &qh[half * 32..half * 32 + 32]);
+        for l in 0..32 {
+            for k in 0..4 {
+                let low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 0xF;
+                let q = (low | ((qh[l] >> (2 * k)) & 3) << 4) as i32 - 32;
+                let sc = scales[half * 8 + l / 16 + 2 * k] as i8 as f32;
+                o[half * 128 + 32 * k + l] = d * sc * q as f32;
+            }
+        }
+    }
 }
 
 /// Elements per rayon task when dequantising; a multiple of every block size.
@@ -723,6 +879,44 @@ mod tests {
         assert_eq!(dequantize(0, &b, 2).unwrap(), vec![1.5, -0.1]);
     }
 
+    /// Every type against the `gguf` package's numpy dequantisation, block by block, on random
+    /// blocks (scripts/gguf_dequant_fixtures.py).
+    #[test]
+    fn dequant_matches_gguf_package() {
+        #[derive(serde::Deserialize)]
+        struct Case {
+            id: u32,
+            n: usize,
+            bytes_hex: String,
+            values: Vec<f32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            gguf_version: String,
+            types: BTreeMap<String, Case>,
+        }
+        let text = include_str!("../tests/fixtures/gguf_dequant.json");
+        let fixture: Fixture = serde_json::from_str(text).unwrap();
+        assert_eq!(fixture.gguf_version, "0.19.0");
+        let names: Vec<&str> = fixture.types.keys().map(String::as_str).collect();
+        let readable: Vec<&str> = GgmlType::dequantizable().map(GgmlType::name).collect();
+        assert_eq!(names.len(), readable.len(), "fixture {names:?} vs readable {readable:?}");
+        for (name, case) in &fixture.types {
+            let kind = GgmlType::from_id(case.id).unwrap();
+            assert_eq!(kind.name(), name);
+            let bytes: Vec<u8> =
+                (0..case.bytes_hex.len()).step_by(2).map(|i| u8::from_str_radix(&case.bytes_hex[i..i + 2], 16).unwrap()).collect();
+            let got = dequantize(case.id, &bytes, case.n).unwrap();
+            let (_, block) = kind.block();
+            for (k, (g, want)) in got.chunks(block).zip(case.values.chunks(block)).enumerate() {
+                for (j, (g, w)) in g.iter().zip(want).enumerate() {
+                    // ggml's float operations in ggml's order: equal to the last bit.
+                    assert_eq!(g.to_bits(), w.to_bits(), "{name} block {k} element {j}: {g} vs gguf {w}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn dequant_large_tensor_spans_chunks() {
         // More than one rayon chunk, with a different scale per block.
@@ -742,8 +936,11 @@ mod tests {
 
     #[test]
     fn dequant_rejects_unsupported_and_short() {
-        let e = dequantize(12, &[0; 144], 256).unwrap_err().to_string();
-        assert!(e.contains("Q4_K") && e.contains("Q8_0"), "{e}");
+        let e = dequantize(15, &[0; 292], 256).unwrap_err().to_string();
+        let all = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16";
+        assert!(e.contains("ggml type 15 (Q8_K)") && e.contains(all), "{e}");
+        let e = dequantize(16, &[0; 66], 256).unwrap_err().to_string();
+        assert!(e.contains("ggml type 16 (unknown)"), "{e}");
         let e = dequantize(2, &[0; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes"), "{e}");
     }
