@@ -349,6 +349,8 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::Value;
+    use crate::gguf_writer::GgufWriter;
     use crate::safetensors::read_safetensors;
     use half::{bf16, f16};
     use safetensors::{Dtype, SafeTensors};
@@ -676,92 +678,23 @@ mod tests {
 
     // ----- synthetic GGUF files -----
 
-    /// Minimal GGUF v3 writer for tests: metadata and F32 (or raw typed) tensors.
-    struct GgufWriter {
-        kv: Vec<u8>,
-        n_kv: u64,
-        tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
-    }
-
-    impl GgufWriter {
-        fn new() -> Self {
-            GgufWriter { kv: vec![], n_kv: 0, tensors: vec![] }
-        }
-        fn s(b: &mut Vec<u8>, s: &str) {
-            b.extend((s.len() as u64).to_le_bytes());
-            b.extend(s.as_bytes());
-        }
-        fn key(&mut self, k: &str, ty: u32) {
-            Self::s(&mut self.kv, k);
-            self.kv.extend(ty.to_le_bytes());
-            self.n_kv += 1;
-        }
-        fn u32(&mut self, k: &str, v: u32) {
-            self.key(k, 4);
-            self.kv.extend(v.to_le_bytes());
-        }
-        fn f32(&mut self, k: &str, v: f32) {
-            self.key(k, 6);
-            self.kv.extend(v.to_le_bytes());
-        }
-        fn str(&mut self, k: &str, v: &str) {
-            self.key(k, 8);
-            Self::s(&mut self.kv, v);
-        }
-        fn strs(&mut self, k: &str, n: usize) {
-            self.key(k, 9);
-            self.kv.extend(8u32.to_le_bytes());
-            self.kv.extend((n as u64).to_le_bytes());
-            for i in 0..n {
-                Self::s(&mut self.kv, &format!("t{i}"));
-            }
-        }
-        /// `t` in HF row-major shape; written with ggml's reversed dims.
-        fn f32_tensor(&mut self, name: &str, t: &HostTensor) {
-            let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
-            self.tensors.push((name.into(), dims, 0, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()));
-        }
-        fn write(&self, path: &Path) {
-            let mut b = b"GGUF".to_vec();
-            b.extend(3u32.to_le_bytes());
-            b.extend((self.tensors.len() as u64).to_le_bytes());
-            b.extend(self.n_kv.to_le_bytes());
-            b.extend(&self.kv);
-            let mut offset = 0u64;
-            for (name, dims, ty, data) in &self.tensors {
-                Self::s(&mut b, name);
-                b.extend((dims.len() as u32).to_le_bytes());
-                dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
-                b.extend(ty.to_le_bytes());
-                b.extend(offset.to_le_bytes());
-                offset += (data.len() as u64).div_ceil(32) * 32;
-            }
-            b.resize(b.len().div_ceil(32) * 32, 0);
-            for (_, _, _, data) in &self.tensors {
-                b.extend(data);
-                b.resize(b.len().div_ceil(32) * 32, 0);
-            }
-            std::fs::write(path, b).unwrap();
-        }
-    }
-
     /// What llama.cpp's converter would write for `ckpt`: renamed, Q/K permuted for llama.
     fn gguf_of(ckpt: &Checkpoint) -> GgufWriter {
         let c = &ckpt.config;
         let arch = c.model_type.as_str();
         let mut w = GgufWriter::new();
-        w.str("general.architecture", arch);
-        w.u32(&format!("{arch}.block_count"), c.num_hidden_layers as u32);
-        w.u32(&format!("{arch}.embedding_length"), c.hidden_size as u32);
-        w.u32(&format!("{arch}.feed_forward_length"), c.intermediate_size as u32);
-        w.u32(&format!("{arch}.attention.head_count"), c.num_attention_heads as u32);
-        w.u32(&format!("{arch}.attention.head_count_kv"), c.num_key_value_heads as u32);
-        w.u32(&format!("{arch}.context_length"), c.max_position_embeddings as u32);
-        w.f32(&format!("{arch}.rope.freq_base"), c.rope_theta as f32);
-        w.f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
-        w.strs("tokenizer.ggml.tokens", c.vocab_size);
-        w.u32("tokenizer.ggml.bos_token_id", 1);
-        w.u32("tokenizer.ggml.eos_token_id", 2);
+        w.kv("general.architecture", Value::str(arch));
+        w.kv(&format!("{arch}.block_count"), Value::U32(c.num_hidden_layers as u32));
+        w.kv(&format!("{arch}.embedding_length"), Value::U32(c.hidden_size as u32));
+        w.kv(&format!("{arch}.feed_forward_length"), Value::U32(c.intermediate_size as u32));
+        w.kv(&format!("{arch}.attention.head_count"), Value::U32(c.num_attention_heads as u32));
+        w.kv(&format!("{arch}.attention.head_count_kv"), Value::U32(c.num_key_value_heads as u32));
+        w.kv(&format!("{arch}.context_length"), Value::U32(c.max_position_embeddings as u32));
+        w.kv(&format!("{arch}.rope.freq_base"), Value::F32(c.rope_theta as f32));
+        w.kv(&format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+        w.kv("tokenizer.ggml.tokens", Value::strings((0..c.vocab_size).map(|i| format!("t{i}"))));
+        w.kv("tokenizer.ggml.bos_token_id", Value::U32(1));
+        w.kv("tokenizer.ggml.eos_token_id", Value::U32(2));
         let gguf_name = |hf: &str| -> String {
             let fixed = [
                 ("model.embed_tokens.weight", "token_embd.weight"),
@@ -796,7 +729,7 @@ mod tests {
             } else {
                 t.clone()
             };
-            w.f32_tensor(&gguf_name(name), &t);
+            w.f32_tensor(&gguf_name(name), &t.shape, &t.data);
         }
         w
     }
@@ -811,7 +744,7 @@ mod tests {
             }
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("m.gguf");
-            gguf_of(&ckpt).write(&path);
+            gguf_of(&ckpt).write(&path).unwrap();
             let back = load(&path).unwrap();
             assert_eq!(back.config.model_type.as_str(), arch);
             assert_eq!(back.config.tie_word_embeddings, tied);
@@ -833,37 +766,37 @@ mod tests {
         let path = dir.path().join("m.gguf");
 
         let mut w = gguf_of(&ckpt);
-        w.f32_tensor("blk.0.attn_qkv.weight", &HostTensor { shape: vec![2], data: vec![0.0; 2] });
-        w.write(&path);
+        w.f32_tensor("blk.0.attn_qkv.weight", &[2], &[0.0; 2]);
+        w.write(&path).unwrap();
         let e = format!("{:#}", load(&path).unwrap_err());
         assert!(e.contains("tensor `blk.0.attn_qkv.weight` has no Hugging Face counterpart"), "{e}");
 
         // rope_freqs is known and dropped.
         let mut w = gguf_of(&ckpt);
-        w.f32_tensor("rope_freqs.weight", &HostTensor { shape: vec![2], data: vec![1.0; 2] });
-        w.write(&path);
+        w.f32_tensor("rope_freqs.weight", &[2], &[1.0; 2]);
+        w.write(&path).unwrap();
         assert_eq!(load(&path).unwrap().tensors, ckpt.tensors);
 
         let mut w = gguf_of(&ckpt);
-        let t = w.tensors.iter_mut().find(|t| t.0 == "blk.1.ffn_up.weight").unwrap();
+        let t = w.tensors.iter_mut().find(|t| t.name == "blk.1.ffn_up.weight").unwrap();
         // Q8_K (llama.cpp's intermediate type, never a weight): 292 bytes per 256 values; 12 x 8
         // = 96 values is not a whole block, so make it one.
-        t.1 = vec![256];
-        t.2 = 15;
-        t.3 = vec![0; 292];
-        w.write(&path);
+        t.dims = vec![256];
+        t.ggml_type = 15;
+        t.bytes = vec![0; 292];
+        w.write(&path).unwrap();
         let e = format!("{:#}", load(&path).unwrap_err());
         assert!(e.contains("tensor `blk.1.ffn_up.weight` has ggml type 15 (Q8_K)") && e.contains("Q6_K"), "{e}");
 
         let mut w = gguf_of(&ckpt);
-        w.tensors.retain(|t| t.0 != "blk.1.ffn_down.weight");
-        w.write(&path);
+        w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight");
+        w.write(&path).unwrap();
         let e = format!("{:#}", load(&path).unwrap_err());
         assert!(e.contains("model.layers.1.mlp.down_proj.weight: missing") && e.contains("m.gguf"), "{e}");
 
         let mut w = GgufWriter::new();
-        w.str("general.architecture", "gemma");
-        w.write(&path);
+        w.kv("general.architecture", Value::str("gemma"));
+        w.write(&path).unwrap();
         let e = format!("{:#}", load(&path).unwrap_err());
         assert!(e.contains("architecture `gemma`"), "{e}");
     }

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod params;
 pub mod rope;
 pub mod safetensors;

@@ -673,68 +673,26 @@ mod tests {
 
     /// A minimal GGUF with only tokenizer metadata, for pre-tokenizer selection.
     fn tiny_gguf(pre: Option<&str>, add_bos: bool) -> tempfile::NamedTempFile {
-        use std::io::Write;
-        fn s(b: &mut Vec<u8>, x: &str) {
-            b.extend((x.len() as u64).to_le_bytes());
-            b.extend(x.as_bytes());
-        }
-        let tokens = ["a", "b", "ab", "<s>", "</s>", "1", "2", "12"];
-        let mut kvs: Vec<(String, Vec<u8>)> = Vec::new();
-        let string_kv = |v: &str| {
-            let mut b = 8u32.to_le_bytes().to_vec();
-            s(&mut b, v);
-            b
-        };
-        let str_array = |items: &[&str]| {
-            let mut b = 9u32.to_le_bytes().to_vec();
-            b.extend(8u32.to_le_bytes());
-            b.extend((items.len() as u64).to_le_bytes());
-            for i in items {
-                s(&mut b, i);
-            }
-            b
-        };
-        let u32_kv = |v: u32| {
-            let mut b = 4u32.to_le_bytes().to_vec();
-            b.extend(v.to_le_bytes());
-            b
-        };
-        kvs.push(("tokenizer.ggml.model".into(), string_kv("gpt2")));
+        use crate::gguf::Value;
+        let mut w = crate::gguf_writer::GgufWriter::new();
+        w.kv("tokenizer.ggml.model", Value::str("gpt2"));
         if let Some(p) = pre {
-            kvs.push(("tokenizer.ggml.pre".into(), string_kv(p)));
+            w.kv("tokenizer.ggml.pre", Value::str(p));
         }
-        kvs.push(("tokenizer.ggml.tokens".into(), str_array(&tokens)));
-        kvs.push(("tokenizer.ggml.merges".into(), str_array(&["a b", "1 2"])));
-        let mut tt = 9u32.to_le_bytes().to_vec();
-        tt.extend(5u32.to_le_bytes());
-        tt.extend((tokens.len() as u64).to_le_bytes());
-        for ty in [1i32, 1, 1, 3, 3, 1, 1, 1] {
-            tt.extend(ty.to_le_bytes());
-        }
-        kvs.push(("tokenizer.ggml.token_type".into(), tt));
-        kvs.push(("tokenizer.ggml.bos_token_id".into(), u32_kv(3)));
-        kvs.push(("tokenizer.ggml.eos_token_id".into(), u32_kv(4)));
-        let mut bos = 7u32.to_le_bytes().to_vec();
-        bos.push(add_bos as u8);
-        kvs.push(("tokenizer.ggml.add_bos_token".into(), bos));
-        kvs.push((
-            "tokenizer.chat_template".into(),
-            string_kv(
-                "{{ bos_token }}{% for m in messages %}{{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}",
-            ),
-        ));
-
-        let mut b = b"GGUF".to_vec();
-        b.extend(3u32.to_le_bytes());
-        b.extend(0u64.to_le_bytes());
-        b.extend((kvs.len() as u64).to_le_bytes());
-        for (k, v) in &kvs {
-            s(&mut b, k);
-            b.extend(v);
-        }
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(&b).unwrap();
-        f.flush().unwrap();
+        w.kv("tokenizer.ggml.tokens", Value::strings(["a", "b", "ab", "<s>", "</s>", "1", "2", "12"]))
+            .kv("tokenizer.ggml.merges", Value::strings(["a b", "1 2"]))
+            .kv("tokenizer.ggml.token_type", Value::i32s([1, 1, 1, 3, 3, 1, 1, 1]))
+            .kv("tokenizer.ggml.bos_token_id", Value::U32(3))
+            .kv("tokenizer.ggml.eos_token_id", Value::U32(4))
+            .kv("tokenizer.ggml.add_bos_token", Value::Bool(add_bos))
+            .kv(
+                "tokenizer.chat_template",
+                Value::str(
+                    "{{ bos_token }}{% for m in messages %}{{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}",
+                ),
+            );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), w.to_bytes()).unwrap();
         f
     }
 
