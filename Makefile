@@ -13,7 +13,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
-.PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export probs clean
+.PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export check-llama-cpp probs clean
 
 all: data
 
@@ -116,6 +116,10 @@ bench-data: build model
 # by transformers itself (log-probabilities equal to rectify's; SKIPPED without torch).
 check-export: build model $(SNAPSHOTS)/default-unscored/manifest.json
 	SNAPSHOT=$(SNAPSHOTS)/default-unscored ./scripts/check_export.sh
+
+# A GGUF quantised by llama.cpp itself (Q4_K_M) decoded greedily by rectify and by llama.cpp.
+check-llama-cpp: build model
+	./scripts/check_llama_cpp.sh
 
 bench-train: build model
 	./scripts/bench_train.sh

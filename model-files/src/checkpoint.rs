@@ -12,7 +12,7 @@
 //!   (`rotate_half`). See [`unpermute_from_gguf`].
 
 use crate::config::{LlamaConfig, ModelType};
-use crate::gguf::{dequantize, not_dequantizable, Gguf};
+use crate::gguf::{dequantize, not_dequantizable, Gguf, ROPE_FREQS_TENSOR};
 use crate::params::Params;
 use crate::safetensors::{ignorable_safetensors_name, read_index, read_shard, write_safetensors};
 use anyhow::{anyhow, bail, Context, Result};
@@ -115,10 +115,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
 // ---------------------------------------------------------------------------------------------
 // GGUF
 
-/// GGUF tensors with no Hugging Face counterpart that are safe to drop. `rope_freqs.weight` holds
-/// the per-frequency factors of Llama 3.1-style RoPE scaling; dropping it gives plain RoPE, so it
-/// is logged as a warning (see [`load_gguf`]).
-pub const IGNORED_GGUF_TENSORS: &[&str] = &["rope_freqs.weight"];
+/// GGUF tensors with no Hugging Face counterpart, read into the config instead of the weights:
+/// `rope_freqs.weight`'s per-frequency factors become the config's llama3 `rope_scaling`.
+pub const IGNORED_GGUF_TENSORS: &[&str] = &[ROPE_FREQS_TENSOR];
 
 /// llama.cpp tensor name -> Hugging Face name, for every parameter a decoder of `layers` blocks
 /// can have (see [`Params::every`]).
@@ -185,7 +184,6 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let mut jobs = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         if IGNORED_GGUF_TENSORS.contains(&t.name.as_str()) {
-            tracing::warn!("{}: ignoring tensor `{}` (RoPE frequency factors); the model uses plain RoPE", path.display(), t.name);
             continue;
         }
         let hf = hf_names
@@ -771,11 +769,26 @@ mod tests {
         let e = format!("{:#}", load(&path).unwrap_err());
         assert!(e.contains("tensor `blk.0.attn_qkv.weight` has no Hugging Face counterpart"), "{e}");
 
-        // rope_freqs is known and dropped.
+        // rope_freqs goes into the config, not the weights: all ones is plain RoPE, a llama3
+        // pattern is llama3 scaling (head_dim 4: one kept frequency, one divided by 8).
+        for (factors, scaled) in [([1.0f32, 1.0], false), ([1.0, 8.0], true)] {
+            let mut w = gguf_of(&ckpt);
+            w.f32_tensor("rope_freqs.weight", &[2], &factors);
+            w.write(&path).unwrap();
+            let back = load(&path).unwrap();
+            assert_eq!(back.tensors, ckpt.tensors);
+            let plain = ckpt.config.rope_inv_freq().unwrap();
+            let got = back.config.rope_inv_freq().unwrap();
+            assert_eq!(back.config.extra.contains_key("rope_scaling"), scaled);
+            for (j, (g, p)) in got.iter().zip(&plain).enumerate() {
+                assert!((g * factors[j] as f64 - p).abs() <= 1e-6 * p, "frequency {j}: {g} vs {p} / {}", factors[j]);
+            }
+        }
         let mut w = gguf_of(&ckpt);
-        w.f32_tensor("rope_freqs.weight", &[2], &[1.0; 2]);
+        w.f32_tensor("rope_freqs.weight", &[1], &[2.0]);
         w.write(&path).unwrap();
-        assert_eq!(load(&path).unwrap().tensors, ckpt.tensors);
+        let e = format!("{:#}", load(&path).unwrap_err());
+        assert!(e.contains("tensor `rope_freqs.weight`: 1 rotary factors for head_dim 4"), "{e}");
 
         let mut w = gguf_of(&ckpt);
         let t = w.tensors.iter_mut().find(|t| t.name == "blk.1.ffn_up.weight").unwrap();

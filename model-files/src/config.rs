@@ -8,7 +8,8 @@
 //! [`LlamaConfig::validate`]: silently ignoring them would give a model that loads and is wrong.
 
 use crate::gguf::Gguf;
-use crate::rope::RopeScaling;
+use crate::gguf::{dequantize, ROPE_FREQS_TENSOR};
+use crate::rope::{llama3_from_factors, RopeScaling};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -356,6 +357,27 @@ impl LlamaConfig {
                 _ => serde_json::json!({ "rope_type": t }),
             };
             extra.insert("rope_scaling".to_string(), scaling);
+        }
+        if let Some(t) = g.tensor(ROPE_FREQS_TENSOR) {
+            // Llama 3.1 / 3.2 files: llama.cpp's converter turns `rope_scaling` into per-frequency
+            // divisors; read them back as the llama3 scaling they came from.
+            if extra.contains_key("rope_scaling") {
+                bail!("both `{}` and tensor `{ROPE_FREQS_TENSOR}` scale the rotary frequencies", key("rope.scaling.type"));
+            }
+            let n = t.n_elements() as usize;
+            let factors: Vec<f64> = dequantize(t.ggml_type, &g.tensor_bytes(t)?, n)?.into_iter().map(f64::from).collect();
+            let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+            let theta = shortest_f64(rope_theta);
+            match llama3_from_factors(&factors, theta, head_dim).with_context(|| format!("tensor `{ROPE_FREQS_TENSOR}`"))? {
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                    extra.insert(
+                        "rope_scaling".to_string(),
+                        serde_json::json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                            "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings }),
+                    );
+                }
+                _ => {}
+            }
         }
         let cfg = LlamaConfig {
             architectures: vec![],

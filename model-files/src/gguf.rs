@@ -17,6 +17,9 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"GGUF";
+/// The tensor in which llama.cpp's converter stores Llama 3.1-style RoPE scaling as per-frequency
+/// divisors (read into the config's `rope_scaling`, see [`crate::config`]).
+pub const ROPE_FREQS_TENSOR: &str = "rope_freqs.weight";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS: a tensor with more dimensions than this is a corrupt header.
 const MAX_DIMS: u32 = 4;

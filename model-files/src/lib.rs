@@ -1,6 +1,8 @@
 //! Model files, without a tensor library: the GGUF reader (with the one table of ggml types),
 //! safetensors, `config.json`, the one list of a decoder's parameters (`params`), checkpoints in
-//! Hugging Face names and layout, rotary frequencies and their scaling (`rope`), and the chat tokenizer (from GGUF metadata, or `tokenizer.json` plus a template).
+//! Hugging Face names and layout, rotary frequencies and their scaling (`rope`), the chat tokenizer
+//! (from GGUF metadata, or `tokenizer.json` plus a template), and a GGUF writer for tests
+//! (`gguf_writer`).
 
 pub mod checkpoint;
 pub mod config;

@@ -97,6 +97,75 @@ impl RopeScaling {
     }
 }
 
+/// The llama3 scaling whose per-frequency divisors are `factors`, as llama.cpp's converter writes
+/// them to a GGUF's `rope_freqs.weight` (`inv_freq[j] / factors[j]` is the scaled frequency);
+/// `None` when every factor is 1. An error when they follow no llama3 scaling.
+///
+/// The llama3 formula depends on `original_max_position_embeddings`, `low_freq_factor` and
+/// `high_freq_factor` only through their ratios, so `low_freq_factor` is taken as 1 (every Llama
+/// 3.x config's value) and the other two are fitted to the blended frequencies; the result is then
+/// checked factor by factor, so a fit that does not reproduce the file is refused, never used.
+pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Result<RopeScaling> {
+    if factors.len() != head_dim / 2 {
+        bail!("{} rotary factors for head_dim {head_dim} (expected {})", factors.len(), head_dim / 2);
+    }
+    if factors.iter().all(|&r| r == 1.0) {
+        return Ok(RopeScaling::None);
+    }
+    let plain = RopeScaling::None.inv_freq(theta, head_dim);
+    // The file holds f32s; configs hold round numbers (32, 8192, 4): snap to them when within
+    // f32 noise. The check below guards the result either way.
+    let snap = |x: f64| if (x - x.round()).abs() <= 1e-4 * x.abs() { x.round() } else { x };
+    let factor = snap(factors[factors.len() - 1]);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+    // The blend: smooth = (old / wavelen - 1) / (high - 1), linear in the frequency f.
+    let blended: Vec<(f64, f64)> = plain
+        .iter()
+        .zip(factors)
+        .filter(|(_, &r)| !close(r, 1.0) && !close(r, factor))
+        .map(|(&f, &r)| (f, (1.0 / r - 1.0 / factor) / (1.0 - 1.0 / factor)))
+        .collect();
+    let wavelen = |f: f64| 2.0 * std::f64::consts::PI / f;
+    // Wavelengths of the last unscaled and the first fully scaled frequency bound the blend.
+    let last_kept = plain.iter().zip(factors).filter(|(_, &r)| close(r, 1.0)).map(|(&f, _)| wavelen(f)).fold(0.0, f64::max);
+    let first_scaled = plain.iter().zip(factors).filter(|(_, &r)| close(r, factor)).map(|(&f, _)| wavelen(f)).fold(f64::INFINITY, f64::min);
+    let (old, high) = match blended.as_slice() {
+        [] | [_] => {
+            // Too few blended frequencies to fit a line: put the boundaries between the
+            // frequencies that bound them, and through the one blended point if there is one.
+            let old = if first_scaled.is_finite() { first_scaled } else { 2.0 * wavelen(plain[plain.len() - 1]) };
+            let high = match blended.first() {
+                Some(&(f, smooth)) => 1.0 + (old / wavelen(f) - 1.0) / smooth,
+                // Just above the last kept wavelength, so that it stays unscaled.
+                None => old / last_kept.max(f64::MIN_POSITIVE) / 1.000_000_1,
+            };
+            (old, high)
+        }
+        points => {
+            // Least squares of smooth = a f + b; a = old / (2 pi (high - 1)), b = -1 / (high - 1).
+            let n = points.len() as f64;
+            let (sf, ss) = points.iter().fold((0.0, 0.0), |(a, b), &(f, s)| (a + f, b + s));
+            let (mf, ms) = (sf / n, ss / n);
+            let a =
+                points.iter().map(|&(f, s)| (f - mf) * (s - ms)).sum::<f64>() / points.iter().map(|&(f, _)| (f - mf).powi(2)).sum::<f64>();
+            let b = ms - a * mf;
+            let high = 1.0 - 1.0 / b;
+            (a * 2.0 * std::f64::consts::PI * (high - 1.0), high)
+        }
+    };
+    let (old, high) = (snap(old), snap(high));
+    let fitted = RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: high, original_max_position_embeddings: old };
+    if !(factor > 1.0 && high > 1.0 && old > 0.0 && old.is_finite()) {
+        bail!("rotary factors {factors:?} follow no llama3 scaling (fitted {fitted:?})");
+    }
+    for (j, (f, scaled)) in plain.iter().zip(fitted.inv_freq(theta, head_dim)).enumerate() {
+        if !close(f / scaled, factors[j]) {
+            bail!("rotary factor {j} is {}, but the llama3 scaling that fits the others gives {} ({fitted:?})", factors[j], f / scaled);
+        }
+    }
+    Ok(fitted)
+}
+
 /// `rope_type` (or transformers 4's older `type`) of a scaling map; absent means plain RoPE.
 fn kind(map: &Value) -> Result<&str> {
     match map.get("rope_type").or_else(|| map.get("type")) {
@@ -130,6 +199,39 @@ mod tests {
                 assert!((g - w).abs() <= 1e-6 * w.abs(), "{}: frequency {j}: {g} vs transformers {w}", case["name"]);
             }
         }
+    }
+
+    /// A GGUF's `rope_freqs.weight` is what llama.cpp's converter computes from the config:
+    /// plain frequency / scaled frequency. From transformers' scaled frequencies (the fixture),
+    /// the fit must give back a scaling with transformers' frequencies.
+    #[test]
+    fn llama3_scaling_recovered_from_gguf_rope_factors() {
+        let cases: Value = serde_json::from_str(include_str!("../tests/fixtures/rope_inv_freq.json")).unwrap();
+        let mut n = 0;
+        for case in cases.as_array().unwrap().iter().filter(|c| c["name"].as_str().unwrap().starts_with("llama3")) {
+            let theta = case["rope_theta"].as_f64().unwrap();
+            let head_dim = case["head_dim"].as_u64().unwrap() as usize;
+            let want: Vec<f64> = serde_json::from_value(case["inv_freq"].clone()).unwrap();
+            let plain = RopeScaling::None.inv_freq(theta, head_dim);
+            // Stored as f32 in the file.
+            let factors: Vec<f64> = plain.iter().zip(&want).map(|(p, w)| (p / w) as f32 as f64).collect();
+            let fitted = llama3_from_factors(&factors, theta, head_dim).unwrap();
+            let RopeScaling::Llama3 { factor, .. } = fitted else { panic!("{fitted:?}") };
+            assert_eq!(factor, case["extra"]["rope_parameters"]["factor"].as_f64().unwrap());
+            for (j, (g, w)) in fitted.inv_freq(theta, head_dim).iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 2e-6 * w.abs(), "{}: frequency {j}: {g} vs transformers {w}", case["name"]);
+            }
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert_eq!(llama3_from_factors(&[1.0; 32], 1e4, 64).unwrap(), RopeScaling::None);
+        // Factors that are no llama3 blend (not monotone) are refused.
+        let mut bad: Vec<f64> = (0..32).map(|j| if j < 16 { 1.0 } else { 8.0 }).collect();
+        bad[17] = 3.0;
+        bad[18] = 2.0;
+        bad[19] = 5.0;
+        assert!(llama3_from_factors(&bad, 5e5, 64).is_err());
+        assert!(llama3_from_factors(&[1.0; 3], 1e4, 64).unwrap_err().to_string().contains("3 rotary factors"));
     }
 
     #[test]

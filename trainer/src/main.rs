@@ -106,6 +106,10 @@ enum Command {
         /// metadata: a GGUF file.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// One JSON line per completion (`prompt`, `prompt_ids`, `ids` with the stop token,
+        /// `finish`, `text`) instead of the text, for comparing with other implementations.
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate a model on benchmark snapshots: Average@K, pass@K, every sample in results/.
     Eval {
@@ -312,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default()),
             }
         }
-        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer } => {
+        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json } => {
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None).with_context(|| {
                 format!(
@@ -322,10 +326,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let device = Default::default();
             let m = Llama::<Flex>::load(&model, &device)?;
-            let (_, prompt_ids) = tok.encode_prompt(&prompt)?;
+            let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             for (i, c) in generate_batch(&m, &requests, &params, &stop_ids(&tok), tok.pad_id(), &device).iter().enumerate() {
+                if json {
+                    let line = serde_json::json!({ "prompt": prompt_text, "prompt_ids": prompt_ids, "ids": c.ids,
+                        "finish": c.finish, "text": tok.decode(c.text_ids()) });
+                    println!("{line}");
+                    continue;
+                }
                 if samples > 1 {
                     println!("--- sample {i} ({:?}, {} tokens)", c.finish, c.ids.len());
                 }
