@@ -1,22 +1,16 @@
-//! A Qwen2 / Qwen2.5 tokenizer rebuilt from GGUF metadata gives the token ids Hugging Face's
-//! Qwen2 tokenizer gives (llama.cpp's test vectors, tests/fixtures/qwen2-tokenizer/README.md).
-//!
-//! No Qwen2 GGUF is at hand, so the test writes one from the Qwen vocabulary the way llama.cpp's
-//! `convert_hf_to_gguf.py` does: byte-level token strings, merges, token types (added tokens
-//! CONTROL when special and USER_DEFINED when not, padding rows UNUSED), `tokenizer.ggml.pre =
-//! qwen2`. The merges are the ones the ranks imply, derived as transformers' tiktoken converter
-//! derives them.
+//! Qwen2 / Qwen2.5 tokenizers rebuilt from GGUF metadata give the ids Hugging Face's Qwen2
+//! tokenizer gives. The file is the real thing: the vocabulary GGUF llama.cpp's converter wrote
+//! for Qwen2, with llama.cpp's 46 test vectors (tests/fixtures/qwen2-tokenizer/README.md).
 
-use model_files::gguf::Value;
+use flate2::read::GzDecoder;
+use model_files::gguf::{Gguf, Value};
 use model_files::gguf_writer::GgufWriter;
 use model_files::tokenizer::ChatTokenizer;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Qwen2.5's `config.json` vocab_size: embedding rows beyond the 151,665 real tokens.
-const PADDED_VOCAB: usize = 151_936;
 /// llama.cpp's token types.
-const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
@@ -25,140 +19,97 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tokenizer").join(name)
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let digits: Vec<u32> = s.bytes().filter(|&c| c != b'=').map(value).collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, d)| acc | d << (18 - 6 * i));
-        out.extend(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
+/// The vocabulary GGUF, unpacked into `dir`.
+fn qwen2_vocab(dir: &Path) -> PathBuf {
+    let mut bytes = Vec::new();
+    GzDecoder::new(std::fs::File::open(fixture("ggml-vocab-qwen2.gguf.gz")).unwrap()).read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes.len(), 5_928_681, "ggml-vocab-qwen2.gguf unpacked");
+    let path = dir.join("ggml-vocab-qwen2.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
-/// GPT-2's byte-to-character map, which byte-level BPE vocabularies are written in.
-fn byte_chars() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        map[b as usize] = if printable {
-            b as char
-        } else {
-            next += 1;
-            char::from_u32(next - 1).unwrap()
-        };
-    }
-    map
-}
-
-fn qwen2_gguf(path: &Path) {
-    let ranks: Vec<Vec<u8>> = std::fs::read_to_string(fixture("qwen.tiktoken"))
-        .unwrap()
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let (b64, rank) = line.split_once(' ').unwrap();
-            assert_eq!(rank.parse::<usize>().unwrap(), i, "ranks are ids, in order");
-            base64_decode(b64)
-        })
-        .collect();
-    let rank_of: HashMap<&[u8], usize> = ranks.iter().enumerate().map(|(i, t)| (t.as_slice(), i)).collect();
-    let chars = byte_chars();
-    let text = |b: &[u8]| -> String { b.iter().map(|&x| chars[x as usize]).collect() };
-
-    // Every split of a token into two tokens is a merge, ranked by the merged token, then by the
-    // parts' ranks.
-    let mut merges: Vec<(usize, usize, usize)> = Vec::new();
-    for (rank, t) in ranks.iter().enumerate() {
-        for cut in 1..t.len() {
-            if let (Some(&l), Some(&r)) = (rank_of.get(&t[..cut]), rank_of.get(&t[cut..])) {
-                merges.push((rank, l, r));
-            }
-        }
-    }
-    merges.sort();
-
-    let special: BTreeMap<usize, String> =
-        serde_json::from_str::<BTreeMap<String, String>>(&std::fs::read_to_string(fixture("qwen2_special_tokens.json")).unwrap())
-            .unwrap()
-            .into_iter()
-            .map(|(id, s)| (id.parse().unwrap(), s))
-            .collect();
-    let mut tokens: Vec<String> = ranks.iter().map(|t| text(t)).collect();
-    let mut types = vec![NORMAL; tokens.len()];
-    for (&id, s) in &special {
-        assert_eq!(id, tokens.len(), "added tokens follow the ranks without gaps");
-        tokens.push(s.clone());
-        // Qwen2.5's tokenizer_config marks the tool-call and FIM tokens as not special.
-        types.push(if id < 151_657 { CONTROL } else { USER_DEFINED });
-    }
-    for id in tokens.len()..PADDED_VOCAB {
-        tokens.push(format!("[PAD{id}]"));
-        types.push(UNUSED);
-    }
-
-    let template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>' + '\n' }}{% endfor %}\
-                    {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-    let mut w = GgufWriter::new();
-    w.kv("tokenizer.ggml.model", Value::str("gpt2"))
-        .kv("tokenizer.ggml.pre", Value::str("qwen2"))
-        .kv("tokenizer.ggml.tokens", Value::strings(&tokens))
-        .kv("tokenizer.ggml.token_type", Value::i32s(types))
-        .kv("tokenizer.ggml.merges", Value::strings(merges.iter().map(|&(_, l, r)| format!("{} {}", tokens[l], tokens[r]))))
-        .kv("tokenizer.ggml.eos_token_id", Value::U32(151_645))
-        .kv("tokenizer.ggml.padding_token_id", Value::U32(151_643))
-        .kv("tokenizer.ggml.bos_token_id", Value::U32(151_643))
-        .kv("tokenizer.ggml.add_bos_token", Value::Bool(false))
-        .kv("tokenizer.chat_template", Value::str(template));
-    w.write(path).unwrap();
+/// llama.cpp's test vectors: texts between `__ggml_vocab_test__` lines, ids one line each.
+fn llama_cpp_vectors() -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(fixture("ggml-vocab-qwen2.gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(fixture("ggml-vocab-qwen2.gguf.out")).unwrap();
+    let texts: Vec<&str> = inp.strip_suffix("\n__ggml_vocab_test__\n").unwrap().split("\n__ggml_vocab_test__\n").collect();
+    let ids: Vec<Vec<u32>> = out.lines().map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect()).collect();
+    assert_eq!(texts.len(), ids.len());
+    texts.into_iter().map(String::from).zip(ids).collect()
 }
 
 #[test]
-fn qwen2_gguf_tokenizer_matches_hugging_face_ids() {
+fn qwen2_gguf_vocabulary_gives_llama_cpp_test_vectors() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("qwen2-vocab.gguf");
-    qwen2_gguf(&path);
-    let t = ChatTokenizer::from_gguf(&path, None, None).unwrap();
-    assert_eq!((t.vocab_size(), t.eos_id(), t.pad_id()), (PADDED_VOCAB, 151_645, 151_643));
-    let ids = |s: &str| t.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
-
-    let cases = std::fs::read_to_string(fixture("qwen2_tokenizer_cases.jsonl")).unwrap();
-    let mut n = 0;
-    for (line_no, line) in cases.lines().enumerate() {
-        #[derive(serde::Deserialize)]
-        struct Case {
-            text: String,
-            ids: Vec<u32>,
-        }
-        let case: Case = serde_json::from_str(line).unwrap();
-        assert_eq!(ids(&case.text), case.ids, "qwen2_tokenizer_cases.jsonl line {}: {:?}", line_no + 1, case.text);
-        assert_eq!(t.decode(&case.ids), case.text, "decoding line {}", line_no + 1);
-        n += 1;
+    let t = ChatTokenizer::from_gguf(&qwen2_vocab(dir.path()), None, None).unwrap();
+    assert_eq!((t.vocab_size(), t.eos_id(), t.pad_id()), (151_936, 151_643, 151_643));
+    let vectors = llama_cpp_vectors();
+    assert_eq!(vectors.len(), 46);
+    for (k, (text, want)) in vectors.iter().enumerate() {
+        let got = t.tokenizer().encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(&got, want, "vector {k}: {text:?}");
+        assert_eq!(&t.decode(want), text, "decoding vector {k}");
     }
-    assert_eq!(n, 13);
+    // And the cases verified against the Qwen vocabulary (some from another llama.cpp version).
+    #[derive(serde::Deserialize)]
+    struct Case {
+        text: String,
+        ids: Vec<u32>,
+    }
+    let cases = std::fs::read_to_string(fixture("qwen2_tokenizer_cases.jsonl")).unwrap();
+    for line in cases.lines() {
+        let c: Case = serde_json::from_str(line).unwrap();
+        assert_eq!(t.tokenizer().encode(c.text.as_str(), false).unwrap().get_ids(), &c.ids[..], "{:?}", c.text);
+    }
+}
 
-    // Control and user-defined tokens are single ids; padding rows are not tokens of the text.
+/// The same vocabulary laid out as a Qwen2.5 GGUF is: its 22 added tokens (CONTROL when special in
+/// Qwen2.5's tokenizer_config, USER_DEFINED when not), padding rows UNUSED, `<|im_end|>` as eos.
+#[test]
+fn qwen25_added_tokens_stay_whole_and_the_loss_covers_the_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gguf::open(qwen2_vocab(dir.path())).unwrap();
+    let mut tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap().iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut types = g.get_i32_array("tokenizer.ggml.token_type").unwrap();
+    let special: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("qwen2_special_tokens.json")).unwrap()).unwrap();
+    for (id, s) in &special {
+        let id: usize = id.parse().unwrap();
+        tokens[id] = s.clone();
+        // Qwen2.5 marks the tool-call and FIM tokens as not special.
+        types[id] = if id < 151_657 { CONTROL } else { USER_DEFINED };
+    }
+    for id in 151_665..tokens.len() {
+        types[id] = UNUSED;
+    }
+    let template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>' + '\n' }}{% endfor %}\
+                    {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        let v = match k.as_str() {
+            "tokenizer.ggml.tokens" => Value::strings(&tokens),
+            "tokenizer.ggml.token_type" => Value::i32s(types.iter().copied()),
+            "tokenizer.ggml.eos_token_id" => Value::U32(151_645),
+            "tokenizer.chat_template" => Value::str(template),
+            _ => v.clone(),
+        };
+        w.kv(k, v);
+    }
+    let path = dir.path().join("qwen25-vocab.gguf");
+    w.write(&path).unwrap();
+    let t = ChatTokenizer::from_gguf(&path, None, None).unwrap();
+    assert_eq!((t.eos_id(), t.pad_id()), (151_645, 151_643));
+    let ids = |s: &str| t.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
     assert_eq!(ids("<|im_start|>Hello world<|im_end|>"), vec![151_644, 9707, 1879, 151_645]);
     assert_eq!(ids("<tool_call>"), vec![151_657]);
-    assert!(!ids("[PAD151700]").contains(&151_700));
+    assert!(!ids("[PAD151700]").contains(&151_700), "unused rows are not tokens of the text");
 
-    // The chat template's turns: the loss covers the reply and the end of turn only.
     let enc = t.encode_chat("Hello world", "Hello, world!").unwrap();
     let (prompt_text, prompt_ids) = t.encode_prompt("Hello world").unwrap();
     assert_eq!(prompt_text, "<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(&enc.ids[..prompt_ids.len()], &prompt_ids[..]);
-    let reply = &enc.ids[prompt_ids.len()..];
-    assert_eq!(&reply[..5], &[9707, 11, 1879, 0, 151_645]);
+    assert_eq!(&enc.ids[prompt_ids.len()..prompt_ids.len() + 5], &[9707, 11, 1879, 0, 151_645]);
     assert!(enc.loss_mask[..prompt_ids.len()].iter().all(|&m| m == 0));
     assert!(enc.loss_mask[prompt_ids.len()..prompt_ids.len() + 5].iter().all(|&m| m == 1));
 }
