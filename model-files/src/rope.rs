@@ -130,16 +130,21 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
     let last_kept = plain.iter().zip(factors).filter(|(_, &r)| close(r, 1.0)).map(|(&f, _)| wavelen(f)).fold(0.0, f64::max);
     let first_scaled = plain.iter().zip(factors).filter(|(_, &r)| close(r, factor)).map(|(&f, _)| wavelen(f)).fold(f64::INFINITY, f64::min);
     let (old, high) = match blended.as_slice() {
-        [] | [_] => {
-            // Too few blended frequencies to fit a line: put the boundaries between the
-            // frequencies that bound them, and through the one blended point if there is one.
+        // Too few blended frequencies to fit a line. Any (old, high) whose two boundaries fall
+        // in the right gaps gives these factors: put the short boundary `old / high` at the
+        // geometric middle of its gap, and the long one `old` through the blended point (or at
+        // the first fully scaled frequency when there is none).
+        [] => {
             let old = if first_scaled.is_finite() { first_scaled } else { 2.0 * wavelen(plain[plain.len() - 1]) };
-            let high = match blended.first() {
-                Some(&(f, smooth)) => 1.0 + (old / wavelen(f) - 1.0) / smooth,
-                // Just above the last kept wavelength, so that it stays unscaled.
-                None => old / last_kept.max(f64::MIN_POSITIVE) / 1.000_000_1,
-            };
-            (old, high)
+            let short = if last_kept > 0.0 { (last_kept * old).sqrt() } else { old / 2.0 };
+            (old, old / short)
+        }
+        &[(f, smooth)] => {
+            // smooth = (old / w - 1) / (old / short - 1), solved for old.
+            let w = wavelen(f);
+            let short = if last_kept > 0.0 { (last_kept * w).sqrt() } else { w / 2.0 };
+            let old = short * (1.0 - 1.0 / smooth) / (1.0 - short / (w * smooth));
+            (old, old / short)
         }
         points => {
             // Least squares of smooth = a f + b; a = old / (2 pi (high - 1)), b = -1 / (high - 1).

@@ -2,7 +2,10 @@
 //! saved with `save_pretrained` (f16), and transformers' own float32 log-probabilities of a
 //! 300-token sequence and of a packed row whose positions restart per example
 //! (`scripts/transformers_fixtures.py` made them). One is a Llama with a tied head and llama3
-//! RoPE scaling, the other a Qwen2 with q/k/v biases and an untied head.
+//! RoPE scaling, the other a Qwen2 with q/k/v biases and an untied head. The same two checkpoints
+//! converted to GGUF by llama.cpp's own `convert_hf_to_gguf.py` (`scripts/llama_cpp_gguf_fixtures.py`)
+//! must match transformers too: Q/K rows permuted, llama3 scaling stored as `rope_freqs.weight`,
+//! GGUF tensor names of both architectures.
 
 use burn::backend::Flex;
 use model::logprobs::row_logprobs;
@@ -56,6 +59,21 @@ fn max_diff(model: &Llama<Flex>, name: &str) -> f32 {
 
 fn load(name: &str) -> Llama<Flex> {
     Llama::load(&fixture(name), &Default::default()).unwrap()
+}
+
+fn load_gguf(name: &str) -> Llama<Flex> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-cpp-gguf").join(format!("{name}.gguf"));
+    Llama::load(&path, &Default::default()).unwrap()
+}
+
+#[test]
+fn llama_cpp_conversions_match_transformers() {
+    for name in ["llama3-tied", "qwen2-untied"] {
+        let m = load_gguf(name);
+        assert_eq!(m.config.model_type.as_str(), name.split('-').next().unwrap().trim_end_matches('3'));
+        let d = max_diff(&m, name);
+        assert!(d <= TOLERANCE, "{name}.gguf: log-probabilities differ from transformers by up to {d}");
+    }
 }
 
 #[test]
