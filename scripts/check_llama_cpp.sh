@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make check-llama-cpp`: rectify's greedy decoding of a GGUF that llama.cpp's own quantiser made
 # from the default model (Q4_K_M unless FTYPE says otherwise) against llama.cpp's greedy decoding
-# of the same file (scripts/check_llama_cpp.py says how they are compared).
+# of the same file and of its F32 dequantisation (scripts/check_llama_cpp.py says how).
 #
 # llama.cpp comes from PyPI as llama-cpp-python, built from source into a cache venv the first
-# time (about 15 minutes on 2 cores). AMX is left out of the build: its kernels crash in this
-# sandbox's VMs, and rectify uses no AMX either.
+# time (about 15 minutes on 2 cores). AMX is left out of the build: with it (GGML_NATIVE on these
+# Xeons) every llama_decode segfaulted here, and rectify uses no AMX either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRAINER=${TRAINER:-${CARGO_TARGET_DIR:-target}/release/trainer}
