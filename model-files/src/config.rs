@@ -368,15 +368,13 @@ impl LlamaConfig {
             let factors: Vec<f64> = dequantize(t.ggml_type, &g.tensor_bytes(t)?, n)?.into_iter().map(f64::from).collect();
             let head_dim = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
             let theta = shortest_f64(rope_theta);
-            match llama3_from_factors(&factors, theta, head_dim).with_context(|| format!("tensor `{ROPE_FREQS_TENSOR}`"))? {
-                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
-                    extra.insert(
-                        "rope_scaling".to_string(),
-                        serde_json::json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                            "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings }),
-                    );
-                }
-                _ => {}
+            let scaling = llama3_from_factors(&factors, theta, head_dim).with_context(|| format!("tensor `{ROPE_FREQS_TENSOR}`"))?;
+            if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = scaling {
+                extra.insert(
+                    "rope_scaling".to_string(),
+                    serde_json::json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                        "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings }),
+                );
             }
         }
         let cfg = LlamaConfig {

@@ -114,7 +114,7 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
     }
     let plain = RopeScaling::None.inv_freq(theta, head_dim);
     // The file holds f32s; configs hold round numbers (32, 8192, 4): snap to them when within
-    // f32 noise. The check below guards the result either way.
+    // f32 noise (`factor` always; the fitted two only when that changes no factor, below).
     let snap = |x: f64| if (x - x.round()).abs() <= 1e-4 * x.abs() { x.round() } else { x };
     let factor = snap(factors[factors.len() - 1]);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
@@ -135,8 +135,10 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
         // geometric middle of its gap, and the long one `old` through the blended point (or at
         // the first fully scaled frequency when there is none).
         [] => {
-            let old = if first_scaled.is_finite() { first_scaled } else { 2.0 * wavelen(plain[plain.len() - 1]) };
-            let short = if last_kept > 0.0 { (last_kept * old).sqrt() } else { old / 2.0 };
+            let long = if first_scaled.is_finite() { first_scaled } else { 2.0 * wavelen(plain[plain.len() - 1]) };
+            let short = if last_kept > 0.0 { (last_kept * long).sqrt() } else { long / 2.0 };
+            // No frequency lies between the two boundaries, so `old` may sit anywhere there.
+            let old = (short * long).sqrt();
             (old, old / short)
         }
         &[(f, smooth)] => {
@@ -158,8 +160,19 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
             (a * 2.0 * std::f64::consts::PI * (high - 1.0), high)
         }
     };
-    let (old, high) = (snap(old), snap(high));
-    let fitted = RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: high, original_max_position_embeddings: old };
+    let llama3 = |old: f64, high: f64| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: high,
+        original_max_position_embeddings: old,
+    };
+    // The largest relative difference between the factors a scaling gives and the file's.
+    let error = |s: &RopeScaling| -> f64 {
+        plain.iter().zip(s.inv_freq(theta, head_dim)).zip(factors).map(|((f, g), r)| ((f / g - r) / r).abs()).fold(0.0, f64::max)
+    };
+    let (exact, rounded) = (llama3(old, high), llama3(snap(old), snap(high)));
+    // Round numbers only when they give the same factors to f32 precision.
+    let fitted = if error(&rounded) <= 1e-7 { rounded } else { exact };
     if !(factor > 1.0 && high > 1.0 && old > 0.0 && old.is_finite()) {
         bail!("rotary factors {factors:?} follow no llama3 scaling (fitted {fitted:?})");
     }

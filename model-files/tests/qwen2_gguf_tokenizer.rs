@@ -80,9 +80,7 @@ fn qwen25_added_tokens_stay_whole_and_the_loss_covers_the_reply() {
         // Qwen2.5 marks the tool-call and FIM tokens as not special.
         types[id] = if id < 151_657 { CONTROL } else { USER_DEFINED };
     }
-    for id in 151_665..tokens.len() {
-        types[id] = UNUSED;
-    }
+    types[151_665..].iter_mut().for_each(|t| *t = UNUSED);
     let template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>' + '\n' }}{% endfor %}\
                     {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
     let mut w = GgufWriter::new();
