@@ -129,7 +129,10 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
     // Wavelengths of the last unscaled and the first fully scaled frequency bound the blend.
     let last_kept = plain.iter().zip(factors).filter(|(_, &r)| close(r, 1.0)).map(|(&f, _)| wavelen(f)).fold(0.0, f64::max);
     let first_scaled = plain.iter().zip(factors).filter(|(_, &r)| close(r, factor)).map(|(&f, _)| wavelen(f)).fold(f64::INFINITY, f64::min);
-    let (old, high) = match blended.as_slice() {
+    // The fit, and for the underdetermined cases how `high` follows from a chosen `old` (so that
+    // `old` can be a whole number, which transformers requires of
+    // original_max_position_embeddings).
+    let (old, high, high_for): (f64, f64, Box<dyn Fn(f64) -> f64>) = match blended.as_slice() {
         // Too few blended frequencies to fit a line. Any (old, high) whose two boundaries fall
         // in the right gaps gives these factors: put the short boundary `old / high` at the
         // geometric middle of its gap, and the long one `old` through the blended point (or at
@@ -139,14 +142,14 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
             let short = if last_kept > 0.0 { (last_kept * long).sqrt() } else { long / 2.0 };
             // No frequency lies between the two boundaries, so `old` may sit anywhere there.
             let old = (short * long).sqrt();
-            (old, old / short)
+            (old, old / short, Box::new(move |old| old / short))
         }
         &[(f, smooth)] => {
             // smooth = (old / w - 1) / (old / short - 1), solved for old.
             let w = wavelen(f);
             let short = if last_kept > 0.0 { (last_kept * w).sqrt() } else { w / 2.0 };
             let old = short * (1.0 - 1.0 / smooth) / (1.0 - short / (w * smooth));
-            (old, old / short)
+            (old, old / short, Box::new(move |old| 1.0 + (old / w - 1.0) / smooth))
         }
         points => {
             // Least squares of smooth = a f + b; a = old / (2 pi (high - 1)), b = -1 / (high - 1).
@@ -157,7 +160,7 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
                 points.iter().map(|&(f, s)| (f - mf) * (s - ms)).sum::<f64>() / points.iter().map(|&(f, _)| (f - mf).powi(2)).sum::<f64>();
             let b = ms - a * mf;
             let high = 1.0 - 1.0 / b;
-            (a * 2.0 * std::f64::consts::PI * (high - 1.0), high)
+            (a * 2.0 * std::f64::consts::PI * (high - 1.0), high, Box::new(move |_| high))
         }
     };
     let llama3 = |old: f64, high: f64| RopeScaling::Llama3 {
@@ -170,9 +173,10 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
     let error = |s: &RopeScaling| -> f64 {
         plain.iter().zip(s.inv_freq(theta, head_dim)).zip(factors).map(|((f, g), r)| ((f / g - r) / r).abs()).fold(0.0, f64::max)
     };
-    let (exact, rounded) = (llama3(old, high), llama3(snap(old), snap(high)));
-    // Round numbers only when they give the same factors to f32 precision.
-    let fitted = if error(&rounded) <= 1e-7 { rounded } else { exact };
+    // Round numbers only when they give the same factors to within f32 noise (the file and
+    // transformers both compute them in f32).
+    let candidates = [llama3(old.round(), snap(high_for(old.round()))), llama3(snap(old), snap(high))];
+    let fitted = candidates.into_iter().find(|c| error(c) <= 1e-6).unwrap_or_else(|| llama3(old, high));
     if !(factor > 1.0 && high > 1.0 && old > 0.0 && old.is_finite()) {
         bail!("rotary factors {factors:?} follow no llama3 scaling (fitted {fitted:?})");
     }
@@ -234,8 +238,16 @@ mod tests {
             // Stored as f32 in the file.
             let factors: Vec<f64> = plain.iter().zip(&want).map(|(p, w)| (p / w) as f32 as f64).collect();
             let fitted = llama3_from_factors(&factors, theta, head_dim).unwrap();
-            let RopeScaling::Llama3 { factor, .. } = fitted else { panic!("{fitted:?}") };
-            assert_eq!(factor, case["extra"]["rope_parameters"]["factor"].as_f64().unwrap());
+            let RopeScaling::Llama3 { factor, high_freq_factor, original_max_position_embeddings, .. } = fitted else {
+                panic!("{fitted:?}")
+            };
+            // The config's own numbers come back, up to the common scale of the three that the
+            // formula cannot see (low_freq_factor is taken as 1).
+            let p = &case["extra"]["rope_parameters"];
+            let low = p["low_freq_factor"].as_f64().unwrap();
+            assert_eq!(factor, p["factor"].as_f64().unwrap());
+            assert_eq!(original_max_position_embeddings, p["original_max_position_embeddings"].as_f64().unwrap() / low, "{}", case["name"]);
+            assert_eq!(high_freq_factor, p["high_freq_factor"].as_f64().unwrap() / low, "{}", case["name"]);
             for (j, (g, w)) in fitted.inv_freq(theta, head_dim).iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 2e-6 * w.abs(), "{}: frequency {j}: {g} vs transformers {w}", case["name"]);
             }

@@ -73,6 +73,15 @@ fn llama_cpp_conversions_match_transformers() {
         assert_eq!(m.config.model_type.as_str(), name.split('-').next().unwrap().trim_end_matches('3'));
         let d = max_diff(&m, name);
         assert!(d <= TOLERANCE, "{name}.gguf: log-probabilities differ from transformers by up to {d}");
+        if let model_files::rope::RopeScaling::Llama3 { factor, original_max_position_embeddings: old, .. } =
+            m.config.rope_scaling().unwrap()
+        {
+            // Read back from rope_freqs.weight: transformers requires a whole number here.
+            assert_eq!((factor, old.fract()), (4.0, 0.0), "{:?}", m.config.rope_scaling());
+            eprintln!("{name}.gguf: {:?}", m.config.rope_scaling().unwrap());
+        } else {
+            assert!(name.starts_with("qwen2"), "{name}.gguf: llama3 scaling not read back from rope_freqs.weight");
+        }
     }
 }
 
