@@ -4,16 +4,14 @@
 use crate::benchmark::{Benchmark, Prompt};
 use crate::metrics::pass_rates;
 use crate::report::{write_results, BenchSummary, EvalConfig, SampleResult};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use burn::tensor::backend::Backend;
 use model::generate::{generate_batch, stop_ids, Completion, Finish, Request};
+use model::sampling::Sampling;
 use model::Llama;
 use rayon::prelude::*;
-use schemas::{CodeTests, Domain};
 use std::path::Path;
 use std::time::Instant;
-use verify::math::{self, ExtractOptions};
-use verify::sandbox::{self, Limits};
 
 /// Generates, verifies and writes results for one benchmark.
 pub fn evaluate<B: Backend>(
@@ -30,44 +28,17 @@ pub fn evaluate<B: Backend>(
     let k = cfg.samples.max(1);
     let tok = &bench.tokenizer;
     let stop = stop_ids(tok);
-    let vocab = model.config.vocab_size;
-    if let Some(p) = prompts.iter().find(|p| p.prompt_ids.iter().any(|&t| t as usize >= vocab)) {
-        bail!(
-            "{}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model",
-            bench.name,
-            p.id
-        );
-    }
+    check_vocab(&bench.name, prompts, model.config.vocab_size)?;
 
-    // Requests sorted by prompt length so each batch pads little; `stream` = prompt * K + sample
-    // fixes each sample's random stream whatever the batching.
-    let mut order: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|p| (0..k).map(move |s| (p, s))).collect();
-    order.sort_by_key(|&(p, s)| (prompts[p].prompt_ids.len(), p, s));
-    let batches: Vec<&[(usize, usize)]> = order.chunks(cfg.batch_size.max(1)).collect();
-    let bar = progress::bar(order.len(), &format!("gen {}", bench.name));
+    let bar = progress::bar(prompts.len() * k, &format!("gen {}", bench.name));
     let start = Instant::now();
-    let done: Vec<Vec<Completion>> = batches
-        .par_iter()
-        .map(|batch| {
-            let requests: Vec<Request> =
-                batch.iter().map(|&(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: (p * k + s) as u64 }).collect();
-            let out = generate_batch(model, &requests, &cfg.sampling, &stop, tok.pad_id(), device);
-            bar.inc(batch.len() as u64);
-            out
-        })
-        .collect();
+    let completions =
+        generate_samples(model, prompts, 0, k, &cfg.sampling, cfg.batch_size, &stop, tok.pad_id(), |n, _| bar.inc(n as u64), device);
     bar.finish_and_clear();
     let generation_seconds = start.elapsed().as_secs_f64();
-    let mut completions: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
-    for (batch, outs) in batches.iter().zip(done) {
-        for (&(p, s), c) in batch.iter().zip(outs) {
-            completions[p][s] = Some(c);
-        }
-    }
     let mut results: Vec<SampleResult> = vec![];
     for (p, prompt) in prompts.iter().enumerate() {
         for (s, c) in completions[p].iter().enumerate() {
-            let c = c.as_ref().expect("every sample generated");
             results.push(SampleResult {
                 bench: bench.name.clone(),
                 prompt_id: prompt.id.clone(),
@@ -103,42 +74,72 @@ pub fn evaluate<B: Backend>(
     })
 }
 
-/// Fills `extracted` and `correct`: math with the verifier (GSM8K may fall back to the last
+/// Fails when a prompt holds ids the model has no embedding for: the snapshot was tokenized for
+/// another model.
+pub fn check_vocab(name: &str, prompts: &[Prompt], vocab: usize) -> anyhow::Result<()> {
+    if let Some(p) = prompts.iter().find(|p| p.prompt_ids.iter().any(|&t| t as usize >= vocab)) {
+        bail!(
+            "{name}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model",
+            p.id
+        );
+    }
+    Ok(())
+}
+
+/// K completions of every prompt, `[prompt][sample]`. Sample `s` of `prompts[p]` draws from
+/// stream `(first + p) * k + s`, where `first` is the index of `prompts[0]` in its snapshot, so a
+/// sample's draws do not depend on which slice of the snapshot is generated or how it is
+/// batched. Requests are sorted by prompt length so each batch pads little, and batches run in
+/// parallel (one per CPU thread). `on_batch(sequences, new_tokens)` follows progress.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_samples<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Prompt],
+    first: usize,
+    k: usize,
+    sampling: &Sampling,
+    batch_size: usize,
+    stop: &[u32],
+    pad: u32,
+    on_batch: impl Fn(usize, usize) + Sync,
+    device: &B::Device,
+) -> Vec<Vec<Completion>> {
+    let mut order: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|p| (0..k).map(move |s| (p, s))).collect();
+    order.sort_by_key(|&(p, s)| (prompts[p].prompt_ids.len(), p, s));
+    let batches: Vec<&[(usize, usize)]> = order.chunks(batch_size.max(1)).collect();
+    let done: Vec<Vec<Completion>> = batches
+        .par_iter()
+        .map(|batch| {
+            let requests: Vec<Request> =
+                batch.iter().map(|&(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: ((first + p) * k + s) as u64 }).collect();
+            let out = generate_batch(model, &requests, sampling, stop, pad, device);
+            on_batch(out.len(), out.iter().map(|c| c.ids.len()).sum());
+            out
+        })
+        .collect();
+    let mut completions: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
+    for (batch, outs) in batches.iter().zip(done) {
+        for (&(p, s), c) in batch.iter().zip(outs) {
+            completions[p][s] = Some(c);
+        }
+    }
+    completions.into_iter().map(|cs| cs.into_iter().map(|c| c.expect("every sample generated")).collect()).collect()
+}
+
+/// Fills `extracted`, `correct` and (code) `status` of `results` (K per prompt, in prompt
+/// order) with [`verify::grade`]: math with the verifier (GSM8K may fall back to the last
 /// number), HumanEval and MBPP by running the code with the benchmark's tests in the sandbox.
 pub fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleResult]) -> anyhow::Result<()> {
-    let prompt_of = |i: usize| &prompts[i / k];
-    let code = prompts.first().is_some_and(|p| p.domain == Domain::Code);
-    if !code {
-        let opts = ExtractOptions::for_benchmark(bench);
-        results.par_iter_mut().enumerate().try_for_each(|(i, r)| -> anyhow::Result<()> {
-            let gold = prompt_of(i).gold.as_deref().with_context(|| format!("{bench}: prompt {} has no gold answer", prompt_of(i).id))?;
-            let v = math::verify(gold, &r.completion, &opts);
-            r.extracted = v.extracted;
-            r.correct = v.correct;
-            Ok(())
-        })?;
-        return Ok(());
-    }
-    let mut programs = Vec::with_capacity(results.len());
-    for (i, r) in results.iter_mut().enumerate() {
-        let p = prompt_of(i);
-        let tests = CodeTests::from_json(p.tests.as_deref().with_context(|| format!("{bench}: prompt {} has no tests", p.id))?)
-            .with_context(|| format!("{bench}: prompt {}", p.id))?;
-        let code = sandbox::extract_code(&r.completion);
-        let program = match &tests {
-            CodeTests::HumanEval { test, entry_point, code_prompt } => sandbox::humaneval_program(code_prompt, &code, test, entry_point),
-            CodeTests::Mbpp { test_list, test_setup_code } => sandbox::mbpp_program(&code, test_setup_code, test_list),
-        };
-        r.extracted = Some(code);
-        programs.push(program);
-    }
-    let bar = progress::bar(programs.len(), &format!("run {bench}"));
-    // One pool over all programs: batches would wait for their slowest (a timed-out loop).
-    let outcomes = sandbox::run_many(&programs, &Limits::default(), rayon::current_num_threads(), |_| bar.inc(1))?;
+    let items: Vec<(verify::grade::Question, &str)> =
+        results.iter().enumerate().map(|(i, r)| ((&prompts[i / k]).into(), r.completion.as_str())).collect();
+    let bar = progress::bar(items.len(), &format!("grade {bench}"));
+    let grades = verify::grade::grade_all(&items, || bar.inc(1))?;
     bar.finish_and_clear();
-    for (r, o) in results.iter_mut().zip(outcomes) {
-        r.correct = o.passed;
-        r.status = Some(format!("{:?}", o.status));
+    for (r, g) in results.iter_mut().zip(grades) {
+        let g = g.map_err(|e| anyhow::anyhow!("{bench}: {e}"))?;
+        r.extracted = g.extracted;
+        r.correct = g.correct;
+        r.status = g.status;
     }
     Ok(())
 }
@@ -147,6 +148,7 @@ pub fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleRes
 mod tests {
     use super::*;
     use crate::benchmark::load_benchmark;
+    use schemas::Domain;
 
     fn sample(bench: &str, p: &Prompt, completion: &str) -> SampleResult {
         SampleResult {

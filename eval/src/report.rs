@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Settings of one evaluation run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalConfig {
     pub samples: usize,
     pub sampling: Sampling,
@@ -117,4 +117,76 @@ pub fn write_summary(out_dir: &Path, s: &Summary) -> anyhow::Result<()> {
     json.write_all(b"\n")?;
     schemas::write_atomic(&out_dir.join("summary.json"), &json)?;
     schemas::write_atomic(&out_dir.join("summary.md"), markdown(s).as_bytes())
+}
+
+/// Evaluations side by side, the first as the baseline: per benchmark, each run's Average@K
+/// (with the difference to the baseline in points), truncated samples and mean new tokens. Runs
+/// that evaluated different settings or snapshots are compared anyway, with a note saying so.
+pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
+    let mut md = String::new();
+    let Some((_, base)) = runs.first() else { return md };
+    for (label, s) in runs {
+        md.push_str(&format!("- {label}: `{}` (sha256 `{}`)\n", s.model, &s.model_sha256[..16.min(s.model_sha256.len())]));
+    }
+    let c = &base.config;
+    md.push_str(&format!(
+        "\nK = {}, temperature {}, max {} new tokens{}\n\n",
+        c.samples,
+        c.sampling.temperature,
+        c.sampling.max_new_tokens,
+        c.limit.map(|l| format!(", first {l} prompts per benchmark")).unwrap_or_default()
+    ));
+    for (label, s) in &runs[1..] {
+        let (a, b) = (&s.config, &base.config);
+        if a.samples != b.samples || a.sampling != b.sampling || a.limit != b.limit {
+            md.push_str(&format!("note: {label} was evaluated with other settings than {}\n\n", runs[0].0));
+        }
+    }
+    let k = c.samples;
+    let mut head = "| benchmark | prompts |".to_string();
+    let mut rule = "|---|---:|".to_string();
+    for (i, (label, _)) in runs.iter().enumerate() {
+        head.push_str(&format!(" {label} Average@{k} |"));
+        rule.push_str("---:|");
+        if i > 0 {
+            head.push_str(" Δ |");
+            rule.push_str("---:|");
+        }
+    }
+    for (label, _) in runs {
+        head.push_str(&format!(" {label} truncated | {label} mean new tokens |"));
+        rule.push_str("---:|---:|");
+    }
+    md.push_str(&format!("{head}\n{rule}\n"));
+    for b in &base.benchmarks {
+        let found: Vec<Option<&BenchSummary>> = runs.iter().map(|(_, s)| s.benchmarks.iter().find(|x| x.bench == b.bench)).collect();
+        let mut line = format!("| {} | {} |", b.bench, b.prompts);
+        for (i, f) in found.iter().enumerate() {
+            match f {
+                Some(x) => {
+                    let mark = if x.snapshot_id != b.snapshot_id || x.prompts != b.prompts { "*" } else { "" };
+                    line.push_str(&format!(" {:.1}%{mark} |", 100.0 * x.average_at_k));
+                    if i > 0 {
+                        line.push_str(&format!(" {:+.1} |", 100.0 * (x.average_at_k - b.average_at_k)));
+                    }
+                }
+                None => line.push_str(if i > 0 { " – | – |" } else { " – |" }),
+            }
+        }
+        for f in &found {
+            match f {
+                Some(x) => line.push_str(&format!(" {} | {:.0} |", x.truncated, x.mean_new_tokens)),
+                None => line.push_str(" – | – |"),
+            }
+        }
+        md.push_str(&line);
+        md.push('\n');
+    }
+    if runs
+        .iter()
+        .any(|(_, s)| s.benchmarks.iter().any(|x| base.benchmarks.iter().any(|b| b.bench == x.bench && b.snapshot_id != x.snapshot_id)))
+    {
+        md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
+    }
+    md
 }

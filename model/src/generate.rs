@@ -10,20 +10,12 @@ use crate::sampling::{choose, request_rng, Sampling};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use model_files::tokenizer::ChatTokenizer;
-use serde::{Deserialize, Serialize};
 
 /// Added to the attention scores of keys a query must not see. Finite, so that a padding query
 /// whose keys are all hidden gets a uniform (unused) distribution instead of NaN.
 const HIDDEN: f32 = -1e9;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Finish {
-    /// Ended with one of the stop tokens (kept as the last id).
-    Stop,
-    /// Reached `max_new_tokens` or the model's context length.
-    Length,
-}
+pub use schemas::generation::Finish;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {

@@ -6,26 +6,8 @@
 //! exactly.)
 
 use schemas::rng::{mix64, SplitMix64};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
-    /// 0 means greedy (argmax; ties go to the lowest id).
-    pub temperature: f32,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
-    /// 1.0 keeps all.
-    pub top_p: f32,
-    /// Keep the `top_k` most likely tokens; 0 keeps all.
-    pub top_k: usize,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-}
-
-impl Sampling {
-    pub fn greedy(max_new_tokens: usize) -> Self {
-        Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens, seed: 0 }
-    }
-}
+pub use schemas::generation::Sampling;
 
 /// The random stream of one request: a function of the run's seed and the request's stream
 /// number only.

@@ -101,6 +101,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "")?;
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
+    let rollout_sources = ing.rollout_sources;
     ledger.record(ing.report, ing.dropped, 0);
     let examples = ing.examples;
 
@@ -180,6 +181,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
             ledger.record(stage("write", kept, kept, &[]), vec![], tokens);
             (vec![shard], None)
         }
+        SnapshotKind::Rollouts => bail!("recipe validation admits no `rollouts` kind"),
     };
 
     let dropped_text: String = ledger.dropped.iter().map(|d| serde_json::to_string(d).expect("serialises") + "\n").collect();
@@ -225,6 +227,8 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
         sidecars,
         conventions,
         ref_logprobs: None,
+        rollouts: None,
+        rollout_sources,
         tool: format!("rectify-pipeline {}", env!("CARGO_PKG_VERSION")),
     };
     std::fs::write(dir.join(TIMINGS_FILE), serde_json::to_string_pretty(&ledger.timings)? + "\n")?;

@@ -124,7 +124,7 @@ fn decide(batch: RecordBatch, cfg: &FilterConfig, kind: SnapshotKind) -> anyhow:
     let is_code = col("domain").eq(lit(Domain::Code.as_str()));
     // Evaluation rows need a gold answer; training rows need one in the response to learn from.
     let answer_ok = match kind {
-        SnapshotKind::Train => has_answer.call(vec![col("response")]),
+        SnapshotKind::Train | SnapshotKind::Rollouts => has_answer.call(vec![col("response")]),
         SnapshotKind::Prompts => col("gold").is_not_null(),
     };
     let mut rules: Vec<(Expr, String)> = vec![(blank(col("prompt")), "empty_prompt".into())];

@@ -7,7 +7,7 @@
 //! its rows are malformed.
 
 use anyhow::{bail, Context};
-use schemas::manifest::InputFile;
+use schemas::manifest::{InputFile, RolloutsOrigin};
 use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
 use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
 use serde::Serialize;
@@ -36,25 +36,47 @@ pub struct Ingested {
     pub dropped: Vec<Dropped>,
     pub quarantine: Vec<QuarantineRow>,
     pub inputs: Vec<InputFile>,
+    /// What each `rollouts` source came from and what its selection kept.
+    pub rollout_sources: Vec<RolloutsOrigin>,
     pub report: StageReport,
 }
 
 /// Why a field of a row is unusable.
 #[derive(Debug)]
-struct FieldError {
-    field: String,
-    message: String,
+pub(crate) struct FieldError {
+    pub(crate) field: String,
+    pub(crate) message: String,
 }
 
-fn field_err(field: &str, message: impl Into<String>) -> FieldError {
+pub(crate) fn field_err(field: &str, message: impl Into<String>) -> FieldError {
     FieldError { field: field.to_string(), message: message.into() }
 }
 
 /// Read every source of a recipe, in recipe order.
 pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_prefix: &str) -> anyhow::Result<Ingested> {
-    let mut out = Ingested { examples: vec![], dropped: vec![], quarantine: vec![], inputs: vec![], report: StageReport::default() };
+    let mut out = Ingested {
+        examples: vec![],
+        dropped: vec![],
+        quarantine: vec![],
+        inputs: vec![],
+        rollout_sources: vec![],
+        report: StageReport::default(),
+    };
     let mut rows_in = 0usize;
     for source in sources {
+        let before_q = out.quarantine.len();
+        let before_e = out.examples.len();
+        if source.format == Format::Rollouts {
+            let got = crate::rollouts::ingest_rollouts(source, recipe_path, role_prefix)?;
+            rows_in += got.rows;
+            out.examples.extend(got.examples);
+            out.dropped.extend(got.dropped);
+            out.quarantine.extend(got.quarantine);
+            out.inputs.push(got.input);
+            out.rollout_sources.push(got.origin);
+            check_bad_fraction(source, &out, before_q, got.rows, cfg)?;
+            continue;
+        }
         let path = schemas::recipe::resolve(recipe_path, &source.path);
         let bytes = std::fs::read(&path)
             .with_context(|| format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display()))?;
@@ -66,25 +88,9 @@ pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_p
         });
         let rows = read_rows(&path, bytes)?;
         rows_in += rows.len();
-        let before_q = out.quarantine.len();
-        let before_e = out.examples.len();
         adapt_rows(source, &path, rows, &mut out)?;
         let bad = out.quarantine.len() - before_q;
-        let total = bad + (out.examples.len() - before_e);
-        if total > 0 && bad as f64 / total as f64 > cfg.max_bad_fraction {
-            let first: Vec<String> = out.quarantine[before_q..]
-                .iter()
-                .take(5)
-                .map(|q| format!("  {}:{}: field `{}`: {}", q.file, q.line, q.field, q.error))
-                .collect();
-            bail!(
-                "source `{}`: {bad} of {total} rows are malformed ({:.1}% > ingest.max_bad_fraction {:.1}%); first errors:\n{}",
-                source.name,
-                100.0 * bad as f64 / total as f64,
-                100.0 * cfg.max_bad_fraction,
-                first.join("\n")
-            );
-        }
+        check_bad_fraction(source, &out, before_q, bad + (out.examples.len() - before_e), cfg)?;
     }
     let mut report = StageReport::new(STAGE, rows_in, out.examples.len(), &out.dropped);
     if !out.quarantine.is_empty() {
@@ -94,15 +100,36 @@ pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_p
     Ok(out)
 }
 
-/// One raw row: its line (1-based; the row number for Parquet and JSON arrays) and parsed value,
-/// or the reason it could not be parsed.
-struct RawRow {
-    line: u64,
-    value: Result<Value, FieldError>,
-    raw: String,
+/// Fails when more than `max_bad_fraction` of the `total` rows a source contributed (kept or
+/// malformed) went to the quarantine, naming the first errors.
+fn check_bad_fraction(source: &Source, out: &Ingested, before_q: usize, total: usize, cfg: &IngestConfig) -> anyhow::Result<()> {
+    let bad = out.quarantine.len() - before_q;
+    if total > 0 && bad as f64 / total as f64 > cfg.max_bad_fraction {
+        let first: Vec<String> = out.quarantine[before_q..]
+            .iter()
+            .take(5)
+            .map(|q| format!("  {}:{}: field `{}`: {}", q.file, q.line, q.field, q.error))
+            .collect();
+        bail!(
+            "source `{}`: {bad} of {total} rows are malformed ({:.1}% > ingest.max_bad_fraction {:.1}%); first errors:\n{}",
+            source.name,
+            100.0 * bad as f64 / total as f64,
+            100.0 * cfg.max_bad_fraction,
+            first.join("\n")
+        );
+    }
+    Ok(())
 }
 
-fn read_rows(path: &Path, bytes: Vec<u8>) -> anyhow::Result<Vec<RawRow>> {
+/// One raw row: its line (1-based; the row number for Parquet and JSON arrays) and parsed value,
+/// or the reason it could not be parsed.
+pub(crate) struct RawRow {
+    pub(crate) line: u64,
+    pub(crate) value: Result<Value, FieldError>,
+    pub(crate) raw: String,
+}
+
+pub(crate) fn read_rows(path: &Path, bytes: Vec<u8>) -> anyhow::Result<Vec<RawRow>> {
     let name = path.to_string_lossy();
     if name.ends_with(".parquet") {
         return read_parquet(path);
@@ -192,6 +219,7 @@ fn adapt_rows(source: &Source, path: &Path, rows: Vec<RawRow>, out: &mut Ingeste
     let file = path.display().to_string();
     let mut seen_ids = HashSet::new();
     let mut kept = 0usize;
+    let mut skipped = 0usize;
     for row in rows {
         let adapted = row.value.and_then(|v| match v {
             Value::Object(obj) => adapt(source, &obj, row.line),
@@ -228,6 +256,11 @@ fn adapt_rows(source: &Source, path: &Path, rows: Vec<RawRow>, out: &mut Ingeste
                 continue;
             }
         }
+        if source.skip.is_some_and(|skip| skipped < skip) {
+            skipped += 1;
+            out.dropped.push(Dropped::new(STAGE, "skipped", &example, ""));
+            continue;
+        }
         if source.limit.is_some_and(|limit| kept >= limit) {
             out.dropped.push(Dropped::new(STAGE, "over_limit", &example, ""));
             continue;
@@ -238,7 +271,7 @@ fn adapt_rows(source: &Source, path: &Path, rows: Vec<RawRow>, out: &mut Ingeste
     Ok(())
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -251,23 +284,23 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Typed access to the fields of one raw row; remembers which fields an adapter used so the rest
 /// can go to `metadata`.
-struct Row<'a> {
-    obj: &'a Map<String, Value>,
-    used: Vec<&'a str>,
+pub(crate) struct Row<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
+    pub(crate) used: Vec<&'a str>,
 }
 
 impl<'a> Row<'a> {
-    fn get(&mut self, field: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&mut self, field: &str) -> Option<&'a Value> {
         let (k, v) = self.obj.get_key_value(field)?;
         self.used.push(k.as_str());
         (!v.is_null()).then_some(v)
     }
 
-    fn text(&mut self, field: &str) -> Result<String, FieldError> {
+    pub(crate) fn text(&mut self, field: &str) -> Result<String, FieldError> {
         self.opt_text(field)?.ok_or_else(|| field_err(field, "missing field"))
     }
 
-    fn opt_text(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+    pub(crate) fn opt_text(&mut self, field: &str) -> Result<Option<String>, FieldError> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -276,7 +309,7 @@ impl<'a> Row<'a> {
     }
 
     /// A string, or a number written without a spurious `.0`.
-    fn opt_scalar(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+    pub(crate) fn opt_scalar(&mut self, field: &str) -> Result<Option<String>, FieldError> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -285,7 +318,7 @@ impl<'a> Row<'a> {
         }
     }
 
-    fn opt_int(&mut self, field: &str) -> Result<Option<i64>, FieldError> {
+    pub(crate) fn opt_int(&mut self, field: &str) -> Result<Option<i64>, FieldError> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| field_err(field, format!("expected an integer, got {n}"))),
@@ -323,12 +356,12 @@ impl<'a> Row<'a> {
         }
     }
 
-    fn any_json(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+    pub(crate) fn any_json(&mut self, field: &str) -> Result<Option<String>, FieldError> {
         Ok(self.get(field).map(|v| v.to_string()))
     }
 
     /// Every field the adapter did not use, as a JSON object string (keys in file order).
-    fn metadata(&self) -> String {
+    pub(crate) fn metadata(&self) -> String {
         let rest: Map<String, Value> =
             self.obj.iter().filter(|(k, _)| !self.used.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
         Value::Object(rest).to_string()
@@ -406,6 +439,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             let tests = CodeTests::HumanEval { test, entry_point, code_prompt };
             (Some(task_id.replace('/', "_")), Domain::Code, prompt, response, None, Some(tests.to_json()))
         }
+        Format::Rollouts => unreachable!("rollouts sources are read by rollouts.rs"),
         Format::Generic => {
             let map: &FieldMap = source.fields.as_ref().expect("validated: generic has fields");
             let id = match &map.id {
@@ -462,7 +496,18 @@ mod tests {
     use std::io::Write;
 
     fn source(name: &str, path: &str, format: Format) -> Source {
-        Source { name: name.into(), path: path.into(), format, domain: None, fields: None, id_range: None, limit: None }
+        Source {
+            name: name.into(),
+            path: path.into(),
+            format,
+            domain: None,
+            fields: None,
+            id_range: None,
+            skip: None,
+            limit: None,
+            select: None,
+            questions: None,
+        }
     }
 
     #[test]
@@ -532,9 +577,20 @@ mod tests {
             path: "g.parquet".into(),
             format: Format::Generic,
             domain: Some(Domain::Math),
-            fields: Some(FieldMap { id: Some("uid".into()), prompt: "q".into(), response: Some("a".into()), gold: None, tests: None }),
+            fields: Some(FieldMap {
+                id: Some("uid".into()),
+                prompt: "q".into(),
+                response: Some("a".into()),
+                gold: None,
+                tests: None,
+                finish: None,
+                sample: None,
+            }),
             id_range: None,
+            skip: None,
             limit: None,
+            select: None,
+            questions: None,
         };
         let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "").unwrap();
         let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();

@@ -64,6 +64,29 @@ pub fn inspect(dir: &Path, row: usize, marking: Marking) -> anyhow::Result<Strin
         }
         return Ok(out);
     }
+    if manifest.kind == SnapshotKind::Rollouts {
+        let s =
+            |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>()).filter(|c| c.is_valid(0)).map(|c| c.value(0).to_string());
+        let sample = batch.column_by_name("sample").map(|c| c.as_primitive::<Int32Type>().value(0)).unwrap_or_default();
+        let correct = batch.column_by_name("correct").is_some_and(|c| c.as_boolean().value(0));
+        writeln!(
+            out,
+            "row {row} of {total} ({shard}): question {}, sample {sample}, {} ({}), finish {}, {} new tokens",
+            s("question_id").unwrap_or_default(),
+            if correct { "correct" } else { "wrong" },
+            s("verifier").unwrap_or_default(),
+            s("finish").unwrap_or_default(),
+            list_i32(&batch, "completion_ids").len()
+        )?;
+        writeln!(out, "--- question ---\n{}", s("prompt").unwrap_or_default())?;
+        writeln!(out, "--- completion ---\n{}", s("completion").unwrap_or_default())?;
+        writeln!(out, "--- extracted ---\n{}", s("extracted").unwrap_or_else(|| "(none)".into()))?;
+        writeln!(out, "--- gold ---\n{}", s("gold").unwrap_or_else(|| "(none)".into()))?;
+        if let Some(t) = s("status") {
+            writeln!(out, "--- sandbox ---\n{t}")?;
+        }
+        return Ok(out);
+    }
     let ids = list_i32(&batch, "input_ids");
     let pos = list_i32(&batch, "position_ids");
     let seg = list_i32(&batch, "segment_ids");
@@ -166,6 +189,97 @@ pub fn stats(dir: &Path) -> anyhow::Result<String> {
         ),
         None => "not scored yet (null; `trainer score` fills them)".to_string(),
     };
-    writeln!(out, "\nreference log-probabilities: {scored}")?;
+    if m.kind == SnapshotKind::Train {
+        writeln!(out, "\nreference log-probabilities: {scored}")?;
+    }
+    for o in &m.rollout_sources {
+        let from = match (&o.snapshot_id, &o.rollouts) {
+            (Some(id), Some(r)) => format!(
+                "rollouts snapshot {id} (model sha256 {}, cache key {})",
+                &r.key.model_sha256[..16.min(r.key.model_sha256.len())],
+                r.cache_key
+            ),
+            _ => format!("file verified on ingest with verifier {}", o.verifier_version),
+        };
+        let reasons: Vec<String> = o.dropped.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        writeln!(
+            out,
+            "\nrollouts source `{}` ({}): {from}\n  {} samples, {} malformed, {} correct, {} kept; dropped {}",
+            o.source,
+            o.path,
+            o.samples,
+            o.malformed,
+            o.correct,
+            o.kept,
+            if reasons.is_empty() { "none".to_string() } else { reasons.join(", ") }
+        )?;
+    }
+    if m.kind == SnapshotKind::Rollouts {
+        out.push_str(&rollouts_stats(dir, &m)?);
+    }
+    Ok(out)
+}
+
+/// Per source of a rollouts snapshot: samples, correct, truncated, and how many questions have
+/// 0, 1, ..., K correct samples.
+fn rollouts_stats(dir: &Path, m: &Manifest) -> anyhow::Result<String> {
+    let (_, rows) = schemas::rollouts::load_rollouts(dir)?;
+    let mut out = String::new();
+    if let Some(r) = &m.rollouts {
+        let s = &r.key.sampling;
+        writeln!(
+            out,
+            "\nrollouts of {} (sha256 {}) on prompts {} ({}): {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {}; cache key {}",
+            r.model,
+            &r.key.model_sha256[..16.min(r.key.model_sha256.len())],
+            r.key.prompts_snapshot_id,
+            r.prompts_snapshot,
+            r.key.questions,
+            r.key.samples_per_question,
+            s.temperature,
+            s.top_p,
+            s.top_k,
+            s.max_new_tokens,
+            s.seed,
+            r.cache_key
+        )?;
+        for v in &r.verifiers {
+            writeln!(out, "  verifier {} {}: {} samples, {} correct", v.verifier, v.version, v.samples, v.correct)?;
+        }
+    }
+    let k = m.rollouts.as_ref().map(|r| r.key.samples_per_question).unwrap_or(0);
+    // Per source, in order of first appearance: samples, correct, truncated, and per question
+    // (in order of first appearance) its correct count.
+    type Counts = (String, [u64; 3], Vec<(String, usize)>);
+    let mut sources: Vec<Counts> = vec![];
+    for r in &rows {
+        let i = match sources.iter().position(|(s, ..)| *s == r.source) {
+            Some(i) => i,
+            None => {
+                sources.push((r.source.clone(), [0; 3], vec![]));
+                sources.len() - 1
+            }
+        };
+        let (_, counts, questions) = &mut sources[i];
+        counts[0] += 1;
+        counts[1] += r.correct as u64;
+        counts[2] += (r.finish == schemas::generation::Finish::Length) as u64;
+        match questions.last_mut() {
+            Some((q, n)) if *q == r.question_id => *n += r.correct as usize,
+            _ => questions.push((r.question_id.clone(), r.correct as usize)),
+        }
+    }
+    let k = k.max(sources.iter().flat_map(|(.., q)| q.iter().map(|(_, n)| *n)).max().unwrap_or(0));
+    let head: Vec<String> = (0..=k).map(|c| format!("{c:>5}")).collect();
+    writeln!(out, "\n{:<16} {:>8} {:>8} {:>9}  questions with 0..{k} correct samples", "source", "samples", "correct", "truncated")?;
+    writeln!(out, "{:<16} {:>8} {:>8} {:>9}  {}", "", "", "", "", head.join(""))?;
+    for (source, [samples, correct, truncated], questions) in &sources {
+        let mut hist = vec![0u64; k + 1];
+        for (_, n) in questions {
+            hist[*n] += 1;
+        }
+        let hist: Vec<String> = hist.iter().map(|h| format!("{h:>5}")).collect();
+        writeln!(out, "{source:<16} {samples:>8} {correct:>8} {truncated:>9}  {}", hist.join(""))?;
+    }
     Ok(out)
 }

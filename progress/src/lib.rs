@@ -24,6 +24,17 @@ pub fn bar(len: usize, stage: &str) -> ProgressBar {
     pb
 }
 
+/// A bar for generation over `len` sequences: rate and time left, and a message for the
+/// running tokens/s.
+pub fn generation(len: usize, stage: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} {msg} eta {eta}").expect("valid template").progress_chars("=> "),
+    );
+    pb.set_prefix(stage.to_string());
+    pb
+}
+
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise, so stdout stays for results.
 pub fn init_logging() {
     tracing_subscriber::fmt()

@@ -4,9 +4,12 @@
 //! defined by. No DataFusion, no Burn: every other crate may depend on this one.
 
 pub mod example;
+pub mod generation;
 pub mod manifest;
+pub mod prompts;
 pub mod recipe;
 pub mod rng;
+pub mod rollouts;
 pub mod shard;
 pub mod snapshot;
 pub mod train;

@@ -32,6 +32,13 @@ pub struct Manifest {
     /// then.
     #[serde(default)]
     pub ref_logprobs: Option<RefLogprobsInfo>,
+    /// A `rollouts` snapshot: which model sampled which prompts how (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollouts: Option<RolloutsInfo>,
+    /// A `train` snapshot built from rollouts: where each `rollouts` source came from and what
+    /// its selection kept (absent when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_sources: Vec<RolloutsOrigin>,
     pub tool: String,
 }
 
@@ -145,6 +152,56 @@ pub struct RefLogprobsInfo {
     /// Values that are a real log-probability (not a segment start or padding).
     pub scored_tokens: u64,
     pub tool: String,
+}
+
+/// What `trainer sample` records in a rollouts snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutsInfo {
+    /// [`crate::rollouts::CacheKey::digest`] of `key`: equal keys, interchangeable rollouts.
+    pub cache_key: String,
+    pub key: crate::rollouts::CacheKey,
+    /// The model as given on the command line, and its files' hashes (see [`RefLogprobsInfo`]).
+    pub model: String,
+    pub model_files: Vec<InputFile>,
+    /// The `prompts` snapshot the questions came from (its id is in `key`).
+    pub prompts_snapshot: String,
+    pub samples: u64,
+    pub correct: u64,
+    /// Samples cut off by `max_new_tokens` (`finish: length`).
+    pub truncated: u64,
+    pub new_tokens: u64,
+    pub verifiers: Vec<VerifierCount>,
+    pub tool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifierCount {
+    pub verifier: String,
+    pub version: String,
+    pub samples: u64,
+    pub correct: u64,
+}
+
+/// One `rollouts` source of a train snapshot: its origin and what selection did with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutsOrigin {
+    pub source: String,
+    pub path: String,
+    /// A rollouts snapshot: its id and its sampling record. A file from another engine: null
+    /// (its sha256 is in `inputs`).
+    pub snapshot_id: Option<String>,
+    pub rollouts: Option<RolloutsInfo>,
+    /// True for files: every line was verified on ingest with `verifier_version`. A snapshot's
+    /// verdicts are its own (recorded per row with their verifier version).
+    pub verified_on_ingest: bool,
+    pub verifier_version: String,
+    pub selection: crate::recipe::RolloutsSelection,
+    /// Lines or rows read; `malformed` of them went to the quarantine.
+    pub samples: u64,
+    pub malformed: u64,
+    pub correct: u64,
+    pub kept: u64,
+    pub dropped: BTreeMap<String, u64>,
 }
 
 impl Manifest {

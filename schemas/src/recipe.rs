@@ -44,6 +44,18 @@ pub enum SnapshotKind {
     #[default]
     Train,
     Prompts,
+    /// Sampled completions with verdicts (`trainer sample`), not built from a recipe.
+    Rollouts,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Train => "train",
+            SnapshotKind::Prompts => "prompts",
+            SnapshotKind::Rollouts => "rollouts",
+        }
+    }
 }
 
 /// Built-in adapters for the shipped formats, and `generic` for anything else.
@@ -62,6 +74,9 @@ pub enum Format {
     Humaneval,
     /// Any JSONL or Parquet file, with `fields` naming which column is which.
     Generic,
+    /// Sampled completions to select training examples from: a rollouts snapshot folder
+    /// (`trainer sample`), or a JSONL / Parquet file another engine wrote (verified on ingest).
+    Rollouts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,9 +95,68 @@ pub struct Source {
     /// Keep only rows whose integer id lies in this inclusive range (MBPP's task-id splits).
     #[serde(default)]
     pub id_range: Option<[i64; 2]>,
-    /// Keep only the first N rows (after `id_range`), for small recipes.
+    /// Skip the first N rows (after `id_range`), to take a slice from the middle of a file.
+    #[serde(default)]
+    pub skip: Option<usize>,
+    /// Keep only the first N rows (after `id_range` and `skip`), for small recipes.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// `rollouts` only: which samples become training examples.
+    #[serde(default)]
+    pub select: Option<RolloutsSelection>,
+    /// `rollouts` from a file only: a `prompts` snapshot that supplies, by question id, the
+    /// question, gold answer, tests and domain a line does not carry.
+    #[serde(default)]
+    pub questions: Option<String>,
+}
+
+/// Whether a sample's verdict keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// Only samples the verifier accepts (rejection sampling).
+    #[default]
+    Correct,
+    /// Every sample, whatever its verdict (SFT on self-generated data, no verifier).
+    All,
+}
+
+/// How a `rollouts` source selects samples. Each rule drops with its own reason, checked in
+/// this order: `question_all_correct` / `question_all_wrong`, `truncated`, `wrong`,
+/// `duplicate_completion`, `over_max_per_question`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutsSelection {
+    #[serde(default)]
+    pub keep: Keep,
+    /// Drop samples cut off by the token budget (`finish: length`).
+    #[serde(default = "yes")]
+    pub drop_truncated: bool,
+    /// Keep at most N samples per question (the first by sample index).
+    #[serde(default)]
+    pub max_per_question: Option<usize>,
+    /// Keep one of each exact-duplicate completion of a question (the RFT paper's practice).
+    #[serde(default)]
+    pub collapse_duplicates: bool,
+    /// Drop every sample of a question whose samples are all correct (nothing left to learn)...
+    #[serde(default)]
+    pub drop_all_correct: bool,
+    /// ...or all wrong.
+    #[serde(default)]
+    pub drop_all_wrong: bool,
+}
+
+impl Default for RolloutsSelection {
+    fn default() -> Self {
+        RolloutsSelection {
+            keep: Keep::Correct,
+            drop_truncated: true,
+            max_per_question: None,
+            collapse_duplicates: false,
+            drop_all_correct: false,
+            drop_all_wrong: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +171,12 @@ pub struct FieldMap {
     pub gold: Option<String>,
     #[serde(default)]
     pub tests: Option<String>,
+    /// `rollouts` only: the finish reason (`stop` or `length`; vLLM's `finish_reason`).
+    #[serde(default)]
+    pub finish: Option<String>,
+    /// `rollouts` only: the sample index within its question (default: order of appearance).
+    #[serde(default)]
+    pub sample: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,6 +427,9 @@ impl Recipe {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.kind == SnapshotKind::Rollouts {
+            bail!("`kind: rollouts` snapshots are written by `trainer sample`, not built from a recipe (kinds: train, prompts)");
+        }
         if self.sources.is_empty() {
             bail!("`sources` is empty: name at least one input file");
         }
@@ -361,6 +444,19 @@ impl Recipe {
             }
             if s.name.contains('/') {
                 bail!("source `{}`: names may not contain '/'", s.name);
+            }
+            let rollouts = s.format == Format::Rollouts;
+            if !rollouts && (s.select.is_some() || s.questions.is_some()) {
+                bail!("source `{}`: `select` and `questions` belong to format `rollouts`", s.name);
+            }
+            if !rollouts && s.fields.as_ref().is_some_and(|f| f.finish.is_some() || f.sample.is_some()) {
+                bail!("source `{}`: `fields.finish` and `fields.sample` belong to format `rollouts`", s.name);
+            }
+            if rollouts && (s.id_range.is_some() || s.skip.is_some()) {
+                bail!("source `{}`: format `rollouts` selects with `select` and `limit`; `id_range` and `skip` do not apply", s.name);
+            }
+            if rollouts && self.kind != SnapshotKind::Train {
+                bail!("source `{}`: rollouts become training examples; the recipe's `kind` must be `train`", s.name);
             }
         }
         let t = &self.tokenizer;

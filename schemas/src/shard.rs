@@ -51,3 +51,33 @@ pub fn prompts_schema() -> Schema {
         Field::new("metadata", DataType::Utf8, false),
     ])
 }
+
+/// One sampled completion of a question with its verdict and provenance (`schemas::rollouts`).
+pub fn rollouts_schema() -> Schema {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    Schema::new(vec![
+        text("question_id", false),
+        text("source", false),
+        text("domain", false),
+        Field::new("sample", DataType::Int32, false),
+        text("prompt", false),
+        text("completion", false),
+        list_of("completion_ids", DataType::Int32, false),
+        text("finish", false),
+        Field::new("new_tokens", DataType::Int32, false),
+        text("extracted", true),
+        Field::new("correct", DataType::Boolean, false),
+        text("status", true),
+        text("verifier", false),
+        text("verifier_version", false),
+        text("gold", true),
+        text("tests", true),
+        text("model_sha256", false),
+        Field::new("temperature", DataType::Float32, false),
+        Field::new("top_p", DataType::Float32, false),
+        Field::new("top_k", DataType::Int32, false),
+        Field::new("max_new_tokens", DataType::Int32, false),
+        Field::new("seed", DataType::UInt64, false),
+        text("prompts_snapshot_id", false),
+    ])
+}

@@ -145,11 +145,12 @@ pub fn verified_manifest(dir: &Path, kind: SnapshotKind) -> anyhow::Result<Manif
         bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
     }
     if manifest.kind != kind {
-        let (is, wants) = match kind {
-            SnapshotKind::Train => ("prompts", "training needs a `train` snapshot"),
-            SnapshotKind::Prompts => ("train", "evaluation needs a `prompts` snapshot"),
+        let wants = match kind {
+            SnapshotKind::Train => "training needs a `train` snapshot",
+            SnapshotKind::Prompts => "evaluation and sampling need a `prompts` snapshot",
+            SnapshotKind::Rollouts => "this needs a `rollouts` snapshot (`trainer sample` writes one)",
         };
-        bail!("snapshot {} is a `{is}` snapshot; {wants}", dir.display());
+        bail!("snapshot {} is a `{}` snapshot; {wants}", dir.display(), manifest.kind.as_str());
     }
     Ok(manifest)
 }

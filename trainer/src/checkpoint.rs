@@ -67,12 +67,27 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     Ok(final_dir)
 }
 
+pub const TRAINING_FILE: &str = "training.json";
+
+/// Where a trained model came from, written beside its weights (`final/training.json`): with the
+/// train snapshot's manifest (and, for rollouts, theirs) it links a checkpoint back to its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub base_model: String,
+    pub base_model_sha256: String,
+    pub snapshot: String,
+    pub snapshot_id: String,
+    pub steps: u64,
+    pub recipe: TrainRecipe,
+    pub tool: String,
+}
+
 /// The trained model as a Hugging Face folder at `dir`, with the tokenizer of the snapshot it
-/// was trained on.
-pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, snapshot_dir: &Path) -> anyhow::Result<()> {
+/// was trained on and its [`Provenance`].
+pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, snapshot_dir: &Path, provenance: &Provenance) -> anyhow::Result<()> {
     publish_dir(dir, |tmp| {
         save_hf(tmp, &model.to_checkpoint())?;
         std::fs::copy(snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
-        Ok(())
+        schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })
 }

@@ -1,10 +1,12 @@
 //! rectify's trainer: batch assembly (`batch`), the SFT / DFT / iwsft objectives (`loss`), AdamW
-//! and the schedule (`optim`), the loop (`train`) and its checkpoints (`checkpoint`), and reference scoring into
-//! a new snapshot (`score`). The `trainer` binary also fronts evaluation (the `eval` crate).
+//! and the schedule (`optim`), the loop (`train`) and its checkpoints (`checkpoint`), reference scoring into
+//! a new snapshot (`score`), and sampling verified rollouts for rejection-sampled offline RL
+//! (`sample`). The `trainer` binary also fronts evaluation (the `eval` crate).
 
 pub mod batch;
 pub mod checkpoint;
 pub mod loss;
 pub mod optim;
+pub mod sample;
 pub mod score;
 pub mod train;

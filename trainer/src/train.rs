@@ -2,7 +2,7 @@
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::batch::micro_batch;
-use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, TrainerState, OPTIMIZER_FILE, STATE_FILE};
+use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE};
 use crate::loss::{objective, Loss, LossKind};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use anyhow::{bail, Context};
@@ -258,7 +258,16 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     pb.finish();
     let final_model = if run.save {
         let dir = run.output_dir.join("final");
-        save_final(&dir, &model, &run.snapshot_dir)?;
+        let provenance = Provenance {
+            base_model: run.model_path.display().to_string(),
+            base_model_sha256: model_files::checkpoint::model_hash(&run.model_path)?.0,
+            snapshot: run.snapshot_dir.display().to_string(),
+            snapshot_id: state.snapshot_id.clone(),
+            steps: state.step,
+            recipe: r.clone(),
+            tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
+        };
+        save_final(&dir, &model, &run.snapshot_dir, &provenance)?;
         Some(dir)
     } else {
         None

@@ -1,0 +1,55 @@
+//! What generation is asked to do and how a completion ended, as evaluation results and
+//! rollouts record them. The sampler itself lives in `model`; these are the settings and
+//! outcomes every format that stores generated text shares.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// 0 means greedy (argmax; ties go to the lowest id).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    /// 1.0 keeps all.
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// Ended with one of the stop tokens (kept as the last id).
+    Stop,
+    /// Reached `max_new_tokens` or the model's context length.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+impl std::str::FromStr for Finish {
+    type Err = anyhow::Error;
+    /// `stop` and `length` as rectify writes them; `eos` and `stop_sequence` (other engines'
+    /// words for an ended turn) read as `stop`.
+    fn from_str(s: &str) -> anyhow::Result<Finish> {
+        match s {
+            "stop" | "eos" | "stop_sequence" => Ok(Finish::Stop),
+            "length" => Ok(Finish::Length),
+            other => anyhow::bail!("unknown finish reason `{other}` (stop or length)"),
+        }
+    }
+}
