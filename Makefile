@@ -109,7 +109,7 @@ eval: build model
 # each from the base model, verified, the correct ones selected into a train snapshot, DFT on it
 # (LOSS=sft for RFT), then base vs trained on the `make eval` subset. Under 30 minutes on 2 cores.
 rft: build model
-	MODEL=$(MODEL) LOSS=$(LOSS) ./scripts/rft.sh
+	MODEL=$(MODEL) LOSS=$(LOSS) EVAL_BENCH=$(EVAL_BENCH) EVAL_LIMIT=$(EVAL_LIMIT) EVAL_MAX_NEW=$(EVAL_MAX_NEW) ./scripts/rft.sh
 
 test: model
 	$(CARGO) test --release --workspace

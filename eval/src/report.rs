@@ -59,6 +59,10 @@ pub struct BenchSummary {
 pub struct Summary {
     pub model: String,
     pub model_sha256: String,
+    /// The version of the verifier and sandbox that graded the samples (absent in summaries
+    /// written before it was recorded).
+    #[serde(default)]
+    pub verifier_version: String,
     pub config: EvalConfig,
     pub benchmarks: Vec<BenchSummary>,
 }
@@ -182,10 +186,9 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
         md.push_str(&line);
         md.push('\n');
     }
-    if runs
-        .iter()
-        .any(|(_, s)| s.benchmarks.iter().any(|x| base.benchmarks.iter().any(|b| b.bench == x.bench && b.snapshot_id != x.snapshot_id)))
-    {
+    let differs =
+        |x: &BenchSummary| base.benchmarks.iter().any(|b| b.bench == x.bench && (b.snapshot_id != x.snapshot_id || b.prompts != x.prompts));
+    if runs.iter().any(|(_, s)| s.benchmarks.iter().any(differs)) {
         md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
     }
     md

@@ -507,6 +507,7 @@ mod tests {
             limit: None,
             select: None,
             questions: None,
+            math_rules: None,
         }
     }
 
@@ -591,6 +592,7 @@ mod tests {
             limit: None,
             select: None,
             questions: None,
+            math_rules: None,
         };
         let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "").unwrap();
         let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();

@@ -8,21 +8,24 @@
 //! its reason, and a line that cannot be read goes to the quarantine with file, line and field.
 //!
 //! File lines are read through `fields` (default: `question_id`, `question`, `completion`,
-//! `gold`, `tests`, `finish_reason`, `sample`). A line may leave out the question, gold answer
-//! and tests when the source names a `questions` snapshot (`prompts` kind) to look them up by
-//! question id. Without a finish reason a sample counts as not truncated.
+//! `gold`, `tests`, `finish_reason`, `sample`). The completion may also be a list (an engine
+//! asked for n samples per request: strings, or objects with `text` and `finish_reason` as vLLM
+//! and SGLang write them), whose items are samples 0..n. A line may leave out the question, gold
+//! answer and tests when the source names a `questions` snapshot (`prompts` kind) to look them
+//! up by question id. Without a finish reason a sample counts as not truncated.
 
 use crate::ingest::{field_err, read_rows, type_name, FieldError, QuarantineRow, Row, STAGE};
 use anyhow::{bail, Context};
 use schemas::generation::Finish;
 use schemas::manifest::{InputFile, RolloutsOrigin, MANIFEST_FILE};
 use schemas::prompts::{load_prompts, Prompt};
-use schemas::recipe::{FieldMap, Keep, RolloutsSelection, Source};
+use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source};
 use schemas::rollouts::load_rollouts;
 use schemas::{Domain, Dropped, Example};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use verify::math::ExtractOptions;
 
 /// One source's rollouts after reading, verifying and selecting.
 pub struct RolloutsIngested {
@@ -104,6 +107,14 @@ fn example(source: &Source, question_id: &str, sample: u32, domain: Domain, prom
 
 /// A rollouts snapshot: rows in snapshot order, verdicts as recorded.
 fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: RolloutsSelection) -> anyhow::Result<Read> {
+    if source.fields.is_some() || source.domain.is_some() || source.questions.is_some() || source.math_rules.is_some() {
+        bail!(
+            "source `{}`: {} is a rollouts snapshot, which carries its own questions, domains and verdicts; \
+             `fields`, `domain`, `questions` and `math_rules` are for files from other engines",
+            source.name,
+            dir.display()
+        );
+    }
     let (manifest, rows) = load_rollouts(dir).with_context(|| format!("source `{}`", source.name))?;
     let manifest_bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
     // The manifest lists every shard's sha256, so its own hash pins the whole snapshot.
@@ -173,8 +184,8 @@ struct Parsed {
     question_id: String,
     sample: Option<u32>,
     finish: Option<Finish>,
-    /// Grading's source name: the question's own when the questions snapshot has it.
-    grading_source: String,
+    /// How its math answer is read.
+    math: ExtractOptions,
     example: Example,
 }
 
@@ -192,6 +203,13 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
     if source.domain.is_none() && source.questions.is_none() {
         bail!("source `{}`: a rollouts file needs `domain` (math or code) or a `questions` snapshot to take it from", source.name);
     }
+    if source.questions.is_none() && source.domain == Some(Domain::Math) && source.math_rules.is_none() {
+        bail!(
+            "source `{}`: say how math answers are read: `math_rules: gsm8k` (a final number may stand alone, as in GSM8K) \
+             or `math_rules: math` (the answer must be marked: \\boxed{{}}, \"the answer is\", ####)",
+            source.name
+        );
+    }
     let bytes = std::fs::read(path)
         .with_context(|| format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display()))?;
     let input = InputFile {
@@ -201,7 +219,6 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
         bytes: bytes.len() as u64,
     };
     let raw_rows = read_rows(path, bytes)?;
-    let rows = raw_rows.len();
     let file = path.display().to_string();
     let quarantine_row = |line: u64, raw: &str, e: FieldError| QuarantineRow {
         source: source.name.clone(),
@@ -219,10 +236,12 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
             other => Err(field_err("", format!("expected a JSON object, got {}", type_name(&other)))),
         });
         match got {
-            Ok(p) => parsed.push(p),
+            Ok(p) => parsed.extend(p),
             Err(e) => quarantine.push(quarantine_row(row.line, &row.raw, e)),
         }
     }
+    // Samples read: one per completion (a line with a list of n counts n), one per unreadable line.
+    let rows = parsed.len() + quarantine.len();
     // Sample indices: as given, else order of appearance within the question; a repeated
     // (question, sample) pair is malformed.
     let mut next: HashMap<String, u32> = HashMap::new();
@@ -250,7 +269,7 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
         .map(|p| {
             let q = verify::grade::Question {
                 id: &p.question_id,
-                source: &p.grading_source,
+                math: p.math,
                 domain: p.example.domain,
                 gold: p.example.gold.as_deref(),
                 tests: p.example.tests.as_deref(),
@@ -266,6 +285,11 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
     for (p, g) in numbered.into_iter().zip(grades) {
         let g = match g {
             Ok(g) => g,
+            // `keep: all` trains on every sample, so one that cannot be graded is kept as
+            // not correct (and says so in its metadata) instead of quarantined.
+            Err(reason) if selection.keep == Keep::All => {
+                verify::grade::Grade { extracted: None, correct: false, status: Some(format!("ungraded: {reason}")), verifier: "none" }
+            }
             Err(reason) => {
                 let field = if p.example.domain == Domain::Math { "gold" } else { "tests" };
                 quarantine.push(quarantine_row(p.line, &p.raw, field_err(field, reason)));
@@ -280,10 +304,15 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
         meta.insert("correct".into(), json!(g.correct));
         meta.insert("extracted".into(), json!(g.extracted));
         meta.insert("verifier".into(), json!(g.verifier));
+        if let Some(status) = &g.status {
+            meta.insert("status".into(), json!(status));
+        }
         meta.insert("verifier_version".into(), json!(verify::grade::VERSION));
         ex.metadata = Value::Object(meta).to_string();
         candidates.push(Candidate { question_id: p.question_id, finish: p.finish, correct: g.correct, example: ex });
     }
+    // In line order, whichever check found the problem.
+    quarantine.sort_by_key(|q| q.line);
     let mut o = origin(source, selection);
     o.verified_on_ingest = true;
     o.verifier_version = verify::grade::VERSION.to_string();
@@ -307,7 +336,7 @@ fn parse_line(
     obj: &serde_json::Map<String, Value>,
     line: u64,
     raw: String,
-) -> Result<Parsed, FieldError> {
+) -> Result<Vec<Parsed>, FieldError> {
     let mut row = Row { obj, used: vec![] };
     let id_field = fields.id.as_deref().expect("checked by file_fields");
     let question_id = row.opt_scalar(id_field)?.ok_or_else(|| field_err(id_field, "missing field"))?;
@@ -316,7 +345,7 @@ fn parse_line(
         return Err(field_err(id_field, format!("question `{question_id}` is not in the questions snapshot")));
     }
     let response_field = fields.response.as_deref().expect("checked by file_fields");
-    let completion = row.text(response_field)?;
+    let completions = completions(&mut row, response_field)?;
     let prompt = match row.opt_text(&fields.prompt)? {
         Some(p) => p,
         None => question.map(|q| q.prompt.clone()).ok_or_else(|| field_err(&fields.prompt, "missing field"))?,
@@ -327,7 +356,7 @@ fn parse_line(
     }
     .or_else(|| question.and_then(|q| q.gold.clone()));
     let tests = fields.tests.as_deref().and_then(|f| json_text(&mut row, f)).or_else(|| question.and_then(|q| q.tests.clone()));
-    let finish = match &fields.finish {
+    let line_finish = match &fields.finish {
         Some(f) => match row.opt_text(f)? {
             Some(text) => Some(text.parse::<Finish>().map_err(|e| field_err(f, e.to_string()))?),
             None => None,
@@ -342,13 +371,69 @@ fn parse_line(
         },
         None => None,
     };
+    if completions.len() > 1 && sample.is_some() {
+        return Err(field_err(fields.sample.as_deref().unwrap_or("sample"), "a sample index beside a list of completions"));
+    }
     let domain = source.domain.or(question.map(|q| q.domain)).expect("checked: domain or questions");
-    let mut ex = example(source, &question_id, 0, domain, prompt, completion);
-    ex.gold = gold;
-    ex.tests = tests;
-    ex.metadata = row.metadata();
-    let grading_source = question.map(|q| q.source.clone()).unwrap_or_else(|| source.name.clone());
-    Ok(Parsed { line, raw, question_id, sample, finish, grading_source, example: ex })
+    let metadata = row.metadata();
+    let math = match (source.math_rules, question) {
+        (Some(MathRules::Gsm8k), _) => ExtractOptions::GSM8K,
+        (Some(MathRules::Math), _) => ExtractOptions::MATH,
+        (None, Some(q)) => ExtractOptions::for_benchmark(&q.source),
+        // Only code lines get here (checked in `from_file`); the rules are not used.
+        (None, None) => ExtractOptions::MATH,
+    };
+    let listed = completions.len() > 1;
+    Ok(completions
+        .into_iter()
+        .enumerate()
+        .map(|(i, (completion, finish))| {
+            let mut ex = example(source, &question_id, 0, domain, prompt.clone(), completion);
+            ex.gold = gold.clone();
+            ex.tests = tests.clone();
+            ex.metadata = metadata.clone();
+            Parsed {
+                line,
+                raw: raw.clone(),
+                question_id: question_id.clone(),
+                // A list's completions are samples 0..n of their question, in list order.
+                sample: if listed { Some(i as u32) } else { sample },
+                finish: finish.or(line_finish),
+                math,
+                example: ex,
+            }
+        })
+        .collect())
+}
+
+/// The completions of a line: one string, or a list (an engine asked for n > 1 samples) of
+/// strings or of objects with `text` (vLLM, SGLang) or `content`, each with an optional
+/// `finish_reason` (a string, or an object with a `type`, as SGLang writes it).
+fn completions(row: &mut Row, field: &str) -> Result<Vec<(String, Option<Finish>)>, FieldError> {
+    let value = row.get(field).ok_or_else(|| field_err(field, "missing field"))?;
+    let one = |v: &Value, at: &str| -> Result<(String, Option<Finish>), FieldError> {
+        match v {
+            Value::String(s) => Ok((s.clone(), None)),
+            Value::Object(o) => {
+                let text = ["text", "content"].iter().find_map(|k| o.get(*k).and_then(Value::as_str));
+                let text = text.ok_or_else(|| field_err(at, "a completion object needs a `text` (or `content`) string"))?;
+                let finish = match o.get("finish_reason") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    Some(Value::Object(r)) => r.get("type").and_then(Value::as_str),
+                    Some(other) => return Err(field_err(at, format!("finish_reason: expected a string, got {}", type_name(other)))),
+                };
+                let finish = finish.map(|f| f.parse::<Finish>().map_err(|e| field_err(at, format!("finish_reason: {e}")))).transpose()?;
+                Ok((text.to_string(), finish))
+            }
+            other => Err(field_err(at, format!("expected a string, a completion object or a list of them, got {}", type_name(other)))),
+        }
+    };
+    match value {
+        Value::Array(items) if items.is_empty() => Err(field_err(field, "an empty list of completions")),
+        Value::Array(items) => items.iter().enumerate().map(|(i, v)| one(v, &format!("{field}[{i}]"))).collect(),
+        v => Ok(vec![one(v, field)?]),
+    }
 }
 
 /// The drop reason of every candidate (None = keep), by the rules of [`RolloutsSelection`] in
@@ -409,6 +494,7 @@ mod tests {
             limit: None,
             select: None,
             questions: None,
+            math_rules: None,
         };
         Candidate {
             question_id: q.into(),

@@ -88,6 +88,8 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
         questions: 3,
         samples_per_question: 4,
         sampling,
+        batch_size: 8,
+        chunk_questions: 8,
     };
     // (correct, finish, completion) for 4 samples of each of the 3 questions.
     let plan: [[(bool, Finish, &str); 4]; 3] = [
@@ -234,6 +236,11 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
         serde_json::json!({"question_id": "n1", "question": "What is 6 * 7?", "completion": "\\boxed{42}", "gold": "42", "sample": 0}).to_string(),
         serde_json::json!({"question_id": "n4", "question": "What is 2^10?", "completion": "2^10 = 1024. The final answer is 1024.", "gold": "1024"}).to_string(),
         serde_json::json!({"question_id": "n5", "question": "Code?", "completion": MBPP_602, "tests": serde_json::from_str::<serde_json::Value>(&tests).unwrap()}).to_string(),
+        // n = 3 samples in one line, as vLLM and SGLang write them.
+        serde_json::json!({"question_id": "n6", "question": "What is 3 + 3?", "gold": "6", "completion": [
+            {"text": "3 + 3 = \\boxed{6}", "finish_reason": "stop"},
+            {"text": "\\boxed{7}", "finish_reason": "stop"},
+            {"text": "3 + 3 = \\boxed{6} and", "finish_reason": {"type": "length"}}]}).to_string(),
     ];
     std::fs::write(dir.join("engine.jsonl"), lines.join("\n") + "\n").unwrap();
     // Lines that name a question of the snapshot and leave the rest to it.
@@ -249,7 +256,7 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
     let recipe = train_recipe(
         dir,
         "ext",
-        "  - {name: engine, path: engine.jsonl, format: rollouts, domain: math}\n  - {name: lookup, path: lookup.jsonl, format: rollouts, questions: q}\n",
+        "  - {name: engine, path: engine.jsonl, format: rollouts, domain: math, math_rules: math}\n  - {name: lookup, path: lookup.jsonl, format: rollouts, questions: q}\n",
     );
     let out = dir.join("ext");
     let m = pipeline::build::build(&recipe, &out, false).unwrap();
@@ -257,16 +264,25 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
     // Kept: the correct, untruncated lines. (n5 carries tests, but its source says `math`, so it
     // is a math line without a gold answer: quarantined.)
     let kept = trained_ids(&out);
-    let want = ["engine/n1/0", "engine/n4/0", &format!("lookup/{}/0", q(0)), &format!("lookup/{}/0", q(1)), &format!("lookup/{}/0", q(2))];
+    let want = [
+        "engine/n1/0",
+        "engine/n4/0",
+        "engine/n6/0",
+        &format!("lookup/{}/0", q(0)),
+        &format!("lookup/{}/0", q(1)),
+        &format!("lookup/{}/0", q(2)),
+    ];
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(kept, want);
     let d = dropped(&out);
     assert_eq!(d["engine/n1/1"], "wrong");
     assert_eq!(d["engine/n1/2"], "truncated");
+    assert_eq!(d["engine/n6/1"], "wrong");
+    assert_eq!(d["engine/n6/2"], "truncated");
     assert_eq!(d[&format!("lookup/{}/1", q(1))], "wrong");
     assert_eq!(d[&format!("lookup/{}/1", q(2))], "wrong");
-    assert_eq!(d.len(), 4, "{d:?}");
+    assert_eq!(d.len(), 6, "{d:?}");
     // Malformed lines: quarantined with file, line and field.
     let quarantine: Vec<(String, u64, String)> = std::fs::read_to_string(out.join(QUARANTINE_FILE))
         .unwrap()
@@ -278,8 +294,8 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
         ("engine", 4, ""),
         ("engine", 5, "completion"),
         ("engine", 6, "finish_reason"),
-        ("engine", 8, "sample"),
         ("engine", 7, "gold"),
+        ("engine", 8, "sample"),
         ("engine", 10, "gold"),
         ("lookup", 6, "question_id"),
     ]
@@ -289,11 +305,11 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
     assert_eq!(quarantine, want_q);
     // Every line is kept, dropped or quarantined; the stage report balances.
     let ingest = &m.stages[0];
-    assert_eq!(ingest.rows_in, 16);
-    assert_eq!(ingest.rows_out, 5);
+    assert_eq!(ingest.rows_in, 19);
+    assert_eq!(ingest.rows_out, 6);
     assert!(ingest.balanced(), "{ingest:?}");
     let (e, l) = (&m.rollout_sources[0], &m.rollout_sources[1]);
     assert!(e.verified_on_ingest && e.snapshot_id.is_none());
-    assert_eq!((e.samples, e.malformed, e.kept), (10, 6, 2));
+    assert_eq!((e.samples, e.malformed, e.kept), (13, 6, 3));
     assert_eq!((l.samples, l.malformed, l.kept, l.correct), (6, 1, 3, 3));
 }

@@ -196,7 +196,8 @@ pub struct RolloutsOrigin {
     pub verified_on_ingest: bool,
     pub verifier_version: String,
     pub selection: crate::recipe::RolloutsSelection,
-    /// Lines or rows read; `malformed` of them went to the quarantine.
+    /// Samples read (a row, or a line; a line with a list of n completions counts n);
+    /// `malformed` of them went to the quarantine.
     pub samples: u64,
     pub malformed: u64,
     pub correct: u64,

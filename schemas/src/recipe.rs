@@ -108,6 +108,21 @@ pub struct Source {
     /// question, gold answer, tests and domain a line does not carry.
     #[serde(default)]
     pub questions: Option<String>,
+    /// `rollouts` from a file only: how math answers are read. Required for math lines without
+    /// a `questions` snapshot (with one, each question's own source decides: `gsm8k*` sources
+    /// read GSM8K's way).
+    #[serde(default)]
+    pub math_rules: Option<MathRules>,
+}
+
+/// How a math answer is found in a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MathRules {
+    /// GSM8K: a final number may stand alone (the last number of the text counts).
+    Gsm8k,
+    /// MATH: the answer must be marked (`\boxed{}`, "the answer is", `####`).
+    Math,
 }
 
 /// Whether a sample's verdict keeps it.
@@ -132,7 +147,8 @@ pub struct RolloutsSelection {
     /// Drop samples cut off by the token budget (`finish: length`).
     #[serde(default = "yes")]
     pub drop_truncated: bool,
-    /// Keep at most N samples per question (the first by sample index).
+    /// Keep at most N samples per question (the first in order: sample order in a rollouts
+    /// snapshot, line order in a file).
     #[serde(default)]
     pub max_per_question: Option<usize>,
     /// Keep one of each exact-duplicate completion of a question (the RFT paper's practice).
@@ -446,8 +462,8 @@ impl Recipe {
                 bail!("source `{}`: names may not contain '/'", s.name);
             }
             let rollouts = s.format == Format::Rollouts;
-            if !rollouts && (s.select.is_some() || s.questions.is_some()) {
-                bail!("source `{}`: `select` and `questions` belong to format `rollouts`", s.name);
+            if !rollouts && (s.select.is_some() || s.questions.is_some() || s.math_rules.is_some()) {
+                bail!("source `{}`: `select`, `questions` and `math_rules` belong to format `rollouts`", s.name);
             }
             if !rollouts && s.fields.as_ref().is_some_and(|f| f.finish.is_some() || f.sample.is_some()) {
                 bail!("source `{}`: `fields.finish` and `fields.sample` belong to format `rollouts`", s.name);

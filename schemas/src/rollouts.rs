@@ -56,8 +56,8 @@ pub struct Rollout {
     pub prompts_snapshot_id: String,
 }
 
-/// The identity of a sampling job: what the rollouts are a function of. A rollouts snapshot or
-/// a half-finished sampling run is reused only for the same key.
+/// The identity of a sampling job: everything the rollouts' bytes are a function of on a given
+/// machine. A rollouts snapshot or a half-finished sampling run is reused only for the same key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub model_sha256: String,
@@ -66,6 +66,10 @@ pub struct CacheKey {
     pub questions: usize,
     pub samples_per_question: usize,
     pub sampling: Sampling,
+    /// Sequences decoded together, and questions per chunk (batches form within a chunk): they
+    /// change no distribution, but they can change the last bits of logits and so the bytes.
+    pub batch_size: usize,
+    pub chunk_questions: usize,
 }
 
 impl CacheKey {
@@ -156,6 +160,11 @@ pub fn publish_rollouts(
         for side in &m.sidecars {
             std::fs::copy(prompts_dir.join(&side.file), stage.join(&side.file)).with_context(|| format!("copying {}", side.file))?;
         }
+        // The stage reports describe the questions' build, which the prompts snapshot (named by
+        // id in `rollouts`) keeps; recipe, inputs and decontamination stay: where the questions
+        // came from.
+        m.stages = vec![];
+        m.seeds.insert("sample".into(), info.key.sampling.seed);
         m.packing = None;
         m.ref_logprobs = None;
         m.conventions.insert("rollouts".into(), CONVENTION.into());

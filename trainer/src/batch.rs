@@ -16,9 +16,17 @@ pub struct MicroBatch<B: Backend> {
     pub segments: Vec<Vec<(usize, usize)>>,
 }
 
+/// Rows are cut after their last real token (the longest row's): trailing padding is never a
+/// target and attends only to itself, but as one segment its attention would cost `pad²` memory
+/// per head and layer (a row one quarter full, as a few selected rollouts make, needs gigabytes).
 pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<B> {
     let b = rows.len();
-    let t = rows[0].input_ids.len();
+    let full = rows[0].input_ids.len();
+    assert!(rows.iter().all(|r| r.input_ids.len() == full), "rows of one micro-batch have the same length");
+    let t =
+        rows.iter().map(|r| r.segment_ids.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1)).max().unwrap_or(0).clamp(2.min(full), full);
+    let trimmed: Vec<Row> = rows.iter().map(|r| trim(r, t)).collect();
+    let rows: Vec<&Row> = trimmed.iter().collect();
     let flat = |f: &dyn Fn(&Row) -> Vec<i64>| -> Vec<i64> { rows.iter().flat_map(|r| f(r)).collect() };
     let ids = flat(&|r| r.input_ids.iter().map(|&x| x as i64).collect());
     let pos = flat(&|r| r.position_ids.iter().map(|&x| x as i64).collect());
@@ -33,6 +41,16 @@ pub fn micro_batch<B: Backend>(rows: &[&Row], device: &B::Device) -> MicroBatch<
         targets: Tensor::from_data(TensorData::new(targets, [b, t - 1]), device),
         target_mask: Tensor::from_data(TensorData::new(mask, [b, t - 1]), device),
         segments: rows.iter().map(|r| segment_runs(&r.segment_ids)).collect(),
+    }
+}
+
+fn trim(r: &Row, t: usize) -> Row {
+    Row {
+        input_ids: r.input_ids[..t].to_vec(),
+        loss_mask: r.loss_mask[..t].to_vec(),
+        position_ids: r.position_ids[..t].to_vec(),
+        segment_ids: r.segment_ids[..t].to_vec(),
+        ref_logprobs: r.ref_logprobs.as_ref().map(|v| v[..t].to_vec()),
     }
 }
 
@@ -77,6 +95,13 @@ mod tests {
         assert_eq!(floats(mb.target_mask), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
         assert_eq!(floats(mb.target_ref_logprobs.unwrap()), [-0.1, -0.2, 0.0, -0.4, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0]);
         assert_eq!(mb.segments, vec![vec![(0, 3), (3, 2), (5, 1)], vec![(0, 6)]]);
+        // Alone, the first row loses its trailing pad: nothing of it was ever a target.
+        let alone = micro_batch::<Flex>(&[&a], &Default::default());
+        assert_eq!(ints(alone.input_ids), [5, 6, 7, 8, 9]);
+        assert_eq!(ints(alone.targets), [6, 7, 8, 9]);
+        assert_eq!(floats(alone.target_mask), [0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(floats(alone.target_ref_logprobs.unwrap()), [-0.1, -0.2, 0.0, -0.4]);
+        assert_eq!(alone.segments, vec![vec![(0, 3), (3, 2)]]);
     }
 
     #[test]

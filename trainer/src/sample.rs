@@ -9,9 +9,10 @@
 //! written to a work folder beside `--out` (`.<out>.sampling/`) and listed with their sha256 in
 //! `done.jsonl`. The same command after `kill -9` re-checks every listed chunk and samples only
 //! the rest; the result is byte for byte the uninterrupted run's. The work folder is reused only
-//! for the same cache key, batch size and chunk size.
+//! for the same cache key.
 //!
-//! The cache key ([`CacheKey`]: model hash, prompts snapshot id, questions, K, sampling settings)
+//! The cache key ([`CacheKey`]: model hash, prompts snapshot id, questions, K, sampling settings,
+//! batching)
 //! is recorded in the manifest. An existing `--out` with the same key is reused as it is; one
 //! with another key is an error unless `--force` replaces it.
 
@@ -23,7 +24,7 @@ use model::generate::{stop_ids, Finish};
 use model::sampling::Sampling;
 use model::Llama;
 use model_files::checkpoint::model_hash;
-use schemas::manifest::{Manifest, RolloutsInfo, VerifierCount, MANIFEST_FILE};
+use schemas::manifest::{Manifest, RolloutsInfo, VerifierCount};
 use schemas::rollouts::{publish_rollouts, CacheKey, Rollout};
 use schemas::snapshot::{read_manifest, verify, StageTiming};
 use serde::{Deserialize, Serialize};
@@ -71,16 +72,6 @@ impl SampleSummary {
     }
 }
 
-/// The identity of a sampling job's work folder: besides the cache key, the batching (which can
-/// change the last bits of logits) and the chunking.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Work {
-    cache_key: String,
-    key: CacheKey,
-    batch_size: usize,
-    chunk_questions: usize,
-}
-
 /// One finished chunk: questions `start..start + questions`, their rollouts as JSON lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Chunk {
@@ -107,6 +98,18 @@ fn finished_chunks(work: &Path) -> anyhow::Result<BTreeMap<usize, Chunk>> {
     Ok(done)
 }
 
+/// The journal, opened for appending; a line a kill cut short is ended first, so that the next
+/// record starts a line of its own (the cut line does not parse and is ignored).
+fn open_journal(path: &Path) -> anyhow::Result<std::fs::File> {
+    let cut = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if cut {
+        f.write_all(b"\n")?;
+    }
+    Ok(f)
+}
+
 /// Refuse prompt snapshots that may be benchmarks: sampling trains on what it draws, so its
 /// questions must come from training sources, which a recipe shows by decontaminating them.
 fn check_training_questions(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
@@ -126,12 +129,25 @@ pub fn sample<B: Backend>(opts: &SampleOptions, device: &B::Device) -> anyhow::R
 where
     Llama<B>: Sync,
 {
+    let s = &opts.sampling;
+    anyhow::ensure!(opts.samples >= 1, "--samples must be at least 1");
+    anyhow::ensure!(
+        s.temperature >= 0.0 && s.temperature.is_finite(),
+        "--temperature must be 0 (greedy) or positive, not {}",
+        s.temperature
+    );
+    anyhow::ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "--top-p must be in (0, 1], not {}", s.top_p);
     let bench = load_benchmark(&opts.prompts.to_string_lossy(), Path::new(""))?;
     check_training_questions(&opts.prompts, &bench.manifest)?;
     let n = opts.limit.unwrap_or(usize::MAX).min(bench.prompts.len());
     let questions = &bench.prompts[..n];
     anyhow::ensure!(!questions.is_empty(), "{}: no questions to sample", opts.prompts.display());
-    let k = opts.samples.max(1);
+    // A question that cannot be graded fails the run now, not after hours of sampling.
+    for q in questions {
+        verify::grade::gradable(&q.into()).map_err(|e| anyhow::anyhow!("{}: {e}", opts.prompts.display()))?;
+    }
+    let k = opts.samples;
+    let chunk_questions = opts.chunk_questions.max(1);
     let (model_sha, model_files) = model_hash(&opts.model)?;
     let key = CacheKey {
         model_sha256: model_sha.clone(),
@@ -139,47 +155,45 @@ where
         questions: n,
         samples_per_question: k,
         sampling: opts.sampling,
+        batch_size: opts.batch_size.max(1),
+        chunk_questions,
     };
     let digest = key.digest();
 
-    if opts.out.join(MANIFEST_FILE).exists() {
-        let existing = read_manifest(&opts.out)?;
-        let same = existing.rollouts.as_ref().is_some_and(|r| r.cache_key == digest);
+    if opts.out.exists() {
+        let existing = read_manifest(&opts.out).ok();
+        let same = existing.as_ref().and_then(|m| m.rollouts.as_ref()).is_some_and(|r| r.cache_key == digest);
         if same && verify(&opts.out)?.1.is_empty() {
             tracing::info!("{} already holds these rollouts (cache key {digest}); reusing them", opts.out.display());
-            return Ok(SampleSummary { manifest: existing, reused: true, questions: n, resumed_questions: n, new_tokens: 0, seconds: 0.0 });
+            let manifest = existing.expect("read");
+            return Ok(SampleSummary { manifest, reused: true, questions: n, resumed_questions: n, new_tokens: 0, seconds: 0.0 });
         }
         if !opts.force {
-            let theirs = existing
-                .rollouts
-                .as_ref()
-                .map(|r| describe_key(&r.cache_key, &r.key))
-                .unwrap_or_else(|| format!("a `{}` snapshot, or rollouts that do not verify", existing.kind.as_str()));
-            bail!(
-                "{} holds {theirs}, not this run's {}: pass --force to replace it, or choose another --out",
-                opts.out.display(),
-                describe_key(&digest, &key)
-            );
+            let theirs = match existing.as_ref().map(|m| (m.kind, m.rollouts.as_ref())) {
+                None => "no readable snapshot".to_string(),
+                Some((_, Some(_))) if same => "these rollouts, but its files do not match its manifest (see `pipeline verify`)".to_string(),
+                Some((_, Some(r))) => format!("{}, not this run's {}", describe_key(&r.cache_key, &r.key), describe_key(&digest, &key)),
+                Some((kind, None)) => format!("a `{}` snapshot, not rollouts", kind.as_str()),
+            };
+            bail!("{} holds {theirs}: pass --force to replace it, or choose another --out", opts.out.display());
         }
-    } else if opts.out.exists() && !opts.force {
-        bail!("{} exists and is not a snapshot; pass --force to replace it", opts.out.display());
     }
 
     let out_parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(out_parent).with_context(|| format!("cannot create {}", out_parent.display()))?;
     let out_name = opts.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
     let work = out_parent.join(format!(".{out_name}.sampling"));
-    let chunk_questions = opts.chunk_questions.max(1);
-    let job = Work { cache_key: digest.clone(), key: key.clone(), batch_size: opts.batch_size.max(1), chunk_questions };
-    let same_job =
-        std::fs::read_to_string(work.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<Work>(&t).ok()).is_some_and(|w| w == job);
+    let same_job = std::fs::read_to_string(work.join(WORK_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<CacheKey>(&t).ok())
+        .is_some_and(|w| w == key);
     if !same_job {
         if work.exists() {
-            tracing::info!("{} belongs to another model, snapshot, setting or chunking; starting afresh", work.display());
+            tracing::info!("{} belongs to another model, snapshot or setting; starting afresh", work.display());
             std::fs::remove_dir_all(&work)?;
         }
         std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-        schemas::write_atomic(&work.join(WORK_FILE), (serde_json::to_string_pretty(&job)? + "\n").as_bytes())?;
+        schemas::write_atomic(&work.join(WORK_FILE), (serde_json::to_string_pretty(&key)? + "\n").as_bytes())?;
     }
     let plan: Vec<(usize, usize)> = (0..n).step_by(chunk_questions).map(|a| (a, chunk_questions.min(n - a))).collect();
     let mut done = finished_chunks(&work)?;
@@ -200,7 +214,7 @@ where
         let bar = progress::generation(n * k, "sample");
         bar.set_position((resumed_questions * k) as u64);
         let tokens = std::sync::atomic::AtomicU64::new(0);
-        let mut journal = std::fs::OpenOptions::new().create(true).append(true).open(work.join(JOURNAL_FILE))?;
+        let mut journal = open_journal(&work.join(JOURNAL_FILE))?;
         for (start, count) in pending {
             let chunk = &questions[start..start + count];
             let completions = generate_samples(
@@ -209,7 +223,7 @@ where
                 start,
                 k,
                 &opts.sampling,
-                job.batch_size,
+                key.batch_size,
                 &stop,
                 tok.pad_id(),
                 |seqs, toks| {

@@ -15,9 +15,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Question<'a> {
     /// Named in errors.
     pub id: &'a str,
-    /// The recipe source the question came from: GSM8K sources (`gsm8k*`) allow the final
-    /// answer to be the last number of the text ([`ExtractOptions::for_benchmark`]).
-    pub source: &'a str,
+    /// How a math answer is read: GSM8K's rules allow the final answer to be the last number of
+    /// the text, MATH's need it marked ([`ExtractOptions`]).
+    pub math: ExtractOptions,
     pub domain: Domain,
     pub gold: Option<&'a str>,
     /// Code: [`CodeTests`] as JSON.
@@ -26,7 +26,9 @@ pub struct Question<'a> {
 
 impl<'a> From<&'a schemas::prompts::Prompt> for Question<'a> {
     fn from(p: &'a schemas::prompts::Prompt) -> Self {
-        Question { id: &p.id, source: &p.source, domain: p.domain, gold: p.gold.as_deref(), tests: p.tests.as_deref() }
+        // A prompt snapshot's questions are read with their source's rules (`gsm8k*`: GSM8K's).
+        let math = ExtractOptions::for_benchmark(&p.source);
+        Question { id: &p.id, math, domain: p.domain, gold: p.gold.as_deref(), tests: p.tests.as_deref() }
     }
 }
 
@@ -50,7 +52,7 @@ fn plan(q: &Question, completion: &str) -> Result<Plan, String> {
     match q.domain {
         Domain::Math => {
             let gold = q.gold.ok_or_else(|| format!("question {} has no gold answer", q.id))?;
-            Ok(Plan::Math { gold: gold.to_string(), opts: ExtractOptions::for_benchmark(q.source) })
+            Ok(Plan::Math { gold: gold.to_string(), opts: q.math })
         }
         Domain::Code => {
             let tests = q.tests.ok_or_else(|| format!("question {} has no tests", q.id))?;
@@ -67,6 +69,12 @@ fn plan(q: &Question, completion: &str) -> Result<Plan, String> {
             Ok(Plan::Code { program, code, verifier })
         }
     }
+}
+
+/// Whether a question can be graded at all (a gold answer for math, readable tests for code):
+/// checked before sampling, so a bad question fails a run before any generation.
+pub fn gradable(q: &Question) -> Result<(), String> {
+    plan(q, "").map(|_| ())
 }
 
 /// Grades every `(question, completion)`: math in parallel, all code in one sandbox pool (batches
