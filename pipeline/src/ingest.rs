@@ -496,19 +496,7 @@ mod tests {
     use std::io::Write;
 
     fn source(name: &str, path: &str, format: Format) -> Source {
-        Source {
-            name: name.into(),
-            path: path.into(),
-            format,
-            domain: None,
-            fields: None,
-            id_range: None,
-            skip: None,
-            limit: None,
-            select: None,
-            questions: None,
-            math_rules: None,
-        }
+        Source::new(name, path, format)
     }
 
     #[test]
@@ -574,9 +562,6 @@ mod tests {
         w.write(&batch).unwrap();
         w.close().unwrap();
         let source = Source {
-            name: "p".into(),
-            path: "g.parquet".into(),
-            format: Format::Generic,
             domain: Some(Domain::Math),
             fields: Some(FieldMap {
                 id: Some("uid".into()),
@@ -587,12 +572,7 @@ mod tests {
                 finish: None,
                 sample: None,
             }),
-            id_range: None,
-            skip: None,
-            limit: None,
-            select: None,
-            questions: None,
-            math_rules: None,
+            ..Source::new("p", "g.parquet", Format::Generic)
         };
         let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "").unwrap();
         let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();

@@ -483,19 +483,7 @@ mod tests {
     use super::*;
 
     fn cand(q: &str, sample: u32, correct: bool, finish: Finish, response: &str) -> Candidate {
-        let source = Source {
-            name: "r".into(),
-            path: "r.jsonl".into(),
-            format: schemas::recipe::Format::Rollouts,
-            domain: Some(Domain::Math),
-            fields: None,
-            id_range: None,
-            skip: None,
-            limit: None,
-            select: None,
-            questions: None,
-            math_rules: None,
-        };
+        let source = Source { domain: Some(Domain::Math), ..Source::new("r", "r.jsonl", schemas::recipe::Format::Rollouts) };
         Candidate {
             question_id: q.into(),
             finish: Some(finish),

@@ -125,6 +125,25 @@ pub enum MathRules {
     Math,
 }
 
+impl Source {
+    /// A source with only its name, path and format set (every option off).
+    pub fn new(name: &str, path: &str, format: Format) -> Source {
+        Source {
+            name: name.into(),
+            path: path.into(),
+            format,
+            domain: None,
+            fields: None,
+            id_range: None,
+            skip: None,
+            limit: None,
+            select: None,
+            questions: None,
+            math_rules: None,
+        }
+    }
+}
+
 /// Whether a sample's verdict keeps it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

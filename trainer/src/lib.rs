@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod journal;
 pub mod loss;
 pub mod optim;
 pub mod sample;

@@ -16,6 +16,7 @@
 //! is recorded in the manifest. An existing `--out` with the same key is reused as it is; one
 //! with another key is an error unless `--force` replaces it.
 
+use crate::journal::WorkDir;
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use eval::benchmark::{load_benchmark, Prompt};
@@ -27,14 +28,9 @@ use model_files::checkpoint::model_hash;
 use schemas::manifest::{Manifest, RolloutsInfo, VerifierCount};
 use schemas::rollouts::{publish_rollouts, CacheKey, Rollout};
 use schemas::snapshot::{read_manifest, verify, StageTiming};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-const WORK_FILE: &str = "work.json";
-const JOURNAL_FILE: &str = "done.jsonl";
 
 pub struct SampleOptions {
     pub model: PathBuf,
@@ -70,44 +66,6 @@ impl SampleSummary {
     pub fn tokens_per_second(&self) -> f64 {
         self.new_tokens as f64 / self.seconds.max(1e-9)
     }
-}
-
-/// One finished chunk: questions `start..start + questions`, their rollouts as JSON lines.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Chunk {
-    file: String,
-    start: usize,
-    questions: usize,
-    sha256: String,
-}
-
-/// Chunks listed in the journal whose file is present and matches its hash.
-fn finished_chunks(work: &Path) -> anyhow::Result<BTreeMap<usize, Chunk>> {
-    let mut done = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(work.join(JOURNAL_FILE)) else { return Ok(done) };
-    for line in text.lines() {
-        // A line cut short by a kill does not parse and is skipped; its chunk is sampled again.
-        let Ok(c) = serde_json::from_str::<Chunk>(line) else { continue };
-        let path = work.join(&c.file);
-        if path.exists() && schemas::sha256_file(&path)? == c.sha256 {
-            done.insert(c.start, c);
-        } else {
-            tracing::warn!("{}: missing or does not match its hash; sampling it again", path.display());
-        }
-    }
-    Ok(done)
-}
-
-/// The journal, opened for appending; a line a kill cut short is ended first, so that the next
-/// record starts a line of its own (the cut line does not parse and is ignored).
-fn open_journal(path: &Path) -> anyhow::Result<std::fs::File> {
-    let cut = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
-    let mut f =
-        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if cut {
-        f.write_all(b"\n")?;
-    }
-    Ok(f)
 }
 
 /// Refuse prompt snapshots that may be benchmarks: sampling trains on what it draws, so its
@@ -179,28 +137,13 @@ where
         }
     }
 
-    let out_parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(out_parent).with_context(|| format!("cannot create {}", out_parent.display()))?;
-    let out_name = opts.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
-    let work = out_parent.join(format!(".{out_name}.sampling"));
-    let same_job = std::fs::read_to_string(work.join(WORK_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str::<CacheKey>(&t).ok())
-        .is_some_and(|w| w == key);
-    if !same_job {
-        if work.exists() {
-            tracing::info!("{} belongs to another model, snapshot or setting; starting afresh", work.display());
-            std::fs::remove_dir_all(&work)?;
-        }
-        std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-        schemas::write_atomic(&work.join(WORK_FILE), (serde_json::to_string_pretty(&key)? + "\n").as_bytes())?;
-    }
+    let mut work = WorkDir::open(&opts.out, "sampling", &key)?;
     let plan: Vec<(usize, usize)> = (0..n).step_by(chunk_questions).map(|a| (a, chunk_questions.min(n - a))).collect();
-    let mut done = finished_chunks(&work)?;
-    done.retain(|start, c| plan.iter().any(|&(s, q)| s == *start && q == c.questions));
-    let resumed_questions: usize = done.values().map(|c| c.questions).sum();
+    let mut done = work.finished()?;
+    done.retain(|start, c| plan.iter().any(|&(s, q)| s == *start && q == c.len));
+    let resumed_questions: usize = done.values().map(|c| c.len).sum();
     if resumed_questions > 0 {
-        tracing::info!("resuming: {resumed_questions} of {n} questions already sampled in {}", work.display());
+        tracing::info!("resuming: {resumed_questions} of {n} questions already sampled in {}", work.dir.display());
     }
 
     let pending: Vec<(usize, usize)> = plan.iter().copied().filter(|(s, _)| !done.contains_key(s)).collect();
@@ -214,7 +157,6 @@ where
         let bar = progress::generation(n * k, "sample");
         bar.set_position((resumed_questions * k) as u64);
         let tokens = std::sync::atomic::AtomicU64::new(0);
-        let mut journal = open_journal(&work.join(JOURNAL_FILE))?;
         for (start, count) in pending {
             let chunk = &questions[start..start + count];
             let completions = generate_samples(
@@ -248,10 +190,7 @@ where
             }
             let text: String = rows.iter().map(|r| serde_json::to_string(r).expect("serialises") + "\n").collect();
             let file = format!("questions-{start:07}-{:07}.jsonl", start + count);
-            schemas::write_atomic(&work.join(&file), text.as_bytes())?;
-            let c = Chunk { file, start, questions: count, sha256: schemas::sha256_hex(text.as_bytes()) };
-            writeln!(journal, "{}", serde_json::to_string(&c)?)?;
-            journal.sync_data()?;
+            let c = work.record(file, start, count, text.as_bytes())?;
             done.insert(start, c);
         }
         bar.finish_and_clear();
@@ -262,11 +201,9 @@ where
     let mut rows: Vec<Rollout> = vec![];
     for c in done.values() {
         anyhow::ensure!(c.start * k == rows.len(), "rollouts of question {} missing", rows.len() / k);
-        let path = work.join(&c.file);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        anyhow::ensure!(schemas::sha256_hex(text.as_bytes()) == c.sha256, "{} changed since it was written", path.display());
+        let text = String::from_utf8(work.read(c)?).with_context(|| format!("{}: not UTF-8", c.file))?;
         for line in text.lines() {
-            rows.push(serde_json::from_str(line).with_context(|| format!("{}: unreadable rollout", path.display()))?);
+            rows.push(serde_json::from_str(line).with_context(|| format!("{}: unreadable rollout", c.file))?);
         }
     }
     anyhow::ensure!(rows.len() == n * k, "{} rollouts for {n} questions x {k} samples", rows.len());
@@ -293,7 +230,7 @@ where
         tokens_per_second: new_tokens as f64 / seconds.max(1e-9),
     };
     let manifest = publish_rollouts(&opts.out, &opts.prompts, &bench.manifest, &rows, info, &[timing])?;
-    std::fs::remove_dir_all(&work)?;
+    work.remove()?;
     Ok(SampleSummary { manifest, reused: false, questions: n, resumed_questions, new_tokens, seconds })
 }
 

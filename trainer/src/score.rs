@@ -13,6 +13,7 @@
 //! id and the model hash; a different snapshot or model starts it afresh. The scored snapshot is
 //! assembled in a hidden folder and renamed into place only when complete and verified.
 
+use crate::journal::{Chunk, WorkDir};
 use anyhow::{bail, Context};
 use arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch};
 use burn::tensor::backend::Backend;
@@ -26,7 +27,6 @@ use schemas::shard;
 use schemas::snapshot::{load_snapshot, publish_dir, verify, write_shard, Row, StageTiming, TIMINGS_FILE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +36,6 @@ pub const CONVENTION: &str =
     "aligned like loss_mask: ref_logprobs[i] = ln p_ref(input_ids[i] | input_ids of the same packed example before i), \
 float32, from the reference model's logits with the row's position_ids and attention confined to each example (as in training); \
 0.0 at the first token of every example and on padding, where nothing is predicted; every other position is scored, prompt tokens included";
-
-const WORK_FILE: &str = "work.json";
-const JOURNAL_FILE: &str = "done.jsonl";
 
 pub struct ScoreOptions {
     pub model: PathBuf,
@@ -76,15 +73,6 @@ struct Work {
     chunk_rows: usize,
 }
 
-/// One finished chunk: rows `start..start + rows`, `rows * seq_len` little-endian f32 in `file`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Chunk {
-    file: String,
-    start: usize,
-    rows: usize,
-    sha256: String,
-}
-
 fn chunk_file(start: usize, end: usize) -> String {
     format!("rows-{start:07}-{end:07}.f32")
 }
@@ -106,28 +94,8 @@ fn plan(manifest: &Manifest, chunk_rows: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// Chunks listed in the journal whose file is present and matches its hash.
-fn finished_chunks(work: &Path, seq_len: usize) -> anyhow::Result<BTreeMap<usize, Chunk>> {
-    let mut done = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(work.join(JOURNAL_FILE)) else { return Ok(done) };
-    for line in text.lines() {
-        // A line cut short by a kill does not parse and is skipped; its chunk is scored again.
-        let Ok(c) = serde_json::from_str::<Chunk>(line) else { continue };
-        let path = work.join(&c.file);
-        let ok =
-            std::fs::metadata(&path).is_ok_and(|m| m.len() == (c.rows * seq_len * 4) as u64) && schemas::sha256_file(&path)? == c.sha256;
-        if ok {
-            done.insert(c.start, c);
-        } else {
-            tracing::warn!("{}: missing or does not match its hash; scoring it again", path.display());
-        }
-    }
-    Ok(done)
-}
-
-fn read_chunk(path: &Path) -> anyhow::Result<Vec<f32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+fn read_chunk(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// Score `opts.snapshot` with `opts.model` into the new snapshot `opts.out`.
@@ -146,10 +114,6 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         .context("the snapshot manifest's resolved recipe has no valid `write` settings")?;
     let (model_sha, model_files) = model_hash(&opts.model)?;
 
-    let out_parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(out_parent).with_context(|| format!("cannot create {}", out_parent.display()))?;
-    let out_name = opts.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
-    let work = out_parent.join(format!(".{out_name}.scoring"));
     let job = Work {
         parent_snapshot_id: parent.snapshot_id.clone(),
         model_sha256: model_sha.clone(),
@@ -157,22 +121,13 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         seq_len,
         chunk_rows,
     };
-    let same_job =
-        std::fs::read_to_string(work.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<Work>(&t).ok()).is_some_and(|w| w == job);
-    if !same_job {
-        if work.exists() {
-            tracing::info!("{} belongs to another snapshot, model or chunk size; starting afresh", work.display());
-            std::fs::remove_dir_all(&work)?;
-        }
-        std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-        schemas::write_atomic(&work.join(WORK_FILE), (serde_json::to_string_pretty(&job)? + "\n").as_bytes())?;
-    }
-    let mut done = finished_chunks(&work, seq_len)?;
+    let mut work = WorkDir::open(&opts.out, "scoring", &job)?;
+    let mut done = work.finished()?;
     let chunks = plan(parent, chunk_rows);
-    done.retain(|start, c| chunks.iter().any(|&(s, n)| s == *start && n == c.rows));
-    let resumed_rows: usize = done.values().map(|c| c.rows).sum();
+    done.retain(|start, c| chunks.iter().any(|&(s, n)| s == *start && n == c.len));
+    let resumed_rows: usize = done.values().map(|c| c.len).sum();
     if resumed_rows > 0 {
-        tracing::info!("resuming: {resumed_rows} of {} rows already scored in {}", snapshot.rows.len(), work.display());
+        tracing::info!("resuming: {resumed_rows} of {} rows already scored in {}", snapshot.rows.len(), work.dir.display());
     }
 
     let pending: Vec<(usize, usize)> = chunks.iter().copied().filter(|(s, _)| !done.contains_key(s)).collect();
@@ -183,7 +138,6 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         model.check_vocab(parent.tokenizer.vocab_size)?;
         let pb = progress::bar(snapshot.rows.len(), "score");
         pb.set_position(resumed_rows as u64);
-        let mut journal = std::fs::OpenOptions::new().create(true).append(true).open(work.join(JOURNAL_FILE))?;
         for (start, n) in pending {
             let rows: Vec<&Row> = snapshot.rows[start..start + n].iter().collect();
             let scored = rows_logprobs(&model, &rows, device, || pb.inc(1));
@@ -193,11 +147,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
                 }
             }
             let bytes: Vec<u8> = scored.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
-            let file = chunk_file(start, start + n);
-            schemas::write_atomic(&work.join(&file), &bytes)?;
-            let c = Chunk { file, start, rows: n, sha256: schemas::sha256_hex(&bytes) };
-            writeln!(journal, "{}", serde_json::to_string(&c)?)?;
-            journal.sync_data()?;
+            let c = work.record(chunk_file(start, start + n), start, n, &bytes)?;
             tokens += rows.iter().map(|r| r.segment_ids.iter().filter(|&&s| s != 0).count() as u64).sum::<u64>();
             done.insert(start, c);
         }
@@ -234,7 +184,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         }
         Ok(m)
     })?;
-    std::fs::remove_dir_all(&work)?;
+    work.remove()?;
     Ok(ScoreSummary { manifest, rows: snapshot.rows.len(), resumed_rows, tokens, seconds })
 }
 
@@ -246,7 +196,7 @@ fn assemble(
     dst: &Path,
     rows: &[Row],
     manifest: &Manifest,
-    work: &Path,
+    work: &WorkDir,
     done: &BTreeMap<usize, Chunk>,
     cfg: &WriteConfig,
     seq_len: usize,
@@ -254,12 +204,7 @@ fn assemble(
     let mut values: Vec<Vec<f32>> = Vec::with_capacity(rows.len());
     for c in done.values() {
         anyhow::ensure!(c.start == values.len(), "scores for row {} missing", values.len());
-        let v = read_chunk(&work.join(&c.file))?;
-        anyhow::ensure!(
-            schemas::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()) == c.sha256,
-            "{} changed since it was written",
-            c.file
-        );
+        let v = read_chunk(&work.read(c)?);
         values.extend(v.chunks_exact(seq_len).map(<[f32]>::to_vec));
     }
     anyhow::ensure!(values.len() == rows.len(), "scored {} of {} rows", values.len(), rows.len());
