@@ -1,25 +1,91 @@
 #!/usr/bin/env bash
-# `make bench-generate`: new tokens/s of KV-cache batched decoding of SmolLM2-135M on CPU at
-# several batch sizes, against the baseline measured in the same run: cache-free greedy decoding
-# (the whole sequence re-run per token). One batch at a time, as one `trainer eval` thread runs.
+# `make bench-generate`: generation speed of SmolLM2-135M on this machine's cores, rectify against
+# llama.cpp measured in the same run on the same GGUF (README: Generation speed).
+#
+# - rectify: `bench_generate` (eval/examples), the host decoder `trainer eval` and `trainer sample`
+#   use on CPU, greedy, every sequence exactly NEW_TOKENS new tokens, on GSM8K test prompts;
+#   BENCH_BURN=1 adds Burn's CPU backend (the GPU path).
+# - llama.cpp: `llama-batched-bench`, built from the llama.cpp sources that llama-cpp-python
+#   0.3.36 vendors (PyPI), with cmake from PyPI, into a cache folder outside the repo (once, about
+#   10 minutes on 2 cores). It makes its own prompts, so they are given rectify's mean prompt
+#   length. AMX is left out of the build (see scripts/check_llama_cpp.sh).
+# - the two ceilings, from figures measured in the same run: weight bytes per step over memory
+#   bandwidth, and FLOPs per token over matmul GFLOP/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${BENCH_OUT:-bench-out}
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 NEW_TOKENS=${NEW_TOKENS:-64}
-BATCHES=${BATCHES:-1,8,16,32}
+BATCHES=${BATCHES:-1,8,16,32,64}
+THREADS=${THREADS:-$(nproc)}
+LLAMA_VERSION=0.3.36
+LLAMA_DIR=${LLAMA_CPP_DIR:-$HOME/.cache/rectify/llama-cpp-$LLAMA_VERSION}
+BATCHED=$LLAMA_DIR/build/bin/llama-batched-bench
 mkdir -p "$OUT"
 cargo build --release --workspace --examples
 make --no-print-directory model
 [ -f snapshots/eval/gsm8k_test/manifest.json ] ||
   "$CARGO_TARGET_DIR/release/pipeline" build --recipe datasets/recipes/eval/gsm8k_test.yaml --out snapshots/eval/gsm8k_test --force > /dev/null
+
+if [ ! -x "$BATCHED" ]; then
+  echo "building llama.cpp's llama-batched-bench from llama-cpp-python $LLAMA_VERSION's sources into $LLAMA_DIR (once; about 10 minutes)"
+  rm -rf "$LLAMA_DIR" && mkdir -p "$LLAMA_DIR"
+  python3 -m venv "$LLAMA_DIR/venv"
+  "$LLAMA_DIR/venv/bin/pip" install --quiet cmake ninja
+  # The sdist only: `--no-binary :all:` would also build its build tools (cmake) from source.
+  "$LLAMA_DIR/venv/bin/pip" download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION" -d "$LLAMA_DIR/sdist"
+  tar -xzf "$LLAMA_DIR"/sdist/llama_cpp_python-$LLAMA_VERSION.tar.gz -C "$LLAMA_DIR"
+  SRC=$LLAMA_DIR/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp
+  PATH=$LLAMA_DIR/venv/bin:$PATH cmake -S "$SRC" -B "$LLAMA_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF \
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
+    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF > "$LLAMA_DIR/cmake.log"
+  PATH=$LLAMA_DIR/venv/bin:$PATH cmake --build "$LLAMA_DIR/build" --target llama-batched-bench -j "$THREADS" > "$LLAMA_DIR/build.log"
+fi
+
+echo "rectify: host decoder, batches $BATCHES, $NEW_TOKENS new tokens each"
 "$CARGO_TARGET_DIR/release/examples/bench_generate" "$MODEL" snapshots/eval/gsm8k_test "$NEW_TOKENS" "$BATCHES" > "$OUT/generate.jsonl"
-python3 - "$OUT/generate.jsonl" <<'PY'
+PROMPT=$(python3 -c "
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'mode':>9} {'batch':>6} {'new tokens':>11} {'tokens/s':>9} {'vs no cache':>12}")
-for r in rows:
-    print(f"{r['mode']:>9} {r['batch']:>6} {r['new_tokens']:>11} {r['tokens_per_second']:>9.1f} {r['speedup']:>11.1f}x")
-print("(GSM8K test prompts; every sequence decodes exactly the given number of new tokens, prefill included in the time)")
+runs = [json.loads(l) for l in open(sys.argv[1]) if '\"batch\"' in l]
+print(round(max(runs, key=lambda r: r['batch'])['mean_prompt_tokens']))" "$OUT/generate.jsonl")
+echo "llama.cpp: llama-batched-bench, $THREADS threads, $PROMPT-token prompts (rectify's mean), $NEW_TOKENS new tokens"
+CTX=$(python3 -c "import sys; b=max(map(int, sys.argv[1].split(','))); print(b * ($PROMPT + $NEW_TOKENS) + 256)" "$BATCHES")
+"$BATCHED" -m "$MODEL" -c "$CTX" -b 2048 -ub 512 -npp "$PROMPT" -ntg "$NEW_TOKENS" -npl "$BATCHES" -t "$THREADS" -tb "$THREADS" \
+  > "$OUT/llama-batched-bench.txt" 2> "$OUT/llama-batched-bench.log"
+
+python3 - "$OUT/generate.jsonl" "$OUT/llama-batched-bench.txt" "$OUT/generate-summary.json" <<'PY'
+import json, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ceil = next(r for r in rows if r.get("kind") == "ceilings")
+runs = [r for r in rows if r.get("kind") != "ceilings"]
+llama = {}
+for line in open(sys.argv[2]):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) >= 10 and cells[0].isdigit():
+        pp, tg, b = int(cells[0]), int(cells[1]), int(cells[2])
+        t_pp, t_tg, t = float(cells[4]), float(cells[6]), float(cells[8])
+        llama[b] = {"batch": b, "prompt_tokens": pp, "new_tokens": tg * b, "seconds": t,
+                    "tokens_per_second": tg * b / t, "decode_tokens_per_second": float(cells[7]),
+                    "prefill_tokens_per_second": float(cells[5])}
+print(f"\n{'engine':>10} {'batch':>6} {'tok/s (prompts incl.)':>22} {'decode tok/s':>13} {'vs llama.cpp':>13}")
+summary = {"ceilings": ceil, "rectify": runs, "llama_cpp": list(llama.values())}
+for r in runs:
+    l = llama.get(r["batch"])
+    ratio = f"{r['tokens_per_second'] / l['tokens_per_second']:.2f}x" if l and r["engine"] == "host" else ""
+    print(f"{'rectify':>10} {r['batch']:>6} {r['tokens_per_second']:>22.1f} {r['decode_tokens_per_second']:>13.1f} {ratio:>13}"
+          + ("" if r["engine"] == "host" else f"  ({r['engine']})"))
+for b, l in sorted(llama.items()):
+    print(f"{'llama.cpp':>10} {b:>6} {l['tokens_per_second']:>22.1f} {l['decode_tokens_per_second']:>13.1f}")
+host = [r for r in runs if r["engine"] == "host"]
+best = max(host, key=lambda r: r["tokens_per_second"])
+print(f"best rectify batch: {best['batch']} ({best['tokens_per_second']:.1f} tok/s)")
+print(f"ceilings: batch 1 <= {ceil['bandwidth_gb_per_s']:.1f} GB/s / {ceil['weight_bytes'] / 1e6:.0f} MB of f32 weights per step"
+      f" = {ceil['batch1_tokens_per_second']:.1f} tok/s;"
+      f" compute <= {ceil['matmul_gflops']:.0f} GFLOP/s / {ceil['flops_per_token'] / 1e6:.0f} MFLOP per token"
+      f" = {ceil['compute_tokens_per_second']:.0f} tok/s")
+json.dump(summary, open(sys.argv[3], "w"), indent=1)
+print(f"(GSM8K test prompts for rectify, synthetic prompts of the same mean length for llama.cpp; greedy; prefill included"
+      f" in 'prompts incl.'; figures in {sys.argv[3]})")
 PY

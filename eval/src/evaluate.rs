@@ -5,22 +5,13 @@ use crate::benchmark::{Benchmark, Prompt};
 use crate::metrics::pass_rates;
 use crate::report::{write_results, BenchSummary, EvalConfig, SampleResult};
 use anyhow::bail;
-use burn::tensor::backend::Backend;
-use model::generate::{generate_batch, stop_ids, Completion, Finish, Request};
+use model::generate::{stop_ids, Completion, Finish, Generator, Request};
 use model::sampling::Sampling;
-use model::Llama;
-use rayon::prelude::*;
 use std::path::Path;
 use std::time::Instant;
 
 /// Generates, verifies and writes results for one benchmark.
-pub fn evaluate<B: Backend>(
-    model: &Llama<B>,
-    bench: &Benchmark,
-    cfg: &EvalConfig,
-    out_dir: &Path,
-    device: &B::Device,
-) -> anyhow::Result<BenchSummary> {
+pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_dir: &Path) -> anyhow::Result<BenchSummary> {
     let prompts = &bench.prompts[..cfg.limit.unwrap_or(usize::MAX).min(bench.prompts.len())];
     if prompts.is_empty() {
         bail!("{}: no prompts to evaluate", bench.name);
@@ -28,12 +19,11 @@ pub fn evaluate<B: Backend>(
     let k = cfg.samples.max(1);
     let tok = &bench.tokenizer;
     let stop = stop_ids(tok);
-    check_vocab(&bench.name, prompts, model.config.vocab_size)?;
+    check_vocab(&bench.name, prompts, model.config().vocab_size)?;
 
     let bar = progress::bar(prompts.len() * k, &format!("gen {}", bench.name));
     let start = Instant::now();
-    let completions =
-        generate_samples(model, prompts, 0, k, &cfg.sampling, cfg.batch_size, &stop, tok.pad_id(), |n, _| bar.inc(n as u64), device);
+    let completions = generate_samples(model, prompts, 0, k, &cfg.sampling, cfg.batch_size, &stop, |n, _| bar.inc(n as u64));
     bar.finish_and_clear();
     let generation_seconds = start.elapsed().as_secs_f64();
     let mut results: Vec<SampleResult> = vec![];
@@ -89,41 +79,24 @@ pub fn check_vocab(name: &str, prompts: &[Prompt], vocab: usize) -> anyhow::Resu
 /// K completions of every prompt, `[prompt][sample]`. Sample `s` of `prompts[p]` draws from
 /// stream `(first + p) * k + s`, where `first` is the index of `prompts[0]` in its snapshot, so a
 /// sample's draws do not depend on which slice of the snapshot is generated or how it is
-/// batched. Requests are sorted by prompt length so each batch pads little, and batches run in
-/// parallel (one per CPU thread). `on_batch(sequences, new_tokens)` follows progress.
+/// batched. `on_done(sequences, new_tokens)` follows progress.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_samples<B: Backend>(
-    model: &Llama<B>,
+pub fn generate_samples(
+    model: &dyn Generator,
     prompts: &[Prompt],
     first: usize,
     k: usize,
     sampling: &Sampling,
     batch_size: usize,
     stop: &[u32],
-    pad: u32,
-    on_batch: impl Fn(usize, usize) + Sync,
-    device: &B::Device,
+    on_done: impl Fn(usize, usize) + Sync,
 ) -> Vec<Vec<Completion>> {
-    let mut order: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|p| (0..k).map(move |s| (p, s))).collect();
-    order.sort_by_key(|&(p, s)| (prompts[p].prompt_ids.len(), p, s));
-    let batches: Vec<&[(usize, usize)]> = order.chunks(batch_size.max(1)).collect();
-    let done: Vec<Vec<Completion>> = batches
-        .par_iter()
-        .map(|batch| {
-            let requests: Vec<Request> =
-                batch.iter().map(|&(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: ((first + p) * k + s) as u64 }).collect();
-            let out = generate_batch(model, &requests, sampling, stop, pad, device);
-            on_batch(out.len(), out.iter().map(|c| c.ids.len()).sum());
-            out
-        })
+    let requests: Vec<Request> = (0..prompts.len())
+        .flat_map(|p| (0..k).map(move |s| (p, s)))
+        .map(|(p, s)| Request { prompt: &prompts[p].prompt_ids, stream: ((first + p) * k + s) as u64 })
         .collect();
-    let mut completions: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
-    for (batch, outs) in batches.iter().zip(done) {
-        for (&(p, s), c) in batch.iter().zip(outs) {
-            completions[p][s] = Some(c);
-        }
-    }
-    completions.into_iter().map(|cs| cs.into_iter().map(|c| c.expect("every sample generated")).collect()).collect()
+    let mut done = model.complete(&requests, sampling, stop, batch_size, &on_done).into_iter();
+    (0..prompts.len()).map(|_| done.by_ref().take(k).collect()).collect()
 }
 
 /// Fills `extracted`, `correct` and (code) `status` of `results` (K per prompt, in prompt

@@ -12,7 +12,7 @@
 //!   (`rotate_half`). See [`unpermute_from_gguf`].
 
 use crate::config::{LlamaConfig, ModelType};
-use crate::gguf::{dequantize, not_dequantizable, Gguf, ROPE_FREQS_TENSOR};
+use crate::gguf::{dequantize, not_dequantizable, GgmlType, Gguf, ROPE_FREQS_TENSOR};
 use crate::params::Params;
 use crate::safetensors::{ignorable_safetensors_name, read_index, read_shard, write_safetensors};
 use anyhow::{anyhow, bail, Context, Result};
@@ -165,11 +165,57 @@ pub fn permute_for_gguf(t: &HostTensor, n_head: usize) -> Result<HostTensor> {
 /// `w.reshape(n_head, head_dim/2, 2, in).swapaxes(1, 2).reshape(w.shape)`.
 pub fn unpermute_from_gguf(t: &HostTensor, n_head: usize) -> Result<HostTensor> {
     let (hd, half) = rope_geometry(t, n_head)?;
-    // HF row h*hd + j*half + i comes from GGUF row h*hd + 2i + j.
-    Ok(reorder_rows(t, |r| {
-        let (h, k) = (r / hd, r % hd);
-        h * hd + 2 * (k % half) + k / half
-    }))
+    Ok(reorder_rows(t, |r| gguf_row_of_hf_row(r, hd, half)))
+}
+
+/// HF row `h*hd + j*half + i` comes from GGUF row `h*hd + 2i + j`.
+fn gguf_row_of_hf_row(r: usize, hd: usize, half: usize) -> usize {
+    let (h, k) = (r / hd, r % hd);
+    h * hd + 2 * (k % half) + k / half
+}
+
+/// A GGUF matrix still in its quantised blocks, rows in Hugging Face order: what the CPU
+/// decoder streams instead of f32 (`model::matmul`).
+#[derive(Debug, Clone)]
+pub struct QuantisedMatrix {
+    pub ggml_type: GgmlType,
+    /// `[out, in]`, as the Hugging Face tensor.
+    pub shape: [usize; 2],
+    /// `out` rows of `in / block_elems` blocks each.
+    pub bytes: Vec<u8>,
+}
+
+/// The matrices of a GGUF model stored in one of `types`, by Hugging Face name, undoing the
+/// Q/K row permutation of `llama` files as [`load_gguf`] does (a block never spans two rows).
+pub fn gguf_quantised_matrices(path: impl AsRef<Path>, types: &[GgmlType]) -> Result<BTreeMap<String, QuantisedMatrix>> {
+    let path = path.as_ref();
+    let g = Gguf::open(path)?;
+    let config = LlamaConfig::from_gguf(&g)?;
+    let hf_names = hf_names_from_gguf(config.num_hidden_layers);
+    let names = Params::shapes(&config).map(|n, _| n.hf.clone());
+    let mut heads_of: BTreeMap<&str, usize> = BTreeMap::new();
+    if config.model_type == ModelType::Llama {
+        for l in &names.layers {
+            heads_of.insert(&l.q_proj, config.num_attention_heads);
+            heads_of.insert(&l.k_proj, config.num_key_value_heads);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for t in &g.tensors {
+        let (Some(hf), Some(ty)) = (hf_names.get(&t.name), GgmlType::from_id(t.ggml_type)) else { continue };
+        if t.dims.len() != 2 || !types.contains(&ty) {
+            continue;
+        }
+        let shape = [t.dims[1] as usize, t.dims[0] as usize];
+        let mut bytes = g.tensor_bytes(t)?;
+        if let Some(&n_head) = heads_of.get(hf.as_str()) {
+            let row = bytes.len() / shape[0];
+            let (hd, half) = rope_geometry(&HostTensor { shape: shape.to_vec(), data: vec![] }, n_head)?;
+            bytes = (0..shape[0]).flat_map(|r| bytes[gguf_row_of_hf_row(r, hd, half) * row..][..row].to_vec()).collect();
+        }
+        out.insert(hf.clone(), QuantisedMatrix { ggml_type: ty, shape, bytes });
+    }
+    Ok(out)
 }
 
 /// Read a GGUF model (`llama` or `qwen2`), dequantised to f32, in Hugging Face names and layout.

@@ -269,7 +269,8 @@ pub fn ggml_type_name(id: u32) -> &'static str {
     GgmlType::from_id(id).map_or("unknown", GgmlType::name)
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+/// The little-endian f16 at byte `i` of `b`, as f32 (block scales and minimums).
+pub fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 

@@ -1,15 +1,23 @@
-//! Batched generation with a KV cache: prompts of different lengths are left-padded into one
-//! batch, prefilled together, then decoded a token per step until each meets a stop token or
-//! its token budget. Finished sequences leave the batch, so a long answer does not make the
-//! short ones pay for its steps.
-//! Each request samples from its own random stream (see `sampling.rs`).
+//! Batched generation, two ways behind one trait ([`Generator`]):
+//! - on CPU, continuous batching over the host decoder (`host.rs`): up to `batch` sequences
+//!   decode together, and as soon as one finishes the next request's prompt joins the next
+//!   step, so the batch stays full until the queue runs dry;
+//! - on Burn (the GPU), left-padded batches: prompts of different lengths are right-aligned,
+//!   prefilled together, then decoded a token per step until each meets a stop token or its
+//!   budget; finished sequences leave the batch.
+//!
+//! Each request samples from its own random stream (see `sampling.rs`), so what a request
+//! draws does not depend on which others share its batch.
 
 use crate::decoder::{single_sequence, Llama};
+use crate::host::{HostDecoder, SeqCache};
 use crate::kv_cache::KvCache;
 use crate::sampling::{choose, request_rng, Sampling};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use model_files::tokenizer::ChatTokenizer;
+use rayon::prelude::*;
+use schemas::rng::SplitMix64;
 
 /// Added to the attention scores of keys a query must not see. Finite, so that a padding query
 /// whose keys are all hidden gets a uniform (unused) distribution instead of NaN.
@@ -48,6 +56,172 @@ pub fn stop_ids(tok: &ChatTokenizer) -> Vec<u32> {
 pub struct Request<'a> {
     pub prompt: &'a [u32],
     pub stream: u64,
+}
+
+/// A model that completes requests: what evaluation and sampling generate with.
+pub trait Generator: Sync {
+    fn config(&self) -> &model_files::config::LlamaConfig;
+
+    /// Completes every request, about `batch` sequences at a time, calling `progress(1,
+    /// new_tokens)` as each finishes. The result is in request order.
+    fn complete(
+        &self,
+        requests: &[Request],
+        params: &Sampling,
+        stop: &[u32],
+        batch: usize,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Vec<Completion>;
+}
+
+impl Generator for HostDecoder {
+    fn config(&self) -> &model_files::config::LlamaConfig {
+        &self.config
+    }
+
+    fn complete(
+        &self,
+        requests: &[Request],
+        params: &Sampling,
+        stop: &[u32],
+        batch: usize,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Vec<Completion> {
+        generate_continuous(self, requests, params, stop, batch, progress)
+    }
+}
+
+/// A Burn model on its device, generating in left-padded batches (one per CPU thread at a time;
+/// run inside a one-thread pool on a GPU).
+pub struct BurnGenerator<B: Backend> {
+    pub model: Llama<B>,
+    pub device: B::Device,
+}
+
+impl<B: Backend> Generator for BurnGenerator<B>
+where
+    Llama<B>: Sync,
+    B::Device: Sync,
+{
+    fn config(&self) -> &model_files::config::LlamaConfig {
+        &self.model.config
+    }
+
+    fn complete(
+        &self,
+        requests: &[Request],
+        params: &Sampling,
+        stop: &[u32],
+        batch: usize,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Vec<Completion> {
+        // Sorted by prompt length so each batch pads little.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&i| (requests[i].prompt.len(), i));
+        let batches: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
+        let outs: Vec<Vec<Completion>> = batches
+            .par_iter()
+            .map(|b| {
+                let reqs: Vec<Request> = b.iter().map(|&i| requests[i]).collect();
+                // The padding is never attended to, so any id serves.
+                let out = generate_batch(&self.model, &reqs, params, stop, 0, &self.device);
+                for c in &out {
+                    progress(1, c.ids.len());
+                }
+                out
+            })
+            .collect();
+        let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+        for (b, out) in batches.iter().zip(outs) {
+            for (&i, c) in b.iter().zip(out) {
+                done[i] = Some(c);
+            }
+        }
+        done.into_iter().map(|c| c.expect("every request completed")).collect()
+    }
+}
+
+/// Prompt tokens one step of continuous batching prefills at most (beyond its first new
+/// sequence), which bounds the step's activations.
+const PREFILL_TOKENS: usize = 4096;
+
+/// One sequence in flight.
+struct Live {
+    request: usize,
+    cache: SeqCache,
+    /// The tokens the next step appends: the prompt, then each chosen token.
+    pending: Vec<u32>,
+    out: Vec<u32>,
+    rng: SplitMix64,
+}
+
+/// Continuous batching on the host decoder: requests join in order as sequences finish, up to
+/// `batch` at a time.
+pub fn generate_continuous(
+    model: &HostDecoder,
+    requests: &[Request],
+    params: &Sampling,
+    stop: &[u32],
+    batch: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<Completion> {
+    assert!(requests.iter().all(|r| !r.prompt.is_empty()), "empty prompt: nothing to condition on");
+    let context = model.config.max_position_embeddings;
+    if let Some(r) = requests.iter().find(|r| r.prompt.len() >= context) {
+        panic!("a prompt of {} tokens leaves no room in the model's {context}-token context", r.prompt.len());
+    }
+    if params.max_new_tokens == 0 {
+        return requests.iter().map(|_| Completion { ids: vec![], finish: Finish::Length }).collect();
+    }
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    let mut queue = requests.iter().enumerate().peekable();
+    let mut live: Vec<Live> = vec![];
+    loop {
+        let mut prefill = 0;
+        while live.len() < batch.max(1) {
+            let Some((i, r)) = queue.next_if(|(_, r)| prefill == 0 || prefill + r.prompt.len() <= PREFILL_TOKENS) else { break };
+            prefill += r.prompt.len();
+            let capacity = (r.prompt.len() + params.max_new_tokens).min(context);
+            live.push(Live {
+                request: i,
+                cache: model.new_cache(capacity),
+                pending: r.prompt.to_vec(),
+                out: vec![],
+                rng: request_rng(params.seed, r.stream),
+            });
+        }
+        if live.is_empty() {
+            break;
+        }
+        let (mut caches, tokens): (Vec<&mut SeqCache>, Vec<&[u32]>) = live.iter_mut().map(|l| (&mut l.cache, l.pending.as_slice())).unzip();
+        let logits = model.step(&mut caches, &tokens);
+        let vocab = logits.len() / live.len();
+        let chosen: Vec<u32> = live.par_iter_mut().zip(logits.par_chunks(vocab)).map(|(l, row)| choose(row, params, &mut l.rng)).collect();
+        let mut still = Vec::with_capacity(live.len());
+        for (mut l, token) in live.into_iter().zip(chosen) {
+            l.out.push(token);
+            let len = requests[l.request].prompt.len() + l.out.len();
+            let finish = if stop.contains(&token) {
+                Some(Finish::Stop)
+            } else if l.out.len() >= params.max_new_tokens || len >= context {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            match finish {
+                Some(f) => {
+                    progress(1, l.out.len());
+                    done[l.request] = Some(Completion { ids: l.out, finish: f });
+                }
+                None => {
+                    l.pending = vec![token];
+                    still.push(l);
+                }
+            }
+        }
+        live = still;
+    }
+    done.into_iter().map(|c| c.expect("every request finishes")).collect()
 }
 
 /// Completes every request in one batch. `stop` ends a sequence (end-of-turn, end-of-text);

@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use eval::benchmark::{load_benchmark, Benchmark};
 use eval::report::{markdown, write_summary, EvalConfig, Summary};
-use model::generate::{generate_batch, stop_ids, Request};
+use model::generate::{stop_ids, Generator, Request};
 use model::sampling::Sampling;
 use model::Llama;
 use schemas::train::TrainRecipe;
@@ -379,12 +379,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tok_source.display()
                 )
             })?;
-            let device = Default::default();
-            let m = Llama::<Flex>::load(&model, &device)?;
+            let m = load_generator(&model, Device::Cpu)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
-            for (i, c) in generate_batch(&m, &requests, &params, &stop_ids(&tok), tok.pad_id(), &device).iter().enumerate() {
+            for (i, c) in m.complete(&requests, &params, &stop_ids(&tok), requests.len(), &|_, _| {}).iter().enumerate() {
                 if json {
                     let line = serde_json::json!({ "prompt": prompt_text, "prompt_ids": prompt_ids, "ids": c.ids,
                         "finish": c.finish, "text": tok.decode(c.text_ids()) });
@@ -411,16 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 benchmarks: vec![],
             };
-            let summary = match device {
-                Device::Cpu => eval_on::<Flex>(&model, &benches, summary, &out, &Default::default())?,
-                // One batch at a time on the GPU: concurrent batches only help a CPU whose
-                // element-wise kernels are single-threaded.
-                #[cfg(feature = "cuda")]
-                Device::Cuda => rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()?
-                    .install(|| eval_on::<burn::backend::Cuda>(&model, &benches, summary, &out, &Default::default()))?,
-            };
+            let summary = on_device(device, || eval_on(&model, device, &benches, summary, &out))?;
             print!("{}", markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
             Ok(())
@@ -443,14 +433,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let sampling = Sampling { temperature, top_p, top_k, max_new_tokens, seed };
             let opts = trainer::sample::SampleOptions { model, prompts, out, force, samples, sampling, limit, batch_size, chunk_questions };
-            let s = match device {
-                Device::Cpu => trainer::sample::sample::<Flex>(&opts, &Default::default())?,
-                #[cfg(feature = "cuda")]
-                Device::Cuda => rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()?
-                    .install(|| trainer::sample::sample::<burn::backend::Cuda>(&opts, &Default::default()))?,
-            };
+            let s = on_device(device, || trainer::sample::sample(&opts, &|path| load_generator(path, device)))?;
             let r = s.manifest.rollouts.as_ref().expect("a rollouts snapshot");
             if s.reused {
                 println!("{} already holds these rollouts (cache key {}): nothing to sample", opts.out.display(), r.cache_key);
@@ -510,11 +493,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let params = sampling.with_budget(new_tokens);
             let runs: Vec<(usize, usize)> = batch.iter().flat_map(|&b| (0..repeat.max(1)).map(move |r| (b, r))).collect();
-            match device {
-                Device::Cpu => bench_generate_on::<Flex>(&model, &bench, &params, &runs, &Default::default()),
-                #[cfg(feature = "cuda")]
-                Device::Cuda => bench_generate_on::<burn::backend::Cuda>(&model, &bench, &params, &runs, &Default::default()),
-            }
+            on_device(device, || bench_generate_on(&model, device, &bench, &params, &runs))
         }
         Command::Rows { snapshot, rows, model, device, out } => {
             let snap = schemas::snapshot::load_snapshot(&snapshot)?;
@@ -616,12 +595,36 @@ fn snapshot_parent(m: &schemas::Manifest) -> String {
     m.ref_logprobs.as_ref().map(|i| i.parent_snapshot_id.clone()).unwrap_or_default()
 }
 
-fn eval_on<B: burn::tensor::backend::Backend>(
+/// The model `eval`, `sample`, `generate` and `bench-generate` decode with: on CPU the host
+/// decoder (`model::host`: continuous batching, weights streamed once per step for the whole
+/// batch), on a GPU the Burn model.
+fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<dyn Generator>> {
+    Ok(match device {
+        Device::Cpu => Box::new(model::HostDecoder::load(path)?),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let device = Default::default();
+            Box::new(model::generate::BurnGenerator { model: Llama::<burn::backend::Cuda>::load(path, &device)?, device })
+        }
+    })
+}
+
+/// Runs `f` as `device` wants its work: on a GPU one batch at a time (a one-thread pool), since
+/// concurrent batches only help a CPU.
+fn on_device<T: Send>(device: Device, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    match device {
+        Device::Cpu => f(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(f),
+    }
+}
+
+fn eval_on(
     model: &std::path::Path,
+    device: Device,
     benches: &[Benchmark],
     mut summary: Summary,
     out: &std::path::Path,
-    device: &B::Device,
 ) -> anyhow::Result<Summary> {
     // Results already in `out` for the same model hash, settings and snapshot are reused, so an
     // interrupted or repeated run only evaluates what is missing.
@@ -644,10 +647,10 @@ fn eval_on<B: burn::tensor::backend::Backend>(
             continue;
         }
         if model_cell.is_none() {
-            model_cell = Some(Llama::<B>::load(model, device)?);
+            model_cell = Some(load_generator(model, device)?);
         }
-        let m = model_cell.as_ref().expect("loaded");
-        let s = eval::evaluate::evaluate(m, b, &summary.config, out, device)?;
+        let m = model_cell.as_deref().expect("loaded");
+        let s = eval::evaluate::evaluate(m, b, &summary.config, out)?;
         eprintln!(
             "{}: Average@{} {:.1}% over {} prompts ({:.0} s)",
             s.bench,
@@ -663,19 +666,24 @@ fn eval_on<B: burn::tensor::backend::Backend>(
 }
 
 /// Each `(batch size, run number)` of `runs`, timed and printed as a JSON line.
-fn bench_generate_on<B: burn::tensor::backend::Backend>(
+fn bench_generate_on(
     model: &std::path::Path,
+    device: Device,
     bench: &Benchmark,
     params: &Sampling,
     runs: &[(usize, usize)],
-    device: &B::Device,
 ) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let m = Llama::<B>::load(model, device)?;
-    m.check_vocab(bench.manifest.tokenizer.vocab_size)?;
+    let m = load_generator(model, device)?;
+    let vocab = bench.manifest.tokenizer.vocab_size;
+    anyhow::ensure!(
+        m.config().vocab_size >= vocab,
+        "model vocab {} is smaller than the snapshot tokenizer's {vocab}",
+        m.config().vocab_size
+    );
     let load_seconds = t0.elapsed().as_secs_f64();
     for &(b, run) in runs {
-        let r = eval::throughput::measure(&m, &eval::throughput::prompts(bench, b), params, device);
+        let r = eval::throughput::measure(m.as_ref(), &eval::throughput::prompts(bench, b), params);
         let mut line = serde_json::to_value(&r)?;
         line["run"] = run.into();
         line["load_seconds"] = load_seconds.into();

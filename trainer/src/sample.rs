@@ -18,12 +18,10 @@
 
 use crate::journal::WorkDir;
 use anyhow::{bail, Context};
-use burn::tensor::backend::Backend;
 use eval::benchmark::{load_benchmark, Prompt};
 use eval::evaluate::{check_vocab, generate_samples};
-use model::generate::{stop_ids, Finish};
+use model::generate::{stop_ids, Finish, Generator};
 use model::sampling::Sampling;
-use model::Llama;
 use model_files::checkpoint::model_hash;
 use schemas::manifest::{Manifest, RolloutsInfo, VerifierCount};
 use schemas::rollouts::{publish_rollouts, CacheKey, Rollout};
@@ -83,10 +81,9 @@ fn check_training_questions(dir: &Path, manifest: &Manifest) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn sample<B: Backend>(opts: &SampleOptions, device: &B::Device) -> anyhow::Result<SampleSummary>
-where
-    Llama<B>: Sync,
-{
+/// `load` opens the model for decoding (the host decoder on CPU, Burn on a GPU); it is called
+/// only when something is left to sample.
+pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<dyn Generator>>) -> anyhow::Result<SampleSummary> {
     let s = &opts.sampling;
     anyhow::ensure!(opts.samples >= 1, "--samples must be at least 1");
     anyhow::ensure!(
@@ -150,8 +147,8 @@ where
     let clock = Instant::now();
     let mut new_tokens = 0u64;
     if !pending.is_empty() {
-        let model = Llama::<B>::load(&opts.model, device)?;
-        check_vocab(&bench.name, questions, model.config.vocab_size)?;
+        let model = load(&opts.model)?;
+        check_vocab(&bench.name, questions, model.config().vocab_size)?;
         let tok = &bench.tokenizer;
         let stop = stop_ids(tok);
         let bar = progress::generation(n * k, "sample");
@@ -159,22 +156,11 @@ where
         let tokens = std::sync::atomic::AtomicU64::new(0);
         for (start, count) in pending {
             let chunk = &questions[start..start + count];
-            let completions = generate_samples(
-                &model,
-                chunk,
-                start,
-                k,
-                &opts.sampling,
-                key.batch_size,
-                &stop,
-                tok.pad_id(),
-                |seqs, toks| {
-                    let total = tokens.fetch_add(toks as u64, std::sync::atomic::Ordering::Relaxed) + toks as u64;
-                    bar.inc(seqs as u64);
-                    bar.set_message(format!("{:.0} tok/s", total as f64 / clock.elapsed().as_secs_f64().max(1e-9)));
-                },
-                device,
-            );
+            let completions = generate_samples(model.as_ref(), chunk, start, k, &opts.sampling, key.batch_size, &stop, |seqs, toks| {
+                let total = tokens.fetch_add(toks as u64, std::sync::atomic::Ordering::Relaxed) + toks as u64;
+                bar.inc(seqs as u64);
+                bar.set_message(format!("{:.0} tok/s", total as f64 / clock.elapsed().as_secs_f64().max(1e-9)));
+            });
             let mut rows: Vec<Rollout> = vec![];
             for (q, samples) in chunk.iter().zip(&completions) {
                 for (s, c) in samples.iter().enumerate() {
