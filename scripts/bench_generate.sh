@@ -81,7 +81,7 @@ for b, l in sorted(llama.items()):
 host = [r for r in runs if r["engine"] == "host"]
 best = max(host, key=lambda r: r["tokens_per_second"])
 print(f"best rectify batch: {best['batch']} ({best['tokens_per_second']:.1f} tok/s)")
-print(f"ceilings: batch 1 <= {ceil['bandwidth_gb_per_s']:.1f} GB/s / {ceil['weight_bytes'] / 1e6:.0f} MB of f32 weights per step"
+print(f"ceilings: batch 1 <= {ceil['bandwidth_gb_per_s']:.1f} GB/s / {ceil['weight_bytes'] / 1e6:.0f} MB of weights (as stored) per step"
       f" = {ceil['batch1_tokens_per_second']:.1f} tok/s;"
       f" compute <= {ceil['matmul_gflops']:.0f} GFLOP/s / {ceil['flops_per_token'] / 1e6:.0f} MFLOP per token"
       f" = {ceil['compute_tokens_per_second']:.0f} tok/s")
