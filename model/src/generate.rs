@@ -141,6 +141,18 @@ where
     }
 }
 
+/// Whether a sequence ends after `token`, the last of `out`: on a stop id, at the token budget,
+/// or at the end of the model's context. One rule for both engines.
+fn finish(token: u32, out: &[u32], prompt: usize, params: &Sampling, stop: &[u32], context: usize) -> Option<Finish> {
+    if stop.contains(&token) {
+        Some(Finish::Stop)
+    } else if out.len() >= params.max_new_tokens || prompt + out.len() >= context {
+        Some(Finish::Length)
+    } else {
+        None
+    }
+}
+
 /// Prompt tokens one step of continuous batching prefills at most (beyond its first new
 /// sequence), which bounds the step's activations.
 const PREFILL_TOKENS: usize = 4096;
@@ -200,15 +212,7 @@ pub fn generate_continuous(
         let mut still = Vec::with_capacity(live.len());
         for (mut l, token) in live.into_iter().zip(chosen) {
             l.out.push(token);
-            let len = requests[l.request].prompt.len() + l.out.len();
-            let finish = if stop.contains(&token) {
-                Some(Finish::Stop)
-            } else if l.out.len() >= params.max_new_tokens || len >= context {
-                Some(Finish::Length)
-            } else {
-                None
-            };
-            match finish {
+            match finish(token, &l.out, requests[l.request].prompt.len(), params, stop, context) {
                 Some(f) => {
                     progress(1, l.out.len());
                     done[l.request] = Some(Completion { ids: l.out, finish: f });
@@ -281,15 +285,7 @@ pub fn generate_batch<B: Backend>(
         for (row, &i) in live.iter().enumerate() {
             let token = choose(&host[row * vocab..(row + 1) * vocab], params, &mut rngs[i]);
             outputs[i].push(token);
-            let len = requests[i].prompt.len() + outputs[i].len();
-            let finish = if stop.contains(&token) {
-                Some(Finish::Stop)
-            } else if outputs[i].len() >= params.max_new_tokens || len >= context {
-                Some(Finish::Length)
-            } else {
-                None
-            };
-            match finish {
+            match finish(token, &outputs[i], requests[i].prompt.len(), params, stop, context) {
                 Some(f) => done[i] = Some(Completion { ids: std::mem::take(&mut outputs[i]), finish: f }),
                 None => {
                     keep.push(row);

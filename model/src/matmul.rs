@@ -51,6 +51,25 @@ enum Store {
     Q8_0 { d: Vec<f32>, qs: Vec<i8> },
 }
 
+impl Store {
+    /// Appends `other`'s panels if it is of the same kind; false (and unchanged) otherwise.
+    fn append(&mut self, other: &Store) -> bool {
+        match (self, other) {
+            (Store::F32(a), Store::F32(b)) => a.extend_from_slice(b),
+            (Store::Q4_1 { dm, nibbles }, Store::Q4_1 { dm: dm2, nibbles: nibbles2 }) => {
+                dm.extend_from_slice(dm2);
+                nibbles.extend_from_slice(nibbles2);
+            }
+            (Store::Q8_0 { d, qs }, Store::Q8_0 { d: d2, qs: qs2 }) => {
+                d.extend_from_slice(d2);
+                qs.extend_from_slice(qs2);
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
 impl Weight {
     /// From a row-major `[out, k]` matrix.
     pub fn new(out: usize, k: usize, data: Vec<f32>) -> Self {
@@ -121,24 +140,13 @@ impl Weight {
         assert!(parts.iter().all(|p| p.k == k), "stacked weights share their input width");
         let out = parts.iter().map(|p| p.out).sum();
         let whole = parts.iter().all(|p| p.out.is_multiple_of(PANEL));
-        let store = match parts.iter().map(|p| &p.store).collect::<Vec<_>>().as_slice() {
-            all if whole && all.iter().all(|s| matches!(s, Store::F32(_))) => {
-                Store::F32(all.iter().flat_map(|s| if let Store::F32(d) = s { d.clone() } else { unreachable!() }).collect())
+        if whole {
+            let mut store = parts[0].store.clone();
+            if parts[1..].iter().all(|p| store.append(&p.store)) {
+                return Weight { out, k, store };
             }
-            all if whole && all.iter().all(|s| matches!(s, Store::Q4_1 { .. })) => Store::Q4_1 {
-                dm: all.iter().flat_map(|s| if let Store::Q4_1 { dm, .. } = s { dm.clone() } else { unreachable!() }).collect(),
-                nibbles: all
-                    .iter()
-                    .flat_map(|s| if let Store::Q4_1 { nibbles, .. } = s { nibbles.clone() } else { unreachable!() })
-                    .collect(),
-            },
-            all if whole && all.iter().all(|s| matches!(s, Store::Q8_0 { .. })) => Store::Q8_0 {
-                d: all.iter().flat_map(|s| if let Store::Q8_0 { d, .. } = s { d.clone() } else { unreachable!() }).collect(),
-                qs: all.iter().flat_map(|s| if let Store::Q8_0 { qs, .. } = s { qs.clone() } else { unreachable!() }).collect(),
-            },
-            _ => return Weight::new(out, k, parts.iter().flat_map(|p| (0..p.out).flat_map(|o| p.row(o))).collect()),
-        };
-        Weight { out, k, store }
+        }
+        Weight::new(out, k, parts.iter().flat_map(|p| (0..p.out).flat_map(|o| p.row(o))).collect())
     }
 
     /// Row `o` as f32 (an embedding lookup).
