@@ -42,7 +42,7 @@ pub struct SampleOptions {
     pub sampling: Sampling,
     /// Only the first N questions.
     pub limit: Option<usize>,
-    /// Sequences decoded together (one batch per CPU thread at a time).
+    /// Sequences in flight at once (continuous batching on CPU, fixed batches on CUDA).
     pub batch_size: usize,
     /// Questions per resumable chunk.
     pub chunk_questions: usize,
