@@ -1,8 +1,9 @@
 //! The decoder on host memory, for generation on CPU: the same model as `decoder.rs`, laid out
 //! for decoding instead of training.
 //!
-//! - Weights stay in Hugging Face's `[out, in]` layout, the layout `matmul.rs` streams, with
-//!   q/k/v and gate/up stacked into one matrix each, so a layer makes four weight passes.
+//! - Weights are stored once, at load, in the panels `matmul.rs` streams (a GGUF's Q4_1 and
+//!   Q8_0 blocks kept as they are), with q/k/v and gate/up stacked into one matrix each, so a
+//!   layer makes four weight passes.
 //! - Each sequence owns its keys and values, preallocated for its prompt plus its token budget
 //!   and written in place, instead of concatenated into a new tensor every step.
 //! - One step runs any mix of sequences: a new sequence's whole prompt and a decoding
@@ -11,7 +12,8 @@
 //!
 //! A row's arithmetic never depends on the other rows of the step (see `matmul.rs`), so a
 //! sequence decodes to the same bits alone or in any batch. Burn keeps the training path and
-//! the GPU; `tests/host_parity.rs` checks this file against it.
+//! the GPU; `tests/host.rs` checks this file against transformers, the reference greedy ids
+//! and its own f32 load.
 
 use crate::matmul::{matmul, Weight};
 use anyhow::{bail, Context};

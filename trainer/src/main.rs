@@ -177,9 +177,9 @@ enum Command {
         /// Only the first N questions of the snapshot.
         #[arg(long)]
         limit: Option<usize>,
-        /// Sequences in flight at once (continuous batching: a finished one is replaced from the
-        /// queue). On CPU the same seed gives the same samples at any batch size; on 2 cores decoding
-        /// runs at about 195 new tokens/s from batch 8 up (README: Evaluation).
+        /// Sequences in flight at once (continuous batching: a finished one is replaced from
+        /// the queue). On CPU the same seed gives the same samples at any batch size; on 2 cores
+        /// decoding runs at about 195 new tokens/s from batch 8 up (README: Evaluation).
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
         /// Questions per resumable chunk of work (a chunk's K samples each are generated,
