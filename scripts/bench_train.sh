@@ -1,29 +1,80 @@
 #!/usr/bin/env bash
-# `make bench-train`: tokens/s and peak memory of one forward + backward + AdamW step of
-# SmolLM2-135M on CPU at several row lengths, and the achieved GFLOP/s as a fraction of a large
-# f32 matmul measured in the same run. Each length runs in its own process so peak RSS is its own.
+# `make bench-train`: DFT training steps of SmolLM2-135M on CPU, rectify against PyTorch on the
+# same rows, model, settings and cores, in the same run. For each row length (LENGTHS), STEPS
+# steps of one row each (the default snapshot's first rows, cut to the length): tokens/s and peak
+# RSS of each side, each in its own process so the peak is its own, and the ratio printed as
+# `N.NNx vs PyTorch`. rectify once more with per-layer activation recompute (RECOMPUTE_LENGTHS).
+# PyTorch (torch + transformers, from PyPI) is installed into a cache venv on first use; the
+# PyTorch side is `scripts/gpu_check.py --worker train`, the GPU check's own baseline, on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-OUT=${BENCH_OUT:-bench-out}
+OUT=${BENCH_OUT:-bench-out}/train
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-LENGTHS=${LENGTHS:-"256 512 1024 2048"}
+SNAPSHOT=${SNAPSHOT:-snapshots/default-unscored}
+LENGTHS=${LENGTHS:-"512 1024 2048"}
+RECOMPUTE_LENGTHS=${RECOMPUTE_LENGTHS:-"2048"}
+STEPS=${STEPS:-4}
+VENV=${TORCH_VENV:-$HOME/.cache/rectify/venv-torch}
 mkdir -p "$OUT"
 cargo build --release --workspace --examples
 make --no-print-directory model
+[ -f "$SNAPSHOT/manifest.json" ] || "$CARGO_TARGET_DIR/release/pipeline" build --recipe datasets/recipes/default.yaml --out "$SNAPSHOT" --force > /dev/null
+if ! "$VENV/bin/python" -c "import torch, transformers" 2> /dev/null; then
+  echo "installing torch and transformers into $VENV (PyPI; once)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet torch 'transformers>=5' safetensors
+fi
+PY=$VENV/bin/python
 BIN=$CARGO_TARGET_DIR/release/examples/bench_train
-$BIN --matmul 2048 > "$OUT/train_matmul.json"
-: > "$OUT/train_steps.jsonl"
+# PyTorch reads the model as a Hugging Face folder: the same weights, exported by rectify.
+HF=$OUT/model-hf
+[ -f "$HF/config.json" ] || "$CARGO_TARGET_DIR/release/trainer" export --model "$MODEL" --out "$HF" > /dev/null
+
+"$BIN" --matmul 2048 > "$OUT/matmul.json"
+: > "$OUT/results.jsonl"
 for n in $LENGTHS; do
-  $BIN "$MODEL" "$n" 256 3 >> "$OUT/train_steps.jsonl"
+  echo "seq_len $n: rectify" >&2
+  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-out "$OUT/rows-$n.jsonl" | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+  echo "seq_len $n: PyTorch" >&2
+  "$PY" - "$OUT" "$n" "$STEPS" "$HF" <<'PY'
+import json, sys
+out, n, steps, hf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# The bench's settings (bench_train.rs): one row per step, lr 1e-5, AdamW (0.9, 0.95, 1e-8, 0.01), clip 1.0.
+args = {"model": hf, "rows": f"{out}/rows-{n}.jsonl", "device": "cpu", "micro": 1, "clip": 1.0, "compile": False,
+        "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01},
+        "steps": [{"rows": [k], "lr": 1e-5} for k in range(steps)]}
+json.dump(args, open(f"{out}/torch-args-{n}.json", "w"))
+PY
+  "$PY" scripts/gpu_check.py --worker train "$OUT/torch-args-$n.json" | tail -1 | sed "s/^{/{\"engine\":\"pytorch\",\"seq_len\":$n,/" >> "$OUT/results.jsonl"
 done
-python3 - "$OUT" <<'PY'
+for n in $RECOMPUTE_LENGTHS; do
+  echo "seq_len $n: rectify with recompute" >&2
+  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --recompute | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+done
+
+"$PY" - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-mm = json.load(open(f"{out}/train_matmul.json"))
-print(f"ceiling: {mm['matmul_n']}^3 f32 matmul at {mm['gflops']:.1f} GFLOP/s (baseline)")
-print(f"{'seq_len':>8} {'step s':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of ceiling':>10} {'peak RSS MiB':>13}")
-for line in open(f"{out}/train_steps.jsonl"):
-    r = json.loads(line)
-    print(f"{r['seq_len']:>8} {r['step_seconds']:>8.2f} {r['tokens_per_second']:>9.0f} {r['gflops']:>8.1f} {r['gflops']/mm['gflops']:>10.1%} {r['peak_rss_mib']:>13.0f}")
+mm = json.load(open(f"{out}/matmul.json"))
+rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
+def torch_tps(r):
+    steps = r["steps"][1:] or r["steps"]   # the first step pays for allocation, as on rectify's side
+    return sum(s["tokens"] for s in steps) / sum(s["seconds"] for s in steps)
+print(f"ceiling: {mm['matmul_n']}^3 f32 matmul at {mm['gflops']:.1f} GFLOP/s")
+print(f"{'seq_len':>7} {'engine':>18} {'tokens/s':>9} {'GFLOP/s':>8} {'peak RSS GB':>11} {'speed':>17} {'memory':>17}  objectives")
+torch = {r["seq_len"]: r for r in rows if r["engine"] == "pytorch"}
+for r in rows:
+    n = r["seq_len"]
+    t = torch.get(n)
+    if r["engine"] == "pytorch":
+        tps, gb, name, gf = torch_tps(r), r["peak_rss_mib"] / 1024, "PyTorch eager", ""
+        objs = [s["objective"] for s in r["steps"]]
+        ratios = ("", "")
+    else:
+        tps, gb, gf = r["tokens_per_second"], r["peak_rss_mib"] / 1024, f"{r['gflops']:.1f}"
+        name = "rectify" + (" recompute" if r["recompute"] else "")
+        objs = r["objectives"]
+        ratios = (f"{tps / torch_tps(t):.2f}x vs PyTorch", f"{gb * 1024 / t['peak_rss_mib']:.2f}x vs PyTorch") if t else ("", "")
+    print(f"{n:>7} {name:>18} {tps:>9.1f} {gf:>8} {gb:>11.2f} {ratios[0]:>17} {ratios[1]:>17}  {' '.join(f'{o:.6f}' for o in objs)}")
 PY

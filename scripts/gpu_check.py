@@ -765,6 +765,11 @@ def worker(task, args_path):
     if dev.type == "cuda":
         result["torch_max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["torch_max_memory_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    else:
+        import resource
+
+        # Linux reports ru_maxrss in KiB: the process's peak resident set (make bench-train).
+        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
 

@@ -165,23 +165,38 @@ impl<B: Backend> Llama<B> {
     /// is causal within each run and zero across runs.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let h = self.hidden(input_ids, positions, segments);
-        let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed_tokens);
-        linear(h, head, None)
+        linear(h, self.head(), None)
     }
 
     /// Final hidden states (after the last norm), `[batch, seq, hidden]`.
     pub fn hidden(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
-        let [b, t] = input_ids.dims();
-        assert_eq!(segments.len(), b, "one segment list per row");
-        let d = self.config.hidden_size;
-        let mut x = self.params.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        assert_eq!(segments.len(), input_ids.dims()[0], "one segment list per row");
+        let mut x = self.embed(input_ids);
         for layer in &self.params.layers {
             x = self.block(layer, x, &positions, segments);
         }
+        self.final_norm(x)
+    }
+
+    /// The token embeddings of `input_ids` `[batch, seq]`: the residual stream entering block 0.
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        self.params.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, self.config.hidden_size])
+    }
+
+    /// The norm after the last block.
+    pub fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         rms_norm(x, &self.params.norm, self.config.rms_norm_eps)
     }
 
-    fn block(&self, l: &Block<B>, x: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+    /// The output projection `[vocab, hidden]`: `lm_head`, or the token embeddings when tied.
+    pub fn head(&self) -> &Tensor<B, 2> {
+        self.params.lm_head.as_ref().unwrap_or(&self.params.embed_tokens)
+    }
+
+    /// One transformer block (`l`, one of `params.layers`) on the residual stream `x`
+    /// `[batch, seq, hidden]`.
+    pub fn block(&self, l: &Block<B>, x: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let eps = self.config.rms_norm_eps;
         let h = rms_norm(x.clone(), &l.input_layernorm, eps);
         let x = x + self.attention(l, h, positions, segments);

@@ -49,18 +49,16 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
-        let d = self.config.hidden_size;
         let eps = self.config.rms_norm_eps;
-        let mut x = self.params.embed_tokens.clone().select(0, input_ids.reshape([b * t])).reshape([b, t, d]);
+        let mut x = self.embed(input_ids);
         for (l, layer_cache) in self.params.layers.iter().zip(&mut cache.layers) {
             let h = rms_norm(x.clone(), &l.input_layernorm, eps);
             let x_attn = x + self.attention_cached(l, h, &positions, &bias, layer_cache);
             x = self.mlp(l, x_attn);
         }
-        let last = rms_norm(x.narrow(1, t - 1, 1), &self.params.norm, eps);
-        let head = self.params.lm_head.as_ref().unwrap_or(&self.params.embed_tokens);
-        let v = head.dims()[0];
-        linear(last, head, None).reshape([b, v])
+        let last = self.final_norm(x.narrow(1, t - 1, 1));
+        let v = self.head().dims()[0];
+        linear(last, self.head(), None).reshape([b, v])
     }
 
     fn attention_cached(

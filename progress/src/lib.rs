@@ -44,3 +44,11 @@ pub fn init_logging() {
         .without_time()
         .init();
 }
+
+/// The process's peak resident memory so far in MiB (Linux `VmHWM`), for run summaries and
+/// benchmarks; `None` where `/proc` does not say.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

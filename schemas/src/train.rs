@@ -73,6 +73,10 @@ pub struct TrainRecipe {
     /// Write a checkpoint every N steps (and always at the end).
     #[serde(default = "default_ckpt")]
     pub checkpoint_every: u64,
+    /// Per-layer activation recompute: keep only each block's input from the forward pass and
+    /// run the block again in the backward pass. Less memory, more time; the same gradients.
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 fn default_loss() -> LossKind {

@@ -1,17 +1,26 @@
-//! One training step (forward + backward + AdamW) of a real model on CPU, for `make bench-train`.
+//! DFT training steps (forward + backward + clip + AdamW) of a real model on real packed rows, on
+//! CPU, for `make bench-train`.
 //!
-//! usage: bench_train MODEL SEQ_LEN [SEGMENT_LEN] [STEPS]
+//! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--recompute] [--rows-out FILE.jsonl]
 //!        bench_train --matmul N
 //!
-//! Prints one JSON line. FLOPs per step use the usual estimate for a decoder: 6 x tokens x
-//! (non-embedding parameters + the vocab x hidden output projection), plus attention scores and
-//! values, 12 x layers x hidden x sum(segment_len^2) / 2 (causal), forward and backward.
-//! `--matmul N` times an N x N x N f32 matmul, the machine's practical ceiling.
+//! Step k trains on row k of the snapshot, cut to its first SEQ_LEN tokens (and before any
+//! trailing padding), one row per step. `--rows-out` writes those rows as JSON lines for the
+//! PyTorch baseline (`scripts/gpu_check.py --worker train`), so both run the same tokens.
+//! Prints one JSON line: tokens/s over the steps after the first (which pays for allocation),
+//! the process's peak RSS, each step's objective and gradient norm, and achieved GFLOP/s. FLOPs
+//! per step use the usual estimate for a decoder: 6 x tokens x (non-embedding parameters + the
+//! vocab x hidden output projection), plus attention scores and values, 12 x layers x hidden x
+//! sum(segment_len^2) / 2 (causal), forward and backward. `--matmul N` times an N x N x N f32
+//! matmul, the machine's practical ceiling.
 
+use anyhow::{bail, ensure, Context};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use model::decoder::Llama;
-use schemas::snapshot::Row;
+use schemas::snapshot::{load_snapshot, segment_runs, Row};
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 use trainer::loss::LossKind;
 use trainer::optim::{clip_global, AdamW, AdamWConfig};
@@ -19,69 +28,105 @@ use trainer::train::{apply_update, micro_step};
 
 type B = Autodiff<Flex>;
 
+/// The bench's constant learning rate (the PyTorch baseline is given the same).
+const LR: f64 = 1e-5;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--matmul") {
-        let n: usize = args[2].parse()?;
-        let dev = Default::default();
-        let a = Tensor::<Flex, 2>::random([n, n], Distribution::Default, &dev);
-        let b = Tensor::<Flex, 2>::random([n, n], Distribution::Default, &dev);
-        let _ = a.clone().matmul(b.clone()).into_data();
-        let mut best = f64::INFINITY;
-        for _ in 0..5 {
-            let t = Instant::now();
-            let _ = a.clone().matmul(b.clone()).into_data();
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let flops = 2.0 * (n as f64).powi(3);
-        println!("{}", serde_json::json!({"matmul_n": n, "seconds": best, "gflops": flops / best / 1e9}));
-        return Ok(());
+        return matmul(args[2].parse()?);
     }
-    anyhow::ensure!(args.len() >= 3, "usage: bench_train MODEL SEQ_LEN [SEGMENT_LEN] [STEPS]");
-    let seq_len: usize = args[2].parse()?;
-    let seg_len: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(256).min(seq_len);
-    let steps: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(2);
-    let dev = Default::default();
-    let mut model = Llama::<B>::load(std::path::Path::new(&args[1]), &dev)?.map_params(&dev, |_, p| p.require_grad());
-    let cfg = model.config.clone();
+    ensure!(args.len() >= 5, "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--recompute] [--rows-out FILE.jsonl]");
+    let seq_len: usize = args[3].parse()?;
+    let steps: usize = args[4].parse()?;
+    let mut recompute = false;
+    let mut rows_out = None;
+    let mut rest = args[5..].iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--recompute" => recompute = true,
+            "--rows-out" => rows_out = Some(rest.next().context("--rows-out needs a file")?.clone()),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let snapshot = load_snapshot(Path::new(&args[2]))?;
+    ensure!(seq_len <= snapshot.seq_len, "SEQ_LEN {seq_len} is longer than the snapshot's rows ({})", snapshot.seq_len);
+    ensure!(steps <= snapshot.rows.len(), "{steps} steps need {steps} rows; the snapshot has {}", snapshot.rows.len());
+    let rows: Vec<Row> = snapshot.rows[..steps].iter().map(|r| cut(r, seq_len)).collect();
+    if let Some(path) = &rows_out {
+        let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
+        for r in &rows {
+            let line = serde_json::json!({"input_ids": r.input_ids, "position_ids": r.position_ids, "segment_ids": r.segment_ids, "loss_mask": r.loss_mask});
+            writeln!(f, "{line}")?;
+        }
+    }
 
-    // A packed row of equal segments with deterministic token ids, 70% of them targets.
-    let mut rng = schemas::rng::SplitMix64::new(1);
-    let row = Row {
-        input_ids: (0..seq_len).map(|_| rng.below(cfg.vocab_size) as i32).collect(),
-        loss_mask: (0..seq_len).map(|i| ((i % seg_len) * 10 >= seg_len * 3) as i8).collect(),
-        position_ids: (0..seq_len).map(|i| (i % seg_len) as i32).collect(),
-        segment_ids: (0..seq_len).map(|i| (i / seg_len) as i32 + 1).collect(),
-        ref_logprobs: None,
-    };
+    let dev = Default::default();
+    let mut model = Llama::<B>::load(Path::new(&args[1]), &dev)?.map_params(&dev, |_, p| p.require_grad());
+    let cfg = model.config.clone();
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 });
-    let mut times = vec![];
-    for _ in 0..steps {
+    let (mut times, mut objectives, mut norms) = (vec![], vec![], vec![]);
+    for row in &rows {
         let t = Instant::now();
-        let step = micro_step(&model, &[&row], LossKind::Dft, row.targets() as f64, &dev)?;
-        let (_, grads) = clip_global(step.grads, 1.0);
-        model = apply_update(model, grads, &mut opt, 1e-5, &dev);
+        let step = micro_step(&model, &[row], LossKind::Dft, row.targets().max(1) as f64, recompute, &dev)?;
+        let (norm, grads) = clip_global(step.grads, 1.0);
+        model = apply_update(model, grads, &mut opt, LR, &dev);
         let _ = model.params.norm.clone().into_data();
         times.push(t.elapsed().as_secs_f64());
+        objectives.push(step.objective);
+        norms.push(norm);
     }
-    // The first step pays for allocation warm-up; report the best of the rest.
-    let best = times.iter().skip(usize::from(times.len() > 1)).cloned().fold(f64::INFINITY, f64::min);
+    let tokens: Vec<usize> = rows.iter().map(|r| r.input_ids.len()).collect();
+    // The first step pays for allocation warm-up; the rest are timed.
+    let skip = usize::from(steps > 1);
+    let secs: f64 = times[skip..].iter().sum();
+    let timed_tokens: usize = tokens[skip..].iter().sum();
     let (d, l, v) = (cfg.hidden_size as f64, cfg.num_hidden_layers as f64, cfg.vocab_size as f64);
     let n_params: usize = model.named_params().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum();
-    let non_embed = n_params as f64 - v * d;
-    let segs = seq_len.div_ceil(seg_len);
-    let sum_sq: f64 = (0..segs).map(|s| (seg_len.min(seq_len - s * seg_len) as f64).powi(2)).sum();
-    let flops = 6.0 * seq_len as f64 * (non_embed + v * d) + 12.0 * l * d * sum_sq / 2.0;
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .unwrap_or(0.0);
+    let non_embed = n_params as f64 - if cfg.tie_word_embeddings { 0.0 } else { v * d } - v * d;
+    let flops: f64 = rows[skip..]
+        .iter()
+        .map(|r| {
+            let sum_sq: f64 = segment_runs(&r.segment_ids).iter().map(|&(_, n)| (n as f64).powi(2)).sum();
+            6.0 * r.input_ids.len() as f64 * (non_embed + v * d) + 12.0 * l * d * sum_sq / 2.0
+        })
+        .sum();
     println!(
         "{}",
         serde_json::json!({
-            "seq_len": seq_len, "segment_len": seg_len, "params": n_params, "step_seconds": best, "steps": times,
-            "tokens_per_second": seq_len as f64 / best, "gflops": flops / best / 1e9, "peak_rss_mib": rss / 1024.0,
+            "seq_len": seq_len, "recompute": recompute, "params": n_params, "rows": steps, "tokens": tokens,
+            "step_seconds": times, "objectives": objectives, "grad_norms": norms,
+            "tokens_per_second": timed_tokens as f64 / secs, "gflops": flops / secs / 1e9,
+            "peak_rss_mib": progress::peak_rss_mib().unwrap_or(0.0),
         })
     );
+    Ok(())
+}
+
+/// The first `len` tokens of a packed row, without trailing padding.
+fn cut(r: &Row, len: usize) -> Row {
+    let used = r.segment_ids.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1).min(len);
+    Row {
+        input_ids: r.input_ids[..used].to_vec(),
+        loss_mask: r.loss_mask[..used].to_vec(),
+        position_ids: r.position_ids[..used].to_vec(),
+        segment_ids: r.segment_ids[..used].to_vec(),
+        ref_logprobs: r.ref_logprobs.as_ref().map(|v| v[..used].to_vec()),
+    }
+}
+
+fn matmul(n: usize) -> anyhow::Result<()> {
+    let dev = Default::default();
+    let a = Tensor::<Flex, 2>::random([n, n], Distribution::Default, &dev);
+    let b = Tensor::<Flex, 2>::random([n, n], Distribution::Default, &dev);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let _ = a.clone().matmul(b.clone()).into_data();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let flops = 2.0 * (n as f64).powi(3);
+    println!("{}", serde_json::json!({"matmul_n": n, "seconds": best, "gflops": flops / best / 1e9}));
     Ok(())
 }

@@ -20,10 +20,22 @@
 //!
 //! `N` is the number of loss tokens in the whole optimizer step, not in the micro-batch, so
 //! gradient accumulation sums to exactly the objective of one big batch.
+//!
+//! **Only trained positions, in chunks.** The logits `z = h · Wᵀ` exist only for the positions
+//! whose next token is trained (the loss mask; about half of a packed row) and only a chunk of
+//! positions at a time ([`chunk_positions`]: about 64 MB of logits), so the `[tokens, vocab]`
+//! block (0.4 GB per 2048-token row at SmolLM2's 49,152 tokens, 1.2 GB at Qwen's 151,936, kept
+//! several times over by an autodiff graph) never exists. Each chunk's gradient is computed
+//! with the forward pass from the closed forms above, `dz = m·w·(softmax(z) - onehot(t)) / N`,
+//! then `dh = dz · W` and `dW += dzᵀ · h`, outside the autodiff graph (Liger-Kernel's fused
+//! linear cross-entropy does the same on GPU). They enter the graph through a surrogate scalar,
+//! `Σ h ⊙ sg(dh) + Σ W ⊙ sg(dW)`, whose gradient with respect to `h` and `W` is exactly
+//! `(dh, dW)`: backward through it and the rest of the model receives the objective's gradient.
 
+use crate::batch::Targets;
 use anyhow::bail;
-use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 pub use schemas::train::LossKind;
 
 /// An objective and its settings.
@@ -46,10 +58,22 @@ impl From<&schemas::train::TrainRecipe> for Loss {
     }
 }
 
-/// The objective of one micro-batch (to be summed over the step), plus detached sums for logging.
-pub struct LossParts<B: Backend> {
-    /// Scalar `[1]`: this micro-batch's share of the step objective.
-    pub objective: Tensor<B, 1>,
+/// Logits held at once: `chunk x vocab` floats, 64 MB. Large enough that the chunk's matmuls
+/// run at full width (341 positions at a 49,152-token vocabulary, 110 at 151,936).
+const CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// Positions per chunk of the output projection for a vocabulary of `vocab` tokens.
+pub fn chunk_positions(vocab: usize) -> usize {
+    (CHUNK_ELEMENTS / vocab.max(1)).max(1)
+}
+
+/// One micro-batch's objective (to be summed over the step) and its gradient carrier.
+pub struct LossParts<B: AutodiffBackend> {
+    /// Scalar `[1]` whose gradient is the objective's (see the module doc); its value is not
+    /// the objective. Call `backward()` on it.
+    pub surrogate: Tensor<B, 1>,
+    /// This micro-batch's share of the step objective.
+    pub objective: f64,
     /// Σ m_t · (-logp_t): plain cross-entropy, summed.
     pub ce_sum: f64,
     /// Σ m_t · p_t: for the mean probability of the target tokens.
@@ -58,51 +82,106 @@ pub struct LossParts<B: Backend> {
     pub tokens: f64,
 }
 
-/// `mask` is 1.0 on target positions; `reference` is the reference model's log-probability of
-/// each target (same shape, needed by `iwsft` only); `step_tokens` is N, the loss tokens of the
-/// whole step.
-pub fn objective<B: Backend>(
-    logp: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
-    reference: Option<Tensor<B, 2>>,
+/// The objective at the trained positions: `hidden` `[n, hidden]` holds the final hidden states
+/// of exactly the `n` positions of `targets` (in its order), `head` `[vocab, hidden]` is the
+/// output projection, `step_tokens` is N, the loss tokens of the whole step, and `chunk` the
+/// positions whose logits exist at once ([`chunk_positions`]; any value gives the same result).
+pub fn objective<B: AutodiffBackend>(
+    hidden: Tensor<B, 2>,
+    head: &Tensor<B, 2>,
+    targets: &Targets,
     loss: Loss,
     step_tokens: f64,
+    chunk: usize,
 ) -> anyhow::Result<LossParts<B>> {
-    let prob = logp.clone().detach().exp();
-    let weight = match loss.kind {
-        LossKind::Sft => mask.clone(),
-        LossKind::Dft => prob.clone() * mask.clone(),
-        LossKind::Iwsft => {
-            let Some(reference) = reference else {
-                bail!("the iwsft loss needs reference log-probabilities (a snapshot scored by `trainer score`)");
-            };
-            let [lo, hi] = loss.iwsft_clip;
-            (logp.clone().detach() - reference).exp().clamp(lo, hi) * mask.clone()
+    let n = targets.len();
+    assert_eq!(hidden.dims()[0], n, "one hidden state per target");
+    let reference = match (loss.kind, &targets.reference) {
+        (LossKind::Iwsft, None) => {
+            bail!("the iwsft loss needs reference log-probabilities (a snapshot scored by `trainer score`)")
         }
+        (LossKind::Iwsft, Some(r)) => Some(r),
+        _ => None,
     };
-    let objective = (logp.clone() * weight).sum().neg().div_scalar(step_tokens);
-    let scalar = |t: Tensor<B, 1>| t.into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
-    Ok(LossParts {
-        objective,
-        ce_sum: scalar((logp.detach() * mask.clone()).sum().neg()),
-        prob_sum: scalar((prob * mask.clone()).sum()),
-        tokens: scalar(mask.sum()),
-    })
+    let (h, w) = (hidden.clone().inner(), head.clone().inner());
+    let device = h.device();
+    let mut grad_h = Vec::with_capacity(n.div_ceil(chunk.max(1)));
+    let mut grad_w: Option<Tensor<B::InnerBackend, 2>> = None;
+    // Σ -w·logp, Σ -logp, Σ p, summed on the device and read once at the end.
+    let mut sums: Option<Tensor<B::InnerBackend, 1>> = None;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let c = chunk.max(1).min(n - start);
+        let hc = h.clone().narrow(0, start, c);
+        let ids = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(targets.ids[start..start + c].to_vec(), [c, 1]), &device);
+        let z = hc.clone().matmul(w.clone().transpose());
+        // The max is a constant shift of the log-sum-exp, for stability; it changes nothing else.
+        let max = z.clone().max_dim(1);
+        let e = (z.clone() - max.clone()).exp();
+        let sum_e = e.clone().sum_dim(1);
+        let logp = z.gather(1, ids.clone()) - max - sum_e.clone().log();
+        let p = logp.clone().exp();
+        let weight = match loss.kind {
+            LossKind::Sft => p.ones_like(),
+            LossKind::Dft => p.clone(),
+            LossKind::Iwsft => {
+                let [lo, hi] = loss.iwsft_clip;
+                let r = reference.expect("checked above")[start..start + c].to_vec();
+                let r = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(r, [c, 1]), &device);
+                (logp.clone() - r).exp().clamp(lo, hi)
+            }
+        };
+        let chunk_sums = Tensor::cat(vec![(weight.clone() * logp.clone()).sum().neg(), logp.sum().neg(), p.sum()], 0);
+        sums = Some(match sums {
+            Some(s) => s + chunk_sums,
+            None => chunk_sums,
+        });
+        // dz = (w / N) · (softmax(z) - onehot(t)), the gradient of the objective at these logits.
+        let scale = weight.div_scalar(step_tokens);
+        let dz = (e / sum_e) * scale.clone();
+        let dz = dz.scatter(1, ids, scale.neg(), IndexingUpdateOp::Add);
+        grad_h.push(dz.clone().matmul(w.clone()));
+        let gw = dz.transpose().matmul(hc);
+        grad_w = Some(match grad_w {
+            Some(acc) => acc + gw,
+            None => gw,
+        });
+    }
+    let (Some(sums), Some(grad_w)) = (sums, grad_w) else {
+        // No trained position: a zero surrogate that still reaches every parameter.
+        let surrogate = head.clone().sum().mul_scalar(0.0) + hidden.sum().mul_scalar(0.0);
+        return Ok(LossParts { surrogate, objective: 0.0, ce_sum: 0.0, prob_sum: 0.0, tokens: 0.0 });
+    };
+    let sums: Vec<f64> = sums.into_data().convert::<f64>().to_vec().expect("f64 sums");
+    let grad_h = Tensor::<B, 2>::from_inner(Tensor::cat(grad_h, 0));
+    let surrogate = (hidden * grad_h).sum() + (head.clone() * Tensor::<B, 2>::from_inner(grad_w)).sum();
+    Ok(LossParts { surrogate, objective: sums[0] / step_tokens, ce_sum: sums[1], prob_sum: sums[2], tokens: n as f64 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::{Int, TensorData};
     use model::logprobs::target_logprobs;
 
     type B = Autodiff<Flex>;
 
-    fn logits_and_targets() -> (Vec<f32>, Vec<i64>, Vec<f32>, [usize; 3]) {
-        // 1 row, 3 positions, vocab 4; the last position is not a target.
-        let z = vec![2.0, 0.5, -1.0, 0.0, /**/ -3.0, 1.0, 4.0, 0.5, /**/ 0.1, 0.2, 0.3, 0.4];
-        (z, vec![0, 3, 2], vec![1.0, 1.0, 0.0], [1, 3, 4])
+    fn leaf(v: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::<B, 2>::from_data(TensorData::new(v, shape), &Default::default()).require_grad()
+    }
+
+    fn floats(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    /// Two trained positions, vocab 4, and an identity head, so the hidden states are the
+    /// logits and their gradient is the logits' gradient.
+    fn two_positions() -> (Vec<f32>, Targets) {
+        let z = vec![2.0, 0.5, -1.0, 0.0, /**/ -3.0, 1.0, 4.0, 0.5];
+        (z, Targets { index: vec![0, 1], ids: vec![0, 3], reference: None })
+    }
+
+    fn identity(n: usize) -> Vec<f32> {
+        (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect()
     }
 
     fn host_softmax(z: &[f32]) -> Vec<f64> {
@@ -112,53 +191,73 @@ mod tests {
         e.iter().map(|x| x / s).collect()
     }
 
-    fn run(kind: LossKind, n: f64) -> (f64, Vec<f32>, LossParts<B>) {
-        run_with(kind, None, n)
+    /// The objective, its parts, and the gradients of hidden states and head.
+    fn run(h: &[f32], w: &[f32], d: usize, targets: &Targets, loss: Loss, n: f64, chunk: usize) -> (LossParts<B>, Vec<f32>, Vec<f32>) {
+        let (h, w) = (leaf(h.to_vec(), [h.len() / d, d]), leaf(w.to_vec(), [w.len() / d, d]));
+        let parts = objective(h.clone(), &w, targets, loss, n, chunk).unwrap();
+        let g = parts.surrogate.clone().backward();
+        let (gh, gw) = (floats(h.grad(&g).unwrap()), floats(w.grad(&g).unwrap()));
+        (parts, gh, gw)
     }
 
-    fn run_with(kind: LossKind, reference: Option<Vec<f32>>, n: f64) -> (f64, Vec<f32>, LossParts<B>) {
-        let (z, t, m, shape) = logits_and_targets();
+    /// The computation this module replaced, kept as the reference: the whole `[n, vocab]`
+    /// logits in one autodiff graph, `logp` by log-sum-exp, the weight detached.
+    fn full(h: &[f32], w: &[f32], d: usize, targets: &Targets, loss: Loss, n: f64) -> (f64, Vec<f32>, Vec<f32>) {
+        let (h, w) = (leaf(h.to_vec(), [h.len() / d, d]), leaf(w.to_vec(), [w.len() / d, d]));
+        let k = targets.len();
         let dev = Default::default();
-        let logits = Tensor::<B, 3>::from_data(TensorData::new(z, shape), &dev).require_grad();
-        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(t, [1, 3]), &dev);
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(m, [1, 3]), &dev);
-        let reference = reference.map(|r| Tensor::<B, 2>::from_data(TensorData::new(r, [1, 3]), &dev));
-        let parts = objective(target_logprobs(logits.clone(), targets), mask, reference, kind.into(), n).unwrap();
-        let value = parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
-        let grads = parts.objective.backward();
-        let g = logits.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap();
-        (value, g, parts)
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.ids.clone(), [1, k]), &dev);
+        let logp = target_logprobs(h.clone().matmul(w.clone().transpose()).unsqueeze::<3>(), ids);
+        let weight = match loss.kind {
+            LossKind::Sft => logp.ones_like(),
+            LossKind::Dft => logp.clone().detach().exp(),
+            LossKind::Iwsft => {
+                let r = Tensor::<B, 2>::from_data(TensorData::new(targets.reference.clone().unwrap(), [1, k]), &dev);
+                (logp.clone().detach() - r).exp().clamp(loss.iwsft_clip[0], loss.iwsft_clip[1])
+            }
+        };
+        let obj = (logp * weight).sum().neg().div_scalar(n);
+        let value = obj.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
+        let g = obj.backward();
+        (value, floats(h.grad(&g).unwrap()), floats(w.grad(&g).unwrap()))
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        }
     }
 
     #[test]
     fn loss_values_match_a_hand_computation() {
-        let (z, t, _, _) = logits_and_targets();
+        let (z, t) = two_positions();
         // By hand, position 0: softmax([2, .5, -1, 0])[0]; position 1: softmax([-3, 1, 4, .5])[3].
-        let p0 = host_softmax(&z[0..4])[t[0] as usize];
-        let p1 = host_softmax(&z[4..8])[t[1] as usize];
+        let p0 = host_softmax(&z[0..4])[0];
+        let p1 = host_softmax(&z[4..8])[3];
         let n = 5.0; // the step's loss tokens, more than this micro-batch's two
-        let (sft, _, parts) = run(LossKind::Sft, n);
-        assert!((sft - (-(p0.ln() + p1.ln()) / n)).abs() < 1e-6, "{sft}");
-        let (dft, _, _) = run(LossKind::Dft, n);
-        assert!((dft - (-(p0 * p0.ln() + p1 * p1.ln()) / n)).abs() < 1e-6, "{dft}");
-        assert!((parts.ce_sum - -(p0.ln() + p1.ln())).abs() < 1e-5);
-        assert!((parts.prob_sum - (p0 + p1)).abs() < 1e-6);
-        assert_eq!(parts.tokens, 2.0);
+        let (sft, _, _) = run(&z, &identity(4), 4, &t, LossKind::Sft.into(), n, 1);
+        assert!((sft.objective - (-(p0.ln() + p1.ln()) / n)).abs() < 1e-6, "{}", sft.objective);
+        let (dft, _, _) = run(&z, &identity(4), 4, &t, LossKind::Dft.into(), n, 2);
+        assert!((dft.objective - (-(p0 * p0.ln() + p1 * p1.ln()) / n)).abs() < 1e-6, "{}", dft.objective);
+        assert!((sft.ce_sum - -(p0.ln() + p1.ln())).abs() < 1e-5);
+        assert!((sft.prob_sum - (p0 + p1)).abs() < 1e-6);
+        assert_eq!(sft.tokens, 2.0);
     }
 
     #[test]
     fn dft_gradient_is_p_times_softmax_minus_onehot_over_n() {
-        let (z, t, m, _) = logits_and_targets();
+        let (z, t) = two_positions();
         let n = 3.0;
-        let (_, g, _) = run(LossKind::Dft, n);
-        let (_, g_sft, _) = run(LossKind::Sft, n);
-        for pos in 0..3 {
+        let (_, g, _) = run(&z, &identity(4), 4, &t, LossKind::Dft.into(), n, 1);
+        let (_, g_sft, _) = run(&z, &identity(4), 4, &t, LossKind::Sft.into(), n, 2);
+        for pos in 0..2 {
             let s = host_softmax(&z[pos * 4..pos * 4 + 4]);
-            let p = s[t[pos] as usize];
+            let p = s[t.ids[pos] as usize];
             for k in 0..4 {
-                let onehot = (k == t[pos] as usize) as u8 as f64;
-                let want = m[pos] as f64 * p * (s[k] - onehot) / n;
-                let want_sft = m[pos] as f64 * (s[k] - onehot) / n;
+                let onehot = (k == t.ids[pos] as usize) as u8 as f64;
+                let want = p * (s[k] - onehot) / n;
+                let want_sft = (s[k] - onehot) / n;
                 assert!((g[pos * 4 + k] as f64 - want).abs() < 1e-6, "dft pos {pos} k {k}: {} vs {want}", g[pos * 4 + k]);
                 assert!((g_sft[pos * 4 + k] as f64 - want_sft).abs() < 1e-6, "sft pos {pos} k {k}");
             }
@@ -167,55 +266,77 @@ mod tests {
 
     /// Reference log-probabilities that put token 0's ratio inside the bounds (e^0.3 = 1.35),
     /// token 1's above them (e^2 = 7.4, clipped to 1.8) and, in a second run, below them
-    /// (e^-3 = 0.05, clipped to 0.2). The last position is not a target; its reference is
-    /// arbitrary.
+    /// (e^-3 = 0.05, clipped to 0.2).
     #[test]
     fn iwsft_weights_are_clipped_ratios_and_its_gradient_is_w_times_softmax_minus_onehot_over_n() {
-        let (z, t, m, _) = logits_and_targets();
+        let (z, t) = two_positions();
         let n = 4.0;
-        let p: Vec<f64> = (0..3).map(|pos| host_softmax(&z[pos * 4..pos * 4 + 4])[t[pos] as usize]).collect();
+        let p: Vec<f64> = (0..2).map(|pos| host_softmax(&z[pos * 4..pos * 4 + 4])[t.ids[pos] as usize]).collect();
         for (shift1, w1) in [(2.0, 1.8), (-3.0, 0.2)] {
-            let reference = vec![(p[0].ln() - 0.3) as f32, (p[1].ln() - shift1) as f32, 5.0];
-            let w = [0.3f64.exp(), w1, 0.0];
-            let (value, g, parts) = run_with(LossKind::Iwsft, Some(reference), n);
+            let t = Targets { reference: Some(vec![(p[0].ln() - 0.3) as f32, (p[1].ln() - shift1) as f32]), ..t.clone() };
+            let w = [0.3f64.exp(), w1];
+            let (parts, g, _) = run(&z, &identity(4), 4, &t, LossKind::Iwsft.into(), n, 1);
             let want = -(w[0] * p[0].ln() + w[1] * p[1].ln()) / n;
-            assert!((value - want).abs() < 1e-6, "objective {value} vs {want}");
+            assert!((parts.objective - want).abs() < 1e-6, "objective {} vs {want}", parts.objective);
             assert!((parts.ce_sum - -(p[0].ln() + p[1].ln())).abs() < 1e-5);
-            for pos in 0..3 {
+            for pos in 0..2 {
                 let s = host_softmax(&z[pos * 4..pos * 4 + 4]);
                 for k in 0..4 {
-                    let onehot = (k == t[pos] as usize) as u8 as f64;
-                    let want = m[pos] as f64 * w[pos] * (s[k] - onehot) / n;
+                    let onehot = (k == t.ids[pos] as usize) as u8 as f64;
+                    let want = w[pos] * (s[k] - onehot) / n;
                     assert!((g[pos * 4 + k] as f64 - want).abs() < 1e-6, "iwsft pos {pos} k {k}: {} vs {want}", g[pos * 4 + k]);
                 }
             }
         }
         // The reference is the model itself: every weight is 1 and iwsft is sft.
-        let same = vec![p[0].ln() as f32, p[1].ln() as f32, 0.0];
-        let (iw, g_iw, _) = run_with(LossKind::Iwsft, Some(same), n);
-        let (sft, g_sft, _) = run(LossKind::Sft, n);
-        assert!((iw - sft).abs() < 1e-6);
-        assert!(g_iw.iter().zip(&g_sft).all(|(a, b)| (a - b).abs() < 1e-6));
+        let same = Targets { reference: Some(vec![p[0].ln() as f32, p[1].ln() as f32]), ..t.clone() };
+        let (iw, g_iw, _) = run(&z, &identity(4), 4, &same, LossKind::Iwsft.into(), n, 2);
+        let (sft, g_sft, _) = run(&z, &identity(4), 4, &t, LossKind::Sft.into(), n, 2);
+        assert!((iw.objective - sft.objective).abs() < 1e-6);
+        close(&g_iw, &g_sft, 1e-6, "iwsft = sft");
+    }
+
+    /// Chunked, trained-positions-only: the value and both gradients equal the whole-logits
+    /// computation for every objective, whatever the chunk (one position, a ragged split, all).
+    #[test]
+    fn chunks_give_the_full_computation_for_every_objective() {
+        let (n_pos, d, v) = (7, 5, 11);
+        let mut rng = schemas::rng::SplitMix64::new(7);
+        let mut draw = |k: usize, scale: f32| -> Vec<f32> {
+            (0..k).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).collect()
+        };
+        let (h, w) = (draw(n_pos * d, 4.0), draw(v * d, 2.0));
+        let reference: Vec<f32> = draw(n_pos, 3.0).iter().map(|x| x - 2.5).collect();
+        let t = Targets { index: (0..n_pos as i64).collect(), ids: vec![3, 0, 10, 3, 7, 1, 5], reference: Some(reference) };
+        for kind in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft] {
+            let (value, gh_full, gw_full) = full(&h, &w, d, &t, kind.into(), 9.0);
+            for chunk in [1, 3, 7, 100] {
+                let (parts, gh, gw) = run(&h, &w, d, &t, kind.into(), 9.0, chunk);
+                assert!(
+                    (parts.objective - value).abs() < 1e-6 * (1.0 + value.abs()),
+                    "{kind:?} chunk {chunk}: {} vs {value}",
+                    parts.objective
+                );
+                close(&gh, &gh_full, 1e-5, &format!("{kind:?} chunk {chunk} dh"));
+                close(&gw, &gw_full, 1e-5, &format!("{kind:?} chunk {chunk} dW"));
+            }
+        }
     }
 
     #[test]
     fn iwsft_without_reference_is_an_error() {
-        let (z, t, m, shape) = logits_and_targets();
-        let dev = Default::default();
-        let logits = Tensor::<Flex, 3>::from_data(TensorData::new(z, shape), &dev);
-        let targets = Tensor::<Flex, 2, Int>::from_data(TensorData::new(t, [1, 3]), &dev);
-        let mask = Tensor::<Flex, 2>::from_data(TensorData::new(m, [1, 3]), &dev);
-        let err = objective(target_logprobs(logits, targets), mask, None, LossKind::Iwsft.into(), 1.0).err().unwrap();
+        let (z, t) = two_positions();
+        let (h, w) = (leaf(z, [2, 4]), leaf(identity(4), [4, 4]));
+        let err = objective(h, &w, &t, LossKind::Iwsft.into(), 1.0, 4).err().unwrap();
         assert!(err.to_string().contains("trainer score"), "{err}");
     }
 
     #[test]
     fn log_probability_is_stable_for_extreme_logits() {
-        let dev = Default::default();
         // softmax would round the target's probability to 0 in f32, and log(0) = -inf.
-        let logits = Tensor::<Flex, 3>::from_data(TensorData::new(vec![1000.0f32, -1000.0], [1, 1, 2]), &dev);
-        let targets = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64], [1, 1]), &dev);
-        let lp = target_logprobs(logits, targets).into_data().convert::<f32>().to_vec::<f32>().unwrap()[0];
-        assert!((lp - -2000.0).abs() < 1e-2, "{lp}");
+        let t = Targets { index: vec![0], ids: vec![1], reference: None };
+        let (parts, g, _) = run(&[1000.0, -1000.0], &identity(2), 2, &t, LossKind::Sft.into(), 1.0, 1);
+        assert!((parts.ce_sum - 2000.0).abs() < 1e-2, "{}", parts.ce_sum);
+        assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
     }
 }

@@ -75,6 +75,9 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         checkpoint_every: Option<u64>,
+        /// Per-layer activation recompute (the recipe's `recompute: true`): less memory, slower.
+        #[arg(long)]
+        recompute: bool,
         /// Relative to the current folder (recipe paths are relative to the recipe).
         #[arg(long)]
         output_dir: Option<PathBuf>,
@@ -331,6 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch_tokens,
             seed,
             checkpoint_every,
+            recompute,
             output_dir,
             model,
             snapshot,
@@ -356,6 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = checkpoint_every {
                 r.checkpoint_every = v;
             }
+            r.recompute |= recompute;
             let cwd = |p: PathBuf| std::path::absolute(p).map(|p| p.display().to_string());
             if let Some(p) = output_dir {
                 r.output_dir = cwd(p)?;
@@ -721,6 +726,10 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
             "done: {} steps; last step objective {:.4}, cross-entropy {:.4}, mean token prob {:.3}, {:.0} tokens/s",
             s.steps, m.objective, m.cross_entropy, m.mean_token_prob, m.tokens_per_second
         );
+    }
+    if let Some(mib) = progress::peak_rss_mib() {
+        // Host memory: on CPU the whole run's, on a GPU only the host side of it.
+        println!("peak memory: {:.2} GB (peak resident set of this process)", mib / 1024.0);
     }
     println!("metrics:     {}", s.metrics.display());
     println!("checkpoints: {}", run.output_dir.join("checkpoints").display());

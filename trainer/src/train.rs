@@ -1,14 +1,13 @@
 //! The training loop: packed rows in, SFT, DFT or iw-SFT, AdamW with warmup + cosine, global clipping,
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
-use crate::batch::micro_batch;
+use crate::batch::{micro_batch, MicroBatch, Targets};
 use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE};
-use crate::loss::{objective, Loss, LossKind};
+use crate::loss::{chunk_positions, objective, Loss, LossKind, LossParts};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
-use model::logprobs::target_logprobs;
+use burn::tensor::{Int, Tensor, TensorData};
 use model::Llama;
 use rayon::prelude::*;
 use schemas::rng::shuffle;
@@ -192,12 +191,12 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let chunks: Vec<&[&Row]> = rows.chunks(r.micro_batch_rows).collect();
         for wave in chunks.chunks(concurrency.max(1)) {
             let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-                vec![micro_step(&model, wave[0], loss, step_tokens, device)]
+                vec![micro_step(&model, wave[0], loss, step_tokens, r.recompute, device)]
             } else {
                 wave.par_iter()
                     .map(|chunk| {
                         let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
-                        micro_step(&local, chunk, loss, step_tokens, device)
+                        micro_step(&local, chunk, loss, step_tokens, r.recompute, device)
                     })
                     .collect()
             };
@@ -300,25 +299,115 @@ pub fn apply_update<B: AutodiffBackend>(
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
+/// With `recompute`, only each block's input is kept from the forward pass and every block is
+/// run again, one at a time, in the backward pass (see [`recomputed_step`]).
 pub fn micro_step<B: AutodiffBackend>(
     model: &Llama<B>,
     rows: &[&Row],
     loss: impl Into<Loss>,
     step_tokens: f64,
+    recompute: bool,
     device: &B::Device,
 ) -> anyhow::Result<MicroResult<B>> {
     let mb = micro_batch::<B>(rows, device);
-    let [_, t] = mb.input_ids.dims();
-    let logits = model.forward(mb.input_ids, mb.positions, &mb.segments).narrow(1, 0, t - 1);
-    let parts = objective(target_logprobs(logits, mb.targets), mb.target_mask, mb.target_ref_logprobs, loss.into(), step_tokens)?;
-    let value = parts.objective.clone().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0];
-    let g = parts.objective.backward();
-    let grads = model
-        .named_params()
-        .into_iter()
-        .map(|(name, p)| p.grad(&g).with_context(|| format!("no gradient for {name}")).map(|gp| (name, gp)))
-        .collect::<anyhow::Result<_>>()?;
-    Ok(MicroResult { grads, objective: value, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
+    if recompute {
+        return recomputed_step(model, mb, loss.into(), step_tokens);
+    }
+    let h = model.hidden(mb.input_ids, mb.positions, &mb.segments);
+    let parts = head_objective(model, h, &mb.targets, loss.into(), step_tokens)?;
+    let mut grads = Grads::default();
+    grads.take(model, &parts.surrogate.clone().backward());
+    Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
+}
+
+/// The objective at a micro-batch's trained positions, from its final hidden states
+/// `[batch, seq, hidden]`.
+fn head_objective<B: AutodiffBackend>(
+    model: &Llama<B>,
+    h: Tensor<B, 3>,
+    targets: &Targets,
+    loss: Loss,
+    step_tokens: f64,
+) -> anyhow::Result<LossParts<B>> {
+    if targets.is_empty() {
+        // Nothing trained: a zero objective whose gradient still reaches every parameter.
+        let surrogate = h.sum().mul_scalar(0.0) + model.head().clone().sum().mul_scalar(0.0);
+        return Ok(LossParts { surrogate, objective: 0.0, ce_sum: 0.0, prob_sum: 0.0, tokens: 0.0 });
+    }
+    let [b, t, d] = h.dims();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.index.clone(), [targets.len()]), &h.device());
+    let h = h.reshape([b * t, d]).select(0, index);
+    objective(h, model.head(), targets, loss, step_tokens, chunk_positions(model.config.vocab_size))
+}
+
+/// Per-layer activation recompute: the forward pass runs without a graph and keeps only the
+/// residual stream entering each block (`layers + 1` tensors of `[batch, seq, hidden]`). The
+/// backward pass then goes block by block from the last: the block's input becomes a leaf, the
+/// block is run again with a graph, and its output's gradient, the one flowing down from above,
+/// is pushed through it (`Σ y ⊙ sg(dy)`). So one block's activations exist at a time, at the
+/// price of a second forward pass through every block.
+pub fn recomputed_step<B: AutodiffBackend>(
+    model: &Llama<B>,
+    mb: MicroBatch<B>,
+    loss: Loss,
+    step_tokens: f64,
+) -> anyhow::Result<MicroResult<B>> {
+    let plain: Llama<B::InnerBackend> = model.clone().map_params(&mb.input_ids.clone().inner().device(), |_, p| p.inner());
+    let positions = mb.positions.clone().inner();
+    let mut inputs = vec![plain.embed(mb.input_ids.clone().inner())];
+    for layer in &plain.params.layers {
+        let x = inputs.last().expect("embeddings first").clone();
+        inputs.push(plain.block(layer, x, &positions, &mb.segments));
+    }
+    let mut grads = Grads::default();
+    let x = Tensor::<B, 3>::from_inner(inputs.pop().expect("the last block's output")).require_grad();
+    let parts = head_objective(model, model.final_norm(x.clone()), &mb.targets, loss, step_tokens)?;
+    let g = parts.surrogate.backward();
+    grads.take(model, &g);
+    let mut upstream = x.grad(&g).context("no gradient for the last block's output")?;
+    for layer in model.params.layers.iter().rev() {
+        let x = Tensor::<B, 3>::from_inner(inputs.pop().expect("one input per block")).require_grad();
+        let y = model.block(layer, x.clone(), &mb.positions, &mb.segments);
+        let g = (y * Tensor::from_inner(upstream)).sum().backward();
+        grads.take(model, &g);
+        upstream = x.grad(&g).context("no gradient for a block's input")?;
+    }
+    let g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
+    grads.take(model, &g);
+    Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
+}
+
+/// Parameter gradients summed over one or more backward passes, by Hugging Face name.
+struct Grads<B: AutodiffBackend>(BTreeMap<String, Tensor<B::InnerBackend, 2>>);
+
+impl<B: AutodiffBackend> Default for Grads<B> {
+    fn default() -> Self {
+        Grads(BTreeMap::new())
+    }
+}
+
+impl<B: AutodiffBackend> Grads<B> {
+    /// Add the gradients one backward pass left on the model's parameters.
+    fn take(&mut self, model: &Llama<B>, g: &B::Gradients) {
+        for (name, p) in model.named_params() {
+            if let Some(gp) = p.grad(g) {
+                let sum = match self.0.remove(&name) {
+                    Some(acc) => acc + gp,
+                    None => gp,
+                };
+                self.0.insert(name, sum);
+            }
+        }
+    }
+
+    /// One gradient per parameter, in [`Llama::named_params`] order.
+    fn into_named(mut self, model: &Llama<B>) -> anyhow::Result<Vec<(String, Tensor<B::InnerBackend, 2>)>> {
+        model
+            .named_params()
+            .into_iter()
+            .map(|(name, _)| self.0.remove(&name).with_context(|| format!("no gradient for {name}")).map(|g| (name, g)))
+            .collect()
+    }
 }
 
 /// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
@@ -334,4 +423,127 @@ fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
         schemas::write_atomic(path, kept.as_bytes())?;
     }
     Ok(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use model::logprobs::target_logprobs;
+    use model_files::checkpoint::{Checkpoint, HostTensor};
+
+    type B = Autodiff<Flex>;
+
+    /// A 2-layer model with seeded random weights: a tied Llama, or a Qwen2 with q/k/v biases
+    /// and its own output head.
+    fn tiny(qwen: bool) -> Llama<B> {
+        let (kind, tied) = if qwen { ("qwen2", false) } else { ("llama", true) };
+        let config = serde_json::from_str(&format!(
+            r#"{{"model_type": "{kind}", "vocab_size": 300, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                "max_position_embeddings": 64, "tie_word_embeddings": {tied}}}"#
+        ))
+        .unwrap();
+        let mut rng = schemas::rng::SplitMix64::new(11);
+        let tensors = model_files::checkpoint::expected_tensors(&config)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let offset = if name.contains("norm") { 1.0 } else { 0.0 };
+                let data = (0..n).map(|_| offset + ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8).collect();
+                (name, HostTensor { shape, data })
+            })
+            .collect();
+        let model = Llama::<B>::from_checkpoint(&Checkpoint { config, tensors }, &Default::default()).unwrap();
+        model.map_params(&Default::default(), |_, p| p.require_grad())
+    }
+
+    /// Two rows of 12 tokens: two packed examples with a pad, and one example; reference
+    /// log-probabilities for iwsft.
+    fn rows() -> Vec<Row> {
+        let mut rng = schemas::rng::SplitMix64::new(5);
+        let mut ids = || (0..12).map(|_| rng.below(300) as i32).collect::<Vec<_>>();
+        let a = Row {
+            input_ids: ids(),
+            loss_mask: vec![0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0],
+            position_ids: vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0],
+            segment_ids: vec![1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0],
+            ref_logprobs: Some((0..12).map(|i| -0.3 * i as f32 - 4.0).collect()),
+        };
+        let b = Row {
+            input_ids: ids(),
+            loss_mask: vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+            position_ids: (0..12).collect(),
+            segment_ids: vec![1; 12],
+            ref_logprobs: Some((0..12).map(|i| -0.2 * i as f32 - 5.0).collect()),
+        };
+        vec![a, b]
+    }
+
+    /// The step as it was computed before trained-positions-only chunks: the whole logits,
+    /// `logp` at every position, the mask and the weight applied to it, one backward pass.
+    fn full_step(model: &Llama<B>, rows: &[&Row], loss: Loss, n: f64) -> (f64, BTreeMap<String, Vec<f32>>) {
+        let dev = Default::default();
+        let mb = micro_batch::<B>(rows, &dev);
+        let [b, t] = mb.input_ids.dims();
+        let logits = model.forward(mb.input_ids.clone(), mb.positions, &mb.segments).narrow(1, 0, t - 1);
+        let ids: Vec<i64> = mb.input_ids.into_data().convert::<i64>().to_vec().unwrap();
+        let next: Vec<i64> = (0..b).flat_map(|k| ids[k * t + 1..(k + 1) * t].to_vec()).collect();
+        let logp = target_logprobs(logits, Tensor::from_data(TensorData::new(next, [b, t - 1]), &dev)).reshape([b * (t - 1)]);
+        let mut mask = vec![0.0f32; b * (t - 1)];
+        let mut reference = vec![0.0f32; b * (t - 1)];
+        for (j, &i) in mb.targets.index.iter().enumerate() {
+            // Flat indices count `t` positions per row; the logits have `t - 1`.
+            let (k, p) = (i as usize / t, i as usize % t);
+            mask[k * (t - 1) + p] = 1.0;
+            reference[k * (t - 1) + p] = mb.targets.reference.as_ref().map_or(0.0, |r| r[j]);
+        }
+        let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [b * (t - 1)]), &dev);
+        let reference = Tensor::<B, 1>::from_data(TensorData::new(reference, [b * (t - 1)]), &dev);
+        let weight = match loss.kind {
+            LossKind::Sft => mask.clone(),
+            LossKind::Dft => logp.clone().detach().exp() * mask.clone(),
+            LossKind::Iwsft => (logp.clone().detach() - reference).exp().clamp(loss.iwsft_clip[0], loss.iwsft_clip[1]) * mask.clone(),
+        };
+        let obj = (logp * weight).sum().neg().div_scalar(n);
+        let value = obj.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
+        let g = obj.backward();
+        let grads = model.named_params().into_iter().map(|(name, p)| (name, host(p.grad(&g).unwrap()))).collect();
+        (value, grads)
+    }
+
+    fn host(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    fn assert_same_grads(got: &MicroResult<B>, want: &BTreeMap<String, Vec<f32>>, what: &str) {
+        assert_eq!(got.grads.len(), want.len(), "{what}: one gradient per parameter");
+        for (name, g) in &got.grads {
+            let (g, w) = (host(g.clone()), &want[name]);
+            let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let worst = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 2e-5 * scale, "{what}: {name} differs by {worst} (largest gradient {scale})");
+        }
+    }
+
+    /// Trained positions only, in chunks, with and without activation recompute: the same
+    /// objective and the same gradient of every parameter as the whole-logits computation, for
+    /// each objective, on a tied Llama and an untied Qwen2 with biases.
+    #[test]
+    fn micro_step_gives_the_whole_logits_gradients_with_and_without_recompute() {
+        let rows = rows();
+        let rows: Vec<&Row> = rows.iter().collect();
+        for qwen in [false, true] {
+            let model = tiny(qwen);
+            for kind in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft] {
+                let (value, want) = full_step(&model, &rows, kind.into(), 20.0);
+                for recompute in [false, true] {
+                    let what = format!("qwen {qwen} {kind:?} recompute {recompute}");
+                    let got = micro_step(&model, &rows, kind, 20.0, recompute, &Default::default()).unwrap();
+                    assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
+                    assert_same_grads(&got, &want, &what);
+                }
+            }
+        }
+    }
 }
