@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `make bench-train`: DFT training steps of SmolLM2-135M on CPU, rectify against PyTorch on the
 # same rows, model, settings and cores, in the same run. For each row length (LENGTHS), STEPS
-# steps of one row each (the default snapshot's first rows, cut to the length): tokens/s and peak
-# RSS of each side, each in its own process so the peak is its own, and the ratio printed as
-# `N.NNx vs PyTorch`. rectify once more with per-layer activation recompute (RECOMPUTE_LENGTHS).
+# steps of ROWS_PER_STEP rows each (the default snapshot's first rows, cut to the length; 2 rows
+# as `make train` takes them): tokens/s and peak RSS of each side, each in its own process so the
+# peak is its own, and the ratio printed as `N.NNx vs PyTorch`. rectify runs a step as the
+# training loop does (one row per core, side by side), PyTorch one row after the other with its
+# own threads on both cores. rectify once more with per-layer activation recompute
+# (RECOMPUTE_LENGTHS).
 # PyTorch (torch + transformers, from PyPI) is installed into a cache venv on first use; the
 # PyTorch side is `scripts/gpu_check.py --worker train`, the GPU check's own baseline, on CPU.
 set -euo pipefail
@@ -14,7 +17,8 @@ MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 SNAPSHOT=${SNAPSHOT:-snapshots/default-unscored}
 LENGTHS=${LENGTHS:-"512 1024 2048"}
 RECOMPUTE_LENGTHS=${RECOMPUTE_LENGTHS:-"2048"}
-STEPS=${STEPS:-4}
+STEPS=${STEPS:-3}
+ROWS_PER_STEP=${ROWS_PER_STEP:-2}
 VENV=${TORCH_VENV:-$HOME/.cache/rectify/venv-torch}
 mkdir -p "$OUT"
 cargo build --release --workspace --examples
@@ -35,22 +39,22 @@ HF=$OUT/model-hf
 : > "$OUT/results.jsonl"
 for n in $LENGTHS; do
   echo "seq_len $n: rectify" >&2
-  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-out "$OUT/rows-$n.jsonl" | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-per-step "$ROWS_PER_STEP" --rows-out "$OUT/rows-$n.jsonl" | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
   echo "seq_len $n: PyTorch" >&2
-  "$PY" - "$OUT" "$n" "$STEPS" "$HF" <<'PY'
+  "$PY" - "$OUT" "$n" "$STEPS" "$HF" "$ROWS_PER_STEP" <<'PY'
 import json, sys
-out, n, steps, hf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-# The bench's settings (bench_train.rs): one row per step, lr 1e-5, AdamW (0.9, 0.95, 1e-8, 0.01), clip 1.0.
+out, n, steps, hf, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+# The bench's settings (bench_train.rs): one row per micro-batch, lr 1e-5, AdamW (0.9, 0.95, 1e-8, 0.01), clip 1.0.
 args = {"model": hf, "rows": f"{out}/rows-{n}.jsonl", "device": "cpu", "micro": 1, "clip": 1.0, "compile": False,
         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01},
-        "steps": [{"rows": [k], "lr": 1e-5} for k in range(steps)]}
+        "steps": [{"rows": list(range(k * per, (k + 1) * per)), "lr": 1e-5} for k in range(steps)]}
 json.dump(args, open(f"{out}/torch-args-{n}.json", "w"))
 PY
   "$PY" scripts/gpu_check.py --worker train "$OUT/torch-args-$n.json" | tail -1 | sed "s/^{/{\"engine\":\"pytorch\",\"seq_len\":$n,/" >> "$OUT/results.jsonl"
 done
 for n in $RECOMPUTE_LENGTHS; do
   echo "seq_len $n: rectify with recompute" >&2
-  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --recompute | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-per-step "$ROWS_PER_STEP" --recompute | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
 done
 
 "$PY" - "$OUT" <<'PY'

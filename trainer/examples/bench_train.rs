@@ -1,17 +1,20 @@
 //! DFT training steps (forward + backward + clip + AdamW) of a real model on real packed rows, on
 //! CPU, for `make bench-train`.
 //!
-//! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--recompute] [--rows-out FILE.jsonl]
+//! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute] [--rows-out FILE.jsonl]
 //!        bench_train --matmul N
 //!
-//! Step k trains on row k of the snapshot, cut to its first SEQ_LEN tokens (and before any
-//! trailing padding), one row per step. `--rows-out` writes those rows as JSON lines for the
-//! PyTorch baseline (`scripts/gpu_check.py --worker train`), so both run the same tokens.
-//! Prints one JSON line: tokens/s over the steps after the first (which pays for allocation),
-//! the process's peak RSS, each step's objective and gradient norm, and achieved GFLOP/s. FLOPs
-//! per step use the usual estimate for a decoder: 6 x tokens x (non-embedding parameters + the
-//! vocab x hidden output projection), plus attention scores and values, 12 x layers x hidden x
-//! sum(segment_len^2) / 2 (causal), forward and backward. `--matmul N` times an N x N x N f32
+//! Step k trains on rows kR..kR+R-1 of the snapshot (R = 2 unless given), each cut to its first
+//! SEQ_LEN tokens (and before any trailing padding), one row per micro-batch and as many
+//! micro-batches side by side as there are cores: the training loop's own step
+//! (`trainer::train::step_gradients`), as `make train` runs it. `--rows-out` writes those rows as
+//! JSON lines for the PyTorch baseline (`scripts/gpu_check.py --worker train`), so both run the
+//! same tokens. Prints one JSON line: tokens/s over the steps after the first (which pays for
+//! allocation), the process's peak RSS, each step's objective and gradient norm, its time and
+//! the part of it spent in forward + backward (the rest is clipping and AdamW), and achieved
+//! GFLOP/s. FLOPs per step use the usual estimate for a decoder: 6 x tokens x (non-embedding
+//! parameters + the vocab x hidden output projection), plus attention scores and values,
+//! 12 x layers x hidden x sum(segment_len^2) / 2 (causal), forward and backward. `--matmul N` times an N x N x N f32
 //! matmul, the machine's practical ceiling.
 
 use anyhow::{bail, ensure, Context};
@@ -24,7 +27,7 @@ use std::path::Path;
 use std::time::Instant;
 use trainer::loss::LossKind;
 use trainer::optim::{clip_global, AdamW, AdamWConfig};
-use trainer::train::{apply_update, micro_step};
+use trainer::train::{apply_update, step_gradients};
 
 type B = Autodiff<Flex>;
 
@@ -36,23 +39,30 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--matmul") {
         return matmul(args[2].parse()?);
     }
-    ensure!(args.len() >= 5, "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--recompute] [--rows-out FILE.jsonl]");
+    ensure!(args.len() >= 5, "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute] [--rows-out FILE.jsonl]");
     let seq_len: usize = args[3].parse()?;
     let steps: usize = args[4].parse()?;
+    let mut per_step = 2;
     let mut recompute = false;
     let mut rows_out = None;
     let mut rest = args[5..].iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--recompute" => recompute = true,
+            "--rows-per-step" => per_step = rest.next().context("--rows-per-step needs a number")?.parse()?,
             "--rows-out" => rows_out = Some(rest.next().context("--rows-out needs a file")?.clone()),
             other => bail!("unknown argument {other}"),
         }
     }
     let snapshot = load_snapshot(Path::new(&args[2]))?;
     ensure!(seq_len <= snapshot.seq_len, "SEQ_LEN {seq_len} is longer than the snapshot's rows ({})", snapshot.seq_len);
-    ensure!(steps <= snapshot.rows.len(), "{steps} steps need {steps} rows; the snapshot has {}", snapshot.rows.len());
-    let rows: Vec<Row> = snapshot.rows[..steps].iter().map(|r| cut(r, seq_len)).collect();
+    ensure!(
+        steps * per_step <= snapshot.rows.len(),
+        "{steps} steps need {} rows; the snapshot has {}",
+        steps * per_step,
+        snapshot.rows.len()
+    );
+    let rows: Vec<Row> = snapshot.rows[..steps * per_step].iter().map(|r| cut(r, seq_len)).collect();
     if let Some(path) = &rows_out {
         let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
         for r in &rows {
@@ -65,10 +75,13 @@ fn main() -> anyhow::Result<()> {
     let mut model = Llama::<B>::load(Path::new(&args[1]), &dev)?.map_params(&dev, |_, p| p.require_grad());
     let cfg = model.config.clone();
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 });
-    let (mut times, mut objectives, mut norms) = (vec![], vec![], vec![]);
-    for row in &rows {
+    let (mut times, mut backward, mut objectives, mut norms) = (vec![], vec![], vec![], vec![]);
+    let cores = rayon::current_num_threads();
+    for step_rows in rows.chunks(per_step) {
         let t = Instant::now();
-        let step = micro_step(&model, &[row], LossKind::Dft, row.targets().max(1) as f64, recompute, &dev)?;
+        let step_rows: Vec<&Row> = step_rows.iter().collect();
+        let step = step_gradients(&model, &step_rows, 1, cores, LossKind::Dft.into(), recompute, &dev)?;
+        backward.push(t.elapsed().as_secs_f64());
         let (norm, grads) = clip_global(step.grads, 1.0);
         model = apply_update(model, grads, &mut opt, LR, &dev);
         let _ = model.params.norm.clone().into_data();
@@ -76,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         objectives.push(step.objective);
         norms.push(norm);
     }
-    let tokens: Vec<usize> = rows.iter().map(|r| r.input_ids.len()).collect();
+    let tokens: Vec<usize> = rows.chunks(per_step).map(|s| s.iter().map(|r| r.input_ids.len()).sum()).collect();
     // The first step pays for allocation warm-up; the rest are timed.
     let skip = usize::from(steps > 1);
     let secs: f64 = times[skip..].iter().sum();
@@ -84,7 +97,7 @@ fn main() -> anyhow::Result<()> {
     let (d, l, v) = (cfg.hidden_size as f64, cfg.num_hidden_layers as f64, cfg.vocab_size as f64);
     let n_params: usize = model.named_params().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum();
     let non_embed = n_params as f64 - if cfg.tie_word_embeddings { 0.0 } else { v * d } - v * d;
-    let flops: f64 = rows[skip..]
+    let flops: f64 = rows[skip * per_step..]
         .iter()
         .map(|r| {
             let sum_sq: f64 = segment_runs(&r.segment_ids).iter().map(|&(_, n)| (n as f64).powi(2)).sum();
@@ -94,8 +107,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "seq_len": seq_len, "recompute": recompute, "params": n_params, "rows": steps, "tokens": tokens,
-            "step_seconds": times, "objectives": objectives, "grad_norms": norms,
+            "seq_len": seq_len, "recompute": recompute, "params": n_params, "rows_per_step": per_step, "threads": cores, "step_tokens": tokens,
+            "step_seconds": times, "forward_backward_seconds": backward, "objectives": objectives, "grad_norms": norms,
             "tokens_per_second": timed_tokens as f64 / secs, "gflops": flops / secs / 1e9,
             "peak_rss_mib": progress::peak_rss_mib().unwrap_or(0.0),
         })

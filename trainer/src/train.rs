@@ -181,41 +181,10 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let t0 = Instant::now();
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
         let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
-        let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
-        let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
-        let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
-        // Burn's CPU backend runs element-wise ops on one thread, so on CPU the micro-batches of a
-        // step run side by side, each on its own copy of the parameters (separate autodiff leaves),
-        // and their gradients are summed in micro-batch order, which keeps the result independent
-        // of thread timing.
-        let chunks: Vec<&[&Row]> = rows.chunks(r.micro_batch_rows).collect();
-        for wave in chunks.chunks(concurrency.max(1)) {
-            let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-                vec![micro_step(&model, wave[0], loss, step_tokens, r.recompute, device)]
-            } else {
-                wave.par_iter()
-                    .map(|chunk| {
-                        let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
-                        micro_step(&local, chunk, loss, step_tokens, r.recompute, device)
-                    })
-                    .collect()
-            };
-            for result in results {
-                let m = result?;
-                obj += m.objective;
-                ce += m.ce_sum;
-                prob += m.prob_sum;
-                for (name, g) in m.grads {
-                    let sum = match grads.remove(&name) {
-                        Some(acc) => acc + g,
-                        None => g,
-                    };
-                    grads.insert(name, sum);
-                }
-            }
-        }
+        let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, r.recompute, device)?;
+        let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
-        let (norm, clipped) = clip_global(grads.into_iter().collect(), r.clip);
+        let (norm, clipped) = clip_global(step.grads, r.clip);
         if !obj.is_finite() || !ce.is_finite() || !norm.is_finite() {
             pb.abandon();
             bail!(
@@ -272,6 +241,64 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         None
     };
     Ok(Summary { steps: state.step, final_model, metrics: metrics_path, last })
+}
+
+/// The summed gradients and detached loss sums of one optimizer step.
+pub struct StepResult<B: AutodiffBackend> {
+    /// By parameter name, in name order.
+    pub grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
+    pub objective: f64,
+    pub ce_sum: f64,
+    pub prob_sum: f64,
+    /// N: the loss tokens of the step (at least 1).
+    pub tokens: f64,
+}
+
+/// Forward and backward over the rows of one optimizer step, `micro_batch_rows` at a time, with
+/// `concurrency` micro-batches side by side, their gradients summed.
+pub fn step_gradients<B: AutodiffBackend>(
+    model: &Llama<B>,
+    rows: &[&Row],
+    micro_batch_rows: usize,
+    concurrency: usize,
+    loss: Loss,
+    recompute: bool,
+    device: &B::Device,
+) -> anyhow::Result<StepResult<B>> {
+    let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
+    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
+    let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
+    // Burn's CPU backend runs element-wise ops on one thread, so on CPU the micro-batches of a
+    // step run side by side, each on its own copy of the parameters (separate autodiff leaves),
+    // and their gradients are summed in micro-batch order, which keeps the result independent
+    // of thread timing.
+    let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
+    for wave in chunks.chunks(concurrency.max(1)) {
+        let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
+            vec![micro_step(model, wave[0], loss, step_tokens, recompute, device)]
+        } else {
+            wave.par_iter()
+                .map(|chunk| {
+                    let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
+                    micro_step(&local, chunk, loss, step_tokens, recompute, device)
+                })
+                .collect()
+        };
+        for result in results {
+            let m = result?;
+            obj += m.objective;
+            ce += m.ce_sum;
+            prob += m.prob_sum;
+            for (name, g) in m.grads {
+                let sum = match grads.remove(&name) {
+                    Some(acc) => acc + g,
+                    None => g,
+                };
+                grads.insert(name, sum);
+            }
+        }
+    }
+    Ok(StepResult { grads: grads.into_iter().collect(), objective: obj, ce_sum: ce, prob_sum: prob, tokens: step_tokens })
 }
 
 /// Gradients and detached loss sums of one micro-batch.
