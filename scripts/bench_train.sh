@@ -5,8 +5,8 @@
 # as `make train` takes them): tokens/s and peak RSS of each side, each in its own process so the
 # peak is its own, and the ratio printed as `N.NNx vs PyTorch`. rectify runs a step as the
 # training loop does (one row per core, side by side), PyTorch one row after the other with its
-# own threads on both cores. rectify once more with per-layer activation recompute
-# (RECOMPUTE_LENGTHS).
+# own threads on both cores. rectify again with per-layer activation recompute at
+# RECOMPUTE_LENGTHS, once per RECOMPUTE setting (`all` blocks, or the first N, as the recipe key).
 # PyTorch (torch + transformers, from PyPI) is installed into a cache venv on first use; the
 # PyTorch side is `scripts/gpu_check.py --worker train`, the GPU check's own baseline, on CPU.
 set -euo pipefail
@@ -17,6 +17,7 @@ MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 SNAPSHOT=${SNAPSHOT:-snapshots/default-unscored}
 LENGTHS=${LENGTHS:-"512 1024 2048"}
 RECOMPUTE_LENGTHS=${RECOMPUTE_LENGTHS:-"2048"}
+RECOMPUTE=${RECOMPUTE:-"20 all"}
 STEPS=${STEPS:-3}
 ROWS_PER_STEP=${ROWS_PER_STEP:-2}
 VENV=${TORCH_VENV:-$HOME/.cache/rectify/venv-torch}
@@ -53,8 +54,10 @@ PY
   "$PY" scripts/gpu_check.py --worker train "$OUT/torch-args-$n.json" | tail -1 | sed "s/^{/{\"engine\":\"pytorch\",\"seq_len\":$n,/" >> "$OUT/results.jsonl"
 done
 for n in $RECOMPUTE_LENGTHS; do
-  echo "seq_len $n: rectify with recompute" >&2
-  "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-per-step "$ROWS_PER_STEP" --recompute | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+  for blocks in $RECOMPUTE; do
+    echo "seq_len $n: rectify with recompute $blocks" >&2
+    "$BIN" "$MODEL" "$SNAPSHOT" "$n" "$STEPS" --rows-per-step "$ROWS_PER_STEP" --recompute "$blocks" | sed 's/^{/{"engine":"rectify",/' >> "$OUT/results.jsonl"
+  done
 done
 
 "$PY" - "$OUT" <<'PY'
@@ -66,7 +69,7 @@ def torch_tps(r):
     steps = r["steps"][1:] or r["steps"]   # the first step pays for allocation, as on rectify's side
     return sum(s["tokens"] for s in steps) / sum(s["seconds"] for s in steps)
 print(f"ceiling: {mm['matmul_n']}^3 f32 matmul at {mm['gflops']:.1f} GFLOP/s")
-print(f"{'seq_len':>7} {'engine':>18} {'tokens/s':>9} {'GFLOP/s':>8} {'peak RSS GB':>11} {'speed':>17} {'memory':>17}  objectives")
+print(f"{'seq_len':>7} {'engine':>20} {'tokens/s':>9} {'GFLOP/s':>8} {'peak RSS GiB':>12} {'speed':>17} {'memory':>17}  objectives")
 torch = {r["seq_len"]: r for r in rows if r["engine"] == "pytorch"}
 for r in rows:
     n = r["seq_len"]
@@ -77,8 +80,8 @@ for r in rows:
         ratios = ("", "")
     else:
         tps, gb, gf = r["tokens_per_second"], r["peak_rss_mib"] / 1024, f"{r['gflops']:.1f}"
-        name = "rectify" + (" recompute" if r["recompute"] else "")
+        name = "rectify" + (f" recompute {r['recompute_blocks']}" if r["recompute_blocks"] else "")
         objs = r["objectives"]
         ratios = (f"{tps / torch_tps(t):.2f}x vs PyTorch", f"{gb * 1024 / t['peak_rss_mib']:.2f}x vs PyTorch") if t else ("", "")
-    print(f"{n:>7} {name:>18} {tps:>9.1f} {gf:>8} {gb:>11.2f} {ratios[0]:>17} {ratios[1]:>17}  {' '.join(f'{o:.6f}' for o in objs)}")
+    print(f"{n:>7} {name:>20} {tps:>9.1f} {gf:>8} {gb:>12.2f} {ratios[0]:>17} {ratios[1]:>17}  {' '.join(f'{o:.6f}' for o in objs)}")
 PY

@@ -73,10 +73,61 @@ pub struct TrainRecipe {
     /// Write a checkpoint every N steps (and always at the end).
     #[serde(default = "default_ckpt")]
     pub checkpoint_every: u64,
-    /// Per-layer activation recompute: keep only each block's input from the forward pass and
-    /// run the block again in the backward pass. Less memory, more time; the same gradients.
+    /// Per-layer activation recompute: `false`, `true` (every block) or a number of blocks.
     #[serde(default)]
-    pub recompute: bool,
+    pub recompute: Recompute,
+}
+
+/// Per-layer activation recompute: a recomputed block keeps only its input from the forward pass
+/// and runs again in the backward pass. Less memory, more time; the same gradients. A number `N`
+/// recomputes the first `N` blocks and keeps the others' activations, trading between the two
+/// (Megatron's "block" method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Recompute {
+    /// `true`: every block; `false`: none.
+    All(bool),
+    /// The first `N` blocks.
+    Blocks(usize),
+}
+
+impl Default for Recompute {
+    fn default() -> Self {
+        Recompute::All(false)
+    }
+}
+
+impl Recompute {
+    /// How many of a model's `layers` blocks recompute.
+    pub fn blocks(self, layers: usize) -> anyhow::Result<usize> {
+        match self {
+            Recompute::All(all) => Ok(if all { layers } else { 0 }),
+            Recompute::Blocks(n) if n <= layers => Ok(n),
+            Recompute::Blocks(n) => bail!("`recompute: {n}` asks for more blocks than the model's {layers}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "true" | "all" => Ok(Recompute::All(true)),
+            "false" | "none" => Ok(Recompute::All(false)),
+            n => {
+                n.parse().map(Recompute::Blocks).map_err(|_| anyhow::anyhow!("`recompute` is true, false or a number of blocks, got `{s}`"))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Recompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recompute::All(all) => write!(f, "{all}"),
+            Recompute::Blocks(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 fn default_loss() -> LossKind {
@@ -159,5 +210,22 @@ mod tests {
         let bad: TrainRecipe =
             serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: iwsft\niwsft_clip: [2.0, 1.0]\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("iwsft_clip"));
+    }
+
+    #[test]
+    fn recompute_is_a_flag_or_a_number_of_blocks() {
+        let with =
+            |v: &str| serde_norway::from_str::<TrainRecipe>(&format!("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nrecompute: {v}\n"));
+        let blocks = |v: &str| with(v).unwrap().recompute.blocks(30).unwrap();
+        assert_eq!((blocks("false"), blocks("true"), blocks("12"), blocks("0"), blocks("30")), (0, 30, 12, 0, 30));
+        let default: TrainRecipe = serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\n").unwrap();
+        assert_eq!(default.recompute.blocks(30).unwrap(), 0);
+        assert!(with("31").unwrap().recompute.blocks(30).unwrap_err().to_string().contains("31"));
+        assert!(with("-1").is_err() && with("some").is_err());
+        for v in ["all", "true", "none", "false", "7"] {
+            let r: Recompute = v.parse().unwrap();
+            assert_eq!(r.to_string().parse::<Recompute>().unwrap(), r);
+        }
+        assert!("x".parse::<Recompute>().is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! DFT training steps (forward + backward + clip + AdamW) of a real model on real packed rows, on
 //! CPU, for `make bench-train`.
 //!
-//! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute] [--rows-out FILE.jsonl]
+//! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute BLOCKS|all] [--rows-out FILE.jsonl]
 //!        bench_train --matmul N
 //!
 //! Step k trains on rows kR..kR+R-1 of the snapshot (R = 2 unless given), each cut to its first
@@ -22,6 +22,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use model::decoder::Llama;
 use schemas::snapshot::{load_snapshot, segment_runs, Row};
+use schemas::train::Recompute;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -39,16 +40,19 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--matmul") {
         return matmul(args[2].parse()?);
     }
-    ensure!(args.len() >= 5, "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute] [--rows-out FILE.jsonl]");
+    ensure!(
+        args.len() >= 5,
+        "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute BLOCKS|all] [--rows-out FILE.jsonl]"
+    );
     let seq_len: usize = args[3].parse()?;
     let steps: usize = args[4].parse()?;
     let mut per_step = 2;
-    let mut recompute = false;
+    let mut recompute = Recompute::All(false);
     let mut rows_out = None;
     let mut rest = args[5..].iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
-            "--recompute" => recompute = true,
+            "--recompute" => recompute = rest.next().context("--recompute needs a number of blocks or `all`")?.parse()?,
             "--rows-per-step" => per_step = rest.next().context("--rows-per-step needs a number")?.parse()?,
             "--rows-out" => rows_out = Some(rest.next().context("--rows-out needs a file")?.clone()),
             other => bail!("unknown argument {other}"),
@@ -74,13 +78,14 @@ fn main() -> anyhow::Result<()> {
     let dev = Default::default();
     let mut model = Llama::<B>::load(Path::new(&args[1]), &dev)?.map_params(&dev, |_, p| p.require_grad());
     let cfg = model.config.clone();
+    let recompute_blocks = recompute.blocks(cfg.num_hidden_layers)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 });
     let (mut times, mut backward, mut objectives, mut norms) = (vec![], vec![], vec![], vec![]);
     let cores = rayon::current_num_threads();
     for step_rows in rows.chunks(per_step) {
         let t = Instant::now();
         let step_rows: Vec<&Row> = step_rows.iter().collect();
-        let step = step_gradients(&model, &step_rows, 1, cores, LossKind::Dft.into(), recompute, &dev)?;
+        let step = step_gradients(&model, &step_rows, 1, cores, LossKind::Dft.into(), recompute_blocks, &dev)?;
         backward.push(t.elapsed().as_secs_f64());
         let (norm, grads) = clip_global(step.grads, 1.0);
         model = apply_update(model, grads, &mut opt, LR, &dev);
@@ -107,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "seq_len": seq_len, "recompute": recompute, "params": n_params, "rows_per_step": per_step, "threads": cores, "step_tokens": tokens,
+            "seq_len": seq_len, "recompute_blocks": recompute_blocks, "params": n_params, "rows_per_step": per_step, "threads": cores, "step_tokens": tokens,
             "step_seconds": times, "forward_backward_seconds": backward, "objectives": objectives, "grad_norms": norms,
             "tokens_per_second": timed_tokens as f64 / secs, "gflops": flops / secs / 1e9,
             "peak_rss_mib": progress::peak_rss_mib().unwrap_or(0.0),

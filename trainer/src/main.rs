@@ -75,9 +75,10 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         checkpoint_every: Option<u64>,
-        /// Per-layer activation recompute (the recipe's `recompute: true`): less memory, slower.
-        #[arg(long)]
-        recompute: bool,
+        /// Per-layer activation recompute, as the recipe's `recompute`: `all` (the default when
+        /// given bare), `none`, or a number of blocks (the first ones). Less memory, slower.
+        #[arg(long, value_name = "BLOCKS", num_args = 0..=1, default_missing_value = "all")]
+        recompute: Option<schemas::train::Recompute>,
         /// Relative to the current folder (recipe paths are relative to the recipe).
         #[arg(long)]
         output_dir: Option<PathBuf>,
@@ -360,7 +361,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = checkpoint_every {
                 r.checkpoint_every = v;
             }
-            r.recompute |= recompute;
+            if let Some(v) = recompute {
+                r.recompute = v;
+            }
             let cwd = |p: PathBuf| std::path::absolute(p).map(|p| p.display().to_string());
             if let Some(p) = output_dir {
                 r.output_dir = cwd(p)?;
@@ -729,7 +732,7 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
     }
     if let Some(mib) = progress::peak_rss_mib() {
         // Host memory: on CPU the whole run's, on a GPU only the host side of it.
-        println!("peak memory: {:.2} GB (peak resident set of this process)", mib / 1024.0);
+        println!("peak memory: {:.2} GiB (peak resident set of this process)", mib / 1024.0);
     }
     println!("metrics:     {}", s.metrics.display());
     println!("checkpoints: {}", run.output_dir.join("checkpoints").display());

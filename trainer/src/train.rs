@@ -169,6 +169,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     };
     let mut model: Llama<B> = Llama::<B>::load(&model_dir, device)?.map_params(device, |_, p| p.require_grad());
     model.check_vocab(snapshot.manifest.tokenizer.vocab_size)?;
+    let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
 
     let metrics_path = run.output_dir.join(METRICS_FILE);
     let mut metrics = open_metrics(&metrics_path, state.step)?;
@@ -181,7 +182,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let t0 = Instant::now();
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
         let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
-        let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, r.recompute, device)?;
+        let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
         let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
         let (norm, clipped) = clip_global(step.grads, r.clip);
@@ -262,7 +263,7 @@ pub fn step_gradients<B: AutodiffBackend>(
     micro_batch_rows: usize,
     concurrency: usize,
     loss: Loss,
-    recompute: bool,
+    recompute_blocks: usize,
     device: &B::Device,
 ) -> anyhow::Result<StepResult<B>> {
     let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
@@ -275,12 +276,12 @@ pub fn step_gradients<B: AutodiffBackend>(
     let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
     for wave in chunks.chunks(concurrency.max(1)) {
         let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-            vec![micro_step(model, wave[0], loss, step_tokens, recompute, device)]
+            vec![micro_step(model, wave[0], loss, step_tokens, recompute_blocks, device)]
         } else {
             wave.par_iter()
                 .map(|chunk| {
                     let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
-                    micro_step(&local, chunk, loss, step_tokens, recompute, device)
+                    micro_step(&local, chunk, loss, step_tokens, recompute_blocks, device)
                 })
                 .collect()
         };
@@ -326,19 +327,19 @@ pub fn apply_update<B: AutodiffBackend>(
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
-/// With `recompute`, only each block's input is kept from the forward pass and every block is
-/// run again, one at a time, in the backward pass (see [`recomputed_step`]).
+/// With `recompute_blocks` above 0, the first that many blocks keep only their input from the
+/// forward pass and run again in the backward pass (see [`recomputed_step`]).
 pub fn micro_step<B: AutodiffBackend>(
     model: &Llama<B>,
     rows: &[&Row],
     loss: impl Into<Loss>,
     step_tokens: f64,
-    recompute: bool,
+    recompute_blocks: usize,
     device: &B::Device,
 ) -> anyhow::Result<MicroResult<B>> {
     let mb = micro_batch::<B>(rows, device);
-    if recompute {
-        return recomputed_step(model, mb, loss.into(), step_tokens);
+    if recompute_blocks > 0 {
+        return recomputed_step(model, mb, loss.into(), step_tokens, recompute_blocks);
     }
     let h = model.hidden(mb.input_ids, mb.positions, &mb.segments);
     let parts = head_objective(model, h, &mb.targets, loss.into(), step_tokens)?;
@@ -367,34 +368,58 @@ fn head_objective<B: AutodiffBackend>(
     objective(h, model.head(), targets, loss, step_tokens, chunk_positions(model.config.vocab_size))
 }
 
-/// Per-layer activation recompute: the forward pass runs without a graph and keeps only the
-/// residual stream entering each block (`layers + 1` tensors of `[batch, seq, hidden]`). The
-/// backward pass then goes block by block from the last: the block's input becomes a leaf, the
-/// block is run again with a graph, and its output's gradient, the one flowing down from above,
-/// is pushed through it (`Σ y ⊙ sg(dy)`). So one block's activations exist at a time, at the
-/// price of a second forward pass through every block.
+/// What the forward pass leaves of one block for the backward pass.
+enum Kept<B: AutodiffBackend> {
+    /// A recomputed block: its input only, `[batch, seq, hidden]`.
+    Input(Tensor<B::InnerBackend, 3>),
+    /// A kept block: its input as a leaf and its output with the graph between them.
+    Graph { x: Tensor<B, 3>, y: Tensor<B, 3> },
+}
+
+/// Per-layer activation recompute. The forward pass runs the first `blocks` blocks without a
+/// graph, keeping only the residual stream entering each, and the other blocks with a graph of
+/// their own (their input a fresh leaf). The backward pass then goes block by block from the
+/// last: a recomputed block's input becomes a leaf and the block runs again with a graph; the
+/// gradient flowing down from above is pushed through it (`Σ y ⊙ sg(dy)`). So a recomputed block's
+/// activations exist only while its own backward runs, at the price of a second forward pass
+/// through it.
 pub fn recomputed_step<B: AutodiffBackend>(
     model: &Llama<B>,
     mb: MicroBatch<B>,
     loss: Loss,
     step_tokens: f64,
+    blocks: usize,
 ) -> anyhow::Result<MicroResult<B>> {
     let plain: Llama<B::InnerBackend> = model.clone().map_params(&mb.input_ids.clone().inner().device(), |_, p| p.inner());
-    let positions = mb.positions.clone().inner();
-    let mut inputs = vec![plain.embed(mb.input_ids.clone().inner())];
-    for layer in &plain.params.layers {
-        let x = inputs.last().expect("embeddings first").clone();
-        inputs.push(plain.block(layer, x, &positions, &mb.segments));
+    let plain_positions = mb.positions.clone().inner();
+    let mut x = plain.embed(mb.input_ids.clone().inner());
+    let mut kept: Vec<Kept<B>> = Vec::with_capacity(model.params.layers.len());
+    for (i, (layer, plain_layer)) in model.params.layers.iter().zip(&plain.params.layers).enumerate() {
+        if i < blocks {
+            kept.push(Kept::Input(x.clone()));
+            x = plain.block(plain_layer, x, &plain_positions, &mb.segments);
+        } else {
+            let leaf = Tensor::<B, 3>::from_inner(x).require_grad();
+            let y = model.block(layer, leaf.clone(), &mb.positions, &mb.segments);
+            x = y.clone().inner();
+            kept.push(Kept::Graph { x: leaf, y });
+        }
     }
     let mut grads = Grads::default();
-    let x = Tensor::<B, 3>::from_inner(inputs.pop().expect("the last block's output")).require_grad();
+    let x = Tensor::<B, 3>::from_inner(x).require_grad();
     let parts = head_objective(model, model.final_norm(x.clone()), &mb.targets, loss, step_tokens)?;
     let g = parts.surrogate.backward();
     grads.take(model, &g);
     let mut upstream = x.grad(&g).context("no gradient for the last block's output")?;
-    for layer in model.params.layers.iter().rev() {
-        let x = Tensor::<B, 3>::from_inner(inputs.pop().expect("one input per block")).require_grad();
-        let y = model.block(layer, x.clone(), &mb.positions, &mb.segments);
+    for (layer, kept) in model.params.layers.iter().zip(kept).rev() {
+        let (x, y) = match kept {
+            Kept::Input(x) => {
+                let x = Tensor::<B, 3>::from_inner(x).require_grad();
+                let y = model.block(layer, x.clone(), &mb.positions, &mb.segments);
+                (x, y)
+            }
+            Kept::Graph { x, y } => (x, y),
+        };
         let g = (y * Tensor::from_inner(upstream)).sum().backward();
         grads.take(model, &g);
         upstream = x.grad(&g).context("no gradient for a block's input")?;
@@ -564,8 +589,9 @@ mod tests {
             let model = tiny(qwen);
             for kind in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft] {
                 let (value, want) = full_step(&model, &rows, kind.into(), 20.0);
-                for recompute in [false, true] {
-                    let what = format!("qwen {qwen} {kind:?} recompute {recompute}");
+                // No recompute, the first block only (the other keeps its graph), both blocks.
+                for recompute in [0, 1, 2] {
+                    let what = format!("qwen {qwen} {kind:?} recompute {recompute} blocks");
                     let got = micro_step(&model, &rows, kind, 20.0, recompute, &Default::default()).unwrap();
                     assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
                     assert_same_grads(&got, &want, &what);
