@@ -45,8 +45,8 @@ for MODEL in "$@"; do
   echo "== 2. transformers AutoModelForCausalLM on the exported folder vs rectify"
   if [ -z "$py" ]; then
     echo "SKIPPED: no Python with torch and transformers (tried \$TORCH_PYTHON, ~/.cache/rectify/venv-torch, python3)."
-    echo "  To run it: python3 -m venv ~/.cache/rectify/venv-torch && ~/.cache/rectify/venv-torch/bin/pip install \\"
-    echo "    torch --index-url https://download.pytorch.org/whl/cpu && ~/.cache/rectify/venv-torch/bin/pip install 'transformers>=5' safetensors"
+    echo "  To run it (PyPI, as make bench-train installs it): python3 -m venv ~/.cache/rectify/venv-torch &&"
+    echo "    ~/.cache/rectify/venv-torch/bin/pip install torch 'transformers>=5' safetensors"
     continue
   fi
   "$TRAINER" rows --snapshot "$SNAPSHOT" --rows "$ROWS" --model "$MODEL" --out "$dir/rows.jsonl"

@@ -87,8 +87,8 @@ fn main() -> anyhow::Result<()> {
         let step_rows: Vec<&Row> = step_rows.iter().collect();
         let step = step_gradients(&model, &step_rows, 1, cores, LossKind::Dft.into(), recompute_blocks, &dev)?;
         backward.push(t.elapsed().as_secs_f64());
-        let (norm, grads) = clip_global(step.grads, 1.0);
-        model = apply_update(model, grads, &mut opt, LR, &dev);
+        let (norm, grads) = clip_global(step.grads, 1.0, cores);
+        model = apply_update(model, grads, &mut opt, LR, cores, &dev);
         let _ = model.params.norm.clone().into_data();
         times.push(t.elapsed().as_secs_f64());
         objectives.push(step.objective);

@@ -7,6 +7,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use model_files::checkpoint::HostTensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -44,22 +45,32 @@ impl<B: Backend> AdamW<B> {
 
     /// The updated parameter: decoupled weight decay (`p -= lr·wd·p`) then the Adam step.
     pub fn update(&mut self, name: &str, param: Tensor<B, 2>, grad: Tensor<B, 2>, lr: f64) -> Tensor<B, 2> {
-        let c = self.config;
-        let t = self.step.max(1) as i32;
-        let m = match self.m.remove(name) {
-            Some(m) => m.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
-            None => grad.clone().mul_scalar(1.0 - c.beta1),
-        };
-        let v = match self.v.remove(name) {
-            Some(v) => v.mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2),
-            None => grad.square().mul_scalar(1.0 - c.beta2),
-        };
-        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
-        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
-        self.m.insert(name.to_string(), m);
-        self.v.insert(name.to_string(), v);
-        let param = if decays(name) && c.weight_decay != 0.0 { param.clone() - param.mul_scalar(lr * c.weight_decay) } else { param };
-        param - (m_hat / v_hat.sqrt().add_scalar(c.eps)).mul_scalar(lr)
+        self.update_all(vec![(name.to_string(), param, grad)], lr, 1).pop().expect("one parameter in, one out")
+    }
+
+    /// Every parameter's [`update`](Self::update), `threads` at a time. Burn's CPU backend runs
+    /// each element-wise op on one thread, so on CPU the parameters are spread over the cores;
+    /// each parameter's arithmetic is the same as one by one, and so is the result.
+    pub fn update_all(&mut self, params: Vec<(String, Tensor<B, 2>, Tensor<B, 2>)>, lr: f64, threads: usize) -> Vec<Tensor<B, 2>> {
+        let (c, t) = (self.config, self.step.max(1) as i32);
+        let work: Vec<_> = params
+            .into_iter()
+            .map(|(name, p, g)| {
+                let (m, v) = (self.m.remove(&name), self.v.remove(&name));
+                (name, p, g, m, v)
+            })
+            .collect();
+        let done = map_threads(work, threads, |(name, p, g, m, v)| {
+            let (p, m, v) = adamw(c, t, decays(&name), p, g, m, v, lr);
+            (name, p, m, v)
+        });
+        done.into_iter()
+            .map(|(name, p, m, v)| {
+                self.m.insert(name.clone(), m);
+                self.v.insert(name, v);
+                p
+            })
+            .collect()
     }
 
     /// Moment estimates as host tensors named `m.<param>` and `v.<param>`, for checkpoints.
@@ -94,6 +105,42 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
+/// One parameter's AdamW step at step `t` (from 1): the new parameter and moments. Moments
+/// start at zero (`None`).
+#[allow(clippy::too_many_arguments)]
+fn adamw<B: Backend>(
+    c: AdamWConfig,
+    t: i32,
+    decay: bool,
+    param: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+    m: Option<Tensor<B, 2>>,
+    v: Option<Tensor<B, 2>>,
+    lr: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let m = match m {
+        Some(m) => m.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
+        None => grad.clone().mul_scalar(1.0 - c.beta1),
+    };
+    let v = match v {
+        Some(v) => v.mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2),
+        None => grad.square().mul_scalar(1.0 - c.beta2),
+    };
+    let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
+    let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
+    let param = if decay && c.weight_decay != 0.0 { param.clone() - param.mul_scalar(lr * c.weight_decay) } else { param };
+    (param - (m_hat / v_hat.sqrt().add_scalar(c.eps)).mul_scalar(lr), m, v)
+}
+
+/// `f` over `items`, in order, on up to `threads` threads (rayon's pool) when above 1.
+fn map_threads<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Send + Sync) -> Vec<R> {
+    if threads > 1 {
+        items.into_par_iter().map(f).collect()
+    } else {
+        items.into_iter().map(f).collect()
+    }
+}
+
 /// Linear warmup over `warmup` steps to `peak`, then cosine decay to zero at `total`.
 /// `step` counts from 0 (the first optimizer step uses `lr_at(0, ..)`).
 pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
@@ -106,15 +153,18 @@ pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
 }
 
 /// Global L2 norm of all gradients, and the gradients scaled so that norm is at most `max_norm`
-/// (`max_norm <= 0` disables clipping). The norm is reported before clipping.
-pub fn clip_global<B: Backend>(grads: Vec<(String, Tensor<B, 2>)>, max_norm: f64) -> (f64, Vec<(String, Tensor<B, 2>)>) {
-    let sq: f64 = grads.iter().map(|(_, g)| g.clone().square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]).sum();
-    let norm = sq.sqrt();
+/// (`max_norm <= 0` disables clipping). The norm is reported before clipping. `threads` as in
+/// [`AdamW::update_all`]; the squares are summed in parameter order either way.
+pub fn clip_global<B: Backend>(grads: Vec<(String, Tensor<B, 2>)>, max_norm: f64, threads: usize) -> (f64, Vec<(String, Tensor<B, 2>)>) {
+    let squares = map_threads(grads.iter().map(|(_, g)| g.clone()).collect(), threads, |g| {
+        g.square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
+    });
+    let norm = squares.iter().sum::<f64>().sqrt();
     if max_norm <= 0.0 || !norm.is_finite() || norm <= max_norm {
         return (norm, grads);
     }
     let scale = max_norm / (norm + 1e-6);
-    (norm, grads.into_iter().map(|(n, g)| (n, g.mul_scalar(scale))).collect())
+    (norm, map_threads(grads, threads, |(n, g)| (n, g.mul_scalar(scale))))
 }
 
 #[cfg(test)]
@@ -172,6 +222,30 @@ mod tests {
         assert!((host(p)[0] - 1.9).abs() < 1e-6);
     }
 
+    /// The parameters updated on two threads, twice (moments carried over), equal the same
+    /// updates one by one, bit for bit, each under its own name.
+    #[test]
+    fn update_all_on_threads_equals_one_by_one() {
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let names = ["model.embed_tokens.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.bias", "lm_head.weight"];
+        let value = |k: usize, s: f32| t(&[(k as f32 + 1.0) * s, -0.5 * s, 0.25 * k as f32]);
+        let (mut one, mut all) = (AdamW::<Flex>::new(cfg), AdamW::<Flex>::new(cfg));
+        let mut params: Vec<Tensor<Flex, 2>> = (0..names.len()).map(|k| value(k, 1.0)).collect();
+        let mut by_one = params.clone();
+        for step in 1..=2 {
+            let grad = |k: usize| value(k, 0.3 * step as f32);
+            one.begin_step();
+            by_one = by_one.into_iter().enumerate().map(|(k, p)| one.update(names[k], p, grad(k), 0.01)).collect();
+            all.begin_step();
+            let work = params.into_iter().enumerate().map(|(k, p)| (names[k].to_string(), p, grad(k))).collect();
+            params = all.update_all(work, 0.01, 2);
+        }
+        for (k, (a, b)) in params.into_iter().zip(by_one).enumerate() {
+            assert_eq!(host(a), host(b), "{}", names[k]);
+        }
+        assert_eq!(one.state_to_host(), all.state_to_host());
+    }
+
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
         assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12);
@@ -185,12 +259,12 @@ mod tests {
     fn clipping_uses_the_global_norm() {
         // Norms 3 and 4 per tensor, 5 globally: each tensor alone is under 4.5, the whole is not.
         let grads = vec![("a".to_string(), t(&[3.0, 0.0])), ("b".to_string(), t(&[0.0, 4.0]))];
-        let (norm, clipped) = clip_global(grads, 2.5);
+        let (norm, clipped) = clip_global(grads, 2.5, 2);
         assert!((norm - 5.0).abs() < 1e-9);
         let a = host(clipped[0].1.clone());
         let b = host(clipped[1].1.clone());
         assert!((a[0] - 1.5).abs() < 1e-5 && (b[1] - 2.0).abs() < 1e-5, "{a:?} {b:?}");
-        let (_, untouched) = clip_global(vec![("a".to_string(), t(&[0.3]))], 1.0);
+        let (_, untouched) = clip_global(vec![("a".to_string(), t(&[0.3]))], 1.0, 1);
         assert_eq!(host(untouched[0].1.clone()), [0.3]);
     }
 }

@@ -185,7 +185,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
         let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
-        let (norm, clipped) = clip_global(step.grads, r.clip);
+        let (norm, clipped) = clip_global(step.grads, r.clip, concurrency);
         if !obj.is_finite() || !ce.is_finite() || !norm.is_finite() {
             pb.abandon();
             bail!(
@@ -195,7 +195,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             );
         }
         let lr = lr_at(state.step, total_steps, warmup, r.lr);
-        model = apply_update(model, clipped, &mut opt, lr, device);
+        model = apply_update(model, clipped, &mut opt, lr, concurrency, device);
         state.step = step_no;
         state.rows_consumed += rows_per_step as u64;
         let tokens = (rows_per_step * snapshot.seq_len) as u64;
@@ -310,20 +310,29 @@ pub struct MicroResult<B: AutodiffBackend> {
     pub prob_sum: f64,
 }
 
-/// One AdamW step with (already clipped) gradients; the updated parameters stay trainable.
+/// One AdamW step with (already clipped) gradients, `threads` parameters at a time (see
+/// [`AdamW::update_all`]); the updated parameters stay trainable.
 pub fn apply_update<B: AutodiffBackend>(
     model: Llama<B>,
     grads: Vec<(String, Tensor<B::InnerBackend, 2>)>,
     opt: &mut AdamW<B::InnerBackend>,
     lr: f64,
+    threads: usize,
     device: &B::Device,
 ) -> Llama<B> {
     opt.begin_step();
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = grads.into_iter().collect();
-    model.map_params(device, |name, p| {
-        let g = grads.remove(name).expect("a gradient per parameter");
-        Tensor::from_inner(opt.update(name, p.inner(), g, lr)).require_grad()
-    })
+    let work: Vec<_> = model
+        .named_params()
+        .into_iter()
+        .map(|(name, p)| {
+            let g = grads.remove(&name).expect("a gradient per parameter");
+            (name, p.clone().inner(), g)
+        })
+        .collect();
+    let names: Vec<String> = work.iter().map(|(name, _, _)| name.clone()).collect();
+    let mut updated: BTreeMap<String, _> = names.into_iter().zip(opt.update_all(work, lr, threads)).collect();
+    model.map_params(device, |name, _| Tensor::from_inner(updated.remove(name).expect("one update per parameter")).require_grad())
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
