@@ -322,17 +322,17 @@ pub fn apply_update<B: AutodiffBackend>(
 ) -> Llama<B> {
     opt.begin_step();
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = grads.into_iter().collect();
-    let work: Vec<_> = model
-        .named_params()
-        .into_iter()
-        .map(|(name, p)| {
-            let g = grads.remove(&name).expect("a gradient per parameter");
-            (name, p.clone().inner(), g)
-        })
-        .collect();
+    // The parameters are moved out of the model (empty placeholders stand in until the updates
+    // go back), so each old parameter is freed as soon as its update is computed rather than all
+    // of them living next to all the new ones.
+    let mut work = Vec::new();
+    let emptied = model.map_params(device, |name, p| {
+        work.push((name.to_string(), p.inner(), grads.remove(name).expect("a gradient per parameter")));
+        Tensor::<B, 2>::empty([0, 0], device)
+    });
     let names: Vec<String> = work.iter().map(|(name, _, _)| name.clone()).collect();
     let mut updated: BTreeMap<String, _> = names.into_iter().zip(opt.update_all(work, lr, threads)).collect();
-    model.map_params(device, |name, _| Tensor::from_inner(updated.remove(name).expect("one update per parameter")).require_grad())
+    emptied.map_params(device, |name, _| Tensor::from_inner(updated.remove(name).expect("one update per parameter")).require_grad())
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
