@@ -86,14 +86,14 @@ pub struct TrainRecipe {
 #[serde(untagged)]
 pub enum Recompute {
     /// `true`: every block; `false`: none.
-    All(bool),
+    Flag(bool),
     /// The first `N` blocks.
     Blocks(usize),
 }
 
 impl Default for Recompute {
     fn default() -> Self {
-        Recompute::All(false)
+        Recompute::Flag(false)
     }
 }
 
@@ -101,7 +101,7 @@ impl Recompute {
     /// How many of a model's `layers` blocks recompute.
     pub fn blocks(self, layers: usize) -> anyhow::Result<usize> {
         match self {
-            Recompute::All(all) => Ok(if all { layers } else { 0 }),
+            Recompute::Flag(all) => Ok(if all { layers } else { 0 }),
             Recompute::Blocks(n) if n <= layers => Ok(n),
             Recompute::Blocks(n) => bail!("`recompute: {n}` asks for more blocks than the model's {layers}"),
         }
@@ -112,8 +112,8 @@ impl std::str::FromStr for Recompute {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
-            "true" | "all" => Ok(Recompute::All(true)),
-            "false" | "none" => Ok(Recompute::All(false)),
+            "true" | "all" => Ok(Recompute::Flag(true)),
+            "false" | "none" => Ok(Recompute::Flag(false)),
             n => {
                 n.parse().map(Recompute::Blocks).map_err(|_| anyhow::anyhow!("`recompute` is true, false or a number of blocks, got `{s}`"))
             }
@@ -124,7 +124,7 @@ impl std::str::FromStr for Recompute {
 impl std::fmt::Display for Recompute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Recompute::All(all) => write!(f, "{all}"),
+            Recompute::Flag(all) => write!(f, "{all}"),
             Recompute::Blocks(n) => write!(f, "{n}"),
         }
     }

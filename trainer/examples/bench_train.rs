@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let seq_len: usize = args[3].parse()?;
     let steps: usize = args[4].parse()?;
     let mut per_step = 2;
-    let mut recompute = Recompute::All(false);
+    let mut recompute = Recompute::Flag(false);
     let mut rows_out = None;
     let mut rest = args[5..].iter();
     while let Some(a) = rest.next() {
