@@ -16,8 +16,9 @@ Llama and a Qwen2.5-1.5B-shaped Qwen2), then for each shape:
 
 Every measurement runs in its own process, so a CUDA failure (NVRTC missing, a kernel that does
 not compile, out of memory) is recorded with its message and the step it happened in, and the
-check goes on with the next one. Results go to OUT/gpu_check.json after every step, so a run cut
-short keeps what it measured. `--mode cpu` is the dry run CI uses: tiny shapes, two steps, Burn's
+check goes on with the next one. Results go to OUT/gpu_check.json after every step, and every
+process's log into OUT/logs.tgz, so a run cut short (or killed: SIGTERM is caught) keeps what it
+measured; OUT holds those two files only. The models and runs go to a work folder outside OUT. `--mode cpu` is the dry run CI uses: tiny shapes, two steps, Burn's
 Flex backend, PyTorch on CPU when it is installed (skipped with a message when it is not).
 
 The PyTorch side also runs here as worker processes: `gpu_check.py --worker TASK ARGS.json`.
@@ -34,6 +35,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -76,9 +78,11 @@ SHAPES = {
 # Per mode: the shapes, DFT steps, rows scored for the log-probability check, generation batches
 # and new tokens, the micro-batch sizes tried per shape (one step each; sized so the largest
 # tried is past what an H200 holds), the time budget, and each kind of process's time limit.
+# The GPU budget leaves room, within a device loan of 10 minutes a command, for the machine's own
+# start and the copy back.
 MODES = {
     "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], steps=10, logprob_rows=2, gen_batches=[64, 256],
-                gen_new_tokens=128, microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16]}, budget=390,
+                gen_new_tokens=128, microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16]}, budget=450,
                 limits=dict(checkpoint=150, logprobs=90, train=100, torch_train=120, generate=120, microbatch=60, compile=150)),
     "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2"], steps=2, logprob_rows=2, gen_batches=[2, 4],
                 gen_new_tokens=8, microbatches={"tiny-llama": [2], "tiny-qwen2": [2]}, budget=900,
@@ -91,7 +95,9 @@ LOGPROB_TOLERANCE = 2e-3
 TRAIN_TOLERANCE = 1e-2
 
 # Dense peak throughput by GPU, FLOP/s: FP32 on the CUDA cores and TF32 on the tensor cores
-# (NVIDIA's H100/H200 SXM and A100 datasheets, without sparsity). Both frameworks compute in f32.
+# (NVIDIA's H100/H200 SXM and A100 datasheets, without sparsity). PyTorch runs with TF32 off;
+# rectify's CUDA matmuls may use TF32 tensor cores for f32 (CubeCL's choice where the device has
+# them), which the log-probability check's TF32 line tells apart.
 GPU_PEAKS = {
     "H200": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
     "H100": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
@@ -99,6 +105,8 @@ GPU_PEAKS = {
 }
 
 SEQ_LEN_NOTE = "rows of the default snapshot (2048 tokens, several packed examples each)"
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------- the harness
@@ -110,10 +118,15 @@ class Check:
         self.mode = MODES[args.mode]
         self.device = self.mode["device"]
         self.out = os.path.abspath(args.out)
-        self.work = os.path.abspath(args.work or os.path.join(self.out, "work"))
+        # Outside OUT, so that OUT carries the results only (a GPU loan returns a few files).
+        self.work = os.path.abspath(args.work or os.path.join(REPO, "bench-out", "gpu-check-work"))
+        # Only a work folder the check made is removed at the end: --work /tmp must not empty /tmp.
+        self.work_made = not os.path.exists(self.work)
         os.makedirs(self.out, exist_ok=True)
         os.makedirs(self.work, exist_ok=True)
-        os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+        self.logs = os.path.join(self.work, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.child = None
         self.t0 = time.time()
         self.deadline = self.t0 + (args.budget or self.mode["budget"])
         self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "steps": [], "shapes": {},
@@ -129,6 +142,10 @@ class Check:
             json.dump(self.results, f, indent=1, sort_keys=False)
             f.write("\n")
         os.replace(tmp, path)
+        logs = os.path.join(self.out, "logs.tgz")
+        with tarfile.open(logs + ".tmp", "w:gz") as t:
+            t.add(self.logs, arcname="logs")
+        os.replace(logs + ".tmp", logs)
 
     def left(self):
         return self.deadline - time.time()
@@ -170,19 +187,22 @@ class Check:
         time its `metrics` file gets its first line. Raises Failure with the end of stderr."""
         cut = self.left() < timeout  # the check's deadline, not the process's own limit, decides
         timeout = max(1.0, min(timeout, self.left()))
-        log = os.path.join(self.out, "logs", name + ".log")
+        log = os.path.join(self.logs, name + ".log")
         with open(log, "w") as err:
             t = time.time()
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env or self.env, start_new_session=True)
+            self.child = p
             mon = Monitor(p.pid, self.device, metrics, t)
             try:
                 out, _ = p.communicate(timeout=timeout)
                 timed_out = False
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                kill_group(p)
                 out, _ = p.communicate()
                 timed_out = True
-            mon.stop()
+            finally:
+                self.child = None
+                mon.stop()
         seconds = time.time() - t
         res = {"seconds": round(seconds, 2), "peak_memory_mib": mon.peak_mib(), "memory_source": mon.source}
         if mon.first_line_s is not None:
@@ -203,7 +223,9 @@ class Check:
             json.dump(params, f)
         # PyTorch gets the environment as it was: the trainer's library path could shadow the
         # CUDA libraries its own wheels bring.
-        res, out = self.run(name, [sys.executable, os.path.abspath(__file__), "--worker", task, path], timeout, env=dict(os.environ))
+        # No hub: the models are local folders, and a DNS stall must not eat the budget.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        res, out = self.run(name, [sys.executable, os.path.abspath(__file__), "--worker", task, path], timeout, env=env)
         lines = [l for l in out.splitlines() if l.strip()]
         if not lines:
             raise Failure(f"{name}: the worker printed no result")
@@ -223,6 +245,14 @@ class Check:
                 "trainer": self.args.trainer, "snapshot": self.args.snapshot, "prompts": self.args.prompts}
         v = subprocess.run([self.args.trainer, "--version"], capture_output=True, text=True, env=env, timeout=30)
         info["trainer_version"] = v.stdout.strip() or v.stderr.strip()
+        # A trainer built without the cuda feature would fail every step below, one by one.
+        h = subprocess.run([self.args.trainer, "train", "--help"], capture_output=True, text=True, env=env, timeout=30).stdout
+        devices = h.split("--device", 1)[-1].split("possible values:", 1)[-1].split("]", 1)[0]
+        info["trainer_devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+        if self.device not in info["trainer_devices"]:
+            self.results["env"] = info
+            raise Failure(f"{self.args.trainer} is built without --device {self.device} (it has {info['trainer_devices']}): "
+                          "make gpu-bundle builds the CUDA trainer")
         probe = subprocess.run([sys.executable, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
                                capture_output=True, text=True, timeout=120)
         self.torch = probe.returncode == 0 and len(probe.stdout.split()) >= 2
@@ -283,10 +313,14 @@ class Check:
                                    self.limit("logprobs"))
         p = r["pytorch"]
         r["max_abs_diff"] = p["max_abs_diff"]
+        if "max_abs_diff_vs_pytorch_tf32" in p:
+            r["max_abs_diff_vs_pytorch_tf32"] = p["max_abs_diff_vs_pytorch_tf32"]
         # `not <=`, so that a NaN fails.
         problems = []
         if not p["max_abs_diff"] <= LOGPROB_TOLERANCE:
-            problems.append(f"rectify's log-probabilities differ from PyTorch's by up to {p['max_abs_diff']:.3g} nats")
+            tf32 = p.get("max_abs_diff_vs_pytorch_tf32")
+            problems.append(f"rectify's log-probabilities differ from PyTorch's by up to {p['max_abs_diff']:.3g} nats"
+                            + ("" if tf32 is None else f" (from PyTorch's with TF32 on: {tf32:.3g})"))
         if not p["packed_block_mask_max_abs_diff"] <= LOGPROB_TOLERANCE:
             problems.append(f"PyTorch packed with the block mask the baseline trains with differs by "
                             f"{p['packed_block_mask_max_abs_diff']:.3g} nats")
@@ -389,13 +423,13 @@ class Check:
         try:
             res, out = self.run(f"generate-rectify-{shape}",
                                 [self.args.trainer, "bench-generate", "--model", model, "--prompts", self.args.prompts, "--batch",
-                                 ",".join(map(str, batches)), "--new-tokens", str(n), "--temperature", "1.0", "--repeat", "2",
+                                 ",".join(map(str, batches)), "--new-tokens", str(n), "--temperature", "0", "--repeat", "2",
                                  "--device", self.device, "--prompts-out", prompts], self.limit("generate"))
         except Failure as e:
             # Batches done before the failure (out of memory at 256, say) still count.
             failure, res, out = e, e.res, e.out
         runs = [json.loads(l) for l in (out or "").splitlines() if l.startswith("{")]
-        r = {"new_tokens_per_sequence": n, "temperature": 1.0, "rectify": {"process": res, "runs": runs}}
+        r = {"new_tokens_per_sequence": n, "decoding": "greedy", "rectify": {"process": res, "runs": runs}}
         if failure:
             r["rectify"]["error"] = str(failure)
         self.shape(shape)["generate"] = r
@@ -534,6 +568,14 @@ class Monitor:
             self.source = "nvidia-smi, whole device less the memory in use before the process"
             return self.dev_peak
         return round(self.rss_peak, 1) if self.rss_peak else None
+
+
+def kill_group(p):
+    """SIGKILL `p`'s process group (each measurement runs in its own session); it may be gone."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def nvidia_smi(*args):
@@ -712,25 +754,39 @@ def main():
     ap.add_argument("--snapshot", required=True, help="the default train snapshot")
     ap.add_argument("--prompts", required=True, help="a prompts snapshot (GSM8K test)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--work", help="checkpoints and runs (default OUT/work; removed at the end unless --keep)")
-    ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 390, cpu 900)")
+    ap.add_argument("--work", help="checkpoints, runs and logs (default bench-out/gpu-check-work; removed at the end unless "
+                                   "--keep or it was there before)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 450, cpu 900)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     c = Check(args)
+
+    def interrupted(signum, _frame):
+        # Killed from outside (a loan's time limit, Ctrl-C): stop the running measurement, whose
+        # session would outlive this process and hold the GPU, and keep what was measured.
+        if c.child is not None:
+            kill_group(c.child)
+        c.results["interrupted"] = f"signal {signum} after {time.time() - c.t0:.0f} s"
+        c.save()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     c.step("environment", c.environment, min_seconds=0)
     if "environment" in c.failed:
         c.report()
         return 1
-    shapes = c.mode["shapes"]
-    for s in shapes:
+    # Shape by shape, so that the first shape's figures are complete before the second starts;
+    # the searches and the optional torch.compile last.
+    ready = []
+    for s in c.mode["shapes"]:
         c.step(f"checkpoint {s}", c.checkpoint, s)
-    ready = [s for s in shapes if os.path.exists(os.path.join(c.work, "models", s, "config.json"))]
-    for s in ready:
+        if not os.path.exists(os.path.join(c.work, "models", s, "config.json")):
+            continue
+        ready.append(s)
         c.step(f"logprobs {s}", c.logprobs, s)
-    for s in ready:
         c.step(f"train_rectify {s}", c.train, s, min_seconds=30)
         c.step(f"train_eager {s}", c.train_torch, s, False, min_seconds=30)
-    for s in ready:
         c.step(f"generate {s}", c.generate, s, min_seconds=30)
     for s in ready:
         c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
@@ -742,7 +798,7 @@ def main():
     c.results["seconds"] = round(time.time() - c.t0, 1)
     c.save()
     c.report()
-    if not args.keep:
+    if not args.keep and c.work_made:
         shutil.rmtree(c.work, ignore_errors=True)
     return 1 if c.failed else 0
 
@@ -754,12 +810,8 @@ def worker(task, args_path):
     import torch
 
     a = json.load(open(args_path))
-    # float32 products, as rectify computes them (the newer switch where there is one: torch.compile
-    # refuses a mix of the old and new ones).
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    # IEEE float32 products.
+    set_tf32(torch, False)
     dev = torch.device(a.get("device", "cpu"))
     result = {"checkpoint": w_checkpoint, "logprobs": w_logprobs, "train": w_train, "generate": w_generate}[task](torch, dev, a)
     if dev.type == "cuda":
@@ -856,11 +908,37 @@ def w_logprobs(torch, dev, a):
                     for k in range(1, n):
                         stats[key].append(abs(theirs[s + k - 1] - mine[s + k]))
     mean = sum(values) / len(values)
-    return {"tokens": len(values), "max_abs_diff": max(stats["alone"]), "mean_abs_diff": sum(stats["alone"]) / len(values),
-            "packed_block_mask_max_abs_diff": max(stats["masked"]),
-            "leaky_causal_max_abs_diff": max(stats["leaky"]),
-            "logprob_mean": mean, "logprob_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)),
-            "reference": "each packed example run alone through transformers (sdpa, float32, TF32 off)"}
+    r = {"tokens": len(values), "max_abs_diff": max(stats["alone"]), "mean_abs_diff": sum(stats["alone"]) / len(values),
+         "packed_block_mask_max_abs_diff": max(stats["masked"]),
+         "leaky_causal_max_abs_diff": max(stats["leaky"]),
+         "logprob_mean": mean, "logprob_std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)),
+         "reference": "each packed example run alone through transformers (sdpa, float32, TF32 off)"}
+    if dev.type == "cuda":
+        # The same reference with TF32 tensor cores allowed: if rectify's difference shrinks
+        # here, its f32 matmuls ran as TF32, not wrong.
+        set_tf32(torch, True)
+        tf32 = []
+        with torch.no_grad():
+            for row in rows_of(a["rows"]):
+                ids, seg, mine = row["input_ids"], row["segment_ids"], row["logprobs"]
+                for s, n in segments(seg):
+                    x = torch.tensor([ids[s:s + n]], device=dev)
+                    lp = torch.log_softmax(m(input_ids=x).logits.float(), -1)[0]
+                    theirs = lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().tolist()
+                    tf32 += [abs(theirs[k - 1] - mine[s + k]) for k in range(1, n)]
+        set_tf32(torch, False)
+        r["max_abs_diff_vs_pytorch_tf32"] = max(tf32)
+        r["mean_abs_diff_vs_pytorch_tf32"] = sum(tf32) / len(tf32)
+    return r
+
+
+def set_tf32(torch, on):
+    """TF32 for float32 matrix products on or off (the newer switch where there is one:
+    torch.compile refuses a mix of the old and new ones)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
 
 
 def sync(torch, dev):
@@ -914,8 +992,10 @@ def w_train(torch, dev, a):
 
 
 def w_generate(torch, dev, a):
-    """transformers' `generate`, sampling at temperature 1 over the whole vocabulary, every
-    sequence exactly `new_tokens` long, left-padded prompts: the work rectify's bench does."""
+    """transformers' `generate`, greedy, every sequence exactly `new_tokens` long, left-padded
+    prompts: the work rectify's bench does. Greedy rather than sampling: on random weights every
+    logit is within reach of the maximum, so a sampler would sort the whole vocabulary for every
+    token, a cost that real models' peaked logits do not have."""
     m = load_model(torch, dev, a["model"])
     m.eval()
     prompts = [json.loads(l) for l in open(a["prompts"]) if l.strip()]
@@ -929,8 +1009,8 @@ def w_generate(torch, dev, a):
             sync(torch, dev)
             t = time.time()
             with torch.no_grad():
-                out = m.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=a["new_tokens"], min_new_tokens=a["new_tokens"], pad_token_id=0)
+                out = m.generate(input_ids=ids, attention_mask=att, do_sample=False, max_new_tokens=a["new_tokens"],
+                                 min_new_tokens=a["new_tokens"], pad_token_id=0)
             sync(torch, dev)
             secs = time.time() - t
             new = (out.shape[1] - L) * b

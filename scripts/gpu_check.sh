@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (README: "GPU check"): rectify's CUDA path against PyTorch on the same GPU,
-# every figure in one run, all of them in OUT/gpu_check.json and a short table on stdout.
+# every figure in one run, all of them in OUT/gpu_check.json (each process's log in OUT/logs.tgz)
+# and a short table on stdout.
 #
 #   scripts/gpu_check.sh [--cpu] [--bundle DIR] [--out DIR] [--budget SECONDS] [--work DIR] [--keep]
 #
@@ -9,6 +10,9 @@
 #               snapshots are those in $SNAPSHOTS (default snapshots/).
 # --cpu         the dry run CI runs: tiny shapes, two steps, the CPU backend; PyTorch optional.
 # --out DIR     where the results go (default bench-out/gpu-check); $GPU_CHECK_OUT also works.
+# --work DIR    models, runs and logs (default bench-out/gpu-check-work), removed at the end
+#               unless --keep or the folder was there before.
+# --budget S    seconds for the whole check (default 450 on a GPU).
 set -euo pipefail
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 need_value() { [ $# -ge 2 ] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }; }
@@ -36,11 +40,17 @@ mkdir -p "$out"
 if [ -n "$bundle" ]; then
   snapshots=$bundle/snapshots
   if [ -z "${TRAINER:-}" ]; then
-    # Unpacked beside the results, not in /tmp (which may be mounted noexec), and removed after.
-    TRAINER=$out/.trainer
-    gunzip -c "$bundle/trainer.gz" > "$TRAINER"
+    # Unpacked into the repository (where scripts are known to run), not into /tmp or the results
+    # folder (either may be mounted noexec), and removed after.
+    mkdir -p bench-out/gpu-check-bin
+    TRAINER=$PWD/bench-out/gpu-check-bin/trainer
+    if [ -f "$bundle/trainer.gz" ]; then
+      gunzip -c "$bundle/trainer.gz" > "$TRAINER"
+    else
+      cp "$bundle/trainer" "$TRAINER"
+    fi
     chmod +x "$TRAINER"
-    trap 'rm -f "$out/.trainer"' EXIT
+    trap 'rm -rf bench-out/gpu-check-bin' EXIT
   fi
 else
   snapshots=${SNAPSHOTS:-snapshots}
