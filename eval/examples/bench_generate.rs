@@ -11,7 +11,7 @@
 use burn::backend::Flex;
 use eval::benchmark::load_benchmark;
 use eval::throughput;
-use model::generate::{BurnGenerator, Generator};
+use model::generate::{BurnGenerator, Generator, GreedyOn};
 use model::matmul::{matmul, Weight};
 use model::sampling::Sampling;
 use model::{HostDecoder, Llama};
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     let mut engines: Vec<(&str, Box<dyn Generator>)> = vec![("host", Box::new(host))];
     if std::env::var_os("BENCH_BURN").is_some() {
         let device = Default::default();
-        engines.push(("burn", Box::new(BurnGenerator { model: Llama::<Flex>::load(path, &device)?, device })));
+        engines.push(("burn", Box::new(BurnGenerator { model: Llama::<Flex>::load(path, &device)?, device, greedy_on: GreedyOn::Host })));
     }
     for (name, engine) in &engines {
         for &b in &sizes {

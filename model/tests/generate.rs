@@ -2,7 +2,7 @@
 //! implementation of the same GGUF, and each prompt decoded alone without a cache.
 
 use burn::backend::Flex;
-use model::generate::{generate_batch, Finish, Request};
+use model::generate::{generate_batch, Finish, GreedyOn, Request};
 use model::sampling::Sampling;
 use model::{generate::greedy, Llama};
 use std::path::Path;
@@ -32,20 +32,22 @@ fn batched_greedy_equals_each_prompt_alone_and_the_reference() {
     let max_new = cases.iter().map(|c| c.1.len()).max().unwrap();
     let params = Sampling::greedy(max_new);
     let requests: Vec<Request> = prompts.iter().enumerate().map(|(i, p)| Request { prompt: p, stream: i as u64 }).collect();
-    let batch = generate_batch(&model, &requests, &params, &[IM_END], 0, &dev);
+    // Chosen on the host and on the device (the GPU's way), the same ids.
+    let batch = generate_batch(&model, &requests, &params, &[IM_END], 0, GreedyOn::Host, &dev);
+    assert_eq!(generate_batch(&model, &requests, &params, &[IM_END], 0, GreedyOn::Device, &dev), batch);
 
     // Independent truth: the numpy reference's greedy ids (they end with <|im_end|>).
     assert_eq!(batch[0].ids, cases[0].1);
     assert_eq!(batch[2].ids, cases[1].1);
     assert_eq!(batch[0].finish, Finish::Stop);
     for (i, p) in prompts.iter().enumerate() {
-        let alone = generate_batch(&model, &[Request { prompt: p, stream: 0 }], &params, &[IM_END], 0, &dev);
+        let alone = generate_batch(&model, &[Request { prompt: p, stream: 0 }], &params, &[IM_END], 0, GreedyOn::Host, &dev);
         assert_eq!(alone[0].ids, batch[i].ids, "prompt {i}: batch vs alone");
         let uncached = greedy(&model, p, max_new, &[IM_END], &dev);
         assert_eq!(uncached, batch[i].ids, "prompt {i}: cache vs no cache");
     }
     // The budget ends a sequence that has not stopped.
-    let cut = generate_batch(&model, &[Request { prompt: &short, stream: 0 }], &Sampling::greedy(3), &[IM_END], 0, &dev);
+    let cut = generate_batch(&model, &[Request { prompt: &short, stream: 0 }], &Sampling::greedy(3), &[IM_END], 0, GreedyOn::Host, &dev);
     assert_eq!(cut[0].ids, batch[1].ids[..3]);
     assert_eq!(cut[0].finish, Finish::Length);
 }
@@ -58,11 +60,11 @@ fn sampling_with_a_seed_repeats_and_another_seed_differs() {
     let p = &cases[0].0;
     let params = Sampling { temperature: 1.0, top_p: 0.95, top_k: 50, max_new_tokens: 24, seed: 11 };
     let requests: Vec<Request> = (0..4).map(|s| Request { prompt: p, stream: s }).collect();
-    let a = generate_batch(&model, &requests, &params, &[IM_END], 0, &dev);
-    let b = generate_batch(&model, &requests, &params, &[IM_END], 0, &dev);
+    let a = generate_batch(&model, &requests, &params, &[IM_END], 0, GreedyOn::Host, &dev);
+    let b = generate_batch(&model, &requests, &params, &[IM_END], 0, GreedyOn::Host, &dev);
     assert_eq!(a, b, "same seed, same samples");
     // Four streams of one prompt at T=1 are not all the same answer.
     assert!(a.iter().any(|c| c.ids != a[0].ids), "{a:?}");
-    let c = generate_batch(&model, &requests, &Sampling { seed: 12, ..params }, &[IM_END], 0, &dev);
+    let c = generate_batch(&model, &requests, &Sampling { seed: 12, ..params }, &[IM_END], 0, GreedyOn::Host, &dev);
     assert_ne!(a, c, "another seed, other samples");
 }

@@ -615,7 +615,11 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
         #[cfg(feature = "cuda")]
         Device::Cuda => {
             let device = Default::default();
-            Box::new(model::generate::BurnGenerator { model: Llama::<burn::backend::Cuda>::load(path, &device)?, device })
+            Box::new(model::generate::BurnGenerator {
+                model: Llama::<burn::backend::Cuda>::load(path, &device)?,
+                device,
+                greedy_on: model::generate::GreedyOn::Device,
+            })
         }
     })
 }
