@@ -9,9 +9,11 @@ Llama and a Qwen2.5-1.5B-shaped Qwen2), then for each shape:
                   running every example alone, in float32
   train_rectify   N DFT steps on the default snapshot's 2048-token rows: tokens/s, MFU, peak GPU
                   memory, time to the first step
-  train_eager     the same steps, same rows, same learning rates in PyTorch eager
+  train_eager     the same steps, same rows, same learning rates in PyTorch eager (IEEE float32 on
+                  both sides: rectify's CUDA matmuls use TF32 only with RECTIFY_TF32=1)
   generate        batched sampling tokens/s against transformers' `generate`
   microbatch      the largest micro-batch rectify trains without failing
+  train_tf32      the training steps again with TF32 allowed on both sides (GPU only, optional)
   train_compile   the PyTorch steps again under torch.compile
 
 Every measurement runs in its own process, so a CUDA failure (NVRTC missing, a kernel that does
@@ -95,9 +97,8 @@ LOGPROB_TOLERANCE = 2e-3
 TRAIN_TOLERANCE = 1e-2
 
 # Dense peak throughput by GPU, FLOP/s: FP32 on the CUDA cores and TF32 on the tensor cores
-# (NVIDIA's H100/H200 SXM and A100 datasheets, without sparsity). PyTorch runs with TF32 off;
-# rectify's CUDA matmuls may use TF32 tensor cores for f32 (CubeCL's choice where the device has
-# them), which the log-probability check's TF32 line tells apart.
+# (NVIDIA's H100/H200 SXM and A100 datasheets, without sparsity). Both sides run IEEE f32 except
+# in train_tf32 (rectify: RECTIFY_TF32=1, vendor/README.md).
 GPU_PEAKS = {
     "H200": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
     "H100": {"fp32": 66.9e12, "tf32_tensor": 494.7e12},
@@ -345,11 +346,12 @@ class Check:
                     f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n")
         return path, os.path.join(out, "metrics.jsonl")
 
-    def train_rectify(self, shape, name, steps, micro, timeout):
+    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False):
         recipe, metrics = self.recipe(shape, name, steps, micro)
+        env = {**self.env, "RECTIFY_TF32": "1"} if tf32 else None
         try:
             res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"], timeout,
-                              metrics=metrics)
+                              metrics=metrics, env=env)
         except Failure as e:
             # Steps finished before a failure or a time-out still count, and say so.
             done = read_jsonl(metrics)
@@ -385,15 +387,26 @@ class Check:
         self.shape(shape)["train_rectify"] = r
         return r
 
-    def train_torch(self, shape, compile_):
+    def train_tf32(self, shape):
+        """rectify's steps again with TF32 tensor cores allowed (RECTIFY_TF32=1, vendor/README.md),
+        then PyTorch eager with TF32 allowed too: the speed both leave on the table in IEEE f32."""
+        r = self.train_rectify(shape, f"train-rectify-tf32-{shape}", self.mode["steps"], 1, self.limit("train"), tf32=True)
+        steps = r.pop("steps")
+        ieee = self.shape(shape).get("rectify_steps") or []
+        r["objective_max_rel_diff_vs_ieee"] = max((rel(a["objective"], b["objective"]) for a, b in zip(ieee, steps)), default=None)
+        self.shape(shape)["train_rectify_tf32"] = r
+        r["pytorch_eager_tf32"] = self.train_torch(shape, False, tf32=True)
+        return r
+
+    def train_torch(self, shape, compile_, tf32=False):
         steps = self.shape(shape).get("rectify_steps")
         if not steps:
             raise Skip("rectify's training run recorded no steps to replay")
-        key = "train_compile" if compile_ else "train_eager"
+        key = "train_compile" if compile_ else "train_eager_tf32" if tf32 else "train_eager"
         r = self.worker(f"{key}-{shape}", "train",
                         {"model": os.path.join(self.work, "models", shape), "rows": self.rows_file, "device": self.device,
                          "steps": [{"rows": s["rows"], "lr": s["lr"]} for s in steps], "micro": 1, "compile": compile_,
-                         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}, "clip": 1.0},
+                         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}, "clip": 1.0, "tf32": tf32},
                         self.limit("compile" if compile_ else "torch_train"))
         r.update(self.throughput(shape, r["steps"]))
         # The same run, step for step: objective and gradient norm against rectify's.
@@ -407,7 +420,7 @@ class Check:
         # NaN-safe: a NaN anywhere makes the largest difference NaN, which fails below.
         diffs = [d for c in cmp for d in (c["objective_rel"], c["grad_norm_rel"])]
         r["max_rel_diff"] = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
-        mine = self.shape(shape).get("train_rectify", {})
+        mine = self.shape(shape).get("train_rectify_tf32" if tf32 else "train_rectify", {})
         if mine.get("tokens_per_second") and r.get("tokens_per_second"):
             r["rectify_over_pytorch_tokens_per_second"] = round(mine["tokens_per_second"] / r["tokens_per_second"], 3)
         self.shape(shape)[key] = {k: v for k, v in r.items() if k != "steps"}
@@ -492,6 +505,10 @@ class Check:
                   f"{fmt(tr.get('peak_memory_mib'), '.0f'):>9} {fmt(tr.get('time_to_first_step_s'), '.1f'):>10} "
                   f"{fmt(te.get('tokens_per_second'), '.0f'):>11} {fmt(te.get('rectify_over_pytorch_tokens_per_second'), '.2f'):>6} "
                   f"{fmt(tc.get('tokens_per_second'), '.0f'):>13} {fmt(s.get('microbatch', {}).get('largest_micro_batch_rows'), 'd'):>6}")
+            t32, e32 = s.get("train_rectify_tf32", {}), s.get("train_eager_tf32", {})
+            if t32:
+                print(f"{'':<14} TF32 allowed: rectify {fmt(t32.get('tokens_per_second'), '.0f')} tok/s, PyTorch eager "
+                      f"{fmt(e32.get('tokens_per_second'), '.0f')} tok/s")
             for g in s.get("generate", {}).get("table", []):
                 print(f"{'':<14} generate batch {g['batch']}: rectify {fmt(g['rectify_tokens_per_second'], '.0f')} tok/s, "
                       f"PyTorch {fmt(g['pytorch_tokens_per_second'], '.0f')} tok/s")
@@ -790,6 +807,10 @@ def main():
         c.step(f"generate {s}", c.generate, s, min_seconds=30)
     for s in ready:
         c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
+    if c.device == "cuda":
+        for s in ready:
+            # Optional: the IEEE f32 figures above are the check; TF32 is the opt-in speed.
+            c.step(f"train_tf32 {s}", c.train_tf32, s, min_seconds=60, required=False)
     for s in ready:
         # torch.compile is the one optional measurement: it may not work on a given machine.
         c.step(f"train_compile {s}", c.train_torch, s, True, min_seconds=90, required=False)
@@ -949,6 +970,7 @@ def sync(torch, dev):
 def w_train(torch, dev, a):
     """rectify's DFT steps replayed: the same rows per step, the same learning rates, AdamW
     with decay on matrices only, one clip over the global gradient norm."""
+    set_tf32(torch, a.get("tf32", False))
     m = load_model(torch, dev, a["model"])
     m.train()
     m.config.use_cache = False
