@@ -11,7 +11,7 @@ Llama and a Qwen2.5-1.5B-shaped Qwen2), then for each shape:
                   memory, time to the first step
   train_eager     the same steps, same rows, same learning rates in PyTorch eager (IEEE float32 on
                   both sides: rectify's CUDA matmuls use TF32 only with RECTIFY_TF32=1)
-  generate        batched sampling tokens/s against transformers' `generate`
+  generate        batched greedy decoding tokens/s against transformers' `generate`
   microbatch      the largest micro-batch rectify trains without failing
   train_tf32      the training steps again with TF32 allowed on both sides (GPU only, optional)
   train_compile   the PyTorch steps again under torch.compile
@@ -119,14 +119,14 @@ class Check:
         self.mode = MODES[args.mode]
         self.device = self.mode["device"]
         self.out = os.path.abspath(args.out)
-        # Outside OUT, so that OUT carries the results only (a GPU loan returns a few files).
-        self.work = os.path.abspath(args.work or os.path.join(REPO, "bench-out", "gpu-check-work"))
-        # Only a work folder the check made is removed at the end: --work /tmp must not empty /tmp.
-        self.work_made = not os.path.exists(self.work)
+        # Outside OUT, so that OUT carries the results only (a GPU loan returns a few files). The
+        # check's own folder inside --work, never --work itself, since it is emptied at the start
+        # (no log or model of an earlier run taken for this run's) and removed at the end.
+        self.work = os.path.join(os.path.abspath(args.work or os.path.join(REPO, "bench-out")), f"gpu-check-work-{args.mode}")
+        shutil.rmtree(self.work, ignore_errors=True)
         os.makedirs(self.out, exist_ok=True)
-        os.makedirs(self.work, exist_ok=True)
         self.logs = os.path.join(self.work, "logs")
-        os.makedirs(self.logs, exist_ok=True)
+        os.makedirs(self.logs)
         self.child = None
         self.t0 = time.time()
         self.deadline = self.t0 + (args.budget or self.mode["budget"])
@@ -137,6 +137,15 @@ class Check:
     # -- bookkeeping
 
     def save(self):
+        # A SIGTERM arriving mid-save would run the handler's own save over these half-written
+        # files; it waits until this one is done.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            self.write_results()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def write_results(self):
         path = os.path.join(self.out, "gpu_check.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -238,6 +247,8 @@ class Check:
 
     def environment(self):
         env = dict(os.environ)
+        # IEEE f32 unless a step asks for TF32 itself (train_tf32), whatever the caller exported.
+        env.pop("RECTIFY_TF32", None)
         found = {}
         if self.device == "cuda":
             found = cuda_libraries(env)
@@ -247,8 +258,11 @@ class Check:
         v = subprocess.run([self.args.trainer, "--version"], capture_output=True, text=True, env=env, timeout=30)
         info["trainer_version"] = v.stdout.strip() or v.stderr.strip()
         # A trainer built without the cuda feature would fail every step below, one by one.
-        h = subprocess.run([self.args.trainer, "train", "--help"], capture_output=True, text=True, env=env, timeout=30).stdout
-        devices = h.split("--device", 1)[-1].split("possible values:", 1)[-1].split("]", 1)[0]
+        h = subprocess.run([self.args.trainer, "train", "--help"], capture_output=True, text=True, env=env, timeout=30)
+        if h.returncode != 0:
+            self.results["env"] = info
+            raise Failure(f"{self.args.trainer} train --help: exit {h.returncode}: {h.stderr.strip()[-500:]}")
+        devices = h.stdout.split("--device", 1)[-1].split("possible values:", 1)[-1].split("]", 1)[0]
         info["trainer_devices"] = [d.strip() for d in devices.split(",") if d.strip()]
         if self.device not in info["trainer_devices"]:
             self.results["env"] = info
@@ -395,11 +409,12 @@ class Check:
         ieee = self.shape(shape).get("rectify_steps") or []
         r["objective_max_rel_diff_vs_ieee"] = max((rel(a["objective"], b["objective"]) for a, b in zip(ieee, steps)), default=None)
         self.shape(shape)["train_rectify_tf32"] = r
+        self.shape(shape)["rectify_tf32_steps"] = steps
         r["pytorch_eager_tf32"] = self.train_torch(shape, False, tf32=True)
         return r
 
     def train_torch(self, shape, compile_, tf32=False):
-        steps = self.shape(shape).get("rectify_steps")
+        steps = self.shape(shape).get("rectify_tf32_steps" if tf32 else "rectify_steps")
         if not steps:
             raise Skip("rectify's training run recorded no steps to replay")
         key = "train_compile" if compile_ else "train_eager_tf32" if tf32 else "train_eager"
@@ -771,8 +786,8 @@ def main():
     ap.add_argument("--snapshot", required=True, help="the default train snapshot")
     ap.add_argument("--prompts", required=True, help="a prompts snapshot (GSM8K test)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--work", help="checkpoints, runs and logs (default bench-out/gpu-check-work; removed at the end unless "
-                                   "--keep or it was there before)")
+    ap.add_argument("--work", help="where the check makes its folder gpu-check-work-MODE for checkpoints, runs and logs "
+                                   "(default bench-out); that folder is removed at the end unless --keep")
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 450, cpu 900)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -784,17 +799,28 @@ def main():
         if c.child is not None:
             kill_group(c.child)
         c.results["interrupted"] = f"signal {signum} after {time.time() - c.t0:.0f} s"
-        c.save()
-        sys.exit(128 + signum)
+        try:
+            c.save()
+        finally:
+            # SystemExit, which `step` does not catch: the check stops here.
+            sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
+    try:
+        return run_all(c)
+    finally:
+        if not args.keep:
+            shutil.rmtree(c.work, ignore_errors=True)
+
+
+def run_all(c):
     c.step("environment", c.environment, min_seconds=0)
     if "environment" in c.failed:
         c.report()
         return 1
     # Shape by shape, so that the first shape's figures are complete before the second starts;
-    # the searches and the optional torch.compile last.
+    # the searches and the optional steps last.
     ready = []
     for s in c.mode["shapes"]:
         c.step(f"checkpoint {s}", c.checkpoint, s)
@@ -819,8 +845,6 @@ def main():
     c.results["seconds"] = round(time.time() - c.t0, 1)
     c.save()
     c.report()
-    if not args.keep and c.work_made:
-        shutil.rmtree(c.work, ignore_errors=True)
     return 1 if c.failed else 0
 
 

@@ -10,8 +10,8 @@
 #               snapshots are those in $SNAPSHOTS (default snapshots/).
 # --cpu         the dry run CI runs: tiny shapes, two steps, the CPU backend; PyTorch optional.
 # --out DIR     where the results go (default bench-out/gpu-check); $GPU_CHECK_OUT also works.
-# --work DIR    models, runs and logs (default bench-out/gpu-check-work), removed at the end
-#               unless --keep or the folder was there before.
+# --work DIR    where the check makes gpu-check-work-MODE for models, runs and logs (default
+#               bench-out), removed at the end unless --keep.
 # --budget S    seconds for the whole check (default 450 on a GPU).
 set -euo pipefail
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
@@ -65,5 +65,8 @@ for need in "$TRAINER" "$snapshot/manifest.json" "$snapshots/eval/gsm8k_test/man
     exit 2
   fi
 done
+# The check stops its own measurements and saves on SIGTERM / SIGINT; this shell waits for that
+# rather than dying first (a `timeout` signals the whole group).
+trap '' TERM INT
 "${PYTHON:-python3}" scripts/gpu_check.py --mode "$mode" --trainer "$TRAINER" --snapshot "$snapshot" \
   --prompts "$snapshots/eval/gsm8k_test" --out "$out" ${extra[@]+"${extra[@]}"}

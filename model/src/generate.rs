@@ -342,8 +342,9 @@ pub fn generate_batch<B: Backend>(
 /// Each row's greedy token, chosen where the logits are: the lowest id among the row's maxima,
 /// as the host's `choose` picks it (a backend's own argmax may break ties otherwise). On a GPU
 /// this copies one number per row to the host instead of the whole `[rows, vocab]` block, which
-/// at batch 256 and Qwen's vocabulary is 155 MB a step. None when a row has no maximum (NaN
-/// logits): the host then decides, as before.
+/// at batch 256 and Qwen's vocabulary is 155 MB a step. For logits without NaN the ids equal
+/// the host's. None when no entry of a row equals its maximum (a NaN maximum): the host then
+/// decides, as before.
 fn greedy_on_device<B: Backend>(logits: Tensor<B, 2>) -> Option<Vec<u32>> {
     let [rows, vocab] = logits.dims();
     let device = logits.device();
