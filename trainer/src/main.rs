@@ -379,7 +379,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match device {
                 Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, rayon::current_num_threads(), &Default::default()),
                 #[cfg(feature = "cuda")]
-                Device::Cuda => train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default()),
+                Device::Cuda => {
+                    say_cuda_matmul_precision();
+                    train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default())
+                }
             }
         }
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json } => {
@@ -624,13 +627,26 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
     })
 }
 
+/// Says how CUDA matmuls round, since it changes every number a run reports (vendor/README.md).
+#[cfg(feature = "cuda")]
+fn say_cuda_matmul_precision() {
+    if std::env::var("RECTIFY_TF32").is_ok_and(|v| v == "1") {
+        tracing::info!("CUDA matmuls: TF32 allowed on tensor cores (RECTIFY_TF32=1)");
+    } else {
+        tracing::info!("CUDA matmuls: IEEE f32 (RECTIFY_TF32=1 allows TF32, faster and less exact)");
+    }
+}
+
 /// Runs `f` as `device` wants its work: on a GPU one batch at a time (a one-thread pool), since
 /// concurrent batches only help a CPU.
 fn on_device<T: Send>(device: Device, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
     match device {
         Device::Cpu => f(),
         #[cfg(feature = "cuda")]
-        Device::Cuda => rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(f),
+        Device::Cuda => {
+            say_cuda_matmul_precision();
+            rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(f)
+        }
     }
 }
 
