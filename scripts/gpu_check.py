@@ -20,7 +20,8 @@ Every measurement runs in its own process, so a CUDA failure (NVRTC missing, a k
 not compile, out of memory) is recorded with its message and the step it happened in, and the
 check goes on with the next one. Results go to OUT/gpu_check.json after every step, and every
 process's log into OUT/logs.tgz, so a run cut short (or killed: SIGTERM is caught) keeps what it
-measured; OUT holds those two files only. The models and runs go to a work folder outside OUT. `--mode cpu` is the dry run CI uses: tiny shapes, two steps, Burn's
+measured; OUT holds those two files only. The models and runs go to a work folder outside OUT.
+`--mode cpu` is the dry run CI uses: tiny shapes, two steps, Burn's
 Flex backend, PyTorch on CPU when it is installed (skipped with a message when it is not).
 
 The PyTorch side also runs here as worker processes: `gpu_check.py --worker TASK ARGS.json`.
@@ -410,7 +411,7 @@ class Check:
         r["objective_max_rel_diff_vs_ieee"] = max((rel(a["objective"], b["objective"]) for a, b in zip(ieee, steps)), default=None)
         self.shape(shape)["train_rectify_tf32"] = r
         self.shape(shape)["rectify_tf32_steps"] = steps
-        r["pytorch_eager_tf32"] = self.train_torch(shape, False, tf32=True)
+        self.train_torch(shape, False, tf32=True)  # recorded as the shape's train_eager_tf32
         return r
 
     def train_torch(self, shape, compile_, tf32=False):

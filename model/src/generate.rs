@@ -295,8 +295,8 @@ pub fn generate_batch<B: Backend>(
     }
 
     loop {
-        let on_device = params.temperature <= 0.0 && greedy_on == GreedyOn::Device;
-        let tokens: Vec<u32> = match on_device.then(|| greedy_on_device(logits.clone())).flatten() {
+        let chosen = if params.temperature <= 0.0 && greedy_on == GreedyOn::Device { greedy_on_device(logits.clone()) } else { None };
+        let tokens: Vec<u32> = match chosen {
             Some(tokens) => tokens,
             None => {
                 let vocab = logits.dims()[1];

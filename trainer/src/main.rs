@@ -519,7 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Device::Cpu => rows_logprobs_on::<Flex>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())?,
                     // One row at a time on the GPU (see `Eval`).
                     #[cfg(feature = "cuda")]
-                    Device::Cuda => rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(|| {
+                    Device::Cuda => on_device(device, || {
                         rows_logprobs_on::<burn::backend::Cuda>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())
                     })?,
                 }),
@@ -627,14 +627,12 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
     })
 }
 
-/// Says how CUDA matmuls round, since it changes every number a run reports (vendor/README.md).
+/// Says how CUDA matmuls round, since it changes every number a run reports. The rule itself is
+/// the vendored kernels' (`tf32_allowed`, vendor/README.md); this only shows the setting.
 #[cfg(feature = "cuda")]
 fn say_cuda_matmul_precision() {
-    if std::env::var("RECTIFY_TF32").is_ok_and(|v| v == "1") {
-        tracing::info!("CUDA matmuls: TF32 allowed on tensor cores (RECTIFY_TF32=1)");
-    } else {
-        tracing::info!("CUDA matmuls: IEEE f32 (RECTIFY_TF32=1 allows TF32, faster and less exact)");
-    }
+    let setting = std::env::var("RECTIFY_TF32").unwrap_or_else(|_| "unset".into());
+    tracing::info!("CUDA matmuls: IEEE f32 unless RECTIFY_TF32=1 allows TF32 (here RECTIFY_TF32 is {setting})");
 }
 
 /// Runs `f` as `device` wants its work: on a GPU one batch at a time (a one-thread pool), since
