@@ -4,6 +4,7 @@
 //! parameter and its gradient clipping is per tensor, while we need no decay on norms and biases
 //! and one clip over the global norm of all gradients (as PyTorch's `clip_grad_norm_`).
 
+use crate::in_place::{self, Arithmetic, Buffer, CHUNK};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use model_files::checkpoint::HostTensor;
@@ -28,13 +29,15 @@ pub struct AdamW<B: Backend> {
     pub config: AdamWConfig,
     /// Optimizer steps taken so far (bias correction uses `step` after increment).
     pub step: u64,
+    /// In place on Burn's CPU backend, tensor ops elsewhere (the same bits either way).
+    pub arithmetic: Arithmetic,
     m: BTreeMap<String, Tensor<B, 2>>,
     v: BTreeMap<String, Tensor<B, 2>>,
 }
 
 impl<B: Backend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW { config, step: 0, arithmetic: Arithmetic::for_backend::<B>(), m: BTreeMap::new(), v: BTreeMap::new() }
     }
 
     /// Start an optimizer step: every `update` until the next call uses this step's bias
@@ -48,9 +51,9 @@ impl<B: Backend> AdamW<B> {
         self.update_all(vec![(name.to_string(), param, grad)], lr, 1).pop().expect("one parameter in, one out")
     }
 
-    /// Every parameter's [`update`](Self::update), `threads` at a time. Burn's CPU backend runs
-    /// each element-wise op on one thread, so on CPU the parameters are spread over the cores;
-    /// each parameter's arithmetic is the same as one by one, and so is the result.
+    /// Every parameter's [`update`](Self::update), over `threads` cores: in place, each
+    /// parameter split by chunks; or as tensor ops, `threads` parameters at a time. Each
+    /// element's arithmetic is the same either way, and so is the result.
     pub fn update_all(&mut self, params: Vec<(String, Tensor<B, 2>, Tensor<B, 2>)>, lr: f64, threads: usize) -> Vec<Tensor<B, 2>> {
         let (c, t) = (self.config, self.step.max(1) as i32);
         let work: Vec<_> = params
@@ -60,10 +63,19 @@ impl<B: Backend> AdamW<B> {
                 (name, p, g, m, v)
             })
             .collect();
-        let done = map_threads(work, threads, |(name, p, g, m, v)| {
-            let (p, m, v) = adamw(c, t, decays(&name), p, g, m, v, lr);
-            (name, p, m, v)
-        });
+        let done = match self.arithmetic {
+            Arithmetic::TensorOps => map_threads(work, threads, |(name, p, g, m, v)| {
+                let (p, m, v) = adamw(c, t, decays(&name), p, g, m, v, lr);
+                (name, p, m, v)
+            }),
+            Arithmetic::InPlace => work
+                .into_iter()
+                .map(|(name, p, g, m, v)| {
+                    let (p, m, v) = adamw_in_place(AdamWStep::new(c, t, decays(&name), lr, m.is_none()), p, g, m, v, threads);
+                    (name, p, m, v)
+                })
+                .collect(),
+        };
         done.into_iter()
             .map(|(name, p, m, v)| {
                 self.m.insert(name.clone(), m);
@@ -132,6 +144,80 @@ fn adamw<B: Backend>(
     (param - (m_hat / v_hat.sqrt().add_scalar(c.eps)).mul_scalar(lr), m, v)
 }
 
+/// One AdamW step's scalars, as the tensor ops in [`adamw`] apply them: each cast to f32.
+#[derive(Clone, Copy)]
+struct AdamWStep {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    correction1: f32,
+    correction2: f32,
+    /// `lr · weight_decay`, or `None` for parameters that are not decayed.
+    decay: Option<f32>,
+    eps: f32,
+    lr: f32,
+    /// The first step for this parameter: moments start from the gradient alone.
+    fresh: bool,
+}
+
+impl AdamWStep {
+    fn new(c: AdamWConfig, t: i32, decay: bool, lr: f64, fresh: bool) -> Self {
+        AdamWStep {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            correction1: (1.0 - c.beta1.powi(t)) as f32,
+            correction2: (1.0 - c.beta2.powi(t)) as f32,
+            decay: (decay && c.weight_decay != 0.0).then_some((lr * c.weight_decay) as f32),
+            eps: c.eps as f32,
+            lr: lr as f32,
+            fresh,
+        }
+    }
+
+    /// [`adamw`] on a chunk of one parameter: the same f32 operations in the same order.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = if self.fresh { g * self.one_minus_beta1 } else { *m * self.beta1 + g * self.one_minus_beta1 };
+            *v = if self.fresh { g * g * self.one_minus_beta2 } else { *v * self.beta2 + g * g * self.one_minus_beta2 };
+            let (m_hat, v_hat) = (*m / self.correction1, *v / self.correction2);
+            if let Some(decay) = self.decay {
+                *p -= *p * decay;
+            }
+            *p -= m_hat / (v_hat.sqrt() + self.eps) * self.lr;
+        }
+    }
+}
+
+/// [`adamw`] in place on the buffers of the parameter and its moments, held in the gradient's
+/// buffer order (see `in_place`), each parameter split by chunks over the cores.
+fn adamw_in_place<B: Backend>(
+    step: AdamWStep,
+    param: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+    m: Option<Tensor<B, 2>>,
+    v: Option<Tensor<B, 2>>,
+    threads: usize,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let g = Buffer::new(grad);
+    let moment = |t: Option<Tensor<B, 2>>| t.map_or_else(|| Buffer::zeros_like(&g), |t| Buffer::new(t).in_order_of(&g));
+    let (mut p, mut m, mut v) = (Buffer::new(param).in_order_of(&g), moment(m), moment(v));
+    let (ps, gs, ms, vs) = (p.values_mut(), g.values(), m.values_mut(), v.values_mut());
+    assert!(gs.len() == ps.len() && ms.len() == ps.len() && vs.len() == ps.len(), "a parameter, its gradient and moments have one shape");
+    if threads > 1 {
+        ps.par_chunks_mut(CHUNK)
+            .zip(gs.par_chunks(CHUNK))
+            .zip(ms.par_chunks_mut(CHUNK))
+            .zip(vs.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| step.apply(p, g, m, v));
+    } else {
+        step.apply(ps, gs, ms, vs);
+    }
+    (p.into_tensor(), m.into_tensor(), v.into_tensor())
+}
+
 /// `f` over `items`, in order, on up to `threads` threads (rayon's pool) when above 1.
 fn map_threads<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Send + Sync) -> Vec<R> {
     if threads > 1 {
@@ -154,17 +240,61 @@ pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
 
 /// Global L2 norm of all gradients, and the gradients scaled so that norm is at most `max_norm`
 /// (`max_norm <= 0` disables clipping). The norm is reported before clipping. `threads` as in
-/// [`AdamW::update_all`]; the squares are summed in parameter order either way.
+/// [`AdamW::update_all`]; in place on Burn's CPU backend (see `in_place`).
 pub fn clip_global<B: Backend>(grads: Vec<(String, Tensor<B, 2>)>, max_norm: f64, threads: usize) -> (f64, Vec<(String, Tensor<B, 2>)>) {
-    let squares = map_threads(grads.iter().map(|(_, g)| g.clone()).collect(), threads, |g| {
-        g.square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
-    });
+    clip_global_with(grads, max_norm, threads, Arithmetic::for_backend::<B>())
+}
+
+/// [`clip_global`] with the arithmetic chosen. The squares are summed per parameter (in f32 by
+/// Burn as tensor ops, in f64 by chunks in place), then over parameters in their order, so the
+/// norm does not depend on thread timing; the two ways differ only in rounding.
+pub fn clip_global_with<B: Backend>(
+    grads: Vec<(String, Tensor<B, 2>)>,
+    max_norm: f64,
+    threads: usize,
+    arithmetic: Arithmetic,
+) -> (f64, Vec<(String, Tensor<B, 2>)>) {
+    let (squares, grads): (Vec<f64>, Vec<(String, Tensor<B, 2>)>) = match arithmetic {
+        Arithmetic::TensorOps => {
+            let squares = map_threads(grads.iter().map(|(_, g)| g.clone()).collect(), threads, |g| {
+                g.square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
+            });
+            (squares, grads)
+        }
+        Arithmetic::InPlace => grads
+            .into_iter()
+            .map(|(name, g)| {
+                let g = Buffer::new(g);
+                (sum_of_squares(g.values(), threads), (name, g.into_tensor()))
+            })
+            .unzip(),
+    };
     let norm = squares.iter().sum::<f64>().sqrt();
     if max_norm <= 0.0 || !norm.is_finite() || norm <= max_norm {
         return (norm, grads);
     }
     let scale = max_norm / (norm + 1e-6);
-    (norm, map_threads(grads, threads, |(n, g)| (n, g.mul_scalar(scale))))
+    let clipped = match arithmetic {
+        Arithmetic::TensorOps => map_threads(grads, threads, |(n, g)| (n, g.mul_scalar(scale))),
+        Arithmetic::InPlace => grads
+            .into_iter()
+            .map(|(n, g)| {
+                // As `mul_scalar` does: the scale cast to f32, then one product per element.
+                let s = scale as f32;
+                let mut g = Buffer::new(g);
+                in_place::for_chunks(g.values_mut(), threads, |x| x.iter_mut().for_each(|x| *x *= s));
+                (n, g.into_tensor())
+            })
+            .collect(),
+    };
+    (norm, clipped)
+}
+
+/// Σ x² in f64, by chunks summed in chunk order.
+fn sum_of_squares(x: &[f32], threads: usize) -> f64 {
+    let chunk = |c: &[f32]| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+    let parts: Vec<f64> = if threads > 1 { x.par_chunks(CHUNK).map(chunk).collect() } else { x.chunks(CHUNK).map(chunk).collect() };
+    parts.iter().sum()
 }
 
 #[cfg(test)]
@@ -244,6 +374,62 @@ mod tests {
             assert_eq!(host(a), host(b), "{}", names[k]);
         }
         assert_eq!(one.state_to_host(), all.state_to_host());
+    }
+
+    /// A matrix over several chunks whose gradient arrives as a transposed view (as a linear
+    /// weight's does), decayed or not, over three steps: in place equals the tensor ops bit for
+    /// bit, parameters and moments, on one thread and on two.
+    #[test]
+    fn in_place_equals_tensor_ops_bit_for_bit() {
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let (rows, cols) = (CHUNK / 100 + 7, 3 * 100 + 1);
+        let n = rows * cols;
+        let matrix = |f: &dyn Fn(usize) -> f32| {
+            Tensor::<Flex, 2>::from_data(TensorData::new((0..n).map(f).collect::<Vec<_>>(), [rows, cols]), &Default::default())
+        };
+        // The gradient held transposed: a [cols, rows] matrix in row order, viewed as [rows, cols].
+        let grad = |step: usize| matrix(&|i| ((i * 7 + step * 13) as f32 * 0.013).sin() * 1e-3).transpose().into_data();
+        let grad = |step: usize| Tensor::<Flex, 2>::from_data(grad(step), &Default::default()).transpose();
+        for name in ["model.layers.0.mlp.up_proj.weight", "model.norm.weight"] {
+            for threads in [1, 2] {
+                let mut by = [Arithmetic::InPlace, Arithmetic::TensorOps].map(|arithmetic| {
+                    let mut opt = AdamW::<Flex>::new(cfg);
+                    opt.arithmetic = arithmetic;
+                    (opt, matrix(&|i| (i as f32 * 0.37).cos()))
+                });
+                for step in 0..3 {
+                    for (opt, p) in by.iter_mut() {
+                        opt.begin_step();
+                        *p = opt.update_all(vec![(name.to_string(), p.clone(), grad(step))], 1e-2, threads).pop().unwrap();
+                    }
+                    let [(a_opt, a), (b_opt, b)] = &by;
+                    assert_eq!(host(a.clone()), host(b.clone()), "{name}, step {step}, {threads} threads");
+                    assert_eq!(a_opt.state_to_host(), b_opt.state_to_host(), "{name}, step {step}");
+                }
+            }
+        }
+    }
+
+    /// The clip in place: the norm summed in f64 agrees with Burn's f32 sums to float rounding,
+    /// and the clipped gradients with the tensor ops' to the same.
+    #[test]
+    fn clip_in_place_agrees_with_tensor_ops() {
+        let n = 3 * CHUNK + 5;
+        let g = |s: f32| {
+            Tensor::<Flex, 2>::from_data(
+                TensorData::new((0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<_>>(), [1, n]),
+                &Default::default(),
+            )
+        };
+        let grads = || vec![("a".to_string(), g(0.1)), ("b".to_string(), g(0.7).transpose().reshape([1, n]))];
+        let (norm_ops, ops) = clip_global_with(grads(), 1.0, 2, Arithmetic::TensorOps);
+        let (norm, clipped) = clip_global_with(grads(), 1.0, 2, Arithmetic::InPlace);
+        assert!(((norm - norm_ops) / norm_ops).abs() < 1e-6, "{norm} vs {norm_ops}");
+        for ((_, a), (_, b)) in clipped.into_iter().zip(ops) {
+            for (a, b) in host(a).iter().zip(host(b)) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+            }
+        }
     }
 
     #[test]

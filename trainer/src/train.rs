@@ -3,6 +3,7 @@
 
 use crate::batch::{micro_batch, MicroBatch, Targets};
 use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE};
+use crate::in_place::{self, Arithmetic};
 use crate::loss::{chunk_positions, objective, Loss, LossKind, LossParts};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
 use anyhow::{bail, Context};
@@ -274,6 +275,7 @@ pub fn step_gradients<B: AutodiffBackend>(
     // and their gradients are summed in micro-batch order, which keeps the result independent
     // of thread timing.
     let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
+    let arithmetic = Arithmetic::for_backend::<B::InnerBackend>();
     for wave in chunks.chunks(concurrency.max(1)) {
         let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
             vec![micro_step(model, wave[0], loss, step_tokens, recompute_blocks, device)]
@@ -292,7 +294,7 @@ pub fn step_gradients<B: AutodiffBackend>(
             prob += m.prob_sum;
             for (name, g) in m.grads {
                 let sum = match grads.remove(&name) {
-                    Some(acc) => acc + g,
+                    Some(acc) => in_place::add(acc, g, arithmetic, concurrency),
                     None => g,
                 };
                 grads.insert(name, sum);
@@ -353,7 +355,7 @@ pub fn micro_step<B: AutodiffBackend>(
     let h = model.hidden(mb.input_ids, mb.positions, &mb.segments);
     let parts = head_objective(model, h, &mb.targets, loss.into(), step_tokens)?;
     let mut grads = Grads::default();
-    grads.take(model, &parts.surrogate.clone().backward());
+    grads.take(model, &mut parts.surrogate.clone().backward());
     Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
 }
 
@@ -417,8 +419,8 @@ pub fn recomputed_step<B: AutodiffBackend>(
     let mut grads = Grads::default();
     let x = Tensor::<B, 3>::from_inner(x).require_grad();
     let parts = head_objective(model, model.final_norm(x.clone()), &mb.targets, loss, step_tokens)?;
-    let g = parts.surrogate.backward();
-    grads.take(model, &g);
+    let mut g = parts.surrogate.backward();
+    grads.take(model, &mut g);
     let mut upstream = x.grad(&g).context("no gradient for the last block's output")?;
     for (layer, kept) in model.params.layers.iter().zip(kept).rev() {
         let (x, y) = match kept {
@@ -429,12 +431,12 @@ pub fn recomputed_step<B: AutodiffBackend>(
             }
             Kept::Graph { x, y } => (x, y),
         };
-        let g = (y * Tensor::from_inner(upstream)).sum().backward();
-        grads.take(model, &g);
+        let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
+        grads.take(model, &mut g);
         upstream = x.grad(&g).context("no gradient for a block's input")?;
     }
-    let g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
-    grads.take(model, &g);
+    let mut g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
+    grads.take(model, &mut g);
     Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
 }
 
@@ -448,12 +450,14 @@ impl<B: AutodiffBackend> Default for Grads<B> {
 }
 
 impl<B: AutodiffBackend> Grads<B> {
-    /// Add the gradients one backward pass left on the model's parameters.
-    fn take(&mut self, model: &Llama<B>, g: &B::Gradients) {
+    /// Add the gradients one backward pass left on the model's parameters. They are moved out
+    /// of `g`, so each is its bytes' only owner and sums run in place on CPU (`in_place`).
+    fn take(&mut self, model: &Llama<B>, g: &mut B::Gradients) {
         for (name, p) in model.named_params() {
-            if let Some(gp) = p.grad(g) {
+            if let Some(gp) = p.grad_remove(g) {
                 let sum = match self.0.remove(&name) {
-                    Some(acc) => acc + gp,
+                    // Inside one micro-batch, which has its own core: one thread.
+                    Some(acc) => in_place::add(acc, gp, Arithmetic::for_backend::<B::InnerBackend>(), 1),
                     None => gp,
                 };
                 self.0.insert(name, sum);
