@@ -65,7 +65,7 @@ impl<B: Backend> AdamW<B> {
             .collect();
         let done = match self.arithmetic {
             Arithmetic::TensorOps => map_threads(work, threads, |(name, p, g, m, v)| {
-                let (p, m, v) = adamw(c, t, decays(&name), p, g, m, v, lr);
+                let (p, m, v) = adamw(AdamWStep::new(c, t, decays(&name), lr, m.is_none()), p, g, m, v);
                 (name, p, m, v)
             }),
             Arithmetic::InPlace => work
@@ -117,34 +117,33 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// One parameter's AdamW step at step `t` (from 1): the new parameter and moments. Moments
-/// start at zero (`None`).
-#[allow(clippy::too_many_arguments)]
+/// One parameter's AdamW step as tensor ops: the new parameter and moments. Moments start at
+/// zero (`None`).
 fn adamw<B: Backend>(
-    c: AdamWConfig,
-    t: i32,
-    decay: bool,
+    s: AdamWStep,
     param: Tensor<B, 2>,
     grad: Tensor<B, 2>,
     m: Option<Tensor<B, 2>>,
     v: Option<Tensor<B, 2>>,
-    lr: f64,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
     let m = match m {
-        Some(m) => m.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
-        None => grad.clone().mul_scalar(1.0 - c.beta1),
+        Some(m) => m.mul_scalar(s.beta1) + grad.clone().mul_scalar(s.one_minus_beta1),
+        None => grad.clone().mul_scalar(s.one_minus_beta1),
     };
     let v = match v {
-        Some(v) => v.mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2),
-        None => grad.square().mul_scalar(1.0 - c.beta2),
+        Some(v) => v.mul_scalar(s.beta2) + grad.square().mul_scalar(s.one_minus_beta2),
+        None => grad.square().mul_scalar(s.one_minus_beta2),
     };
-    let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
-    let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
-    let param = if decay && c.weight_decay != 0.0 { param.clone() - param.mul_scalar(lr * c.weight_decay) } else { param };
-    (param - (m_hat / v_hat.sqrt().add_scalar(c.eps)).mul_scalar(lr), m, v)
+    let m_hat = m.clone().div_scalar(s.correction1);
+    let v_hat = v.clone().div_scalar(s.correction2);
+    let param = match s.decay {
+        Some(decay) => param.clone() - param.mul_scalar(decay),
+        None => param,
+    };
+    (param - (m_hat / v_hat.sqrt().add_scalar(s.eps)).mul_scalar(s.lr), m, v)
 }
 
-/// One AdamW step's scalars, as the tensor ops in [`adamw`] apply them: each cast to f32.
+/// One AdamW step's scalars for one parameter, in f32 as both ways apply them.
 #[derive(Clone, Copy)]
 struct AdamWStep {
     beta1: f32,
