@@ -74,23 +74,38 @@ impl<B: Backend> Rope<B> {
         Rope::from_host(self.host.clone(), self.head_dim, device)
     }
 
-    /// `x`: `[batch, seq, heads, head_dim]`, as the projection leaves it, before the heads are
-    /// moved ahead of the positions: there the products below run over memory in order, whereas
-    /// on the swapped view Burn's CPU backend walks them element by element (7% of a training
-    /// step, measured). `positions`: `[batch, seq]`.
-    fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
-        let [b, t, n, d] = x.dims();
+    /// The cos and sin at `positions` `[batch, seq]`, repeated for `heads` heads:
+    /// `[batch, seq, heads, head_dim]`, the layout of a projection before its heads are moved
+    /// ahead of the positions. With operands in the same layout the products in [`rotate`] run
+    /// over memory in order; broadcast over the heads, or on the swapped view, Burn's CPU backend
+    /// walks them element by element (7% of a training step, measured).
+    fn at(&self, positions: &Tensor<B, 2, Int>, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, t] = positions.dims();
         let flat = positions.clone().reshape([b * t]);
         let per_head = |table: &Tensor<B, 2>| {
-            let rows = table.clone().select(0, flat.clone()).reshape([b, t, 1, d]);
-            Tensor::cat(vec![rows; n], 2)
+            let rows = table.clone().select(0, flat.clone()).reshape([b, t, 1, self.head_dim]);
+            Tensor::cat(vec![rows; heads], 2)
         };
-        let (cos, sin) = (per_head(&self.cos), per_head(&self.sin));
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+        (per_head(&self.cos), per_head(&self.sin))
     }
+}
+
+/// The rotary cos and sin of one forward pass, for queries and for keys (see `Rope::at`):
+/// computed once and shared by every block, so a training step keeps one copy for its backward
+/// pass rather than one per block.
+#[derive(Clone, Debug)]
+pub struct Rotary<B: Backend> {
+    queries: (Tensor<B, 4>, Tensor<B, 4>),
+    keys: (Tensor<B, 4>, Tensor<B, 4>),
+}
+
+/// `x` `[batch, seq, heads, head_dim]` rotated by `(cos, sin)` of the same shape.
+fn rotate<B: Backend>(x: Tensor<B, 4>, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
 }
 
 /// `x @ w^T + b` for a weight in Hugging Face `[out, in]` layout.
@@ -177,9 +192,10 @@ impl<B: Backend> Llama<B> {
     /// Final hidden states (after the last norm), `[batch, seq, hidden]`.
     pub fn hidden(&self, input_ids: Tensor<B, 2, Int>, positions: Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         assert_eq!(segments.len(), input_ids.dims()[0], "one segment list per row");
+        let rotary = self.rotary(&positions);
         let mut x = self.embed(input_ids);
         for layer in &self.params.layers {
-            x = self.block(layer, x, &positions, segments);
+            x = self.block(layer, x, &rotary, segments);
         }
         self.final_norm(x)
     }
@@ -200,12 +216,20 @@ impl<B: Backend> Llama<B> {
         self.params.lm_head.as_ref().unwrap_or(&self.params.embed_tokens)
     }
 
+    /// The rotary cos and sin at `positions` `[batch, seq]`, for every block of one forward pass.
+    pub fn rotary(&self, positions: &Tensor<B, 2, Int>) -> Rotary<B> {
+        let (nh, nkv) = (self.config.num_attention_heads, self.config.num_key_value_heads);
+        let queries = self.rope.at(positions, nh);
+        let keys = if nkv == nh { queries.clone() } else { self.rope.at(positions, nkv) };
+        Rotary { queries, keys }
+    }
+
     /// One transformer block (`l`, one of `params.layers`) on the residual stream `x`
-    /// `[batch, seq, hidden]`.
-    pub fn block(&self, l: &Block<B>, x: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+    /// `[batch, seq, hidden]`, at the positions `rotary` was made for.
+    pub fn block(&self, l: &Block<B>, x: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let eps = self.config.rms_norm_eps;
         let h = rms_norm(x.clone(), &l.input_layernorm, eps);
-        let x = x + self.attention(l, h, positions, segments);
+        let x = x + self.attention(l, h, rotary, segments);
         self.mlp(l, x)
     }
 
@@ -219,21 +243,21 @@ impl<B: Backend> Llama<B> {
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of normed hidden states `h`, with
     /// rotary embeddings applied to queries and keys.
-    pub(crate) fn qkv(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub(crate) fn qkv(&self, l: &Block<B>, h: Tensor<B, 3>, rotary: &Rotary<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
         let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]);
         let heads = |x: Tensor<B, 4>| x.swap_dims(1, 2);
-        let q = heads(self.rope.apply(split(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), positions));
-        let k = heads(self.rope.apply(split(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), positions));
+        let q = heads(rotate(split(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), &rotary.queries));
+        let k = heads(rotate(split(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), &rotary.keys));
         let v = heads(split(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv));
         (q, k, v)
     }
 
-    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, positions: &Tensor<B, 2, Int>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
-        let (q, k, v) = self.qkv(l, h, positions);
+        let (q, k, v) = self.qkv(l, h, rotary);
         // Grouped-query attention: each key/value head serves nh / nkv query heads.
         let group = nh / nkv;
         let expand =

@@ -1,6 +1,6 @@
 //! The KV cache and the incremental forward pass that fills it, for generation.
 
-use crate::decoder::{linear, rms_norm, Block, Llama};
+use crate::decoder::{linear, rms_norm, Block, Llama, Rotary};
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 
@@ -50,10 +50,11 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
         let eps = self.config.rms_norm_eps;
+        let rotary = self.rotary(&positions);
         let mut x = self.embed(input_ids);
         for (l, layer_cache) in self.params.layers.iter().zip(&mut cache.layers) {
             let h = rms_norm(x.clone(), &l.input_layernorm, eps);
-            let x_attn = x + self.attention_cached(l, h, &positions, &bias, layer_cache);
+            let x_attn = x + self.attention_cached(l, h, &rotary, &bias, layer_cache);
             x = self.mlp(l, x_attn);
         }
         let last = self.final_norm(x.narrow(1, t - 1, 1));
@@ -65,13 +66,13 @@ impl<B: Backend> Llama<B> {
         &self,
         l: &Block<B>,
         h: Tensor<B, 3>,
-        positions: &Tensor<B, 2, Int>,
+        rotary: &Rotary<B>,
         bias: &Tensor<B, 3>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
-        let (q, k, v) = self.qkv(l, h, positions);
+        let (q, k, v) = self.qkv(l, h, rotary);
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
             None => (k, v),

@@ -1,9 +1,10 @@
 //! Element-wise updates of whole parameters and gradients: in place on the buffers of Burn's CPU
 //! backend (Flex), as tensor ops on any other backend.
 //!
-//! Why: Flex gives every tensor op a fresh output buffer (which the kernel zeroes page by page)
-//! and runs it on one thread, and the gradient of a linear weight comes out of the backward pass
-//! as a transposed view, which every later op first copies into row order. Summing the two
+//! Why: Flex writes an op's result into its left operand only when that operand is unshared and
+//! in row order; otherwise it gives the result a fresh buffer (which the kernel zeroes page by
+//! page), and it runs each op on one thread. A linear weight's gradient comes out of the backward
+//! pass as a transposed view, so every op on it copied it into row order first. Summing the two
 //! micro-batches' gradients, the global clip and AdamW's sixteen ops per parameter thus took
 //! 1.3 to 1.5 s of a 7.5 s step of 2 x 512 tokens on 2 cores (measured; PyTorch updates `.grad`
 //! and its parameters in place). An element-wise update does not care in which order a buffer
@@ -11,10 +12,10 @@
 //! keeps the gradient's layout (a parameter or moment in another layout is copied into it once,
 //! at its first update, and stays so), and each update is one pass over the buffers, split over
 //! the cores by chunks. Every element goes through the same f32 operations, in the same order, as
-//! with the tensor ops, so the values are the same bits either way (tested here and in `optim`).
+//! with the tensor ops, so the sums and AdamW's updates are the same bits either way (tested
+//! here and in `optim`); only the clip's norm is summed differently (see `optim::clip_global`).
 //! A GPU backend keeps the tensor ops: its tensors live on the device.
 
-use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
@@ -31,9 +32,10 @@ pub enum Arithmetic {
 }
 
 impl Arithmetic {
-    /// In place on Burn's CPU backend, tensor ops elsewhere.
+    /// In place on Burn's CPU backend, tensor ops elsewhere. The test is the one [`Buffer`]'s
+    /// downcast relies on: the backend's tensors are Flex's own.
     pub fn for_backend<B: Backend>() -> Self {
-        if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        if TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>() {
             Arithmetic::InPlace
         } else {
             Arithmetic::TensorOps
@@ -136,6 +138,7 @@ pub fn zip_chunks(a: &mut [f32], b: &[f32], threads: usize, f: impl Fn(&mut [f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::Flex;
     use burn::tensor::TensorData;
 
     fn t(v: Vec<f32>, rows: usize) -> Tensor<Flex, 2> {
@@ -151,6 +154,9 @@ mod tests {
     fn flex_is_updated_in_place_and_other_backends_by_tensor_ops() {
         assert_eq!(Arithmetic::for_backend::<Flex>(), Arithmetic::InPlace);
         assert_eq!(Arithmetic::for_backend::<burn::backend::Autodiff<Flex>>(), Arithmetic::TensorOps);
+        // What training on CPU uses: the optimizer's and the gradient sums' choice.
+        let opt = crate::optim::AdamW::<Flex>::new(crate::optim::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 });
+        assert_eq!(opt.arithmetic, Arithmetic::InPlace);
     }
 
     /// Over several chunks, for every mix of row order, transposed views (as linear weights'

@@ -113,6 +113,10 @@ impl<B: Backend> AdamW<B> {
                 _ => anyhow::bail!("optimizer state `{key}`: expected m.<name> or v.<name>"),
             };
         }
+        // A parameter's first update starts both moments from zero, so they come in pairs.
+        if let Some(name) = self.m.keys().find(|n| !self.v.contains_key(*n)).or_else(|| self.v.keys().find(|n| !self.m.contains_key(*n))) {
+            anyhow::bail!("optimizer state: `m.{name}` and `v.{name}` must both be there or both be missing");
+        }
         Ok(())
     }
 }
@@ -397,6 +401,15 @@ mod tests {
                     (opt, matrix(&|i| (i as f32 * 0.37).cos()))
                 });
                 for step in 0..3 {
+                    if step == 2 {
+                        // As a resumed run: the in-place side's parameter and moments reloaded
+                        // from host copies, in row order again, while the gradient is transposed.
+                        let (opt, p) = &mut by[0];
+                        let mut resumed = AdamW::<Flex>::new(cfg);
+                        resumed.load_state(opt.step, &opt.state_to_host(), &Default::default()).unwrap();
+                        *opt = resumed;
+                        *p = Tensor::from_data(p.clone().into_data(), &Default::default());
+                    }
                     for (opt, p) in by.iter_mut() {
                         opt.begin_step();
                         *p = opt.update_all(vec![(name.to_string(), p.clone(), grad(step))], 1e-2, threads).pop().unwrap();
@@ -410,17 +423,19 @@ mod tests {
     }
 
     /// The clip in place: the norm summed in f64 agrees with Burn's f32 sums to float rounding,
-    /// and the clipped gradients with the tensor ops' to the same.
+    /// and the clipped gradients with the tensor ops' to the same, for a gradient in row order and
+    /// one held transposed (as a linear weight's comes).
     #[test]
     fn clip_in_place_agrees_with_tensor_ops() {
-        let n = 3 * CHUNK + 5;
-        let g = |s: f32| {
+        let (rows, cols) = (CHUNK / 100 + 3, 3 * 100 + 1);
+        let n = rows * cols;
+        let g = |s: f32, shape: [usize; 2]| {
             Tensor::<Flex, 2>::from_data(
-                TensorData::new((0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<_>>(), [1, n]),
+                TensorData::new((0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<_>>(), shape),
                 &Default::default(),
             )
         };
-        let grads = || vec![("a".to_string(), g(0.1)), ("b".to_string(), g(0.7).transpose().reshape([1, n]))];
+        let grads = || vec![("a".to_string(), g(0.1, [rows, cols])), ("b".to_string(), g(0.7, [cols, rows]).transpose())];
         let (norm_ops, ops) = clip_global_with(grads(), 1.0, 2, Arithmetic::TensorOps);
         let (norm, clipped) = clip_global_with(grads(), 1.0, 2, Arithmetic::InPlace);
         assert!(((norm - norm_ops) / norm_ops).abs() < 1e-6, "{norm} vs {norm_ops}");
@@ -429,6 +444,16 @@ mod tests {
                 assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn a_moment_without_its_pair_is_an_error() {
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+        let one = HostTensor { shape: vec![1, 1], data: vec![0.5] };
+        let state: BTreeMap<String, HostTensor> =
+            [("m.w".to_string(), one.clone()), ("m.u".to_string(), one.clone()), ("v.u".to_string(), one)].into();
+        let err = AdamW::<Flex>::new(cfg).load_state(1, &state, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("`m.w` and `v.w`"), "{err}");
     }
 
     #[test]

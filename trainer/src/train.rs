@@ -312,7 +312,7 @@ pub struct MicroResult<B: AutodiffBackend> {
     pub prob_sum: f64,
 }
 
-/// One AdamW step with (already clipped) gradients, `threads` parameters at a time (see
+/// One AdamW step with (already clipped) gradients over `threads` cores (see
 /// [`AdamW::update_all`]); the updated parameters stay trainable.
 pub fn apply_update<B: AutodiffBackend>(
     model: Llama<B>,
@@ -402,16 +402,17 @@ pub fn recomputed_step<B: AutodiffBackend>(
     blocks: usize,
 ) -> anyhow::Result<MicroResult<B>> {
     let plain: Llama<B::InnerBackend> = model.clone().map_params(&mb.input_ids.clone().inner().device(), |_, p| p.inner());
-    let plain_positions = mb.positions.clone().inner();
+    let plain_rotary = plain.rotary(&mb.positions.clone().inner());
+    let rotary = model.rotary(&mb.positions);
     let mut x = plain.embed(mb.input_ids.clone().inner());
     let mut kept: Vec<Kept<B>> = Vec::with_capacity(model.params.layers.len());
     for (i, (layer, plain_layer)) in model.params.layers.iter().zip(&plain.params.layers).enumerate() {
         if i < blocks {
             kept.push(Kept::Input(x.clone()));
-            x = plain.block(plain_layer, x, &plain_positions, &mb.segments);
+            x = plain.block(plain_layer, x, &plain_rotary, &mb.segments);
         } else {
             let leaf = Tensor::<B, 3>::from_inner(x).require_grad();
-            let y = model.block(layer, leaf.clone(), &mb.positions, &mb.segments);
+            let y = model.block(layer, leaf.clone(), &rotary, &mb.segments);
             x = y.clone().inner();
             kept.push(Kept::Graph { x: leaf, y });
         }
@@ -426,7 +427,7 @@ pub fn recomputed_step<B: AutodiffBackend>(
         let (x, y) = match kept {
             Kept::Input(x) => {
                 let x = Tensor::<B, 3>::from_inner(x).require_grad();
-                let y = model.block(layer, x.clone(), &mb.positions, &mb.segments);
+                let y = model.block(layer, x.clone(), &rotary, &mb.segments);
                 (x, y)
             }
             Kept::Graph { x, y } => (x, y),
