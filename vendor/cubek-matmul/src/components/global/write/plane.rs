@@ -144,7 +144,9 @@ fn write_vector<ES: Numeric, NS: Size, EG: Numeric, NG: Size>(
         }
         value
     } else {
-        unimplemented!()
+        // Vector sizes are known when the kernel is expanded, so this fails at expansion time,
+        // before launch. (Published as a bare `unimplemented!()`; the message is rectify's.)
+        panic!("plane writer: the output's vector size must equal the stage's or be a multiple of it")
     };
 
     view.write_checked((tile, unit_write), Vector::cast_from(value));
