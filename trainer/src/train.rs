@@ -268,14 +268,13 @@ pub fn step_gradients<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<StepResult<B>> {
     let step_tokens = rows.iter().map(|r| r.targets()).sum::<usize>().max(1) as f64;
-    let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = BTreeMap::new();
+    let mut grads = Grads::<B>::default();
     let (mut obj, mut ce, mut prob) = (0.0, 0.0, 0.0);
     // Burn's CPU backend runs element-wise ops on one thread, so on CPU the micro-batches of a
     // step run side by side, each on its own copy of the parameters (separate autodiff leaves),
     // and their gradients are summed in micro-batch order, which keeps the result independent
     // of thread timing.
     let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
-    let arithmetic = Arithmetic::for_backend::<B::InnerBackend>();
     for wave in chunks.chunks(concurrency.max(1)) {
         let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
             vec![micro_step(model, wave[0], loss, step_tokens, recompute_blocks, device)]
@@ -293,15 +292,11 @@ pub fn step_gradients<B: AutodiffBackend>(
             ce += m.ce_sum;
             prob += m.prob_sum;
             for (name, g) in m.grads {
-                let sum = match grads.remove(&name) {
-                    Some(acc) => in_place::add(acc, g, arithmetic, concurrency),
-                    None => g,
-                };
-                grads.insert(name, sum);
+                grads.add(name, g, concurrency);
             }
         }
     }
-    Ok(StepResult { grads: grads.into_iter().collect(), objective: obj, ce_sum: ce, prob_sum: prob, tokens: step_tokens })
+    Ok(StepResult { grads: grads.0.into_iter().collect(), objective: obj, ce_sum: ce, prob_sum: prob, tokens: step_tokens })
 }
 
 /// Gradients and detached loss sums of one micro-batch.
@@ -441,7 +436,8 @@ pub fn recomputed_step<B: AutodiffBackend>(
     Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
 }
 
-/// Parameter gradients summed over one or more backward passes, by Hugging Face name.
+/// Parameter gradients summed over one or more backward passes or micro-batches, by Hugging Face
+/// name.
 struct Grads<B: AutodiffBackend>(BTreeMap<String, Tensor<B::InnerBackend, 2>>);
 
 impl<B: AutodiffBackend> Default for Grads<B> {
@@ -456,14 +452,19 @@ impl<B: AutodiffBackend> Grads<B> {
     fn take(&mut self, model: &Llama<B>, g: &mut B::Gradients) {
         for (name, p) in model.named_params() {
             if let Some(gp) = p.grad_remove(g) {
-                let sum = match self.0.remove(&name) {
-                    // Inside one micro-batch, which has its own core: one thread.
-                    Some(acc) => in_place::add(acc, gp, Arithmetic::for_backend::<B::InnerBackend>(), 1),
-                    None => gp,
-                };
-                self.0.insert(name, sum);
+                // Inside one micro-batch, which has its own core: one thread.
+                self.add(name, gp, 1);
             }
         }
+    }
+
+    /// Add `g` to the sum kept for `name`, over `threads` cores (in place on CPU, `in_place`).
+    fn add(&mut self, name: String, g: Tensor<B::InnerBackend, 2>, threads: usize) {
+        let sum = match self.0.remove(&name) {
+            Some(acc) => in_place::add(acc, g, Arithmetic::for_backend::<B::InnerBackend>(), threads),
+            None => g,
+        };
+        self.0.insert(name, sum);
     }
 
     /// One gradient per parameter, in [`Llama::named_params`] order.
