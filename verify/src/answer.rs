@@ -88,10 +88,12 @@ fn matching_brace(inner: &str) -> Option<usize> {
     None
 }
 
-/// The GSM8K answer after `####`, thousands separators removed.
+/// The GSM8K answer: the line after the last `####`, with thousands separators removed
+/// (`1,234` → `1234`). Only those: other commas separate values (`3, 5` is two answers, not 35).
 pub fn gsm8k_answer(text: &str) -> Option<String> {
     let tail = &text[text.rfind("####")? + 4..];
-    non_empty(&tail.trim().replace(',', ""))
+    let line = tail.trim_start().lines().next()?;
+    non_empty(&crate::math::join_thousands(line))
 }
 
 /// The response with GSM8K's calculator annotations `<<48/2=24>>` removed: they are an artefact
@@ -165,6 +167,9 @@ mod tests {
     #[test]
     fn gsm8k() {
         assert_eq!(gsm8k_answer("a\n#### 1,234").unwrap(), "1234");
+        assert_eq!(gsm8k_answer("a\n#### 1,234,567\n").unwrap(), "1234567");
+        // Commas that are not thousands grouping separate values; only the answer line counts.
+        assert_eq!(gsm8k_answer("a\n#### 3, 5\nnote: 7,000").unwrap(), "3, 5");
         assert_eq!(gsm8k_answer("no marker"), None);
         assert_eq!(strip_gsm8k_calculations("48/2 = <<48/2=24>>24 clips"), "48/2 = 24 clips");
     }

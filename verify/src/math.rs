@@ -39,6 +39,8 @@ mod normalize;
 mod num;
 mod parse;
 
+pub(crate) use parse::join_thousands;
+
 use anyhow::Context;
 use rayon::prelude::*;
 use serde_json::Value;

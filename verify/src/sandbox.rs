@@ -31,6 +31,15 @@
 //!   write containment is a Python audit hook ([`FALLBACK_GUARD`]) that refuses writes outside the
 //!   work dir and refuses `ctypes`, `os.system`, `exec*`, `posix_spawn` and `subprocess`. That is
 //!   Python-level only and can be bypassed by determined code; it is a fallback, not a boundary.
+//! * **Signals to processes outside the run** (`os.kill(os.getppid(), 9)` at the trainer,
+//!   `os.kill(-1, 9)` at every process of the user). As root the private uid may signal no one
+//!   else's processes; with Landlock ABI ≥ 6 its signal scope blocks them for any user.
+//!   *Limitation:* as non-root on a kernel with Landlock ABI < 6 only the [`FALLBACK_GUARD`] stands
+//!   in the way (it is then installed with or without Landlock): it refuses `os.kill` and
+//!   `os.killpg` outside the run's process group and `fcntl`/`ioctl` signal owners, removes
+//!   `signal.pidfd_send_signal` (which has no audit event), and refuses subprocesses, `exec` and
+//!   `ctypes`, which could send signals through a `kill` command or libc. Python-level only, as
+//!   above: native code gets past it.
 //! * **Disk filling.** `RLIMIT_FSIZE` per file (Python ignores SIGXFSZ, so the write fails with
 //!   `EFBIG`). As root with `CAP_SYS_ADMIN` the work dir is additionally a private, size-capped
 //!   tmpfs ([`Limits::disk_bytes`]) in a private mount namespace. *Limitation:* otherwise the number
@@ -146,14 +155,28 @@ const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// whether that is strong enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Isolation {
-    /// Landlock ABI version used to confine writes; `None` means only the Python-level
-    /// [`FALLBACK_GUARD`] confines them.
+    /// Landlock ABI version used to confine writes (and from ABI 6, signals); `None` means only
+    /// the Python-level [`FALLBACK_GUARD`] confines them.
     pub landlock_abi: Option<u32>,
     /// Each run has its own uid (we are root): `RLIMIT_NPROC` counts only the run, and stray
     /// processes are swept by uid.
     pub dedicated_uid: bool,
     /// The work dir is a private tmpfs of [`Limits::disk_bytes`] in its own mount namespace.
     pub private_tmpfs: bool,
+}
+
+impl Isolation {
+    /// Whether the kernel keeps a run's signals inside the run: it has a uid of its own, which may
+    /// not signal ours, or Landlock (ABI ≥ 6) scopes its signals to its own processes.
+    pub fn signals_contained(&self) -> bool {
+        self.dedicated_uid || self.landlock_abi.is_some_and(|abi| abi >= 6)
+    }
+
+    /// Whether runs start behind the Python-level [`FALLBACK_GUARD`]: when the kernel confines
+    /// neither writes (no Landlock) nor signals.
+    pub fn needs_fallback_guard(&self) -> bool {
+        self.landlock_abi.is_none() || !self.signals_contained()
+    }
 }
 
 /// The containment this process can set up, detected once.
@@ -280,12 +303,12 @@ fn run_with(program: &str, limits: &Limits, iso: Isolation) -> anyhow::Result<Ou
 
     let mut cmd = Command::new(python);
     cmd.arg("-I").arg("-B").arg("-u");
-    if iso.landlock_abi.is_some() {
-        cmd.arg(&program_path);
-    } else {
+    if iso.needs_fallback_guard() {
         let guard = scratch.root.join("guard.py");
         write_readable(&guard, FALLBACK_GUARD)?;
         cmd.arg(&guard).arg(&program_path);
+    } else {
+        cmd.arg(&program_path);
     }
     cmd.current_dir(&work)
         .env_clear()
@@ -401,9 +424,10 @@ fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, lim
     }
 }
 
-/// Installed in front of the program only when the kernel has no Landlock. It is a Python audit
-/// hook: it cannot be removed from Python, but native code, or a bug in this list of events, gets
-/// past it — so it is a weaker, Python-level restriction, not an OS boundary.
+/// Installed in front of the program when the kernel has no Landlock, or when nothing at the OS
+/// level keeps the run's signals in (see [`Isolation::needs_fallback_guard`]). It is a Python
+/// audit hook: it cannot be removed from Python, but native code, or a bug in this list of
+/// events, gets past it — so it is a weaker, Python-level restriction, not an OS boundary.
 pub const FALLBACK_GUARD: &str = r#"
 import os, sys
 
@@ -427,6 +451,19 @@ def _rectify_guard():
     }
     refused = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
                "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function")
+    # Signals stay inside the run's process group: without a uid of its own or Landlock's signal
+    # scope, nothing else stops `os.kill(os.getppid(), 9)` or `os.kill(-1, 9)`.
+    def own_group(pid):
+        group = os.getpgid(0)
+        if pid == 0 or pid == -group:
+            return True
+        try:
+            return pid > 0 and os.getpgid(pid) == group
+        except OSError:
+            return False
+    # fcntl F_SETOWN / F_SETOWN_EX and ioctl FIOSETOWN / SIOCSPGRP name a process to signal on I/O.
+    signal_owner_fcntl = (8, 15)
+    signal_owner_ioctl = (0x8901, 0x8902)
     def hook(event, args):
         if event == "open":
             path, mode, flags = (tuple(args) + (None, None, None))[:3]
@@ -441,11 +478,22 @@ def _rectify_guard():
                 path = args[i] if i < len(args) else None
                 if path is not None and not inside(path):
                     raise PermissionError(f"sandbox: {event} outside the work dir is not allowed: {path!r}")
+        elif event == "os.kill" and not own_group(args[0]):
+            raise PermissionError(f"sandbox: signalling pid {args[0]}, outside the run, is not allowed")
+        elif event == "os.killpg" and args[0] not in (0, os.getpgid(0)):
+            raise PermissionError(f"sandbox: signalling process group {args[0]}, outside the run, is not allowed")
+        elif (event == "fcntl.fcntl" and args[1] in signal_owner_fcntl) or \
+             (event == "fcntl.ioctl" and args[1] in signal_owner_ioctl):
+            raise PermissionError(f"sandbox: {event} setting a signal owner is not allowed")
         elif event.startswith(refused):
             raise PermissionError(f"sandbox: {event} is not allowed")
         elif event == "import" and args and args[0] in ("ctypes", "_ctypes"):
             raise PermissionError("sandbox: ctypes is not allowed")
     sys.addaudithook(hook)
+    # Signalling by pidfd (which a `/proc/<pid>` directory fd also is) raises no audit event.
+    import signal, _signal
+    for module in (signal, _signal):
+        module.__dict__.pop("pidfd_send_signal", None)
 
 _rectify_guard()
 del _rectify_guard

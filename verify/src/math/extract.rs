@@ -1,7 +1,7 @@
 //! Finding the final answer in a model output.
 //!
 //! Tiers, first hit wins: (0) the last `\boxed{}`/`\fbox{}` group, or "final answer is X. I hope",
-//! whichever ends later; GSM8K `#### x`; (1) "final answer ... is X"; (2) "answer: X";
+//! whichever ends later; GSM8K `#### x` (x alone on its line); (1) "final answer ... is X"; (2) "answer: X";
 //! (3) "answer ... X"; (4) the last LaTeX math span, or — only with
 //! [`ExtractOptions::last_number_fallback`] — the last plain number or arithmetic expression,
 //! whichever ends later. X is a math span (`$..$`, `$$..$$`, `\(..\)`, `\[..\]`, a bare
@@ -11,6 +11,7 @@
 //! same output yields the same answer; everything is a linear scan over at most the last
 //! [`MAX_SCAN_BYTES`] of the text.
 
+use super::parse::UNITS;
 use super::ExtractOptions;
 use crate::answer;
 
@@ -220,10 +221,27 @@ impl<'a> Doc<'a> {
         Some((parts.join(", "), last.end))
     }
 
+    /// GSM8K's `#### 72`: the value on the line after the last `####`, only when it fills that
+    /// line (trailing punctuation and a unit aside). Models also write `####` as a Markdown
+    /// heading (`#### Step 2: Solve`); that is no answer, and the later tiers decide.
     fn gsm8k(&self) -> Option<Found> {
-        let tail = answer::gsm8k_answer(self.text)?;
-        let first = tail.lines().next()?.trim().to_string();
-        Some((first, self.text.len()))
+        let text = self.text;
+        let after = text.rfind("####")? + 4;
+        let line_end = text[after..].find('\n').map_or(text.len(), |n| after + n);
+        let mut p = skip(text, after, |c| c == ' ' || c == '\t');
+        // `#### **72**`: the bold marks the answer, it is no part of it.
+        if text[p..line_end].starts_with("**") {
+            p += 2;
+        }
+        // A math span or a plain number first: numbers come back normalised (`1,234` → `1234`).
+        let fills_line = |&(_, end): &Found| end <= line_end && only_unit_or_punctuation(&text[end..line_end]);
+        if let Some((value, _)) = self.math_spans_from(p).filter(fills_line).or_else(|| number_or_expr_at(text, p).filter(fills_line)) {
+            return Some((value, text.len()));
+        }
+        // Bare LaTeX (`2\sqrt{3}`, `x = 5`, `3, 5`), taken as written: its commas are the parser's
+        // to read, which keeps `3, 5` a list and joins only thousands (`1,234`).
+        let line = text[p..line_end].trim_end_matches(|c: char| c.is_whitespace() || ".!*".contains(c));
+        reads_as_math(line).then(|| (line.to_string(), text.len()))
     }
 
     /// "The final answer is $X$. I hope it is correct." — the template many models were tuned
@@ -299,6 +317,36 @@ impl<'a> Doc<'a> {
         let q = skip(self.text, p, |c| c == ' ' || c == '\t');
         number_or_expr_at(self.text, q)
     }
+}
+
+/// What may follow an answer on its line: punctuation, bold, and at most one unit word
+/// (`#### 18 dollars.`).
+fn only_unit_or_punctuation(rest: &str) -> bool {
+    let rest = rest.trim().trim_end_matches(|c: char| c.is_whitespace() || ".!*".contains(c));
+    rest.is_empty() || UNITS.contains(&rest.to_ascii_lowercase().as_str())
+}
+
+/// Whether a bare line is mathematics rather than prose: it has a digit or a LaTeX command, and
+/// every word in it is a command (`\sqrt`), a single ASCII letter (a variable), Greek, a unit, or
+/// "and"/"or" between values. `Step 2: Solve` and `第2步` are prose.
+fn reads_as_math(s: &str) -> bool {
+    if !s.contains(|c: char| c.is_ascii_digit() || c == '\\') {
+        return false;
+    }
+    let mut rest = s;
+    while let Some(start) = rest.find(char::is_alphabetic) {
+        let len = rest[start..].find(|c: char| !c.is_alphabetic()).unwrap_or(rest.len() - start);
+        let word = &rest[start..start + len];
+        let command = rest[..start].ends_with('\\');
+        let variable = word.len() == 1 && word.is_ascii();
+        let greek = word.chars().all(|c| ('\u{0370}'..='\u{03ff}').contains(&c));
+        let lower = word.to_ascii_lowercase();
+        if !(command || variable || greek || UNITS.contains(&lower.as_str()) || lower == "and" || lower == "or") {
+            return false;
+        }
+        rest = &rest[start + len..];
+    }
+    true
 }
 
 fn has_list_separator(s: &str) -> bool {
@@ -412,11 +460,15 @@ fn number_or_expr_at(text: &str, p: usize) -> Option<Found> {
 /// longest prefix that ends in a digit or `)`, balances its parentheses and is followed by
 /// punctuation or space; one pass, at most [`MAX_EXPR_CHARS`].
 fn expr_at(text: &str, p: usize) -> Option<Found> {
-    let chars: Vec<(usize, char)> =
-        text[p..].char_indices().take(MAX_EXPR_CHARS).take_while(|&(_, c)| c.is_ascii_digit() || " \t.+-*/^()×÷".contains(c)).collect();
+    let chars: Vec<(usize, char)> = text[p..]
+        .char_indices()
+        .take(MAX_EXPR_CHARS)
+        .take_while(|&(_, c)| c.is_ascii_digit() || " \t.+-*/^()×÷".contains(c) || UNICODE_MINUS.contains(&c))
+        .collect();
     let mut first_digit = 0;
-    for lead in ['-', '(', '-'] {
-        if chars.get(first_digit).is_some_and(|&(_, c)| c == lead) {
+    let leads: [fn(char) -> bool; 3] = [is_minus, |c| c == '(', is_minus];
+    for lead in leads {
+        if chars.get(first_digit).is_some_and(|&(_, c)| lead(c)) {
             first_digit += 1;
         }
     }
@@ -456,11 +508,12 @@ fn number_at(text: &str, p: usize) -> Option<Found> {
     if let Some(c) = text[q..].chars().next().filter(|&c| CURRENCY.contains(c)) {
         q += c.len_utf8();
     }
-    let b = text.as_bytes();
-    let neg = b.get(q) == Some(&b'-');
-    if neg {
-        q += 1;
+    let sign = text[q..].chars().next().filter(|&c| is_minus(c));
+    let neg = sign.is_some();
+    if let Some(c) = sign {
+        q += c.len_utf8();
     }
+    let b = text.as_bytes();
     let (int_part, frac_part, end) =
         grouped_number(b, q).or_else(|| decimal_number(b, q)).or_else(|| fraction_only(b, q)).or_else(|| integer(b, q))?;
     let int_digits: String = text[int_part.0..int_part.1].chars().filter(char::is_ascii_digit).collect();
@@ -480,6 +533,15 @@ fn number_at(text: &str, p: usize) -> Option<Found> {
         end += len;
     }
     Some((out, end))
+}
+
+/// Typeset minus signs: U+2212 MINUS SIGN, and U+2013 EN DASH, which word processors and models
+/// put in its place. Read as a sign; alone between two numbers one makes no expression (`3–5` is
+/// more often a range than a subtraction).
+const UNICODE_MINUS: [char; 2] = ['\u{2212}', '\u{2013}'];
+
+fn is_minus(c: char) -> bool {
+    c == '-' || UNICODE_MINUS.contains(&c)
 }
 
 type NumberParts = ((usize, usize), Option<(usize, usize)>, usize);
@@ -628,5 +690,31 @@ mod tests {
         assert_eq!(ex("the number is not 10 which is 1,000.99€", true).unwrap(), "1000.99");
         assert_eq!(ex("AZYUK2A", true), None);
         assert_eq!(ex("$$ 9 $$ percent", false).unwrap(), "9 %");
+    }
+
+    #[test]
+    fn gsm8k_marker_counts_only_with_a_value_filling_its_line() {
+        // `####` headings are no answers: the later "final answer is" decides.
+        assert_eq!(ex("#### Step 1\nWe compute 3*4 = 12.\n#### Step 2: Solve\nThe final answer is 12.", false).unwrap(), "12");
+        assert_eq!(ex("#### 2. Compute the sum\n3 + 4 = 7", false), None);
+        assert_eq!(ex("#### 第2步\n", false), None);
+        // Only thousands grouping commas go: `3, 5` is a list, not 35.
+        assert_eq!(ex("#### 3, 5", false).unwrap(), "3, 5");
+        assert_eq!(ex("so\n#### 1,234,567.\n", false).unwrap(), "1234567");
+        assert_eq!(ex("#### **72**", false).unwrap(), "72");
+        assert_eq!(ex("#### 18 dollars", false).unwrap(), "18");
+        assert_eq!(ex("#### $x = 5$", false).unwrap(), "x = 5");
+        assert_eq!(ex("#### 2\\sqrt{3}.\r\n", false).unwrap(), "2\\sqrt{3}");
+    }
+
+    #[test]
+    fn unicode_minus_and_en_dash_are_signs() {
+        assert_eq!(ex("It drops 12 degrees, so the answer is \u{2212}5.", true).unwrap(), "-5");
+        assert_eq!(ex("It drops 12 degrees, so the answer is \u{2013}5.", true).unwrap(), "-5");
+        assert_eq!(ex("The temperature falls 12 degrees to \u{2212}5", true).unwrap(), "-5");
+        assert_eq!(ex("Answer: \u{2212}1,234.5", false).unwrap(), "-1234.5");
+        assert_eq!(ex("#### \u{2212}7", false).unwrap(), "-7");
+        // A dash between two numbers is still no sign of the second (a range, `3–5`).
+        assert_eq!(ex("between 3\u{2013}5", true).unwrap(), "3");
     }
 }

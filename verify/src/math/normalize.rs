@@ -15,6 +15,8 @@ pub fn normalize(answer: &str) -> String {
         // (`\\frac`); in a matrix `\\` is the row separator, so leave those alone.
         s = DOUBLED_COMMAND.replace_all(&s, r"\$1").into_owned();
     }
+    // Before the spacing commands turn `10\,000` into the product `10 000`.
+    s = join_spaced_thousands(&s);
     s = spacing_commands(&s);
     for (re, to) in REWRITES.iter() {
         s = re.replace_all(&s, *to).into_owned();
@@ -156,6 +158,42 @@ fn spacing_commands(s: &str) -> String {
     out
 }
 
+/// `10\,000`, `1\ 234\ 567`, `10~000`, `10 000` (U+2009 or U+202F thin space) → `10000`: digit
+/// groups of three after a lead of one to three digits, joined by a thin space, are one number,
+/// as `join_thousands` reads `10,000`. A group must be exactly three digits (`2\,x`, `1\,25`
+/// and `12\,3456` stay apart), and a run that follows a digit, `.` or a comma is not a start.
+fn join_spaced_thousands(s: &str) -> String {
+    const SEPARATORS: [&str; 5] = ["\\,", "\\ ", "~", "\u{2009}", "\u{202f}"];
+    let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let b = s.as_bytes();
+        // The `,` of a `\,` before the number is a space, not a comma.
+        let comma_before = i > 0 && b[i - 1] == b',' && !(i > 1 && b[i - 2] == b'\\');
+        let starts_number = b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_digit() || b[i - 1] == b'.' || comma_before));
+        if starts_number && digits(&s[i..]) <= 3 {
+            let mut end = i + digits(&s[i..]);
+            let mut joined = s[i..end].to_string();
+            while let Some(sep) = SEPARATORS.iter().find(|sep| s[end..].starts_with(**sep)) {
+                let group = end + sep.len();
+                if digits(&s[group..]) != 3 {
+                    break;
+                }
+                joined.push_str(&s[group..group + 3]);
+                end = group + 3;
+            }
+            out.push_str(&joined);
+            i = end;
+            continue;
+        }
+        let ch = s[i..].chars().next().expect("char boundary");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 /// "1, 2 and 3", "1 or 2", `(11,7)or(7,11)` → comma lists. A word counts when it is not part of a
 /// longer lowercase word ("for", "order"); a following capital is allowed so `1orW(x)` splits.
 fn and_or_to_commas(s: &str) -> String {
@@ -228,6 +266,24 @@ mod tests {
         assert_eq!(normalize(r"1 & 2 \\ 3 & 4"), r"1 & 2 \\ 3 & 4");
         assert_eq!(normalize(r"\\frac{1}{2}"), r"\frac{1}{2}");
         assert_eq!(normalize(r"\boxed{\frac{1}{2}}"), r"\frac{1}{2}");
+    }
+
+    #[test]
+    fn thin_space_thousands_are_one_number() {
+        assert_eq!(normalize(r"10\,000"), "10000");
+        assert_eq!(normalize(r"1\,234\,567.5"), "1234567.5");
+        assert_eq!(normalize(r"1\ 000~000"), "1000000");
+        assert_eq!(normalize("12\u{2009}345\u{202f}678"), "12345678");
+        assert_eq!(normalize(r"[1\,000, 2\,000)"), "[1000, 2000)");
+        assert_eq!(normalize(r"x =\,1\,000"), "x = 1000");
+        // Not digit groups: a variable, a group of other than three digits, a long lead, the
+        // digits after a decimal point, a list.
+        assert_eq!(normalize(r"2\,x"), "2 x");
+        assert_eq!(normalize(r"1\,25"), "1 25");
+        assert_eq!(normalize(r"12\,3456"), "12 3456");
+        assert_eq!(normalize(r"1234\,567"), "1234 567");
+        assert_eq!(normalize(r"0.5\,100"), "0.5 100");
+        assert_eq!(normalize(r"1,\,100"), "1, 100");
     }
 
     #[test]

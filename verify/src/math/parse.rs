@@ -433,7 +433,7 @@ fn split_top_cmd<'a>(s: &'a str, cmd: &str) -> Vec<&'a str> {
 
 /// `12,000,023` → `12000023` outside brackets (inside, `(1,200)` is a pair). A run counts as
 /// grouped only when every group after the first has exactly three digits and there is no space.
-fn join_thousands(s: &str) -> String {
+pub(crate) fn join_thousands(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let (mut i, mut depth) = (0usize, 0i32);
@@ -507,7 +507,7 @@ fn strip_trailing_text(s: &str) -> &str {
     head
 }
 
-const UNITS: &[&str] = &[
+pub(super) const UNITS: &[&str] = &[
     "cm", "mm", "km", "meter", "metre", "meters", "metres", "inch", "inches", "feet", "foot", "ft", "yard", "yards", "mile", "miles",
     "unit", "units", "degree", "degrees", "dollar", "dollars", "cent", "cents", "hour", "hours", "hr", "hrs", "minute", "minutes", "min",
     "mins", "second", "seconds", "sec", "day", "days", "week", "weeks", "month", "months", "year", "years", "kg", "gram", "grams", "lb",

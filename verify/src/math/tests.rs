@@ -59,6 +59,10 @@ fn thousands_separators_and_decimals() {
     assert_same(&[("1000", "1,000"), ("7425000", "7,425,000"), ("1000", "1000.0"), ("0.4", ".4"), ("14916", "14{,}916")]);
     // "32, 349" with a space is a list of two numbers, not 32349.
     assert_different(&[("32349", "32, 349"), ("32,349", "32, 349"), ("(1,200)", "1200")]);
+    // Thin spaces group digits too; `10\,000` is ten thousand, not the product 10·000 = 0.
+    assert_same(&[("10^4", r"10\,000"), ("1000", r"1\,000"), ("1234567", r"1\ 234~567"), ("[1000, 2000]", r"[1\,000, 2\,000]")]);
+    assert_same(&[("10000", "10\u{2009}000"), (r"2x", r"2\,x")]);
+    assert_different(&[("0", r"1\,000"), ("0", r"10\,000")]);
 }
 
 #[test]
@@ -71,6 +75,11 @@ fn exact_rationals_and_tolerance() {
     assert!(equivalent_with(r"\frac{1}{3}", "0.3333", &four));
     assert_same(&[(r"3\sqrt{13}", r"\sqrt{117}"), ("4.123105625617661", r"\sqrt{17}"), (r"\frac{\pi}{2}", "1.5707963")]);
     assert_different(&[("4", r"4\sqrt{2}"), ("2", r"\frac{1+\sqrt{5}}{2}")]);
+    // The relative tolerance is for values computed in floating point; between exact values a
+    // decimal is judged by its places alone, however large the numbers (a relative 1e-9 of 4e9
+    // would be 4).
+    assert_different(&[("4000000000", "4000000003.5"), ("4000000003.5", "4000000000"), ("10^{12}", "1000000000000.5")]);
+    assert_same(&[(r"10^{12}\sqrt{2}", "1414213562373.095")]);
 }
 
 #[test]
@@ -214,6 +223,18 @@ fn verify_extracts_and_compares() {
     assert!(verify(r"so the answer is $\boxed{14{,}916}$", "$14916$", &ExtractOptions::MATH).correct);
     assert_eq!(gold_answer("1,000", &ExtractOptions::GSM8K), "1000");
     assert_eq!(gold_answer("x^2+1", &ExtractOptions::GSM8K), "x^2+1");
+}
+
+#[test]
+fn gsm8k_marker_is_an_answer_only_when_a_value_follows() {
+    let headed = "#### Step 1\nWe compute 3*4 = 12.\n#### Step 2: Solve\nThe final answer is 12.";
+    assert_eq!(verify("12", headed, &ExtractOptions::MATH), Verdict { extracted: Some("12".into()), correct: true });
+    // `3, 5` is two values; dropping its comma would read 35 and parse as 3·5 = 15.
+    assert!(!verify("15", "#### 3, 5", &ExtractOptions::MATH).correct);
+    assert!(verify(r"\{3, 5\}", "#### 3, 5", &ExtractOptions::MATH).correct);
+    // The GSM8K gold format, on both sides.
+    assert!(verify("Half of 2,468 is 1,234.\n#### 1,234", "so 1234 in all.\n#### 1,234", &ExtractOptions::GSM8K).correct);
+    assert!(verify("Half of 2,468 is 1,234.\n#### 1,234", "#### 1234", &ExtractOptions::MATH).correct);
 }
 
 #[test]

@@ -266,6 +266,74 @@ fn sandbox_fallback_guard_contains_writes_without_landlock() {
     check_escapes_contained(without_landlock(), "guard");
 }
 
+/// Tries to signal the test process (the sandboxed interpreter's parent) by pid, by process group
+/// and by pidfd, and every process (`kill(-1)`), printing `<target> refused` or `<target> reached`
+/// for each. Signal 0 goes through the same permission checks as SIGKILL but delivers nothing, so
+/// a containment failure is reported by a test process that is still alive. Signalling the run's
+/// own process, group and children must keep working.
+const SIGNAL_PROBES: &str = r#"
+import os, signal
+os.kill(os.getpid(), 0)
+os.kill(0, 0)
+os.killpg(0, 0)
+try:
+    child = os.fork()
+except OSError:
+    child = None  # as non-root, RLIMIT_NPROC counts all of the user's processes
+if child == 0:
+    __import__("time").sleep(30)
+    os._exit(0)
+if child:
+    os.kill(child, signal.SIGKILL)
+    assert os.waitpid(child, 0)[1] == signal.SIGKILL
+
+def by_pidfd(pid, sig):
+    signal.pidfd_send_signal(os.pidfd_open(pid), sig)
+
+def as_io_owner(pid, sig):
+    # Only names the process SIGIO would go to; without O_ASYNC nothing is ever sent.
+    import fcntl
+    fcntl.fcntl(os.pipe()[0], fcntl.F_SETOWN, pid)
+
+parent = os.getppid()
+probes = [("parent", os.kill, parent), ("parent-group", os.killpg, os.getpgid(parent)),
+          ("parent-pidfd", by_pidfd, parent), ("everyone", os.kill, -1), ("io-owner", as_io_owner, parent)]
+for name, send, target in probes:
+    try:
+        send(target, 0)
+        print(name, "reached")
+    except (PermissionError, AttributeError):
+        print(name, "refused")
+"#;
+
+#[test]
+fn sandbox_programs_cannot_signal_processes_outside_the_run() {
+    let machine = isolation();
+    let non_root = |landlock_abi| Isolation { landlock_abi, dedicated_uid: false, private_tmpfs: false };
+    let mut configs = vec![("machine", machine), ("guard only", non_root(None))];
+    if let Some(abi) = machine.landlock_abi {
+        // As non-root on an older kernel: Landlock confines writes but not signals.
+        configs.push(("landlock < 6", non_root(Some(abi.min(5)))));
+        if abi >= 6 {
+            configs.push(("landlock scope", non_root(Some(abi))));
+        }
+    }
+    for (label, iso) in configs {
+        let o = run_with(SIGNAL_PROBES, &Limits::default(), iso).expect("sandbox runs");
+        assert_eq!(o.status, Status::Passed, "[{label}] {iso:?}: {o:?}");
+        for target in ["parent", "parent-group", "parent-pidfd"] {
+            assert!(o.stdout_tail.contains(&format!("{target} refused")), "[{label}] {iso:?} signalled its {target}: {o:?}");
+        }
+        // `kill(-1)` reports success when every target refused, and the kernel checks an I/O
+        // owner only when it signals, so these two show only the guard's own refusal.
+        if iso.needs_fallback_guard() {
+            for target in ["everyone", "io-owner"] {
+                assert!(o.stdout_tail.contains(&format!("{target} refused")), "[{label}] {iso:?}: {o:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn sandbox_work_dir_is_writable() {
     let program = "import os, tempfile\n\
