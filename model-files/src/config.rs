@@ -296,13 +296,17 @@ impl LlamaConfig {
     }
 
     /// This config as exported with [`Self::to_json`]: the keys transformers needs are filled in
-    /// and `torch_dtype` is "float32", the dtype `save_hf` writes.
+    /// and the dtype is "float32", the dtype `save_hf` writes, under both its spellings.
     pub fn export_form(&self) -> LlamaConfig {
         let mut c = self.clone();
         if c.architectures.is_empty() {
             c.architectures = c.model_type.hf_architecture().map(|a| vec![a.to_string()]).unwrap_or_default();
         }
         c.torch_dtype = Some("float32".to_string());
+        // transformers >= 4.56 writes `dtype` and prefers it over `torch_dtype` when both are
+        // present (and transformers 5 loads with dtype="auto"): a `dtype` kept from the source
+        // config ("bfloat16") would load the f32 export at lower precision. Both say float32.
+        c.extra.insert("dtype".into(), Value::from("float32"));
         c.extra.entry("hidden_act".into()).or_insert_with(|| Value::from("silu"));
         c
     }
@@ -349,20 +353,52 @@ impl LlamaConfig {
         let rms_norm_eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))?;
 
         let mut extra = BTreeMap::new();
-        if let Some(t) = g.opt_str(&key("rope.scaling.type"))?.filter(|t| *t != "none") {
-            // Linear scaling is implemented; any other type is recorded so that validate()
-            // refuses it by name rather than the model quietly ignoring it.
-            let scaling = match t {
-                "linear" => serde_json::json!({ "rope_type": t, "factor": g.get_f64(&key("rope.scaling.factor"))? }),
-                _ => serde_json::json!({ "rope_type": t }),
-            };
-            extra.insert("rope_scaling".to_string(), scaling);
+        // As llama.cpp's loader (llama-model.cpp, load_hparams) reads them: the factor comes from
+        // `rope.scaling.factor`, else the legacy `rope.scale_linear`, 0 meaning unscaled; a
+        // missing `rope.scaling.type` means "linear", and the factor scales the frequencies
+        // whatever the type. So a factor with no type is linear scaling, not plain RoPE.
+        let type_key = key("rope.scaling.type");
+        let factor = match [key("rope.scaling.factor"), key("rope.scale_linear")].into_iter().find(|k| g.contains(k)) {
+            Some(k) => Some((g.get_f64(&k)?, k)),
+            None => None,
+        };
+        let scaled_by = factor.as_ref().filter(|(f, _)| *f != 0.0 && *f != 1.0);
+        // The key that set `rope_scaling`, for the error below.
+        let mut scaling_key = type_key.as_str();
+        match g.opt_str(&type_key)? {
+            Some("none") => {
+                if let Some((f, k)) = scaled_by {
+                    bail!("`{type_key}` is \"none\" but `{k}` = {f}, which llama.cpp applies as linear scaling");
+                }
+            }
+            // Linear scaling is implemented; `rope_scaling` is how the config says so.
+            Some("linear") => {
+                let Some((f, _)) = &factor else {
+                    bail!(
+                        "`{type_key}` is \"linear\" but neither `{}` nor `{}` gives its factor",
+                        key("rope.scaling.factor"),
+                        key("rope.scale_linear")
+                    );
+                };
+                extra.insert("rope_scaling".to_string(), serde_json::json!({ "rope_type": "linear", "factor": shortest_f64(*f) }));
+            }
+            None => {
+                if let Some((f, k)) = scaled_by {
+                    scaling_key = k.as_str();
+                    extra.insert("rope_scaling".to_string(), serde_json::json!({ "rope_type": "linear", "factor": shortest_f64(*f) }));
+                }
+            }
+            // Any other type is recorded so that validate() refuses it by name rather than the
+            // model quietly ignoring it.
+            Some(t) => {
+                extra.insert("rope_scaling".to_string(), serde_json::json!({ "rope_type": t }));
+            }
         }
         if let Some(t) = g.tensor(ROPE_FREQS_TENSOR) {
             // Llama 3.1 / 3.2 files: llama.cpp's converter turns `rope_scaling` into per-frequency
             // divisors; read them back as the llama3 scaling they came from.
             if extra.contains_key("rope_scaling") {
-                bail!("both `{}` and tensor `{ROPE_FREQS_TENSOR}` scale the rotary frequencies", key("rope.scaling.type"));
+                bail!("both `{scaling_key}` and tensor `{ROPE_FREQS_TENSOR}` scale the rotary frequencies");
             }
             let n = t.n_elements() as usize;
             let factors: Vec<f64> = dequantize(t.ggml_type, &g.tensor_bytes(t)?, n)?.into_iter().map(f64::from).collect();
@@ -526,6 +562,19 @@ mod tests {
         assert!(j["bos_token_id"].is_null(), "a null bos must stay null, not become transformers' default");
     }
 
+    /// A bf16 transformers 5 config (`dtype`, no `torch_dtype`) exports as float32 under both
+    /// keys: transformers reads `dtype` first, so a stale "bfloat16" there would win.
+    #[test]
+    fn export_sets_both_dtype_keys_to_float32() {
+        let c = patched(QWEN2_TRANSFORMERS5_JSON, r#"{"dtype": "bfloat16"}"#);
+        assert_eq!(c.torch_dtype, None);
+        let j: Value = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!((j["dtype"].as_str(), j["torch_dtype"].as_str()), (Some("float32"), Some("float32")));
+        // A transformers 4 config (torch_dtype only) gets both as well.
+        let j: Value = serde_json::from_str(&LlamaConfig::from_json(SMOLLM2_JSON).unwrap().to_json()).unwrap();
+        assert_eq!((j["dtype"].as_str(), j["torch_dtype"].as_str()), (Some("float32"), Some("float32")));
+    }
+
     #[test]
     fn round_trip_keeps_unknown_keys() {
         let c = LlamaConfig::from_json(SMOLLM2_JSON).unwrap();
@@ -552,6 +601,65 @@ mod tests {
         assert!(with(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("low_freq_factor"));
         assert!(with(r#"{"hidden_act": "gelu"}"#).contains("hidden_act"));
         assert!(with(r#"{"mlp_bias": true}"#).contains("mlp_bias"));
+    }
+
+    /// The config of a minimal llama GGUF (metadata only) with `extra` keys added.
+    fn gguf_config(extra: &[(&str, crate::gguf::Value)]) -> Result<LlamaConfig> {
+        use crate::gguf::Value as V;
+        let mut w = crate::gguf_writer::GgufWriter::new();
+        w.kv("general.architecture", V::str("llama"))
+            .kv("llama.embedding_length", V::U32(64))
+            .kv("llama.feed_forward_length", V::U32(128))
+            .kv("llama.block_count", V::U32(1))
+            .kv("llama.attention.head_count", V::U32(4))
+            .kv("llama.context_length", V::U32(2048))
+            .kv("llama.vocab_size", V::U32(32))
+            .kv("llama.rope.freq_base", V::F32(10000.0))
+            .kv("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5));
+        for (k, v) in extra {
+            w.kv(k, v.clone());
+        }
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), w.to_bytes()).unwrap();
+        LlamaConfig::from_gguf(&Gguf::open(f.path()).unwrap())
+    }
+
+    /// llama.cpp reads a missing `rope.scaling.type` as "linear" and takes the factor from
+    /// `rope.scaling.factor` or the legacy `rope.scale_linear`: such files are linearly scaled.
+    #[test]
+    fn gguf_linear_rope_scaling_without_type() {
+        use crate::gguf::Value as V;
+        let linear = |c: &LlamaConfig| c.rope_scaling().unwrap();
+        let plain = gguf_config(&[]).unwrap();
+        assert_eq!(linear(&plain), RopeScaling::None);
+        for k in ["llama.rope.scaling.factor", "llama.rope.scale_linear"] {
+            let c = gguf_config(&[(k, V::F32(4.0))]).unwrap();
+            assert_eq!(linear(&c), RopeScaling::Linear { factor: 4.0 }, "{k}");
+            c.validate().unwrap();
+            let f = c.rope_inv_freq().unwrap();
+            assert_eq!(f[1], plain.rope_inv_freq().unwrap()[1] / 4.0, "{k}");
+            // 0 and 1 mean unscaled, as in llama.cpp.
+            for none in [0.0, 1.0] {
+                assert_eq!(linear(&gguf_config(&[(k, V::F32(none))]).unwrap()), RopeScaling::None, "{k} = {none}");
+            }
+        }
+        // `rope.scaling.factor` wins over the legacy key, as in llama.cpp.
+        let c = gguf_config(&[("llama.rope.scaling.factor", V::F32(2.0)), ("llama.rope.scale_linear", V::F32(8.0))]).unwrap();
+        assert_eq!(linear(&c), RopeScaling::Linear { factor: 2.0 });
+        // An explicit type: linear takes either key, "none" with a factor is a contradiction.
+        let c = gguf_config(&[("llama.rope.scaling.type", V::str("linear")), ("llama.rope.scale_linear", V::F32(2.0))]).unwrap();
+        assert_eq!(linear(&c), RopeScaling::Linear { factor: 2.0 });
+        let e = format!("{:#}", gguf_config(&[("llama.rope.scaling.type", V::str("linear"))]).unwrap_err());
+        assert!(e.contains("llama.rope.scaling.factor") && e.contains("llama.rope.scale_linear"), "{e}");
+        let e = format!(
+            "{:#}",
+            gguf_config(&[("llama.rope.scaling.type", V::str("none")), ("llama.rope.scaling.factor", V::F32(2.0))]).unwrap_err()
+        );
+        assert!(e.contains("`llama.rope.scaling.type` is \"none\"") && e.contains("`llama.rope.scaling.factor` = 2"), "{e}");
+        assert_eq!(linear(&gguf_config(&[("llama.rope.scaling.type", V::str("none"))]).unwrap()), RopeScaling::None);
+        // Other types are refused by validate(), by name.
+        let c = gguf_config(&[("llama.rope.scaling.type", V::str("yarn")), ("llama.rope.scaling.factor", V::F32(4.0))]).unwrap();
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("yarn"));
     }
 
     #[test]

@@ -111,21 +111,29 @@ impl TensorInfo {
         self.dims.iter().product()
     }
 
-    /// Bytes the tensor occupies on disk; `None` for a ggml type this reader does not know.
+    /// Bytes the tensor occupies on disk; `None` for a ggml type this reader does not know, or
+    /// for rows that are not whole blocks (see [`Self::row_len`]).
     pub fn n_bytes(&self) -> Option<u64> {
         let (block_bytes, block_elems) = GgmlType::from_id(self.ggml_type)?.block();
-        let n = self.n_elements();
-        if !n.is_multiple_of(block_elems as u64) {
+        if !self.row_len().is_multiple_of(block_elems as u64) {
             return None;
         }
-        (n / block_elems as u64).checked_mul(block_bytes as u64)
+        (self.n_elements() / block_elems as u64).checked_mul(block_bytes as u64)
+    }
+
+    /// Elements per row: the first (innermost) dimension. ggml quantises row by row, so a row
+    /// must be a whole number of blocks.
+    pub fn row_len(&self) -> u64 {
+        self.dims.first().copied().unwrap_or(1)
     }
 }
 
 /// A ggml tensor type. [`GgmlType::TABLE`] is the one list of the types llama.cpp's
-/// quantisations use, with their id in the file, name and block geometry; [`GgmlType::kernel`]
-/// says which of them this crate can dequantise, and how. Types ggml has retired (Q4_2, Q4_3 ...)
-/// are not listed: a file using one is reported by its number.
+/// quantisations use, with their id in the file (ggml.h's `enum ggml_type`), name and block
+/// geometry; [`GgmlType::kernel`] says which of them this crate can dequantise, and how. The
+/// IQ*, TQ* and MXFP4 types are listed, without a kernel, so that a file using them is refused by
+/// name. Types ggml has retired (Q4_2, Q4_3, Q4_0_4_4 ...) are not listed: a file using one is
+/// reported by its number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
 pub enum GgmlType {
@@ -143,20 +151,33 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     Q8_K,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ3_XXS,
+    IQ1_S,
+    IQ4_NL,
+    IQ3_S,
+    IQ2_S,
+    IQ4_XS,
     I8,
     I16,
     I32,
     I64,
     F64,
+    IQ1_M,
     BF16,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
 }
 
 /// Dequantises one block: bytes in, `elements` values out.
 type Kernel = fn(&[u8], &mut [f32]);
 
 impl GgmlType {
-    /// `(type, id in the file, name, bytes per block, elements per block)`.
-    pub const TABLE: [(GgmlType, u32, &'static str, usize, usize); 20] = [
+    /// `(type, id in the file, name, bytes per block, elements per block)`; sizes as gguf-py's
+    /// GGML_QUANT_SIZES.
+    pub const TABLE: [(GgmlType, u32, &'static str, usize, usize); 32] = [
         (GgmlType::F32, 0, "F32", 4, 1),
         (GgmlType::F16, 1, "F16", 2, 1),
         (GgmlType::Q4_0, 2, "Q4_0", 18, 32),
@@ -171,12 +192,24 @@ impl GgmlType {
         (GgmlType::Q5_K, 13, "Q5_K", 176, 256),
         (GgmlType::Q6_K, 14, "Q6_K", 210, 256),
         (GgmlType::Q8_K, 15, "Q8_K", 292, 256),
+        (GgmlType::IQ2_XXS, 16, "IQ2_XXS", 66, 256),
+        (GgmlType::IQ2_XS, 17, "IQ2_XS", 74, 256),
+        (GgmlType::IQ3_XXS, 18, "IQ3_XXS", 98, 256),
+        (GgmlType::IQ1_S, 19, "IQ1_S", 50, 256),
+        (GgmlType::IQ4_NL, 20, "IQ4_NL", 18, 32),
+        (GgmlType::IQ3_S, 21, "IQ3_S", 110, 256),
+        (GgmlType::IQ2_S, 22, "IQ2_S", 82, 256),
+        (GgmlType::IQ4_XS, 23, "IQ4_XS", 136, 256),
         (GgmlType::I8, 24, "I8", 1, 1),
         (GgmlType::I16, 25, "I16", 2, 1),
         (GgmlType::I32, 26, "I32", 4, 1),
         (GgmlType::I64, 27, "I64", 8, 1),
         (GgmlType::F64, 28, "F64", 8, 1),
+        (GgmlType::IQ1_M, 29, "IQ1_M", 56, 256),
         (GgmlType::BF16, 30, "BF16", 2, 1),
+        (GgmlType::TQ1_0, 34, "TQ1_0", 54, 256),
+        (GgmlType::TQ2_0, 35, "TQ2_0", 66, 256),
+        (GgmlType::MXFP4, 39, "MXFP4", 17, 32),
     ];
 
     fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {
@@ -571,6 +604,15 @@ impl Gguf {
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
+            // GGUF has no byte-order flag: gguf-py's big-endian files keep the magic as bytes and
+            // write everything after it big-endian, so the version reads as 3 << 24. ggml and
+            // gguf-py recognise them by the low 16 bits being zero.
+            if version != 0 && version & 0xFFFF == 0 {
+                bail!(
+                    "the file is big-endian (its version {version} is {} byte-swapped); only little-endian GGUF files are supported",
+                    version.swap_bytes()
+                );
+            }
             bail!("GGUF version {version} is not supported (only 2 and 3)");
         }
         // Minimum on-disk size of a tensor info: name length, n_dims, type, offset.
@@ -620,6 +662,20 @@ impl Gguf {
         for t in &g.tensors {
             if t.offset % alignment != 0 {
                 bail!("tensor `{}` offset {} is not a multiple of the alignment {alignment}", t.name, t.offset);
+            }
+            // A row that is not whole blocks would be decoded with blocks spanning rows; ggml
+            // refuses such files too.
+            if let Some(kind) = GgmlType::from_id(t.ggml_type) {
+                let block = kind.block().1 as u64;
+                if !t.row_len().is_multiple_of(block) {
+                    bail!(
+                        "tensor `{}` of type {} has {} elements per row (dimensions {:?}), not a multiple of its block size {block}",
+                        t.name,
+                        kind.name(),
+                        t.row_len(),
+                        t.dims
+                    );
+                }
             }
             // Unknown types are allowed through (a later reader may know them); known ones must
             // lie inside the file, which catches truncated downloads at open time.
@@ -944,7 +1000,31 @@ mod tests {
         let all = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16";
         assert!(e.contains("ggml type 15 (Q8_K)") && e.contains(all), "{e}");
         let e = dequantize(16, &[0; 66], 256).unwrap_err().to_string();
-        assert!(e.contains("ggml type 16 (unknown)"), "{e}");
+        assert!(e.contains("ggml type 16 (IQ2_XXS), which cannot be dequantised"), "{e}");
+        // ggml.h's ids of the types listed without a kernel: named, never decoded.
+        let named = [
+            (16, "IQ2_XXS"),
+            (17, "IQ2_XS"),
+            (18, "IQ3_XXS"),
+            (19, "IQ1_S"),
+            (20, "IQ4_NL"),
+            (21, "IQ3_S"),
+            (22, "IQ2_S"),
+            (23, "IQ4_XS"),
+            (29, "IQ1_M"),
+            (34, "TQ1_0"),
+            (35, "TQ2_0"),
+            (39, "MXFP4"),
+        ];
+        for (id, name) in named {
+            assert_eq!(ggml_type_name(id), name);
+            let why = not_dequantizable(id).unwrap();
+            assert!(why.contains(&format!("ggml type {id} ({name})")), "{why}");
+        }
+        // Retired ids are still unknown.
+        for id in [4, 5, 31, 32, 33, 36, 37, 38] {
+            assert_eq!(ggml_type_name(id), "unknown", "{id}");
+        }
         let e = dequantize(2, &[0; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes"), "{e}");
     }
@@ -1138,6 +1218,23 @@ mod tests {
         b.extend(5u32.to_le_bytes());
         b.extend([0u8; 60]);
         assert!(err(&b).contains("5 dimensions"));
+
+        // A big-endian file: the magic is bytes, the version 3 is byte-swapped.
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_be_bytes());
+        b.extend(0u64.to_be_bytes());
+        b.extend(0u64.to_be_bytes());
+        let e = err(&b);
+        assert!(e.contains("big-endian") && e.contains("50331648 is 3 byte-swapped"), "{e}");
+
+        // A quantised tensor whose rows are not whole blocks: 2 rows of 16 Q8_0 weights hold 32
+        // values in total, one block's worth, which would be decoded across the two rows.
+        let mut w = crate::gguf_writer::GgufWriter::new();
+        w.tensors.push(crate::gguf_writer::GgufTensor { name: "w".into(), dims: vec![16, 2], ggml_type: 8, bytes: vec![0; 34] });
+        let e = err(&w.to_bytes());
+        assert!(e.contains("tensor `w` of type Q8_0 has 16 elements per row") && e.contains("block size 32"), "{e}");
+        w.tensors[0].dims = vec![32, 1];
+        assert!(Gguf::open(write_file(&w.to_bytes()).path()).is_ok());
 
         // The file name is in the message.
         let f = write_file(b"GGUF");

@@ -79,7 +79,9 @@ enum PreKind {
     Qwen2,
 }
 
-fn pre_kind(pre: Option<&str>, path: &Path) -> Result<PreKind> {
+/// The pre-tokenizer of a GGUF whose `tokenizer.ggml.pre` is `pre` and whose
+/// `general.architecture` is `arch`.
+fn pre_kind(pre: Option<&str>, arch: Option<&str>, path: &Path) -> Result<PreKind> {
     // Aliases follow llama.cpp's llama-vocab.cpp, restricted to the regexes built here.
     Ok(match pre {
         Some("smollm" | "starcoder" | "refact") => PreKind::DigitsGpt2,
@@ -90,10 +92,27 @@ fn pre_kind(pre: Option<&str>, path: &Path) -> Result<PreKind> {
              gpt-2, phi-2, qwen2, deepseek-r1-qwen); use tokenizer_json instead",
             path.display()
         ),
-        None => {
-            tracing::warn!("{}: no tokenizer.ggml.pre; assuming SmolLM2's pre-tokenizer (single digits + GPT-2 regex)", path.display());
-            PreKind::DigitsGpt2
-        }
+        // Files converted before llama.cpp added the key (spring 2024) lack it. llama.cpp then
+        // uses LLAMA_VOCAB_PRE_TYPE_DEFAULT, whose regexes (punctuation runs, GPT-2 words,
+        // `\p{N}+`, three-digit groups) are not SmolLM2's (single digits, then GPT-2's) nor any
+        // other built here, so assuming SmolLM2's, as this function once did, matched neither
+        // llama.cpp nor, say, a Llama 3 model's own tokenizer. Choose only where the architecture
+        // settles it: the qwen2-architecture models of that time (Qwen1.5) all shipped Qwen2's
+        // tokenizer, which is the pattern and NFC normalisation built here (the ids Hugging Face
+        // gives, though not the ones llama.cpp's fallback gives). A llama-family file may be
+        // Llama 3, SmolLM or another model with another regex: refuse rather than guess.
+        None => match arch {
+            Some("qwen2") => {
+                tracing::warn!("{}: no tokenizer.ggml.pre; general.architecture is qwen2, so using Qwen2's pre-tokenizer", path.display());
+                PreKind::Qwen2
+            }
+            _ => bail!(
+                "{}: no tokenizer.ggml.pre, and general.architecture = {} does not say which pre-tokenizer the model \
+                 uses; use tokenizer_json (the model's tokenizer.json) instead",
+                path.display(),
+                arch.map_or("(missing)".to_string(), |a| format!("\"{a}\""))
+            ),
+        },
     })
 }
 
@@ -150,7 +169,7 @@ impl ChatTokenizer {
         if model != "gpt2" {
             bail!("{p}: tokenizer.ggml.model = \"{model}\"; only byte-level BPE (\"gpt2\") is supported");
         }
-        let pre = pre_kind(g.opt_str("tokenizer.ggml.pre")?, path)?;
+        let pre = pre_kind(g.opt_str("tokenizer.ggml.pre")?, g.opt_str("general.architecture")?, path)?;
 
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
         let merges_raw = g.get_str_array("tokenizer.ggml.merges")?;
@@ -673,15 +692,25 @@ mod tests {
 
     /// A minimal GGUF with only tokenizer metadata, for pre-tokenizer selection.
     fn tiny_gguf(pre: Option<&str>, add_bos: bool) -> tempfile::NamedTempFile {
+        tiny_gguf_arch(pre, None, add_bos)
+    }
+
+    /// [`tiny_gguf`] with a `general.architecture`.
+    fn tiny_gguf_arch(pre: Option<&str>, arch: Option<&str>, add_bos: bool) -> tempfile::NamedTempFile {
         use crate::gguf::Value;
         let mut w = crate::gguf_writer::GgufWriter::new();
+        if let Some(a) = arch {
+            w.kv("general.architecture", Value::str(a));
+        }
         w.kv("tokenizer.ggml.model", Value::str("gpt2"));
         if let Some(p) = pre {
             w.kv("tokenizer.ggml.pre", Value::str(p));
         }
-        w.kv("tokenizer.ggml.tokens", Value::strings(["a", "b", "ab", "<s>", "</s>", "1", "2", "12"]))
-            .kv("tokenizer.ggml.merges", Value::strings(["a b", "1 2"]))
-            .kv("tokenizer.ggml.token_type", Value::i32s([1, 1, 1, 3, 3, 1, 1, 1]))
+        // "!a" merges first, so that "!ab" tells the regexes apart: Qwen2's keeps "!ab" in one
+        // piece (-> "!a" "b"), GPT-2's splits off "!" (-> "!" "ab").
+        w.kv("tokenizer.ggml.tokens", Value::strings(["a", "b", "ab", "<s>", "</s>", "1", "2", "12", "!", "!a"]))
+            .kv("tokenizer.ggml.merges", Value::strings(["! a", "a b", "1 2"]))
+            .kv("tokenizer.ggml.token_type", Value::i32s([1, 1, 1, 3, 3, 1, 1, 1, 1, 1]))
             .kv("tokenizer.ggml.bos_token_id", Value::U32(3))
             .kv("tokenizer.ggml.eos_token_id", Value::U32(4))
             .kv("tokenizer.ggml.add_bos_token", Value::Bool(add_bos))
@@ -703,12 +732,25 @@ mod tests {
             t.tokenizer().encode(text, false).unwrap().get_ids().to_vec()
         };
         assert_eq!(ids(Some("smollm"), "ab12"), vec![2, 5, 6]);
-        assert_eq!(ids(None, "ab12"), vec![2, 5, 6]);
         assert_eq!(ids(Some("gpt-2"), "ab12"), vec![2, 7]);
         assert_eq!(ids(Some("qwen2"), "ab12"), vec![2, 5, 6]);
+        assert_eq!(ids(Some("smollm"), "!ab"), vec![8, 2]);
+        assert_eq!(ids(Some("qwen2"), "!ab"), vec![9, 1]);
 
         let e = format!("{:#}", ChatTokenizer::from_gguf(tiny_gguf(Some("llama-bpe"), false).path(), None, None).unwrap_err());
         assert!(e.contains("\"llama-bpe\"") && e.contains("not supported"), "{e}");
+    }
+
+    /// Without `tokenizer.ggml.pre` the architecture decides only where it is unambiguous:
+    /// qwen2 gets Qwen2's pre-tokenizer; anything else is refused, never given SmolLM2's.
+    #[test]
+    fn missing_pre_tokenizer_follows_architecture_or_fails() {
+        let t = ChatTokenizer::from_gguf(tiny_gguf_arch(None, Some("qwen2"), false).path(), None, None).unwrap();
+        assert_eq!(t.tokenizer().encode("!ab", false).unwrap().get_ids(), &[9, 1]);
+        for arch in [Some("llama"), None] {
+            let e = format!("{:#}", ChatTokenizer::from_gguf(tiny_gguf_arch(None, arch, false).path(), None, None).unwrap_err());
+            assert!(e.contains("no tokenizer.ggml.pre") && e.contains("tokenizer_json"), "{e}");
+        }
     }
 
     #[test]
