@@ -270,9 +270,9 @@ pub fn write_outputs(out: &Path, models: &[ModelProbs], sample: &Sample, bins: u
     }
     let (hist, summary) = csv_paths(out);
     let (canvas, _) = chart(models, sample, bins, log_y).render();
-    std::fs::write(out, canvas.to_png()).with_context(|| format!("cannot write {}", out.display()))?;
-    std::fs::write(&hist, histogram_csv(models, sample, bins))?;
-    std::fs::write(&summary, summary_csv(models, sample))?;
+    schemas::write_atomic(out, &canvas.to_png())?;
+    schemas::write_atomic(&hist, histogram_csv(models, sample, bins).as_bytes())?;
+    schemas::write_atomic(&summary, summary_csv(models, sample).as_bytes())?;
     Ok(vec![out.to_path_buf(), hist, summary])
 }
 
@@ -296,6 +296,10 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
         bail!("--bins must be at least 1");
     }
     // Fail before minutes of scoring, not after.
+    if opts.out.extension().is_none_or(|e| e != "png") {
+        // The CSVs are named by swapping the extension, so `x.csv` would overwrite the PNG.
+        bail!("--out {}: give a .png path (the CSVs are written beside it)", opts.out.display());
+    }
     if let Some((missing, _)) = opts.models.iter().find(|(p, _)| !p.exists()) {
         bail!("model {} does not exist", missing.display());
     }
@@ -317,6 +321,7 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
         let t0 = Instant::now();
         let model = Llama::<Flex>::load(path, &device)?;
         model.check_vocab(snapshot.manifest.tokenizer.vocab_size).with_context(|| format!("model {}", path.display()))?;
+        model.check_context(snapshot.seq_len).with_context(|| format!("model {}", path.display()))?;
         let t1 = Instant::now();
         let lp = model::logprobs::rows_logprobs(&model, &rows, &device, || {});
         let probs = target_probs(&rows, &lp);
@@ -502,6 +507,23 @@ base,models/base.gguf,2,5,3,0.75,1,2,0.400000
         // Edges of 20 bins print as written: 0.15, not 0.15000000000000002.
         let csv20 = histogram_csv(&toy_models()[..1], &sample(), 20);
         assert!(csv20.lines().nth(4).unwrap().contains(",3,0.15,0.2,"), "{csv20}");
+    }
+
+    #[test]
+    fn out_must_be_a_png_so_the_csvs_cannot_overwrite_it() {
+        let opts = |out: &str| Options {
+            models: vec![("missing.gguf".into(), None)],
+            snapshot: "missing".into(),
+            rows: 0,
+            bins: 4,
+            log_y: false,
+            out: out.into(),
+        };
+        let err = run(&opts("x.csv")).unwrap_err().to_string();
+        assert!(err.contains("give a .png path"), "{err}");
+        // A .png gets past that check to the next one.
+        let err = run(&opts("x.png")).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
     }
 
     #[test]

@@ -137,7 +137,16 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
             let bench = Recipe::load(&path).with_context(|| format!("decontaminate.against `{rel}`"))?;
             let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name))?;
             inputs.extend(got.inputs);
-            benchmarks.push(Benchmark { name: bench.name, items: got.examples });
+            if !got.quarantine.is_empty() {
+                tracing::warn!(
+                    "decontaminate: {} rows of benchmark {} are malformed and not checked against (first: {}:{})",
+                    got.quarantine.len(),
+                    bench.name,
+                    got.quarantine[0].file,
+                    got.quarantine[0].line
+                );
+            }
+            benchmarks.push(Benchmark { name: bench.name, items: got.examples, malformed: got.quarantine.len() });
         }
         let n = examples.len();
         let (kept, dropped, report) =

@@ -25,6 +25,8 @@ use std::collections::HashMap;
 pub struct Benchmark {
     pub name: String,
     pub items: Vec<Example>,
+    /// Rows of the benchmark's files that could not be read, so could not be checked against.
+    pub malformed: usize,
 }
 
 /// At most this many `(training id, benchmark id)` pairs per benchmark in the report.
@@ -46,7 +48,8 @@ pub fn decontaminate(
     ngram: usize,
     min_overlap: f64,
 ) -> (Vec<Example>, Vec<Dropped>, Vec<BenchmarkContamination>) {
-    let mut index = Index::build(benchmarks, ngram.max(1));
+    assert!(ngram > 0, "recipe validation keeps decontaminate.ngram positive");
+    let mut index = Index::build(benchmarks, ngram);
     index.min_overlap = min_overlap;
     let pb = progress::bar(examples.len(), "decontaminate");
     let hits: Vec<Vec<Hit>> = examples
@@ -168,6 +171,7 @@ fn report(examples: &[Example], hits: &[Vec<Hit>], benchmarks: &[Benchmark]) -> 
         .map(|b| BenchmarkContamination {
             benchmark: b.name.clone(),
             items: b.items.len() as u64,
+            malformed_items: b.malformed as u64,
             contaminated_rows: 0,
             contaminated_items: 0,
             examples: Vec::new(),
@@ -214,7 +218,7 @@ mod tests {
 
     fn bench(name: &str, prompts: &[&str]) -> Benchmark {
         let items = prompts.iter().enumerate().map(|(i, p)| ex(&format!("{name}/{i}"), p, "")).collect();
-        Benchmark { name: name.to_string(), items }
+        Benchmark { name: name.to_string(), items, malformed: 0 }
     }
 
     fn ids(rows: &[Example]) -> Vec<&str> {

@@ -65,7 +65,6 @@ pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_p
     let mut rows_in = 0usize;
     for source in sources {
         let before_q = out.quarantine.len();
-        let before_e = out.examples.len();
         if source.format == Format::Rollouts {
             let got = crate::rollouts::ingest_rollouts(source, recipe_path, role_prefix)?;
             rows_in += got.rows;
@@ -87,10 +86,12 @@ pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_p
             bytes: bytes.len() as u64,
         });
         let rows = read_rows(&path, bytes)?;
-        rows_in += rows.len();
+        let total = rows.len();
+        rows_in += total;
         adapt_rows(source, &path, rows, &mut out)?;
-        let bad = out.quarantine.len() - before_q;
-        check_bad_fraction(source, &out, before_q, bad + (out.examples.len() - before_e), cfg)?;
+        // Malformed rows are found in the whole file, so the fraction is over the whole file,
+        // not over the rows `id_range`, `skip` and `limit` keep.
+        check_bad_fraction(source, &out, before_q, total, cfg)?;
     }
     let mut report = StageReport::new(STAGE, rows_in, out.examples.len(), &out.dropped);
     if !out.quarantine.is_empty() {
@@ -100,8 +101,8 @@ pub fn ingest(sources: &[Source], recipe_path: &Path, cfg: &IngestConfig, role_p
     Ok(out)
 }
 
-/// Fails when more than `max_bad_fraction` of the `total` rows a source contributed (kept or
-/// malformed) went to the quarantine, naming the first errors.
+/// Fails when more than `max_bad_fraction` of the `total` rows a source's file holds went to
+/// the quarantine, naming the first errors.
 fn check_bad_fraction(source: &Source, out: &Ingested, before_q: usize, total: usize, cfg: &IngestConfig) -> anyhow::Result<()> {
     let bad = out.quarantine.len() - before_q;
     if total > 0 && bad as f64 / total as f64 > cfg.max_bad_fraction {
@@ -525,6 +526,25 @@ mod tests {
         let strict = IngestConfig { max_bad_fraction: 0.5 };
         let err = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "").err().unwrap().to_string();
         assert!(err.contains("5 of 6 rows are malformed") && err.contains("g.jsonl:2: field `answer`"), "{err}");
+    }
+
+    #[test]
+    fn bad_fraction_is_over_the_whole_file_not_the_rows_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::File::create(dir.path().join("g.jsonl")).unwrap();
+        for i in 0..9 {
+            writeln!(f, r#"{{"question": "q{i}", "answer": "a\n#### {i}"}}"#).unwrap();
+        }
+        writeln!(f, r#"{{"question": "q9""#).unwrap(); // 1 malformed row of 10
+        drop(f);
+        let mut s = source("g", "g.jsonl", Format::Gsm8k);
+        s.skip = Some(1);
+        s.limit = Some(2);
+        // 1 of 10 rows (10%) is within 20%, though 1 of the 3 rows kept or malformed is not.
+        let out = ingest(&[s.clone()], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.2 }, "").unwrap();
+        assert_eq!((out.examples.len(), out.quarantine.len()), (2, 1));
+        let err = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.05 }, "").err().unwrap().to_string();
+        assert!(err.contains("1 of 10 rows are malformed"), "{err}");
     }
 
     #[test]

@@ -73,23 +73,27 @@ pub fn pack(mut items: Vec<Tokenized>, cfg: &PackConfig, pad_id: u32, seed: u64)
     let mut dropped = vec![];
     let mut truncated = 0u64;
     items.retain_mut(|t| {
-        if t.ids.len() > seq_len {
+        let len = t.ids.len();
+        if len > seq_len {
             match cfg.overlong {
                 Overlong::Drop => {
-                    dropped.push(drop_record(t, "longer_than_seq_len", format!("{} tokens", t.ids.len())));
+                    dropped.push(drop_record(t, "longer_than_seq_len", format!("{len} tokens")));
                     return false;
                 }
                 Overlong::Truncate => {
                     t.ids.truncate(seq_len);
                     t.loss_mask.truncate(seq_len);
-                    truncated += 1;
                 }
             }
         }
         if t.loss_mask.iter().all(|&m| m == 0) {
-            dropped.push(drop_record(t, "no_loss_tokens", ""));
+            // Truncation can cut a long prompt's whole response away; say so.
+            let detail = if len > seq_len { format!("truncated from {len} tokens") } else { String::new() };
+            dropped.push(drop_record(t, "no_loss_tokens", detail));
             return false;
         }
+        // Counted among the examples kept only, so the report's figures add up.
+        truncated += u64::from(len > seq_len);
         true
     });
     let lengths: Vec<usize> = items.iter().map(|t| t.ids.len()).collect();
@@ -196,5 +200,16 @@ mod tests {
         assert_eq!(report.truncated_examples, 1);
         assert_eq!(rows[0].loss_mask[0], 0);
         assert_eq!(rows[0].num_loss_tokens, 15);
+    }
+
+    #[test]
+    fn a_response_truncated_away_is_dropped_with_why_and_not_counted_as_truncated() {
+        let cfg = PackConfig { seq_len: 16, overlong: Overlong::Truncate };
+        let mut it = item("long_prompt", 20);
+        it.loss_mask = [vec![0; 18], vec![1; 2]].concat();
+        let (rows, dropped, report) = pack(vec![it], &cfg, 0, 1);
+        assert!(rows.is_empty());
+        assert_eq!((dropped[0].reason.as_str(), dropped[0].detail.as_str()), ("no_loss_tokens", "truncated from 20 tokens"));
+        assert_eq!((report.examples, report.truncated_examples), (0, 0));
     }
 }

@@ -83,6 +83,7 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
     let (pm, qs) = schemas::prompts::load_prompts(&prompts).unwrap();
     let sampling = Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, seed: 3 };
     let key = CacheKey {
+        engine: "test".into(),
         model_sha256: "ab".repeat(32),
         prompts_snapshot_id: pm.snapshot_id.clone(),
         questions: 3,

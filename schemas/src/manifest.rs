@@ -100,6 +100,10 @@ impl StageReport {
 pub struct BenchmarkContamination {
     pub benchmark: String,
     pub items: u64,
+    /// Rows of the benchmark's files its ingest quarantined: not checked against (within the
+    /// benchmark recipe's `ingest.max_bad_fraction`).
+    #[serde(default)]
+    pub malformed_items: u64,
     /// Training rows that overlap this benchmark (and were removed).
     pub contaminated_rows: u64,
     /// Benchmark items that some training row overlaps.

@@ -505,6 +505,19 @@ impl Recipe {
         if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {
             bail!("`dedup.near`: bands, rows and ngram must be positive and threshold in [0, 1]");
         }
+        let d = &self.decontaminate;
+        // Out of range, either would quietly turn decontamination off (`min_overlap: 50` meant
+        // as a percentage never matches) while the manifest still reports it as done.
+        if d.ngram == 0 || !(0.0..=1.0).contains(&d.min_overlap) {
+            bail!(
+                "`decontaminate`: ngram must be positive and min_overlap a fraction in [0, 1] (got ngram {}, min_overlap {})",
+                d.ngram,
+                d.min_overlap
+            );
+        }
+        if !(0.0..=1.0).contains(&self.ingest.max_bad_fraction) {
+            bail!("`ingest.max_bad_fraction` must be a fraction in [0, 1] (got {})", self.ingest.max_bad_fraction);
+        }
         if self.pack.seq_len < 16 {
             bail!("`pack.seq_len` must be at least 16");
         }
@@ -551,6 +564,18 @@ mod tests {
         assert_eq!(r.dedup.near.threshold, 0.8);
         assert_eq!(r.decontaminate.ngram, 8);
         assert_eq!(r.kind, SnapshotKind::Train);
+    }
+
+    #[test]
+    fn out_of_range_fractions_are_errors() {
+        for (bad, what) in [
+            ("decontaminate: {min_overlap: 50}", "min_overlap"),
+            ("decontaminate: {ngram: 0}", "ngram must be positive"),
+            ("ingest: {max_bad_fraction: 5}", "max_bad_fraction"),
+        ] {
+            let err = format!("{:#}", Recipe::parse(&format!("{MINIMAL}{bad}\n"), Path::new("r.yaml")).unwrap_err());
+            assert!(err.contains(what) && err.contains("r.yaml"), "{bad}: {err}");
+        }
     }
 
     #[test]
