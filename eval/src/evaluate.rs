@@ -16,10 +16,18 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
     if prompts.is_empty() {
         bail!("{}: no prompts to evaluate", bench.name);
     }
-    let k = cfg.samples.max(1);
+    let k = cfg.samples;
+    if k == 0 {
+        bail!("{}: samples per prompt must be at least 1", bench.name);
+    }
     let tok = &bench.tokenizer;
     let stop = stop_ids(tok);
     check_vocab(&bench.name, prompts, model.config().vocab_size)?;
+    // A prompt that cannot be graded (no gold answer, unreadable tests) fails now, not after
+    // all the generation.
+    for p in prompts {
+        verify::grade::gradable(&p.into()).map_err(|e| anyhow::anyhow!("{}: {e}", bench.name))?;
+    }
 
     let bar = progress::bar(prompts.len() * k, &format!("gen {}", bench.name));
     let start = Instant::now();

@@ -16,6 +16,10 @@ pub struct EvalConfig {
     pub limit: Option<usize>,
     /// Sequences decoded together; each CPU thread decodes one batch at a time.
     pub batch_size: usize,
+    /// What computed the logits; results are reused only from the same engine (empty in
+    /// summaries written before it was recorded).
+    #[serde(default)]
+    pub engine: String,
 }
 
 /// One line of `results/<bench>.jsonl`.

@@ -152,6 +152,16 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
+    /// Rows of `seq_len` tokens fit the rotary tables of this model. Past them Burn's CPU
+    /// backend stops inside the table lookup, and a GPU reads out of bounds.
+    pub fn check_context(&self, seq_len: usize) -> anyhow::Result<()> {
+        let context = self.config.max_position_embeddings;
+        if seq_len > context {
+            bail!("rows of {seq_len} tokens are longer than the model's context of {context} (max_position_embeddings)");
+        }
+        Ok(())
+    }
+
     /// Every parameter with its Hugging Face name, in [`Params::map`] order.
     pub fn named_params(&self) -> Vec<(String, &Tensor<B, 2>)> {
         self.params.as_ref().into_named().into_iter().map(|(n, t)| (n.hf, t)).collect()

@@ -263,6 +263,10 @@ pub fn generate_batch<B: Backend>(
     let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
     assert!(requests.iter().all(|r| !r.prompt.is_empty()), "empty prompt: nothing to condition on");
     let context = model.config.max_position_embeddings;
+    // Positions past the rotary tables: an index error on the CPU, an out-of-bounds read on a GPU.
+    if let Some(r) = requests.iter().find(|r| r.prompt.len() >= context) {
+        panic!("a prompt of {} tokens leaves no room in the model's {context}-token context", r.prompt.len());
+    }
     let mut rngs: Vec<_> = requests.iter().map(|r| request_rng(params.seed, r.stream)).collect();
     let mut outputs: Vec<Vec<u32>> = vec![vec![]; n];
     // Rows still decoding, as indices into `requests`; `pads[i]` is the left padding of row i.

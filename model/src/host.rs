@@ -75,6 +75,15 @@ impl SeqCache {
 }
 
 impl HostDecoder {
+    /// Which kernels compute the logits on this CPU (recorded with samples and results).
+    pub fn engine() -> &'static str {
+        if crate::matmul::fused_kernels() {
+            "host decoder, avx512 kernels"
+        } else {
+            "host decoder, portable kernels"
+        }
+    }
+
     /// From a checkpoint (every expected tensor must be there, with its shape), in f32.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> anyhow::Result<Self> {
         Self::from_parts(ckpt, &BTreeMap::new())

@@ -283,7 +283,7 @@ pub fn matmul(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, y: &mut 
 }
 
 /// Whether the CPU runs the kernels that widen quantised panels in registers.
-fn fused_kernels() -> bool {
+pub(crate) fn fused_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
     return is_x86_feature_detected!("avx512f");
     #[allow(unreachable_code)]

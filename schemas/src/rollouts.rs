@@ -70,6 +70,11 @@ pub struct CacheKey {
     /// change no distribution, but they can change the last bits of logits and so the bytes.
     pub batch_size: usize,
     pub chunk_questions: usize,
+    /// What computed the logits (the host decoder's kernels, or Burn on a GPU with or without
+    /// TF32): engines agree in distribution, not in the last bits. Empty in keys written before
+    /// it was recorded.
+    #[serde(default)]
+    pub engine: String,
 }
 
 impl CacheKey {

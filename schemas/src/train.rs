@@ -167,21 +167,80 @@ fn default_ckpt() -> u64 {
     50
 }
 
+/// The recipe keys whose values change what is computed: a resumed run must keep them, and a
+/// recipe that leaves one out is told which default it got.
+pub const MATH_KEYS: [&str; 12] =
+    ["loss", "iwsft_clip", "lr", "betas", "eps", "weight_decay", "warmup_ratio", "clip", "batch_tokens", "steps", "epochs", "seed"];
+
 impl TrainRecipe {
     pub fn load(path: &Path) -> anyhow::Result<TrainRecipe> {
+        Ok(Self::load_with_unset(path)?.0)
+    }
+
+    /// The recipe, and the keys of [`MATH_KEYS`] its file leaves to their defaults.
+    pub fn load_with_unset(path: &Path) -> anyhow::Result<(TrainRecipe, Vec<&'static str>)> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read training recipe {}: {e}", path.display()))?;
         let r: TrainRecipe = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("training recipe {}: {e}", path.display()))?;
-        Ok(r)
+        let keys: serde_norway::Mapping = serde_norway::from_str(&text).unwrap_or_default();
+        let unset = MATH_KEYS.into_iter().filter(|k| !keys.contains_key(*k)).collect();
+        Ok((r, unset))
+    }
+
+    /// The value of one of [`MATH_KEYS`], as written in messages.
+    pub fn math_value(&self, key: &str) -> String {
+        match key {
+            "loss" => format!("{:?}", self.loss).to_lowercase(),
+            "iwsft_clip" => format!("{:?}", self.iwsft_clip),
+            "lr" => self.lr.to_string(),
+            "betas" => format!("{:?}", self.betas),
+            "eps" => self.eps.to_string(),
+            "weight_decay" => self.weight_decay.to_string(),
+            "warmup_ratio" => self.warmup_ratio.to_string(),
+            "clip" => self.clip.to_string(),
+            "batch_tokens" => self.batch_tokens.to_string(),
+            "steps" => self.steps.map_or("unset".into(), |v| v.to_string()),
+            "epochs" => self.epochs.map_or("unset".into(), |v| v.to_string()),
+            "seed" => self.seed.to_string(),
+            other => unreachable!("`{other}` is not one of MATH_KEYS"),
+        }
+    }
+
+    /// `key: was -> now` for each of [`MATH_KEYS`] whose value differs between `self` and `now`.
+    pub fn math_differences(&self, now: &TrainRecipe) -> Vec<String> {
+        MATH_KEYS
+            .into_iter()
+            .filter_map(|k| {
+                let (a, b) = (self.math_value(k), now.math_value(k));
+                (a != b).then(|| format!("{k}: {a} -> {b}"))
+            })
+            .collect()
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.steps.is_some() == self.epochs.is_some() {
             bail!("set exactly one of `steps` and `epochs`");
         }
-        // Written so that a NaN learning rate fails too.
-        let lr_positive = self.lr > 0.0;
-        if !lr_positive || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
+        if self.steps == Some(0) || self.epochs.is_some_and(|e| !(e.is_finite() && e > 0.0)) {
+            bail!("`steps` must be at least 1 and `epochs` a positive number");
+        }
+        // Each comparison is written so that NaN fails it.
+        let lr_ok = self.lr > 0.0 && self.lr.is_finite();
+        if !lr_ok || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
             bail!("`lr` and `batch_tokens` must be positive, `warmup_ratio` in [0, 1), `micro_batch_rows` at least 1");
+        }
+        // beta2 = 1 would divide 0 by 0 in the bias correction and make every weight NaN.
+        let [b1, b2] = self.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            bail!("`betas` must both be in [0, 1), got [{b1}, {b2}]");
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            bail!("`eps` must be positive, got {}", self.eps);
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!("`weight_decay` must be 0 or more, got {}", self.weight_decay);
+        }
+        if !(self.clip >= 0.0 && self.clip.is_finite()) {
+            bail!("`clip` must be 0 (off) or a positive norm, got {}", self.clip);
         }
         let [lo, hi] = self.iwsft_clip;
         if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
@@ -210,6 +269,39 @@ mod tests {
         let bad: TrainRecipe =
             serde_norway::from_str("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: iwsft\niwsft_clip: [2.0, 1.0]\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("iwsft_clip"));
+    }
+
+    #[test]
+    fn values_that_would_break_the_math_are_errors() {
+        let base = "model: m\nsnapshot: s\noutput_dir: o\n";
+        for (extra, what) in [
+            ("steps: 3\nbetas: [0.9, 1.0]", "betas"),
+            ("steps: 3\neps: 0", "eps"),
+            ("steps: 3\nweight_decay: -0.1", "weight_decay"),
+            ("steps: 3\nclip: .nan", "clip"),
+            ("steps: 3\nlr: .inf", "lr"),
+            ("steps: 0", "steps"),
+            ("epochs: 0", "epochs"),
+        ] {
+            let r: TrainRecipe = serde_norway::from_str(&format!("{base}{extra}\n")).unwrap();
+            let err = r.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn unset_keys_and_differences_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, "model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: sft\nlr: 1.0e-5\n").unwrap();
+        let (r, unset) = TrainRecipe::load_with_unset(&path).unwrap();
+        assert_eq!(unset, ["iwsft_clip", "betas", "eps", "weight_decay", "warmup_ratio", "clip", "batch_tokens", "epochs", "seed"]);
+        let mut now = r.clone();
+        assert!(r.math_differences(&now).is_empty());
+        now.loss = LossKind::Dft;
+        now.steps = Some(4);
+        now.micro_batch_rows = 2; // not math: only the order of a sum
+        assert_eq!(r.math_differences(&now), ["loss: sft -> dft", "steps: 3 -> 4"]);
     }
 
     #[test]

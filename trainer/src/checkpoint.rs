@@ -24,10 +24,13 @@ pub struct TrainerState {
     pub total_steps: u64,
     /// Rows consumed from the data stream; with the seed this fixes the next row.
     pub rows_consumed: u64,
-    /// The data order is `shuffle(rows, seed + epoch)`: the seed is the whole RNG state.
+    /// The data order is `shuffle(rows, epoch_seed(seed, epoch))`: the seed is the whole RNG state.
     pub seed: u64,
     pub snapshot_id: String,
     pub recipe: TrainRecipe,
+    /// The base model the run started from (absent in checkpoints written before it was kept).
+    #[serde(default)]
+    pub base_model_sha256: Option<String>,
 }
 
 fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {

@@ -101,7 +101,7 @@ enum Command {
         #[command(flatten)]
         sampling: SamplingArgs,
         /// Completions to draw (each from its own random stream).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         samples: usize,
         /// A system message instead of the template's default.
         #[arg(long)]
@@ -128,7 +128,7 @@ enum Command {
         #[arg(long, default_value = "snapshots/eval")]
         snapshots: PathBuf,
         /// K: samples per prompt.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         samples: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -165,7 +165,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// K: completions per question.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         samples: usize,
         #[arg(long, default_value_t = 1.0)]
         temperature: f32,
@@ -322,6 +322,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A count of samples: 0 would make every rate 0/0.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got `{s}`")),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train {
@@ -341,7 +349,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot,
             no_save,
         } => {
-            let mut r = TrainRecipe::load(&recipe)?;
+            let (mut r, unset) = TrainRecipe::load_with_unset(&recipe)?;
+            let given =
+                [("loss", loss.is_some()), ("lr", lr.is_some()), ("batch_tokens", batch_tokens.is_some()), ("seed", seed.is_some())];
             if let Some(l) = loss {
                 r.loss = l.parse()?;
             }
@@ -374,6 +384,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = snapshot {
                 r.snapshot = cwd(p)?;
             }
+            // `steps` and `epochs` are one choice, checked by validation; the others get the
+            // paper's defaults, which the user should see were not their own.
+            let defaulted: Vec<String> = unset
+                .into_iter()
+                .filter(|k| !matches!(*k, "steps" | "epochs") && !given.iter().any(|(g, set)| g == k && *set))
+                .filter(|k| *k != "iwsft_clip" || r.loss == schemas::train::LossKind::Iwsft)
+                .map(|k| format!("{k} {}", r.math_value(k)))
+                .collect();
+            if !defaulted.is_empty() {
+                tracing::warn!("{} leaves these to their defaults: {}", recipe.display(), defaulted.join(", "));
+            }
             let mut run = Run::new(r, &recipe)?;
             run.save = !no_save;
             match device {
@@ -396,7 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let m = load_generator(&model, Device::Cpu)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
-            let requests: Vec<Request> = (0..samples.max(1) as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
+            let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             for (i, c) in m.complete(&requests, &params, &stop_ids(&tok), requests.len(), &|_, _| {}).iter().enumerate() {
                 if json {
                     let line = serde_json::json!({ "prompt": prompt_text, "prompt_ids": prompt_ids, "ids": c.ids,
@@ -416,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if samples > 1 && sampling.temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
-            let config = EvalConfig { samples: samples.max(1), sampling: sampling.with_budget(max_new_tokens), limit, batch_size };
+            let config = EvalConfig { samples, sampling: sampling.with_budget(max_new_tokens), limit, batch_size, engine: engine(device) };
             let summary = Summary {
                 model: model.display().to_string(),
                 model_sha256: model_files::checkpoint::model_hash(&model)?.0,
@@ -446,7 +467,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
         } => {
             let sampling = Sampling { temperature, top_p, top_k, max_new_tokens, seed };
-            let opts = trainer::sample::SampleOptions { model, prompts, out, force, samples, sampling, limit, batch_size, chunk_questions };
+            let opts = trainer::sample::SampleOptions {
+                model,
+                prompts,
+                out,
+                force,
+                samples,
+                sampling,
+                limit,
+                batch_size,
+                chunk_questions,
+                engine: engine(device),
+            };
             let s = on_device(device, || trainer::sample::sample(&opts, &|path| load_generator(path, device)))?;
             let r = s.manifest.rollouts.as_ref().expect("a rollouts snapshot");
             if s.reused {
@@ -627,6 +659,19 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
     })
 }
 
+/// What computes the logits on `device`, recorded with samples and results: two engines agree
+/// in distribution, not in the last bits, so results of one are not reused for the other.
+fn engine(device: Device) -> String {
+    match device {
+        Device::Cpu => model::HostDecoder::engine().to_string(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let tf32 = std::env::var("RECTIFY_TF32").is_ok_and(|v| v == "1");
+            format!("burn cuda, {} matmuls", if tf32 { "tf32" } else { "f32" })
+        }
+    }
+}
+
 /// Says how CUDA matmuls round, since it changes every number a run reports. The rule itself is
 /// the vendored kernels' (`tf32_allowed`, vendor/README.md); this only shows the setting.
 #[cfg(feature = "cuda")]
@@ -735,6 +780,7 @@ where
 {
     let m = Llama::<B>::load(model, device)?;
     m.check_vocab(vocab_size)?;
+    m.check_context(rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0))?;
     let t0 = std::time::Instant::now();
     let lp = model::logprobs::rows_logprobs(&m, rows, device, || {});
     Ok((lp, t0.elapsed().as_secs_f64()))

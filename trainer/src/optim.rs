@@ -5,6 +5,7 @@
 //! and one clip over the global norm of all gradients (as PyTorch's `clip_grad_norm_`).
 
 use crate::in_place::{self, Arithmetic, Buffer, CHUNK};
+use anyhow::Context;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use model_files::checkpoint::HostTensor;
@@ -116,6 +117,23 @@ impl<B: Backend> AdamW<B> {
         // A parameter's first update starts both moments from zero, so they come in pairs.
         if let Some(name) = self.m.keys().find(|n| !self.v.contains_key(*n)).or_else(|| self.v.keys().find(|n| !self.m.contains_key(*n))) {
             anyhow::bail!("optimizer state: `m.{name}` and `v.{name}` must both be there or both be missing");
+        }
+        Ok(())
+    }
+
+    /// After a resume: the moments are those of `params` (name and shape). Every parameter is
+    /// updated at every step, so after step 1 each has its moments; one missing would silently
+    /// restart from zero.
+    pub fn check_moments(&self, params: &[(String, [usize; 2])]) -> anyhow::Result<()> {
+        if self.step == 0 {
+            return Ok(());
+        }
+        for (name, shape) in params {
+            let m = self.m.get(name).with_context(|| format!("optimizer state has no moments for parameter `{name}`"))?;
+            anyhow::ensure!(m.dims() == *shape, "optimizer state `m.{name}` has shape {:?}, the parameter {shape:?}", m.dims());
+        }
+        if let Some(extra) = self.m.keys().find(|n| !params.iter().any(|(p, _)| p == *n)) {
+            anyhow::bail!("optimizer state has moments for `{extra}`, which the model does not have");
         }
         Ok(())
     }

@@ -46,6 +46,8 @@ pub struct SampleOptions {
     pub batch_size: usize,
     /// Questions per resumable chunk.
     pub chunk_questions: usize,
+    /// What will compute the logits (part of the cache key).
+    pub engine: String,
 }
 
 pub struct SampleSummary {
@@ -112,6 +114,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
         sampling: opts.sampling,
         batch_size: opts.batch_size.max(1),
         chunk_questions,
+        engine: opts.engine.clone(),
     };
     let digest = key.digest();
 
@@ -223,7 +226,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
 fn describe_key(digest: &str, key: &CacheKey) -> String {
     let s = &key.sampling;
     format!(
-        "rollouts with cache key {digest} (model sha256 {}, prompts {}, {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {})",
+        "rollouts with cache key {digest} (model sha256 {}, prompts {}, {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {}, engine `{}`)",
         &key.model_sha256[..16.min(key.model_sha256.len())],
         key.prompts_snapshot_id,
         key.questions,
@@ -232,7 +235,8 @@ fn describe_key(digest: &str, key: &CacheKey) -> String {
         s.top_p,
         s.top_k,
         s.max_new_tokens,
-        s.seed
+        s.seed,
+        key.engine
     )
 }
 

@@ -69,7 +69,14 @@ impl Run {
     }
 }
 
-/// The data stream: epoch `e` visits the rows in `shuffle(0..n, seed + e)` order.
+/// The shuffle seed of epoch `epoch`: `seed ^ mix64(epoch)`. Epoch 0 uses the seed itself
+/// (`mix64(0) = 0`); `seed + epoch` would give seed 43's epoch 0 the order of seed 42's epoch 1,
+/// so runs with neighbouring seeds would share most of their epochs.
+pub fn epoch_seed(seed: u64, epoch: u64) -> u64 {
+    seed ^ schemas::rng::mix64(epoch)
+}
+
+/// The data stream: epoch `e` visits the rows in `shuffle(0..n, epoch_seed(seed, e))` order.
 struct Stream {
     n: usize,
     seed: u64,
@@ -87,7 +94,7 @@ impl Stream {
     fn set_epoch(&mut self, epoch: u64) {
         if self.epoch != epoch {
             self.order = (0..self.n).collect();
-            shuffle(&mut self.order, self.seed.wrapping_add(epoch));
+            shuffle(&mut self.order, epoch_seed(self.seed, epoch));
             self.epoch = epoch;
         }
     }
@@ -112,6 +119,9 @@ pub struct Summary {
 pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
     let r = &run.recipe;
     let snapshot = load_snapshot(&run.snapshot_dir)?;
+    if snapshot.rows.is_empty() {
+        bail!("snapshot {} has no rows to train on", run.snapshot_dir.display());
+    }
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
         snapshot.require_ref_logprobs(&run.snapshot_dir)?;
@@ -133,18 +143,50 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let warmup = (r.warmup_ratio * total_steps as f64).round() as u64;
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
 
+    tracing::info!(
+        "{}: lr {} (warmup {warmup} of {total_steps} steps, then cosine), betas {:?}, eps {}, weight decay {}, clip {}, {rows_per_step} rows of {} tokens per step, seed {}",
+        r.math_value("loss"),
+        r.lr,
+        r.betas,
+        r.eps,
+        r.weight_decay,
+        r.clip,
+        snapshot.seq_len,
+        r.seed
+    );
+
     let mut opt =
         AdamW::<B::InnerBackend>::new(AdamWConfig { beta1: r.betas[0], beta2: r.betas[1], eps: r.eps, weight_decay: r.weight_decay });
+    let base_model_sha256 = model_files::checkpoint::model_hash(&run.model_path)?.0;
+    let metrics_path = run.output_dir.join(METRICS_FILE);
     let latest = latest_checkpoint(&run.output_dir)?;
     let (model_dir, mut state) = match (resume, latest) {
         (true, Some(dir)) => {
-            let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)?;
+            let state = read_state(&dir)?;
             if state.snapshot_id != snapshot.manifest.snapshot_id {
                 bail!(
                     "checkpoint {} was trained on snapshot {}, this run uses {}",
                     dir.display(),
                     state.snapshot_id,
                     snapshot.manifest.snapshot_id
+                );
+            }
+            // The data order, the schedule and the update all follow from these: a resumed
+            // run that changed one would silently be another run under the old name.
+            let changed = state.recipe.math_differences(r);
+            if !changed.is_empty() {
+                bail!(
+                    "checkpoint {} was trained with other settings; resume with the ones it started with (its {STATE_FILE} holds the recipe):\n  {}",
+                    dir.display(),
+                    changed.join("\n  ")
+                );
+            }
+            if state.base_model_sha256.as_ref().is_some_and(|h| *h != base_model_sha256) {
+                bail!(
+                    "checkpoint {} was trained from another base model than {} (sha256 {} there, {base_model_sha256} here)",
+                    dir.display(),
+                    run.model_path.display(),
+                    state.base_model_sha256.as_deref().unwrap_or_default()
                 );
             }
             opt.load_state(state.step, &model_files::safetensors::read_safetensors(dir.join(OPTIMIZER_FILE))?, device)?;
@@ -157,6 +199,21 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             dir.display()
         ),
         (_, None) => {
+            // A finished run whose checkpoints were deleted, or a started one that never saved,
+            // would be overwritten by a fresh start.
+            let final_dir = run.output_dir.join("final");
+            let logged = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
+            if final_dir.exists() || logged {
+                bail!(
+                    "{} holds a run ({}) but no checkpoint to {}: choose another output_dir, or remove it to start afresh",
+                    run.output_dir.display(),
+                    if final_dir.exists() { "final/" } else { METRICS_FILE },
+                    if resume { "resume from" } else { "continue" }
+                );
+            }
+            if resume {
+                tracing::info!("no checkpoint in {} yet: starting afresh", run.output_dir.display());
+            }
             let state = TrainerState {
                 step: 0,
                 total_steps,
@@ -164,17 +221,20 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                 seed: r.seed,
                 snapshot_id: snapshot.manifest.snapshot_id.clone(),
                 recipe: r.clone(),
+                base_model_sha256: Some(base_model_sha256.clone()),
             };
             (run.model_path.clone(), state)
         }
     };
     let mut model: Llama<B> = Llama::<B>::load(&model_dir, device)?.map_params(device, |_, p| p.require_grad());
     model.check_vocab(snapshot.manifest.tokenizer.vocab_size)?;
+    model.check_context(snapshot.seq_len).with_context(|| format!("snapshot {}", run.snapshot_dir.display()))?;
+    let shapes: Vec<(String, [usize; 2])> = model.named_params().into_iter().map(|(n, p)| (n, p.dims())).collect();
+    opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
 
-    let metrics_path = run.output_dir.join(METRICS_FILE);
     let mut metrics = open_metrics(&metrics_path, state.step)?;
-    let mut stream = Stream::new(snapshot.rows.len(), r.seed);
+    let mut stream = Stream::new(snapshot.rows.len(), state.seed);
     let start = Instant::now();
     let pb = progress::steps(total_steps, &format!("{:?}", r.loss).to_lowercase());
     pb.set_position(state.step);
@@ -230,7 +290,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let dir = run.output_dir.join("final");
         let provenance = Provenance {
             base_model: run.model_path.display().to_string(),
-            base_model_sha256: model_files::checkpoint::model_hash(&run.model_path)?.0,
+            base_model_sha256,
             snapshot: run.snapshot_dir.display().to_string(),
             snapshot_id: state.snapshot_id.clone(),
             steps: state.step,
@@ -477,6 +537,12 @@ impl<B: AutodiffBackend> Grads<B> {
     }
 }
 
+fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", path.display()))
+}
+
 /// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
 /// after its last checkpoint), so a resumed run's log has each step once.
 fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
@@ -583,9 +649,9 @@ mod tests {
         t.into_data().convert::<f32>().to_vec().unwrap()
     }
 
-    fn assert_same_grads(got: &MicroResult<B>, want: &BTreeMap<String, Vec<f32>>, what: &str) {
-        assert_eq!(got.grads.len(), want.len(), "{what}: one gradient per parameter");
-        for (name, g) in &got.grads {
+    fn assert_same_grads(got: &[(String, Tensor<Flex, 2>)], want: &BTreeMap<String, Vec<f32>>, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: one gradient per parameter");
+        for (name, g) in got {
             let (g, w) = (host(g.clone()), &want[name]);
             let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
             let worst = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -609,8 +675,30 @@ mod tests {
                     let what = format!("qwen {qwen} {kind:?} recompute {recompute} blocks");
                     let got = micro_step(&model, &rows, kind, 20.0, recompute, &Default::default()).unwrap();
                     assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
-                    assert_same_grads(&got, &want, &what);
+                    assert_same_grads(&got.grads, &want, &what);
                 }
+            }
+        }
+    }
+
+    /// Accumulation: one row per micro-batch, rows with different numbers of trained tokens,
+    /// one or two micro-batches at once, equals one pass over both rows with the objective
+    /// normalised by the step's trained tokens.
+    #[test]
+    fn micro_batches_with_unequal_targets_sum_to_the_whole_step() {
+        let rows = rows();
+        let rows: Vec<&Row> = rows.iter().collect();
+        assert_ne!(rows[0].targets(), rows[1].targets(), "the rows must differ in trained tokens");
+        let n = (rows[0].targets() + rows[1].targets()) as f64;
+        let model = tiny(false);
+        for kind in [LossKind::Sft, LossKind::Dft] {
+            let (value, want) = full_step(&model, &rows, kind.into(), n);
+            for concurrency in [1, 2] {
+                let got = step_gradients(&model, &rows, 1, concurrency, kind.into(), 0, &Default::default()).unwrap();
+                let what = format!("{kind:?}, {concurrency} at once");
+                assert_eq!(got.tokens, n, "{what}");
+                assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
+                assert_same_grads(&got.grads, &want, &what);
             }
         }
     }

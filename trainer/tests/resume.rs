@@ -106,6 +106,23 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+
+    // A resume that changes the math is refused, naming each change.
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume", "--loss", "sft", "--seed", "6"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loss: dft -> sft") && err.contains("seed: 5 -> 6"), "{err}");
+
+    // Nor is a finished run whose checkpoints were deleted, with or without --resume.
+    std::fs::remove_dir_all(dir.join("b/checkpoints")).unwrap();
+    for args in [&["--resume"][..], &[]] {
+        let out = trainer(&[&["train", "--recipe", b.to_str().unwrap()][..], args].concat()).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("holds a run (final/) but no checkpoint"), "{err}");
+    }
+    assert_eq!(std::fs::read(dir.join("b/final/model.safetensors")).unwrap(), wb, "the finished run is untouched");
+    assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
@@ -116,8 +133,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
     tiny_snapshot(dir);
     let r = recipe(dir, "nan");
     // An absurd learning rate overflows the weights after the first update.
-    let text = std::fs::read_to_string(&r).unwrap().replace("lr: 1e-3", "lr: 1.0e+30").replace("clip: 1.0", "");
-    std::fs::write(&r, text).unwrap();
+    let text = std::fs::read_to_string(&r).unwrap().replace("lr: 1e-3", "lr: 1.0e+30");
+    std::fs::write(&r, text + "clip: 0\n").unwrap();
     let out = trainer(&["train", "--recipe", r.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -129,7 +146,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
 }
 
 /// `--no-save` leaves metrics only, and each step's `rows` is the documented data order: epoch
-/// `e` visits the rows in `shuffle(0..n, seed + e)` order.
+/// `e` visits the rows in `shuffle(0..n, seed ^ mix64(e))` order.
 #[test]
 fn no_save_writes_only_metrics_with_each_steps_rows() {
     let tmp = tempfile::tempdir().unwrap();
@@ -151,7 +168,7 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
     let expected: Vec<usize> = (0..flat.len())
         .map(|k| {
             let mut order: Vec<usize> = (0..n).collect();
-            schemas::rng::shuffle(&mut order, 5 + (k / n) as u64);
+            schemas::rng::shuffle(&mut order, 5 ^ schemas::rng::mix64((k / n) as u64));
             order[k % n]
         })
         .collect();
