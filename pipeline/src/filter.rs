@@ -123,9 +123,10 @@ fn decide(batch: RecordBatch, cfg: &FilterConfig, kind: SnapshotKind) -> anyhow:
     let is_math = col("domain").eq(lit(Domain::Math.as_str()));
     let is_code = col("domain").eq(lit(Domain::Code.as_str()));
     // Evaluation rows need a gold answer; training rows need one in the response to learn from.
+    // A blank gold is no answer: graded against it, every sample would be wrong.
     let answer_ok = match kind {
         SnapshotKind::Train | SnapshotKind::Rollouts => has_answer.call(vec![col("response")]),
-        SnapshotKind::Prompts => col("gold").is_not_null(),
+        SnapshotKind::Prompts => col("gold").is_not_null().and(blank(col("gold")).not()),
     };
     let mut rules: Vec<(Expr, String)> = vec![(blank(col("prompt")), "empty_prompt".into())];
     if kind == SnapshotKind::Train {
@@ -272,5 +273,15 @@ mod tests {
                 Some("exclude_matched:(?i)buy now".into())
             ]
         );
+    }
+
+    #[test]
+    fn evaluation_rows_need_a_gold_answer_that_is_not_blank() {
+        let mut rows = vec![ex("gold", Domain::Math, ""), ex("none", Domain::Math, ""), ex("blank", Domain::Math, "")];
+        rows[0].gold = Some("3".into());
+        rows[2].gold = Some(" \n".into());
+        let batch = facts_batch(&rows, &[10, 10, 10], &[None, None, None]).unwrap();
+        let reasons = decide(batch, &FilterConfig::default(), SnapshotKind::Prompts).unwrap();
+        assert_eq!(reasons, vec![None, Some("no_final_answer".into()), Some("no_final_answer".into())]);
     }
 }
