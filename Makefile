@@ -11,7 +11,6 @@ BACKEND ?= cpu
 RUNS ?= runs
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
-EVALS := gsm8k_test math500 aime24 amc23 minerva olympiadbench humaneval mbpp_test mbpp_validation
 
 .PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export check-llama-cpp rft probs clean
 
@@ -72,11 +71,9 @@ $(SNAPSHOTS)/default-unscored/manifest.json:
 	$(MAKE) --no-print-directory build model
 	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default-unscored --force
 
+# Every recipe in datasets/recipes/eval/ (scripts/eval_snapshots.sh).
 data-eval: build model
-	@for b in $(EVALS); do \
-	  $(PIPELINE) build --recipe datasets/recipes/eval/$$b.yaml --out $(SNAPSHOTS)/eval/$$b --force > /dev/null || exit 1; \
-	  echo "eval snapshot: $(SNAPSHOTS)/eval/$$b"; \
-	done
+	PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) ./scripts/eval_snapshots.sh all
 
 $(SNAPSHOTS)/default/manifest.json:
 	$(MAKE) --no-print-directory score
@@ -103,9 +100,7 @@ EVAL_LIMIT ?= 30
 EVAL_MAX_NEW ?= 384
 EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)/final,$(MODEL))
 eval: build model
-	@for b in gsm8k_test math500 humaneval mbpp_test; do \
-	  $(PIPELINE) build --recipe datasets/recipes/eval/$$b.yaml --out $(SNAPSHOTS)/eval/$$b --force > /dev/null || exit 1; \
-	done
+	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
 	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(SNAPSHOTS)/eval --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))
 
 # Rejection-sampled offline RL (README: Offline RL): questions from training sources, K samples

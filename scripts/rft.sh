@@ -38,9 +38,7 @@ step() { # step NAME: record the seconds since the previous step
 
 echo "== 1/5 questions"
 $PIPELINE build --recipe datasets/recipes/rft/questions.yaml --out snapshots/rft/questions --force | tail -1
-for b in gsm8k_test math500 humaneval mbpp_test; do
-  [ -f snapshots/eval/$b/manifest.json ] || $PIPELINE build --recipe datasets/recipes/eval/$b.yaml --out snapshots/eval/$b --force > /dev/null
-done
+PIPELINE=$PIPELINE SNAPSHOTS=snapshots ./scripts/eval_snapshots.sh "$EVAL_BENCH" > /dev/null
 step questions
 
 echo "== 2/5 sample K=$RFT_K at temperature $RFT_TEMPERATURE, top-p $RFT_TOP_P, $RFT_MAX_NEW new tokens, seed $RFT_SEED"

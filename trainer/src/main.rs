@@ -124,7 +124,8 @@ enum Command {
         /// humaneval, mbpp, mbpp_validation (or snapshot folders).
         #[arg(long, value_delimiter = ',', required = true)]
         bench: Vec<String>,
-        /// Where the evaluation snapshots are (`make data-eval` builds them).
+        /// Where the evaluation snapshots are (`scripts/eval_snapshots.sh BENCH` or `make data-eval`
+        /// builds them).
         #[arg(long, default_value = "snapshots/eval")]
         snapshots: PathBuf,
         /// K: samples per prompt.
