@@ -80,12 +80,18 @@ impl GgufWriter {
     }
 
     /// Writes the file atomically (a temporary file next to it, then a rename). Fails when a
-    /// tensor's bytes do not match its type and dimensions.
+    /// tensor's rows are not whole blocks of its type or its bytes do not match its dimensions.
     pub fn write(&self, path: &Path) -> Result<()> {
         for t in &self.tensors {
             let n: u64 = t.dims.iter().product();
             let Some(kind) = GgmlType::from_id(t.ggml_type) else { bail!("tensor `{}`: unknown ggml type {}", t.name, t.ggml_type) };
             let (block_bytes, block_elems) = kind.block();
+            // ggml quantises each row on its own, so a row is whole blocks (the reader refuses
+            // anything else); `to_bytes` alone can still build such a file for the reader's tests.
+            let row = t.dims.first().copied().unwrap_or(1);
+            if !row.is_multiple_of(block_elems as u64) {
+                bail!("tensor `{}`: rows of {row} values are not whole {} blocks of {block_elems}", t.name, kind.name());
+            }
             if !n.is_multiple_of(block_elems as u64) || t.bytes.len() as u64 != n / block_elems as u64 * block_bytes as u64 {
                 bail!("tensor `{}`: {} bytes do not hold {n} values of {}", t.name, t.bytes.len(), kind.name());
             }
@@ -193,5 +199,14 @@ mod tests {
         w.tensors[1].bytes.pop();
         let e = w.write(&path).unwrap_err().to_string();
         assert!(e.contains("tensor `u`: 3 bytes do not hold 1 values of F32"), "{e}");
+
+        // 2 rows of 16 Q8_0 weights: 34 bytes are one block's worth in total, but no row is a
+        // whole block, so ggml could not have written it and the reader would refuse it.
+        w.tensors[1] = GgufTensor { name: "q".into(), dims: vec![16, 2], ggml_type: 8, bytes: vec![0; 34] };
+        let e = w.write(&path).unwrap_err().to_string();
+        assert!(e.contains("tensor `q`: rows of 16 values are not whole Q8_0 blocks of 32"), "{e}");
+        w.tensors[1].dims = vec![32, 1];
+        w.write(&path).unwrap();
+        Gguf::open(&path).unwrap();
     }
 }
