@@ -82,7 +82,15 @@ fn main() -> anyhow::Result<()> {
     let mut engines: Vec<(&str, Box<dyn Generator>)> = vec![("host", Box::new(host))];
     if std::env::var_os("BENCH_BURN").is_some() {
         let device = Default::default();
-        engines.push(("burn", Box::new(BurnGenerator { model: Llama::<Flex>::load(path, &device)?, device, greedy_on: GreedyOn::Host })));
+        engines.push((
+            "burn",
+            Box::new(BurnGenerator {
+                model: Llama::<Flex>::load(path, &device)?,
+                device,
+                greedy_on: GreedyOn::Host,
+                parallel_batches: true,
+            }),
+        ));
     }
     for (name, engine) in &engines {
         for &b in &sizes {

@@ -92,12 +92,15 @@ impl Generator for HostDecoder {
     }
 }
 
-/// A Burn model on its device, generating in left-padded batches (one per CPU thread at a time;
-/// run inside a one-thread pool on a GPU).
+/// A Burn model on its device, generating in left-padded batches.
 pub struct BurnGenerator<B: Backend> {
     pub model: Llama<B>,
     pub device: B::Device,
     pub greedy_on: GreedyOn,
+    /// Batches side by side, one per rayon thread: on Burn's CPU backend, whose element-wise ops
+    /// use one core each. A GPU runs one batch at a time (`false`); side-by-side batches would only
+    /// queue for it, and the host's threads stay free for choosing tokens and for grading.
+    pub parallel_batches: bool,
 }
 
 /// Where a greedy step's tokens are chosen; both give the same ids (tested).
@@ -134,18 +137,17 @@ where
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by_key(|&i| (requests[i].prompt.len(), i));
         let batches: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
-        let outs: Vec<Vec<Completion>> = batches
-            .par_iter()
-            .map(|b| {
-                let reqs: Vec<Request> = b.iter().map(|&i| requests[i]).collect();
-                // The padding is never attended to, so any id serves.
-                let out = generate_batch(&self.model, &reqs, params, stop, 0, self.greedy_on, &self.device);
-                for c in &out {
-                    progress(1, c.ids.len());
-                }
-                out
-            })
-            .collect();
+        let run = |b: &&[usize]| {
+            let reqs: Vec<Request> = b.iter().map(|&i| requests[i]).collect();
+            // The padding is never attended to, so any id serves.
+            let out = generate_batch(&self.model, &reqs, params, stop, 0, self.greedy_on, &self.device);
+            for c in &out {
+                progress(1, c.ids.len());
+            }
+            out
+        };
+        let outs: Vec<Vec<Completion>> =
+            if self.parallel_batches { batches.par_iter().map(run).collect() } else { batches.iter().map(run).collect() };
         let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
         for (b, out) in batches.iter().zip(outs) {
             for (&i, c) in b.iter().zip(out) {

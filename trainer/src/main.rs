@@ -402,7 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, rayon::current_num_threads(), &Default::default()),
                 #[cfg(feature = "cuda")]
                 Device::Cuda => {
-                    say_cuda_matmul_precision();
+                    cuda_ready()?;
                     train_on::<Autodiff<burn::backend::Cuda>>(&run, resume, 1, &Default::default())
                 }
             }
@@ -434,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
+            device_ready(device)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
             if samples > 1 && sampling.temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
@@ -446,7 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 benchmarks: vec![],
             };
-            let summary = on_device(device, || eval_on(&model, device, &benches, summary, &out))?;
+            let summary = eval_on(&model, device, &benches, summary, &out)?;
             print!("{}", markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
             Ok(())
@@ -480,7 +481,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 chunk_questions,
                 engine: engine(device),
             };
-            let s = on_device(device, || trainer::sample::sample(&opts, &|path| load_generator(path, device)))?;
+            device_ready(device)?;
+            let s = trainer::sample::sample(&opts, &|path| load_generator(path, device))?;
             let r = s.manifest.rollouts.as_ref().expect("a rollouts snapshot");
             if s.reused {
                 println!("{} already holds these rollouts (cache key {}): nothing to sample", opts.out.display(), r.cache_key);
@@ -540,7 +542,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let params = sampling.with_budget(new_tokens);
             let runs: Vec<(usize, usize)> = batch.iter().flat_map(|&b| (0..repeat.max(1)).map(move |r| (b, r))).collect();
-            on_device(device, || bench_generate_on(&model, device, &bench, &params, &runs))
+            device_ready(device)?;
+            bench_generate_on(&model, device, &bench, &params, &runs)
         }
         Command::Rows { snapshot, rows, model, device, out } => {
             let snap = schemas::snapshot::load_snapshot(&snapshot)?;
@@ -550,9 +553,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
                 Some(m) => Some(match device {
                     Device::Cpu => rows_logprobs_on::<Flex>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())?,
-                    // One row at a time on the GPU (see `Eval`).
                     #[cfg(feature = "cuda")]
-                    Device::Cuda => on_device(device, || {
+                    Device::Cuda => on_gpu(|| {
                         rows_logprobs_on::<burn::backend::Cuda>(m, &picked, snap.manifest.tokenizer.vocab_size, &Default::default())
                     })?,
                 }),
@@ -655,6 +657,7 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
                 model: Llama::<burn::backend::Cuda>::load(path, &device)?,
                 device,
                 greedy_on: model::generate::GreedyOn::Device,
+                parallel_batches: false,
             })
         }
     })
@@ -673,24 +676,61 @@ fn engine(device: Device) -> String {
     }
 }
 
-/// Says how CUDA matmuls round, since it changes every number a run reports. The rule itself is
-/// the vendored kernels' (`tf32_allowed`, vendor/README.md); this only shows the setting.
-#[cfg(feature = "cuda")]
-fn say_cuda_matmul_precision() {
-    let setting = std::env::var("RECTIFY_TF32").unwrap_or_else(|_| "unset".into());
-    tracing::info!("CUDA matmuls: IEEE f32 unless RECTIFY_TF32=1 allows TF32 (here RECTIFY_TF32 is {setting})");
+/// Checks that `device` can run, before a command reads or writes anything (see [`cuda_ready`]).
+fn device_ready(device: Device) -> anyhow::Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => cuda_ready(),
+    }
 }
 
-/// Runs `f` as `device` wants its work: on a GPU one batch at a time (a one-thread pool), since
-/// concurrent batches only help a CPU.
-fn on_device<T: Send>(device: Device, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
-    match device {
-        Device::Cpu => f(),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => {
-            say_cuda_matmul_precision();
-            rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(f)
-        }
+/// Runs `f`, which spreads rows over rayon threads, on the GPU one row at a time (a one-thread
+/// pool): side-by-side rows only help a CPU.
+#[cfg(feature = "cuda")]
+fn on_gpu<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    cuda_ready()?;
+    rayon::ThreadPoolBuilder::new().num_threads(1).build()?.install(f)
+}
+
+/// Runs one small kernel on the GPU: CUDA is set up lazily, at the first tensor operation, and a
+/// missing driver or NVRTC would otherwise show up as two panics on cubecl's threads after the
+/// model is loaded and output folders exist. Also says how matmuls round, since that changes every
+/// number a run reports (the rule is the vendored kernels' `tf32_allowed`, vendor/README.md).
+#[cfg(feature = "cuda")]
+fn cuda_ready() -> anyhow::Result<()> {
+    use burn::tensor::{ElementConversion, Tensor};
+    use std::sync::{Arc, Mutex};
+    let setting = std::env::var("RECTIFY_TF32").unwrap_or_else(|_| "unset".into());
+    tracing::info!("CUDA matmuls: IEEE f32 unless RECTIFY_TF32=1 allows TF32 (here RECTIFY_TF32 is {setting})");
+    // The panics' messages are the diagnosis (cudarc names the libraries it looked for; NVRTC
+    // its compile log), so they are kept rather than printed with backtraces.
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = messages.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+        let mut text = text.unwrap_or_else(|| "(no message)".into());
+        text.truncate(text.floor_char_boundary(1000));
+        seen.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+    }));
+    let probe = std::panic::catch_unwind(|| {
+        let device = Default::default();
+        let x = Tensor::<burn::backend::Cuda, 1>::from_floats([1.0, 2.0], &device);
+        (x * 2.0).sum().into_scalar().elem::<f32>()
+    });
+    std::panic::set_hook(hook);
+    let messages = messages.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
+    match probe {
+        Ok(6.0) => Ok(()),
+        Ok(v) => anyhow::bail!("CUDA computed (1 + 2) * 2 as {v}: this GPU or its driver is not computing correctly"),
+        Err(_) => anyhow::bail!(
+            "CUDA is not usable here: {messages}. rectify's CUDA build needs an NVIDIA driver for CUDA 13 (libcuda.so.1), \
+             NVRTC 13 (libnvrtc.so.13 on LD_LIBRARY_PATH: a CUDA 13 toolkit's lib64, or PyTorch's nvidia/cu13/lib) and the \
+             CUDA headers (CUDA_PATH, or /usr/local/cuda); scripts/gpu_check.py's `cuda_libraries` finds them on a machine \
+             with PyTorch"
+        ),
     }
 }
 

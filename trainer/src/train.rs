@@ -257,6 +257,9 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         }
         let lr = lr_at(state.step, total_steps, warmup, r.lr);
         model = apply_update(model, clipped, &mut opt, lr, concurrency, device);
+        // A GPU queues the update and returns; without waiting, a step's time would leave out its
+        // own update and include the previous one's.
+        B::sync(device).map_err(|e| anyhow::anyhow!("step {step_no}: the device failed while updating the weights: {e:?}"))?;
         state.step = step_no;
         state.rows_consumed += rows_per_step as u64;
         let tokens = (rows_per_step * snapshot.seq_len) as u64;
