@@ -129,7 +129,8 @@ pub fn write_summary(out_dir: &Path, s: &Summary) -> anyhow::Result<()> {
 
 /// Evaluations side by side, the first as the baseline: per benchmark, each run's Average@K
 /// (with the difference to the baseline in points), truncated samples and mean new tokens. Runs
-/// that evaluated different settings or snapshots are compared anyway, with a note saying so.
+/// that evaluated different settings, engines, verifiers or snapshots are compared anyway, with a
+/// note saying what differs; benchmarks the baseline lacks are named, not shown.
 pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
     let mut md = String::new();
     let Some((_, base)) = runs.first() else { return md };
@@ -146,15 +147,36 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
     ));
     for (label, s) in &runs[1..] {
         let (a, b) = (&s.config, &base.config);
-        if a.samples != b.samples || a.sampling != b.sampling || a.limit != b.limit {
-            md.push_str(&format!("note: {label} was evaluated with other settings than {}\n\n", runs[0].0));
+        let mut other = vec![];
+        if a.samples != b.samples {
+            other.push(format!("K = {}", a.samples));
+        }
+        if a.sampling != b.sampling {
+            other.push("sampling settings".to_string());
+        }
+        if a.limit != b.limit {
+            other.push(format!("prompts per benchmark {}", a.limit.map_or("all".to_string(), |l| l.to_string())));
+        }
+        if a.engine != b.engine {
+            other.push(format!("engine `{}`", a.engine));
+        }
+        // Another verifier grades the same completions otherwise.
+        if s.verifier_version != base.verifier_version {
+            other.push(format!("verifier {}", s.verifier_version));
+        }
+        if !other.is_empty() {
+            md.push_str(&format!("note: {label} differs from {}: {}\n\n", runs[0].0, other.join(", ")));
+        }
+        let extra: Vec<&str> =
+            s.benchmarks.iter().filter(|x| !base.benchmarks.iter().any(|b| b.bench == x.bench)).map(|x| x.bench.as_str()).collect();
+        if !extra.is_empty() {
+            md.push_str(&format!("note: {label} also evaluated {}, which {} did not: not shown\n\n", extra.join(", "), runs[0].0));
         }
     }
-    let k = c.samples;
     let mut head = "| benchmark | prompts |".to_string();
     let mut rule = "|---|---:|".to_string();
-    for (i, (label, _)) in runs.iter().enumerate() {
-        head.push_str(&format!(" {label} Average@{k} |"));
+    for (i, (label, s)) in runs.iter().enumerate() {
+        head.push_str(&format!(" {label} Average@{} |", s.config.samples));
         rule.push_str("---:|");
         if i > 0 {
             head.push_str(" Δ |");
@@ -196,4 +218,50 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
         md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(engine: &str, verifier: &str, samples: usize, benches: &[(&str, f64)]) -> Summary {
+        Summary {
+            model: "m".into(),
+            model_sha256: "ab".repeat(32),
+            verifier_version: verifier.into(),
+            config: EvalConfig { samples, sampling: Sampling::greedy(8), limit: Some(30), batch_size: 8, engine: engine.into() },
+            benchmarks: benches
+                .iter()
+                .map(|&(bench, avg)| BenchSummary {
+                    bench: bench.into(),
+                    snapshot_id: "s".into(),
+                    snapshot: "snap".into(),
+                    prompts: 30,
+                    samples,
+                    average_at_k: avg,
+                    pass_at_1: avg,
+                    pass_at_k: avg,
+                    truncated: 0,
+                    mean_new_tokens: 1.0,
+                    generation_seconds: 1.0,
+                    new_tokens_per_second: 1.0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn compare_names_what_differs_and_what_it_leaves_out() {
+        let base = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5)]);
+        let same = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.6)]);
+        let md = compare_markdown(&[("base".into(), base.clone()), ("dft".into(), same)]);
+        assert!(!md.contains("note:"), "{md}");
+        assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");
+
+        let other = run("burn cuda, f32 matmuls", "0.1.0+b", 4, &[("gsm8k_test", 0.25), ("math500", 0.1)]);
+        let md = compare_markdown(&[("base".into(), base), ("gpu".into(), other)]);
+        assert!(md.contains("note: gpu differs from base: K = 4, engine `burn cuda, f32 matmuls`, verifier 0.1.0+b"), "{md}");
+        assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
+        assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
+    }
 }

@@ -50,6 +50,6 @@ pub fn measure(model: &dyn Generator, prompts: &[&[u32]], sampling: &Sampling) -
         seconds,
         tokens_per_second: new_tokens as f64 / seconds,
         prefill_seconds,
-        decode_tokens_per_second: (new_tokens - first) as f64 / (seconds - prefill_seconds).max(1e-9),
+        decode_tokens_per_second: new_tokens.saturating_sub(first) as f64 / (seconds - prefill_seconds).max(1e-9),
     }
 }

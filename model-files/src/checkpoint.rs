@@ -367,25 +367,35 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
     let describe = |p: &Path, name: String| -> anyhow::Result<InputFile> {
         Ok(InputFile { role: "model".into(), path: name, sha256: schemas::sha256_file(p)?, bytes: std::fs::metadata(p)?.len() })
     };
-    if path.is_file() {
+    let safetensors_file = path.is_file() && path.extension().is_some_and(|e| e == "safetensors");
+    if path.is_file() && !safetensors_file {
         let f = describe(path, path.display().to_string())?;
         return Ok((f.sha256.clone(), vec![f]));
     }
-    if !path.is_dir() {
-        bail!("model {} not found (run `make model` for the default model)", path.display());
-    }
-    let mut names = vec![];
-    for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
-            names.push(name);
+    // One safetensors file is read with the config.json beside it (see `load`), which changes
+    // the model as much as the weights do.
+    let (dir, names) = if safetensors_file {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let file = path.file_name().expect("a file").to_string_lossy().into_owned();
+        (dir, vec!["config.json".to_string(), file])
+    } else {
+        if !path.is_dir() {
+            bail!("model {} not found (run `make model` for the default model)", path.display());
         }
-    }
-    names.sort();
+        let mut names = vec![];
+        for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        (path, names)
+    };
     if names.is_empty() {
         bail!("{} holds no config.json or safetensors files", path.display());
     }
-    let files: Vec<InputFile> = names.iter().map(|n| describe(&path.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
+    let files: Vec<InputFile> = names.iter().map(|n| describe(&dir.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
     let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
     Ok((schemas::sha256_hex(joined.as_bytes()), files))
 }
@@ -399,6 +409,26 @@ mod tests {
     use half::{bf16, f16};
     use safetensors::{Dtype, SafeTensors};
     use std::sync::OnceLock;
+
+    // ----- model identity -----
+
+    #[test]
+    fn a_safetensors_file_is_hashed_with_the_config_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, weights) = (dir.path().join("config.json"), dir.path().join("model.safetensors"));
+        std::fs::write(&config, r#"{"rope_theta": 10000.0}"#).unwrap();
+        std::fs::write(&weights, b"weights").unwrap();
+        let (by_file, files) = model_hash(&weights).unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["config.json", "model.safetensors"]);
+        // The same two files, so the same model as the folder.
+        assert_eq!(by_file, model_hash(dir.path()).unwrap().0);
+        std::fs::write(&config, r#"{"rope_theta": 500000.0}"#).unwrap();
+        assert_ne!(model_hash(&weights).unwrap().0, by_file, "a changed config.json is another model");
+        // A GGUF file holds its own configuration: its hash is the file's.
+        let gguf = dir.path().join("m.gguf");
+        std::fs::write(&gguf, b"GGUF").unwrap();
+        assert_eq!(model_hash(&gguf).unwrap().0, schemas::sha256_hex(b"GGUF"));
+    }
 
     // ----- Q/K permutation -----
 

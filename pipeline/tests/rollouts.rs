@@ -91,6 +91,7 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
         sampling,
         batch_size: 8,
         chunk_questions: 8,
+        verifier_version: verify::grade::VERSION.into(),
     };
     // (correct, finish, completion) for 4 samples of each of the 3 questions.
     let plan: [[(bool, Finish, &str); 4]; 3] = [

@@ -21,6 +21,25 @@ impl Sampling {
     pub fn greedy(max_new_tokens: usize) -> Self {
         Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens, seed: 0 }
     }
+
+    /// A temperature is 0 (greedy) or positive and finite: a negative one would decode greedily
+    /// under another name, and NaN would leave no candidate.
+    pub fn check_temperature(t: f32) -> Result<f32, String> {
+        if t >= 0.0 && t.is_finite() {
+            Ok(t)
+        } else {
+            Err(format!("temperature must be 0 (greedy) or positive, not {t}"))
+        }
+    }
+
+    /// top-p is in (0, 1]: 0 or less would keep one token, greedy under another name.
+    pub fn check_top_p(p: f32) -> Result<f32, String> {
+        if p > 0.0 && p <= 1.0 {
+            Ok(p)
+        } else {
+            Err(format!("top-p must be in (0, 1], not {p}"))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

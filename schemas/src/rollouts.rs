@@ -75,6 +75,10 @@ pub struct CacheKey {
     /// it was recorded.
     #[serde(default)]
     pub engine: String,
+    /// The verify crate's version (`verify::grade::VERSION`): the same samples graded by other
+    /// rules are other rollouts. Empty in keys written before it was recorded.
+    #[serde(default)]
+    pub verifier_version: String,
 }
 
 impl CacheKey {

@@ -33,9 +33,9 @@ enum Device {
 #[derive(Args, Clone, Copy)]
 struct SamplingArgs {
     /// 0 is greedy decoding (ties go to the lowest token id).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = temperature)]
     temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     top_p: f32,
     /// 0 keeps the whole vocabulary.
     #[arg(long, default_value_t = 0)]
@@ -168,9 +168,9 @@ enum Command {
         /// K: completions per question.
         #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         samples: usize,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = temperature)]
         temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = top_p)]
         top_p: f32,
         /// 0 keeps the whole vocabulary.
         #[arg(long, default_value_t = 0)]
@@ -217,9 +217,10 @@ enum Command {
         #[arg(long, default_value = "snapshots/eval")]
         snapshots: PathBuf,
         /// Comma-separated batch sizes.
-        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = at_least_one)]
         batch: Vec<usize>,
-        #[arg(long, default_value_t = 64)]
+        /// At least 1: the first new token times the prefill, the rest the decoding.
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         new_tokens: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -324,6 +325,14 @@ fn main() -> ExitCode {
 }
 
 /// A count of samples: 0 would make every rate 0/0.
+fn temperature(s: &str) -> Result<f32, String> {
+    Sampling::check_temperature(s.parse::<f32>().map_err(|_| format!("expected a number, got `{s}`"))?)
+}
+
+fn top_p(s: &str) -> Result<f32, String> {
+    Sampling::check_top_p(s.parse::<f32>().map_err(|_| format!("expected a number, got `{s}`"))?)
+}
+
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -436,6 +445,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
             device_ready(device)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
+            // Results are filed by snapshot folder name (results/<name>.jsonl).
+            for (i, b) in benches.iter().enumerate() {
+                if let Some(j) = benches[..i].iter().position(|a| a.name == b.name) {
+                    anyhow::bail!(
+                        "--bench `{}` and `{}` are both `{}` ({} and {}): results would overwrite each other; name each benchmark once",
+                        bench[j],
+                        bench[i],
+                        b.name,
+                        benches[j].dir.display(),
+                        b.dir.display()
+                    );
+                }
+            }
             if samples > 1 && sampling.temperature == 0.0 {
                 tracing::warn!("{samples} greedy samples per prompt are identical; pass --temperature for Average@K");
             }
@@ -743,9 +765,10 @@ fn eval_on(
 ) -> anyhow::Result<Summary> {
     // Results already in `out` for the same model hash, settings and snapshot are reused, so an
     // interrupted or repeated run only evaluates what is missing.
-    let previous: Option<Summary> = std::fs::read_to_string(out.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Summary>(&t).ok())
+    let earlier: Option<Summary> =
+        std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
+    let previous = earlier
+        .clone()
         .filter(|p| p.model_sha256 == summary.model_sha256 && p.config == summary.config && p.verifier_version == summary.verifier_version);
     let mut model_cell = None;
     for b in benches {
@@ -777,6 +800,27 @@ fn eval_on(
         );
         summary.benchmarks.push(s);
         write_summary(out, &summary)?;
+    }
+    // Benchmarks of an earlier run into `out` that this one did not name stay in its summary when
+    // they were graded the same way; otherwise they are dropped, and said to be.
+    let others = |p: &Summary| -> Vec<eval::report::BenchSummary> {
+        p.benchmarks.iter().filter(|x| !benches.iter().any(|b| b.name == x.bench)).cloned().collect()
+    };
+    if let Some(p) = &previous {
+        let kept: Vec<_> = others(p).into_iter().filter(|x| out.join("results").join(format!("{}.jsonl", x.bench)).exists()).collect();
+        if !kept.is_empty() {
+            summary.benchmarks.extend(kept);
+            write_summary(out, &summary)?;
+        }
+    } else if let Some(p) = &earlier {
+        let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
+        if !dropped.is_empty() {
+            eprintln!(
+                "{}/summary.json held {} for another model, settings or verifier: they are no longer in the summary (their results/ files are stale)",
+                out.display(),
+                dropped.join(", ")
+            );
+        }
     }
     Ok(summary)
 }

@@ -88,12 +88,8 @@ fn check_training_questions(dir: &Path, manifest: &Manifest) -> anyhow::Result<(
 pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<dyn Generator>>) -> anyhow::Result<SampleSummary> {
     let s = &opts.sampling;
     anyhow::ensure!(opts.samples >= 1, "--samples must be at least 1");
-    anyhow::ensure!(
-        s.temperature >= 0.0 && s.temperature.is_finite(),
-        "--temperature must be 0 (greedy) or positive, not {}",
-        s.temperature
-    );
-    anyhow::ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "--top-p must be in (0, 1], not {}", s.top_p);
+    Sampling::check_temperature(s.temperature).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    Sampling::check_top_p(s.top_p).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let bench = load_benchmark(&opts.prompts.to_string_lossy(), Path::new(""))?;
     check_training_questions(&opts.prompts, &bench.manifest)?;
     let n = opts.limit.unwrap_or(usize::MAX).min(bench.prompts.len());
@@ -115,6 +111,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
         batch_size: opts.batch_size.max(1),
         chunk_questions,
         engine: opts.engine.clone(),
+        verifier_version: verify::grade::VERSION.to_string(),
     };
     let digest = key.digest();
 
@@ -226,7 +223,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
 fn describe_key(digest: &str, key: &CacheKey) -> String {
     let s = &key.sampling;
     format!(
-        "rollouts with cache key {digest} (model sha256 {}, prompts {}, {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {}, engine `{}`)",
+        "rollouts with cache key {digest} (model sha256 {}, prompts {}, {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {}, engine `{}`, verifier {})",
         &key.model_sha256[..16.min(key.model_sha256.len())],
         key.prompts_snapshot_id,
         key.questions,
@@ -236,7 +233,8 @@ fn describe_key(digest: &str, key: &CacheKey) -> String {
         s.top_k,
         s.max_new_tokens,
         s.seed,
-        key.engine
+        key.engine,
+        if key.verifier_version.is_empty() { "unrecorded" } else { &key.verifier_version }
     )
 }
 

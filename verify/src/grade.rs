@@ -7,8 +7,10 @@ use crate::sandbox::{self, Limits};
 use rayon::prelude::*;
 use schemas::{CodeTests, Domain};
 
-/// The version of this crate's verifier and sandbox, recorded with every verdict.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version of this crate's verifier and sandbox, recorded with every verdict: the crate's
+/// version and a hash of the sources that decide verdicts (build.rs), so that results graded by
+/// other rules are never reused as these rules' results.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("RECTIFY_VERIFY_SOURCES"));
 
 /// What grading needs of a question.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,79 @@
+//! `trainer eval` with the real model on one-prompt GSM8K snapshots: a later run into the same
+//! folder keeps the benchmarks it did not name when they were graded the same way, drops them
+//! (and says so) when not, two benchmarks filed under one name are refused, and sampling
+//! settings that would decode greedily under another name are refused.
+
+mod common;
+
+use common::{model_path, repo};
+use eval::report::Summary;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A prompts snapshot of GSM8K test problem `first` (0-based) alone, in `dir/name`.
+fn one_prompt(dir: &Path, name: &str, first: usize) -> PathBuf {
+    let line = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/test.jsonl")).unwrap().lines().nth(first).unwrap().to_string();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.jsonl")), line + "\n").unwrap();
+    let recipe = format!(
+        "name: {name}\nkind: prompts\nsources:\n  - {{name: {name}, path: {name}.jsonl, format: gsm8k}}\n\
+         filter: {{require_math_answer: true, require_python_parses: false}}\ndedup: {{exact: false, near: {{enabled: false}}}}\n\
+         tokenizer: {{gguf: {}}}\n",
+        model_path().display()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, recipe).unwrap();
+    let out = dir.join(name);
+    pipeline::build::build(&path, &out, false).unwrap();
+    out
+}
+
+fn eval(benches: &[&Path], out: &Path, extra: &[&str]) -> (bool, String) {
+    let bench = benches.iter().map(|b| b.to_str().unwrap()).collect::<Vec<_>>().join(",");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", model_path().to_str().unwrap(), "--bench", &bench, "--out", out.to_str().unwrap()])
+        .args(["--max-new-tokens", "4"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+}
+
+fn benchmarks(out: &Path) -> Vec<String> {
+    let s: Summary = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    s.benchmarks.into_iter().map(|b| b.bench).collect()
+}
+
+#[test]
+fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (one_prompt(tmp.path(), "a", 0), one_prompt(tmp.path(), "b", 1));
+    let out = tmp.path().join("out");
+
+    let (ok, log) = eval(&[&a, &b], &out, &[]);
+    assert!(ok, "{log}");
+    assert_eq!(benchmarks(&out), ["a", "b"]);
+
+    // Only `a` again, same settings: reused, and `b` stays in the summary.
+    let (ok, log) = eval(&[&a], &out, &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("a: reusing the results"), "{log}");
+    assert_eq!(benchmarks(&out), ["a", "b"]);
+
+    // Other settings: `b` was graded under the old ones, so it leaves the summary, with a word.
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok, "{log}");
+    assert_eq!(benchmarks(&out), ["a"]);
+    assert!(log.contains("held b for another model, settings or verifier"), "{log}");
+
+    // Two folders named `a` would write one results/a.jsonl.
+    let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);
+    let (ok, log) = eval(&[&a, &other_a], &out, &[]);
+    assert!(!ok && log.contains("are both `a`"), "{log}");
+
+    // Greedy under another name.
+    for bad in ["--temperature=-1", "--temperature=NaN", "--top-p=0"] {
+        let (ok, log) = eval(&[&a], &out, &[bad]);
+        assert!(!ok && (log.contains("temperature must be") || log.contains("top-p must be")), "{bad}: {log}");
+    }
+}
