@@ -43,10 +43,13 @@ impl Completion {
 }
 
 /// The ids that end a completion: the tokenizer's end-of-turn token and whichever of the usual
-/// end-of-text tokens its vocabulary has (a chat model may close with either).
+/// end-of-text tokens its vocabulary has (a chat model may close with either; Llama 3 has three:
+/// end of turn, end of message before a tool call, end of text).
 pub fn stop_ids(tok: &ChatTokenizer) -> Vec<u32> {
     let mut stop = vec![tok.eos_id()];
-    stop.extend(["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"].iter().filter_map(|t| tok.token_to_id(t)));
+    stop.extend(
+        ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"].iter().filter_map(|t| tok.token_to_id(t)),
+    );
     stop.sort_unstable();
     stop.dedup();
     stop

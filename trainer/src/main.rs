@@ -138,8 +138,9 @@ enum Command {
         /// Only the first N prompts of each benchmark.
         #[arg(long)]
         limit: Option<usize>,
-        /// Sequences in flight at once (continuous batching); greedy results do not depend on
-        /// it. 8 is the fastest measured on 2 cores (README: Evaluation).
+        /// Sequences in flight at once (continuous batching on CPU, where greedy results do not
+        /// depend on it; on CUDA, left-padded batches, whose shape can change the last bits of
+        /// logits). 8 is the fastest measured on 2 cores (README: Evaluation).
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
         /// Results folder: summary.json, summary.md, results/<bench>.jsonl.

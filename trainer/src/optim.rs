@@ -277,9 +277,10 @@ pub fn clip_global_with<B: Backend>(
 ) -> (f64, Vec<(String, Tensor<B, 2>)>) {
     let (squares, grads): (Vec<f64>, Vec<(String, Tensor<B, 2>)>) = match arithmetic {
         Arithmetic::TensorOps => {
-            let squares = map_threads(grads.iter().map(|(_, g)| g.clone()).collect(), threads, |g| {
-                g.square().sum().into_data().convert::<f64>().to_vec::<f64>().expect("f64")[0]
-            });
+            // One read back for all parameters: on a GPU each read waits for the whole queue.
+            let sums: Vec<Tensor<B, 1>> = grads.iter().map(|(_, g)| g.clone().square().sum()).collect();
+            let squares =
+                if sums.is_empty() { vec![] } else { Tensor::cat(sums, 0).into_data().convert::<f64>().to_vec::<f64>().expect("f64") };
             (squares, grads)
         }
         Arithmetic::InPlace => grads

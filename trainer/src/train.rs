@@ -382,13 +382,14 @@ pub fn apply_update<B: AutodiffBackend>(
 ) -> Llama<B> {
     opt.begin_step();
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = grads.into_iter().collect();
-    // The parameters are moved out of the model (empty placeholders stand in until the updates
-    // go back), so each old parameter is freed as soon as its update is computed rather than all
-    // of them living next to all the new ones.
+    // The parameters are moved out of the model (one-element placeholders stand in until the
+    // updates go back), so each old parameter is freed as soon as its update is computed rather
+    // than all of them living next to all the new ones. One element, not zero: a zero-byte
+    // allocation is a corner a GPU memory pool need not handle.
     let mut work = Vec::new();
     let emptied = model.map_params(device, |name, p| {
         work.push((name.to_string(), p.inner(), grads.remove(name).expect("a gradient per parameter")));
-        Tensor::<B, 2>::empty([0, 0], device)
+        Tensor::<B, 2>::empty([1, 1], device)
     });
     let names: Vec<String> = work.iter().map(|(name, _, _)| name.clone()).collect();
     let mut updated: BTreeMap<String, _> = names.into_iter().zip(opt.update_all(work, lr, threads)).collect();
