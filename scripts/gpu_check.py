@@ -605,17 +605,25 @@ class Monitor:
         self.base = gpu_used_total() if device == "cuda" else None
         self.source = "nvidia-smi" if device == "cuda" else "VmHWM"
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self.loop, daemon=True)]
+        if metrics:
+            # Its own thread: an nvidia-smi call in the memory loop can take a second.
+            self.threads.append(threading.Thread(target=self.watch_metrics, daemon=True))
+        for t in self.threads:
+            t.start()
 
     def loop(self):
         while not self.done.is_set():
             self.sample()
             self.done.wait(0.25)
 
+    def watch_metrics(self):
+        while not self.done.is_set() and self.first_line_s is None:
+            if os.path.exists(self.metrics) and os.path.getsize(self.metrics) > 0:
+                self.first_line_s = time.time() - self.t0
+            self.done.wait(0.05)
+
     def sample(self):
-        if self.metrics and self.first_line_s is None and os.path.exists(self.metrics) and os.path.getsize(self.metrics) > 0:
-            self.first_line_s = time.time() - self.t0
         if self.device == "cuda":
             procs = gpu_used_by_pid()
             tree = process_tree(self.pid)
@@ -635,7 +643,8 @@ class Monitor:
 
     def stop(self):
         self.done.set()
-        self.thread.join()
+        for t in self.threads:
+            t.join()
 
     def peak_mib(self):
         if self.device == "cuda":
@@ -902,6 +911,10 @@ def run_all(c):
 # ---------------------------------------------------------------- PyTorch workers
 
 
+# When this worker process started (before importing PyTorch), for its time to the first step.
+WORKER_T0 = time.time()
+
+
 def worker(task, args_path):
     import torch
 
@@ -1082,9 +1095,13 @@ def w_train(torch, dev, a):
         secs = time.time() - t
         tokens = sum(len(r["input_ids"]) for r in batch)
         out.append({"objective": obj_sum, "grad_norm": norm, "seconds": secs, "tokens": tokens, "tokens_per_second": tokens / secs})
+        if len(out) == 1:
+            # As rectify's: from process start (imports, loading, compiling) to the first step done.
+            first_done = time.time() - WORKER_T0
     import transformers
 
     return {"steps": out, "compile": a["compile"], "attention": "sdpa with a block-diagonal causal float mask",
+            "time_to_first_step_s": round(first_done, 2) if out else None,
             "torch": torch.__version__, "transformers": transformers.__version__}
 
 
