@@ -504,7 +504,7 @@ class Check:
         if failure:
             r["rectify"]["error"] = str(failure)
         self.shape(shape)["generate"] = r
-        # The last run of each batch size: the first includes compiling kernels (rectify) or warm-up.
+        # The last run of each batch size: the first may include compiling kernels (rectify) or warm-up.
         last = lambda rs, b: next((x["tokens_per_second"] for x in reversed(rs) if x["batch"] == b), None)
         r["table"] = [{"batch": b, "rectify_tokens_per_second": last(runs, b), "pytorch_tokens_per_second": None} for b in batches]
         if os.path.exists(prompts):

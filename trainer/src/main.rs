@@ -225,7 +225,7 @@ enum Command {
         new_tokens: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
-        /// Runs per batch size (on a GPU the first includes compiling the kernels).
+        /// Timed runs per batch size (on a GPU after an untimed pass that compiles the kernels).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
         /// Also write the prompt ids of the largest batch, one JSON array per line, so that
@@ -843,6 +843,15 @@ fn bench_generate_on(
         m.config().vocab_size
     );
     let load_seconds = t0.elapsed().as_secs_f64();
+    if !matches!(device, Device::Cpu) {
+        // A GPU compiles its kernels on first use: one untimed pass per batch size through prefill
+        // and a decoding step, so that no timed run, prefill or decoding, includes compiling.
+        let mut batches: Vec<usize> = runs.iter().map(|&(b, _)| b).collect();
+        batches.dedup();
+        for b in batches {
+            eval::throughput::measure(m.as_ref(), &eval::throughput::prompts(bench, b), &Sampling { max_new_tokens: 2, ..*params });
+        }
+    }
     for &(b, run) in runs {
         let r = eval::throughput::measure(m.as_ref(), &eval::throughput::prompts(bench, b), params);
         let mut line = serde_json::to_value(&r)?;
