@@ -155,6 +155,10 @@ pub struct RefLogprobsInfo {
     pub rows: u64,
     /// Values that are a real log-probability (not a segment start or padding).
     pub scored_tokens: u64,
+    /// What computed them (`burn flex`, `burn cuda, f32 matmuls`, ...); empty in manifests
+    /// written before it was recorded.
+    #[serde(default)]
+    pub engine: String,
     pub tool: String,
 }
 

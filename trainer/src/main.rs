@@ -280,6 +280,8 @@ enum Command {
         /// Rows per resumable chunk of work.
         #[arg(long, default_value_t = 16)]
         chunk_rows: usize,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// Histogram (PNG + CSV) of the probability each model gives the loss-mask tokens of a few
     /// rows of a train snapshot: SFT pushes them toward 1, DFT polarises them.
@@ -616,14 +618,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Score { model, snapshot, out, force, chunk_rows } => {
+        Command::Score { model, snapshot, out, force, chunk_rows, device } => {
             let out = out.unwrap_or_else(|| {
                 let mut s = snapshot.clone().into_os_string();
                 s.push("-scored");
                 PathBuf::from(s)
             });
-            let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows };
-            let s = trainer::score::score::<Flex>(&opts, &Default::default())?;
+            let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows, engine: burn_engine(device) };
+            let s = match device {
+                Device::Cpu => trainer::score::score::<Flex>(&opts, &Default::default())?,
+                // One row at a time on the GPU (`rows_logprobs` spreads rows over threads).
+                #[cfg(feature = "cuda")]
+                Device::Cuda => on_gpu(|| trainer::score::score::<burn::backend::Cuda>(&opts, &Default::default()))?,
+            };
             let resumed = if s.resumed_rows > 0 { format!(", {} resumed from an earlier run", s.resumed_rows) } else { String::new() };
             println!("scored {} rows{resumed}: {} tokens in {:.1}s, {:.0} tokens/s", s.rows, s.tokens, s.seconds, s.tokens_per_second());
             println!("snapshot {} (parent {}) at {}", s.manifest.snapshot_id, snapshot_parent(&s.manifest), opts.out.display());
@@ -691,6 +698,15 @@ fn load_generator(path: &std::path::Path, device: Device) -> anyhow::Result<Box<
 fn engine(device: Device) -> String {
     match device {
         Device::Cpu => model::HostDecoder::engine().to_string(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => burn_engine(device),
+    }
+}
+
+/// What computes a Burn model's outputs on `device` (scoring runs the Burn model on CPU too).
+fn burn_engine(device: Device) -> String {
+    match device {
+        Device::Cpu => "burn flex".to_string(),
         #[cfg(feature = "cuda")]
         Device::Cuda => {
             let tf32 = std::env::var("RECTIFY_TF32").is_ok_and(|v| v == "1");

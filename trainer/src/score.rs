@@ -45,6 +45,10 @@ pub struct ScoreOptions {
     pub force: bool,
     /// Rows per resumable chunk.
     pub chunk_rows: usize,
+    /// What computes the log-probabilities (Burn on CPU, or on CUDA with f32 or TF32 matmuls):
+    /// engines agree to rounding, not in the last bits, so a work folder of one is not resumed by
+    /// another, and the scored manifest names it.
+    pub engine: String,
 }
 
 pub struct ScoreSummary {
@@ -71,6 +75,7 @@ struct Work {
     rows: usize,
     seq_len: usize,
     chunk_rows: usize,
+    engine: String,
 }
 
 fn chunk_file(start: usize, end: usize) -> String {
@@ -120,6 +125,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
         rows: snapshot.rows.len(),
         seq_len,
         chunk_rows,
+        engine: opts.engine.clone(),
     };
     let mut work = WorkDir::open(&opts.out, "scoring", &job)?;
     let mut done = work.finished()?;
@@ -171,6 +177,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
             dtype: "float32".into(),
             rows: snapshot.rows.len() as u64,
             scored_tokens: snapshot.rows.iter().map(Row::predicted).sum::<usize>() as u64,
+            engine: opts.engine.clone(),
             tool: format!("rectify-trainer {} score", env!("CARGO_PKG_VERSION")),
         });
         m.conventions.insert("ref_logprobs".into(), CONVENTION.into());

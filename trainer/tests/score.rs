@@ -58,7 +58,14 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
 
     // Library call: two rows at a time (one per thread), chunks of 2 rows.
     let out = dir.join("scored");
-    let opts = ScoreOptions { model: model_path(), snapshot: unscored.clone(), out: out.clone(), force: false, chunk_rows: 2 };
+    let opts = ScoreOptions {
+        model: model_path(),
+        snapshot: unscored.clone(),
+        out: out.clone(),
+        force: false,
+        chunk_rows: 2,
+        engine: "burn flex".into(),
+    };
     let summary = score::<Flex>(&opts, &Default::default()).unwrap();
     assert_eq!(summary.rows, parent.rows.len());
 
@@ -170,7 +177,14 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     // Scored by the model it then trains: every weight exp(logp - ref) is 1 at the first step,
     // so the iwsft objective equals the plain cross-entropy.
     let scored = dir.join("scored");
-    let opts = ScoreOptions { model: model_path(), snapshot: unscored, out: scored.clone(), force: false, chunk_rows: 16 };
+    let opts = ScoreOptions {
+        model: model_path(),
+        snapshot: unscored,
+        out: scored.clone(),
+        force: false,
+        chunk_rows: 16,
+        engine: "burn flex".into(),
+    };
     score::<Flex>(&opts, &Default::default()).unwrap();
     let o = trainer(&[
         "train",
