@@ -114,6 +114,8 @@ enum Command {
         /// `finish`, `text`) instead of the text, for comparing with other implementations.
         #[arg(long)]
         json: bool,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// Evaluate a model on benchmark snapshots: Average@K, pass@K, every sample in results/.
     Eval {
@@ -419,7 +421,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json } => {
+        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json, device } => {
+            device_ready(device)?;
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None).with_context(|| {
                 format!(
@@ -427,7 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tok_source.display()
                 )
             })?;
-            let m = load_generator(&model, Device::Cpu)?;
+            let m = load_generator(&model, device)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
