@@ -2,7 +2,8 @@
 # Builds the evaluation snapshots that a benchmark list needs (`make eval`, `make data-eval`,
 # `make rft`): eval_snapshots.sh gsm8k,math500 or eval_snapshots.sh all.
 # A benchmark name is a recipe in datasets/recipes/eval/, or that name without its `_test` split
-# (gsm8k, mbpp), or a snapshot folder, left as it is: the same rule `trainer eval --bench` reads names with. Each build takes under a
+# (gsm8k, mbpp); a path (with a `/`), or a name with a snapshot under $SNAPSHOTS/eval/ but no
+# recipe, is left as it is: the rule `trainer eval --bench` reads names with. Each build takes under a
 # second and the pipeline is deterministic, so a snapshot is always rebuilt (--force) rather than
 # trusted to match the current recipe and code.
 set -euo pipefail
@@ -12,10 +13,20 @@ RECIPES=datasets/recipes/eval
 [ $# -eq 1 ] || { echo "usage: $0 BENCH[,BENCH...] | all" >&2; exit 2; }
 
 all=$(cd "$RECIPES" && ls -- *.yaml | sed 's/\.yaml$//')
-if [ "$1" = all ]; then names=$all; else names=$(tr ',' ' ' <<< "$1"); fi
+if [ "$1" = all ]; then names=$all; else
+  case ",$1," in
+    *,,* | *" "*) echo "benchmarks are comma-separated names without spaces or empty entries, not \`$1\`" >&2; exit 1 ;;
+  esac
+  names=$(tr ',' ' ' <<< "$1")
+fi
 for b in $names; do
-  [ -f "$b/manifest.json" ] && continue # a snapshot folder given as a path is read as it is
-  if [ -f "$RECIPES/$b.yaml" ]; then s=$b; elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test; else
+  case "$b" in */*) # a snapshot folder given as a path is read as it is
+    [ -f "$b/manifest.json" ] || { echo "$b: not a snapshot folder (no manifest.json there)" >&2; exit 1; }
+    continue ;;
+  esac
+  if [ -f "$RECIPES/$b.yaml" ]; then s=$b; elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test
+  elif [ -f "$SNAPSHOTS/eval/$b/manifest.json" ]; then continue # a snapshot of the user's own, no recipe here
+  else
     echo "no evaluation recipe for benchmark \`$b\`: expected $RECIPES/$b.yaml or $RECIPES/${b}_test.yaml (have: $(echo $all))" >&2
     exit 1
   fi

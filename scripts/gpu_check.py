@@ -86,10 +86,12 @@ SHAPES = {
 MODES = {
     "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], steps=10, logprob_rows=2, gen_batches=[64, 256],
                 gen_new_tokens=128, microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16]}, budget=500,
-                limits=dict(checkpoint=150, logprobs=90, train=100, torch_train=120, generate=120, microbatch=60, compile=150)),
+                limits=dict(checkpoint=150, logprobs=90, train=100, torch_train=120, generate=120, microbatch=60, compile=150,
+                            microbatch_search=75)),
     "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2"], steps=2, logprob_rows=2, gen_batches=[2, 4],
                 gen_new_tokens=8, microbatches={"tiny-llama": [2], "tiny-qwen2": [2]}, budget=900,
-                limits=dict(checkpoint=120, logprobs=120, train=300, torch_train=300, generate=300, microbatch=150, compile=300)),
+                limits=dict(checkpoint=120, logprobs=120, train=300, torch_train=300, generate=300, microbatch=150, compile=300,
+                            microbatch_search=300)),
 }
 
 # Per-token log-probabilities of rectify and PyTorch (both float32) must agree to this, in nats.
@@ -117,7 +119,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Check:
     def __init__(self, args):
         # Absolute, since the trainer runs in a folder of its own (see `trainer_cwd`).
-        for name in ("trainer", "snapshot", "prompts"):
+        args.trainer = os.path.abspath(shutil.which(args.trainer) or args.trainer)
+        for name in ("snapshot", "prompts"):
             setattr(args, name, os.path.abspath(getattr(args, name)))
         self.args = args
         self.mode = MODES[args.mode]
@@ -132,26 +135,28 @@ class Check:
         self.logs = os.path.join(self.work, "logs")
         os.makedirs(self.logs)
         # cubecl compiles every kernel with NVRTC in each process; it keeps the PTX across
-        # processes only when a cubecl.toml in the working folder (or above) names a cache. Every
-        # trainer process after the first training run of a shape loads what earlier ones
-        # compiled, so the micro-batch search and the rest spend their minutes measuring. The
-        # training run itself starts cold (`trainer_cwd(cold=True)`): its time to the first step
-        # is what a user's first run pays. TF32 kernels get a cache of their own.
+        # processes only when a cubecl.toml in the working folder (or above) names a cache, made
+        # here on first use. Each shape's training run starts with an empty cache of its own, so
+        # its time to the first step is what a user's first run pays, and the micro-batch search
+        # of that shape then loads what it compiled. Scoring and generation share one cache;
+        # TF32 kernels get their own.
         self.ptx = {}
-        for kind in ("ieee", "tf32"):
-            d = os.path.join(self.work, f"cubecl-{kind}")
-            os.makedirs(d)
-            with open(os.path.join(d, "cubecl.toml"), "w") as f:
-                f.write(f"[compilation]\ncache = {{ file = {json.dumps(os.path.join(d, 'ptx'))} }}\n")
-            self.ptx[kind] = d
-        self.cold = os.path.join(self.work, "cubecl-cold")
-        os.makedirs(self.cold)
         self.child = None
         self.t0 = time.time()
         self.deadline = self.t0 + (args.budget or self.mode["budget"])
         self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "steps": [], "shapes": {},
                         "tolerances": {"logprob_abs_nats": LOGPROB_TOLERANCE, "train_rel": TRAIN_TOLERANCE}}
         self.failed = []
+
+    def trainer_cwd(self, kind):
+        """The folder a trainer process runs in, whose cubecl.toml names the PTX cache `kind`."""
+        if kind not in self.ptx:
+            d = os.path.join(self.work, f"cubecl-{kind}")
+            os.makedirs(d)
+            with open(os.path.join(d, "cubecl.toml"), "w") as f:
+                f.write(f"[compilation]\ncache = {{ file = {json.dumps(os.path.join(d, 'ptx'))} }}\n")
+            self.ptx[kind] = d
+        return self.ptx[kind]
 
     # -- bookkeeping
 
@@ -179,10 +184,6 @@ class Check:
     def left(self):
         return self.deadline - time.time()
 
-    def trainer_cwd(self, cold=False, tf32=False):
-        """The folder a trainer process runs in: one whose cubecl.toml shares compiled kernels,
-        or (cold) one without, where every kernel is compiled afresh."""
-        return self.cold if cold else self.ptx["tf32" if tf32 else "ieee"]
 
     def shape(self, name):
         return self.results["shapes"].setdefault(name, {})
@@ -282,7 +283,7 @@ class Check:
         env.pop("RECTIFY_TF32", None)
         found = {}
         if self.device == "cuda":
-            found = cuda_libraries(env)
+            found = cuda_libraries(env, self.work)
         self.env = env
         info = {"python": sys.version.split()[0], "cpu_cores": os.cpu_count(), "cuda_libraries": found,
                 "trainer": self.args.trainer, "snapshot": self.args.snapshot, "prompts": self.args.prompts}
@@ -329,8 +330,9 @@ class Check:
         # Token-weighted mean length of a packed example: the mean span attention works over.
         self.attn_span = sum(n * n for n in seg) / max(1, sum(seg))
         info["rows"] = self.rows_count
-        info["ptx_cache"] = ("each shape's training run compiles every kernel (cold); the other trainer processes share "
-                             "cubecl's PTX cache (cubecl.toml in their working folder), TF32 runs their own")
+        info["ptx_cache"] = ("each shape's training run starts with an empty PTX cache (cubecl.toml in its working folder) and "
+                             "compiles every kernel; that shape's micro-batch runs load them from it; scoring and generation "
+                             "share one cache, TF32 runs another")
         info["mean_attention_span"] = round(self.attn_span, 1)
         return info
 
@@ -354,7 +356,7 @@ class Check:
         rows = os.path.join(self.work, f"logprobs-{shape}.jsonl")
         res, out = self.run(f"logprobs-rectify-{shape}", [self.args.trainer, "rows", "--snapshot", self.args.snapshot, "--rows",
                                                           str(self.mode["logprob_rows"]), "--model", model, "--device", self.device,
-                                                          "--out", rows], self.limit("logprobs"), cwd=self.trainer_cwd())
+                                                          "--out", rows], self.limit("logprobs"), cwd=self.trainer_cwd("shared"))
         r = {"rectify": {**res, "stdout": out.strip()}}
         self.shape(shape)["logprobs"] = r
         r["pytorch"] = self.worker(f"logprobs-pytorch-{shape}", "logprobs", {"model": model, "rows": rows, "device": self.device},
@@ -393,12 +395,12 @@ class Check:
                     f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n")
         return path, os.path.join(out, "metrics.jsonl")
 
-    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False, cold=False):
+    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False):
         recipe, metrics = self.recipe(shape, name, steps, micro)
         env = {**self.env, "RECTIFY_TF32": "1"} if tf32 else None
         try:
             res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"], timeout,
-                              metrics=metrics, env=env, cwd=self.trainer_cwd(cold=cold, tf32=tf32))
+                              metrics=metrics, env=env, cwd=self.trainer_cwd("tf32" if tf32 else f"train-{shape}"))
         except Failure as e:
             # Steps finished before a failure or a time-out still count, and say so.
             done = read_jsonl(metrics)
@@ -427,12 +429,12 @@ class Check:
 
     def train(self, shape):
         steps = self.mode["steps"]
-        r = self.train_rectify(shape, f"train-rectify-{shape}", steps, 1, self.limit("train"), cold=True)
+        r = self.train_rectify(shape, f"train-rectify-{shape}", steps, 1, self.limit("train"))
         self.shape(shape)["rectify_steps"] = r.pop("steps")
         # From process start to the first metrics line: loading the checkpoint (and hashing it, for
         # the run's record), NVRTC compiling every kernel (no PTX cache: a first run), the step.
         r["time_to_first_step_s"] = r.get("first_metrics_line_s")
-        r["kernels"] = "compiled cold: no PTX cache"
+        r["kernels"] = "compiled cold: an empty PTX cache"
         self.shape(shape)["train_rectify"] = r
         return r
 
@@ -495,7 +497,8 @@ class Check:
             res, out = self.run(f"generate-rectify-{shape}",
                                 [self.args.trainer, "bench-generate", "--model", model, "--prompts", self.args.prompts, "--batch",
                                  ",".join(map(str, batches)), "--new-tokens", str(n), "--temperature", "0", "--repeat", "2",
-                                 "--device", self.device, "--prompts-out", prompts], self.limit("generate"), cwd=self.trainer_cwd())
+                                 "--device", self.device, "--prompts-out", prompts], self.limit("generate"),
+                                cwd=self.trainer_cwd("shared"))
         except Failure as e:
             # Batches done before the failure (out of memory at 256, say) still count.
             failure, res, out = e, e.res, e.out
@@ -523,15 +526,17 @@ class Check:
         tried = []
         largest = 1 if self.shape(shape).get("train_rectify") else None
         limit = "every size tried fits"
+        # Each shape's search has a share of the budget, so that torch.compile still gets its turn.
+        ends = time.time() + self.limit("microbatch_search")
         for mb in self.mode["microbatches"][shape]:
             if mb > self.rows_count:
                 limit = f"the snapshot has {self.rows_count} rows"
                 break
-            if self.left() < 30:
-                limit = "the check's time budget ran out: larger sizes were not tried"
+            if self.left() < 30 or ends - time.time() < 15:
+                limit = "time, not memory: the search's share of the budget ran out, larger sizes were not tried"
                 break
             try:
-                r = self.train_rectify(shape, f"microbatch-{shape}-{mb}", 1, mb, self.limit("microbatch"))
+                r = self.train_rectify(shape, f"microbatch-{shape}-{mb}", 1, mb, min(self.limit("microbatch"), ends - time.time()))
             except Failure as e:
                 tried.append({"micro_batch_rows": mb, "ok": False, "error": str(e), **e.res})
                 limit = "time, not memory: " + str(e) if e.deadline else f"{mb} rows failed (see its error)"
@@ -544,8 +549,8 @@ class Check:
                           "peak_memory_mib": r["peak_memory_mib"]})
             largest = mb
         r = {"largest_micro_batch_rows": largest, "limit": limit, "tried": tried,
-             "note": "each size runs one optimizer step (forward, backward, AdamW) in its own process; kernels compiled by "
-                     "earlier processes come from cubecl's PTX cache, new ones are compiled within the step"}
+             "note": "each size runs one optimizer step (forward, backward, AdamW) in its own process; kernels that shape's "
+                     "training run compiled come from its PTX cache, new ones are compiled within the step"}
         self.shape(shape)["microbatch"] = r
         return r
 
@@ -709,7 +714,7 @@ def process_tree(pid):
     return kids
 
 
-def cuda_libraries(env):
+def cuda_libraries(env, work):
     """Make NVRTC and the CUDA runtime findable by the trainer (cudarc loads them at run time)
     and point CUDA_PATH at headers NVRTC can include. A CUDA toolkit in the usual places comes
     first; PyTorch's `nvidia-*` wheels are the fallback. Returns what was found."""
@@ -734,6 +739,17 @@ def cuda_libraries(env):
     if lib_dirs:
         found["nvrtc"] = lib_dirs[0]
         found["nvrtc_files"] = sorted(os.path.basename(f) for f in glob.glob(os.path.join(lib_dirs[0], "libnvrtc.so*")))
+        # cudarc asks for the unversioned `libnvrtc.so` before `libnvrtc.so.13`, and the loader
+        # looks for one name in every folder before the next name: a folder that has only the
+        # versioned file (PyTorch's wheels) would lose to an older toolkit's unversioned one. A
+        # folder of its own, first on the path, names the chosen file.
+        versioned = sorted(glob.glob(os.path.join(lib_dirs[0], "libnvrtc.so.13*")))
+        if versioned and not os.path.exists(os.path.join(lib_dirs[0], "libnvrtc.so")):
+            link_dir = os.path.join(work, "nvrtc")
+            os.makedirs(link_dir, exist_ok=True)
+            os.symlink(versioned[0], os.path.join(link_dir, "libnvrtc.so"))
+            lib_dirs.insert(0, link_dir)
+            found["nvrtc_link"] = f"{link_dir}/libnvrtc.so -> {versioned[0]}"
     if "cuda_path" in found and not env.get("CUDA_PATH"):
         env["CUDA_PATH"] = found["cuda_path"]
     if lib_dirs:
@@ -880,7 +896,8 @@ def run_all(c):
         c.report()
         return 1
     # Shape by shape, so that the first shape's figures are complete before the second starts;
-    # then torch.compile (asked for, but the slowest to start), the searches, and TF32 (optional).
+    # then the micro-batch searches (each capped, so that time remains), torch.compile, and TF32
+    # (optional).
     ready = []
     for s in c.mode["shapes"]:
         c.step(f"checkpoint {s}", c.checkpoint, s)
@@ -892,10 +909,10 @@ def run_all(c):
         c.step(f"train_eager {s}", c.train_torch, s, False, min_seconds=30)
         c.step(f"generate {s}", c.generate, s, min_seconds=30)
     for s in ready:
+        c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
+    for s in ready:
         # Not required to pass: torch.compile may not work on a given machine.
         c.step(f"train_compile {s}", c.train_torch, s, True, min_seconds=90, required=False)
-    for s in ready:
-        c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
     if c.device == "cuda":
         for s in ready:
             # Optional: the IEEE f32 figures above are the check; TF32 is the opt-in speed.

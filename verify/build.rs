@@ -5,10 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+const SCHEMAS_RNG: &str = "../schemas/src/rng.rs";
+
 fn main() {
     let mut files = Vec::new();
     sources(Path::new("src"), &mut files);
     files.sort();
+    // The hash and random streams the math checks draw their test points from.
+    files.push(PathBuf::from(SCHEMAS_RNG));
     // FNV-1a over each file's path and bytes: stable across machines and toolchains, no crate.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for f in &files {
@@ -20,6 +24,7 @@ fn main() {
     }
     // A folder here is scanned whole: an edited, added or removed file runs this again.
     println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed={SCHEMAS_RNG}");
     println!("cargo:rustc-env=RECTIFY_VERIFY_SOURCES={hash:016x}");
 }
 

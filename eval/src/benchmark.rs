@@ -2,7 +2,7 @@
 //! read after the snapshot is verified against its manifest, so an evaluation is pinned to a
 //! snapshot id just as training is.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::Manifest;
 use schemas::prompts::load_prompts;
@@ -19,14 +19,19 @@ pub struct Benchmark {
     pub tokenizer: ChatTokenizer,
 }
 
-/// Where a benchmark's snapshot is: `bench` itself if it is a snapshot folder, else the folder of
-/// that name under `eval_dir`, else that name's `_test` split (so `gsm8k` means `gsm8k_test`).
-/// scripts/eval_snapshots.sh builds snapshots by the same rule.
+/// Where a benchmark's snapshot is. A path (it has a `/`) is a snapshot folder as it is; a name
+/// is the folder of that name under `eval_dir`, else that name's `_test` split (so `gsm8k` means
+/// `gsm8k_test`). scripts/eval_snapshots.sh builds snapshots by the same rule.
 fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
+    let has_manifest = |dir: &Path| dir.join("manifest.json").exists();
+    if bench.contains('/') {
+        let dir = PathBuf::from(bench);
+        anyhow::ensure!(has_manifest(&dir), "{bench}: not a snapshot folder (no manifest.json there)");
+        return Ok(dir);
+    }
     let named = eval_dir.join(bench);
     let split = eval_dir.join(format!("{bench}_test"));
-    let found = [PathBuf::from(bench), named.clone(), split.clone()].into_iter().find(|dir| dir.join("manifest.json").exists());
-    match found {
+    match [named.clone(), split.clone()].into_iter().find(|dir| has_manifest(dir)) {
         Some(dir) => Ok(dir),
         None => bail!(
             "no evaluation snapshot for `{bench}` at {} or {} (build it with `scripts/eval_snapshots.sh {bench}`, or all of them with `make data-eval`)",
@@ -34,6 +39,23 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
             split.display()
         ),
     }
+}
+
+/// The benchmarks `--bench` names: `all` is every snapshot folder under `eval_dir`, by name.
+pub fn expand_all(benches: &[String], eval_dir: &Path) -> anyhow::Result<Vec<String>> {
+    if benches != ["all"] {
+        return Ok(benches.to_vec());
+    }
+    let mut names = vec![];
+    for entry in std::fs::read_dir(eval_dir).with_context(|| format!("--bench all: cannot list {}", eval_dir.display()))? {
+        let path = entry?.path();
+        if path.join("manifest.json").exists() {
+            names.push(path.file_name().expect("a folder name").to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    anyhow::ensure!(!names.is_empty(), "--bench all: no snapshot folders in {} (make data-eval builds them)", eval_dir.display());
+    Ok(names)
 }
 
 /// Reads and verifies an evaluation snapshot named by `bench` (see [`snapshot_dir`]).
@@ -70,5 +92,13 @@ mod tests {
         assert_eq!(snapshot_dir(elsewhere.to_str().unwrap(), &eval_dir).unwrap(), elsewhere);
         let missing = snapshot_dir("aime24", &eval_dir).unwrap_err().to_string();
         assert!(missing.contains("aime24_test") && missing.contains("scripts/eval_snapshots.sh aime24"), "{missing}");
+        // A path is taken as it is: no `_test` guess, no advice to build it.
+        let path = eval_dir.join("gsm8k");
+        let e = snapshot_dir(path.to_str().unwrap(), &eval_dir).unwrap_err().to_string();
+        assert!(e.contains("not a snapshot folder") && !e.contains("eval_snapshots"), "{e}");
+
+        let all = expand_all(&["all".to_string()], &eval_dir).unwrap();
+        assert_eq!(all, ["gsm8k_test", "math500", "mbpp", "mbpp_test"]);
+        assert_eq!(expand_all(&["gsm8k".to_string()], &eval_dir).unwrap(), ["gsm8k"]);
     }
 }

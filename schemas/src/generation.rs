@@ -26,7 +26,8 @@ impl Sampling {
     /// under another name, and NaN would leave no candidate.
     pub fn check_temperature(t: f32) -> Result<f32, String> {
         if t >= 0.0 && t.is_finite() {
-            Ok(t)
+            // -0 is 0: one spelling of greedy in summaries and cache keys.
+            Ok(t.abs())
         } else {
             Err(format!("temperature must be 0 (greedy) or positive, not {t}"))
         }

@@ -123,7 +123,8 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Comma-separated benchmarks: gsm8k, math500, aime24, amc23, minerva, olympiadbench,
-        /// humaneval, mbpp, mbpp_validation (or snapshot folders).
+        /// humaneval, mbpp, mbpp_validation (or snapshot folders), or `all` (every snapshot in
+        /// --snapshots).
         #[arg(long, value_delimiter = ',', required = true)]
         bench: Vec<String>,
         /// Where the evaluation snapshots are (`scripts/eval_snapshots.sh BENCH` or `make data-eval`
@@ -450,6 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
             device_ready(device)?;
+            let bench = eval::benchmark::expand_all(&bench, &snapshots)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
             // Results are filed by snapshot folder name (results/<name>.jsonl).
             for (i, b) in benches.iter().enumerate() {
@@ -790,18 +792,45 @@ fn eval_on(
     let previous = earlier
         .clone()
         .filter(|p| p.model_sha256 == summary.model_sha256 && p.config == summary.config && p.verifier_version == summary.verifier_version);
+    // Benchmarks of an earlier run into `out` that this one does not name stay in its summary when
+    // they were graded the same way (and their results are there); otherwise they are dropped, and
+    // said to be. They are part of every write, so an interrupted run loses none of them.
+    let others = |p: &Summary| -> Vec<eval::report::BenchSummary> {
+        p.benchmarks.iter().filter(|x| !benches.iter().any(|b| b.name == x.bench)).cloned().collect()
+    };
+    let results_exist = |bench: &str| out.join("results").join(format!("{bench}.jsonl")).exists();
+    let mut kept = vec![];
+    if let Some(p) = &previous {
+        let (present, missing): (Vec<_>, Vec<_>) = others(p).into_iter().partition(|x| results_exist(&x.bench));
+        kept = present;
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.into_iter().map(|x| x.bench).collect();
+            eprintln!("{}/results/ lacks {}: no longer in the summary", out.display(), names.join(", "));
+        }
+    } else if let Some(p) = &earlier {
+        let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
+        if !dropped.is_empty() {
+            eprintln!(
+                "{}/summary.json held {} for another model, settings or verifier: they are no longer in the summary (their results/ files are stale)",
+                out.display(),
+                dropped.join(", ")
+            );
+        }
+    }
+    let save = |summary: &Summary| {
+        let mut all = summary.clone();
+        all.benchmarks.extend(kept.iter().cloned());
+        write_summary(out, &all)
+    };
     let mut model_cell = None;
     for b in benches {
         let reusable = previous.as_ref().and_then(|p| {
-            p.benchmarks
-                .iter()
-                .find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id)
-                .filter(|_| out.join("results").join(format!("{}.jsonl", b.name)).exists())
+            p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|_| results_exist(&b.name))
         });
         if let Some(s) = reusable {
             eprintln!("{}: reusing the results in {} (same model sha256, settings, snapshot and verifier)", s.bench, out.display());
             summary.benchmarks.push(s.clone());
-            write_summary(out, &summary)?;
+            save(&summary)?;
             continue;
         }
         if model_cell.is_none() {
@@ -819,29 +848,10 @@ fn eval_on(
             s.new_tokens_per_second
         );
         summary.benchmarks.push(s);
-        write_summary(out, &summary)?;
+        save(&summary)?;
     }
-    // Benchmarks of an earlier run into `out` that this one did not name stay in its summary when
-    // they were graded the same way; otherwise they are dropped, and said to be.
-    let others = |p: &Summary| -> Vec<eval::report::BenchSummary> {
-        p.benchmarks.iter().filter(|x| !benches.iter().any(|b| b.name == x.bench)).cloned().collect()
-    };
-    if let Some(p) = &previous {
-        let kept: Vec<_> = others(p).into_iter().filter(|x| out.join("results").join(format!("{}.jsonl", x.bench)).exists()).collect();
-        if !kept.is_empty() {
-            summary.benchmarks.extend(kept);
-            write_summary(out, &summary)?;
-        }
-    } else if let Some(p) = &earlier {
-        let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
-        if !dropped.is_empty() {
-            eprintln!(
-                "{}/summary.json held {} for another model, settings or verifier: they are no longer in the summary (their results/ files are stale)",
-                out.display(),
-                dropped.join(", ")
-            );
-        }
-    }
+    summary.benchmarks.extend(kept);
+    write_summary(out, &summary)?;
     Ok(summary)
 }
 
