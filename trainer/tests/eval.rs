@@ -1,7 +1,7 @@
 //! `trainer eval` with the real model on one-prompt GSM8K snapshots: a later run into the same
-//! folder keeps the benchmarks it did not name when they were graded the same way, drops them
-//! (and says so) when not, two benchmarks filed under one name are refused, and sampling
-//! settings that would decode greedily under another name are refused.
+//! folder keeps the benchmarks it did not name when they were graded the same way (also when it
+//! fails part way), drops them (and says so) when not, two benchmarks filed under one name are
+//! refused, and sampling settings that would decode greedily under another name are refused.
 
 mod common;
 
@@ -59,6 +59,14 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     assert!(ok, "{log}");
     assert!(log.contains("a: reusing the results"), "{log}");
     assert_eq!(benchmarks(&out), ["a", "b"]);
+
+    // A run that fails part way (here `c`'s results cannot be written) keeps `b` too.
+    let c = one_prompt(tmp.path(), "c", 2);
+    std::fs::create_dir_all(out.join("results").join("c.jsonl")).unwrap();
+    let (ok, log) = eval(&[&a, &c], &out, &[]);
+    assert!(!ok, "{log}");
+    assert_eq!(benchmarks(&out), ["a", "b"]);
+    std::fs::remove_dir(out.join("results").join("c.jsonl")).unwrap();
 
     // Other settings: `b` was graded under the old ones, so it leaves the summary, with a word.
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
