@@ -51,7 +51,7 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
         }
     }
     grade(&bench.name, prompts, k, &mut results)?;
-    write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
+    let results_sha256 = write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
 
     let correct: Vec<usize> = results.chunks(k).map(|s| s.iter().filter(|r| r.correct).count()).collect();
     let (average_at_k, pass_at_1, pass_at_k) = pass_rates(&correct, k);
@@ -69,6 +69,7 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
         mean_new_tokens: new_tokens as f64 / results.len() as f64,
         generation_seconds,
         new_tokens_per_second: new_tokens as f64 / generation_seconds.max(1e-9),
+        results_sha256,
     })
 }
 

@@ -57,6 +57,10 @@ pub struct BenchSummary {
     pub mean_new_tokens: f64,
     pub generation_seconds: f64,
     pub new_tokens_per_second: f64,
+    /// sha256 of `results/<bench>.jsonl` as written with these figures: results are reused only
+    /// while the file is still that one (empty in summaries written before it was recorded).
+    #[serde(default)]
+    pub results_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,14 +75,16 @@ pub struct Summary {
     pub benchmarks: Vec<BenchSummary>,
 }
 
-pub fn write_results(path: &Path, results: &[SampleResult]) -> anyhow::Result<()> {
+/// Writes the results (atomically) and returns their sha256.
+pub fn write_results(path: &Path, results: &[SampleResult]) -> anyhow::Result<String> {
     let mut buf = Vec::new();
     for r in results {
         serde_json::to_writer(&mut buf, r)?;
         buf.push(b'\n');
     }
     std::fs::create_dir_all(path.parent().expect("results/ folder"))?;
-    schemas::write_atomic(path, &buf)
+    schemas::write_atomic(path, &buf)?;
+    Ok(schemas::sha256_hex(&buf))
 }
 
 /// The summary as a Markdown table, model and snapshots named by hash.
@@ -245,6 +251,7 @@ mod tests {
                     mean_new_tokens: 1.0,
                     generation_seconds: 1.0,
                     new_tokens_per_second: 1.0,
+                    results_sha256: String::new(),
                 })
                 .collect(),
         }

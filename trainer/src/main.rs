@@ -803,14 +803,19 @@ fn eval_on(
     let others = |p: &Summary| -> Vec<eval::report::BenchSummary> {
         p.benchmarks.iter().filter(|x| !benches.iter().any(|b| b.name == x.bench)).cloned().collect()
     };
-    let results_exist = |bench: &str| out.join("results").join(format!("{bench}.jsonl")).exists();
+    // The results file is still the one written with these figures (not one of a run that was
+    // stopped before its summary was written).
+    let results_match = |x: &eval::report::BenchSummary| {
+        !x.results_sha256.is_empty()
+            && schemas::sha256_file(&out.join("results").join(format!("{}.jsonl", x.bench))).is_ok_and(|h| h == x.results_sha256)
+    };
     let mut kept = vec![];
     if let Some(p) = &previous {
-        let (present, missing): (Vec<_>, Vec<_>) = others(p).into_iter().partition(|x| results_exist(&x.bench));
+        let (present, missing): (Vec<_>, Vec<_>) = others(p).into_iter().partition(|x| results_match(x));
         kept = present;
         if !missing.is_empty() {
             let names: Vec<String> = missing.into_iter().map(|x| x.bench).collect();
-            eprintln!("{}/results/ lacks {}: no longer in the summary", out.display(), names.join(", "));
+            eprintln!("{}/results/ no longer holds the results of {}: not in the summary", out.display(), names.join(", "));
         }
     } else if let Some(p) = &earlier {
         let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
@@ -830,7 +835,7 @@ fn eval_on(
     let mut model_cell = None;
     for b in benches {
         let reusable = previous.as_ref().and_then(|p| {
-            p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|_| results_exist(&b.name))
+            p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|x| results_match(x))
         });
         if let Some(s) = reusable {
             eprintln!("{}: reusing the results in {} (same model sha256, settings, snapshot and verifier)", s.bench, out.display());

@@ -1,7 +1,8 @@
 //! `trainer eval` with the real model on one-prompt GSM8K snapshots: a later run into the same
 //! folder keeps the benchmarks it did not name when they were graded the same way (also when it
-//! fails part way), drops them (and says so) when not, two benchmarks filed under one name are
-//! refused, and sampling settings that would decode greedily under another name are refused.
+//! fails part way, and while their results file is the one written with them), drops them (and
+//! says so) when not, two benchmarks filed under one name are refused, and sampling settings that
+//! would decode greedily under another name are refused.
 
 mod common;
 
@@ -73,6 +74,16 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     assert!(ok, "{log}");
     assert_eq!(benchmarks(&out), ["a"]);
     assert!(log.contains("held b for another model, settings or verifier"), "{log}");
+
+    // Results that are no longer the file written with the summary's figures are not reused.
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && log.contains("a: reusing the results"), "{log}");
+    let results = out.join("results").join("a.jsonl");
+    let mut text = std::fs::read_to_string(&results).unwrap();
+    text.push_str(&text.clone());
+    std::fs::write(&results, text).unwrap();
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && !log.contains("reusing"), "{log}");
 
     // Two folders named `a` would write one results/a.jsonl.
     let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);
