@@ -15,11 +15,13 @@ pub fn request_rng(seed: u64, stream: u64) -> SplitMix64 {
     SplitMix64::new(mix64(seed) ^ mix64(stream.wrapping_add(0x5eed)))
 }
 
-/// The next token from one row of logits.
+/// The next token from one row of logits. Panics on a NaN logit: the model is broken (bad
+/// weights, an overflow), and any token chosen from it would be graded as if it meant something.
 pub fn choose(logits: &[f32], params: &Sampling, rng: &mut SplitMix64) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
+    assert!(!logits.iter().any(|x| x.is_nan()), "{NAN_LOGITS}");
     // Candidates in descending logit order (ties by id, so the order is a pure function of the
     // logits), cut to top-k. Tokens below e^-40 of the most likely one are left out before
     // sorting: their mass together is under vocab · 4e-18 (2e-13 for 50k tokens), below what
@@ -62,13 +64,17 @@ pub fn choose(logits: &[f32], params: &Sampling, rng: &mut SplitMix64) -> u32 {
     order[keep - 1]
 }
 
+const NAN_LOGITS: &str = "the model's logits hold NaN: its weights are broken or its arithmetic overflowed, so no token can be chosen";
+
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    let (mut best, mut nan) = (0, false);
     for (i, &x) in logits.iter().enumerate() {
+        nan |= x.is_nan();
         if x > logits[best] {
             best = i;
         }
     }
+    assert!(!nan, "{NAN_LOGITS}");
     best as u32
 }
 
@@ -83,6 +89,20 @@ mod tests {
             counts[choose(logits, params, &mut rng) as usize] += 1;
         }
         counts
+    }
+
+    #[test]
+    #[should_panic(expected = "logits hold NaN")]
+    fn greedy_refuses_nan_logits() {
+        // Nothing compares above a NaN in front, so argmax alone would answer 0.
+        choose(&[f32::NAN, 1.0, 2.0], &Sampling::greedy(1), &mut SplitMix64::new(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "logits hold NaN")]
+    fn sampling_refuses_nan_logits() {
+        let p = Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 1, seed: 0 };
+        choose(&[1.0, f32::NAN, 2.0], &p, &mut SplitMix64::new(0));
     }
 
     #[test]
