@@ -384,7 +384,7 @@ class Check:
     def limit(self, kind):
         return self.mode["limits"][kind]
 
-    def recipe(self, shape, name, steps, micro):
+    def recipe(self, shape, name, steps, micro, recompute=False):
         model = os.path.join(self.work, "models", shape)
         out = os.path.join(self.work, "runs", name)
         shutil.rmtree(out, ignore_errors=True)
@@ -392,11 +392,12 @@ class Check:
         with open(path, "w") as f:
             f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(os.path.abspath(self.args.snapshot))}\n"
                     f"output_dir: {json.dumps(out)}\nloss: dft\nlr: 1.0e-4\nbatch_tokens: {micro * 2048}\n"
-                    f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n")
+                    f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n"
+                    f"recompute: {'true' if recompute else 'false'}\n")
         return path, os.path.join(out, "metrics.jsonl")
 
-    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False):
-        recipe, metrics = self.recipe(shape, name, steps, micro)
+    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False, recompute=False):
+        recipe, metrics = self.recipe(shape, name, steps, micro, recompute)
         env = {**self.env, "RECTIFY_TF32": "1"} if tf32 else None
         try:
             res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"], timeout,
@@ -448,6 +449,22 @@ class Check:
         self.shape(shape)["train_rectify_tf32"] = r
         self.shape(shape)["rectify_tf32_steps"] = steps
         self.train_torch(shape, False, tf32=True)  # recorded as the shape's train_eager_tf32
+        return r
+
+    def train_recompute(self, shape):
+        """rectify's first steps again with every block recomputed in the backward pass (the
+        `recompute` recipe key): the memory it saves on a GPU and the speed it costs."""
+        steps = min(4, self.mode["steps"])
+        r = self.train_rectify(shape, f"train-rectify-recompute-{shape}", steps, 1, self.limit("train"), recompute=True)
+        done = r.pop("steps")
+        plain = self.shape(shape).get("rectify_steps") or []
+        r["objective_max_rel_diff_vs_plain"] = max((rel(a["objective"], b["objective"]) for a, b in zip(plain, done)), default=None)
+        base = self.shape(shape).get("train_rectify", {})
+        if base.get("peak_memory_mib") and r.get("peak_memory_mib"):
+            r["peak_memory_vs_plain"] = round(r["peak_memory_mib"] / base["peak_memory_mib"], 3)
+        if base.get("tokens_per_second") and r.get("tokens_per_second"):
+            r["tokens_per_second_vs_plain"] = round(r["tokens_per_second"] / base["tokens_per_second"], 3)
+        self.shape(shape)["train_rectify_recompute"] = r
         return r
 
     def train_torch(self, shape, compile_, tf32=False):
@@ -573,6 +590,10 @@ class Check:
             if t32:
                 print(f"{'':<14} TF32 allowed: rectify {fmt(t32.get('tokens_per_second'), '.0f')} tok/s, PyTorch eager "
                       f"{fmt(e32.get('tokens_per_second'), '.0f')} tok/s")
+            rc = s.get("train_rectify_recompute", {})
+            if rc:
+                print(f"{'':<14} recompute every block: rectify {fmt(rc.get('tokens_per_second'), '.0f')} tok/s, "
+                      f"{fmt(rc.get('peak_memory_mib'), '.0f')} MiB peak ({fmt(rc.get('peak_memory_vs_plain'), '.2f')}x the plain run's)")
             for g in s.get("generate", {}).get("table", []):
                 print(f"{'':<14} generate batch {g['batch']}: rectify {fmt(g['rectify_tokens_per_second'], '.0f')} tok/s, "
                       f"PyTorch {fmt(g['pytorch_tokens_per_second'], '.0f')} tok/s")
@@ -917,6 +938,9 @@ def run_all(c):
         for s in ready:
             # Optional: the IEEE f32 figures above are the check; TF32 is the opt-in speed.
             c.step(f"train_tf32 {s}", c.train_tf32, s, min_seconds=60, required=False)
+    for s in reversed(ready):
+        # Optional, the larger shape first (where memory matters): what recompute saves.
+        c.step(f"train_recompute {s}", c.train_recompute, s, min_seconds=40, required=False)
     c.results["failed_steps"] = c.failed
     c.results["incomplete_steps"] = [s["step"] for s in c.results["steps"] if "skipped" in s]
     c.results["seconds"] = round(time.time() - c.t0, 1)
