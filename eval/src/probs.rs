@@ -289,6 +289,15 @@ pub struct Options {
 
 /// Measure every model on the same rows of the snapshot, then write the PNG and CSVs.
 pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
+    run_on::<Flex>(opts, &Default::default())
+}
+
+/// [`run`] with the models on `device` (on a GPU, inside a one-thread pool: the rows are spread
+/// over rayon threads).
+pub fn run_on<B: burn::tensor::backend::Backend>(opts: &Options, device: &B::Device) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)>
+where
+    Llama<B>: Sync,
+{
     if opts.models.is_empty() {
         bail!("give at least one --model");
     }
@@ -315,15 +324,14 @@ pub fn run(opts: &Options) -> anyhow::Result<(Vec<ModelProbs>, Vec<PathBuf>)> {
         rows_used: rows.len(),
         rows_total: snapshot.rows.len(),
     };
-    let device = Default::default();
     let mut models = vec![];
     for (path, label) in &opts.models {
         let t0 = Instant::now();
-        let model = Llama::<Flex>::load(path, &device)?;
+        let model = Llama::<B>::load(path, device)?;
         model.check_vocab(snapshot.manifest.tokenizer.vocab_size).with_context(|| format!("model {}", path.display()))?;
         model.check_context(snapshot.seq_len).with_context(|| format!("model {}", path.display()))?;
         let t1 = Instant::now();
-        let lp = model::logprobs::rows_logprobs(&model, &rows, &device, || {});
+        let lp = model::logprobs::rows_logprobs(&model, &rows, device, || {});
         let probs = target_probs(&rows, &lp);
         if let Some(bad) = probs.iter().find(|p| !p.is_finite()) {
             bail!("model {}: a token probability is {bad}", path.display());

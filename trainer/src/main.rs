@@ -309,6 +309,8 @@ enum Command {
         /// The PNG; FILE.csv and FILE.summary.csv are written beside it.
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
     /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors + config.json.
     Export {
@@ -641,11 +643,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("snapshot {} (parent {}) at {}", s.manifest.snapshot_id, snapshot_parent(&s.manifest), opts.out.display());
             Ok(())
         }
-        Command::Probs { models, labels, snapshot, rows, bins, log_y, out } => {
+        Command::Probs { models, labels, snapshot, rows, bins, log_y, out, device } => {
             anyhow::ensure!(labels.len() <= models.len(), "{} --label for {} --model", labels.len(), models.len());
             let models = models.into_iter().enumerate().map(|(i, m)| (m, labels.get(i).cloned())).collect();
             let t0 = std::time::Instant::now();
-            let (measured, written) = eval::probs::run(&eval::probs::Options { models, snapshot, rows, bins, log_y, out })?;
+            let opts = eval::probs::Options { models, snapshot, rows, bins, log_y, out };
+            let (measured, written) = match device {
+                Device::Cpu => eval::probs::run(&opts)?,
+                #[cfg(feature = "cuda")]
+                Device::Cuda => on_gpu(|| eval::probs::run_on::<burn::backend::Cuda>(&opts, &Default::default()))?,
+            };
             for m in &measured {
                 let s = eval::probs::summarize(&m.probs);
                 println!(
