@@ -24,8 +24,10 @@ for b in $names; do
     [ -f "$b/manifest.json" ] || { echo "$b: not a snapshot folder (no manifest.json there)" >&2; exit 1; }
     continue ;;
   esac
-  if [ -f "$RECIPES/$b.yaml" ]; then s=$b; elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test
+  # The order `trainer eval` looks in: the name's own folder before its `_test` split.
+  if [ -f "$RECIPES/$b.yaml" ]; then s=$b
   elif [ -f "$SNAPSHOTS/eval/$b/manifest.json" ]; then continue # a snapshot of the user's own, no recipe here
+  elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test
   else
     echo "no evaluation recipe for benchmark \`$b\`: expected $RECIPES/$b.yaml or $RECIPES/${b}_test.yaml (have: $(echo $all))" >&2
     exit 1
