@@ -28,6 +28,7 @@ for b in $names; do
   if [ -f "$RECIPES/$b.yaml" ]; then s=$b
   elif [ -f "$SNAPSHOTS/eval/$b/manifest.json" ]; then continue # a snapshot of the user's own, no recipe here
   elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test
+  elif [ -f "$SNAPSHOTS/eval/${b}_test/manifest.json" ]; then continue # the user's own `_test` split
   else
     echo "no evaluation recipe for benchmark \`$b\`: expected $RECIPES/$b.yaml or $RECIPES/${b}_test.yaml (have: $(echo $all))" >&2
     exit 1

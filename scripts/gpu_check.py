@@ -552,11 +552,14 @@ class Check:
             if self.left() < 30 or ends - time.time() < 15:
                 limit = "time, not memory: the search's share of the budget ran out, larger sizes were not tried"
                 break
+            # The search's share, not the size's own limit, may be what cuts this one short.
+            capped = ends - time.time() < self.limit("microbatch")
             try:
                 r = self.train_rectify(shape, f"microbatch-{shape}-{mb}", 1, mb, min(self.limit("microbatch"), ends - time.time()))
             except Failure as e:
                 tried.append({"micro_batch_rows": mb, "ok": False, "error": str(e), **e.res})
-                limit = "time, not memory: " + str(e) if e.deadline else f"{mb} rows failed (see its error)"
+                timed_out = "killed after" in str(e)
+                limit = "time, not memory: " + str(e) if e.deadline or (capped and timed_out) else f"{mb} rows failed (see its error)"
                 break
             if "stopped" in r:
                 tried.append({"micro_batch_rows": mb, "ok": False, "error": r["stopped"]})

@@ -49,7 +49,9 @@ pub fn expand_all(benches: &[String], eval_dir: &Path) -> anyhow::Result<Vec<Str
     let mut names = vec![];
     for entry in std::fs::read_dir(eval_dir).with_context(|| format!("--bench all: cannot list {}", eval_dir.display()))? {
         let path = entry?.path();
-        if path.join("manifest.json").exists() {
+        // `.NAME.tmp-PID` and `.NAME.old-PID` are a publish that was interrupted, not benchmarks.
+        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !hidden && path.join("manifest.json").exists() {
             names.push(path.file_name().expect("a folder name").to_string_lossy().into_owned());
         }
     }
@@ -76,7 +78,7 @@ mod tests {
     fn a_benchmark_name_is_a_folder_its_test_split_or_a_path() {
         let tmp = tempfile::tempdir().unwrap();
         let eval_dir = tmp.path().join("eval");
-        for name in ["gsm8k_test", "math500", "mbpp_test", "mbpp"] {
+        for name in ["gsm8k_test", "math500", "mbpp_test", "mbpp", ".math500.old-7"] {
             std::fs::create_dir_all(eval_dir.join(name)).unwrap();
             std::fs::write(eval_dir.join(name).join("manifest.json"), "{}").unwrap();
         }

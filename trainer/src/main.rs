@@ -123,8 +123,8 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Comma-separated benchmarks: gsm8k, math500, aime24, amc23, minerva, olympiadbench,
-        /// humaneval, mbpp, mbpp_validation (or snapshot folders), or `all` (every snapshot in
-        /// --snapshots).
+        /// humaneval, mbpp, mbpp_validation, any snapshot in --snapshots by name, a snapshot
+        /// folder given as a path (with a `/`), or `all` (every snapshot in --snapshots).
         #[arg(long, value_delimiter = ',', required = true)]
         bench: Vec<String>,
         /// Where the evaluation snapshots are (`scripts/eval_snapshots.sh BENCH` or `make data-eval`
@@ -309,6 +309,7 @@ enum Command {
         /// The PNG; FILE.csv and FILE.summary.csv are written beside it.
         #[arg(long)]
         out: PathBuf,
+        /// Where the models run (cuda: one row at a time).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -774,7 +775,7 @@ fn cuda_ready() -> anyhow::Result<()> {
     std::panic::set_hook(hook);
     let mut messages = std::mem::take(&mut *messages.lock().unwrap_or_else(|e| e.into_inner()));
     // The caller's panic on the closed channel says only that cubecl's thread died first.
-    if messages.len() > 1 {
+    if messages.iter().any(|m| !m.contains("RecvError")) {
         messages.retain(|m| !m.contains("RecvError"));
     }
     let messages = messages.join(" | ");
@@ -820,9 +821,12 @@ fn eval_on(
     if let Some(p) = &previous {
         let (present, missing): (Vec<_>, Vec<_>) = others(p).into_iter().partition(|x| results_match(x));
         kept = present;
-        if !missing.is_empty() {
-            let names: Vec<String> = missing.into_iter().map(|x| x.bench).collect();
-            eprintln!("{}/results/ no longer holds the results of {}: not in the summary", out.display(), names.join(", "));
+        let (unhashed, changed): (Vec<_>, Vec<_>) = missing.into_iter().partition(|x| x.results_sha256.is_empty());
+        for (list, why) in [(unhashed, "were recorded before results files were hashed"), (changed, "no longer have their results file")] {
+            if !list.is_empty() {
+                let names: Vec<String> = list.into_iter().map(|x| x.bench).collect();
+                eprintln!("{}/summary.json: {} {why}: not in the summary", out.display(), names.join(", "));
+            }
         }
     } else if let Some(p) = &earlier {
         let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
@@ -834,20 +838,30 @@ fn eval_on(
             );
         }
     }
-    let save = |summary: &Summary| {
+    // This run's benchmarks whose results can be reused, until the loop reaches them: they are
+    // written with every summary too, so a run that fails on an earlier benchmark loses none.
+    let mut reusable: Vec<eval::report::BenchSummary> = benches
+        .iter()
+        .filter_map(|b| {
+            previous.as_ref().and_then(|p| {
+                p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|x| results_match(x))
+            })
+        })
+        .cloned()
+        .collect();
+    let save = |summary: &Summary, pending: &[eval::report::BenchSummary]| {
         let mut all = summary.clone();
+        all.benchmarks.extend(pending.iter().cloned());
         all.benchmarks.extend(kept.iter().cloned());
         write_summary(out, &all)
     };
     let mut model_cell = None;
     for b in benches {
-        let reusable = previous.as_ref().and_then(|p| {
-            p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|x| results_match(x))
-        });
-        if let Some(s) = reusable {
+        if let Some(i) = reusable.iter().position(|x| x.bench == b.name) {
+            let s = reusable.remove(i);
             eprintln!("{}: reusing the results in {} (same model sha256, settings, snapshot and verifier)", s.bench, out.display());
-            summary.benchmarks.push(s.clone());
-            save(&summary)?;
+            summary.benchmarks.push(s);
+            save(&summary, &reusable)?;
             continue;
         }
         if model_cell.is_none() {
@@ -865,7 +879,7 @@ fn eval_on(
             s.new_tokens_per_second
         );
         summary.benchmarks.push(s);
-        save(&summary)?;
+        save(&summary, &reusable)?;
     }
     summary.benchmarks.extend(kept);
     write_summary(out, &summary)?;

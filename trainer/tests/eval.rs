@@ -61,10 +61,11 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     assert!(log.contains("a: reusing the results"), "{log}");
     assert_eq!(benchmarks(&out), ["a", "b"]);
 
-    // A run that fails part way (here `c`'s results cannot be written) keeps `b` too.
+    // A run that fails part way (here on `c`, whose results cannot be written) keeps `b`, and
+    // `a`, which it names but had not reached.
     let c = one_prompt(tmp.path(), "c", 2);
     std::fs::create_dir_all(out.join("results").join("c.jsonl")).unwrap();
-    let (ok, log) = eval(&[&a, &c], &out, &[]);
+    let (ok, log) = eval(&[&c, &a], &out, &[]);
     assert!(!ok, "{log}");
     assert_eq!(benchmarks(&out), ["a", "b"]);
     std::fs::remove_dir(out.join("results").join("c.jsonl")).unwrap();
