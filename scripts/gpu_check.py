@@ -920,8 +920,8 @@ def run_all(c):
         c.report()
         return 1
     # Shape by shape, so that the first shape's figures are complete before the second starts;
-    # then the micro-batch searches (each capped, so that time remains), torch.compile, and TF32
-    # (optional).
+    # then the micro-batch searches (each capped, so that time remains), torch.compile, and the
+    # optional TF32 and recompute runs.
     ready = []
     for s in c.mode["shapes"]:
         c.step(f"checkpoint {s}", c.checkpoint, s)
