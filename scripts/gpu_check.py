@@ -251,7 +251,8 @@ class Check:
             res["first_metrics_line_s"] = round(mon.first_line_s, 2)
         if timed_out:
             why = "the check's time budget ran out" if cut else "its time limit passed"
-            raise Failure(f"{name}: killed after {timeout:.0f} s ({why}); stderr tail: {tail(log)}", res, out, deadline=cut)
+            raise Failure(f"{name}: killed after {timeout:.0f} s ({why}); stderr tail: {tail(log)}", res, out, deadline=cut,
+                          timed_out=True)
         if p.returncode != 0:
             raise Failure(f"{name}: exit {p.returncode}: {tail(log)}", res, out)
         return res, out
@@ -445,7 +446,7 @@ class Check:
         r = self.train_rectify(shape, f"train-rectify-tf32-{shape}", self.mode["steps"], 1, self.limit("train"), tf32=True)
         steps = r.pop("steps")
         ieee = self.shape(shape).get("rectify_steps") or []
-        r["objective_max_rel_diff_vs_ieee"] = max((rel(a["objective"], b["objective"]) for a, b in zip(ieee, steps)), default=None)
+        r["objective_max_rel_diff_vs_ieee"] = max_objective_rel(ieee, steps)
         self.shape(shape)["train_rectify_tf32"] = r
         self.shape(shape)["rectify_tf32_steps"] = steps
         self.train_torch(shape, False, tf32=True)  # recorded as the shape's train_eager_tf32
@@ -458,7 +459,7 @@ class Check:
         r = self.train_rectify(shape, f"train-rectify-recompute-{shape}", steps, 1, self.limit("train"), recompute=True)
         done = r.pop("steps")
         plain = self.shape(shape).get("rectify_steps") or []
-        r["objective_max_rel_diff_vs_plain"] = max((rel(a["objective"], b["objective"]) for a, b in zip(plain, done)), default=None)
+        r["objective_max_rel_diff_vs_plain"] = max_objective_rel(plain, done)
         base = self.shape(shape).get("train_rectify", {})
         if base.get("peak_memory_mib") and r.get("peak_memory_mib"):
             r["peak_memory_vs_plain"] = round(r["peak_memory_mib"] / base["peak_memory_mib"], 3)
@@ -558,8 +559,7 @@ class Check:
                 r = self.train_rectify(shape, f"microbatch-{shape}-{mb}", 1, mb, min(self.limit("microbatch"), ends - time.time()))
             except Failure as e:
                 tried.append({"micro_batch_rows": mb, "ok": False, "error": str(e), **e.res})
-                timed_out = "killed after" in str(e)
-                limit = "time, not memory: " + str(e) if e.deadline or (capped and timed_out) else f"{mb} rows failed (see its error)"
+                limit = "time, not memory: " + str(e) if e.deadline or (capped and e.timed_out) else f"{mb} rows failed (see its error)"
                 break
             if "stopped" in r:
                 tried.append({"micro_batch_rows": mb, "ok": False, "error": r["stopped"]})
@@ -613,14 +613,15 @@ class Skip(Exception):
 
 
 class Failure(Exception):
-    """A failed process or check. `deadline`: the check's budget killed it, so it is reported
-    as skipped, not failed."""
+    """A failed process or check. `timed_out`: killed at its time limit; `deadline`: that limit
+    was the check's budget, so it is reported as skipped, not failed."""
 
-    def __init__(self, msg, res=None, out="", deadline=False):
+    def __init__(self, msg, res=None, out="", deadline=False, timed_out=False):
         super().__init__(msg)
         self.res = res or {}
         self.out = out
         self.deadline = deadline
+        self.timed_out = timed_out
 
 
 class Monitor:
@@ -873,6 +874,11 @@ def tail(path, n=6):
 
 def rel(a, b):
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+def max_objective_rel(steps_a, steps_b):
+    """The largest relative difference of two runs' objectives, step by step (None: no step)."""
+    return max((rel(a["objective"], b["objective"]) for a, b in zip(steps_a, steps_b)), default=None)
 
 
 def fmt(v, spec):

@@ -333,7 +333,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A count of samples: 0 would make every rate 0/0.
 fn temperature(s: &str) -> Result<f32, String> {
     Sampling::check_temperature(s.parse::<f32>().map_err(|_| format!("expected a number, got `{s}`"))?)
 }
@@ -342,6 +341,7 @@ fn top_p(s: &str) -> Result<f32, String> {
     Sampling::check_top_p(s.parse::<f32>().map_err(|_| format!("expected a number, got `{s}`"))?)
 }
 
+/// A count of samples: 0 would make every rate 0/0.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -798,61 +798,43 @@ fn eval_on(
     mut summary: Summary,
     out: &std::path::Path,
 ) -> anyhow::Result<Summary> {
-    // Results already in `out` for the same model hash, settings and snapshot are reused, so an
-    // interrupted or repeated run only evaluates what is missing.
+    // Results already in `out` for the same model hash, settings, verifier and snapshot are
+    // reused, so an interrupted or repeated run only evaluates what is missing. Each benchmark of
+    // the earlier summary is one of: reusable by this run (it names it), kept as it is (it does
+    // not), evaluated again (it names it, but it no longer holds), or dropped with a reason.
     let earlier: Option<Summary> =
         std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
-    let previous = earlier
-        .clone()
-        .filter(|p| p.model_sha256 == summary.model_sha256 && p.config == summary.config && p.verifier_version == summary.verifier_version);
-    // Benchmarks of an earlier run into `out` that this one does not name stay in its summary when
-    // they were graded the same way (and their results are there); otherwise they are dropped, and
-    // said to be. They are part of every write, so an interrupted run loses none of them.
-    let others = |p: &Summary| -> Vec<eval::report::BenchSummary> {
-        p.benchmarks.iter().filter(|x| !benches.iter().any(|b| b.name == x.bench)).cloned().collect()
-    };
-    // The results file is still the one written with these figures (not one of a run that was
-    // stopped before its summary was written).
-    let results_match = |x: &eval::report::BenchSummary| {
-        !x.results_sha256.is_empty()
-            && schemas::sha256_file(&out.join("results").join(format!("{}.jsonl", x.bench))).is_ok_and(|h| h == x.results_sha256)
-    };
-    let mut kept = vec![];
-    if let Some(p) = &previous {
-        let (present, missing): (Vec<_>, Vec<_>) = others(p).into_iter().partition(|x| results_match(x));
-        kept = present;
-        let (unhashed, changed): (Vec<_>, Vec<_>) = missing.into_iter().partition(|x| x.results_sha256.is_empty());
-        for (list, why) in [(unhashed, "were recorded before results files were hashed"), (changed, "no longer have their results file")] {
-            if !list.is_empty() {
-                let names: Vec<String> = list.into_iter().map(|x| x.bench).collect();
-                eprintln!("{}/summary.json: {} {why}: not in the summary", out.display(), names.join(", "));
+    let (mut reusable, mut kept) = (vec![], vec![]);
+    if let Some(p) = &earlier {
+        let same_grading =
+            p.model_sha256 == summary.model_sha256 && p.config == summary.config && p.verifier_version == summary.verifier_version;
+        for x in &p.benchmarks {
+            let results = out.join("results").join(format!("{}.jsonl", x.bench));
+            // The results file must still be the one written with these figures (not one of a
+            // run stopped before its summary was written).
+            let why = if !same_grading {
+                Some("for another model, settings or verifier (its results/ file is stale)")
+            } else if x.results_sha256.is_empty() {
+                Some("from before results files were hashed")
+            } else if !schemas::sha256_file(&results).is_ok_and(|h| h == x.results_sha256) {
+                Some("whose results file has changed since")
+            } else {
+                None
+            };
+            match (why, benches.iter().find(|b| b.name == x.bench)) {
+                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id => reusable.push(x.clone()),
+                (None, None) => kept.push(x.clone()),
+                (Some(why), None) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
+                // Named by this run: evaluated again.
+                _ => {}
             }
         }
-    } else if let Some(p) = &earlier {
-        let dropped: Vec<String> = others(p).into_iter().map(|x| x.bench).collect();
-        if !dropped.is_empty() {
-            eprintln!(
-                "{}/summary.json held {} for another model, settings or verifier: they are no longer in the summary (their results/ files are stale)",
-                out.display(),
-                dropped.join(", ")
-            );
-        }
     }
-    // This run's benchmarks whose results can be reused, until the loop reaches them: they are
-    // written with every summary too, so a run that fails on an earlier benchmark loses none.
-    let mut reusable: Vec<eval::report::BenchSummary> = benches
-        .iter()
-        .filter_map(|b| {
-            previous.as_ref().and_then(|p| {
-                p.benchmarks.iter().find(|x| x.bench == b.name && x.snapshot_id == b.manifest.snapshot_id).filter(|x| results_match(x))
-            })
-        })
-        .cloned()
-        .collect();
+    // Every write holds the reusable benchmarks the loop has not reached yet and the kept ones,
+    // so a run that fails part way loses none of them.
     let save = |summary: &Summary, pending: &[eval::report::BenchSummary]| {
         let mut all = summary.clone();
-        all.benchmarks.extend(pending.iter().cloned());
-        all.benchmarks.extend(kept.iter().cloned());
+        all.benchmarks.extend(pending.iter().chain(&kept).cloned());
         write_summary(out, &all)
     };
     let mut model_cell = None;
@@ -881,8 +863,8 @@ fn eval_on(
         summary.benchmarks.push(s);
         save(&summary, &reusable)?;
     }
+    // As the last write has it.
     summary.benchmarks.extend(kept);
-    write_summary(out, &summary)?;
     Ok(summary)
 }
 
