@@ -395,15 +395,15 @@ fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, lim
     if timed_out {
         return Status::Timeout;
     }
-    // The exception that ended the program is the last unindented line of its traceback. Forked
-    // children write their tracebacks to the same pipe and may be killed mid-way, leaving bare
-    // `Traceback ...:` headers after it, so those are skipped.
-    let last_line = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with("Traceback (most recent call last)"))
-        .unwrap_or("");
-    let out_of_memory = last_line.starts_with("MemoryError");
+    // The exception that ended the program is the last line of its traceback. Forked children
+    // write their tracebacks to the same pipe, interleaved line by line and sometimes cut short,
+    // so the last line of stderr may be a header or a source line of another process's traceback;
+    // the last line shaped like an exception (`Name` or `Name: message`) is the one that counts.
+    // Where interleaving broke every such line, a MemoryError anywhere is the best evidence left.
+    let out_of_memory = match stderr.lines().rev().find(|l| is_exception_line(l)) {
+        Some(last_exception) => last_exception.starts_with("MemoryError"),
+        None => stderr.contains("MemoryError"),
+    };
     if libc::WIFSIGNALED(wstatus) {
         let signal = libc::WTERMSIG(wstatus);
         // The hard CPU limit (one second past the soft one) arrives as a plain SIGKILL.
@@ -422,6 +422,20 @@ fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, lim
         _ if out_of_memory => Status::MemoryExceeded,
         _ => Status::Failed { exit_code },
     }
+}
+
+/// Whether a stderr line is the last line of a Python traceback: an unindented, dotted class name
+/// in CapWords (`MemoryError`, `pkg.mod.Custom`), alone or before `: message`. Source lines
+/// (`x = bytearray(10**11)`) and other prints (`done`) are not.
+fn is_exception_line(line: &str) -> bool {
+    let name = line.split_once(':').map_or(line, |(name, _)| name).trim_end();
+    let class = name.rsplit('.').next().unwrap_or("");
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|part| part.starts_with(|c: char| c.is_alphabetic() || c == '_') && part.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        && class.starts_with(char::is_uppercase)
+        && !line.starts_with("Traceback (most recent call last)")
 }
 
 /// Installed in front of the program when the kernel has no Landlock, or when nothing at the OS

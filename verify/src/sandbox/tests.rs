@@ -220,8 +220,27 @@ fn sandbox_classifies_interleaved_tracebacks_by_the_last_exception() {
     let stderr = "Traceback (most recent call last):\n  File \"program.py\", line 7, in <module>\n    x = bytearray(10**11)\nMemoryError\nTraceback (most recent call last):\nTraceback (most recent call last):\n";
     let exit_1 = 1 << 8;
     assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), stderr), Status::MemoryExceeded);
+    // A CI run's stderr: the last line is another child's source line, printed after the indent of
+    // its `File` line went elsewhere.
+    let interleaved = "Traceback (most recent call last):\nTraceback (most recent call last):\nTraceback (most recent call last):\nTraceback (most recent call last):\n  File \"/tmp/rectify-sandbox-11349-558-1aed6b11/program.py\", line 7, in <module>\n    x = bytearray(10**11)\n        ^^^^^^^^^^^^^^^^^\nMemoryError\n  File \"/tmp/rectify-sandbox-11349-558-1aed6b11/program.py\", line 7, in <module>\n      File \"/tmp/rectify-sandbox-11349-558-1aed6b11/program.py\", line 7, in <module>\n    Traceback (most recent call last):\nx = bytearray(10**11)\n   File \"/tmp/rectify-sandbox-11349-558-1aed6b11/program.py\", line 7, in <module>\n    x = bytearray(10**11)\n        ^^^^^^^^^^^^^^^^^\nMemoryError\nTraceback (most recent call last):\nx = bytearray(10**11)";
+    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), interleaved), Status::MemoryExceeded);
     let other = "Traceback (most recent call last):\n  File \"program.py\", line 1, in <module>\nMemoryError\nAssertionError\n";
     assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), other), Status::Failed { exit_code: 1 });
+    let broken = "Traceback (most recent call last):\nMemoryError    x = bytearray(10**11)\n";
+    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), broken), Status::MemoryExceeded);
+    let custom = "MemoryError\nTraceback (most recent call last):\n  File \"program.py\", line 3, in <module>\nmypkg.errors.Boom: out of ideas\ndone\n";
+    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), custom), Status::Failed { exit_code: 1 });
+}
+
+#[test]
+fn sandbox_exception_lines_are_told_from_source_lines_and_prints() {
+    for line in ["MemoryError", "MemoryError: cannot allocate", "mypkg.errors.Boom: x", "AssertionError", "KeyError: 'a: b'"] {
+        assert!(is_exception_line(line), "{line}");
+    }
+    for line in ["x = bytearray(10**11)", "done", "  MemoryError", "Traceback (most recent call last):", "", "1.5: x", "a.b", "Bad Name: x"]
+    {
+        assert!(!is_exception_line(line), "{line}");
+    }
 }
 
 /// Programs that try to write `target` in several ways; each must fail without creating it.
