@@ -31,7 +31,9 @@ fn one_prompt(dir: &Path, name: &str, first: usize) -> PathBuf {
 
 fn eval(benches: &[&Path], out: &Path, extra: &[&str]) -> (bool, String) {
     let bench = benches.iter().map(|b| b.to_str().unwrap()).collect::<Vec<_>>().join(",");
+    // Tests read info lines ("reusing the results"); a RUST_LOG from the caller must not hide them.
     let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .env("RUST_LOG", "info")
         .args(["eval", "--model", model_path().to_str().unwrap(), "--bench", &bench, "--out", out.to_str().unwrap()])
         .args(["--max-new-tokens", "4"])
         .args(extra)

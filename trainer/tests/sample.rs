@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 fn trainer(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    c.args(args);
+    // The resume test reads an info line; a RUST_LOG from the caller's shell must not hide it.
+    c.args(args).env("RUST_LOG", "info");
     c
 }
 

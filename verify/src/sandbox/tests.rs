@@ -119,8 +119,10 @@ fn sandbox_infinite_loop_times_out_within_the_wall_limit() {
     assert_eq!(o.status, Status::Timeout, "{o:?}");
     assert!(!o.passed);
     assert!(o.wall >= limits.wall, "{o:?}");
-    assert!(o.wall < limits.wall + Duration::from_millis(750), "killed late: {o:?}");
-    assert!(total < limits.wall + Duration::from_millis(1500), "run_python returned late: {total:?}");
+    // Generous margins: this runs beside the canonical-solution tests on 2 cores, and a VM may be
+    // paused for a second; the 300 s the loop would otherwise run is what is ruled out.
+    assert!(o.wall < limits.wall + Duration::from_secs(3), "killed late: {o:?}");
+    assert!(total < limits.wall + Duration::from_secs(5), "run_python returned late: {total:?}");
     assert!(o.stdout_tail.contains("started"), "output before the kill is kept: {o:?}");
     assert_no_leftovers(&o);
 }
@@ -130,7 +132,7 @@ fn sandbox_cpu_limit_stops_a_busy_loop() {
     let limits = Limits { wall: Duration::from_secs(30), cpu_seconds: 1, ..Limits::default() };
     let o = run_limited("while True:\n    pass\n", &limits);
     assert_eq!(o.status, Status::CpuTimeExceeded, "{o:?}");
-    assert!(o.wall < Duration::from_secs(10), "{o:?}");
+    assert!(o.wall < Duration::from_secs(20), "{o:?}");
 }
 
 #[test]
@@ -138,7 +140,7 @@ fn sandbox_fork_bomb_is_contained() {
     let started = Instant::now();
     let o = run("import os\nwhile True:\n    os.fork()\n");
     assert!(!o.passed, "{o:?}");
-    assert!(started.elapsed() < Limits::default().wall + Duration::from_secs(3), "{o:?}");
+    assert!(started.elapsed() < Limits::default().wall + Duration::from_secs(10), "{o:?}");
     assert_no_leftovers(&o);
 }
 
@@ -186,7 +188,7 @@ fn sandbox_processes_that_leave_the_group_are_killed_too() {
                    print('DAEMON', int(os.read(r, 32)), flush=True)\n";
     let o = run(program);
     assert_eq!(o.status, Status::Passed, "{o:?}");
-    assert!(o.wall < Duration::from_secs(5), "waited for the escapee: {o:?}");
+    assert!(o.wall < Duration::from_secs(15), "waited for the escapee: {o:?}");
     let daemon: u32 = o.stdout_tail.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("daemon pid");
     for _ in 0..50 {
         if process_state(daemon).is_none_or(|s| s == 'Z' || s == 'X') {
@@ -204,7 +206,7 @@ fn sandbox_memory_bombs_fail_and_the_machine_survives() {
     assert_eq!(huge.status, Status::MemoryExceeded, "{huge:?}");
     let growing = run("x = []\nwhile True:\n    x.append(b' ' * 10**7)\n");
     assert_eq!(growing.status, Status::MemoryExceeded, "{growing:?}");
-    assert!(growing.wall < Duration::from_secs(10), "{growing:?}");
+    assert!(growing.wall < Limits::default().wall, "{growing:?}");
     // Every process is capped separately; a forking allocator is bounded by processes × memory.
     let forking =
         run("import os\nfor _ in range(3):\n    try:\n        os.fork()\n    except OSError:\n        pass\nx = bytearray(10**11)\n");
@@ -502,10 +504,16 @@ fn sandbox_humaneval_canonical_solutions_pass() {
         programs.push(humaneval_program(&prompt, &format!("{prompt}{solution}"), &test, &entry));
     }
     let started = Instant::now();
-    let outcomes = run_many(&programs, &Limits::default(), 2, |_| {}).unwrap();
+    let outcomes = run_many(&programs, &canonical_limits(), 2, |_| {}).unwrap();
     eprintln!("HumanEval: {} programs in {:?}", programs.len(), started.elapsed());
     let failed = failures(&ids, &outcomes);
     assert!(failed.is_empty(), "canonical HumanEval solutions failed: {failed:#?}");
+}
+
+/// The default limits with a wall limit for a loaded machine: MBPP 123 takes 2 s of CPU and runs
+/// beside HumanEval's programs on 2 cores; the CPU limit still stops a hang.
+fn canonical_limits() -> Limits {
+    Limits { wall: Duration::from_secs(60), ..Limits::default() }
 }
 
 /// MBPP canonical solutions that fail in this sandbox, with the reason. Empty: with Python 3.11
@@ -526,7 +534,7 @@ fn sandbox_mbpp_canonical_solutions_pass() {
     let present: std::collections::BTreeSet<u64> = ids.iter().map(|i| i.parse().unwrap()).collect();
     assert!((11..=510).all(|id| present.contains(&id)), "the test split (11-510) is incomplete");
     let started = Instant::now();
-    let outcomes = run_many(&programs, &Limits::default(), 2, |_| {}).unwrap();
+    let outcomes = run_many(&programs, &canonical_limits(), 2, |_| {}).unwrap();
     eprintln!("MBPP: {} programs in {:?}", programs.len(), started.elapsed());
     let failed = failures(&ids, &outcomes);
     let known: BTreeMap<String, String> = MBPP_KNOWN_FAILURES.iter().map(|(id, why)| (id.to_string(), why.to_string())).collect();
