@@ -33,7 +33,13 @@ while [ $# -gt 0 ]; do
 done
 # Paths given relative to where the script was called from, then the repository root.
 out=$(abs "$out")
-[ -z "${TRAINER:-}" ] || TRAINER=$(abs "$TRAINER")
+# A bare name (TRAINER=trainer) is looked up on PATH, as a shell would run it.
+case "${TRAINER:-}" in
+  "") ;;
+  */*) TRAINER=$(abs "$TRAINER") ;;
+  *) found=$(command -v "$TRAINER") || { echo "gpu_check.sh: TRAINER=$TRAINER is not on PATH" >&2; exit 2; }
+     TRAINER=$found ;;
+esac
 [ -z "${SNAPSHOTS:-}" ] || SNAPSHOTS=$(abs "$SNAPSHOTS")
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
