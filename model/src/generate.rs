@@ -352,15 +352,17 @@ pub fn generate_batch<B: Backend>(
 /// as the host's `choose` picks it (a backend's own argmax may break ties otherwise). On a GPU
 /// this copies one number per row to the host instead of the whole `[rows, vocab]` block, which
 /// at batch 256 and Qwen's vocabulary is 155 MB a step. For logits without NaN the ids equal
-/// the host's. None when no entry of a row equals its maximum (a NaN maximum): the host then
-/// decides, as before.
+/// the host's. None when a row holds a NaN (a backend's maximum may skip it or be it): the host
+/// then decides, and refuses such a row as it always has.
 fn greedy_on_device<B: Backend>(logits: Tensor<B, 2>) -> Option<Vec<u32>> {
     let [rows, vocab] = logits.dims();
     let device = logits.device();
+    // 1 for a row with a NaN, read back with the ids so that checking costs no extra round trip.
+    let has_nan = logits.clone().is_nan().float().max_dim(1);
     let is_max = logits.clone().equal(logits.max_dim(1).expand([rows, vocab]));
     // Ids as floats: exact, since vocabularies are far below 2^24.
     let ids = Tensor::<B, 1, Int>::arange(0..vocab as i64, &device).float().reshape([1, vocab]).expand([rows, vocab]);
-    let lowest = ids.mask_fill(is_max.bool_not(), vocab as f32).min_dim(1);
+    let lowest = ids.mask_fill(is_max.bool_not(), vocab as f32).min_dim(1) + has_nan * (vocab as f32);
     let lowest: Vec<f32> = lowest.into_data().convert::<f32>().to_vec().expect("f32 ids");
     lowest.iter().all(|&id| id < vocab as f32).then(|| lowest.iter().map(|&id| id as u32).collect())
 }
@@ -408,8 +410,15 @@ mod tests {
     }
 
     #[test]
-    fn a_row_without_a_maximum_leaves_the_choice_to_the_host() {
+    fn a_row_with_a_nan_leaves_the_choice_to_the_host() {
         let logits = Tensor::<Flex, 2>::from_data(TensorData::new(vec![f32::NAN; 6], [2, 3]), &Default::default());
+        assert_eq!(greedy_on_device(logits), None);
+        // A finite maximum beside a NaN, in a row long enough for Flex's SIMD maximum. Flex's
+        // maximum is NaN there too; the NaN count covers backends whose maximum skips NaN.
+        let vocab = 1024;
+        let mut partial: Vec<f32> = (0..2 * vocab).map(|i| (i % 7) as f32).collect();
+        partial[vocab + 3] = f32::NAN;
+        let logits = Tensor::<Flex, 2>::from_data(TensorData::new(partial, [2, vocab]), &Default::default());
         assert_eq!(greedy_on_device(logits), None);
     }
 }
