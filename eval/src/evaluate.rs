@@ -70,6 +70,7 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
         generation_seconds,
         new_tokens_per_second: new_tokens as f64 / generation_seconds.max(1e-9),
         results_sha256,
+        stop_ids: stop,
     })
 }
 

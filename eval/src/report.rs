@@ -61,6 +61,11 @@ pub struct BenchSummary {
     /// while the file is still that one (empty in summaries written before it was recorded).
     #[serde(default)]
     pub results_sha256: String,
+    /// The ids that ended a completion (`model::generate::stop_ids` of the snapshot's
+    /// tokenizer): results are reused only for the same stops (empty in summaries written before
+    /// they were recorded).
+    #[serde(default)]
+    pub stop_ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +257,7 @@ mod tests {
                     generation_seconds: 1.0,
                     new_tokens_per_second: 1.0,
                     results_sha256: String::new(),
+                    stop_ids: vec![2],
                 })
                 .collect(),
         }

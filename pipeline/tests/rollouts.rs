@@ -92,6 +92,7 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
         batch_size: 8,
         chunk_questions: 8,
         verifier_version: verify::grade::VERSION.into(),
+        stop_ids: vec![2],
     };
     // (correct, finish, completion) for 4 samples of each of the 3 questions.
     let plan: [[(bool, Finish, &str); 4]; 3] = [

@@ -79,6 +79,10 @@ pub struct CacheKey {
     /// rules are other rollouts. Empty in keys written before it was recorded.
     #[serde(default)]
     pub verifier_version: String,
+    /// The ids that end a completion (`model::generate::stop_ids` of the prompts' tokenizer):
+    /// other stops give other completions. Empty in keys written before it was recorded.
+    #[serde(default)]
+    pub stop_ids: Vec<u32>,
 }
 
 impl CacheKey {

@@ -822,7 +822,9 @@ fn eval_on(
                 None
             };
             match (why, benches.iter().find(|b| b.name == x.bench)) {
-                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id => reusable.push(x.clone()),
+                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id && stop_ids(&b.tokenizer) == x.stop_ids => {
+                    reusable.push(x.clone())
+                }
                 (None, None) => kept.push(x.clone()),
                 (Some(why), None) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
                 // Named by this run: evaluated again.
@@ -841,7 +843,11 @@ fn eval_on(
     for b in benches {
         if let Some(i) = reusable.iter().position(|x| x.bench == b.name) {
             let s = reusable.remove(i);
-            eprintln!("{}: reusing the results in {} (same model sha256, settings, snapshot and verifier)", s.bench, out.display());
+            eprintln!(
+                "{}: reusing the results in {} (same model sha256, settings, snapshot, stop ids and verifier)",
+                s.bench,
+                out.display()
+            );
             summary.benchmarks.push(s);
             save(&summary, &reusable)?;
             continue;

@@ -102,6 +102,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     let k = opts.samples;
     let chunk_questions = opts.chunk_questions.max(1);
     let (model_sha, model_files) = model_hash(&opts.model)?;
+    let stop = stop_ids(&bench.tokenizer);
     let key = CacheKey {
         model_sha256: model_sha.clone(),
         prompts_snapshot_id: bench.manifest.snapshot_id.clone(),
@@ -112,6 +113,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
         chunk_questions,
         engine: opts.engine.clone(),
         verifier_version: verify::grade::VERSION.to_string(),
+        stop_ids: stop.clone(),
     };
     let digest = key.digest();
 
@@ -150,7 +152,6 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
         let model = load(&opts.model)?;
         check_vocab(&bench.name, questions, model.config().vocab_size)?;
         let tok = &bench.tokenizer;
-        let stop = stop_ids(tok);
         let bar = progress::generation(n * k, "sample");
         bar.set_position((resumed_questions * k) as u64);
         let tokens = std::sync::atomic::AtomicU64::new(0);

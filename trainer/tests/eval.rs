@@ -88,6 +88,18 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
     assert!(ok && !log.contains("reusing"), "{log}");
 
+    // Results that ended on other stop ids (a change in which tokens end a completion) are not
+    // reused either.
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && log.contains("a: reusing the results"), "{log}");
+    let path = out.join("summary.json");
+    let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(!summary["benchmarks"][0]["stop_ids"].as_array().unwrap().is_empty(), "stop ids are recorded");
+    summary["benchmarks"][0]["stop_ids"] = serde_json::json!([0]);
+    std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && !log.contains("reusing"), "{log}");
+
     // Two folders named `a` would write one results/a.jsonl.
     let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);
     let (ok, log) = eval(&[&a, &other_a], &out, &[]);
