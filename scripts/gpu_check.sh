@@ -12,7 +12,7 @@
 # --out DIR     where the results go (default bench-out/gpu-check); $GPU_CHECK_OUT also works.
 # --work DIR    where the check makes gpu-check-work-MODE for models, runs and logs (default
 #               bench-out), removed at the end unless --keep.
-# --budget S    seconds for the whole check (default 500 on a GPU).
+# --budget S    seconds for the whole check (default 420 on a GPU).
 set -euo pipefail
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 need_value() { [ $# -ge 2 ] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }; }
