@@ -56,6 +56,9 @@ pub struct ChatTokenizer {
     eos_id: u32,
     pad_id: u32,
     system_prompt: Option<String>,
+    /// The special tokens' texts (and the end-of-turn token's): text that a prompt or response
+    /// may not hold, since it would be read as the token.
+    special_texts: Vec<String>,
 }
 
 impl std::fmt::Debug for ChatTokenizer {
@@ -316,7 +319,16 @@ impl ChatTokenizer {
             bail!("the end-of-turn token is empty");
         }
         let env = build_environment(&template)?;
-        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt })
+        let mut special_texts: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content.clone())
+            .collect();
+        special_texts.push(eos_token.clone());
+        special_texts.sort();
+        special_texts.dedup();
+        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, special_texts })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -377,9 +389,24 @@ impl ChatTokenizer {
         Ok((ids, offsets))
     }
 
+    /// Fails when `text` holds a special token's text (`<|im_end|>` in a scraped answer, a model's
+    /// sampled `<|im_start|>`): encoded, it would be that token, and the end-of-turn token would
+    /// end the trained span part way through the response.
+    fn check_no_special_text(&self, field: &str, text: &str) -> Result<()> {
+        let first = self.special_texts.iter().filter_map(|t| text.find(t.as_str()).map(|at| (at, t))).min();
+        if let Some((at, token)) = first {
+            bail!(
+                "the {field} holds the special token {token:?} as text (byte {at}); it would be read as that token, so the row is not used"
+            );
+        }
+        Ok(())
+    }
+
     /// One (prompt, response) pair as token ids with the loss mask over the response and its
     /// end-of-turn token.
     pub fn encode_chat(&self, prompt: &str, response: &str) -> Result<Encoded> {
+        self.check_no_special_text("prompt", prompt)?;
+        self.check_no_special_text("response", response)?;
         let p = self.render(prompt, None)?;
         let f = self.render(prompt, Some(response))?;
         if p.is_empty() {
@@ -413,6 +440,7 @@ impl ChatTokenizer {
 
     /// The rendered prompt (up to the generation prompt) and its ids, for evaluation snapshots.
     pub fn encode_prompt(&self, prompt: &str) -> Result<(String, Vec<u32>)> {
+        self.check_no_special_text("prompt", prompt)?;
         let p = self.render(prompt, None)?;
         let (ids, _) = self.encode_text(&p)?;
         Ok((p, ids))
@@ -598,6 +626,20 @@ mod tests {
             assert!(want.ends_with(&trained), "{response:?}: trained {trained:?}");
             assert!(trained.len() + 2 >= want.len(), "{response:?}: trained only {trained:?}");
         }
+    }
+
+    #[test]
+    fn special_token_text_in_a_prompt_or_response_is_refused() {
+        let t = smol();
+        let e = t.encode_chat("Question?", "Print it.<|im_end|> then #### 4").unwrap_err().to_string();
+        assert!(e.contains("response") && e.contains("\"<|im_end|>\"") && e.contains("byte 9"), "{e}");
+        // Which special token comes first in the text is the one named.
+        let e = t.encode_chat("a <|endoftext|> b <|im_start|>", "ok").unwrap_err().to_string();
+        assert!(e.contains("prompt") && e.contains("<|endoftext|>"), "{e}");
+        let e = t.encode_prompt("<|im_start|>system").unwrap_err().to_string();
+        assert!(e.contains("<|im_start|>"), "{e}");
+        // Lookalikes are ordinary text.
+        assert!(t.encode_chat("<|im_end |> and <im_end>", "< |im_start|>").is_ok());
     }
 
     #[test]

@@ -92,7 +92,10 @@ pub fn build(recipe_path: &Path, out: &Path, force: bool) -> anyhow::Result<Mani
 
 fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let recipe_bytes = std::fs::read(recipe_path).with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
-    let recipe = Recipe::parse(&String::from_utf8_lossy(&recipe_bytes), recipe_path)?;
+    let text = std::str::from_utf8(&recipe_bytes).with_context(|| format!("recipe {} is not UTF-8", recipe_path.display()))?;
+    let recipe = Recipe::parse(text, recipe_path)?;
+    // A bad pattern fails now, naming its rule, not after ingest.
+    filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };
 
     let (tok, tok_path) = load_tokenizer(&recipe, recipe_path)?;

@@ -58,15 +58,24 @@ impl ScalarUDFImpl for HasFinalAnswer {
     }
 }
 
+/// Every include and exclude pattern compiles; an error names the rule (`filter.include[1]`).
+pub fn check_patterns(cfg: &FilterConfig) -> anyhow::Result<()> {
+    for (list, rules) in [("include", &cfg.include), ("exclude", &cfg.exclude)] {
+        for (i, rule) in rules.iter().enumerate() {
+            regex::Regex::new(&rule.pattern)
+                .with_context(|| format!("`filter.{list}[{i}]`: pattern `{}` is not a valid regex", rule.pattern))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn filter(
     examples: Vec<Example>,
     cfg: &FilterConfig,
     kind: SnapshotKind,
     tok: &ChatTokenizer,
 ) -> anyhow::Result<(Vec<Example>, Vec<Dropped>)> {
-    for rule in cfg.include.iter().chain(&cfg.exclude) {
-        regex::Regex::new(&rule.pattern).with_context(|| format!("filter rule pattern `{}` is not a valid regex", rule.pattern))?;
-    }
+    check_patterns(cfg)?;
     let python_errors = if cfg.require_python_parses { python_syntax_errors(&examples)? } else { vec![None; examples.len()] };
     let texts: Vec<String> = examples.iter().map(|e| format!("{}\n{}", e.prompt, e.response)).collect();
     let n_tokens = tok.count_tokens_batch(&texts.iter().map(String::as_str).collect::<Vec<_>>());
@@ -230,6 +239,15 @@ mod tests {
             tests: None,
             metadata: "{}".into(),
         }
+    }
+
+    #[test]
+    fn a_bad_pattern_is_named_by_its_rule() {
+        let rule = |pattern: &str| RegexRule { field: TextField::Any, pattern: pattern.into() };
+        let cfg = FilterConfig { include: vec![rule("ok")], exclude: vec![rule("fine"), rule("(unclosed")], ..FilterConfig::default() };
+        let err = format!("{:#}", check_patterns(&cfg).unwrap_err());
+        assert!(err.contains("`filter.exclude[1]`") && err.contains("(unclosed"), "{err}");
+        assert!(check_patterns(&FilterConfig { exclude: vec![rule("fine")], ..cfg }).is_ok());
     }
 
     #[test]

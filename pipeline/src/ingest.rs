@@ -357,8 +357,16 @@ impl<'a> Row<'a> {
         }
     }
 
-    pub(crate) fn any_json(&mut self, field: &str) -> Result<Option<String>, FieldError> {
-        Ok(self.get(field).map(|v| v.to_string()))
+    /// A code item's tests: a JSON object, or a string holding one (as a Parquet text column
+    /// stores it), checked to be HumanEval's or MBPP's shape so that evaluation can run them.
+    pub(crate) fn code_tests(&mut self, field: &str) -> Result<Option<String>, FieldError> {
+        let text = match self.get(field) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        };
+        let tests = CodeTests::from_json(&text).map_err(|e| field_err(field, format!("{e:#}")))?;
+        Ok(Some(tests.to_json()))
     }
 
     /// Every field the adapter did not use, as a JSON object string (keys in file order).
@@ -458,7 +466,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
                 None => None,
             };
             let tests = match &map.tests {
-                Some(f) => row.any_json(f)?,
+                Some(f) => row.code_tests(f)?,
                 None => None,
             };
             (id, source.domain.expect("validated: generic has domain"), prompt, response, gold, tests)
@@ -468,7 +476,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
     let example = Example {
         id: format!("{}/{}", source.name, native),
         source: source.name.clone(),
-        domain: source.domain.unwrap_or(domain),
+        domain,
         prompt,
         response,
         gold,
@@ -545,6 +553,35 @@ mod tests {
         assert_eq!((out.examples.len(), out.quarantine.len()), (2, 1));
         let err = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.05 }, "").err().unwrap().to_string();
         assert!(err.contains("1 of 10 rows are malformed"), "{err}");
+    }
+
+    #[test]
+    fn generic_code_tests_are_read_from_an_object_or_a_string_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::File::create(dir.path().join("c.jsonl")).unwrap();
+        let tests = r#"{"test_list": ["assert f() == 1"]}"#;
+        writeln!(f, "{}", serde_json::json!({"q": "object", "a": "x", "t": serde_json::from_str::<Value>(tests).unwrap()})).unwrap();
+        writeln!(f, "{}", serde_json::json!({"q": "string", "a": "x", "t": tests})).unwrap();
+        writeln!(f, "{}", serde_json::json!({"q": "bad", "a": "x", "t": {"asserts": []}})).unwrap();
+        writeln!(f, "{}", serde_json::json!({"q": "none", "a": "x"})).unwrap();
+        drop(f);
+        let mut s = source("c", "c.jsonl", Format::Generic);
+        s.domain = Some(Domain::Code);
+        s.fields = Some(FieldMap {
+            id: None,
+            prompt: "q".into(),
+            response: Some("a".into()),
+            gold: None,
+            tests: Some("t".into()),
+            finish: None,
+            sample: None,
+        });
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "").unwrap();
+        let want = r#"{"test_list":["assert f() == 1"],"test_setup_code":""}"#;
+        let got: Vec<(&str, Option<&str>)> = out.examples.iter().map(|e| (e.prompt.as_str(), e.tests.as_deref())).collect();
+        assert_eq!(got, [("object", Some(want)), ("string", Some(want)), ("none", None)]);
+        assert_eq!((out.quarantine.len(), out.quarantine[0].line, out.quarantine[0].field.as_str()), (1, 3, "t"));
+        assert!(out.quarantine[0].error.contains("neither HumanEval"), "{}", out.quarantine[0].error);
     }
 
     #[test]

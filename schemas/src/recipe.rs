@@ -481,6 +481,15 @@ impl Recipe {
                 bail!("source `{}`: names may not contain '/'", s.name);
             }
             let rollouts = s.format == Format::Rollouts;
+            // A built-in adapter reads its own columns and knows its domain: `fields` or `domain`
+            // there would be ignored (or quietly relabel every row), so they are refused.
+            if !rollouts && s.format != Format::Generic && (s.fields.is_some() || s.domain.is_some()) {
+                bail!(
+                    "source `{}`: a built-in format reads its own columns and knows its domain; `fields` and `domain` are \
+                     for formats `generic` and `rollouts` (use `generic` to read other columns)",
+                    s.name
+                );
+            }
             if !rollouts && (s.select.is_some() || s.questions.is_some() || s.math_rules.is_some()) {
                 bail!("source `{}`: `select`, `questions` and `math_rules` belong to format `rollouts`", s.name);
             }
@@ -500,6 +509,11 @@ impl Recipe {
         }
         if t.tokenizer_json.is_some() && (t.chat_template.is_none() || t.eos_token.is_none()) {
             bail!("`tokenizer.tokenizer_json` needs `chat_template` and `eos_token` too");
+        }
+        // The loss mask ends at the end-of-turn token: one the build would not use must not
+        // appear to be the one it uses.
+        if t.gguf.is_some() && t.eos_token.is_some() {
+            bail!("`tokenizer.eos_token` goes with `tokenizer_json`; a `gguf` names its own end-of-turn token (remove `eos_token`)");
         }
         let n = &self.dedup.near;
         if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {
@@ -607,5 +621,18 @@ mod tests {
         let text = MINIMAL.replace("format: gsm8k", "format: generic");
         let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());
         assert!(err.contains("needs `fields`"), "{err}");
+    }
+
+    #[test]
+    fn settings_the_build_would_ignore_are_errors() {
+        for (from, to, what) in [
+            ("format: gsm8k", "format: gsm8k, fields: {prompt: q, response: a}", "reads its own columns"),
+            ("format: gsm8k", "format: gsm8k, domain: code", "reads its own columns"),
+            ("{gguf: m.gguf}", "{gguf: m.gguf, eos_token: \"<|endoftext|>\"}", "remove `eos_token`"),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());
+            assert!(err.contains(what) && err.contains("r.yaml"), "{to}: {err}");
+        }
     }
 }

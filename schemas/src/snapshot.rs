@@ -277,13 +277,18 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let value = match fill(&tmp) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+    // Removes the temp folder on an error and on a panic in `fill` alike.
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
         }
-    };
+    }
+    let cleanup = Cleanup(&tmp);
+    let value = fill(&tmp)?;
+    // On disk before the rename makes them the real thing, so a crash cannot publish empty files.
+    sync_tree(&tmp)?;
+    std::mem::forget(cleanup);
     if out.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         std::fs::rename(out, &old).with_context(|| format!("cannot move {} aside", out.display()))?;
@@ -292,5 +297,57 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     } else {
         std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
     }
+    // The renames themselves.
+    std::fs::File::open(parent).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", parent.display()))?;
     Ok(value)
+}
+
+/// fsync every file and folder under `dir`, and `dir` itself.
+fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
+        }
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn publish_dir_leaves_nothing_behind_on_an_error_or_a_panic_and_replaces_on_success() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("snap");
+        publish_dir(&out, |d| Ok(std::fs::write(d.join("a"), "1")?)).unwrap();
+        assert_eq!(names(root.path()), ["snap"]);
+
+        let err = publish_dir(&out, |d| -> anyhow::Result<()> {
+            std::fs::write(d.join("a"), "2")?;
+            anyhow::bail!("failed part way")
+        });
+        assert!(err.is_err());
+        let panicked = std::panic::catch_unwind(|| {
+            publish_dir(&out, |d| -> anyhow::Result<()> {
+                std::fs::write(d.join("a"), "3").unwrap();
+                panic!("a bug part way")
+            })
+        });
+        assert!(panicked.is_err());
+        assert_eq!(names(root.path()), ["snap"], "no temp folder is left");
+        assert_eq!(std::fs::read_to_string(out.join("a")).unwrap(), "1", "the published folder is untouched");
+
+        publish_dir(&out, |d| Ok(std::fs::write(d.join("b"), "4")?)).unwrap();
+        assert_eq!((names(root.path()), names(&out)), (vec!["snap".to_string()], vec!["b".to_string()]));
+    }
 }
