@@ -316,3 +316,29 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
     assert_eq!((e.samples, e.malformed, e.kept), (13, 6, 3));
     assert_eq!((l.samples, l.malformed, l.kept, l.correct), (6, 1, 3, 3));
 }
+
+#[test]
+fn a_partial_fields_map_keeps_the_other_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Renamed id, prompt and completion columns; the finish reason keeps its default name, so a
+    // truncated sample is still seen as truncated (and the sample index as the index).
+    let lines = [
+        serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "6 * 7 = \\boxed{42}.", "gold": "42", "finish_reason": "stop"}),
+        serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "\\boxed{42} and", "gold": "42", "finish_reason": "length"}),
+        serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "\\boxed{41}", "gold": "42", "sample": 7}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(dir.join("renamed.jsonl"), text.join("\n") + "\n").unwrap();
+    let recipe = train_recipe(
+        dir,
+        "partial",
+        "  - {name: e, path: renamed.jsonl, format: rollouts, domain: math, math_rules: math, fields: {id: qid, prompt: q, response: text}}\n",
+    );
+    let out = dir.join("partial");
+    pipeline::build::build(&recipe, &out, false).unwrap();
+    assert_eq!(trained_ids(&out), ["e/n1/0"]);
+    let d = dropped(&out);
+    assert_eq!(d["e/n1/1"], "truncated", "{d:?}");
+    assert_eq!(d["e/n1/7"], "wrong", "{d:?}");
+}
