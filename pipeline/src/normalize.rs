@@ -23,23 +23,48 @@ pub fn normalize(text: &str) -> String {
     out
 }
 
-/// The normalised text split into words.
+/// The text split into the words near-deduplication and decontamination compare.
 ///
-/// A word is a maximal run of alphanumeric characters (`char::is_alphanumeric`, plus combining
-/// marks so that scripts such as Devanagari are not cut inside a word). Everything else —
-/// punctuation, whitespace, LaTeX backslashes and braces, operators — only separates words.
-/// So `coordinates.` and `coordinates` are the same word, `\frac{1}{2}` is `frac 1 2`, and
-/// `2+2` is `2 2`. Dropping punctuation makes matching robust to reformatting (a benchmark
-/// question re-punctuated or re-typeset still matches), at the cost of treating texts that
-/// differ only in symbols (`x+y` vs `x-y`) as equal; for n-grams of several words that cost is
-/// small.
+/// The text is folded with NFKC (so full-width digits, ligatures and superscripts read as their
+/// plain forms) and lowercased. A word is a maximal run of alphanumeric characters
+/// (`char::is_alphanumeric`, plus combining marks so that scripts such as Devanagari are not cut
+/// inside a word). Everything else (punctuation, whitespace, LaTeX backslashes and braces,
+/// operators) only separates words, and digit groups joined by thousands commas are one number
+/// (`1,000` is `1000`, as `1000` is written without them).
+///
+/// So `coordinates.` and `coordinates` are the same word, `\frac{1}{2}` is `frac 1 2` and `2+2`
+/// is `2 2`: a benchmark question re-punctuated still matches. LaTeX command names stay words:
+/// a question re-typeset from `\dfrac{3}{4}` to `3/4` matches less, but without them a formula
+/// is little more than its numbers, and those match unrelated lists of numbers (MATH-500's
+/// `\log_2{3} \cdot \log_3{4} ...` matched an MBPP test's list of pairs). The cost of dropping
+/// symbols is treating texts that differ only in them (`x+y` vs `x-y`) as equal; for n-grams of
+/// several words that cost is small.
 pub fn words(text: &str) -> Vec<String> {
-    split_words(&normalize(text)).map(str::to_string).collect()
-}
-
-/// Words of text that is already normalised; see [`words`] for what a word is.
-pub fn split_words(normalized: &str) -> impl Iterator<Item = &str> {
-    normalized.split(|c: char| !is_word_char(c)).filter(|w| !w.is_empty())
+    let folded: Vec<char> = text.nfkc().collect::<String>().to_lowercase().chars().collect();
+    let thousands_group = |at: usize| {
+        folded.get(at..at + 3).is_some_and(|g| g.iter().all(char::is_ascii_digit)) && !folded.get(at + 3).is_some_and(char::is_ascii_digit)
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < folded.len() {
+        if !is_word_char(folded[i]) {
+            i += 1;
+            continue;
+        }
+        let mut word = String::new();
+        while i < folded.len() {
+            if is_word_char(folded[i]) {
+                word.push(folded[i]);
+                i += 1;
+            } else if folded[i] == ',' && word.bytes().all(|b| b.is_ascii_digit()) && thousands_group(i + 1) {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        out.push(word);
+    }
+    out
 }
 
 fn is_word_char(c: char) -> bool {
@@ -75,6 +100,17 @@ mod tests {
         assert_eq!(words("What is 2+2?"), ["what", "is", "2", "2"]);
         assert_eq!(words("don't"), ["don", "t"]);
         assert!(words("  ?!. ").is_empty());
+    }
+
+    #[test]
+    fn words_fold_compatibility_forms_and_thousands_commas() {
+        assert_eq!(words("Pay $1,000,000 now"), ["pay", "1000000", "now"]);
+        assert_eq!(words("1,000 apples"), words("1000 APPLES"));
+        // Full-width digits and letters, a ligature, a superscript.
+        assert_eq!(words("\u{ff11}\u{ff12} \u{ff21}pples, \u{fb01}ne x\u{b2}"), ["12", "apples", "fine", "x2"]);
+        // Not thousands: lists and decimals keep their parts.
+        assert_eq!(words("1,2,3 and 1,0000 and 2,50"), ["1", "2", "3", "and", "1", "0000", "and", "2", "50"]);
+        assert_eq!(words("x,123"), ["x", "123"]);
     }
 
     #[test]
