@@ -5,7 +5,7 @@ use crate::manifest::{Manifest, ShardInfo, MANIFEST_FILE};
 use crate::recipe::{SnapshotKind, WriteConfig};
 use anyhow::{bail, Context};
 use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
-use arrow::datatypes::{Float32Type, Int32Type, Int8Type};
+use arrow::datatypes::{DataType, Float32Type, Int32Type, Int8Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -95,6 +95,31 @@ impl Row {
     pub fn predicted(&self) -> usize {
         (0..self.segment_ids.len()).filter(|&i| self.is_predicted(i)).count()
     }
+
+    /// What training relies on and the pipeline writes: every column `seq_len` long, and the
+    /// loss mask 0 or 1 and set only where a token is predicted from its own example (a mask on
+    /// an example's first token would train it to follow the one before; one on padding would
+    /// count tokens that are cut away).
+    pub fn check(&self, seq_len: usize) -> Result<(), String> {
+        let lens = [
+            ("input_ids", self.input_ids.len()),
+            ("loss_mask", self.loss_mask.len()),
+            ("position_ids", self.position_ids.len()),
+            ("segment_ids", self.segment_ids.len()),
+            ("ref_logprobs", self.ref_logprobs.as_ref().map_or(seq_len, Vec::len)),
+        ];
+        if let Some((column, len)) = lens.iter().find(|(_, len)| *len != seq_len) {
+            return Err(format!("column `{column}` has {len} values, not the snapshot's seq_len {seq_len}"));
+        }
+        if let Some(i) = self.loss_mask.iter().position(|&m| m != 0 && m != 1) {
+            return Err(format!("column `loss_mask` holds {} at position {i}; it must be 0 or 1", self.loss_mask[i]));
+        }
+        if let Some(i) = (0..seq_len).find(|&i| self.loss_mask[i] != 0 && !self.is_predicted(i)) {
+            let what = if i == 0 || self.segment_ids[i] == 0 { "padding or the row's first token" } else { "an example's first token" };
+            return Err(format!("column `loss_mask` is set at position {i}, {what}, which nothing in its example predicts"));
+        }
+        Ok(())
+    }
 }
 
 pub struct Snapshot {
@@ -110,6 +135,9 @@ pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
     let seq_len = manifest.packing.as_ref().context("train snapshot without packing report")?.seq_len as usize;
     let mut rows = vec![];
     for_each_batch(dir, &manifest, |batch| read_rows(batch, &mut rows))?;
+    for (i, row) in rows.iter().enumerate() {
+        row.check(seq_len).map_err(|e| anyhow::anyhow!("snapshot {}: row {i} (`pipeline inspect {0} --row {i}`): {e}", dir.display()))?;
+    }
     Ok(Snapshot { manifest, seq_len, rows })
 }
 
@@ -183,12 +211,18 @@ pub fn segment_runs(segment_ids: &[i32]) -> Vec<(usize, usize)> {
 }
 
 fn read_rows(batch: &RecordBatch, out: &mut Vec<Row>) -> anyhow::Result<()> {
-    let col = |name: &str| batch.column_by_name(name).with_context(|| format!("column `{name}` missing"));
-    let ids = col("input_ids")?.as_list::<i32>();
-    let mask = col("loss_mask")?.as_list::<i32>();
-    let pos = col("position_ids")?.as_list::<i32>();
-    let seg = col("segment_ids")?.as_list::<i32>();
-    let refs = col("ref_logprobs")?.as_list::<i32>();
+    // A column of another type is an error naming it, not a panic in a downcast.
+    let col = |name: &str, want: DataType| -> anyhow::Result<&arrow::array::ListArray> {
+        let c = batch.column_by_name(name).with_context(|| format!("column `{name}` missing"))?;
+        c.as_list_opt::<i32>()
+            .filter(|l| l.value_type() == want)
+            .with_context(|| format!("column `{name}` is {}, not a list of {want}", c.data_type()))
+    };
+    let ids = col("input_ids", DataType::Int32)?;
+    let mask = col("loss_mask", DataType::Int8)?;
+    let pos = col("position_ids", DataType::Int32)?;
+    let seg = col("segment_ids", DataType::Int32)?;
+    let refs = col("ref_logprobs", DataType::Float32)?;
     for i in 0..batch.num_rows() {
         let i32s = |l: &arrow::array::ListArray| l.value(i).as_primitive::<Int32Type>().values().to_vec();
         out.push(Row {
@@ -275,6 +309,7 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} needs a folder name", out.display()))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    remove_leftovers(parent, name);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     // Removes the temp folder on an error and on a panic in `fill` alike.
@@ -300,6 +335,23 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     // The renames themselves.
     std::fs::File::open(parent).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", parent.display()))?;
     Ok(value)
+}
+
+/// Removes `.NAME.tmp-PID` and `.NAME.old-PID` folders whose process is gone: what a killed run
+/// left of an earlier publish of the same name (a checkpoint is 1.6 GB for SmolLM2-135M). A
+/// live process's folders are left to it.
+fn remove_leftovers(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix('.')).and_then(|n| n.strip_prefix(name)) else { continue };
+        let Some(pid) = rest.strip_prefix(".tmp-").or_else(|| rest.strip_prefix(".old-")).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// fsync every file and folder under `dir`, and `dir` itself.
@@ -349,5 +401,40 @@ mod tests {
 
         publish_dir(&out, |d| Ok(std::fs::write(d.join("b"), "4")?)).unwrap();
         assert_eq!((names(root.path()), names(&out)), (vec!["snap".to_string()], vec!["b".to_string()]));
+    }
+
+    #[test]
+    fn rows_that_would_train_what_nothing_predicts_are_refused() {
+        // Two examples (segments 1 and 2) and two pads; the second example's tokens are trained.
+        let row = Row {
+            input_ids: vec![5, 6, 7, 8, 9, 0, 0],
+            loss_mask: vec![0, 0, 0, 0, 1, 0, 0],
+            position_ids: vec![0, 1, 2, 0, 1, 0, 0],
+            segment_ids: vec![1, 1, 1, 2, 2, 0, 0],
+            ref_logprobs: None,
+        };
+        assert_eq!(row.check(7), Ok(()));
+        let with = |f: &dyn Fn(&mut Row)| {
+            let mut r = row.clone();
+            f(&mut r);
+            r.check(7).unwrap_err()
+        };
+        assert!(with(&|r| r.loss_mask[3] = 1).contains("position 3, an example's first token"));
+        assert!(with(&|r| r.loss_mask[6] = 1).contains("position 6, padding"));
+        assert!(with(&|r| r.loss_mask[0] = 1).contains("position 0"));
+        assert!(with(&|r| r.loss_mask[4] = 2).contains("holds 2 at position 4"));
+        assert!(with(&|r| r.segment_ids.pop().map_or((), drop)).contains("`segment_ids` has 6 values"));
+        assert!(with(&|r| r.ref_logprobs = Some(vec![0.0; 3])).contains("`ref_logprobs` has 3 values"));
+    }
+
+    #[test]
+    fn publish_dir_removes_what_a_killed_run_left_of_the_same_name() {
+        let root = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22, so this pid has no process; pid 1 always has one.
+        for leftover in [".snap.tmp-4194305", ".snap.old-4194306", ".snap.tmp-1", ".snapshot.tmp-4194305", ".snap.tmp-x"] {
+            std::fs::create_dir(root.path().join(leftover)).unwrap();
+        }
+        publish_dir(&root.path().join("snap"), |d| Ok(std::fs::write(d.join("a"), "1")?)).unwrap();
+        assert_eq!(names(root.path()), [".snap.tmp-1", ".snap.tmp-x", ".snapshot.tmp-4194305", "snap"]);
     }
 }

@@ -44,15 +44,18 @@ pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
     if !dir.exists() {
         return Ok(None);
     }
-    let mut best: Option<PathBuf> = None;
+    // By step number, not name: `step-1000000` sorts before `step-999999` as text.
+    let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("step-") && path.join(STATE_FILE).exists() && best.as_ref().is_none_or(|b| path > *b) {
-            best = Some(path);
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse::<u64>().ok());
+        if let Some(step) = step.filter(|_| path.join(STATE_FILE).exists()) {
+            if best.as_ref().is_none_or(|(b, _)| step > *b) {
+                best = Some((step, path));
+            }
         }
     }
-    Ok(best)
+    Ok(best.map(|(_, path)| path))
 }
 
 pub fn save_checkpoint<B: AutodiffBackend>(
@@ -93,4 +96,23 @@ pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, snapshot_dir
         std::fs::copy(snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
         schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_checkpoint_is_the_highest_complete_step() {
+        let out = tempfile::tempdir().unwrap();
+        for (step, complete) in [(999_999, true), (1_000_000, true), (1_000_001, false), (7, true)] {
+            let dir = checkpoint_dir(out.path(), step);
+            std::fs::create_dir_all(&dir).unwrap();
+            if complete {
+                std::fs::write(dir.join(STATE_FILE), "{}").unwrap();
+            }
+        }
+        std::fs::create_dir_all(out.path().join("checkpoints").join("step-notanumber")).unwrap();
+        assert_eq!(latest_checkpoint(out.path()).unwrap(), Some(checkpoint_dir(out.path(), 1_000_000)));
+    }
 }
