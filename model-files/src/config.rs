@@ -324,6 +324,15 @@ impl LlamaConfig {
     }
 
     fn from_gguf_inner(g: &Gguf) -> Result<Self> {
+        // A part of a `llama-gguf-split` file has the metadata (in the first part) but only its
+        // own tensors; loading it would fail later on "missing" tensors without saying why.
+        if let Some(parts) = g.opt_u32("split.count")?.filter(|&n| n > 1) {
+            let part = g.opt_u32("split.no")?.map_or("a part".to_string(), |i| format!("part {}", i + 1));
+            bail!(
+                "this file is {part} of a GGUF split into {parts} files (`split.count`); merge them with \
+                 `llama-gguf-split --merge FIRST-PART.gguf MERGED.gguf` and load the merged file"
+            );
+        }
         let arch = g.get_str("general.architecture")?;
         let model_type = ModelType::from(arch.to_string());
         model_type.check_supported("GGUF architecture")?;
@@ -340,6 +349,15 @@ impl LlamaConfig {
             Some(d) if num_attention_heads == 0 || d as usize != hidden_size / num_attention_heads => Some(d as usize),
             _ => None,
         };
+        // Rotary embedding over part of each head (llama.cpp's `n_rot`) is not implemented: every
+        // head dimension is rotated here.
+        let full_head = head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+        if let Some(rot) = g.opt_u32(&key("rope.dimension_count"))?.filter(|&r| r as usize != full_head) {
+            bail!(
+                "`{}` is {rot}, but the heads have {full_head} dimensions: partial rotary embedding is not supported",
+                key("rope.dimension_count")
+            );
+        }
         let vocab_size = if g.contains("tokenizer.ggml.tokens") {
             g.get_array("tokenizer.ggml.tokens")?.len()
         } else if g.contains(&key("vocab_size")) {
@@ -601,6 +619,18 @@ mod tests {
         assert!(with(r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#).contains("low_freq_factor"));
         assert!(with(r#"{"hidden_act": "gelu"}"#).contains("hidden_act"));
         assert!(with(r#"{"mlp_bias": true}"#).contains("mlp_bias"));
+        assert!(with(r#"{"rope_scaling": {"factor": 4.0}}"#).contains("no `rope_type`"));
+    }
+
+    #[test]
+    fn gguf_files_this_loader_would_misread_are_refused() {
+        use crate::gguf::Value as V;
+        let e = format!("{:#}", gguf_config(&[("split.count", V::U16(3)), ("split.no", V::U16(0))]).unwrap_err());
+        assert!(e.contains("part 1 of a GGUF split into 3 files") && e.contains("llama-gguf-split --merge"), "{e}");
+        assert!(gguf_config(&[("split.count", V::U16(1))]).is_ok());
+        let e = format!("{:#}", gguf_config(&[("llama.rope.dimension_count", V::U32(8))]).unwrap_err());
+        assert!(e.contains("`llama.rope.dimension_count` is 8, but the heads have 16 dimensions"), "{e}");
+        assert!(gguf_config(&[("llama.rope.dimension_count", V::U32(16))]).is_ok());
     }
 
     /// The config of a minimal llama GGUF (metadata only) with `extra` keys added.

@@ -297,9 +297,24 @@ impl GgmlType {
     }
 }
 
-/// The name of a ggml type id as found in a file (`"unknown"` for an id not in the table).
+/// The name of a ggml type id as found in a file: ids ggml has retired are named as such (files
+/// from before ARM's repacked types moved into llama.cpp's loader still carry 31 to 33), any
+/// other id not in the table is `"unknown"`.
 pub fn ggml_type_name(id: u32) -> &'static str {
-    GgmlType::from_id(id).map_or("unknown", GgmlType::name)
+    GgmlType::from_id(id).map_or_else(
+        || match id {
+            4 => "Q4_2, retired from ggml",
+            5 => "Q4_3, retired from ggml",
+            31 => "Q4_0_4_4, retired from ggml: re-quantise to Q4_0",
+            32 => "Q4_0_4_8, retired from ggml: re-quantise to Q4_0",
+            33 => "Q4_0_8_8, retired from ggml: re-quantise to Q4_0",
+            36 => "IQ4_NL_4_4, retired from ggml",
+            37 => "IQ4_NL_4_8, retired from ggml",
+            38 => "IQ4_NL_8_8, retired from ggml",
+            _ => "unknown",
+        },
+        GgmlType::name,
+    )
 }
 
 /// The little-endian f16 at byte `i` of `b`, as f32 (block scales and minimums).
@@ -1021,10 +1036,12 @@ mod tests {
             let why = not_dequantizable(id).unwrap();
             assert!(why.contains(&format!("ggml type {id} ({name})")), "{why}");
         }
-        // Retired ids are still unknown.
+        // Retired ids are named as retired; others not in the table are unknown.
         for id in [4, 5, 31, 32, 33, 36, 37, 38] {
-            assert_eq!(ggml_type_name(id), "unknown", "{id}");
+            assert!(ggml_type_name(id).contains("retired from ggml"), "{id}");
+            assert!(not_dequantizable(id).unwrap().contains("retired"), "{id}");
         }
+        assert_eq!(ggml_type_name(99), "unknown");
         let e = dequantize(2, &[0; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes"), "{e}");
     }

@@ -188,10 +188,14 @@ pub fn llama3_from_factors(factors: &[f64], theta: f64, head_dim: usize) -> Resu
     Ok(fitted)
 }
 
-/// `rope_type` (or transformers 4's older `type`) of a scaling map; absent means plain RoPE.
+/// `rope_type` (or transformers 4's older `type`) of a scaling map; absent means plain RoPE,
+/// unless a scaling factor says otherwise (transformers refuses such a map too).
 fn kind(map: &Value) -> Result<&str> {
     match map.get("rope_type").or_else(|| map.get("type")) {
-        None => Ok("default"),
+        None => match map.get("factor").and_then(Value::as_f64).filter(|&f| f != 1.0) {
+            Some(f) => bail!("`rope_scaling` has factor {f} but no `rope_type`: which scaling it means is unknown"),
+            None => Ok("default"),
+        },
         Some(Value::String(s)) => Ok(s),
         Some(other) => bail!("rope_type {other} is not a string"),
     }

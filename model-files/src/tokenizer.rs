@@ -675,6 +675,19 @@ mod tests {
     }
 
     #[test]
+    fn loop_controls_work_as_in_transformers() {
+        // transformers renders with jinja2's loopcontrols extension; Qwen-style templates break
+        // out of a loop over the messages.
+        let tpl = "{% for m in messages %}{% if m.role == 'assistant' %}{% break %}{% endif %}\
+                   {% if m.content == 'skip' %}{% continue %}{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                   {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let t = ChatTokenizer::from_gguf(&test_model_path(), Some("skip".into()), Some(tpl.into())).unwrap();
+        let (p, _) = t.encode_prompt("Hi").unwrap();
+        assert_eq!(p, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(t.render("Hi", Some("A")).unwrap(), "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
     fn python_string_methods_work() {
         let tpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'].strip() }}<|im_end|>\n{% endfor %}\
                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";

@@ -31,6 +31,10 @@ pub struct TrainerState {
     /// The base model the run started from (absent in checkpoints written before it was kept).
     #[serde(default)]
     pub base_model_sha256: Option<String>,
+    /// What computed the steps up to this checkpoint (`burn flex`, `burn cuda, f32 matmuls`):
+    /// engines agree to rounding, not in the last bits (empty in older checkpoints).
+    #[serde(default)]
+    pub engine: String,
 }
 
 fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
@@ -86,6 +90,9 @@ pub struct Provenance {
     pub steps: u64,
     pub recipe: TrainRecipe,
     pub tool: String,
+    /// What computed the last steps (see [`TrainerState::engine`]).
+    #[serde(default)]
+    pub engine: String,
 }
 
 /// The trained model as a Hugging Face folder at `dir`, with the tokenizer of the snapshot it

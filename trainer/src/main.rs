@@ -416,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut run = Run::new(r, &recipe)?;
             run.save = !no_save;
+            run.engine = burn_engine(device);
             match device {
                 Device::Cpu => train_on::<Autodiff<Flex>>(&run, resume, rayon::current_num_threads(), &Default::default()),
                 #[cfg(feature = "cuda")]

@@ -53,6 +53,9 @@ pub struct Run {
     pub output_dir: PathBuf,
     /// Write checkpoints and the final model (off for speed measurements: metrics only).
     pub save: bool,
+    /// What computes the steps (`burn flex`, `burn cuda, f32 matmuls`), recorded in checkpoints
+    /// and `training.json`.
+    pub engine: String,
 }
 
 impl Run {
@@ -65,6 +68,7 @@ impl Run {
             output_dir: at(&recipe.output_dir),
             recipe,
             save: true,
+            engine: String::new(),
         })
     }
 }
@@ -162,7 +166,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let latest = latest_checkpoint(&run.output_dir)?;
     let (model_dir, mut state) = match (resume, latest) {
         (true, Some(dir)) => {
-            let state = read_state(&dir)?;
+            let mut state = read_state(&dir)?;
             if state.snapshot_id != snapshot.manifest.snapshot_id {
                 bail!(
                     "checkpoint {} was trained on snapshot {}, this run uses {}",
@@ -189,6 +193,25 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                     state.base_model_sha256.as_deref().unwrap_or_default()
                 );
             }
+            // Allowed, but not bit for bit: another engine rounds differently, and another
+            // micro-batch size or recompute adds the same terms in another order.
+            let mut rounding = vec![];
+            if !state.engine.is_empty() && state.engine != run.engine {
+                rounding.push(format!("engine: {} -> {}", state.engine, run.engine));
+            }
+            if state.recipe.micro_batch_rows != r.micro_batch_rows {
+                rounding.push(format!("micro_batch_rows: {} -> {}", state.recipe.micro_batch_rows, r.micro_batch_rows));
+            }
+            if state.recipe.recompute != r.recompute {
+                rounding.push(format!("recompute: {} -> {}", state.recipe.recompute, r.recompute));
+            }
+            if !rounding.is_empty() {
+                tracing::warn!(
+                    "resuming with {}: the continuation equals the uninterrupted run to rounding, not bit for bit",
+                    rounding.join(", ")
+                );
+            }
+            state.engine = run.engine.clone();
             opt.load_state(state.step, &model_files::safetensors::read_safetensors(dir.join(OPTIMIZER_FILE))?, device)?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             (dir, state)
@@ -222,6 +245,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                 snapshot_id: snapshot.manifest.snapshot_id.clone(),
                 recipe: r.clone(),
                 base_model_sha256: Some(base_model_sha256.clone()),
+                engine: run.engine.clone(),
             };
             (run.model_path.clone(), state)
         }
@@ -299,6 +323,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             steps: state.step,
             recipe: r.clone(),
             tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
+            engine: run.engine.clone(),
         };
         save_final(&dir, &model, &run.snapshot_dir, &provenance)?;
         Some(dir)

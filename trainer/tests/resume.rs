@@ -101,6 +101,10 @@ fn kill_9_and_resume_reaches_the_same_weights() {
         s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
     };
     assert_eq!(objectives(&la), objectives(&lb));
+    // What computed the steps is recorded with them.
+    let json = |p: &str| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
+    assert_eq!(json("b/final/training.json")["engine"], "burn flex");
+    assert_eq!(json("b/checkpoints/step-000006/trainer_state.json")["engine"], "burn flex");
 
     // Without --resume an existing run is not overwritten.
     let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
