@@ -7,6 +7,8 @@
 #      per-token log-probabilities as rectify on the default snapshot's first packed rows (each
 #      example run alone; tolerance below). It needs Python with torch and transformers 5; where
 #      there is none it says SKIPPED and how to get one.
+#   3. Where the export carries a tokenizer (a GGUF's): transformers' `AutoTokenizer` and
+#      `apply_chat_template` on the folder must give the prompt text and ids rectify gives.
 #
 #   scripts/check_export.sh [MODEL ...]   (default: the default model and the two checkpoints
 #                                          transformers 5 saved in model/tests/fixtures/transformers5)
@@ -63,6 +65,24 @@ print(f"  packed with the block mask: max {r['packed_block_mask_max_abs_diff']:.
       f"(must differ): {r['leaky_causal_max_abs_diff']:.2f}")
 ok = r["max_abs_diff"] <= tol and r["packed_block_mask_max_abs_diff"] <= tol and r["leaky_causal_max_abs_diff"] > 10 * tol
 print("export check:", "PASSED" if ok else "FAILED")
+sys.exit(0 if ok else 1)
+PY
+  [ -f "$dir/model/tokenizer_config.json" ] || continue
+  echo "== 3. transformers AutoTokenizer + apply_chat_template on the exported folder vs rectify's prompt"
+  "$TRAINER" generate --model "$dir/model" --prompt "What is 12 + 7? Answer in words & digits." --max-new-tokens 1 --json > "$dir/prompt.json"
+  "$py" - "$dir/model" "$dir/prompt.json" <<'PY'
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+r = json.loads(open(sys.argv[2]).read().splitlines()[0])
+messages = [{"role": "user", "content": "What is 12 + 7? Answer in words & digits."}]
+text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+ids = tok(text, add_special_tokens=False)["input_ids"]
+print(f"  eos {tok.eos_token!r} (id {tok.eos_token_id}), pad {tok.pad_token!r}; prompt {len(ids)} tokens")
+ok = text == r["prompt"] and ids == r["prompt_ids"] and r["ids"] and tok.eos_token_id is not None
+if not ok:
+    print(f"  transformers: {text!r} {ids}\n  rectify:      {r['prompt']!r} {r['prompt_ids']}")
+print("tokenizer check:", "PASSED" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY
 done

@@ -329,7 +329,7 @@ where
         let t0 = Instant::now();
         let model = Llama::<B>::load(path, device)?;
         model.check_vocab(snapshot.manifest.tokenizer.vocab_size).with_context(|| format!("model {}", path.display()))?;
-        model.check_context(snapshot.seq_len).with_context(|| format!("model {}", path.display()))?;
+        model.check_context(snapshot.longest_example()).with_context(|| format!("model {}", path.display()))?;
         let t1 = Instant::now();
         let lp = model::logprobs::rows_logprobs(&model, &rows, device, || {});
         let probs = target_probs(&rows, &lp);

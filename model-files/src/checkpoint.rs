@@ -104,12 +104,16 @@ impl Checkpoint {
 /// Load a checkpoint: a `.gguf` file, or safetensors (a model directory or a `.safetensors` file).
 pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let path = path.as_ref();
-    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if is_gguf {
+    if is_gguf(path) {
         load_gguf(path)
     } else {
         load_safetensors(path)
     }
+}
+
+/// Whether [`load`] reads `path` as a GGUF file (by its extension), else as safetensors.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use crate::gguf::Gguf;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use schemas::manifest::TokenizerInfo;
+use schemas::snapshot::TEMPLATE_FILE;
 use std::path::Path;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
@@ -43,6 +44,9 @@ pub struct Encoded {
     pub ids: Vec<u32>,
     pub loss_mask: Vec<u8>,
 }
+
+/// Where a Hugging Face model folder keeps its tokens' roles and (transformers 4) chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// A tokenizer plus the chat template and special tokens needed to turn (prompt, response) pairs
 /// into training rows.
@@ -304,6 +308,82 @@ impl ChatTokenizer {
         }
         let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(eos_id);
         Self::new(tokenizer, template, String::new(), eos_token.to_string(), eos_id, pad_id, system_prompt)
+    }
+
+    /// Load the tokenizer of a Hugging Face model folder: `tokenizer.json`, the chat template
+    /// from `chat_template.jinja` (transformers 5) or `tokenizer_config.json`'s `chat_template`
+    /// (transformers 4; a list of named templates gives its `default`), and the end-of-turn,
+    /// begin and padding tokens from `tokenizer_config.json`.
+    pub fn from_hf_dir(dir: &Path, system_prompt: Option<String>) -> Result<Self> {
+        let config_path = dir.join(TOKENIZER_CONFIG_FILE);
+        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", config_path.display())),
+        };
+        // A token is a string, or an AddedToken object with its text in `content`.
+        let token = |key: &str| -> Option<String> {
+            let v = config.get(key)?;
+            v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
+        };
+        let template_file = dir.join(TEMPLATE_FILE);
+        let template = if template_file.exists() {
+            std::fs::read_to_string(&template_file).with_context(|| format!("cannot read {}", template_file.display()))?
+        } else {
+            match config.get("chat_template") {
+                Some(serde_json::Value::String(t)) => t.clone(),
+                Some(serde_json::Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .with_context(|| format!("{}: `chat_template` lists no template named `default`", config_path.display()))?
+                    .to_string(),
+                _ => bail!(
+                    "{} has no chat template: neither {TEMPLATE_FILE} nor a `chat_template` in {TOKENIZER_CONFIG_FILE}",
+                    dir.display()
+                ),
+            }
+        };
+        let eos = token("eos_token").with_context(|| {
+            format!("{}: no `eos_token`, the end-of-turn token the loss mask and generation need", config_path.display())
+        })?;
+        let tokenizer_json = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_json).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
+        let id =
+            |t: &str| tokenizer.token_to_id(t).with_context(|| format!("{}: token {t:?} is not in the vocabulary", config_path.display()));
+        let eos_id = id(&eos)?;
+        let pad_id = match token("pad_token") {
+            Some(p) => id(&p)?,
+            None => tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(eos_id),
+        };
+        Self::new(tokenizer, template, token("bos_token").unwrap_or_default(), eos, eos_id, pad_id, system_prompt)
+    }
+
+    /// Writes this tokenizer into a Hugging Face model folder: `tokenizer.json`,
+    /// `chat_template.jinja` (transformers 5) and `tokenizer_config.json` (see
+    /// [`ChatTokenizer::hf_tokenizer_config`]), each atomically.
+    pub fn save_hf_files(&self, dir: &Path) -> Result<()> {
+        schemas::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json().as_bytes())?;
+        schemas::write_atomic(&dir.join(TEMPLATE_FILE), self.template.as_bytes())?;
+        schemas::write_atomic(&dir.join(TOKENIZER_CONFIG_FILE), self.hf_tokenizer_config().as_bytes())
+    }
+
+    /// `tokenizer_config.json` for a model folder this tokenizer's model is saved in, so that
+    /// transformers (4 and 5) and [`ChatTokenizer::from_hf_dir`] find the end-of-turn and padding
+    /// tokens and the chat template.
+    pub fn hf_tokenizer_config(&self) -> String {
+        let pad = self.id_to_token(self.pad_id).unwrap_or_else(|| self.eos_token.clone());
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": self.eos_token,
+            "pad_token": pad,
+            "chat_template": self.template,
+        });
+        if !self.bos_token.is_empty() {
+            config["bos_token"] = self.bos_token.clone().into();
+        }
+        serde_json::to_string_pretty(&config).expect("strings serialise") + "\n"
     }
 
     fn new(
@@ -711,6 +791,42 @@ mod tests {
         let counts = t.count_tokens_batch(&texts);
         for (text, n) in texts.iter().zip(counts) {
             assert_eq!(n, t.tokenizer().encode(*text, false).unwrap().len());
+        }
+    }
+
+    #[test]
+    fn a_hugging_face_folder_loads_as_transformers_4_and_5_write_it() {
+        let t = smol();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), t.tokenizer_json()).unwrap();
+        let config = dir.path().join(TOKENIZER_CONFIG_FILE);
+        let same = |r: &ChatTokenizer| {
+            assert_eq!((r.eos_id(), r.pad_id()), (2, 2));
+            for c in cases() {
+                let q = question(&c.prompt);
+                assert_eq!(r.encode_prompt(q).unwrap(), t.encode_prompt(q).unwrap());
+            }
+        };
+        // What rectify writes: the template inside tokenizer_config.json (transformers 4).
+        std::fs::write(&config, t.hf_tokenizer_config()).unwrap();
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        // transformers 5: chat_template.jinja beside a config without one, tokens as objects.
+        std::fs::write(&config, r#"{"eos_token": {"content": "<|im_end|>", "special": true}}"#).unwrap();
+        let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None).unwrap_err());
+        assert!(e.contains("has no chat template"), "{e}");
+        std::fs::write(dir.path().join(TEMPLATE_FILE), t.chat_template()).unwrap();
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        // Named templates: the `default` one.
+        std::fs::remove_file(dir.path().join(TEMPLATE_FILE)).unwrap();
+        let named = serde_json::json!({"eos_token": "<|im_end|>", "chat_template": [
+            {"name": "tool_use", "template": "unused"}, {"name": "default", "template": t.chat_template()}]});
+        std::fs::write(&config, named.to_string()).unwrap();
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        // No end-of-turn token, or one not in the vocabulary: errors naming the file.
+        for bad in [r#"{"chat_template": "x"}"#, r#"{"chat_template": "x", "eos_token": "<|nope|>"}"#] {
+            std::fs::write(&config, bad).unwrap();
+            let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None).unwrap_err());
+            assert!(e.contains(TOKENIZER_CONFIG_FILE) && e.contains("eos_token") || e.contains("<|nope|>"), "{e}");
         }
     }
 

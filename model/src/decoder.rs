@@ -152,12 +152,14 @@ impl<B: Backend> Llama<B> {
         Ok(())
     }
 
-    /// Rows of `seq_len` tokens fit the rotary tables of this model. Past them Burn's CPU
-    /// backend stops inside the table lookup, and a GPU reads out of bounds.
-    pub fn check_context(&self, seq_len: usize) -> anyhow::Result<()> {
+    /// Examples of up to `longest_example` tokens fit the rotary tables of this model, which are
+    /// looked up by position (positions restart with each packed example, so a row may be longer
+    /// than the context). Past them Burn's CPU backend stops inside the table lookup, and a GPU
+    /// reads out of bounds.
+    pub fn check_context(&self, longest_example: usize) -> anyhow::Result<()> {
         let context = self.config.max_position_embeddings;
-        if seq_len > context {
-            bail!("rows of {seq_len} tokens are longer than the model's context of {context} (max_position_embeddings)");
+        if longest_example > context {
+            bail!("an example of {longest_example} tokens is longer than the model's context of {context} (max_position_embeddings)");
         }
         Ok(())
     }

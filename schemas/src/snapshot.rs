@@ -91,6 +91,12 @@ impl Row {
         (0..self.loss_mask.len()).filter(|&i| self.is_target(i)).count()
     }
 
+    /// Tokens in the row's longest example: positions restart with each packed example, so this,
+    /// not the row's length, is what must fit in a model's context.
+    pub fn longest_example(&self) -> usize {
+        self.position_ids.iter().max().map_or(0, |&p| p as usize + 1)
+    }
+
     /// Number of predicted positions ([`Row::is_predicted`]).
     pub fn predicted(&self) -> usize {
         (0..self.segment_ids.len()).filter(|&i| self.is_predicted(i)).count()
@@ -142,6 +148,11 @@ pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
 }
 
 impl Snapshot {
+    /// Tokens in the longest example of any row (see [`Row::longest_example`]).
+    pub fn longest_example(&self) -> usize {
+        self.rows.iter().map(Row::longest_example).max().unwrap_or(0)
+    }
+
     /// Fail unless the snapshot carries reference log-probabilities in its manifest and in every
     /// row (what `iwsft` needs), saying how to get them.
     pub fn require_ref_logprobs(&self, dir: &Path) -> anyhow::Result<()> {

@@ -1,14 +1,16 @@
 //! Checkpoints: `checkpoints/step-NNNNNN/` holds the model as a Hugging Face folder, the
 //! optimizer moments and the trainer state, written into a hidden folder and renamed into place
 //! (the state file last), so a checkpoint that exists is complete and resumes to the same
-//! weights. `final/` is the model alone, with the snapshot's tokenizer.
+//! weights. `final/` is the model alone, with the snapshot's tokenizer and chat template as a
+//! Hugging Face folder has them.
 
 use crate::optim::AdamW;
 use burn::tensor::backend::AutodiffBackend;
 use model::Llama;
 use model_files::checkpoint::save_hf;
 use model_files::safetensors::write_safetensors;
-use schemas::snapshot::{publish_dir, TOKENIZER_FILE};
+use model_files::tokenizer::ChatTokenizer;
+use schemas::snapshot::{publish_dir, TEMPLATE_FILE, TOKENIZER_FILE};
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -95,12 +97,21 @@ pub struct Provenance {
     pub engine: String,
 }
 
-/// The trained model as a Hugging Face folder at `dir`, with the tokenizer of the snapshot it
-/// was trained on and its [`Provenance`].
-pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, snapshot_dir: &Path, provenance: &Provenance) -> anyhow::Result<()> {
+/// The trained model as a Hugging Face folder at `dir`, with the tokenizer and chat template of
+/// the snapshot it was trained on (`tokenizer.json`, `chat_template.jinja`, and a
+/// `tokenizer_config.json` naming the end-of-turn and padding tokens, which transformers 4 and
+/// 5 and `trainer generate` read) and its [`Provenance`].
+pub fn save_final<B: AutodiffBackend>(
+    dir: &Path,
+    model: &Llama<B>,
+    snapshot_dir: &Path,
+    eos_token: &str,
+    provenance: &Provenance,
+) -> anyhow::Result<()> {
+    let tok = ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), eos_token, None)?;
     publish_dir(dir, |tmp| {
         save_hf(tmp, &model.to_checkpoint())?;
-        std::fs::copy(snapshot_dir.join(TOKENIZER_FILE), tmp.join("tokenizer.json"))?;
+        tok.save_hf_files(tmp)?;
         schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })
 }

@@ -106,8 +106,8 @@ enum Command {
         /// A system message instead of the template's default.
         #[arg(long)]
         system: Option<String>,
-        /// Tokenizer + template source when the model is a Hugging Face folder without GGUF
-        /// metadata: a GGUF file.
+        /// Tokenizer + template source when the model's own cannot be used: a GGUF file, or a
+        /// Hugging Face folder (tokenizer.json with chat_template.jinja or tokenizer_config.json).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// One JSON line per completion (`prompt`, `prompt_ids`, `ids` with the stop token,
@@ -313,7 +313,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
-    /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors + config.json.
+    /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors +
+    /// config.json, and the tokenizer and chat template (tokenizer.json, chat_template.jinja,
+    /// tokenizer_config.json) from the GGUF or the source folder.
     Export {
         #[arg(long)]
         model: PathBuf,
@@ -429,9 +431,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json, device } => {
             device_ready(device)?;
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
-            let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None).with_context(|| {
+            let tok = if tok_source.is_dir() {
+                model_files::tokenizer::ChatTokenizer::from_hf_dir(&tok_source, system)
+            } else {
+                model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None)
+            }
+            .with_context(|| {
                 format!(
-                    "reading tokenizer and chat template from {} (pass --tokenizer FILE.gguf for a Hugging Face folder)",
+                    "reading tokenizer and chat template from {} (a folder without them can take --tokenizer FILE.gguf or FOLDER)",
                     tok_source.display()
                 )
             })?;
@@ -675,10 +682,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { model, out } => {
+            use model_files::tokenizer::ChatTokenizer;
+            if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
+                anyhow::bail!("{} is not empty: choose another --out, or remove it first", out.display());
+            }
             let ckpt = model_files::checkpoint::load(&model)?;
-            std::fs::create_dir_all(&out)?;
-            model_files::checkpoint::save_hf(&out, &ckpt)?;
-            println!("wrote {} ({} tensors) and config.json", out.join("model.safetensors").display(), ckpt.tensors.len());
+            // The tokenizer travels with the weights: a GGUF holds it, a folder (or the folder
+            // of a lone .safetensors file) may.
+            let folder = if model.is_dir() { Some(model.clone()) } else { model.parent().map(std::path::Path::to_path_buf) };
+            let tok = match folder.filter(|_| !model_files::checkpoint::is_gguf(&model)) {
+                None => Some(ChatTokenizer::from_gguf(&model, None, None)?),
+                Some(dir) if dir.join("tokenizer.json").exists() => Some(ChatTokenizer::from_hf_dir(&dir, None)?),
+                Some(_) => None,
+            };
+            schemas::snapshot::publish_dir(&out, |tmp| {
+                model_files::checkpoint::save_hf(tmp, &ckpt)?;
+                tok.as_ref().map_or(Ok(()), |t| t.save_hf_files(tmp))
+            })?;
+            let with = if tok.is_some() { ", config.json and the tokenizer" } else { " and config.json (no tokenizer beside the model)" };
+            println!("wrote {} ({} tensors){with}", out.join("model.safetensors").display(), ckpt.tensors.len());
             Ok(())
         }
     }
@@ -924,7 +946,7 @@ where
 {
     let m = Llama::<B>::load(model, device)?;
     m.check_vocab(vocab_size)?;
-    m.check_context(rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0))?;
+    m.check_context(rows.iter().map(|r| r.longest_example()).max().unwrap_or(0))?;
     let t0 = std::time::Instant::now();
     let lp = model::logprobs::rows_logprobs(&m, rows, device, || {});
     Ok((lp, t0.elapsed().as_secs_f64()))
@@ -945,7 +967,10 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
     println!("metrics:     {}", s.metrics.display());
     println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
     match &s.final_model {
-        Some(dir) => println!("final model: {} (Hugging Face safetensors + config.json + tokenizer.json)", dir.display()),
+        Some(dir) => println!(
+            "final model: {} (Hugging Face safetensors + config.json + tokenizer.json, chat_template.jinja, tokenizer_config.json)",
+            dir.display()
+        ),
         None => println!("final model: not saved (--no-save)"),
     }
     Ok(())

@@ -142,7 +142,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
     if !pending.is_empty() {
         let model = Llama::<B>::load(&opts.model, device)?;
         model.check_vocab(parent.tokenizer.vocab_size)?;
-        model.check_context(seq_len)?;
+        model.check_context(snapshot.longest_example())?;
         let pb = progress::bar(snapshot.rows.len(), "score");
         pb.set_position(resumed_rows as u64);
         for (start, n) in pending {

@@ -252,7 +252,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     };
     let mut model: Llama<B> = Llama::<B>::load(&model_dir, device)?.map_params(device, |_, p| p.require_grad());
     model.check_vocab(snapshot.manifest.tokenizer.vocab_size)?;
-    model.check_context(snapshot.seq_len).with_context(|| format!("snapshot {}", run.snapshot_dir.display()))?;
+    model.check_context(snapshot.longest_example()).with_context(|| format!("snapshot {}", run.snapshot_dir.display()))?;
     let shapes: Vec<(String, [usize; 2])> = model.named_params().into_iter().map(|(n, p)| (n, p.dims())).collect();
     opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
@@ -325,7 +325,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
             engine: run.engine.clone(),
         };
-        save_final(&dir, &model, &run.snapshot_dir, &provenance)?;
+        save_final(&dir, &model, &run.snapshot_dir, &snapshot.manifest.tokenizer.eos_token, &provenance)?;
         Some(dir)
     } else {
         None
