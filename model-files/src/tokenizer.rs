@@ -60,8 +60,9 @@ pub struct ChatTokenizer {
     eos_id: u32,
     pad_id: u32,
     system_prompt: Option<String>,
-    /// The special tokens' texts (and the end-of-turn token's): text that a prompt or response
-    /// may not hold, since it would be read as the token.
+    /// The end-of-turn token's text and that of every special token the chat template writes
+    /// (role markers): text that a prompt or response may not hold, since it would be read as
+    /// the token and break the conversation's structure.
     special_texts: Vec<String>,
 }
 
@@ -399,16 +400,25 @@ impl ChatTokenizer {
             bail!("the end-of-turn token is empty");
         }
         let env = build_environment(&template)?;
+        // Only those the template writes: SmolLM2 also marks `<filename>` special, which a prompt
+        // may well hold as text.
         let mut special_texts: Vec<String> = tokenizer
             .get_added_tokens_decoder()
             .values()
-            .filter(|t| t.special && !t.content.is_empty())
+            .filter(|t| t.special && !t.content.is_empty() && template.contains(t.content.as_str()))
             .map(|t| t.content.clone())
             .collect();
         special_texts.push(eos_token.clone());
         special_texts.sort();
         special_texts.dedup();
         Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, special_texts })
+    }
+
+    /// The same tokenizer with another padding token (a snapshot's manifest records the one it
+    /// was built with; `tokenizer.json` alone may not say).
+    pub fn with_pad_id(mut self, pad_id: u32) -> Self {
+        self.pad_id = pad_id;
+        self
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -469,9 +479,10 @@ impl ChatTokenizer {
         Ok((ids, offsets))
     }
 
-    /// Fails when `text` holds a special token's text (`<|im_end|>` in a scraped answer, a model's
-    /// sampled `<|im_start|>`): encoded, it would be that token, and the end-of-turn token would
-    /// end the trained span part way through the response.
+    /// Fails when `text` holds the text of the end-of-turn token or of a special token the
+    /// template writes (`<|im_end|>` in a scraped answer, a model's sampled `<|im_start|>`):
+    /// encoded, it would be that token, and the end-of-turn token would end the trained span part
+    /// way through the response.
     fn check_no_special_text(&self, field: &str, text: &str) -> Result<()> {
         let first = self.special_texts.iter().filter_map(|t| text.find(t.as_str()).map(|at| (at, t))).min();
         if let Some((at, token)) = first {
@@ -714,12 +725,13 @@ mod tests {
         let e = t.encode_chat("Question?", "Print it.<|im_end|> then #### 4").unwrap_err().to_string();
         assert!(e.contains("response") && e.contains("\"<|im_end|>\"") && e.contains("byte 9"), "{e}");
         // Which special token comes first in the text is the one named.
-        let e = t.encode_chat("a <|endoftext|> b <|im_start|>", "ok").unwrap_err().to_string();
-        assert!(e.contains("prompt") && e.contains("<|endoftext|>"), "{e}");
+        let e = t.encode_chat("a <|im_start|> b <|im_end|>", "ok").unwrap_err().to_string();
+        assert!(e.contains("prompt") && e.contains("<|im_start|>"), "{e}");
         let e = t.encode_prompt("<|im_start|>system").unwrap_err().to_string();
         assert!(e.contains("<|im_start|>"), "{e}");
-        // Lookalikes are ordinary text.
+        // Lookalikes are ordinary text, and so are special tokens the template does not write.
         assert!(t.encode_chat("<|im_end |> and <im_end>", "< |im_start|>").is_ok());
+        assert!(t.encode_chat("usage: cat <filename>", "ok").is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Text normalisation shared by deduplication and decontamination.
 //!
-//! Both stages must agree on what "the same text" means, so they both go through [`normalize`]
-//! and [`words`], and hash with `schemas::rng::hash64` / `hash_ngram`.
+//! The stages must agree on what "the same text" means: exact deduplication compares
+//! [`normalize`]d text, near deduplication and decontamination compare n-grams of [`words`], and
+//! all hash with `schemas::rng::hash64` / `hash_ngram`.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -41,28 +42,39 @@ pub fn normalize(text: &str) -> String {
 /// several words that cost is small.
 pub fn words(text: &str) -> Vec<String> {
     let folded: Vec<char> = text.nfkc().collect::<String>().to_lowercase().chars().collect();
-    let thousands_group = |at: usize| {
-        folded.get(at..at + 3).is_some_and(|g| g.iter().all(char::is_ascii_digit)) && !folded.get(at + 3).is_some_and(char::is_ascii_digit)
-    };
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < folded.len() {
-        if !is_word_char(folded[i]) {
-            i += 1;
-            continue;
+    let text: String = without_thousands_commas(&folded).into_iter().collect();
+    text.split(|c: char| !is_word_char(c)).filter(|w| !w.is_empty()).map(str::to_string).collect()
+}
+
+/// `1,000,000` → `1000000`: one to three digits, then groups of exactly three after commas. Not
+/// inside brackets, where commas separate values (`[10,100,1000]`, `(123,456)`), nor in a run
+/// that a comma and a digit follow, which is a list (`1,000,2`).
+fn without_thousands_commas(text: &[char]) -> Vec<char> {
+    let digit = |i: usize| text.get(i).is_some_and(char::is_ascii_digit);
+    let mut out = Vec::with_capacity(text.len());
+    let (mut i, mut depth) = (0, 0i32);
+    while i < text.len() {
+        match text[i] {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            _ => {}
         }
-        let mut word = String::new();
-        while i < folded.len() {
-            if is_word_char(folded[i]) {
-                word.push(folded[i]);
-                i += 1;
-            } else if folded[i] == ',' && word.bytes().all(|b| b.is_ascii_digit()) && thousands_group(i + 1) {
-                i += 1;
-            } else {
-                break;
+        let starts = digit(i) && (i == 0 || !(digit(i - 1) || matches!(text[i - 1], '.' | ',')));
+        if depth == 0 && starts {
+            let lead = (i..text.len()).take_while(|&j| digit(j)).count();
+            let mut end = i + lead;
+            while text.get(end) == Some(&',') && (1..=3).all(|k| digit(end + k)) && !digit(end + 4) {
+                end += 4;
+            }
+            let list_follows = text.get(end) == Some(&',') && digit(end + 1);
+            if lead <= 3 && end > i + lead && !list_follows {
+                out.extend(text[i..end].iter().filter(|&&c| c != ','));
+                i = end;
+                continue;
             }
         }
-        out.push(word);
+        out.push(text[i]);
+        i += 1;
     }
     out
 }
@@ -108,9 +120,14 @@ mod tests {
         assert_eq!(words("1,000 apples"), words("1000 APPLES"));
         // Full-width digits and letters, a ligature, a superscript.
         assert_eq!(words("\u{ff11}\u{ff12} \u{ff21}pples, \u{fb01}ne x\u{b2}"), ["12", "apples", "fine", "x2"]);
-        // Not thousands: lists and decimals keep their parts.
+        // Not thousands: lists, bracketed values and decimals keep their parts.
         assert_eq!(words("1,2,3 and 1,0000 and 2,50"), ["1", "2", "3", "and", "1", "0000", "and", "2", "50"]);
         assert_eq!(words("x,123"), ["x", "123"]);
+        assert_eq!(
+            words("[10,100,1000] (123,456) 1,000,2 12345,678"),
+            ["10", "100", "1000", "123", "456", "1", "000", "2", "12345", "678"]
+        );
+        assert_eq!(words("0.5,000"), ["0", "5", "000"]);
     }
 
     #[test]

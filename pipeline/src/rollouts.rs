@@ -7,8 +7,9 @@
 //! source's `select` rules pick the samples to train on; every sample not kept is dropped with
 //! its reason, and a line that cannot be read goes to the quarantine with file, line and field.
 //!
-//! File lines are read through `fields` (default, for each key not given: `question_id`,
-//! `question`, `completion`, `gold`, `tests`, `finish_reason`, `sample`). The completion may also be a list (an engine
+//! File lines are read through `fields` (default: `question_id`, `question`, `completion`,
+//! `gold`, `tests`, `finish_reason`, `sample`; a map without `finish` or `sample` still reads
+//! them under their default names). The completion may also be a list (an engine
 //! asked for n samples per request: strings, or objects with `text` and `finish_reason` as vLLM
 //! and SGLang write them), whose items are samples 0..n. A line may leave out the question, gold
 //! answer and tests when the source names a `questions` snapshot (`prompts` kind) to look them
@@ -160,10 +161,12 @@ fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: Roll
     Ok((candidates, vec![], input, o, n))
 }
 
-/// The field names a file from another engine is read with: each key the recipe's `fields` does
-/// not give keeps its default, so that naming only the prompt and completion still reads the
-/// finish reason (and `drop_truncated` still sees truncated samples).
-fn file_fields(source: &Source) -> FieldMap {
+/// The field names a file from another engine is read with. Without `fields`, the defaults. With
+/// it, the keys it gives, and the finish reason and sample index under their default names unless
+/// it names them or uses those names for another key: a map that renames only the id, prompt and
+/// completion must still see truncated samples (for `drop_truncated`). Gold and tests are not
+/// defaulted, so that leaving them out still takes them from the questions snapshot.
+fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     let defaults = FieldMap {
         id: Some("question_id".into()),
         prompt: "question".into(),
@@ -173,18 +176,27 @@ fn file_fields(source: &Source) -> FieldMap {
         finish: Some("finish_reason".into()),
         sample: Some("sample".into()),
     };
-    match source.fields.clone() {
+    let f = match source.fields.clone() {
         None => defaults,
-        Some(f) => FieldMap {
-            id: f.id.or(defaults.id),
-            prompt: f.prompt,
-            response: f.response.or(defaults.response),
-            gold: f.gold.or(defaults.gold),
-            tests: f.tests.or(defaults.tests),
-            finish: f.finish.or(defaults.finish),
-            sample: f.sample.or(defaults.sample),
-        },
+        Some(f) => {
+            let named: Vec<&str> = [&f.id, &f.response, &f.gold, &f.tests, &f.finish, &f.sample]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .chain([f.prompt.as_str()])
+                .collect();
+            let unless_taken = |default: Option<String>| default.filter(|d| !named.contains(&d.as_str()));
+            FieldMap {
+                finish: f.finish.clone().or_else(|| unless_taken(defaults.finish)),
+                sample: f.sample.clone().or_else(|| unless_taken(defaults.sample)),
+                ..f
+            }
+        }
+    };
+    if f.id.is_none() || f.response.is_none() {
+        bail!("source `{}`: a rollouts file needs `fields.id` (the question id) and `fields.response` (the completion)", source.name);
     }
+    Ok(f)
 }
 
 /// A sample read from a line, before verification.
@@ -201,7 +213,7 @@ struct Parsed {
 
 /// A file from another engine: every line parsed, then verified.
 fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str, selection: RolloutsSelection) -> anyhow::Result<Read> {
-    let fields = file_fields(source);
+    let fields = file_fields(source)?;
     let questions: HashMap<String, Prompt> = match &source.questions {
         Some(q) => {
             let dir = schemas::recipe::resolve(recipe_path, q);
@@ -348,13 +360,13 @@ fn parse_line(
     raw: String,
 ) -> Result<Vec<Parsed>, FieldError> {
     let mut row = Row { obj, used: vec![] };
-    let id_field = fields.id.as_deref().expect("file_fields gives a default");
+    let id_field = fields.id.as_deref().expect("checked by file_fields");
     let question_id = row.opt_scalar(id_field)?.ok_or_else(|| field_err(id_field, "missing field"))?;
     let question = questions.get(&question_id);
     if source.questions.is_some() && question.is_none() {
         return Err(field_err(id_field, format!("question `{question_id}` is not in the questions snapshot")));
     }
-    let response_field = fields.response.as_deref().expect("file_fields gives a default");
+    let response_field = fields.response.as_deref().expect("checked by file_fields");
     let completions = completions(&mut row, response_field)?;
     let prompt = match row.opt_text(&fields.prompt)? {
         Some(p) => p,

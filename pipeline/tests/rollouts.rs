@@ -318,11 +318,11 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
 }
 
 #[test]
-fn a_partial_fields_map_keeps_the_other_defaults() {
+fn a_fields_map_without_finish_or_sample_still_reads_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // Renamed id, prompt and completion columns; the finish reason keeps its default name, so a
-    // truncated sample is still seen as truncated (and the sample index as the index).
+    // Renamed id, prompt and completion columns; the finish reason and sample index keep their
+    // default names, so a truncated sample is still seen as truncated.
     let lines = [
         serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "6 * 7 = \\boxed{42}.", "gold": "42", "finish_reason": "stop"}),
         serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "\\boxed{42} and", "gold": "42", "finish_reason": "length"}),
@@ -333,7 +333,7 @@ fn a_partial_fields_map_keeps_the_other_defaults() {
     let recipe = train_recipe(
         dir,
         "partial",
-        "  - {name: e, path: renamed.jsonl, format: rollouts, domain: math, math_rules: math, fields: {id: qid, prompt: q, response: text}}\n",
+        "  - {name: e, path: renamed.jsonl, format: rollouts, domain: math, math_rules: math, fields: {id: qid, prompt: q, response: text, gold: gold}}\n",
     );
     let out = dir.join("partial");
     pipeline::build::build(&recipe, &out, false).unwrap();

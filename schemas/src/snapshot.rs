@@ -320,7 +320,7 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} needs a folder name", out.display()))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    remove_leftovers(parent, name);
+    remove_leftovers(parent, name, out);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     // Removes the temp folder on an error and on a panic in `fill` alike.
@@ -343,23 +343,31 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     } else {
         std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
     }
-    // The renames themselves.
-    std::fs::File::open(parent).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", parent.display()))?;
+    // The renames themselves (best effort, as for every folder: some file systems cannot sync
+    // one, and the files in it are synced already).
+    let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     Ok(value)
 }
 
 /// Removes `.NAME.tmp-PID` and `.NAME.old-PID` folders whose process is gone: what a killed run
 /// left of an earlier publish of the same name (a checkpoint is 1.6 GB for SmolLM2-135M). A
-/// live process's folders are left to it.
-fn remove_leftovers(parent: &Path, name: &str) {
+/// live process's folders are left to it. A run killed between its two renames left `out`
+/// missing and the last complete copy in `.old`: that one is put back, not removed.
+fn remove_leftovers(parent: &Path, name: &str, out: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix('.')).and_then(|n| n.strip_prefix(name)) else { continue };
-        let Some(pid) = rest.strip_prefix(".tmp-").or_else(|| rest.strip_prefix(".old-")).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
+        let (old, pid) = match (rest.strip_prefix(".tmp-"), rest.strip_prefix(".old-")) {
+            (Some(pid), _) => (false, pid),
+            (_, Some(pid)) => (true, pid),
+            _ => continue,
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if !(old && !out.exists() && std::fs::rename(entry.path(), out).is_ok()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -375,7 +383,8 @@ fn sync_tree(dir: &Path) -> anyhow::Result<()> {
             std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
         }
     }
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -447,5 +456,15 @@ mod tests {
         }
         publish_dir(&root.path().join("snap"), |d| Ok(std::fs::write(d.join("a"), "1")?)).unwrap();
         assert_eq!(names(root.path()), [".snap.tmp-1", ".snap.tmp-x", ".snapshot.tmp-4194305", "snap"]);
+
+        // Killed between its renames: `other` is missing, its last copy is in `.old`. A publish
+        // that then fails leaves that copy back in place.
+        let old = root.path().join(".other.old-4194305");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("a"), "last").unwrap();
+        let other = root.path().join("other");
+        assert!(publish_dir(&other, |_| -> anyhow::Result<()> { anyhow::bail!("failed") }).is_err());
+        assert_eq!(std::fs::read_to_string(other.join("a")).unwrap(), "last");
+        assert!(!old.exists());
     }
 }

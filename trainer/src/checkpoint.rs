@@ -5,11 +5,13 @@
 //! Hugging Face folder has them.
 
 use crate::optim::AdamW;
+use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use model::Llama;
 use model_files::checkpoint::save_hf;
 use model_files::safetensors::write_safetensors;
 use model_files::tokenizer::ChatTokenizer;
+use schemas::manifest::TokenizerInfo;
 use schemas::snapshot::{publish_dir, TEMPLATE_FILE, TOKENIZER_FILE};
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,15 @@ pub fn save_checkpoint<B: AutodiffBackend>(
 
 pub const TRAINING_FILE: &str = "training.json";
 
+/// The tokenizer a trained model is saved with: the snapshot's, with the end-of-turn and padding
+/// tokens its manifest records. Read before training, so that a snapshot missing it fails then.
+pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::Result<ChatTokenizer> {
+    let tok =
+        ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), &info.eos_token, None)
+            .with_context(|| format!("the tokenizer of snapshot {}", snapshot_dir.display()))?;
+    Ok(tok.with_pad_id(info.pad_id))
+}
+
 /// Where a trained model came from, written beside its weights (`final/training.json`): with the
 /// train snapshot's manifest (and, for rollouts, theirs) it links a checkpoint back to its data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,14 +112,7 @@ pub struct Provenance {
 /// the snapshot it was trained on (`tokenizer.json`, `chat_template.jinja`, and a
 /// `tokenizer_config.json` naming the end-of-turn and padding tokens, which transformers 4 and
 /// 5 and `trainer generate` read) and its [`Provenance`].
-pub fn save_final<B: AutodiffBackend>(
-    dir: &Path,
-    model: &Llama<B>,
-    snapshot_dir: &Path,
-    eos_token: &str,
-    provenance: &Provenance,
-) -> anyhow::Result<()> {
-    let tok = ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), eos_token, None)?;
+pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, provenance: &Provenance) -> anyhow::Result<()> {
     publish_dir(dir, |tmp| {
         save_hf(tmp, &model.to_checkpoint())?;
         tok.save_hf_files(tmp)?;

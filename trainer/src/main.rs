@@ -691,10 +691,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // of a lone .safetensors file) may.
             let folder = if model.is_dir() { Some(model.clone()) } else { model.parent().map(std::path::Path::to_path_buf) };
             let tok = match folder.filter(|_| !model_files::checkpoint::is_gguf(&model)) {
-                None => Some(ChatTokenizer::from_gguf(&model, None, None)?),
-                Some(dir) if dir.join("tokenizer.json").exists() => Some(ChatTokenizer::from_hf_dir(&dir, None)?),
+                None => Some(ChatTokenizer::from_gguf(&model, None, None)),
+                Some(dir) if dir.join("tokenizer.json").exists() => Some(ChatTokenizer::from_hf_dir(&dir, None)),
                 Some(_) => None,
             };
+            // The weights are the export; a tokenizer that cannot be read (a base model without a
+            // chat template) is left out with a word, as it was before exports carried one.
+            let tok = tok.and_then(|t| t.map_err(|e| tracing::warn!("{}: the export has no tokenizer: {e:#}", model.display())).ok());
             schemas::snapshot::publish_dir(&out, |tmp| {
                 model_files::checkpoint::save_hf(tmp, &ckpt)?;
                 tok.as_ref().map_or(Ok(()), |t| t.save_hf_files(tmp))
@@ -848,6 +851,12 @@ fn eval_on(
                 (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id && stop_ids(&b.tokenizer) == x.stop_ids => {
                     reusable.push(x.clone())
                 }
+                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id => eprintln!(
+                    "{}: evaluating again: its results ended completions on stop ids {:?}, this run's are {:?}",
+                    x.bench,
+                    x.stop_ids,
+                    stop_ids(&b.tokenizer)
+                ),
                 (None, None) => kept.push(x.clone()),
                 (Some(why), None) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
                 // Named by this run: evaluated again.

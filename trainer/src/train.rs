@@ -2,7 +2,9 @@
 //! gradient accumulation, atomic checkpoints that resume to the same weights, JSONL metrics.
 
 use crate::batch::{micro_batch, MicroBatch, Targets};
-use crate::checkpoint::{latest_checkpoint, save_checkpoint, save_final, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE};
+use crate::checkpoint::{
+    latest_checkpoint, save_checkpoint, save_final, snapshot_tokenizer, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE,
+};
 use crate::in_place::{self, Arithmetic};
 use crate::loss::{chunk_positions, objective, Loss, LossKind, LossParts};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
@@ -126,6 +128,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     if snapshot.rows.is_empty() {
         bail!("snapshot {} has no rows to train on", run.snapshot_dir.display());
     }
+    let final_tokenizer = if run.save { Some(snapshot_tokenizer(&run.snapshot_dir, &snapshot.manifest.tokenizer)?) } else { None };
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
         snapshot.require_ref_logprobs(&run.snapshot_dir)?;
@@ -325,7 +328,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
             engine: run.engine.clone(),
         };
-        save_final(&dir, &model, &run.snapshot_dir, &snapshot.manifest.tokenizer.eos_token, &provenance)?;
+        save_final(&dir, &model, final_tokenizer.as_ref().expect("read when saving"), &provenance)?;
         Some(dir)
     } else {
         None

@@ -98,7 +98,7 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     summary["benchmarks"][0]["stop_ids"] = serde_json::json!([0]);
     std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
-    assert!(ok && !log.contains("reusing"), "{log}");
+    assert!(ok && !log.contains("reusing") && log.contains("a: evaluating again: its results ended completions on stop ids [0]"), "{log}");
 
     // Two folders named `a` would write one results/a.jsonl.
     let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);

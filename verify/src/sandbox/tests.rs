@@ -206,7 +206,6 @@ fn sandbox_memory_bombs_fail_and_the_machine_survives() {
     assert_eq!(huge.status, Status::MemoryExceeded, "{huge:?}");
     let growing = run("x = []\nwhile True:\n    x.append(b' ' * 10**7)\n");
     assert_eq!(growing.status, Status::MemoryExceeded, "{growing:?}");
-    assert!(growing.wall < Limits::default().wall, "{growing:?}");
     // Every process is capped separately; a forking allocator is bounded by processes × memory.
     let forking =
         run("import os\nfor _ in range(3):\n    try:\n        os.fork()\n    except OSError:\n        pass\nx = bytearray(10**11)\n");
