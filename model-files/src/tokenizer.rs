@@ -421,6 +421,13 @@ impl ChatTokenizer {
         self
     }
 
+    /// The same tokenizer with the text its chat template gets as `bos_token` (`tokenizer.json`
+    /// does not say which token that is).
+    pub fn with_bos_token(mut self, bos_token: String) -> Self {
+        self.bos_token = bos_token;
+        self
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -580,6 +587,7 @@ impl ChatTokenizer {
             eos_token: self.eos_token.clone(),
             eos_id: self.eos_id,
             pad_id: self.pad_id,
+            bos_token: self.bos_token.clone(),
         })
     }
 }

@@ -71,6 +71,10 @@ pub struct TokenizerInfo {
     pub eos_token: String,
     pub eos_id: u32,
     pub pad_id: u32,
+    /// The begin-of-text token the chat template was rendered with as `bos_token` (empty when
+    /// the source names none, and in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bos_token: String,
 }
 
 /// Rows in, rows out and rows dropped by reason for one stage. `rows_in == rows_out + sum(dropped)`.

@@ -83,13 +83,13 @@ pub fn save_checkpoint<B: AutodiffBackend>(
 
 pub const TRAINING_FILE: &str = "training.json";
 
-/// The tokenizer a trained model is saved with: the snapshot's, with the end-of-turn and padding
-/// tokens its manifest records. Read before training, so that a snapshot missing it fails then.
+/// The tokenizer a trained model is saved with: the snapshot's, with the end-of-turn, padding and
+/// begin tokens its manifest records. Read before training, so that a snapshot missing it fails then.
 pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::Result<ChatTokenizer> {
     let tok =
         ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), &info.eos_token, None)
             .with_context(|| format!("the tokenizer of snapshot {}", snapshot_dir.display()))?;
-    Ok(tok.with_pad_id(info.pad_id))
+    Ok(tok.with_pad_id(info.pad_id).with_bos_token(info.bos_token.clone()))
 }
 
 /// Where a trained model came from, written beside its weights (`final/training.json`): with the
