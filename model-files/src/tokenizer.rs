@@ -550,12 +550,9 @@ impl ChatTokenizer {
 
     /// Token counts of plain text: no template, no special tokens added (special tokens written in
     /// the text are still recognised).
-    pub fn count_tokens_batch(&self, texts: &[&str]) -> Vec<usize> {
-        texts
-            .par_iter()
-            // A text the tokenizer rejects has no length; usize::MAX makes any length bound drop it.
-            .map(|t| self.tokenizer.encode_fast(*t, false).map(|e| e.len()).unwrap_or(usize::MAX))
-            .collect()
+    /// A text the tokenizer rejects has no count but its error.
+    pub fn count_tokens_batch(&self, texts: &[&str]) -> Vec<Result<usize, String>> {
+        texts.par_iter().map(|t| self.tokenizer.encode_fast(*t, false).map(|e| e.len()).map_err(|e| e.to_string())).collect()
     }
 
     /// Text of `ids`, special tokens included.
@@ -690,7 +687,7 @@ mod tests {
     fn digits_are_split_individually() {
         let t = smol();
         assert_eq!(t.tokenizer().encode("12", false).unwrap().get_ids(), &[33, 34]);
-        assert_eq!(t.count_tokens_batch(&["12", "2024", "x = 1234567"]), vec![2, 4, 10]);
+        assert_eq!(t.count_tokens_batch(&["12", "2024", "x = 1234567"]), vec![Ok(2), Ok(4), Ok(10)]);
         let ids = t.tokenizer().encode("12345", false).unwrap().get_ids().to_vec();
         assert_eq!(ids.len(), 5);
         assert_eq!(t.decode(&ids), "12345");
@@ -810,7 +807,7 @@ mod tests {
         let texts: Vec<&str> = refs.iter().map(|(p, _)| *p).collect();
         let counts = t.count_tokens_batch(&texts);
         for (text, n) in texts.iter().zip(counts) {
-            assert_eq!(n, t.tokenizer().encode(*text, false).unwrap().len());
+            assert_eq!(n, Ok(t.tokenizer().encode(*text, false).unwrap().len()));
         }
     }
 

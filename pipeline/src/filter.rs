@@ -78,18 +78,24 @@ pub fn filter(
     check_patterns(cfg)?;
     let python_errors = if cfg.require_python_parses { python_syntax_errors(&examples)? } else { vec![None; examples.len()] };
     let texts: Vec<String> = examples.iter().map(|e| format!("{}\n{}", e.prompt, e.response)).collect();
-    let n_tokens = tok.count_tokens_batch(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    let counts = tok.count_tokens_batch(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    // A text the tokenizer rejects has no length: its row is dropped as `tokenize_error`.
+    let n_tokens: Vec<Option<usize>> = counts.iter().map(|c| c.as_ref().ok().copied()).collect();
 
     let batch = facts_batch(&examples, &n_tokens, &python_errors)?;
     let reasons = decide(batch, cfg, kind)?;
 
     let mut kept = Vec::with_capacity(examples.len());
     let mut dropped = vec![];
-    for ((ex, reason), py_err) in examples.into_iter().zip(reasons).zip(python_errors) {
+    for (((ex, reason), py_err), count) in examples.into_iter().zip(reasons).zip(python_errors).zip(counts) {
         match reason {
             None => kept.push(ex),
             Some(reason) => {
-                let detail = if reason == "python_syntax_error" { py_err.unwrap_or_default() } else { String::new() };
+                let detail = match reason.as_str() {
+                    "python_syntax_error" => py_err.unwrap_or_default(),
+                    "tokenize_error" => count.err().unwrap_or_default(),
+                    _ => String::new(),
+                };
                 dropped.push(Dropped::new(STAGE, &reason, &ex, detail));
             }
         }
@@ -97,14 +103,14 @@ pub fn filter(
     Ok((kept, dropped))
 }
 
-fn facts_batch(examples: &[Example], n_tokens: &[usize], python_errors: &[Option<String>]) -> anyhow::Result<RecordBatch> {
+fn facts_batch(examples: &[Example], n_tokens: &[Option<usize>], python_errors: &[Option<String>]) -> anyhow::Result<RecordBatch> {
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("idx", Arc::new((0..examples.len() as u32).collect::<UInt32Array>())),
         ("domain", Arc::new(examples.iter().map(|e| Some(e.domain.as_str())).collect::<StringArray>())),
         ("prompt", Arc::new(examples.iter().map(|e| Some(e.prompt.as_str())).collect::<StringArray>())),
         ("response", Arc::new(examples.iter().map(|e| Some(e.response.as_str())).collect::<StringArray>())),
         ("gold", Arc::new(examples.iter().map(|e| e.gold.as_deref()).collect::<StringArray>())),
-        ("n_tokens", Arc::new(n_tokens.iter().map(|&n| n as i64).collect::<Int64Array>())),
+        ("n_tokens", Arc::new(n_tokens.iter().map(|n| n.map(|n| n as i64)).collect::<Int64Array>())),
         ("python_ok", Arc::new(python_errors.iter().map(|e| Some(e.is_none())).collect::<BooleanArray>())),
     ];
     Ok(RecordBatch::try_from_iter(columns)?)
@@ -141,6 +147,7 @@ fn decide(batch: RecordBatch, cfg: &FilterConfig, kind: SnapshotKind) -> anyhow:
     if kind == SnapshotKind::Train {
         rules.push((blank(col("response")), "empty_response".into()));
     }
+    rules.push((col("n_tokens").is_null(), "tokenize_error".into()));
     rules.push((col("n_tokens").lt(lit(cfg.min_tokens as i64)), "too_few_tokens".into()));
     if let Some(max) = cfg.max_tokens {
         rules.push((col("n_tokens").gt(lit(max as i64)), "too_many_tokens".into()));
@@ -271,10 +278,11 @@ mod tests {
             ex("empty", Domain::Math, "  \n "),
             ex("code", Domain::Code, "x"),
             ex("spam", Domain::Math, "buy now #### 4"),
+            ex("untokenizable", Domain::Math, "buy now #### 4"),
         ];
         rows[3].prompt = "  ".into();
-        let n_tokens = vec![10, 10, 10, 10, 10];
-        let py = vec![None, None, None, None, None];
+        let n_tokens = vec![Some(10), Some(10), Some(10), Some(10), Some(10), None];
+        let py = vec![None, None, None, None, None, None];
         let batch = facts_batch(&rows, &n_tokens, &py).unwrap();
         let cfg = FilterConfig {
             exclude: vec![RegexRule { field: TextField::Response, pattern: "(?i)buy now".into() }],
@@ -288,7 +296,8 @@ mod tests {
                 Some("no_final_answer".into()),
                 Some("empty_response".into()),
                 Some("empty_prompt".into()),
-                Some("exclude_matched:(?i)buy now".into())
+                Some("exclude_matched:(?i)buy now".into()),
+                Some("tokenize_error".into())
             ]
         );
     }
@@ -298,7 +307,7 @@ mod tests {
         let mut rows = vec![ex("gold", Domain::Math, ""), ex("none", Domain::Math, ""), ex("blank", Domain::Math, "")];
         rows[0].gold = Some("3".into());
         rows[2].gold = Some(" \n".into());
-        let batch = facts_batch(&rows, &[10, 10, 10], &[None, None, None]).unwrap();
+        let batch = facts_batch(&rows, &[Some(10), Some(10), Some(10)], &[None, None, None]).unwrap();
         let reasons = decide(batch, &FilterConfig::default(), SnapshotKind::Prompts).unwrap();
         assert_eq!(reasons, vec![None, Some("no_final_answer".into()), Some("no_final_answer".into())]);
     }
