@@ -314,17 +314,23 @@ impl ChatTokenizer {
     /// Load the tokenizer of a Hugging Face model folder: `tokenizer.json`, the chat template
     /// from `chat_template.jinja` (transformers 5) or `tokenizer_config.json`'s `chat_template`
     /// (transformers 4; a list of named templates gives its `default`), and the end-of-turn,
-    /// begin and padding tokens from `tokenizer_config.json`.
+    /// begin and padding tokens from `tokenizer_config.json` (or `special_tokens_map.json`).
     pub fn from_hf_dir(dir: &Path, system_prompt: Option<String>) -> Result<Self> {
-        let config_path = dir.join(TOKENIZER_CONFIG_FILE);
-        let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", config_path.display())),
+        let read_json = |name: &str| -> Result<serde_json::Value> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Value::Null),
+                Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
         };
+        let config_path = dir.join(TOKENIZER_CONFIG_FILE);
+        let config = read_json(TOKENIZER_CONFIG_FILE)?;
+        // Older transformers 4 folders keep the special tokens in a file of their own.
+        let special_map = read_json("special_tokens_map.json")?;
         // A token is a string, or an AddedToken object with its text in `content`.
         let token = |key: &str| -> Option<String> {
-            let v = config.get(key)?;
+            let v = config.get(key).filter(|v| !v.is_null()).or_else(|| special_map.get(key))?;
             v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
         };
         let template_file = dir.join(TEMPLATE_FILE);
@@ -839,6 +845,12 @@ mod tests {
             {"name": "tool_use", "template": "unused"}, {"name": "default", "template": t.chat_template()}]});
         std::fs::write(&config, named.to_string()).unwrap();
         same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        // Tokens from special_tokens_map.json where tokenizer_config.json has none.
+        std::fs::write(&config, named.to_string().replace(r#""eos_token":"<|im_end|>","#, "")).unwrap();
+        assert!(ChatTokenizer::from_hf_dir(dir.path(), None).is_err());
+        std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"eos_token": {"content": "<|im_end|>"}}"#).unwrap();
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        std::fs::remove_file(dir.path().join("special_tokens_map.json")).unwrap();
         // No end-of-turn token, or one not in the vocabulary: errors naming the file.
         for bad in [r#"{"chat_template": "x"}"#, r#"{"chat_template": "x", "eos_token": "<|nope|>"}"#] {
             std::fs::write(&config, bad).unwrap();
