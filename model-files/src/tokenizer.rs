@@ -45,6 +45,10 @@ pub struct Encoded {
     pub loss_mask: Vec<u8>,
 }
 
+/// The usual end-of-text and end-of-turn tokens: generation stops on whichever the vocabulary
+/// has (`model::generate::stop_ids`), and text may not hold them.
+pub const END_TOKENS: [&str; 6] = ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"];
+
 /// Where a Hugging Face model folder keeps its tokens' roles and (transformers 4) chat template.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
@@ -60,9 +64,10 @@ pub struct ChatTokenizer {
     eos_id: u32,
     pad_id: u32,
     system_prompt: Option<String>,
-    /// The end-of-turn token's text and that of every special token the chat template writes
-    /// (role markers): text that a prompt or response may not hold, since it would be read as
-    /// the token and break the conversation's structure.
+    /// The texts of the end-of-turn token, of the special tokens the chat template writes (role
+    /// markers) and of the end-of-text, begin and padding tokens: text that a prompt or response
+    /// may not hold, since it would be read as the token and break the conversation's structure
+    /// or stop generation there.
     special_texts: Vec<String>,
 }
 
@@ -327,7 +332,10 @@ impl ChatTokenizer {
         let config_path = dir.join(TOKENIZER_CONFIG_FILE);
         let config = read_json(TOKENIZER_CONFIG_FILE)?;
         // Older transformers 4 folders keep the special tokens in a file of their own.
-        let special_map = read_json("special_tokens_map.json")?;
+        let special_map = read_json("special_tokens_map.json").unwrap_or_else(|e| {
+            tracing::warn!("{e:#}: its tokens are not used");
+            serde_json::Value::Null
+        });
         // A token is a string, or an AddedToken object with its text in `content`.
         let token = |key: &str| -> Option<String> {
             let v = config.get(key).filter(|v| !v.is_null()).or_else(|| special_map.get(key))?;
@@ -406,13 +414,16 @@ impl ChatTokenizer {
             bail!("the end-of-turn token is empty");
         }
         let env = build_environment(&template)?;
-        // Only those the template writes: SmolLM2 also marks `<filename>` special, which a prompt
-        // may well hold as text.
+        // The special tokens the template writes, those generation stops on, and the begin and
+        // padding tokens; not every special token: SmolLM2 also marks `<filename>` special, which
+        // a prompt may well hold as text.
+        let pad = tokenizer.id_to_token(pad_id);
         let mut special_texts: Vec<String> = tokenizer
             .get_added_tokens_decoder()
             .values()
-            .filter(|t| t.special && !t.content.is_empty() && template.contains(t.content.as_str()))
+            .filter(|t| t.special && !t.content.is_empty())
             .map(|t| t.content.clone())
+            .filter(|t| template.contains(t.as_str()) || END_TOKENS.contains(&t.as_str()) || *t == bos_token || Some(t) == pad.as_ref())
             .collect();
         special_texts.push(eos_token.clone());
         special_texts.sort();
@@ -492,10 +503,10 @@ impl ChatTokenizer {
         Ok((ids, offsets))
     }
 
-    /// Fails when `text` holds the text of the end-of-turn token or of a special token the
-    /// template writes (`<|im_end|>` in a scraped answer, a model's sampled `<|im_start|>`):
-    /// encoded, it would be that token, and the end-of-turn token would end the trained span part
-    /// way through the response.
+    /// Fails when `text` holds the text of one of the tokens `special_texts` lists
+    /// (`<|im_end|>` or `<|endoftext|>` in a scraped answer, a model's sampled
+    /// `<|im_start|>`): encoded, it would be that token, the end-of-turn token would end the
+    /// trained span part way through the response, and a stop token would be trained mid-answer.
     fn check_no_special_text(&self, field: &str, text: &str) -> Result<()> {
         let first = self.special_texts.iter().filter_map(|t| text.find(t.as_str()).map(|at| (at, t))).min();
         if let Some((at, token)) = first {
@@ -738,6 +749,9 @@ mod tests {
         // Which special token comes first in the text is the one named.
         let e = t.encode_chat("a <|im_start|> b <|im_end|>", "ok").unwrap_err().to_string();
         assert!(e.contains("prompt") && e.contains("<|im_start|>"), "{e}");
+        // An end-of-text token the template never writes: generation stops on it.
+        let e = t.encode_chat("q", "first <|endoftext|> then").unwrap_err().to_string();
+        assert!(e.contains("response") && e.contains("<|endoftext|>"), "{e}");
         let e = t.encode_prompt("<|im_start|>system").unwrap_err().to_string();
         assert!(e.contains("<|im_start|>"), "{e}");
         // Lookalikes are ordinary text, and so are special tokens the template does not write.

@@ -47,9 +47,7 @@ impl Completion {
 /// end of turn, end of message before a tool call, end of text).
 pub fn stop_ids(tok: &ChatTokenizer) -> Vec<u32> {
     let mut stop = vec![tok.eos_id()];
-    stop.extend(
-        ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"].iter().filter_map(|t| tok.token_to_id(t)),
-    );
+    stop.extend(model_files::tokenizer::END_TOKENS.iter().filter_map(|t| tok.token_to_id(t)));
     stop.sort_unstable();
     stop.dedup();
     stop

@@ -31,7 +31,8 @@ pub fn normalize(text: &str) -> String {
 /// (`char::is_alphanumeric`, plus combining marks so that scripts such as Devanagari are not cut
 /// inside a word). Everything else (punctuation, whitespace, LaTeX backslashes and braces,
 /// operators) only separates words, and digit groups joined by thousands commas are one number
-/// (`1,000` is `1000`, as `1000` is written without them).
+/// (`1,000` is `1000`, as `1000` is written without them), except inside brackets and in lists
+/// (see [`without_thousands_commas`]).
 ///
 /// So `coordinates.` and `coordinates` are the same word, `\frac{1}{2}` is `frac 1 2` and `2+2`
 /// is `2 2`: a benchmark question re-punctuated still matches. LaTeX command names stay words:
@@ -47,16 +48,18 @@ pub fn words(text: &str) -> Vec<String> {
 }
 
 /// `1,000,000` → `1000000`: one to three digits, then groups of exactly three after commas. Not
-/// inside brackets, where commas separate values (`[10,100,1000]`, `(123,456)`), nor in a run
-/// that a comma and a digit follow, which is a list (`1,000,2`).
+/// inside parentheses or square brackets, where commas separate values (`[10,100,1000]`,
+/// `(123,456)`), nor in a run that a comma and a digit follow, which is a list (`1,000,2`).
 fn without_thousands_commas(text: &[char]) -> Vec<char> {
     let digit = |i: usize| text.get(i).is_some_and(char::is_ascii_digit);
     let mut out = Vec::with_capacity(text.len());
     let (mut i, mut depth) = (0, 0i32);
     while i < text.len() {
+        // Braces are LaTeX grouping (`\boxed{1,000}`), not lists; a stray closing bracket (`1)`,
+        // `:)`) must not keep every later number apart.
         match text[i] {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth = (depth - 1).max(0),
             _ => {}
         }
         let starts = digit(i) && (i == 0 || !(digit(i - 1) || matches!(text[i - 1], '.' | ',')));
@@ -128,6 +131,8 @@ mod tests {
             ["10", "100", "1000", "123", "456", "1", "000", "2", "12345", "678"]
         );
         assert_eq!(words("0.5,000"), ["0", "5", "000"]);
+        // Braces group, they do not list; a stray `)` does not keep later numbers apart.
+        assert_eq!(words("\\boxed{1,000} 1) 2,000"), ["boxed", "1000", "1", "2000"]);
     }
 
     #[test]

@@ -164,8 +164,9 @@ fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: Roll
 /// The field names a file from another engine is read with. Without `fields`, the defaults. With
 /// it, the keys it gives, and the finish reason and sample index under their default names unless
 /// it names them or uses those names for another key: a map that renames only the id, prompt and
-/// completion must still see truncated samples (for `drop_truncated`). Gold and tests are not
-/// defaulted, so that leaving them out still takes them from the questions snapshot.
+/// completion must still see truncated samples (for `drop_truncated`). A file's gold and tests
+/// columns are read only when the map names them (a line without them takes them from the
+/// questions snapshot either way).
 fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     let defaults = FieldMap {
         id: Some("question_id".into()),
@@ -193,6 +194,9 @@ fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
             }
         }
     };
+    if f.finish.is_some() && f.finish == f.sample {
+        bail!("source `{}`: `fields.finish` and `fields.sample` both name `{}`", source.name, f.finish.as_deref().unwrap_or_default());
+    }
     if f.id.is_none() || f.response.is_none() {
         bail!("source `{}`: a rollouts file needs `fields.id` (the question id) and `fields.response` (the completion)", source.name);
     }

@@ -367,7 +367,8 @@ fn remove_leftovers(parent: &Path, name: &str, out: &Path) {
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if !(old && !out.exists() && std::fs::rename(entry.path(), out).is_ok()) {
+        // `symlink_metadata`, not `exists`: a dangling link at `out` is not a missing folder.
+        if !(old && std::fs::symlink_metadata(out).is_err() && std::fs::rename(entry.path(), out).is_ok()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -89,6 +89,13 @@ pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::
     let tok =
         ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), &info.eos_token, None)
             .with_context(|| format!("the tokenizer of snapshot {}", snapshot_dir.display()))?;
+    if info.bos_token.is_empty() && tok.chat_template().contains("bos_token") {
+        // Snapshots from before the begin token was recorded: transformers will render it empty.
+        tracing::warn!(
+            "snapshot {} does not record the begin token its template writes as `bos_token`; final/'s tokenizer_config.json will lack it (rebuild the snapshot to record it)",
+            snapshot_dir.display()
+        );
+    }
     Ok(tok.with_pad_id(info.pad_id).with_bos_token(info.bos_token.clone()))
 }
 
@@ -110,7 +117,7 @@ pub struct Provenance {
 
 /// The trained model as a Hugging Face folder at `dir`, with the tokenizer and chat template of
 /// the snapshot it was trained on (`tokenizer.json`, `chat_template.jinja`, and a
-/// `tokenizer_config.json` naming the end-of-turn and padding tokens, which transformers 4 and
+/// `tokenizer_config.json` naming the end-of-turn, padding and begin tokens, which transformers 4 and
 /// 5 and `trainer generate` read) and its [`Provenance`].
 pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, provenance: &Provenance) -> anyhow::Result<()> {
     publish_dir(dir, |tmp| {
