@@ -105,3 +105,23 @@ fn qwen2_with_biases_and_untied_head_matches_transformers() {
     let d = max_diff(&m, "qwen2-untied");
     assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
 }
+
+#[test]
+fn the_context_bounds_the_longest_packed_example_not_the_row() {
+    // 512 positions; a 2048-token row of short examples is fine, a 513-token example is not.
+    let m = load("llama3-tied");
+    assert_eq!(m.config.max_position_embeddings, 512);
+    let packed = |lens: &[usize]| Row {
+        input_ids: vec![1; 2048],
+        loss_mask: vec![0; 2048],
+        position_ids: lens.iter().flat_map(|&n| 0..n as i32).chain(std::iter::repeat(0)).take(2048).collect(),
+        segment_ids: vec![1; 2048],
+        ref_logprobs: None,
+    };
+    let short = packed(&[500, 512, 512, 300]);
+    assert_eq!(short.longest_example(), 512);
+    m.check_context(short.longest_example()).unwrap();
+    let long = packed(&[513, 100]);
+    let e = m.check_context(long.longest_example()).unwrap_err().to_string();
+    assert!(e.contains("an example of 513 tokens") && e.contains("context of 512"), "{e}");
+}
