@@ -392,7 +392,7 @@ class Check:
         shutil.rmtree(out, ignore_errors=True)
         path = os.path.join(self.work, name + ".yaml")
         with open(path, "w") as f:
-            f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(os.path.abspath(self.args.snapshot))}\n"
+            f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(self.args.snapshot)}\n"
                     f"output_dir: {json.dumps(out)}\nloss: dft\nlr: 1.0e-4\nbatch_tokens: {micro * 2048}\n"
                     f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n"
                     f"recompute: {'true' if recompute else 'false'}\n")

@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::Manifest;
 use schemas::prompts::load_prompts;
-use schemas::snapshot::{TEMPLATE_FILE, TOKENIZER_FILE};
 use std::path::{Path, PathBuf};
 
 pub use schemas::prompts::Prompt;
@@ -62,11 +61,15 @@ pub fn expand_all(benches: &[String], eval_dir: &Path) -> anyhow::Result<Vec<Str
 
 /// Reads and verifies an evaluation snapshot named by `bench` (see [`snapshot_dir`]).
 pub fn load_benchmark(bench: &str, eval_dir: &Path) -> anyhow::Result<Benchmark> {
-    let dir = snapshot_dir(bench, eval_dir)?;
+    load_benchmark_dir(&snapshot_dir(bench, eval_dir)?)
+}
+
+/// Reads and verifies the prompts snapshot in `dir`, a folder given as such (no name lookup).
+pub fn load_benchmark_dir(dir: &Path) -> anyhow::Result<Benchmark> {
+    let dir = dir.to_path_buf();
     let (manifest, prompts) = load_prompts(&dir)?;
-    let tokenizer =
-        ChatTokenizer::from_tokenizer_json(&dir.join(TOKENIZER_FILE), &dir.join(TEMPLATE_FILE), &manifest.tokenizer.eos_token, None)?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| bench.to_string());
+    let tokenizer = ChatTokenizer::from_snapshot(&dir, &manifest.tokenizer)?;
+    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Benchmark { name, dir, manifest, prompts, tokenizer })
 }
 

@@ -19,7 +19,7 @@ use crate::gguf::Gguf;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use schemas::manifest::TokenizerInfo;
-use schemas::snapshot::TEMPLATE_FILE;
+use schemas::snapshot::{TEMPLATE_FILE, TOKENIZER_FILE};
 use std::path::Path;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
@@ -48,6 +48,11 @@ pub struct Encoded {
 /// The usual end-of-text and end-of-turn tokens: generation stops on whichever the vocabulary
 /// has (`model::generate::stop_ids`), and text may not hold them.
 pub const END_TOKENS: [&str; 6] = ["<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"];
+
+/// A Hugging Face `tokenizer.json`, with an error naming the file.
+fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", path.display()))
+}
 
 /// Where a Hugging Face model folder keeps its tokens' roles and (transformers 4) chat template.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
@@ -297,23 +302,56 @@ impl ChatTokenizer {
         eos_token: &str,
         system_prompt: Option<String>,
     ) -> Result<Self> {
-        let tokenizer =
-            Tokenizer::from_file(tokenizer_json).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
+        Self::from_files(tokenizer_json, chat_template, eos_token, None, String::new(), system_prompt)
+    }
+
+    /// The tokenizer a snapshot was built with: the `tokenizer.json` and chat template it keeps
+    /// beside its shards, with the end-of-turn, padding and begin tokens its manifest records.
+    pub fn from_snapshot(dir: &Path, info: &TokenizerInfo) -> Result<Self> {
+        let (json, template) = (dir.join(TOKENIZER_FILE), dir.join(TEMPLATE_FILE));
+        Self::from_files(&json, &template, &info.eos_token, Some(info.pad_id), info.bos_token.clone(), None)
+            .with_context(|| format!("the tokenizer of snapshot {}", dir.display()))
+    }
+
+    /// `tokenizer.json` + template file; the padding token defaults to the file's, else eos.
+    fn from_files(
+        tokenizer_json: &Path,
+        chat_template: &Path,
+        eos_token: &str,
+        pad_id: Option<u32>,
+        bos_token: String,
+        system_prompt: Option<String>,
+    ) -> Result<Self> {
+        let tokenizer = load_tokenizer_json(tokenizer_json)?;
         let template =
             std::fs::read_to_string(chat_template).with_context(|| format!("cannot read chat template {}", chat_template.display()))?;
+        Self::with_tokenizer(tokenizer, tokenizer_json, template, eos_token, pad_id, bos_token, system_prompt)
+    }
+
+    /// A loaded `tokenizer.json` (read from `source`) with its template and tokens; the padding
+    /// token defaults to the file's, else eos.
+    fn with_tokenizer(
+        tokenizer: Tokenizer,
+        source: &Path,
+        template: String,
+        eos_token: &str,
+        pad_id: Option<u32>,
+        bos_token: String,
+        system_prompt: Option<String>,
+    ) -> Result<Self> {
         let eos_id = tokenizer
             .token_to_id(eos_token)
-            .ok_or_else(|| anyhow!("{}: eos token {eos_token:?} is not in the vocabulary", tokenizer_json.display()))?;
+            .ok_or_else(|| anyhow!("{}: eos token {eos_token:?} is not in the vocabulary", source.display()))?;
         if !tokenizer.get_added_tokens_decoder().get(&eos_id).is_some_and(|t| t.special) {
             // Not an error: a plain vocabulary token still works if the template text tokenizes
             // to it, which the encode-time checks verify.
             tracing::warn!(
                 "{}: eos token {eos_token:?} is not a special added token; it may be split when it appears in text",
-                tokenizer_json.display()
+                source.display()
             );
         }
-        let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(eos_id);
-        Self::new(tokenizer, template, String::new(), eos_token.to_string(), eos_id, pad_id, system_prompt)
+        let pad_id = pad_id.or_else(|| tokenizer.get_padding().map(|p| p.pad_id)).unwrap_or(eos_id);
+        Self::new(tokenizer, template, bos_token, eos_token.to_string(), eos_id, pad_id, system_prompt)
     }
 
     /// Load the tokenizer of a Hugging Face model folder: `tokenizer.json`, the chat template
@@ -362,26 +400,44 @@ impl ChatTokenizer {
         let eos = token("eos_token").with_context(|| {
             format!("{}: no `eos_token`, the end-of-turn token the loss mask and generation need", config_path.display())
         })?;
-        let tokenizer_json = dir.join("tokenizer.json");
-        let tokenizer =
-            Tokenizer::from_file(&tokenizer_json).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", tokenizer_json.display()))?;
-        let id =
-            |t: &str| tokenizer.token_to_id(t).with_context(|| format!("{}: token {t:?} is not in the vocabulary", config_path.display()));
-        let eos_id = id(&eos)?;
+        let tokenizer = load_tokenizer_json(&dir.join(TOKENIZER_FILE))?;
         let pad_id = match token("pad_token") {
-            Some(p) => id(&p)?,
-            None => tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(eos_id),
+            Some(p) => Some(
+                tokenizer.token_to_id(&p).with_context(|| format!("{}: token {p:?} is not in the vocabulary", config_path.display()))?,
+            ),
+            None => None,
         };
-        Self::new(tokenizer, template, token("bos_token").unwrap_or_default(), eos, eos_id, pad_id, system_prompt)
+        Self::with_tokenizer(tokenizer, &config_path, template, &eos, pad_id, token("bos_token").unwrap_or_default(), system_prompt)
     }
 
-    /// Writes this tokenizer into a Hugging Face model folder: `tokenizer.json`,
-    /// `chat_template.jinja` (transformers 5) and `tokenizer_config.json` (see
-    /// [`ChatTokenizer::hf_tokenizer_config`]), each atomically.
+    /// Writes this tokenizer into a Hugging Face model folder being published (by
+    /// `schemas::snapshot::publish_dir`, which syncs and renames the whole folder):
+    /// `tokenizer.json`, `chat_template.jinja` (transformers 5) and `tokenizer_config.json` (see
+    /// [`ChatTokenizer::hf_tokenizer_config`]).
     pub fn save_hf_files(&self, dir: &Path) -> Result<()> {
-        schemas::write_atomic(&dir.join("tokenizer.json"), self.tokenizer_json().as_bytes())?;
-        schemas::write_atomic(&dir.join(TEMPLATE_FILE), self.template.as_bytes())?;
-        schemas::write_atomic(&dir.join(TOKENIZER_CONFIG_FILE), self.hf_tokenizer_config().as_bytes())
+        for (name, text) in [
+            (TOKENIZER_FILE, self.tokenizer_json()),
+            (TEMPLATE_FILE, self.template.clone()),
+            (TOKENIZER_CONFIG_FILE, self.hf_tokenizer_config()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The tokenizer that travels with a model: a GGUF's own, else the `tokenizer.json` (with a
+    /// chat template) of a Hugging Face folder, or of the folder a lone `.safetensors` file is
+    /// in. None when that folder has no `tokenizer.json`.
+    pub fn for_model(model: &Path, system_prompt: Option<String>) -> Result<Option<Self>> {
+        if crate::checkpoint::is_gguf(model) {
+            return Self::from_gguf(model, system_prompt, None).map(Some);
+        }
+        let dir = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new(".")) };
+        if !dir.join(TOKENIZER_FILE).exists() {
+            return Ok(None);
+        }
+        Self::from_hf_dir(dir, system_prompt).map(Some)
     }
 
     /// `tokenizer_config.json` for a model folder this tokenizer's model is saved in, so that
@@ -429,20 +485,6 @@ impl ChatTokenizer {
         special_texts.sort();
         special_texts.dedup();
         Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, special_texts })
-    }
-
-    /// The same tokenizer with another padding token (a snapshot's manifest records the one it
-    /// was built with; `tokenizer.json` alone may not say).
-    pub fn with_pad_id(mut self, pad_id: u32) -> Self {
-        self.pad_id = pad_id;
-        self
-    }
-
-    /// The same tokenizer with the text its chat template gets as `bos_token` (`tokenizer.json`
-    /// does not say which token that is).
-    pub fn with_bos_token(mut self, bos_token: String) -> Self {
-        self.bos_token = bos_token;
-        self
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -21,13 +21,14 @@ pub fn choose(logits: &[f32], params: &Sampling, rng: &mut SplitMix64) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
-    assert!(!logits.iter().any(|x| x.is_nan()), "{NAN_LOGITS}");
     // Candidates in descending logit order (ties by id, so the order is a pure function of the
     // logits), cut to top-k. Tokens below e^-40 of the most likely one are left out before
     // sorting: their mass together is under vocab · 4e-18 (2e-13 for 50k tokens), below what
     // the f64 draw resolves, and sorting the whole vocabulary for every token cost more than
     // the model's step at batch 32.
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // One pass finds the maximum and any NaN (which `f32::max` would skip).
+    let (max, nan) = logits.iter().fold((f32::NEG_INFINITY, false), |(m, nan), &x| (m.max(x), nan || x.is_nan()));
+    assert!(!nan, "{NAN_LOGITS}");
     let floor = max - 40.0 * params.temperature;
     let mut order: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize] >= floor).collect();
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));

@@ -5,14 +5,13 @@
 //! Hugging Face folder has them.
 
 use crate::optim::AdamW;
-use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use model::Llama;
 use model_files::checkpoint::save_hf;
 use model_files::safetensors::write_safetensors;
 use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::TokenizerInfo;
-use schemas::snapshot::{publish_dir, TEMPLATE_FILE, TOKENIZER_FILE};
+use schemas::snapshot::publish_dir;
 use schemas::train::TrainRecipe;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -83,12 +82,10 @@ pub fn save_checkpoint<B: AutodiffBackend>(
 
 pub const TRAINING_FILE: &str = "training.json";
 
-/// The tokenizer a trained model is saved with: the snapshot's, with the end-of-turn, padding and
-/// begin tokens its manifest records. Read before training, so that a snapshot missing it fails then.
+/// The tokenizer a trained model is saved with: the snapshot's ([`ChatTokenizer::from_snapshot`]).
+/// Read before training, so that a snapshot missing it fails then.
 pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::Result<ChatTokenizer> {
-    let tok =
-        ChatTokenizer::from_tokenizer_json(&snapshot_dir.join(TOKENIZER_FILE), &snapshot_dir.join(TEMPLATE_FILE), &info.eos_token, None)
-            .with_context(|| format!("the tokenizer of snapshot {}", snapshot_dir.display()))?;
+    let tok = ChatTokenizer::from_snapshot(snapshot_dir, info)?;
     if info.bos_token.is_empty() && tok.chat_template().contains("bos_token") {
         // Snapshots from before the begin token was recorded: transformers will render it empty.
         tracing::warn!(
@@ -96,7 +93,7 @@ pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::
             snapshot_dir.display()
         );
     }
-    Ok(tok.with_pad_id(info.pad_id).with_bos_token(info.bos_token.clone()))
+    Ok(tok)
 }
 
 /// Where a trained model came from, written beside its weights (`final/training.json`): with the

@@ -431,17 +431,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json, device } => {
             device_ready(device)?;
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
-            let tok = if tok_source.is_dir() {
-                model_files::tokenizer::ChatTokenizer::from_hf_dir(&tok_source, system)
-            } else {
-                model_files::tokenizer::ChatTokenizer::from_gguf(&tok_source, system, None)
-            }
-            .with_context(|| {
-                format!(
-                    "reading tokenizer and chat template from {} (a folder without them can take --tokenizer FILE.gguf or FOLDER)",
-                    tok_source.display()
-                )
-            })?;
+            let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, system)
+                .and_then(|t| t.ok_or_else(|| anyhow::anyhow!("no tokenizer.json beside the model")))
+                .with_context(|| {
+                    format!(
+                        "reading tokenizer and chat template from {} (a model without them can take --tokenizer FILE.gguf or FOLDER)",
+                        tok_source.display()
+                    )
+                })?;
             let m = load_generator(&model, device)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
@@ -682,22 +679,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { model, out } => {
-            use model_files::tokenizer::ChatTokenizer;
             if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
                 anyhow::bail!("{} is not empty: choose another --out, or remove it first", out.display());
             }
             let ckpt = model_files::checkpoint::load(&model)?;
-            // The tokenizer travels with the weights: a GGUF holds it, a folder (or the folder
-            // of a lone .safetensors file) may.
-            let folder = if model.is_dir() { Some(model.clone()) } else { model.parent().map(std::path::Path::to_path_buf) };
-            let tok = match folder.filter(|_| !model_files::checkpoint::is_gguf(&model)) {
-                None => Some(ChatTokenizer::from_gguf(&model, None, None)),
-                Some(dir) if dir.join("tokenizer.json").exists() => Some(ChatTokenizer::from_hf_dir(&dir, None)),
-                Some(_) => None,
-            };
             // The weights are the export; a tokenizer that cannot be read (a base model without a
             // chat template) is left out with a word, as it was before exports carried one.
-            let tok = tok.and_then(|t| t.map_err(|e| tracing::warn!("{}: the export has no tokenizer: {e:#}", model.display())).ok());
+            let tok = model_files::tokenizer::ChatTokenizer::for_model(&model, None).unwrap_or_else(|e| {
+                tracing::warn!("{}: the export has no tokenizer: {e:#}", model.display());
+                None
+            });
             schemas::snapshot::publish_dir(&out, |tmp| {
                 model_files::checkpoint::save_hf(tmp, &ckpt)?;
                 tok.as_ref().map_or(Ok(()), |t| t.save_hf_files(tmp))
@@ -847,18 +838,17 @@ fn eval_on(
             } else {
                 None
             };
-            match (why, benches.iter().find(|b| b.name == x.bench)) {
-                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id && stop_ids(&b.tokenizer) == x.stop_ids => {
-                    reusable.push(x.clone())
-                }
-                (None, Some(b)) if b.manifest.snapshot_id == x.snapshot_id => eprintln!(
-                    "{}: evaluating again: its results ended completions on stop ids {:?}, this run's are {:?}",
-                    x.bench,
-                    x.stop_ids,
-                    stop_ids(&b.tokenizer)
+            let named = benches.iter().find(|b| b.name == x.bench);
+            // This run's stops for a benchmark it names on the same snapshot.
+            let stops = named.filter(|b| b.manifest.snapshot_id == x.snapshot_id).map(|b| stop_ids(&b.tokenizer));
+            match (why, named, stops) {
+                (None, Some(_), Some(stops)) if stops == x.stop_ids => reusable.push(x.clone()),
+                (None, Some(_), Some(stops)) => eprintln!(
+                    "{}: evaluating again: its results ended completions on stop ids {:?}, this run's are {stops:?}",
+                    x.bench, x.stop_ids
                 ),
-                (None, None) => kept.push(x.clone()),
-                (Some(why), None) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
+                (None, None, _) => kept.push(x.clone()),
+                (Some(why), None, _) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
                 // Named by this run: evaluated again.
                 _ => {}
             }

@@ -18,7 +18,7 @@
 
 use crate::journal::WorkDir;
 use anyhow::{bail, Context};
-use eval::benchmark::{load_benchmark, Prompt};
+use eval::benchmark::{load_benchmark_dir, Prompt};
 use eval::evaluate::{check_vocab, generate_samples};
 use model::generate::{stop_ids, Finish, Generator};
 use model::sampling::Sampling;
@@ -90,7 +90,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     anyhow::ensure!(opts.samples >= 1, "--samples must be at least 1");
     Sampling::check_temperature(s.temperature).map_err(|e| anyhow::anyhow!("--{e}"))?;
     Sampling::check_top_p(s.top_p).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    let bench = load_benchmark(&opts.prompts.to_string_lossy(), Path::new(""))?;
+    let bench = load_benchmark_dir(&opts.prompts)?;
     check_training_questions(&opts.prompts, &bench.manifest)?;
     let n = opts.limit.unwrap_or(usize::MAX).min(bench.prompts.len());
     let questions = &bench.prompts[..n];

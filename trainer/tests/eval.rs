@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{model_path, repo};
+use common::{build_snapshot, model_path, repo};
 use eval::report::Summary;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,11 +22,7 @@ fn one_prompt(dir: &Path, name: &str, first: usize) -> PathBuf {
          tokenizer: {{gguf: {}}}\n",
         model_path().display()
     );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, recipe).unwrap();
-    let out = dir.join(name);
-    pipeline::build::build(&path, &out, false).unwrap();
-    out
+    build_snapshot(dir, name, &recipe)
 }
 
 fn eval(benches: &[&Path], out: &Path, extra: &[&str]) -> (bool, String) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{model_path, repo};
+use common::{build_snapshot, model_path, repo};
 use schemas::generation::Finish;
 use schemas::rollouts::load_rollouts;
 use std::path::{Path, PathBuf};
@@ -30,11 +30,7 @@ fn questions(dir: &Path) -> PathBuf {
         recipes = repo().join("datasets/recipes").display(),
         model = model_path().display()
     );
-    let path = dir.join("q.yaml");
-    std::fs::write(&path, recipe).unwrap();
-    let out = dir.join("q");
-    pipeline::build::build(&path, &out, false).unwrap();
-    out
+    build_snapshot(dir, "q", &recipe)
 }
 
 /// The bytes that define a snapshot: manifest and shards (not `timings.json`).

@@ -24,6 +24,11 @@ pub fn gsm8k_snapshot(dir: &Path, name: &str, examples: usize, extra: &str) -> P
         "name: {name}\nseed: 1\nsources:\n  - {{name: gsm, path: gsm.jsonl, format: gsm8k}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\n{extra}",
         model_path().display()
     );
+    build_snapshot(dir, name, &recipe)
+}
+
+/// Writes `recipe` to `dir/<name>.yaml` and builds it into `dir/<name>`.
+pub fn build_snapshot(dir: &Path, name: &str, recipe: &str) -> PathBuf {
     let recipe_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&recipe_path, recipe).unwrap();
     let out = dir.join(name);
