@@ -12,7 +12,7 @@ RUNS ?= runs
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPSHOTS ?= snapshots
 
-.PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export check-llama-cpp rft probs clean
+.PHONY: all build build-cuda gpu-bundle gpu-check gpu-check-cpu model data data-eval score train eval test bench bench-data bench-train bench-generate check-export check-llama-cpp rft probs curves clean
 
 all: data
 
@@ -91,6 +91,14 @@ PROBS_ROWS ?= 8
 PROBS_OUT ?= bench-out/probs.png
 probs: build model $(SNAPSHOTS)/default/manifest.json
 	$(TRAINER) probs $(foreach m,$(MODELS),--model $(m)) --snapshot $(SNAPSHOTS)/default --rows $(PROBS_ROWS) --out $(PROBS_OUT)
+
+# Training curves of the SFT / DFT runs of `make train` that exist, overlaid (each run also keeps
+# its own as runs/LOSS/curves.png).
+CURVES_RUNS ?= $(patsubst %/metrics.jsonl,%,$(wildcard $(RUNS)/dft/metrics.jsonl $(RUNS)/sft/metrics.jsonl))
+CURVES_OUT ?= bench-out/curves.png
+curves: build
+	@test -n "$(CURVES_RUNS)" || { echo "no run to draw: make train (LOSS=sft for the SFT run) first" >&2; exit 1; }
+	$(TRAINER) curves $(CURVES_RUNS) --out $(CURVES_OUT)
 
 # Evaluate the model from `make train` (runs/$(LOSS)/final), or the base model when there is none,
 # on a stated subset that finishes on 2 CPU cores in minutes: the first $(EVAL_LIMIT) prompts of

@@ -1,9 +1,10 @@
-//! A small raster chart: grouped-bar histograms drawn into an RGB canvas and written as PNG.
+//! Small raster charts drawn into an RGB canvas and written as PNG: grouped-bar histograms
+//! ([`BarChart`]) and panels of line series sharing one legend ([`LineFigure`], training curves).
 //!
 //! Text is rasterised from DejaVu Sans (bundled in `eval/assets/`, Bitstream Vera license)
-//! with `ab_glyph`; everything else is axis-aligned rectangles. Integer pixel geometry and a
-//! fixed PNG encoder configuration make the output a pure function of the chart: the same
-//! chart gives the same bytes.
+//! with `ab_glyph`; bars are axis-aligned rectangles, lines and markers are anti-aliased by their
+//! distance to each pixel centre. A fixed PNG encoder configuration makes the output a pure
+//! function of the chart: the same chart gives the same bytes.
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use std::sync::OnceLock;
@@ -177,6 +178,25 @@ impl Canvas {
                 let px = x - m.ascent as i64 + my as i64;
                 let py = cy + m.width as i64 / 2 - mx as i64;
                 self.blend(px, py, color, m.alpha[my * m.width + mx]);
+            }
+        }
+    }
+
+    /// An anti-aliased line `width` pixels wide from `a` to `b` (pixel-centre coordinates) with
+    /// round ends, so that consecutive segments of a polyline join without gaps. A pixel's
+    /// opacity is how far its centre lies inside the line, clamped to [0, 1].
+    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), width: f64, color: Rgb) {
+        let r = width / 2.0;
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        let len2 = dx * dx + dy * dy;
+        let (xs, xe) = ((a.0.min(b.0) - r - 1.0).floor() as i64, (a.0.max(b.0) + r + 1.0).ceil() as i64);
+        let (ys, ye) = ((a.1.min(b.1) - r - 1.0).floor() as i64, (a.1.max(b.1) + r + 1.0).ceil() as i64);
+        for y in ys.max(0)..=ye.min(self.height as i64 - 1) {
+            for x in xs.max(0)..=xe.min(self.width as i64 - 1) {
+                let (px, py) = (x as f64, y as f64);
+                let t = if len2 > 0.0 { (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
+                let d = (px - a.0 - t * dx).hypot(py - a.1 - t * dy);
+                self.blend(x, y, color, (r + 0.5 - d).clamp(0.0, 1.0) as f32);
             }
         }
     }
@@ -393,6 +413,175 @@ impl BarChart {
     }
 }
 
+/// Nice ticks spanning `[lo, hi]`: steps of 1, 2 or 5 × 10^k, the first at or below `lo` and
+/// the last at or above `hi`, 4 to 8 of them. A flat range is widened around its value (by a
+/// tenth of it, or by 1 around 0), so a constant series is drawn mid-panel.
+pub fn range_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        let pad = if lo == 0.0 { 1.0 } else { lo.abs() / 10.0 };
+        (lo - pad, hi + pad)
+    };
+    let raw = (hi - lo) / 6.0;
+    // k × 10^e computed as k / 10^-e for negative e: integers and powers of ten up to 10^22 are
+    // exact, so a tick is the float nearest its decimal (5e-5, not 4.9999999999999996e-5).
+    let e = raw.log10().floor() as i32;
+    let scale = |k: f64| if e >= 0 { k * 10f64.powi(e) } else { k / 10f64.powi(-e) };
+    let m = [1.0, 2.0, 5.0, 10.0].into_iter().find(|&m| scale(m) >= raw * (1.0 - 1e-9)).unwrap_or(10.0);
+    let step = scale(m);
+    let first = (lo / step + 1e-9).floor() as i64;
+    let last = (hi / step - 1e-9).ceil() as i64;
+    (first..=last.max(first + 1)).map(|i| scale(i as f64 * m)).collect()
+}
+
+/// An axis label: plain with the decimals the step needs, or in scientific notation for steps
+/// below 0.001 (learning rates: `5e-5`, `2.5e-5`) and values of a million or more.
+fn axis_label(v: f64, step: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if step >= 1e-3 && v.abs() < 1e6 {
+        return tick_label(v, step);
+    }
+    let digits = (v.abs().log10().floor() - step.log10().floor()).clamp(0.0, 3.0) as usize;
+    let s = format!("{v:.digits$e}");
+    // `2.50e-5` → `2.5e-5`: trailing zeros of the mantissa say nothing.
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+        _ => s,
+    }
+}
+
+/// One panel of a [`LineFigure`]: a title and, per series of the figure (same order, same
+/// colour), its points `(x, y)`. Non-finite points are left out, breaking the line there.
+#[derive(Clone, Debug)]
+pub struct LinePanel {
+    pub title: String,
+    pub series: Vec<Vec<(f64, f64)>>,
+}
+
+/// Panels of line charts in a grid, sharing the x label and a legend below them: training
+/// curves of one or more runs, one panel per quantity.
+#[derive(Clone, Debug)]
+pub struct LineFigure {
+    pub title: String,
+    pub subtitle: String,
+    pub x_label: String,
+    /// Per series: label and a note after it (summary numbers).
+    pub legend: Vec<(String, String)>,
+    pub panels: Vec<LinePanel>,
+    pub columns: usize,
+    pub panel_width: usize,
+    pub panel_height: usize,
+}
+
+/// Where a panel was drawn: its plot area, axis ranges and each series' points in pixels
+/// (`None` for a point left out).
+#[derive(Clone, Debug)]
+pub struct PanelLayout {
+    pub plot: Rect,
+    pub x_range: (f64, f64),
+    pub y_range: (f64, f64),
+    pub points: Vec<Vec<Option<(i64, i64)>>>,
+}
+
+/// Space above the panels for the title and subtitle.
+const FIGURE_HEADER: i64 = 78;
+/// Markers are drawn on series with at most this many points; denser ones are lines alone.
+const MARKERS_UP_TO: usize = 60;
+
+impl LineFigure {
+    pub fn render(&self) -> (Canvas, Vec<PanelLayout>) {
+        let cols = self.columns.max(1);
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        let (pw, ph) = (self.panel_width as i64, self.panel_height as i64);
+        let legend_top = FIGURE_HEADER + rows as i64 * ph + 8;
+        let width = (cols as i64 * pw) as usize;
+        let height = (legend_top + LEGEND_ROW * self.legend.len() as i64 + 12) as usize;
+        let mut c = Canvas::new(width, height, WHITE);
+        c.text(&self.title, width as i64 / 2, 34, TITLE_PX, TEXT, Align::Center);
+        c.text(&self.subtitle, width as i64 / 2, 60, SUBTITLE_PX, [85, 85, 85], Align::Center);
+        let layouts = self
+            .panels
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.panel(&mut c, p, (i % cols) as i64 * pw, FIGURE_HEADER + (i / cols) as i64 * ph))
+            .collect();
+        let note_x = 40 + 38 + self.legend.iter().map(|(l, _)| text_width(l, LEGEND_PX) as i64).max().unwrap_or(0) + 16;
+        for (s, (label, note)) in self.legend.iter().enumerate() {
+            let top = legend_top + s as i64 * LEGEND_ROW;
+            let color = PALETTE[s % PALETTE.len()];
+            c.line((40.0, (top + 11) as f64), (68.0, (top + 11) as f64), 3.0, color);
+            c.text(label, 78, top + 16, LEGEND_PX, TEXT, Align::Start);
+            c.text(note, note_x, top + 16, LEGEND_PX, [70, 70, 70], Align::Start);
+        }
+        (c, layouts)
+    }
+
+    /// One panel with its top-left corner at `(left, top)`.
+    fn panel(&self, c: &mut Canvas, p: &LinePanel, left: i64, top: i64) -> PanelLayout {
+        let (x0, x1) = (left + 78, left + self.panel_width as i64 - 22);
+        let (y0, y1) = (top + 34, top + self.panel_height as i64 - 52);
+        c.text(&p.title, (x0 + x1) / 2, top + 22, LABEL_PX, TEXT, Align::Center);
+        let finite = |s: &Vec<(f64, f64)>| s.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect::<Vec<_>>();
+        let all: Vec<(f64, f64)> = p.series.iter().flat_map(finite).collect();
+        let bounds = |f: fn(&(f64, f64)) -> f64| {
+            let lo = all.iter().map(f).fold(f64::INFINITY, f64::min);
+            let hi = all.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
+            if lo.is_finite() {
+                (lo, hi)
+            } else {
+                (0.0, 1.0)
+            }
+        };
+        let ((xa, xb), (ya, yb)) = (bounds(|p| p.0), bounds(|p| p.1));
+        let mut xt = range_ticks(xa, xb);
+        if xt[1] - xt[0] < 1.0 && all.iter().all(|p| p.0.fract() == 0.0) {
+            // Steps are whole: no tick between two of them.
+            xt = (xa.floor() as i64..=(xb.ceil() as i64).max(xa.floor() as i64 + 1)).map(|v| v as f64).collect();
+        }
+        let yt = range_ticks(ya, yb);
+        let (xlo, xhi) = (xt[0], xt[xt.len() - 1]);
+        let (ylo, yhi) = (yt[0], yt[yt.len() - 1]);
+        let x_of = |v: f64| x0 as f64 + (v - xlo) / (xhi - xlo) * (x1 - x0 - 1) as f64;
+        let y_of = |v: f64| (y1 - 1) as f64 - (v - ylo) / (yhi - ylo) * (y1 - y0 - 1) as f64;
+        let (xstep, ystep) = (xt[1] - xt[0], yt[1] - yt[0]);
+        for &v in &yt {
+            let y = y_of(v).round() as i64;
+            c.fill_rect(x0, y, x1, y + 1, GRID);
+            c.fill_rect(x0 - 5, y, x0, y + 1, AXIS);
+            c.text(&axis_label(v, ystep), x0 - 9, y + 5, TICK_PX, TEXT, Align::End);
+        }
+        for &v in &xt {
+            let x = x_of(v).round() as i64;
+            c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
+            c.text(&axis_label(v, xstep), x, y1 + 20, TICK_PX, TEXT, Align::Center);
+        }
+        c.fill_rect(x0, y1, x1, y1 + 1, AXIS);
+        c.fill_rect(x0 - 1, y0, x0, y1 + 1, AXIS);
+        c.text(&self.x_label, (x0 + x1) / 2, y1 + 40, TICK_PX, TEXT, Align::Center);
+        let mut points = vec![];
+        for (s, series) in p.series.iter().enumerate() {
+            let color = PALETTE[s % PALETTE.len()];
+            let px: Vec<Option<(f64, f64)>> =
+                series.iter().map(|&(x, y)| (x.is_finite() && y.is_finite()).then(|| (x_of(x), y_of(y)))).collect();
+            for w in px.windows(2) {
+                if let [Some(a), Some(b)] = w {
+                    c.line(*a, *b, 2.0, color);
+                }
+            }
+            if series.len() <= MARKERS_UP_TO {
+                for q in px.iter().flatten() {
+                    c.line(*q, *q, 6.0, color);
+                }
+            }
+            points.push(px.iter().map(|q| q.map(|(x, y)| (x.round() as i64, y.round() as i64))).collect());
+        }
+        PanelLayout { plot: (x0, y0, x1, y1), x_range: (xlo, xhi), y_range: (ylo, yhi), points }
+    }
+}
+
 /// X tick spacing: 0.1 of a unit range unless the bins are coarser or finer in a way that
 /// makes another step line up with their edges.
 fn x_tick_step(range: f64, bins: usize) -> f64 {
@@ -527,6 +716,83 @@ mod tests {
                 assert_eq!(c.get(((sw.0 + sw.2) / 2) as usize, ((sw.1 + sw.3) / 2) as usize), PALETTE[s]);
             }
         }
+    }
+
+    #[test]
+    fn range_ticks_span_the_data_with_nice_steps() {
+        let close = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert!(close(&range_ticks(1.0, 8.0), &[0.0, 2.0, 4.0, 6.0, 8.0]), "{:?}", range_ticks(1.0, 8.0));
+        assert!(close(&range_ticks(0.0713, 0.1454), &[0.06, 0.08, 0.1, 0.12, 0.14, 0.16]), "{:?}", range_ticks(0.0713, 0.1454));
+        // A constant series: widened around its value (a tenth each way); a constant 0 by 1.
+        assert!(close(&range_ticks(5e-5, 5e-5), &[4.4e-5, 4.6e-5, 4.8e-5, 5e-5, 5.2e-5, 5.4e-5, 5.6e-5]));
+        assert!(close(&range_ticks(0.0, 0.0), &[-1.0, -0.5, 0.0, 0.5, 1.0]), "{:?}", range_ticks(0.0, 0.0));
+        for (lo, hi) in [(3.0, 1000.0), (-2.5, 0.3), (0.59, 0.71), (1e-6, 5e-5), (1.2, 1.33), (0.5, 0.5000001)] {
+            let t = range_ticks(lo, hi);
+            assert!(t[0] <= lo && *t.last().unwrap() >= hi && (3..=9).contains(&t.len()), "{lo}..{hi}: {t:?}");
+        }
+        assert_eq!(axis_label(5e-5, 5e-6), "5e-5");
+        assert_eq!(axis_label(4.4e-5, 2e-6), "4.4e-5");
+        assert_eq!(axis_label(0.0, 5e-6), "0");
+        assert_eq!(axis_label(0.12, 0.01), "0.12");
+        assert_eq!(axis_label(2_000_000.0, 500_000.0), "2e6");
+        assert_eq!(axis_label(2_500_000.0, 500_000.0), "2.5e6");
+    }
+
+    fn figure() -> LineFigure {
+        LineFigure {
+            title: "Training curves".into(),
+            subtitle: "two runs".into(),
+            x_label: "step".into(),
+            legend: vec![("dft".into(), "8 steps".into()), ("sft".into(), "8 steps".into())],
+            panels: vec![
+                LinePanel {
+                    title: "objective".into(),
+                    series: vec![vec![(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)], vec![(1.0, 1.0), (2.0, f64::NAN), (3.0, 0.5)]],
+                },
+                LinePanel { title: "lr".into(), series: vec![vec![(1.0, 5e-5), (2.0, 5e-5)], vec![]] },
+                LinePanel { title: "empty".into(), series: vec![vec![], vec![]] },
+            ],
+            columns: 2,
+            panel_width: 400,
+            panel_height: 260,
+        }
+    }
+
+    #[test]
+    fn line_panels_place_points_and_skip_the_missing() {
+        let (c, layouts) = figure().render();
+        // Two columns, two rows of panels, a legend row per series.
+        assert_eq!((c.width, c.height), (800, (FIGURE_HEADER + 2 * 260 + 8 + 2 * LEGEND_ROW + 12) as usize));
+        let p = &layouts[0];
+        // Whole steps: ticks at whole numbers only.
+        assert_eq!(p.x_range, (1.0, 3.0));
+        assert!(p.y_range.0 <= 0.125 && p.y_range.1 >= 1.0);
+        let (x0, y0, x1, y1) = p.plot;
+        let dft: Vec<(i64, i64)> = p.points[0].iter().map(|q| q.unwrap()).collect();
+        // Inside the plot area, left to right, falling as the values fall.
+        assert!(dft.iter().all(|&(x, y)| (x0..x1).contains(&x) && (y0..y1).contains(&y)), "{dft:?} in {:?}", p.plot);
+        assert!(dft[0].0 < dft[1].0 && dft[1].0 < dft[2].0 && dft[0].1 < dft[1].1 && dft[1].1 < dft[2].1, "{dft:?}");
+        // Each point is drawn in its series' colour; the line between passes its midpoint.
+        for &(x, y) in &dft {
+            assert_eq!(c.get(x as usize, y as usize), PALETTE[0]);
+        }
+        let mid = ((dft[0].0 + dft[1].0) / 2, (dft[0].1 + dft[1].1) / 2);
+        let near = (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)));
+        assert!(near.clone().any(|(dx, dy)| c.get((mid.0 + dx) as usize, (mid.1 + dy) as usize) == PALETTE[0]), "no line at {mid:?}");
+        // The NaN point is left out, and no line joins its neighbours across it.
+        let sft = &p.points[1];
+        assert!(sft[0].is_some() && sft[1].is_none() && sft[2].is_some());
+        let (a, b) = (sft[0].unwrap(), sft[2].unwrap());
+        let mid = ((a.0 + b.0) / 2, (a.1 + b.1) / 2);
+        assert!(near.clone().all(|(dx, dy)| c.get((mid.0 + dx) as usize, (mid.1 + dy) as usize) != PALETTE[1]), "a line at {mid:?}");
+        // A constant series sits mid-panel; an empty panel still has axes.
+        let lr = &layouts[1];
+        let (_, ly0, _, ly1) = lr.plot;
+        let y = lr.points[0][0].unwrap().1;
+        assert!((y - (ly0 + ly1) / 2).abs() <= 2, "{y} in {ly0}..{ly1}");
+        assert_eq!(layouts[2].y_range, (0.0, 1.0));
+        // The same figure gives the same bytes.
+        assert_eq!(c.to_png(), figure().render().0.to_png());
     }
 
     #[test]

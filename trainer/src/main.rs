@@ -1,5 +1,6 @@
 //! `trainer`: fine-tune Llama-family models on rectify snapshots with SFT or DFT, score
-//! snapshots with a reference model, and front evaluation (`eval`, `probs`, `generate`).
+//! snapshots with a reference model, draw training curves (`curves`), and front evaluation (`eval`,
+//! `probs`, `generate`).
 
 use anyhow::Context;
 use burn::backend::{Autodiff, Flex};
@@ -312,6 +313,20 @@ enum Command {
         /// Where the models run (cuda: one row at a time).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+    },
+    /// Training curves (PNG) of one or more runs, one line each: objective, cross-entropy, mean
+    /// target-token probability, gradient norm, learning rate and tokens/s per step. `trainer
+    /// train` keeps its own run's as curves.png; this overlays runs (SFT against DFT).
+    Curves {
+        /// A `trainer train` output folder, or its metrics.jsonl; several to overlay them.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Legend label of the run in the same position (default: the run folder's name).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors +
     /// config.json, and the tokenizer and chat template (tokenizer.json, chat_template.jinja,
@@ -678,6 +693,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Curves { runs, labels, out } => {
+            anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
+            let runs = runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| trainer::curves::read_run(r, labels.get(i).cloned()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            trainer::curves::write(&runs, &out)?;
+            for r in &runs {
+                println!("{}: {} steps from {}", r.label, r.steps.len(), r.metrics.display());
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Export { model, out } => {
             if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
                 anyhow::bail!("{} is not empty: choose another --out, or remove it first", out.display());
@@ -964,6 +993,10 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
         println!("peak memory: {:.2} GiB (peak resident set of this process)", mib / 1024.0);
     }
     println!("metrics:     {}", s.metrics.display());
+    let curves = run.output_dir.join(trainer::curves::CURVES_FILE);
+    if run.save && curves.exists() {
+        println!("curves:      {}", curves.display());
+    }
     println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
     match &s.final_model {
         Some(dir) => println!(

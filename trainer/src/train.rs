@@ -312,6 +312,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         pb.inc(1);
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, &opt, &state)?;
+            crate::curves::refresh(&run.output_dir);
         }
         last = Some(m);
     }

@@ -101,6 +101,12 @@ fn kill_9_and_resume_reaches_the_same_weights() {
         s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
     };
     assert_eq!(objectives(&la), objectives(&lb));
+    // Each run keeps its training curves beside its metrics, the resumed one drawn from all six steps.
+    for run in ["a", "b"] {
+        assert_eq!(&std::fs::read(dir.join(run).join("curves.png")).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    }
+    let curves = trainer::curves::read_run(&dir.join("b"), None).unwrap();
+    assert_eq!((curves.label.as_str(), curves.steps.len()), ("b", 6));
     // What computed the steps is recorded with them.
     let json = |p: &str| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
     assert_eq!(json("b/final/training.json")["engine"], "burn flex");
@@ -161,6 +167,7 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
     let status = trainer(&["train", "--recipe", r.to_str().unwrap(), "--no-save"]).status().unwrap();
     assert!(status.success());
     assert!(!dir.join("ns/checkpoints").exists() && !dir.join("ns/final").exists(), "nothing but metrics is written");
+    assert!(!dir.join("ns/curves.png").exists());
     let n = schemas::snapshot::load_snapshot(&snap).unwrap().rows.len();
     let logged: Vec<Vec<usize>> = std::fs::read_to_string(dir.join("ns/metrics.jsonl"))
         .unwrap()

@@ -1,0 +1,160 @@
+//! Training curves: what `metrics.jsonl` records per step, one panel per quantity and one line per
+//! run, as a PNG. `trainer train` keeps `curves.png` beside its metrics (redrawn at every
+//! checkpoint and at the end); `trainer curves` overlays runs, e.g. SFT against DFT.
+
+use crate::train::{StepMetrics, METRICS_FILE};
+use anyhow::Context;
+use eval::plot::{LineFigure, LinePanel};
+use std::path::{Path, PathBuf};
+
+/// The figure `trainer train` writes into its output folder.
+pub const CURVES_FILE: &str = "curves.png";
+
+/// One run's steps as its `metrics.jsonl` has them.
+pub struct RunCurves {
+    pub label: String,
+    pub metrics: PathBuf,
+    pub steps: Vec<StepMetrics>,
+}
+
+/// One quantity of a step, as a panel draws it.
+type Quantity = fn(&StepMetrics) -> f64;
+
+/// The panels: title and the quantity of a step. The objective is each run's own loss (SFT's is
+/// the cross-entropy, DFT's the probability-weighted one), so runs with different losses are
+/// compared on the cross-entropy and probability panels.
+const PANELS: [(&str, Quantity); 6] = [
+    ("objective (each run's own loss)", |m| m.objective),
+    ("cross-entropy (nats per target token)", |m| m.cross_entropy),
+    ("mean target-token probability", |m| m.mean_token_prob),
+    ("gradient norm (before clipping)", |m| m.grad_norm),
+    ("learning rate", |m| m.lr),
+    ("tokens/s", |m| m.tokens_per_second),
+];
+
+/// Reads a run: its output folder (which holds `metrics.jsonl`) or the metrics file itself. The
+/// label defaults to the run folder's name.
+pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves> {
+    let metrics = if path.is_dir() { path.join(METRICS_FILE) } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&metrics)
+        .with_context(|| format!("cannot read {} (give a `trainer train` output folder or its {METRICS_FILE})", metrics.display()))?;
+    let mut steps = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let m = serde_json::from_str(line).with_context(|| format!("{}:{}: not a step of {METRICS_FILE}", metrics.display(), i + 1))?;
+        steps.push(m);
+    }
+    anyhow::ensure!(!steps.is_empty(), "{}: no step recorded yet", metrics.display());
+    let folder = metrics.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let label = label.unwrap_or_else(|| {
+        folder.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "run".into())
+    });
+    Ok(RunCurves { label, metrics, steps })
+}
+
+/// The figure: six panels in three columns, the runs in the legend with their last step.
+pub fn figure(runs: &[RunCurves]) -> LineFigure {
+    let panels = PANELS
+        .iter()
+        .map(|(title, value)| LinePanel {
+            title: title.to_string(),
+            series: runs.iter().map(|r| r.steps.iter().map(|m| (m.step as f64, value(m))).collect()).collect(),
+        })
+        .collect();
+    let legend = runs
+        .iter()
+        .map(|r| {
+            let last = r.steps.last().expect("read_run refuses a run without steps");
+            let tokens: u64 = r.steps.iter().map(|m| m.loss_tokens).sum();
+            let note = format!(
+                "{} steps, {tokens} target tokens; last step: objective {:.4}, cross-entropy {:.4}, p {:.3}",
+                r.steps.len(),
+                last.objective,
+                last.cross_entropy,
+                last.mean_token_prob
+            );
+            (r.label.clone(), note)
+        })
+        .collect();
+    let files: Vec<String> = runs.iter().map(|r| r.metrics.display().to_string()).collect();
+    LineFigure {
+        title: "Training curves".into(),
+        subtitle: files.join(", "),
+        x_label: "step".into(),
+        legend,
+        panels,
+        columns: 3,
+        panel_width: 440,
+        panel_height: 300,
+    }
+}
+
+/// Draws `runs` into the PNG `out`, written atomically.
+pub fn write(runs: &[RunCurves], out: &Path) -> anyhow::Result<()> {
+    let (canvas, _) = figure(runs).render();
+    schemas::write_atomic(out, &canvas.to_png()).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// Redraws a training run's own `curves.png` from its metrics. A figure that cannot be drawn
+/// is a warning: it must not stop the training it describes.
+pub fn refresh(output_dir: &Path) {
+    let drawn = read_run(output_dir, None).and_then(|r| write(&[r], &output_dir.join(CURVES_FILE)));
+    if let Err(e) = drawn {
+        tracing::warn!("training curves not drawn: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, objective: f64) -> String {
+        let m = StepMetrics {
+            step,
+            lr: 5e-5,
+            objective,
+            cross_entropy: 1.0 + objective,
+            mean_token_prob: 0.5,
+            grad_norm: 1.0,
+            loss_tokens: 100,
+            tokens: 4096,
+            tokens_per_second: 120.0,
+            elapsed_seconds: step as f64,
+            rows: vec![0],
+        };
+        serde_json::to_string(&m).unwrap() + "\n"
+    }
+
+    #[test]
+    fn runs_are_read_with_their_folder_as_label_and_drawn_one_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dft, sft) = (dir.path().join("dft"), dir.path().join("sft"));
+        for (d, objs) in [(&dft, [0.3, 0.2, 0.1]), (&sft, [1.3, 1.2, 1.1])] {
+            std::fs::create_dir(d).unwrap();
+            let text: String = objs.iter().enumerate().map(|(i, &o)| step(i as u64 + 1, o)).collect();
+            std::fs::write(d.join(METRICS_FILE), text).unwrap();
+        }
+        let runs = vec![read_run(&dft, None).unwrap(), read_run(&sft.join(METRICS_FILE), Some("plain SFT".into())).unwrap()];
+        assert_eq!((runs[0].label.as_str(), runs[1].label.as_str()), ("dft", "plain SFT"));
+        let f = figure(&runs);
+        assert_eq!(f.panels.len(), PANELS.len());
+        assert_eq!(f.panels[0].series[0], vec![(1.0, 0.3), (2.0, 0.2), (3.0, 0.1)]);
+        assert_eq!(f.panels[1].series[1], vec![(1.0, 2.3), (2.0, 2.2), (3.0, 2.1)]);
+        assert!(f.legend[0].1.starts_with("3 steps, 300 target tokens; last step: objective 0.1000"), "{}", f.legend[0].1);
+        let out = dir.path().join("curves.png");
+        write(&runs, &out).unwrap();
+        assert_eq!(&std::fs::read(&out).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn a_missing_or_broken_log_is_an_error_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_run(dir.path(), None).err().unwrap();
+        assert!(format!("{e:#}").contains("metrics.jsonl") && format!("{e:#}").contains("output folder"), "{e:#}");
+        std::fs::write(dir.path().join(METRICS_FILE), step(1, 0.5) + "{\"step\": 2, \"lr\": \n").unwrap();
+        let e = format!("{:#}", read_run(dir.path(), None).err().unwrap());
+        assert!(e.contains("metrics.jsonl:2: not a step"), "{e}");
+        std::fs::write(dir.path().join(METRICS_FILE), "\n").unwrap();
+        let e = format!("{:#}", read_run(dir.path(), None).err().unwrap());
+        assert!(e.contains("no step recorded yet"), "{e}");
+    }
+}
