@@ -1,4 +1,5 @@
-//! Pass rates over K samples per prompt.
+//! Pass rates over K samples per prompt, and how far a difference between two evaluations of
+//! the same prompts can be trusted.
 
 /// Unbiased pass@k from `n` samples of which `c` are correct: `1 - C(n-c, k) / C(n, k)`,
 /// computed as a product so large `n` does not overflow.
@@ -23,9 +24,47 @@ pub fn pass_rates(correct_per_prompt: &[usize], k: usize) -> (f64, f64, f64) {
     (average / n, pass1 / n, passk / n)
 }
 
+/// Resamples of [`bootstrap_interval`] in `trainer compare`.
+pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
+
+/// A 95% interval for the mean of `d` by the percentile bootstrap: `resamples` draws of `d.len()`
+/// values with replacement (seeded, so the same inputs give the same interval), the 2.5th and
+/// 97.5th percentiles of their means. With `d` the per-prompt differences between two
+/// evaluations of the same prompts, this is the paired bootstrap: it needs no assumption about
+/// how accuracy is distributed, and pairing removes the prompts' own difficulty from the noise.
+pub fn bootstrap_interval(d: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
+    assert!(!d.is_empty() && resamples > 0, "bootstrap needs values and resamples");
+    let mut rng = schemas::rng::SplitMix64::new(seed);
+    let n = d.len();
+    let mut means: Vec<f64> =
+        (0..resamples).map(|_| (0..n).map(|_| d[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    means.sort_by(f64::total_cmp);
+    let lo = (0.025 * resamples as f64).floor() as usize;
+    let hi = ((0.975 * resamples as f64).ceil() as usize).clamp(1, resamples) - 1;
+    (means[lo], means[hi])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_interval_matches_the_binomial_spread_and_is_seeded() {
+        // 15 prompts gained, 15 unchanged out of 30: mean 0.5, standard error sqrt(0.25 / 30) =
+        // 0.091, so the normal 95% interval is 0.5 ± 0.179; the bootstrap's must be close to it.
+        let d: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
+        let (lo, hi) = bootstrap_interval(&d, BOOTSTRAP_RESAMPLES, 0);
+        assert!((lo - 0.321).abs() < 0.04 && (hi - 0.679).abs() < 0.04, "[{lo}, {hi}]");
+        assert_eq!(bootstrap_interval(&d, BOOTSTRAP_RESAMPLES, 0), (lo, hi));
+        // The seed picks the resamples (on values off a lattice, where percentiles cannot coincide).
+        let spread: Vec<f64> = (0..30).map(|i| (i as f64 * 0.37).fract()).collect();
+        assert_ne!(bootstrap_interval(&spread, BOOTSTRAP_RESAMPLES, 0), bootstrap_interval(&spread, BOOTSTRAP_RESAMPLES, 1));
+        // No difference on any prompt: no spread. Gains and losses that cancel: around 0.
+        assert_eq!(bootstrap_interval(&[0.0; 30], 1000, 0), (0.0, 0.0));
+        let d: Vec<f64> = (0..40).map(|i| [1.0, -1.0, 0.0, 0.0][i % 4]).collect();
+        let (lo, hi) = bootstrap_interval(&d, BOOTSTRAP_RESAMPLES, 0);
+        assert!(lo < 0.0 && hi > 0.0 && (lo + hi).abs() < 0.05, "[{lo}, {hi}]");
+    }
 
     #[test]
     fn pass_at_k_matches_the_combinatorial_definition() {

@@ -1,9 +1,11 @@
 //! What an evaluation writes: every sample in `results/<bench>.jsonl`, and `summary.json` /
 //! `summary.md` with the model's and each snapshot's hashes.
 
+use anyhow::Context;
 use model::generate::Finish;
 use model::sampling::Sampling;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -138,14 +140,74 @@ pub fn write_summary(out_dir: &Path, s: &Summary) -> anyhow::Result<()> {
     schemas::write_atomic(&out_dir.join("summary.md"), markdown(s).as_bytes())
 }
 
+/// One evaluation as `trainer compare` reads it: its summary and, per benchmark, the fraction of
+/// correct samples of each prompt (by prompt id), from its results file.
+pub struct Evaluation {
+    pub label: String,
+    pub summary: Summary,
+    /// Per benchmark; a benchmark whose results file is gone or is no longer the one the
+    /// summary was written with is left out (its difference then has no interval).
+    pub per_prompt: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// Reads an evaluation folder (`trainer eval --out`) or its `summary.json`, with the results files
+/// beside it. The label defaults to the folder's name.
+pub fn load_evaluation(path: &Path, label: Option<String>) -> anyhow::Result<Evaluation> {
+    let file = if path.is_dir() { path.join("summary.json") } else { path.to_path_buf() };
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {} (run `trainer eval` first)", file.display()))?;
+    let summary: Summary = serde_json::from_str(&text).with_context(|| format!("{}: not an evaluation summary", file.display()))?;
+    let mut per_prompt = BTreeMap::new();
+    for b in &summary.benchmarks {
+        let results = dir.join("results").join(format!("{}.jsonl", b.bench));
+        let Ok(bytes) = std::fs::read(&results) else { continue };
+        if !b.results_sha256.is_empty() && schemas::sha256_hex(&bytes) != b.results_sha256 {
+            tracing::warn!("{}: not the file {} was written with; {} has no interval", results.display(), file.display(), b.bench);
+            continue;
+        }
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let r: SampleResult =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not a sample result", results.display(), i + 1))?;
+            let c = counts.entry(r.prompt_id).or_default();
+            c.0 += r.correct as usize;
+            c.1 += 1;
+        }
+        per_prompt.insert(b.bench.clone(), counts.into_iter().map(|(id, (c, n))| (id, c as f64 / n as f64)).collect());
+    }
+    let label = label.unwrap_or_else(|| {
+        dir.canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string())
+    });
+    Ok(Evaluation { label, summary, per_prompt })
+}
+
+/// The difference to the baseline in points, with its 95% paired-bootstrap interval where both
+/// evaluations' results cover the same prompts of the benchmark.
+fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg: f64) -> String {
+    let d = 100.0 * (avg - base_avg);
+    let (Some(a), Some(b)) = (base.per_prompt.get(bench), other.per_prompt.get(bench)) else { return format!("{d:+.1}") };
+    if a.is_empty() || !a.keys().eq(b.keys()) {
+        return format!("{d:+.1}");
+    }
+    let diffs: Vec<f64> = a.iter().zip(b.values()).map(|((_, x), y)| y - x).collect();
+    let (lo, hi) = crate::metrics::bootstrap_interval(&diffs, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
+    format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi)
+}
+
 /// Evaluations side by side, the first as the baseline: per benchmark, each run's Average@K
-/// (with the difference to the baseline in points), truncated samples and mean new tokens. Runs
-/// that evaluated different settings, engines, verifiers or snapshots are compared anyway, with a
-/// note saying what differs; benchmarks the baseline lacks are named, not shown.
-pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
+/// (with the difference to the baseline in points and its 95% paired-bootstrap interval),
+/// truncated samples and mean new tokens. Runs that evaluated different settings, engines,
+/// verifiers or snapshots are compared anyway, with a note saying what differs; benchmarks the
+/// baseline lacks are named, not shown.
+pub fn compare_markdown(evals: &[Evaluation]) -> String {
     let mut md = String::new();
-    let Some((_, base)) = runs.first() else { return md };
-    for (label, s) in runs {
+    let Some(base_eval) = evals.first() else { return md };
+    let base = &base_eval.summary;
+    let runs: Vec<(String, &Summary)> = evals.iter().map(|e| (e.label.clone(), &e.summary)).collect();
+    for (label, s) in &runs {
         md.push_str(&format!("- {label}: `{}` (sha256 `{}`)\n", s.model, &s.model_sha256[..16.min(s.model_sha256.len())]));
     }
     let c = &base.config;
@@ -194,7 +256,7 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
             rule.push_str("---:|");
         }
     }
-    for (label, _) in runs {
+    for (label, _) in &runs {
         head.push_str(&format!(" {label} truncated | {label} mean new tokens |"));
         rule.push_str("---:|---:|");
     }
@@ -208,7 +270,7 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
                     let mark = if x.snapshot_id != b.snapshot_id || x.prompts != b.prompts { "*" } else { "" };
                     line.push_str(&format!(" {:.1}%{mark} |", 100.0 * x.average_at_k));
                     if i > 0 {
-                        line.push_str(&format!(" {:+.1} |", 100.0 * (x.average_at_k - b.average_at_k)));
+                        line.push_str(&format!(" {} |", delta(base_eval, &evals[i], &b.bench, b.average_at_k, x.average_at_k)));
                     }
                 }
                 None => line.push_str(if i > 0 { " – | – |" } else { " – |" }),
@@ -227,6 +289,15 @@ pub fn compare_markdown(runs: &[(String, Summary)]) -> String {
         |x: &BenchSummary| base.benchmarks.iter().any(|b| b.bench == x.bench && (b.snapshot_id != x.snapshot_id || b.prompts != x.prompts));
     if runs.iter().any(|(_, s)| s.benchmarks.iter().any(differs)) {
         md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
+    }
+    if evals.len() > 1 {
+        md.push_str(&format!(
+            "\nΔ: points against {}; in brackets, where both results files hold the same prompts, its 95% interval from a \
+             paired bootstrap over those prompts ({} resamples, seed 0). An interval that holds 0 is no evidence of a \
+             difference.\n",
+            runs[0].0,
+            crate::metrics::BOOTSTRAP_RESAMPLES
+        ));
     }
     md
 }
@@ -263,18 +334,84 @@ mod tests {
         }
     }
 
+    fn eval(label: &str, summary: Summary) -> Evaluation {
+        Evaluation { label: label.into(), summary, per_prompt: BTreeMap::new() }
+    }
+
     #[test]
     fn compare_names_what_differs_and_what_it_leaves_out() {
         let base = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5)]);
         let same = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.6)]);
-        let md = compare_markdown(&[("base".into(), base.clone()), ("dft".into(), same)]);
+        let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same)]);
         assert!(!md.contains("note:"), "{md}");
+        // Without results files, the difference has no interval.
         assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");
 
         let other = run("burn cuda, f32 matmuls", "0.1.0+b", 4, &[("gsm8k_test", 0.25), ("math500", 0.1)]);
-        let md = compare_markdown(&[("base".into(), base), ("gpu".into(), other)]);
+        let md = compare_markdown(&[eval("base", base), eval("gpu", other)]);
         assert!(md.contains("note: gpu differs from base: K = 4, engine `burn cuda, f32 matmuls`, verifier 0.1.0+b"), "{md}");
         assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
         assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
+    }
+
+    /// Two evaluations written as `trainer eval` writes them: the difference gets the paired
+    /// bootstrap's interval over the prompts; a results file changed since its summary, or
+    /// holding other prompts, gets none.
+    #[test]
+    fn compare_reads_results_and_gives_the_difference_an_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |name: &str, correct: &[bool]| {
+            let dir = tmp.path().join(name);
+            let results: Vec<SampleResult> = correct
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| SampleResult {
+                    bench: "gsm8k_test".into(),
+                    prompt_id: format!("gsm8k_test/L{i}"),
+                    sample: 0,
+                    completion: String::new(),
+                    extracted: None,
+                    correct: c,
+                    finish: Finish::Stop,
+                    new_tokens: 1,
+                    status: None,
+                })
+                .collect();
+            let sha = write_results(&dir.join("results/gsm8k_test.jsonl"), &results).unwrap();
+            let avg = correct.iter().filter(|&&c| c).count() as f64 / correct.len() as f64;
+            let mut s = run("host", "0.1.0+a", 1, &[("gsm8k_test", avg)]);
+            s.benchmarks[0].results_sha256 = sha;
+            write_summary(&dir, &s).unwrap();
+            dir
+        };
+        // The other run gets 15 more of 30 prompts right and none fewer.
+        let base = write("base", &[false; 30]);
+        let better = write("better", &(0..30).map(|i| i % 2 == 0).collect::<Vec<_>>());
+        let evals = [load_evaluation(&base, None).unwrap(), load_evaluation(&better.join("summary.json"), None).unwrap()];
+        assert_eq!((evals[0].label.as_str(), evals[1].label.as_str()), ("base", "better"));
+        assert_eq!(evals[1].per_prompt["gsm8k_test"]["gsm8k_test/L2"], 1.0);
+        let md = compare_markdown(&evals);
+        let d: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
+        let (lo, hi) = crate::metrics::bootstrap_interval(&d, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
+        let cell = format!("| 0.0% | 50.0% | +50.0 [{:+.1}, {:+.1}] |", 100.0 * lo, 100.0 * hi);
+        assert!(md.contains(&cell) && lo > 0.25 && hi < 0.75, "{cell} not in\n{md}");
+        assert!(md.contains("paired bootstrap"), "{md}");
+
+        // Another prompt set: no interval.
+        let fewer = write("fewer", &[true; 29]);
+        let md = compare_markdown(&[load_evaluation(&base, None).unwrap(), load_evaluation(&fewer, None).unwrap()]);
+        assert!(md.contains("| +100.0 |"), "{md}");
+        // A results file edited after its summary: not used.
+        let path = better.join("results/gsm8k_test.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap().replacen("\"correct\":true", "\"correct\":false", 1);
+        std::fs::write(&path, text).unwrap();
+        assert!(load_evaluation(&better, None).unwrap().per_prompt.is_empty());
+        // A line that is not a sample result names file and line.
+        std::fs::write(base.join("results/gsm8k_test.jsonl"), "{}\n").unwrap();
+        let mut s: Summary = serde_json::from_str(&std::fs::read_to_string(base.join("summary.json")).unwrap()).unwrap();
+        s.benchmarks[0].results_sha256 = String::new();
+        write_summary(&base, &s).unwrap();
+        let e = format!("{:#}", load_evaluation(&base, None).err().unwrap());
+        assert!(e.contains("gsm8k_test.jsonl:1: not a sample result"), "{e}");
     }
 }

@@ -568,20 +568,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compare { runs, labels } => {
             anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
-            let mut summaries = vec![];
-            for (i, run) in runs.iter().enumerate() {
-                let path = if run.is_dir() { run.join("summary.json") } else { run.clone() };
-                let text =
-                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (run `trainer eval` first)", path.display()))?;
-                let summary: Summary =
-                    serde_json::from_str(&text).with_context(|| format!("{}: not an evaluation summary", path.display()))?;
-                let label = labels.get(i).cloned().unwrap_or_else(|| {
-                    let dir = if run.is_dir() { run.as_path() } else { run.parent().unwrap_or(run) };
-                    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string())
-                });
-                summaries.push((label, summary));
-            }
-            print!("{}", eval::report::compare_markdown(&summaries));
+            let evals = runs
+                .iter()
+                .enumerate()
+                .map(|(i, run)| eval::report::load_evaluation(run, labels.get(i).cloned()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print!("{}", eval::report::compare_markdown(&evals));
             Ok(())
         }
         Command::BenchGenerate { model, prompts, snapshots, batch, new_tokens, sampling, repeat, prompts_out, device } => {
