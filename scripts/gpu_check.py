@@ -210,6 +210,9 @@ class Check:
             try:
                 rec["result"] = fn(*a)
                 rec["ok"] = True
+                if isinstance(rec["result"], dict) and rec["result"].get("crashed"):
+                    # Steps done before a crash are kept (in the result), and the step fails.
+                    rec.update(ok=False, error=rec["result"]["stopped"])
             except Skip as e:
                 rec.update(ok=False, skipped=str(e))
             except Failure as e:
@@ -286,7 +289,7 @@ class Check:
             done = [json.loads(l) for l in e.out.splitlines() if l.startswith('{"partial_step"')]
             if not done:
                 raise
-            return {"steps": [d["partial_step"] for d in done], "stopped": str(e), "process": e.res,
+            return {"steps": [d["partial_step"] for d in done], "stopped": str(e), "crashed": not e.timed_out, "process": e.res,
                     "time_to_first_step_s": done[0]["first_step_done_s"]}
         lines = [l for l in out.splitlines() if l.strip() and not l.startswith('{"partial_step"')]
         if not lines:
@@ -428,7 +431,8 @@ class Check:
             done = read_jsonl(metrics)
             if not done:
                 raise
-            res = {**e.res, "stopped": str(e)}
+            # A crash (not a time limit) still fails the step, with the figures it left.
+            res = {**e.res, "stopped": str(e), "crashed": not e.timed_out}
         lines = read_jsonl(metrics)
         return {**res, **self.throughput(shape, lines), "steps": lines}
 
@@ -614,8 +618,7 @@ class Check:
                   f"{tps(tc):>13} {fmt(s.get('microbatch', {}).get('largest_micro_batch_rows'), 'd'):>6}")
             t32, e32 = s.get("train_rectify_tf32", {}), s.get("train_eager_tf32", {})
             if t32:
-                print(f"{'':<14} TF32 allowed: rectify {fmt(t32.get('tokens_per_second'), '.0f')} tok/s, PyTorch eager "
-                      f"{fmt(e32.get('tokens_per_second'), '.0f')} tok/s")
+                print(f"{'':<14} TF32 allowed: rectify {tps(t32)} tok/s, PyTorch eager {tps(e32)} tok/s")
             rc = s.get("train_rectify_recompute", {})
             if rc:
                 print(f"{'':<14} recompute every block: rectify {fmt(rc.get('tokens_per_second'), '.0f')} tok/s, "
@@ -959,13 +962,13 @@ def run_all(c):
     if "environment" in c.failed:
         c.report()
         return 1
-    # Shape by shape, so that the first shape's figures are complete before the second starts.
-    # The first shape (the small one) runs everything the issue asks for, generation and the
-    # micro-batch search included; the second the correctness, training and micro-batch figures
-    # (the issue asks for generation once, at batch 64 and 256). Then torch.compile, the second
-    # shape's generation, and the optional TF32 and recompute runs, while time remains.
+    # Shape by shape: correctness, training and its PyTorch baseline, so that the first shape's
+    # figures are complete before the second starts; generation (the issue asks for it once, at
+    # batch 64 and 256) for the first shape that has a model. Then the micro-batch searches (each
+    # capped, so that time remains), torch.compile, the other shapes' generation, and the
+    # optional TF32 and recompute runs, while time remains.
     ready = []
-    for i, s in enumerate(c.mode["shapes"]):
+    for s in c.mode["shapes"]:
         c.step(f"checkpoint {s}", c.checkpoint, s)
         if not os.path.exists(os.path.join(c.work, "models", s, "config.json")):
             continue
@@ -973,8 +976,9 @@ def run_all(c):
         c.step(f"logprobs {s}", c.logprobs, s)
         c.step(f"train_rectify {s}", c.train, s, min_seconds=30)
         c.step(f"train_eager {s}", c.train_torch, s, False, min_seconds=30)
-        if i == 0:
+        if s == ready[0]:
             c.step(f"generate {s}", c.generate, s, min_seconds=30)
+    for s in ready:
         c.step(f"microbatch {s}", c.microbatch, s, min_seconds=45)
     for s in ready:
         # Not required to pass: torch.compile may not work on a given machine.
@@ -1125,11 +1129,12 @@ def w_logprobs(torch, dev, a):
                         lp = torch.log_softmax(m(input_ids=x).logits.float(), -1)[0]
                         theirs = lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().tolist()
                         tf32 += [abs(theirs[k - 1] - mine[s + k]) for k in range(1, n)]
-            set_tf32(torch, False)
             r["max_abs_diff_vs_pytorch_tf32"] = max(tf32)
             r["mean_abs_diff_vs_pytorch_tf32"] = sum(tf32) / len(tf32)
         except Exception as e:
             r["pytorch_tf32_error"] = f"{type(e).__name__}: {e}"
+        finally:
+            set_tf32(torch, False)
     return r
 
 

@@ -36,8 +36,7 @@ pub fn bootstrap_interval(d: &[f64], resamples: usize, seed: u64) -> (f64, f64) 
     assert!(!d.is_empty() && resamples > 0, "bootstrap needs values and resamples");
     let mut rng = schemas::rng::SplitMix64::new(seed);
     let n = d.len();
-    let mut means: Vec<f64> =
-        (0..resamples).map(|_| (0..n).map(|_| d[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    let mut means: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| d[rng.below(n)]).sum::<f64>() / n as f64).collect();
     means.sort_by(f64::total_cmp);
     let lo = (0.025 * resamples as f64).floor() as usize;
     let hi = ((0.975 * resamples as f64).ceil() as usize).clamp(1, resamples) - 1;

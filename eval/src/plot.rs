@@ -435,22 +435,36 @@ pub fn range_ticks(lo: f64, hi: f64) -> Vec<f64> {
     (first..=last.max(first + 1)).map(|i| scale(i as f64 * m)).collect()
 }
 
-/// An axis label: plain with the decimals the step needs, or in scientific notation for steps
-/// below 0.001 (learning rates: `5e-5`, `2.5e-5`) and values of a million or more.
-fn axis_label(v: f64, step: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    if step >= 1e-3 && v.abs() < 1e6 {
-        return tick_label(v, step);
-    }
-    let digits = (v.abs().log10().floor() - step.log10().floor()).clamp(0.0, 3.0) as usize;
-    let s = format!("{v:.digits$e}");
-    // `2.50e-5` → `2.5e-5`: trailing zeros of the mantissa say nothing.
-    match s.split_once('e') {
-        Some((m, e)) if m.contains('.') => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
-        _ => s,
-    }
+/// The labels of an axis's ticks (evenly spaced, as [`range_ticks`] gives them): plain, with the
+/// decimals the step needs, or in scientific notation when every tick is below 0.001 in size
+/// (learning rates: `5e-5`, `4.4e-5`) or the largest is a million or more. Either way with the
+/// digits the step needs, so neighbouring ticks never share a label.
+fn axis_labels(ticks: &[f64]) -> Vec<String> {
+    let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { 1.0 };
+    let top = ticks.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scientific = !(1e-3..1e6).contains(&top);
+    let decimals = (0..=12)
+        .find(|&d| {
+            let x = step * 10f64.powi(d);
+            (x - x.round()).abs() < 1e-6 * x.max(1.0)
+        })
+        .unwrap_or(12) as usize;
+    let label = |v: f64| {
+        if v == 0.0 {
+            return "0".to_string();
+        }
+        if !scientific {
+            return format!("{v:.decimals$}");
+        }
+        let digits = (v.abs().log10().floor() - step.log10().floor()).max(0.0) as usize;
+        let s = format!("{v:.digits$e}");
+        // `2.50e-5` → `2.5e-5`: trailing zeros of the mantissa say nothing.
+        match s.split_once('e') {
+            Some((m, e)) if m.contains('.') => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+            _ => s,
+        }
+    };
+    ticks.iter().map(|&v| label(v)).collect()
 }
 
 /// One panel of a [`LineFigure`]: a title and, per series of the figure (same order, same
@@ -546,17 +560,16 @@ impl LineFigure {
         let (ylo, yhi) = (yt[0], yt[yt.len() - 1]);
         let x_of = |v: f64| x0 as f64 + (v - xlo) / (xhi - xlo) * (x1 - x0 - 1) as f64;
         let y_of = |v: f64| (y1 - 1) as f64 - (v - ylo) / (yhi - ylo) * (y1 - y0 - 1) as f64;
-        let (xstep, ystep) = (xt[1] - xt[0], yt[1] - yt[0]);
-        for &v in &yt {
+        for (&v, label) in yt.iter().zip(axis_labels(&yt)) {
             let y = y_of(v).round() as i64;
             c.fill_rect(x0, y, x1, y + 1, GRID);
             c.fill_rect(x0 - 5, y, x0, y + 1, AXIS);
-            c.text(&axis_label(v, ystep), x0 - 9, y + 5, TICK_PX, TEXT, Align::End);
+            c.text(&label, x0 - 9, y + 5, TICK_PX, TEXT, Align::End);
         }
-        for &v in &xt {
+        for (&v, label) in xt.iter().zip(axis_labels(&xt)) {
             let x = x_of(v).round() as i64;
             c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
-            c.text(&axis_label(v, xstep), x, y1 + 20, TICK_PX, TEXT, Align::Center);
+            c.text(&label, x, y1 + 20, TICK_PX, TEXT, Align::Center);
         }
         c.fill_rect(x0, y1, x1, y1 + 1, AXIS);
         c.fill_rect(x0 - 1, y0, x0, y1 + 1, AXIS);
@@ -566,7 +579,7 @@ impl LineFigure {
             let color = PALETTE[s % PALETTE.len()];
             let px: Vec<Option<(f64, f64)>> =
                 series.iter().map(|&(x, y)| (x.is_finite() && y.is_finite()).then(|| (x_of(x), y_of(y)))).collect();
-            for w in px.windows(2) {
+            for w in thinned(&px, (x1 - x0) as usize).windows(2) {
                 if let [Some(a), Some(b)] = w {
                     c.line(*a, *b, 2.0, color);
                 }
@@ -580,6 +593,47 @@ impl LineFigure {
         }
         PanelLayout { plot: (x0, y0, x1, y1), x_range: (xlo, xhi), y_range: (ylo, yhi), points }
     }
+}
+
+/// A polyline of more points than twice the columns it spans, reduced to the first, lowest,
+/// highest and last point of each pixel column (in their order), which draws the same band of
+/// pixels: a long run's curves are redrawn at every checkpoint, and drawing costs per segment.
+/// A left-out point (`None`) stays, so lines still break there.
+fn thinned(px: &[Option<(f64, f64)>], columns: usize) -> Vec<Option<(f64, f64)>> {
+    if px.len() <= 2 * columns.max(1) {
+        return px.to_vec();
+    }
+    let mut out = vec![];
+    let mut run: Vec<(f64, f64)> = vec![];
+    let flush = |run: &mut Vec<(f64, f64)>, out: &mut Vec<Option<(f64, f64)>>| {
+        if run.is_empty() {
+            return;
+        }
+        let by_y = |a: &(usize, &(f64, f64)), b: &(usize, &(f64, f64))| a.1 .1.total_cmp(&b.1 .1);
+        let lo = run.iter().enumerate().min_by(by_y).map_or(0, |(i, _)| i);
+        let hi = run.iter().enumerate().max_by(by_y).map_or(0, |(i, _)| i);
+        let mut keep = vec![0, lo, hi, run.len() - 1];
+        keep.sort_unstable();
+        keep.dedup();
+        out.extend(keep.into_iter().map(|i| Some(run[i])));
+        run.clear();
+    };
+    for q in px {
+        match q {
+            Some(p) => {
+                if run.last().is_some_and(|l| l.0.floor() != p.0.floor()) {
+                    flush(&mut run, &mut out);
+                }
+                run.push(*p);
+            }
+            None => {
+                flush(&mut run, &mut out);
+                out.push(None);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// X tick spacing: 0.1 of a unit range unless the bins are coarser or finer in a way that
@@ -730,12 +784,18 @@ mod tests {
             let t = range_ticks(lo, hi);
             assert!(t[0] <= lo && *t.last().unwrap() >= hi && (3..=9).contains(&t.len()), "{lo}..{hi}: {t:?}");
         }
-        assert_eq!(axis_label(5e-5, 5e-6), "5e-5");
-        assert_eq!(axis_label(4.4e-5, 2e-6), "4.4e-5");
-        assert_eq!(axis_label(0.0, 5e-6), "0");
-        assert_eq!(axis_label(0.12, 0.01), "0.12");
-        assert_eq!(axis_label(2_000_000.0, 500_000.0), "2e6");
-        assert_eq!(axis_label(2_500_000.0, 500_000.0), "2.5e6");
+        assert_eq!(axis_labels(&range_ticks(5e-5, 5e-5)), ["4.4e-5", "4.6e-5", "4.8e-5", "5e-5", "5.2e-5", "5.4e-5", "5.6e-5"]);
+        assert_eq!(axis_labels(&[0.0, 1e-5, 2e-5]), ["0", "1e-5", "2e-5"]);
+        assert_eq!(axis_labels(&range_ticks(0.0713, 0.1454)), ["0.06", "0.08", "0.10", "0.12", "0.14", "0.16"]);
+        assert_eq!(axis_labels(&[0.0, 5e5, 1e6, 1.5e6]), ["0", "5e5", "1e6", "1.5e6"]);
+        // Narrow ranges away from 0 keep the digits that tell the ticks apart.
+        for (lo, hi) in [(1.2903, 1.2907), (0.59412, 0.59431), (1e6, 1e6 + 10.0), (5e-5, 5e-5), (1.0, 8.0), (1e-7, 3e-7)] {
+            let labels = axis_labels(&range_ticks(lo, hi));
+            let mut distinct = labels.clone();
+            distinct.dedup();
+            assert_eq!(distinct, labels, "{lo}..{hi}");
+        }
+        assert_eq!(axis_labels(&range_ticks(1.2903, 1.2907))[..2], ["1.2903", "1.2904"]);
     }
 
     fn figure() -> LineFigure {
@@ -793,6 +853,28 @@ mod tests {
         assert_eq!(layouts[2].y_range, (0.0, 1.0));
         // The same figure gives the same bytes.
         assert_eq!(c.to_png(), figure().render().0.to_png());
+    }
+
+    #[test]
+    fn long_series_are_thinned_to_the_same_band_of_pixels() {
+        // 1000 points over 10 columns: each column keeps its first, lowest, highest and last.
+        let px: Vec<Option<(f64, f64)>> = (0..1000).map(|i| Some((i as f64 / 100.0, ((i * 37) % 101) as f64))).collect();
+        let t = thinned(&px, 10);
+        assert!(t.len() <= 40, "{}", t.len());
+        for col in 0..10 {
+            let all: Vec<f64> = px[col * 100..(col + 1) * 100].iter().map(|q| q.unwrap().1).collect();
+            let kept: Vec<(f64, f64)> = t.iter().flatten().copied().filter(|p| p.0.floor() == col as f64).collect();
+            let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            assert!(kept.iter().any(|p| p.1 == lo) && kept.iter().any(|p| p.1 == hi), "column {col}: {kept:?}");
+            assert_eq!((kept[0], *kept.last().unwrap()), (px[col * 100].unwrap(), px[col * 100 + 99].unwrap()));
+        }
+        // In x order; a gap stays a gap; short series are left alone.
+        assert!(t.iter().flatten().collect::<Vec<_>>().windows(2).all(|w| w[0].0 <= w[1].0));
+        let mut gap = px.clone();
+        gap[500] = None;
+        assert_eq!(thinned(&gap, 10).iter().filter(|q| q.is_none()).count(), 1);
+        assert_eq!(thinned(&px[..20], 10), px[..20].to_vec());
     }
 
     #[test]

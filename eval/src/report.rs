@@ -173,6 +173,12 @@ pub fn load_evaluation(path: &Path, label: Option<String>) -> anyhow::Result<Eva
             c.0 += r.correct as usize;
             c.1 += 1;
         }
+        // The summary's figure is over `prompts` prompts of `samples` samples each; a file that
+        // holds another shape would give an interval around another figure.
+        if counts.len() != b.prompts || counts.values().any(|&(_, n)| n != b.samples) {
+            tracing::warn!("{}: not {} prompts of {} samples each; {} has no interval", results.display(), b.prompts, b.samples, b.bench);
+            continue;
+        }
         per_prompt.insert(b.bench.clone(), counts.into_iter().map(|(id, (c, n))| (id, c as f64 / n as f64)).collect());
     }
     let label = label.unwrap_or_else(|| {
@@ -193,6 +199,10 @@ fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg:
         return format!("{d:+.1}");
     }
     let diffs: Vec<f64> = a.iter().zip(b.values()).map(|((_, x), y)| y - x).collect();
+    if diffs.iter().all(|&x| x == 0.0) {
+        // Resampling cannot see noise where nothing differs; an interval [0, 0] would claim certainty.
+        return format!("{d:+.1} (no prompt differs)");
+    }
     let (lo, hi) = crate::metrics::bootstrap_interval(&diffs, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
     format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi)
 }
@@ -290,7 +300,7 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
     if runs.iter().any(|(_, s)| s.benchmarks.iter().any(differs)) {
         md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
     }
-    if evals.len() > 1 {
+    if md.contains(" [") {
         md.push_str(&format!(
             "\nΔ: points against {}; in brackets, where both results files hold the same prompts, its 95% interval from a \
              paired bootstrap over those prompts ({} resamples, seed 0). An interval that holds 0 is no evidence of a \

@@ -91,6 +91,9 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
 /// Draws `runs` into the PNG `out`, written atomically.
 pub fn write(runs: &[RunCurves], out: &Path) -> anyhow::Result<()> {
     let (canvas, _) = figure(runs).render();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     schemas::write_atomic(out, &canvas.to_png()).with_context(|| format!("cannot write {}", out.display()))
 }
 
@@ -140,7 +143,7 @@ mod tests {
         assert_eq!(f.panels[0].series[0], vec![(1.0, 0.3), (2.0, 0.2), (3.0, 0.1)]);
         assert_eq!(f.panels[1].series[1], vec![(1.0, 2.3), (2.0, 2.2), (3.0, 2.1)]);
         assert!(f.legend[0].1.starts_with("3 steps, 300 target tokens; last step: objective 0.1000"), "{}", f.legend[0].1);
-        let out = dir.path().join("curves.png");
+        let out = dir.path().join("new/curves.png");
         write(&runs, &out).unwrap();
         assert_eq!(&std::fs::read(&out).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     }

@@ -200,7 +200,8 @@ enum Command {
         device: Device,
     },
     /// Compare evaluations side by side: one column per `summary.json` folder (`trainer eval
-    /// --out`), Average@K per benchmark and the difference to the first.
+    /// --out`), Average@K per benchmark and the difference to the first, with its 95% interval
+    /// (a paired bootstrap over the prompts) where both results files hold the same prompts.
     Compare {
         /// Evaluation folders (or their summary.json), the baseline first.
         #[arg(required = true, num_args = 2..)]

@@ -101,12 +101,15 @@ fn kill_9_and_resume_reaches_the_same_weights() {
         s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
     };
     assert_eq!(objectives(&la), objectives(&lb));
-    // Each run keeps its training curves beside its metrics, the resumed one drawn from all six steps.
+    // Each run keeps its training curves beside its metrics, the resumed one drawn from all six
+    // steps: the figure is the one `trainer curves` draws from the whole log.
     for run in ["a", "b"] {
-        assert_eq!(&std::fs::read(dir.join(run).join("curves.png")).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+        let curves = trainer::curves::read_run(&dir.join(run), None).unwrap();
+        assert_eq!((curves.label.as_str(), curves.steps.len()), (run, 6));
+        let expected = dir.join(format!("{run}-curves.png"));
+        trainer::curves::write(&[curves], &expected).unwrap();
+        assert_eq!(std::fs::read(dir.join(run).join("curves.png")).unwrap(), std::fs::read(&expected).unwrap(), "{run}");
     }
-    let curves = trainer::curves::read_run(&dir.join("b"), None).unwrap();
-    assert_eq!((curves.label.as_str(), curves.steps.len()), ("b", 6));
     // What computed the steps is recorded with them.
     let json = |p: &str| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
     assert_eq!(json("b/final/training.json")["engine"], "burn flex");
