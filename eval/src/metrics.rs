@@ -24,6 +24,22 @@ pub fn pass_rates(correct_per_prompt: &[usize], k: usize) -> (f64, f64, f64) {
     (average / n, pass1 / n, passk / n)
 }
 
+/// The 95% Wilson score interval of a rate `p` measured on `n` prompts. For K = 1 it is the
+/// standard interval of a proportion, and unlike `p ± 1.96·se` it does not collapse to a point
+/// at 0% or 100% (0 of 30 right: [0, 11.4%]). For K > 1, Average@K is a mean of per-prompt
+/// fractions, each in [0, 1], whose variance is at most p(1 - p): the interval is then
+/// conservative (at least as wide as needed).
+pub fn wilson_interval(p: f64, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n) = (1.959964, n as f64);
+    let z2n = z * z / n;
+    let center = (p + z2n / 2.0) / (1.0 + z2n);
+    let half = z / (1.0 + z2n) * (p * (1.0 - p) / n + z2n / (4.0 * n)).max(0.0).sqrt();
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
 /// Resamples of [`bootstrap_interval`] in `trainer compare`.
 pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
 
@@ -46,6 +62,18 @@ pub fn bootstrap_interval(d: &[f64], resamples: usize, seed: u64) -> (f64, f64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wilson_interval_matches_published_values() {
+        // Wilson's interval at z = 1.96 (e.g. Newcombe 1998, Table I: 0/10 → [0, 0.2775],
+        // 1/10 → [0.0179, 0.4042]); and 15/30 → [0.3315, 0.6685], symmetric.
+        let close = |(a, b): (f64, f64), (c, d): (f64, f64)| (a - c).abs() < 1e-4 && (b - d).abs() < 1e-4;
+        assert!(close(wilson_interval(0.0, 10), (0.0, 0.2775)), "{:?}", wilson_interval(0.0, 10));
+        assert!(close(wilson_interval(0.1, 10), (0.0179, 0.4042)), "{:?}", wilson_interval(0.1, 10));
+        assert!(close(wilson_interval(0.5, 30), (0.3315, 0.6685)), "{:?}", wilson_interval(0.5, 30));
+        assert!(close(wilson_interval(1.0, 10), (0.7225, 1.0)), "{:?}", wilson_interval(1.0, 10));
+        assert_eq!(wilson_interval(0.3, 0), (0.0, 1.0));
+    }
 
     #[test]
     fn bootstrap_interval_matches_the_binomial_spread_and_is_seeded() {

@@ -82,6 +82,16 @@ pub struct Summary {
     pub benchmarks: Vec<BenchSummary>,
 }
 
+impl BenchSummary {
+    /// The 95% Wilson interval of Average@K over this benchmark's prompts, in percent
+    /// ([`crate::metrics::wilson_interval`]): how far another set of prompts like these could
+    /// move the figure.
+    pub fn interval_text(&self) -> String {
+        let (lo, hi) = crate::metrics::wilson_interval(self.average_at_k, self.prompts);
+        format!("[{:.1}, {:.1}]", 100.0 * lo, 100.0 * hi)
+    }
+}
+
 /// Writes the results (atomically) and returns their sha256.
 pub fn write_results(path: &Path, results: &[SampleResult]) -> anyhow::Result<String> {
     let mut buf = Vec::new();
@@ -112,16 +122,19 @@ pub fn markdown(s: &Summary) -> String {
     let k = c.samples;
     // With K = 1, pass@1 and pass@K are the same column.
     let kcol = if k > 1 { format!(" pass@{k} |") } else { String::new() };
-    md.push_str(&format!("| benchmark | snapshot | prompts | Average@{k} | pass@1 |{kcol} truncated | mean new tokens | tokens/s |\n"));
-    md.push_str(&format!("|---|---|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|" } else { "" }));
+    md.push_str(&format!(
+        "| benchmark | snapshot | prompts | Average@{k} | 95% interval | pass@1 |{kcol} truncated | mean new tokens | tokens/s |\n"
+    ));
+    md.push_str(&format!("|---|---|---:|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|" } else { "" }));
     for b in &s.benchmarks {
         let kval = if k > 1 { format!(" {:.1}% |", 100.0 * b.pass_at_k) } else { String::new() };
         md.push_str(&format!(
-            "| {} | `{}` | {} | {:.1}% | {:.1}% |{kval} {} | {:.0} | {:.0} |\n",
+            "| {} | `{}` | {} | {:.1}% | {} | {:.1}% |{kval} {} | {:.0} | {:.0} |\n",
             b.bench,
             b.snapshot_id,
             b.prompts,
             100.0 * b.average_at_k,
+            b.interval_text(),
             100.0 * b.pass_at_1,
             b.truncated,
             b.mean_new_tokens,
@@ -352,9 +365,10 @@ mod tests {
     fn compare_names_what_differs_and_what_it_leaves_out() {
         let base = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5)]);
         let same = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.6)]);
-        let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same)]);
+        let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert!(!md.contains("note:"), "{md}");
         // Without results files, the difference has no interval.
+        assert_eq!(markdown(&same).lines().find(|l| l.starts_with("| gsm8k_test")).unwrap().split(" | ").nth(4), Some("[42.3, 75.4]"));
         assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");
 
         let other = run("burn cuda, f32 matmuls", "0.1.0+b", 4, &[("gsm8k_test", 0.25), ("math500", 0.1)]);

@@ -902,10 +902,11 @@ fn eval_on(
         let m = model_cell.as_deref().expect("loaded");
         let s = eval::evaluate::evaluate(m, b, &summary.config, out)?;
         eprintln!(
-            "{}: Average@{} {:.1}% over {} prompts ({:.0} s, {:.0} new tokens/s)",
+            "{}: Average@{} {:.1}% {} over {} prompts ({:.0} s, {:.0} new tokens/s)",
             s.bench,
             s.samples,
             100.0 * s.average_at_k,
+            s.interval_text(),
             s.prompts,
             s.generation_seconds,
             s.new_tokens_per_second
