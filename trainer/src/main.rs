@@ -568,12 +568,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare { runs, labels } => {
-            anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
-            let evals = runs
-                .iter()
-                .enumerate()
-                .map(|(i, run)| eval::report::load_evaluation(run, labels.get(i).cloned()))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
             Ok(())
         }
@@ -687,12 +682,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Curves { runs, labels, out } => {
-            anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
-            let runs = runs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| trainer::curves::read_run(r, labels.get(i).cloned()))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let runs = labelled(&runs, &labels, trainer::curves::read_run)?;
             trainer::curves::write(&runs, &out)?;
             for r in &runs {
                 println!("{}: {} steps from {}", r.label, r.steps.len(), r.metrics.display());
@@ -720,6 +710,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads each of `runs` with the `--label` in the same position, if one was given.
+fn labelled<T>(
+    runs: &[PathBuf],
+    labels: &[String],
+    load: impl Fn(&std::path::Path, Option<String>) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
+    runs.iter().enumerate().map(|(i, r)| load(r, labels.get(i).cloned())).collect()
 }
 
 fn snapshot_parent(m: &schemas::Manifest) -> String {
