@@ -135,6 +135,8 @@ class Check:
         self.args = args
         self.mode = MODES[args.mode]
         self.device = self.mode["device"]
+        self.shapes = args.shapes.split(",") if args.shapes else self.mode["shapes"]
+        self.only = args.only.split(",") if args.only else None
         self.out = os.path.abspath(args.out)
         # Outside OUT, so that OUT carries the results only (a GPU loan returns a few files). The
         # check's own folder inside --work, never --work itself, since it is emptied at the start
@@ -154,7 +156,8 @@ class Check:
         self.child = None
         self.t0 = time.time()
         self.deadline = self.t0 + (args.budget or self.mode["budget"])
-        self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "steps": [], "shapes": {},
+        self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "only": self.only, "steps": [],
+                        "shapes": {},
                         "tolerances": {"logprob_abs_nats": LOGPROB_TOLERANCE, "train_rel": TRAIN_TOLERANCE}}
         self.failed = []
 
@@ -200,6 +203,8 @@ class Check:
 
     def step(self, name, fn, *a, min_seconds=10, required=True):
         """Run one measurement; an exception or a failed process is recorded, not raised."""
+        if self.only is not None and name.split()[0] in STEP_KINDS and name.split()[0] not in self.only:
+            return None  # not asked for (--only): no record at all
         rec = {"step": name, "started_s": round(time.time() - self.t0, 1)}
         if self.left() < min_seconds:
             rec.update(ok=False, skipped=f"out of time: {self.left():.0f} s of the budget left, the step needs {min_seconds}")
@@ -933,7 +938,16 @@ def main():
                                    "(default bench-out); that folder is removed at the end unless --keep")
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 420, cpu 900)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--shapes", help="comma-separated shapes to check (default: the mode's, " + "; ".join(
+        f"{m}: {','.join(v['shapes'])}" for m, v in MODES.items()) + ")")
+    ap.add_argument("--only", help="comma-separated measurements to run (" + ",".join(STEP_KINDS) + "), for a second run "
+                                   "that fills in what a first one skipped; the environment and the models are always made")
     args = ap.parse_args()
+    for opt, known in (("shapes", sorted({s for m in MODES.values() for s in m["shapes"]})), ("only", STEP_KINDS)):
+        picked = getattr(args, opt)
+        unknown = [x for x in (picked or "").split(",") if picked is not None and x not in known]
+        if unknown:
+            ap.error(f"--{opt}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     c = Check(args)
 
     def interrupted(signum, _frame):
@@ -957,6 +971,11 @@ def main():
             shutil.rmtree(c.work, ignore_errors=True)
 
 
+# The measurements `--only` picks from, in the order `run_all` runs them.
+STEP_KINDS = ["logprobs", "train_rectify", "train_eager", "generate", "microbatch", "train_compile", "train_tf32",
+              "train_recompute"]
+
+
 def run_all(c):
     c.step("environment", c.environment, min_seconds=0)
     if "environment" in c.failed:
@@ -968,7 +987,7 @@ def run_all(c):
     # capped, so that time remains), torch.compile, the other shapes' generation, and the
     # optional TF32 and recompute runs, while time remains.
     ready = []
-    for s in c.mode["shapes"]:
+    for s in c.shapes:
         c.step(f"checkpoint {s}", c.checkpoint, s)
         if not os.path.exists(os.path.join(c.work, "models", s, "config.json")):
             continue

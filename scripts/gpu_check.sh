@@ -4,6 +4,7 @@
 # and a short table on stdout.
 #
 #   scripts/gpu_check.sh [--cpu] [--bundle DIR] [--out DIR] [--budget SECONDS] [--work DIR] [--keep]
+#                         [--shapes A,B] [--only A,B]
 #
 # --bundle DIR  what `make gpu-bundle` wrote (trainer.gz and the snapshots), for a GPU machine
 #               without cargo. Without it the trainer is $TRAINER or the build folder's and the
@@ -13,6 +14,10 @@
 # --work DIR    where the check makes gpu-check-work-MODE for models, runs and logs (default
 #               bench-out), removed at the end unless --keep.
 # --budget S    seconds for the whole check (default 420 on a GPU).
+# --shapes A,B  only these shapes (smollm2-135m, qwen2.5-1.5b; tiny-llama, tiny-qwen2 with --cpu).
+# --only A,B    only these measurements (logprobs, train_rectify, train_eager, generate, microbatch,
+#               train_compile, train_tf32, train_recompute): a second run that fills in what the
+#               first one skipped. The environment and the models are always made.
 set -euo pipefail
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 need_value() { [ $# -ge 2 ] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }; }
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     --budget) need_value "$@"; extra+=("$1" "$2"); shift 2 ;;
     --work) need_value "$@"; extra+=("$1" "$(abs "$2")"); shift 2 ;;
     --keep) extra+=(--keep); shift ;;
+    --shapes|--only) need_value "$@"; extra+=("$1" "$2"); shift 2 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see the comment at the top of this script)" >&2; exit 2 ;;
   esac
 done
