@@ -473,6 +473,9 @@ fn axis_labels(ticks: &[f64]) -> Vec<String> {
 pub struct LinePanel {
     pub title: String,
     pub series: Vec<Vec<(f64, f64)>>,
+    /// Series longer than [`MARKERS_UP_TO`] points are drawn faint, with their [`smoothed`]
+    /// line on top (noisy per-step losses); off for quantities that are smooth already.
+    pub smooth: bool,
 }
 
 /// Panels of line charts in a grid, sharing the x label and a legend below them: training
@@ -502,8 +505,34 @@ pub struct PanelLayout {
 
 /// Space above the panels for the title and subtitle.
 const FIGURE_HEADER: i64 = 78;
-/// Markers are drawn on series with at most this many points; denser ones are lines alone.
-const MARKERS_UP_TO: usize = 60;
+/// Markers are drawn on series with at most this many points; denser ones are lines alone (and
+/// smoothed where the panel asks for it).
+pub const MARKERS_UP_TO: usize = 60;
+
+/// An exponential moving average of the finite values, over a window of about a fiftieth of the
+/// series, debiased at the start (as TensorBoard's smoothing is), so the line starts at the first
+/// value rather than at 0. Non-finite values are passed over and stay out (`None`).
+pub fn smoothed(values: &[(f64, f64)]) -> Vec<Option<(f64, f64)>> {
+    let window = (values.len() as f64 / 50.0).max(1.0);
+    let keep = 1.0 - 1.0 / window;
+    let (mut avg, mut weight) = (0.0, 0.0);
+    values
+        .iter()
+        .map(|&(x, y)| {
+            if !(x.is_finite() && y.is_finite()) {
+                return None;
+            }
+            avg = keep * avg + (1.0 - keep) * y;
+            weight = keep * weight + (1.0 - keep);
+            Some((x, avg / weight))
+        })
+        .collect()
+}
+
+/// `c` mixed with white: the faint colour of raw values behind their smoothed line.
+fn faint(c: Rgb) -> Rgb {
+    c.map(|v| (v as u16 + (255 - v as u16) * 3 / 5) as u8)
+}
 
 impl LineFigure {
     pub fn render(&self) -> (Canvas, Vec<PanelLayout>) {
@@ -579,9 +608,18 @@ impl LineFigure {
             let color = PALETTE[s % PALETTE.len()];
             let px: Vec<Option<(f64, f64)>> =
                 series.iter().map(|&(x, y)| (x.is_finite() && y.is_finite()).then(|| (x_of(x), y_of(y)))).collect();
+            let smooth = p.smooth && series.len() > MARKERS_UP_TO;
             for w in thinned(&px, (x1 - x0) as usize).windows(2) {
                 if let [Some(a), Some(b)] = w {
-                    c.line(*a, *b, 2.0, color);
+                    c.line(*a, *b, if smooth { 1.0 } else { 2.0 }, if smooth { faint(color) } else { color });
+                }
+            }
+            if smooth {
+                let line: Vec<Option<(f64, f64)>> = smoothed(series).into_iter().map(|q| q.map(|(x, y)| (x_of(x), y_of(y)))).collect();
+                for w in thinned(&line, (x1 - x0) as usize).windows(2) {
+                    if let [Some(a), Some(b)] = w {
+                        c.line(*a, *b, 2.0, color);
+                    }
                 }
             }
             if series.len() <= MARKERS_UP_TO {
@@ -808,9 +846,10 @@ mod tests {
                 LinePanel {
                     title: "objective".into(),
                     series: vec![vec![(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)], vec![(1.0, 1.0), (2.0, f64::NAN), (3.0, 0.5)]],
+                    smooth: true,
                 },
-                LinePanel { title: "lr".into(), series: vec![vec![(1.0, 5e-5), (2.0, 5e-5)], vec![]] },
-                LinePanel { title: "empty".into(), series: vec![vec![], vec![]] },
+                LinePanel { title: "lr".into(), series: vec![vec![(1.0, 5e-5), (2.0, 5e-5)], vec![]], smooth: false },
+                LinePanel { title: "empty".into(), series: vec![vec![], vec![]], smooth: true },
             ],
             columns: 2,
             panel_width: 400,
@@ -853,6 +892,25 @@ mod tests {
         assert_eq!(layouts[2].y_range, (0.0, 1.0));
         // The same figure gives the same bytes.
         assert_eq!(c.to_png(), figure().render().0.to_png());
+    }
+
+    #[test]
+    fn smoothing_starts_at_the_first_value_and_follows_the_level() {
+        // Constant: smoothed is the constant from the first point on (debiased, not pulled to 0).
+        let flat: Vec<(f64, f64)> = (0..500).map(|i| (i as f64, 3.0)).collect();
+        assert!(smoothed(&flat).iter().all(|q| (q.unwrap().1 - 3.0).abs() < 1e-12));
+        // Alternating 0 / 2 around 1: the noise averages out once the window (10 points) is full.
+        let noisy: Vec<(f64, f64)> = (0..500).map(|i| (i as f64, if i % 2 == 0 { 0.0 } else { 2.0 })).collect();
+        let s = smoothed(&noisy);
+        assert_eq!(s[0], Some((0.0, 0.0)));
+        assert!(s[100..].iter().all(|q| (q.unwrap().1 - 1.0).abs() < 0.15), "{:?}", &s[100..104]);
+        // A missing value stays missing and does not move the average.
+        let mut gap = flat.clone();
+        gap[10].1 = f64::NAN;
+        let s = smoothed(&gap);
+        assert!(s[10].is_none() && (s[11].unwrap().1 - 3.0).abs() < 1e-12);
+        // A short series is short: every point its own window.
+        assert_eq!(smoothed(&[(1.0, 5.0), (2.0, 7.0)]), [Some((1.0, 5.0)), Some((2.0, 7.0))]);
     }
 
     #[test]

@@ -17,19 +17,25 @@ pub struct RunCurves {
     pub steps: Vec<StepMetrics>,
 }
 
-/// One quantity of a step, as a panel draws it.
-type Quantity = fn(&StepMetrics) -> f64;
+/// One panel: its title, the quantity of a step it draws, and whether long runs get a smoothed
+/// line (per-step values are noisy; the learning rate follows its schedule, and an average would
+/// only lag behind it).
+struct Panel {
+    title: &'static str,
+    value: fn(&StepMetrics) -> f64,
+    smooth: bool,
+}
 
-/// The panels: title and the quantity of a step. The objective is each run's own loss (SFT's is
-/// the cross-entropy, DFT's the probability-weighted one), so runs with different losses are
-/// compared on the cross-entropy and probability panels.
-const PANELS: [(&str, Quantity); 6] = [
-    ("objective (each run's own loss)", |m| m.objective),
-    ("cross-entropy (nats per target token)", |m| m.cross_entropy),
-    ("mean target-token probability", |m| m.mean_token_prob),
-    ("gradient norm (before clipping)", |m| m.grad_norm),
-    ("learning rate", |m| m.lr),
-    ("tokens/s", |m| m.tokens_per_second),
+/// The panels. The objective is each run's own loss (SFT's is the cross-entropy, DFT's the
+/// probability-weighted one), so runs with different losses are compared on the cross-entropy
+/// and probability panels.
+const PANELS: [Panel; 6] = [
+    Panel { title: "objective (each run's own loss)", value: |m| m.objective, smooth: true },
+    Panel { title: "cross-entropy (nats per target token)", value: |m| m.cross_entropy, smooth: true },
+    Panel { title: "mean target-token probability", value: |m| m.mean_token_prob, smooth: true },
+    Panel { title: "gradient norm (before clipping)", value: |m| m.grad_norm, smooth: true },
+    Panel { title: "learning rate", value: |m| m.lr, smooth: false },
+    Panel { title: "tokens/s", value: |m| m.tokens_per_second, smooth: true },
 ];
 
 /// Reads a run: its output folder (which holds `metrics.jsonl`) or the metrics file itself. The
@@ -55,9 +61,10 @@ pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves>
 pub fn figure(runs: &[RunCurves]) -> LineFigure {
     let panels = PANELS
         .iter()
-        .map(|(title, value)| LinePanel {
-            title: title.to_string(),
-            series: runs.iter().map(|r| r.steps.iter().map(|m| (m.step as f64, value(m))).collect()).collect(),
+        .map(|p| LinePanel {
+            title: p.title.to_string(),
+            series: runs.iter().map(|r| r.steps.iter().map(|m| (m.step as f64, (p.value)(m))).collect()).collect(),
+            smooth: p.smooth,
         })
         .collect();
     let legend = runs
