@@ -135,8 +135,13 @@ class Check:
         self.args = args
         self.mode = MODES[args.mode]
         self.device = self.mode["device"]
-        self.shapes = args.shapes.split(",") if args.shapes else self.mode["shapes"]
-        self.only = args.only.split(",") if args.only else None
+        self.shapes = list(dict.fromkeys(args.shapes.split(","))) if args.shapes else self.mode["shapes"]
+        self.only = list(dict.fromkeys(args.only.split(","))) if args.only else None
+        if self.only and "train_rectify" not in self.only and set(self.only) & set(PAIRED_WITH_TRAIN):
+            # What these compare with, and the kernels they load, come from the training run.
+            self.only.insert(0, "train_rectify")
+            print(f"--only: train_rectify added: {', '.join(sorted(set(self.only) & set(PAIRED_WITH_TRAIN)))} "
+                  "compare with its steps and load the kernels it compiled", flush=True)
         self.out = os.path.abspath(args.out)
         # Outside OUT, so that OUT carries the results only (a GPU loan returns a few files). The
         # check's own folder inside --work, never --work itself, since it is emptied at the start
@@ -943,11 +948,11 @@ def main():
     ap.add_argument("--only", help="comma-separated measurements to run (" + ",".join(STEP_KINDS) + "), for a second run "
                                    "that fills in what a first one skipped; the environment and the models are always made")
     args = ap.parse_args()
-    for opt, known in (("shapes", sorted({s for m in MODES.values() for s in m["shapes"]})), ("only", STEP_KINDS)):
+    for opt, known in (("shapes", MODES[args.mode]["shapes"]), ("only", STEP_KINDS)):
         picked = getattr(args, opt)
-        unknown = [x for x in (picked or "").split(",") if picked is not None and x not in known]
+        unknown = [repr(x) for x in (picked or "").split(",") if picked is not None and x not in known]
         if unknown:
-            ap.error(f"--{opt}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+            ap.error(f"--{opt}: unknown {', '.join(unknown)} for --mode {args.mode} (known: {', '.join(known)})")
     c = Check(args)
 
     def interrupted(signum, _frame):
@@ -974,6 +979,9 @@ def main():
 # The measurements `--only` picks from, in the order `run_all` runs them.
 STEP_KINDS = ["logprobs", "train_rectify", "train_eager", "generate", "microbatch", "train_compile", "train_tf32",
               "train_recompute"]
+# Those that replay rectify's training steps or compare with them (and load the kernels that run
+# compiled): `--only` runs train_rectify with them.
+PAIRED_WITH_TRAIN = ["train_eager", "microbatch", "train_compile", "train_tf32", "train_recompute"]
 
 
 def run_all(c):

@@ -509,11 +509,15 @@ const FIGURE_HEADER: i64 = 78;
 /// smoothed where the panel asks for it).
 pub const MARKERS_UP_TO: usize = 60;
 
-/// An exponential moving average of the finite values, over a window of about a fiftieth of the
-/// series, debiased at the start (as TensorBoard's smoothing is), so the line starts at the first
+/// The shortest window [`smoothed`] averages over, in points: below it a smoothed line would only
+/// retrace the raw one.
+const SMOOTHING_MIN_WINDOW: f64 = 5.0;
+
+/// An exponential moving average of the finite values, each new value weighted 1 / window with a
+/// window of a fiftieth of the series (at least [`SMOOTHING_MIN_WINDOW`]), debiased at the start (as TensorBoard's smoothing is), so the line starts at the first
 /// value rather than at 0. Non-finite values are passed over and stay out (`None`).
 pub fn smoothed(values: &[(f64, f64)]) -> Vec<Option<(f64, f64)>> {
-    let window = (values.len() as f64 / 50.0).max(1.0);
+    let window = (values.len() as f64 / 50.0).max(SMOOTHING_MIN_WINDOW);
     let keep = 1.0 - 1.0 / window;
     let (mut avg, mut weight) = (0.0, 0.0);
     values
@@ -603,24 +607,30 @@ impl LineFigure {
         c.fill_rect(x0, y1, x1, y1 + 1, AXIS);
         c.fill_rect(x0 - 1, y0, x0, y1 + 1, AXIS);
         c.text(&self.x_label, (x0 + x1) / 2, y1 + 40, TICK_PX, TEXT, Align::Center);
+        let to_px = |q: Option<(f64, f64)>| q.filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (x_of(x), y_of(y)));
+        let polyline = |c: &mut Canvas, line: &[Option<(f64, f64)>], width: f64, color: Rgb| {
+            for w in thinned(line, (x1 - x0) as usize).windows(2) {
+                if let [Some(a), Some(b)] = w {
+                    c.line(*a, *b, width, color);
+                }
+            }
+        };
+        let smooth = |series: &Vec<(f64, f64)>| p.smooth && series.len() > MARKERS_UP_TO;
+        // The faint raw values of every series first, so that no run's raw values cover another
+        // run's smoothed line.
+        for (s, series) in p.series.iter().enumerate().filter(|(_, series)| smooth(series)) {
+            let raw: Vec<Option<(f64, f64)>> = series.iter().map(|&q| to_px(Some(q))).collect();
+            polyline(c, &raw, 1.0, faint(PALETTE[s % PALETTE.len()]));
+        }
         let mut points = vec![];
         for (s, series) in p.series.iter().enumerate() {
             let color = PALETTE[s % PALETTE.len()];
-            let px: Vec<Option<(f64, f64)>> =
-                series.iter().map(|&(x, y)| (x.is_finite() && y.is_finite()).then(|| (x_of(x), y_of(y)))).collect();
-            let smooth = p.smooth && series.len() > MARKERS_UP_TO;
-            for w in thinned(&px, (x1 - x0) as usize).windows(2) {
-                if let [Some(a), Some(b)] = w {
-                    c.line(*a, *b, if smooth { 1.0 } else { 2.0 }, if smooth { faint(color) } else { color });
-                }
-            }
-            if smooth {
-                let line: Vec<Option<(f64, f64)>> = smoothed(series).into_iter().map(|q| q.map(|(x, y)| (x_of(x), y_of(y)))).collect();
-                for w in thinned(&line, (x1 - x0) as usize).windows(2) {
-                    if let [Some(a), Some(b)] = w {
-                        c.line(*a, *b, 2.0, color);
-                    }
-                }
+            let px: Vec<Option<(f64, f64)>> = series.iter().map(|&q| to_px(Some(q))).collect();
+            if smooth(series) {
+                let line: Vec<Option<(f64, f64)>> = smoothed(series).into_iter().map(to_px).collect();
+                polyline(c, &line, 2.0, color);
+            } else {
+                polyline(c, &px, 2.0, color);
             }
             if series.len() <= MARKERS_UP_TO {
                 for q in px.iter().flatten() {
@@ -909,8 +919,51 @@ mod tests {
         gap[10].1 = f64::NAN;
         let s = smoothed(&gap);
         assert!(s[10].is_none() && (s[11].unwrap().1 - 3.0).abs() < 1e-12);
-        // A short series is short: every point its own window.
-        assert_eq!(smoothed(&[(1.0, 5.0), (2.0, 7.0)]), [Some((1.0, 5.0)), Some((2.0, 7.0))]);
+        // A short series still averages over a few points.
+        let s = smoothed(&[(1.0, 5.0), (2.0, 7.0)]);
+        assert_eq!(s[0], Some((1.0, 5.0)));
+        assert!((s[1].unwrap().1 - (0.8 * 0.2 * 5.0 + 0.2 * 7.0) / (0.8 * 0.2 + 0.2)).abs() < 1e-12, "{s:?}");
+    }
+
+    /// Two long noisy series: each is drawn faint with its smoothed line in full colour on top,
+    /// and the second run's faint values never cover the first run's smoothed line.
+    #[test]
+    fn long_series_are_drawn_faint_under_their_smoothed_line() {
+        let noisy = |level: f64| -> Vec<(f64, f64)> { (0..200).map(|i| (i as f64, level + if i % 2 == 0 { 0.3 } else { -0.3 })).collect() };
+        let fig = LineFigure {
+            title: String::new(),
+            subtitle: String::new(),
+            x_label: "step".into(),
+            legend: vec![],
+            panels: vec![LinePanel { title: "loss".into(), series: vec![noisy(1.0), noisy(1.05)], smooth: true }],
+            columns: 1,
+            panel_width: 500,
+            panel_height: 400,
+        };
+        let (c, layouts) = fig.render();
+        let (x0, y0, x1, y1) = layouts[0].plot;
+        let count = |color: Rgb| {
+            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| c.get(x as usize, y as usize) == color).count()
+        };
+        for (s, &color) in PALETTE[..2].iter().enumerate() {
+            assert!(count(color) > 200 && count(faint(color)) > 200, "series {s}: {} full, {} faint", count(color), count(faint(color)));
+        }
+        // Halfway, the first run's smoothed line (about 1.0) is in full colour where it lies.
+        let (lo, hi) = layouts[0].y_range;
+        let y = y1 - 1 - ((1.0 - lo) / (hi - lo) * (y1 - y0 - 1) as f64).round() as i64;
+        let x = (x0 + x1) / 2;
+        assert!((y - 2..=y + 2).any(|y| c.get(x as usize, y as usize) == PALETTE[0]), "no smoothed line at ({x}, {y})");
+        // Without smoothing the same series are drawn in full colour: the faint colour is left
+        // only where an anti-aliased edge happens to blend to it.
+        let faint_pixels = count(faint(PALETTE[0]));
+        let mut plain = fig.clone();
+        plain.panels[0].smooth = false;
+        let (c, _) = plain.render();
+        let edges = (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| c.get(x as usize, y as usize) == faint(PALETTE[0]))
+            .count();
+        assert!(edges * 4 < faint_pixels, "{edges} faint pixels without smoothing, {faint_pixels} with");
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl BenchSummary {
     /// move the figure.
     pub fn interval_text(&self) -> String {
         let (lo, hi) = crate::metrics::wilson_interval(self.average_at_k, self.prompts);
-        format!("[{:.1}, {:.1}]", 100.0 * lo, 100.0 * hi)
+        format!("[{:.1}%, {:.1}%]", 100.0 * lo, 100.0 * hi)
     }
 }
 
@@ -368,7 +368,7 @@ mod tests {
         let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert!(!md.contains("note:"), "{md}");
         // Without results files, the difference has no interval.
-        assert_eq!(markdown(&same).lines().find(|l| l.starts_with("| gsm8k_test")).unwrap().split(" | ").nth(4), Some("[42.3, 75.4]"));
+        assert_eq!(markdown(&same).lines().find(|l| l.starts_with("| gsm8k_test")).unwrap().split(" | ").nth(4), Some("[42.3%, 75.4%]"));
         assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");
 
         let other = run("burn cuda, f32 matmuls", "0.1.0+b", 4, &[("gsm8k_test", 0.25), ("math500", 0.1)]);

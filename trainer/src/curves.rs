@@ -149,6 +149,9 @@ mod tests {
         assert_eq!(f.panels.len(), PANELS.len());
         assert_eq!(f.panels[0].series[0], vec![(1.0, 0.3), (2.0, 0.2), (3.0, 0.1)]);
         assert_eq!(f.panels[1].series[1], vec![(1.0, 2.3), (2.0, 2.2), (3.0, 2.1)]);
+        // Every panel smooths long runs but the learning rate's, which follows its schedule.
+        let smooth: Vec<(&str, bool)> = f.panels.iter().map(|p| (p.title.as_str(), p.smooth)).collect();
+        assert!(smooth.iter().all(|&(t, s)| s == (t != "learning rate")), "{smooth:?}");
         assert!(f.legend[0].1.starts_with("3 steps, 300 target tokens; last step: objective 0.1000"), "{}", f.legend[0].1);
         let out = dir.path().join("new/curves.png");
         write(&runs, &out).unwrap();
