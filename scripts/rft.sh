@@ -70,7 +70,7 @@ $TRAINER eval --model "$RUN/final" "${eval_args[@]}" --out "runs/eval/rft-$LOSS"
 step "eval $LOSS"
 
 echo
-$TRAINER compare runs/eval/rft-base "runs/eval/rft-$LOSS" --label base --label "rft-$LOSS" | tee "$RUN/compare.md"
+$TRAINER compare runs/eval/rft-base "runs/eval/rft-$LOSS" --label base --label "rft-$LOSS" --plot "$RUN/compare.png" | tee "$RUN/compare.md"
 echo
 printf '%s\n' "${timings[@]}"
 printf '%-22s %5d s\n' total $(( $(date +%s) - t_start ))

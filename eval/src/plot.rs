@@ -215,13 +215,15 @@ impl Canvas {
     }
 }
 
-/// One series of a grouped-bar histogram: a value per bin, a colour and legend text.
+/// One series of a grouped-bar chart: a value per bin, a colour and legend text.
 #[derive(Clone, Debug)]
 pub struct Series {
     pub label: String,
     /// Extra legend text after the label (e.g. summary numbers).
     pub note: String,
     pub values: Vec<f64>,
+    /// Per bin, an interval drawn as a whisker over the bar (empty: none).
+    pub intervals: Vec<Option<(f64, f64)>>,
 }
 
 /// A histogram with several series side by side in each bin.
@@ -233,6 +235,9 @@ pub struct BarChart {
     pub y_label: String,
     /// Bin edges, one more than the bins, increasing.
     pub edges: Vec<f64>,
+    /// Names of the bins, written under their centres instead of numeric ticks (empty: a
+    /// histogram's numeric axis).
+    pub categories: Vec<String>,
     pub series: Vec<Series>,
     pub log_y: bool,
     pub width: usize,
@@ -247,6 +252,8 @@ pub struct Layout {
     /// `bars[series][bin]`: the bar's rectangle, `None` where nothing is drawn (zero, or below
     /// the log axis).
     pub bars: Vec<Vec<Option<Rect>>>,
+    /// `whiskers[series][bin]`: the interval's column and its top and bottom rows.
+    pub whiskers: Vec<Vec<Option<(i64, i64, i64)>>>,
     /// Legend swatch of each series.
     pub swatches: Vec<Rect>,
     pub y_range: (f64, f64),
@@ -309,7 +316,8 @@ impl BarChart {
         c.text(&self.subtitle, w / 2, 60, SUBTITLE_PX, [85, 85, 85], Align::Center);
 
         // Y axis range and ticks.
-        let max = self.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+        let highs = self.series.iter().flat_map(|s| s.intervals.iter().flatten().map(|i| i.1));
+        let max = self.series.iter().flat_map(|s| s.values.iter().copied()).chain(highs).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
         let (lo, hi, ticks): (f64, f64, Vec<(f64, String)>) = if self.log_y {
             let min_pos = self
                 .series
@@ -350,18 +358,25 @@ impl BarChart {
                 }
             }
         }
-        let x_step = x_tick_step(xhi - xlo, bins);
-        let n_xticks = ((xhi - xlo) / x_step).round() as i64;
-        for i in 0..=n_xticks {
-            let v = xlo + i as f64 * x_step;
-            let x = x_of(v);
-            c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
-            c.text(&tick_label(v, x_step), x, y1 + 21, TICK_PX, TEXT, Align::Center);
+        if self.categories.is_empty() {
+            let x_step = x_tick_step(xhi - xlo, bins);
+            let n_xticks = ((xhi - xlo) / x_step).round() as i64;
+            for i in 0..=n_xticks {
+                let v = xlo + i as f64 * x_step;
+                let x = x_of(v);
+                c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
+                c.text(&tick_label(v, x_step), x, y1 + 21, TICK_PX, TEXT, Align::Center);
+            }
+        } else {
+            for (name, edge) in self.categories.iter().zip(self.edges.windows(2)) {
+                c.text(name, (x_of(edge[0]) + x_of(edge[1])) / 2, y1 + 21, TICK_PX, TEXT, Align::Center);
+            }
         }
 
         // Bars: each bin's group takes 84% of the bin, split evenly among the series.
         let n = self.series.len().max(1) as i64;
         let mut bars = vec![vec![None; bins]; self.series.len()];
+        let mut whiskers = vec![vec![None; bins]; self.series.len()];
         for (b, edge) in self.edges.windows(2).enumerate() {
             let (bx0, bx1) = (x_of(edge[0]), x_of(edge[1]));
             let group = ((bx1 - bx0) as f64 * 0.84).round() as i64;
@@ -370,6 +385,11 @@ impl BarChart {
             let gx0 = gx0 + (group - bar_w * n) / 2;
             for (s, series) in self.series.iter().enumerate() {
                 let v = series.values[b];
+                // A whisker is drawn over a bar of 0 too: 0 of 30 is not certainly 0.
+                if let Some(Some((ilo, ihi))) = series.intervals.get(b) {
+                    let x = gx0 + s as i64 * bar_w + bar_w / 2;
+                    whiskers[s][b] = Some((x, y_of(*ihi), y_of(*ilo)));
+                }
                 if v.is_nan() || v <= 0.0 || (self.log_y && v < lo) {
                     continue;
                 }
@@ -382,6 +402,14 @@ impl BarChart {
                 }
                 bars[s][b] = Some(rect);
             }
+        }
+
+        // Whiskers over the bars, capped a quarter of a bar wide.
+        let cap = ((x1 - x0) / (bins as i64 * n * 4).max(1)).clamp(2, 8);
+        for &(x, top, bottom) in whiskers.iter().flatten().flatten() {
+            c.fill_rect(x, top, x + 1, bottom + 1, TEXT);
+            c.fill_rect(x - cap, top, x + cap + 1, top + 1, TEXT);
+            c.fill_rect(x - cap, bottom, x + cap + 1, bottom + 1, TEXT);
         }
 
         // Axes.
@@ -405,7 +433,7 @@ impl BarChart {
             c.text(&series.label, x0 + 38, base, LEGEND_PX, TEXT, Align::Start);
             c.text(&series.note, note_x, base, LEGEND_PX, [70, 70, 70], Align::Start);
         }
-        (c, Layout { plot: (x0, y0, x1, y1), bars, swatches, y_range: (lo, hi) })
+        (c, Layout { plot: (x0, y0, x1, y1), bars, whiskers, swatches, y_range: (lo, hi) })
     }
 
     fn legend_label_width(&self) -> i64 {
@@ -765,9 +793,10 @@ mod tests {
             x_label: "x".into(),
             y_label: "y".into(),
             edges: (0..=4).map(|i| i as f64 / 4.0).collect(),
+            categories: vec![],
             series: vec![
-                Series { label: "a".into(), note: String::new(), values: vec![0.5, 0.0, 0.25, 0.25] },
-                Series { label: "b".into(), note: String::new(), values: vec![0.001, 0.0, 0.0, 0.999] },
+                Series { label: "a".into(), note: String::new(), values: vec![0.5, 0.0, 0.25, 0.25], intervals: vec![] },
+                Series { label: "b".into(), note: String::new(), values: vec![0.001, 0.0, 0.0, 0.999], intervals: vec![] },
             ],
             log_y,
             width: 600,
@@ -986,6 +1015,32 @@ mod tests {
         gap[500] = None;
         assert_eq!(thinned(&gap, 10).iter().filter(|q| q.is_none()).count(), 1);
         assert_eq!(thinned(&px[..20], 10), px[..20].to_vec());
+    }
+
+    /// Named bins with whiskers: each whisker spans its interval, centred on its bar, and a bar
+    /// of 0 keeps its whisker.
+    #[test]
+    fn categories_and_whiskers() {
+        let mut ch = chart(false);
+        ch.categories = ["gsm8k", "math500", "humaneval", "mbpp"].map(String::from).to_vec();
+        ch.series[0].intervals = vec![Some((0.3, 0.7)), Some((0.0, 0.114)), None, Some((0.1, 0.4))];
+        let (c, l) = ch.render();
+        let (lo, hi) = l.y_range;
+        let (_, y0, _, y1) = l.plot;
+        let y_of = |v: f64| y1 - ((v - lo) / (hi - lo) * (y1 - y0) as f64).round() as i64;
+        let (x, top, bottom) = l.whiskers[0][0].unwrap();
+        let bar = l.bars[0][0].unwrap();
+        assert_eq!((top, bottom), (y_of(0.7), y_of(0.3)));
+        assert!((x - (bar.0 + bar.2) / 2).abs() <= 1, "whisker at {x}, bar {bar:?}");
+        assert_eq!(c.get(x as usize, ((top + bottom) / 2) as usize), TEXT);
+        // Bin 1 has no bar (0) but its whisker [0, 0.114]; bin 2 has no interval.
+        assert!(l.bars[0][1].is_none() && l.whiskers[0][1].is_some() && l.whiskers[0][2].is_none());
+        assert!(l.whiskers[1].iter().all(|w| w.is_none()));
+        // The axis reaches the highest whisker, and category names replace the numeric ticks.
+        assert!(hi >= 0.7);
+        let mut numeric = chart(false);
+        numeric.series[0].intervals = ch.series[0].intervals.clone();
+        assert_ne!(c.pixels, numeric.render().0.pixels);
     }
 
     #[test]

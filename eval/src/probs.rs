@@ -227,6 +227,7 @@ pub fn chart(models: &[ModelProbs], sample: &Sample, bins: usize, log_y: bool) -
                     100.0 * x.above_0_9
                 ),
                 values: histogram(&m.probs, bins).iter().map(|&c| if n == 0 { 0.0 } else { c as f64 / n as f64 }).collect(),
+                intervals: vec![],
             }
         })
         .collect();
@@ -239,6 +240,7 @@ pub fn chart(models: &[ModelProbs], sample: &Sample, bins: usize, log_y: bool) -
         x_label: "probability of the target token".into(),
         y_label: if log_y { "fraction of tokens (log scale)".into() } else { "fraction of tokens".into() },
         edges: edges(bins),
+        categories: vec![],
         series,
         log_y,
         width: 1100,

@@ -220,6 +220,47 @@ fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg:
     format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi)
 }
 
+/// Evaluations side by side as a bar chart: Average@K per benchmark of the first (the baseline's
+/// benchmarks, in its order), one bar per evaluation, each with its 95% Wilson interval over the
+/// prompts as a whisker.
+pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
+    let base = evals.first().map(|e| &e.summary);
+    let benches: Vec<String> = base.map(|b| b.benchmarks.iter().map(|x| x.bench.clone()).collect()).unwrap_or_default();
+    let series = evals
+        .iter()
+        .map(|e| {
+            let found: Vec<Option<&BenchSummary>> = benches.iter().map(|b| e.summary.benchmarks.iter().find(|x| &x.bench == b)).collect();
+            crate::plot::Series {
+                label: e.label.clone(),
+                note: format!("{} (K = {})", e.summary.model, e.summary.config.samples),
+                values: found.iter().map(|f| f.map_or(f64::NAN, |x| 100.0 * x.average_at_k)).collect(),
+                intervals: found
+                    .iter()
+                    .map(|f| {
+                        f.map(|x| {
+                            let (lo, hi) = crate::metrics::wilson_interval(x.average_at_k, x.prompts);
+                            (100.0 * lo, 100.0 * hi)
+                        })
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let limit = base.and_then(|b| b.config.limit).map(|l| format!(", first {l} prompts per benchmark")).unwrap_or_default();
+    crate::plot::BarChart {
+        title: "Average@K per benchmark".into(),
+        subtitle: format!("whiskers: 95% Wilson intervals over each benchmark's prompts{limit}"),
+        x_label: "benchmark".into(),
+        y_label: "Average@K (%)".into(),
+        edges: (0..=benches.len()).map(|i| i as f64).collect(),
+        categories: benches,
+        series,
+        log_y: false,
+        width: 1000,
+        height: 560,
+    }
+}
+
 /// Evaluations side by side, the first as the baseline: per benchmark, each run's Average@K
 /// (with the difference to the baseline in points and its 95% paired-bootstrap interval),
 /// truncated samples and mean new tokens. Runs that evaluated different settings, engines,
@@ -367,6 +408,13 @@ mod tests {
         let same = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.6)]);
         let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert!(!md.contains("note:"), "{md}");
+        // The chart: the baseline's benchmarks, one bar per run with its Wilson whisker.
+        let chart = compare_chart(&[eval("base", base.clone()), eval("dft", same.clone())]);
+        assert_eq!(chart.categories, ["gsm8k_test"]);
+        assert_eq!(
+            (chart.series[1].values[0], chart.series[1].intervals[0].map(|(a, b)| (a.round(), b.round()))),
+            (60.0, Some((42.0, 75.0)))
+        );
         // Without results files, the difference has no interval.
         assert_eq!(markdown(&same).lines().find(|l| l.starts_with("| gsm8k_test")).unwrap().split(" | ").nth(4), Some("[42.3%, 75.4%]"));
         assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");

@@ -209,6 +209,9 @@ enum Command {
         /// Column names in the same order (default: the folder names).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Also draw Average@K per benchmark as a bar chart (PNG), with 95% intervals as whiskers.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Decoding throughput: new tokens/s of batched KV-cache generation of a prompt snapshot's
     /// prompts, one batch per size, every sequence decoding exactly --new-tokens (no stop
@@ -567,9 +570,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Compare { runs, labels } => {
+        Command::Compare { runs, labels, plot } => {
             let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
+            if let Some(path) = plot {
+                let (canvas, _) = eval::report::compare_chart(&evals).render();
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                schemas::write_atomic(&path, &canvas.to_png()).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(())
         }
         Command::BenchGenerate { model, prompts, snapshots, batch, new_tokens, sampling, repeat, prompts_out, device } => {
