@@ -574,7 +574,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
             if let Some(path) = plot {
-                let (canvas, _) = eval::report::compare_chart(&evals).render();
+                let chart = eval::report::compare_chart(&evals);
+                anyhow::ensure!(!chart.categories.is_empty(), "{}: no benchmark to plot", runs[0].display());
+                let (canvas, _) = chart.render();
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
