@@ -252,8 +252,9 @@ pub struct Layout {
     /// `bars[series][bin]`: the bar's rectangle, `None` where nothing is drawn (zero, or below
     /// the log axis).
     pub bars: Vec<Vec<Option<Rect>>>,
-    /// `whiskers[series][bin]`: the interval's column and its top and bottom rows.
-    pub whiskers: Vec<Vec<Option<(i64, i64, i64)>>>,
+    /// `whiskers[series][bin]`: the interval's column, its top and bottom rows, and the caps'
+    /// half-width.
+    pub whiskers: Vec<Vec<Option<(i64, i64, i64, i64)>>>,
     /// Legend swatch of each series.
     pub swatches: Vec<Rect>,
     pub y_range: (f64, f64),
@@ -305,7 +306,15 @@ impl BarChart {
         let bins = self.edges.len() - 1;
         for s in &self.series {
             assert_eq!(s.values.len(), bins, "series `{}` has {} values for {} bins", s.label, s.values.len(), bins);
+            assert!(
+                s.intervals.is_empty() || s.intervals.len() == bins,
+                "series `{}`: {} intervals for {} bins",
+                s.label,
+                s.intervals.len(),
+                bins
+            );
         }
+        assert!(self.categories.is_empty() || self.categories.len() == bins, "{} categories for {} bins", self.categories.len(), bins);
         let total_h = self.height + self.legend_height() as usize;
         let mut c = Canvas::new(self.width, total_h, WHITE);
         let (w, h) = (self.width as i64, self.height as i64);
@@ -388,7 +397,8 @@ impl BarChart {
                 // A whisker is drawn over a bar of 0 too: 0 of 30 is not certainly 0.
                 if let Some(Some((ilo, ihi))) = series.intervals.get(b) {
                     let x = gx0 + s as i64 * bar_w + bar_w / 2;
-                    whiskers[s][b] = Some((x, y_of(*ihi), y_of(*ilo)));
+                    // Caps a quarter of the bar wide each way, so neighbouring bars' caps never meet.
+                    whiskers[s][b] = Some((x, y_of(*ihi), y_of(*ilo), (bar_w / 4).clamp(1, 8)));
                 }
                 if v.is_nan() || v <= 0.0 || (self.log_y && v < lo) {
                     continue;
@@ -404,9 +414,8 @@ impl BarChart {
             }
         }
 
-        // Whiskers over the bars, capped a quarter of a bar wide.
-        let cap = ((x1 - x0) / (bins as i64 * n * 4).max(1)).clamp(2, 8);
-        for &(x, top, bottom) in whiskers.iter().flatten().flatten() {
+        // Whiskers over the bars.
+        for &(x, top, bottom, cap) in whiskers.iter().flatten().flatten() {
             c.fill_rect(x, top, x + 1, bottom + 1, TEXT);
             c.fill_rect(x - cap, top, x + cap + 1, top + 1, TEXT);
             c.fill_rect(x - cap, bottom, x + cap + 1, bottom + 1, TEXT);
@@ -1023,21 +1032,24 @@ mod tests {
     fn categories_and_whiskers() {
         let mut ch = chart(false);
         ch.categories = ["gsm8k", "math500", "humaneval", "mbpp"].map(String::from).to_vec();
-        ch.series[0].intervals = vec![Some((0.3, 0.7)), Some((0.0, 0.114)), None, Some((0.1, 0.4))];
+        // No bar above 0.5, one whisker up to 0.9: the axis must reach the whisker.
+        ch.series[1].values = vec![0.001, 0.0, 0.0, 0.2];
+        ch.series[0].intervals = vec![Some((0.3, 0.9)), Some((0.0, 0.114)), None, Some((0.1, 0.4))];
         let (c, l) = ch.render();
         let (lo, hi) = l.y_range;
         let (_, y0, _, y1) = l.plot;
         let y_of = |v: f64| y1 - ((v - lo) / (hi - lo) * (y1 - y0) as f64).round() as i64;
-        let (x, top, bottom) = l.whiskers[0][0].unwrap();
+        let (x, top, bottom, cap) = l.whiskers[0][0].unwrap();
         let bar = l.bars[0][0].unwrap();
-        assert_eq!((top, bottom), (y_of(0.7), y_of(0.3)));
+        assert_eq!((top, bottom), (y_of(0.9), y_of(0.3)));
+        assert!(2 * cap + 1 <= (bar.2 - bar.0) / 2 + 1, "cap {cap} for a bar {} wide", bar.2 - bar.0);
         assert!((x - (bar.0 + bar.2) / 2).abs() <= 1, "whisker at {x}, bar {bar:?}");
         assert_eq!(c.get(x as usize, ((top + bottom) / 2) as usize), TEXT);
         // Bin 1 has no bar (0) but its whisker [0, 0.114]; bin 2 has no interval.
         assert!(l.bars[0][1].is_none() && l.whiskers[0][1].is_some() && l.whiskers[0][2].is_none());
         assert!(l.whiskers[1].iter().all(|w| w.is_none()));
         // The axis reaches the highest whisker, and category names replace the numeric ticks.
-        assert!(hi >= 0.7);
+        assert!(hi >= 0.9, "{hi}");
         let mut numeric = chart(false);
         numeric.series[0].intervals = ch.series[0].intervals.clone();
         assert_ne!(c.pixels, numeric.render().0.pixels);

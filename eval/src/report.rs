@@ -86,9 +86,15 @@ impl BenchSummary {
     /// The 95% Wilson interval of Average@K over this benchmark's prompts, in percent
     /// ([`crate::metrics::wilson_interval`]): how far another set of prompts like these could
     /// move the figure.
-    pub fn interval_text(&self) -> String {
+    pub fn interval_percent(&self) -> (f64, f64) {
         let (lo, hi) = crate::metrics::wilson_interval(self.average_at_k, self.prompts);
-        format!("[{:.1}%, {:.1}%]", 100.0 * lo, 100.0 * hi)
+        (100.0 * lo, 100.0 * hi)
+    }
+
+    /// [`Self::interval_percent`] as text: `[5.3%, 29.7%]`.
+    pub fn interval_text(&self) -> String {
+        let (lo, hi) = self.interval_percent();
+        format!("[{lo:.1}%, {hi:.1}%]")
     }
 }
 
@@ -234,15 +240,7 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
                 label: e.label.clone(),
                 note: format!("{} (K = {})", e.summary.model, e.summary.config.samples),
                 values: found.iter().map(|f| f.map_or(f64::NAN, |x| 100.0 * x.average_at_k)).collect(),
-                intervals: found
-                    .iter()
-                    .map(|f| {
-                        f.map(|x| {
-                            let (lo, hi) = crate::metrics::wilson_interval(x.average_at_k, x.prompts);
-                            (100.0 * lo, 100.0 * hi)
-                        })
-                    })
-                    .collect(),
+                intervals: found.iter().map(|f| f.map(BenchSummary::interval_percent)).collect(),
             }
         })
         .collect();
@@ -411,6 +409,10 @@ mod tests {
         // The chart: the baseline's benchmarks, one bar per run with its Wilson whisker.
         let chart = compare_chart(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert_eq!(chart.categories, ["gsm8k_test"]);
+        // A benchmark a later run lacks: no bar, no whisker.
+        let two = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5), ("math500", 0.2)]);
+        let chart2 = compare_chart(&[eval("base", two), eval("dft", same.clone())]);
+        assert!(chart2.series[1].values[1].is_nan() && chart2.series[1].intervals[1].is_none());
         assert_eq!(
             (chart.series[1].values[0], chart.series[1].intervals[0].map(|(a, b)| (a.round(), b.round()))),
             (60.0, Some((42.0, 75.0)))
