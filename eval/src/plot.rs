@@ -1042,7 +1042,7 @@ mod tests {
         let (x, top, bottom, cap) = l.whiskers[0][0].unwrap();
         let bar = l.bars[0][0].unwrap();
         assert_eq!((top, bottom), (y_of(0.9), y_of(0.3)));
-        assert!(2 * cap + 1 <= (bar.2 - bar.0) / 2 + 1, "cap {cap} for a bar {} wide", bar.2 - bar.0);
+        assert!(2 * cap <= (bar.2 - bar.0) / 2, "cap {cap} for a bar {} wide", bar.2 - bar.0);
         assert!((x - (bar.0 + bar.2) / 2).abs() <= 1, "whisker at {x}, bar {bar:?}");
         assert_eq!(c.get(x as usize, ((top + bottom) / 2) as usize), TEXT);
         // Bin 1 has no bar (0) but its whisker [0, 0.114]; bin 2 has no interval.
