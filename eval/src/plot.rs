@@ -244,6 +244,15 @@ pub struct BarChart {
     pub height: usize,
 }
 
+/// An interval drawn over a bar: its column, top and bottom rows, and the caps' half-width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Whisker {
+    pub x: i64,
+    pub top: i64,
+    pub bottom: i64,
+    pub cap: i64,
+}
+
 /// Where things were drawn, for tests and callers that annotate the chart.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -252,9 +261,8 @@ pub struct Layout {
     /// `bars[series][bin]`: the bar's rectangle, `None` where nothing is drawn (zero, or below
     /// the log axis).
     pub bars: Vec<Vec<Option<Rect>>>,
-    /// `whiskers[series][bin]`: the interval's column, its top and bottom rows, and the caps'
-    /// half-width.
-    pub whiskers: Vec<Vec<Option<(i64, i64, i64, i64)>>>,
+    /// `whiskers[series][bin]`, where an interval was drawn.
+    pub whiskers: Vec<Vec<Option<Whisker>>>,
     /// Legend swatch of each series.
     pub swatches: Vec<Rect>,
     pub y_range: (f64, f64),
@@ -398,7 +406,7 @@ impl BarChart {
                 if let Some(Some((ilo, ihi))) = series.intervals.get(b) {
                     let x = gx0 + s as i64 * bar_w + bar_w / 2;
                     // Caps a quarter of the bar wide each way, so neighbouring bars' caps never meet.
-                    whiskers[s][b] = Some((x, y_of(*ihi), y_of(*ilo), (bar_w / 4).clamp(1, 8)));
+                    whiskers[s][b] = Some(Whisker { x, top: y_of(*ihi), bottom: y_of(*ilo), cap: (bar_w / 4).clamp(1, 8) });
                 }
                 if v.is_nan() || v <= 0.0 || (self.log_y && v < lo) {
                     continue;
@@ -415,7 +423,7 @@ impl BarChart {
         }
 
         // Whiskers over the bars.
-        for &(x, top, bottom, cap) in whiskers.iter().flatten().flatten() {
+        for &Whisker { x, top, bottom, cap } in whiskers.iter().flatten().flatten() {
             c.fill_rect(x, top, x + 1, bottom + 1, TEXT);
             c.fill_rect(x - cap, top, x + cap + 1, top + 1, TEXT);
             c.fill_rect(x - cap, bottom, x + cap + 1, bottom + 1, TEXT);
@@ -1039,7 +1047,7 @@ mod tests {
         let (lo, hi) = l.y_range;
         let (_, y0, _, y1) = l.plot;
         let y_of = |v: f64| y1 - ((v - lo) / (hi - lo) * (y1 - y0) as f64).round() as i64;
-        let (x, top, bottom, cap) = l.whiskers[0][0].unwrap();
+        let Whisker { x, top, bottom, cap } = l.whiskers[0][0].unwrap();
         let bar = l.bars[0][0].unwrap();
         assert_eq!((top, bottom), (y_of(0.9), y_of(0.3)));
         assert!(2 * cap <= (bar.2 - bar.0) / 2, "cap {cap} for a bar {} wide", bar.2 - bar.0);
