@@ -232,7 +232,7 @@ fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg:
 pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
     let base = evals.first().map(|e| &e.summary);
     let benches: Vec<String> = base.map(|b| b.benchmarks.iter().map(|x| x.bench.clone()).collect()).unwrap_or_default();
-    let series = evals
+    let series: Vec<crate::plot::Series> = evals
         .iter()
         .map(|e| {
             let found: Vec<Option<&BenchSummary>> = benches.iter().map(|b| e.summary.benchmarks.iter().find(|x| &x.bench == b)).collect();
@@ -245,6 +245,13 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
         })
         .collect();
     let limit = base.and_then(|b| b.config.limit).map(|l| format!(", first {l} prompts per benchmark")).unwrap_or_default();
+    // Wide enough that benchmark names do not run into each other and the legend's model paths
+    // are not cut off (the chart's margins and legend layout: `BarChart::render`).
+    let text = |s: &String, px: f32| crate::plot::text_width(s, px);
+    let per_bench = benches.iter().map(|b| text(b, 13.0) + 24).max().unwrap_or(0);
+    let legend =
+        series.iter().map(|s| text(&s.label, 14.0)).max().unwrap_or(0) + series.iter().map(|s| text(&s.note, 14.0)).max().unwrap_or(0);
+    let width = 1000.max(128 + benches.len() * per_bench).max(92 + 38 + legend + 16 + 36);
     crate::plot::BarChart {
         title: "Average@K per benchmark".into(),
         subtitle: format!("whiskers: 95% Wilson intervals over each benchmark's prompts{limit}"),
@@ -254,7 +261,7 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
         categories: benches,
         series,
         log_y: false,
-        width: 1000,
+        width,
         height: 560,
     }
 }
@@ -409,6 +416,12 @@ mod tests {
         // The chart: the baseline's benchmarks, one bar per run with its Wilson whisker.
         let chart = compare_chart(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert_eq!(chart.categories, ["gsm8k_test"]);
+        assert_eq!(chart.width, 1000);
+        // A long model path widens the chart to keep the legend whole.
+        let mut far = same.clone();
+        far.model = format!("/{}final", "checkpoints/".repeat(20));
+        let wide = compare_chart(&[eval("base", base.clone()), eval("far", far)]);
+        assert!(wide.width > 1000 && wide.width >= 92 + 38 + crate::plot::text_width(&wide.series[1].note, 14.0) + 52, "{}", wide.width);
         // A benchmark a later run lacks: no bar, no whisker.
         let two = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5), ("math500", 0.2)]);
         let chart2 = compare_chart(&[eval("base", two), eval("dft", same.clone())]);
