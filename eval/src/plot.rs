@@ -201,6 +201,16 @@ impl Canvas {
         }
     }
 
+    /// Writes the PNG to `path` atomically, making its folder first: what every chart of rectify's
+    /// commands (`probs`, `curves`, `compare --plot`) ends with.
+    pub fn save_png(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        schemas::write_atomic(path, &self.to_png()).with_context(|| format!("cannot write {}", path.display()))
+    }
+
     /// PNG bytes (8-bit RGB, default compression and filter: deterministic).
     pub fn to_png(&self) -> Vec<u8> {
         let mut out = Vec::new();

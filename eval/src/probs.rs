@@ -267,12 +267,9 @@ pub fn csv_paths(out: &Path) -> (PathBuf, PathBuf) {
 
 /// Write the PNG and both CSVs; returns their paths.
 pub fn write_outputs(out: &Path, models: &[ModelProbs], sample: &Sample, bins: usize, log_y: bool) -> anyhow::Result<Vec<PathBuf>> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
     let (hist, summary) = csv_paths(out);
     let (canvas, _) = chart(models, sample, bins, log_y).render();
-    schemas::write_atomic(out, &canvas.to_png())?;
+    canvas.save_png(out)?;
     schemas::write_atomic(&hist, histogram_csv(models, sample, bins).as_bytes())?;
     schemas::write_atomic(&summary, summary_csv(models, sample).as_bytes())?;
     Ok(vec![out.to_path_buf(), hist, summary])

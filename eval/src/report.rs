@@ -210,20 +210,20 @@ pub fn load_evaluation(path: &Path, label: Option<String>) -> anyhow::Result<Eva
 }
 
 /// The difference to the baseline in points, with its 95% paired-bootstrap interval where both
-/// evaluations' results cover the same prompts of the benchmark.
-fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg: f64) -> String {
+/// evaluations' results cover the same prompts of the benchmark (`None` where they do not).
+fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg: f64) -> (String, Option<(f64, f64)>) {
     let d = 100.0 * (avg - base_avg);
-    let (Some(a), Some(b)) = (base.per_prompt.get(bench), other.per_prompt.get(bench)) else { return format!("{d:+.1}") };
+    let (Some(a), Some(b)) = (base.per_prompt.get(bench), other.per_prompt.get(bench)) else { return (format!("{d:+.1}"), None) };
     if a.is_empty() || !a.keys().eq(b.keys()) {
-        return format!("{d:+.1}");
+        return (format!("{d:+.1}"), None);
     }
     let diffs: Vec<f64> = a.iter().zip(b.values()).map(|((_, x), y)| y - x).collect();
     if diffs.iter().all(|&x| x == 0.0) {
         // Resampling cannot see noise where nothing differs; an interval [0, 0] would claim certainty.
-        return format!("{d:+.1} (no prompt differs)");
+        return (format!("{d:+.1} (no prompt differs)"), None);
     }
     let (lo, hi) = crate::metrics::bootstrap_interval(&diffs, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
-    format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi)
+    (format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi), Some((lo, hi)))
 }
 
 /// Evaluations side by side as a bar chart: Average@K per benchmark of the first (the baseline's
@@ -330,6 +330,7 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
         rule.push_str("---:|---:|");
     }
     md.push_str(&format!("{head}\n{rule}\n"));
+    let mut any_interval = false;
     for b in &base.benchmarks {
         let found: Vec<Option<&BenchSummary>> = runs.iter().map(|(_, s)| s.benchmarks.iter().find(|x| x.bench == b.bench)).collect();
         let mut line = format!("| {} | {} |", b.bench, b.prompts);
@@ -339,7 +340,9 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
                     let mark = if x.snapshot_id != b.snapshot_id || x.prompts != b.prompts { "*" } else { "" };
                     line.push_str(&format!(" {:.1}%{mark} |", 100.0 * x.average_at_k));
                     if i > 0 {
-                        line.push_str(&format!(" {} |", delta(base_eval, &evals[i], &b.bench, b.average_at_k, x.average_at_k)));
+                        let (text, interval) = delta(base_eval, &evals[i], &b.bench, b.average_at_k, x.average_at_k);
+                        any_interval |= interval.is_some();
+                        line.push_str(&format!(" {text} |"));
                     }
                 }
                 None => line.push_str(if i > 0 { " – | – |" } else { " – |" }),
@@ -359,7 +362,7 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
     if runs.iter().any(|(_, s)| s.benchmarks.iter().any(differs)) {
         md.push_str("\n* another snapshot or number of prompts than the baseline's\n");
     }
-    if md.contains(" [") {
+    if any_interval {
         md.push_str(&format!(
             "\nΔ: points against {}; in brackets, where both results files hold the same prompts, its 95% interval from a \
              paired bootstrap over those prompts ({} resamples, seed 0). An interval that holds 0 is no evidence of a \

@@ -49,6 +49,11 @@ fn train_recipe(dir: &Path, name: &str, sources: &str) -> PathBuf {
 }
 
 /// Example ids of every packed row of a train snapshot, sorted.
+/// A JSON-lines file of `lines`, each ended by a newline.
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
 fn trained_ids(dir: &Path) -> Vec<String> {
     use arrow::array::AsArray;
     let m = read_manifest(dir).unwrap();
@@ -245,7 +250,7 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
             {"text": "\\boxed{7}", "finish_reason": "stop"},
             {"text": "3 + 3 = \\boxed{6} and", "finish_reason": {"type": "length"}}]}).to_string(),
     ];
-    std::fs::write(dir.join("engine.jsonl"), lines.join("\n") + "\n").unwrap();
+    write_lines(&dir.join("engine.jsonl"), &lines);
     // Lines that name a question of the snapshot and leave the rest to it.
     let looked_up = [
         serde_json::json!({"question_id": q(0), "completion": "48 + 24 = 72. #### 72"}).to_string(),
@@ -255,7 +260,7 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
         serde_json::json!({"question_id": q(2), "completion": "```python\ndef first_repeated_char(s):\n    return s[0]\n```"}).to_string(),
         serde_json::json!({"question_id": "gsm8k_train/L999", "completion": "\\boxed{1}"}).to_string(),
     ];
-    std::fs::write(dir.join("lookup.jsonl"), looked_up.join("\n") + "\n").unwrap();
+    write_lines(&dir.join("lookup.jsonl"), &looked_up);
     let recipe = train_recipe(
         dir,
         "ext",
@@ -328,8 +333,7 @@ fn a_fields_map_without_finish_or_sample_still_reads_them() {
         serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "\\boxed{42} and", "gold": "42", "finish_reason": "length"}),
         serde_json::json!({"qid": "n1", "q": "What is 6 * 7?", "text": "\\boxed{41}", "gold": "42", "sample": 7}),
     ];
-    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    std::fs::write(dir.join("renamed.jsonl"), text.join("\n") + "\n").unwrap();
+    write_lines(&dir.join("renamed.jsonl"), &lines.map(|l| l.to_string()));
     let recipe = train_recipe(
         dir,
         "partial",

@@ -97,11 +97,7 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
 
 /// Draws `runs` into the PNG `out`, written atomically.
 pub fn write(runs: &[RunCurves], out: &Path) -> anyhow::Result<()> {
-    let (canvas, _) = figure(runs).render();
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    schemas::write_atomic(out, &canvas.to_png()).with_context(|| format!("cannot write {}", out.display()))
+    figure(runs).render().0.save_png(out)
 }
 
 /// Redraws a training run's own `curves.png` from its metrics. A figure that cannot be drawn

@@ -576,11 +576,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = plot {
                 let chart = eval::report::compare_chart(&evals);
                 anyhow::ensure!(!chart.categories.is_empty(), "{}: no benchmark to plot", runs[0].display());
-                let (canvas, _) = chart.render();
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                }
-                schemas::write_atomic(&path, &canvas.to_png()).with_context(|| format!("cannot write {}", path.display()))?;
+                chart.render().0.save_png(&path)?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
