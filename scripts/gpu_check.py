@@ -68,15 +68,23 @@ SHAPES = {
     "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                          num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
                          max_position_embeddings=32768, tie_word_embeddings=True),
-    # Dry-run shapes: the same two architectures, small enough for two CPU cores. The Qwen2 one
-    # has a larger vocabulary than the snapshot's tokenizer, as the real one does.
+    # Dry-run shapes: the same two architectures and Qwen3, small enough for two CPU cores. The
+    # Qwen2 one has a larger vocabulary than the snapshot's tokenizer, as the real one does.
     "tiny-llama": dict(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5,
                        max_position_embeddings=8192, tie_word_embeddings=True),
     "tiny-qwen2": dict(model_type="qwen2", vocab_size=50000, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=1, rope_theta=1000000.0, rms_norm_eps=1e-6,
                        max_position_embeddings=32768, tie_word_embeddings=False),
+    # Qwen3: q/k norms, and heads twice as wide as hidden_size / heads (as Qwen3-0.6B's are).
+    "tiny-qwen3": dict(model_type="qwen3", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       max_position_embeddings=8192, tie_word_embeddings=True),
 }
+
+# Per architecture: transformers' model class (config.json's `architectures`) and config class.
+ARCHITECTURES = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+                 "qwen3": ("Qwen3ForCausalLM", "Qwen3Config")}
 
 # Per mode: the shapes, DFT steps, rows scored for the log-probability check, generation batches
 # and new tokens, the micro-batch sizes tried per shape (one step each; sized so the largest
@@ -89,8 +97,8 @@ MODES = {
                 gen_new_tokens=128, microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16]}, budget=420,
                 limits=dict(checkpoint=150, logprobs=90, train=150, torch_train=150, generate=120, microbatch=60, compile=150,
                             microbatch_search=75)),
-    "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2"], steps=2, logprob_rows=2, gen_batches=[2, 4],
-                gen_new_tokens=8, microbatches={"tiny-llama": [2], "tiny-qwen2": [2]}, budget=900,
+    "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2", "tiny-qwen3"], steps=2, logprob_rows=2, gen_batches=[2, 4],
+                gen_new_tokens=8, microbatches={"tiny-llama": [2], "tiny-qwen2": [2], "tiny-qwen3": [2]}, budget=900,
                 limits=dict(checkpoint=120, logprobs=120, train=300, torch_train=300, generate=300, microbatch=150, compile=300,
                             microbatch_search=300)),
 }
@@ -867,7 +875,7 @@ def write_random_checkpoint(cfg, path, seed):
         f.write(struct.pack("<Q", len(h)) + h)
         for b in blobs:
             f.write(b)
-    config = {**cfg, "architectures": ["LlamaForCausalLM" if cfg["model_type"] == "llama" else "Qwen2ForCausalLM"],
+    config = {**cfg, "architectures": [ARCHITECTURES[cfg["model_type"]][0]],
               "hidden_act": "silu", "dtype": "float32", "initializer_range": std}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -889,6 +897,8 @@ def hf_shapes(cfg):
                 (p + "mlp.gate_proj.weight", (i, h)), (p + "mlp.up_proj.weight", (i, h)), (p + "mlp.down_proj.weight", (h, i))]
         if cfg["model_type"] == "qwen2":
             out += [(p + "self_attn.q_proj.bias", (q,)), (p + "self_attn.k_proj.bias", (kv,)), (p + "self_attn.v_proj.bias", (kv,))]
+        if cfg["model_type"] == "qwen3":
+            out += [(p + "self_attn.q_norm.weight", (hd,)), (p + "self_attn.k_norm.weight", (hd,))]
     return out
 
 
@@ -1065,7 +1075,7 @@ def w_checkpoint(torch, dev, a):
 
     cfg = dict(a["config"])
     kind = cfg.pop("model_type")
-    Config = transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config
+    Config = getattr(transformers, ARCHITECTURES[kind][1])
     config = Config(**cfg, initializer_range=init_std(cfg["hidden_size"]))
     torch.manual_seed(a["seed"])
     t = time.time()

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""GGUF files that llama.cpp's own converter (`convert_hf_to_gguf.py`) writes from the two tiny
+"""GGUF files that llama.cpp's own converter (`convert_hf_to_gguf.py`) writes from the tiny
 checkpoints transformers 5 saved (model/tests/fixtures/transformers5/), for model/tests/
 transformers5.rs: rectify must read them to transformers' log-probabilities too. That covers what
 the converter does and rectify must undo: Q/K row permutation (llama), llama3 RoPE scaling as
-`rope_freqs.weight`, GGUF tensor names of both architectures, q/k/v biases and an untied head
-(qwen2). Writes model/tests/fixtures/llama-cpp-gguf/{llama3-tied,qwen2-untied}.gguf (committed).
+`rope_freqs.weight`, GGUF tensor names of every architecture, q/k/v biases and an untied head
+(qwen2), q/k norms and heads wider than hidden_size / heads (qwen3). Writes
+model/tests/fixtures/llama-cpp-gguf/{llama3-tied,qwen2-untied,qwen3-tied}.gguf (committed).
 
     python scripts/llama_cpp_gguf_fixtures.py LLAMA_CPP_DIR TOKENIZER_JSON
 
@@ -13,7 +14,7 @@ llama_cpp_python-0.3.36.tar.gz; its gguf-py is used. Needs torch, transformers, 
 TOKENIZER_JSON: the checkpoints' vocabulary is SmolLM2's, whose tokenizer the converter needs:
 snapshots/default-unscored/tokenizer.json after `make data`.
 
-The converter only accepts tokenizers it knows by a hash of their output; for the qwen2 class it
+The converter only accepts tokenizers it knows by a hash of their output; for the qwen classes it
 does not recognise SmolLM2's, so its pre-tokenizer name is given ("smollm", what it finds for the
 llama class). The vocabulary is then dropped from the files (they are test weights; the tokenizer
 is tested elsewhere), keeping `<arch>.vocab_size`, so each file is ~1.6 MB.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-NAMES = ["llama3-tied", "qwen2-untied"]
+NAMES = ["llama3-tied", "qwen2-untied", "qwen3-tied"]
 DROP = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
 
 CONVERT = r"""

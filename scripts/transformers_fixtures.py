@@ -16,6 +16,8 @@ default snapshot's tokenizer (49152):
   llama3-tied   Llama, tied head, RoPE with llama3 scaling. original_max_position_embeddings is 64,
                 so the 300-token case meets kept, blended and scaled frequencies.
   qwen2-untied  Qwen2, random q/k/v biases, untied head, rope_theta 1e6.
+  qwen3-tied    Qwen3, random q/k norm weights, heads of 16 dimensions (explicit head_dim, twice
+                hidden_size / num_attention_heads), tied head.
 """
 import json
 import os
@@ -40,6 +42,10 @@ MODELS = {
         vocab_size=VOCAB, hidden_size=16, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
         max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_parameters={"rope_type": "default",
                                                                                                     "rope_theta": 1000000.0}),
+    "qwen3-tied": transformers.Qwen3Config(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
 }
 
 

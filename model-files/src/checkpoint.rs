@@ -222,7 +222,7 @@ pub fn gguf_quantised_matrices(path: impl AsRef<Path>, types: &[GgmlType]) -> Re
     Ok(out)
 }
 
-/// Read a GGUF model (`llama` or `qwen2`), dequantised to f32, in Hugging Face names and layout.
+/// Read a GGUF model (`llama`, `qwen2` or `qwen3`), dequantised to f32, in Hugging Face names and layout.
 pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let path = path.as_ref();
     let g = Gguf::open(path)?;
@@ -272,7 +272,7 @@ pub fn load_gguf(path: impl AsRef<Path>) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
-/// Put Q and K rows back in Hugging Face order (qwen2 GGUF files are not permuted).
+/// Put Q and K rows back in Hugging Face order (qwen2 and qwen3 GGUF files are not permuted).
 fn undo_llama_qk_permutation(ckpt: &mut Checkpoint) -> Result<()> {
     let (heads, kv_heads) = (ckpt.config.num_attention_heads, ckpt.config.num_key_value_heads);
     let names = Params::shapes(&ckpt.config).map(|n, _| n.hf.clone());
@@ -482,13 +482,15 @@ mod tests {
         assert_eq!(hf("blk.3.ffn_norm.weight"), Some("model.layers.3.post_attention_layernorm.weight"));
         assert_eq!(hf("blk.3.attn_norm.weight"), Some("model.layers.3.input_layernorm.weight"));
         assert_eq!(hf("blk.7.ffn_gate.weight"), Some("model.layers.7.mlp.gate_proj.weight"));
+        assert_eq!(hf("blk.5.attn_q_norm.weight"), Some("model.layers.5.self_attn.q_norm.weight"));
+        assert_eq!(hf("blk.5.attn_k_norm.weight"), Some("model.layers.5.self_attn.k_norm.weight"));
         for bad in
             ["rope_freqs.weight", "blk.x.attn_q.weight", "blk.0.attn_qkv.weight", "blk.0.attn_q.scale", "blk.0", "blk.13.attn_q.weight"]
         {
             assert_eq!(hf(bad), None, "{bad}");
         }
-        // 3 top-level tensors and 13 per block (with every bias).
-        assert_eq!(names.len(), 3 + 13 * 13);
+        // 3 top-level tensors and 15 per block (with every bias and the q/k norms).
+        assert_eq!(names.len(), 3 + 13 * 15);
     }
 
     // ----- tiny synthetic checkpoints -----
@@ -554,6 +556,12 @@ mod tests {
         assert_eq!(get(&qwen, "model.layers.0.self_attn.v_proj.bias"), vec![4]);
         assert_eq!(get(&qwen, "lm_head.weight"), vec![11, 8]);
         assert!(!qwen.iter().any(|(n, _)| n.ends_with("o_proj.bias")));
+        // Qwen3: no biases, a norm over each query and key head.
+        let qwen3 = expected_tensors(&tiny_config("qwen3", true));
+        assert_eq!(qwen3.len(), 1 + 2 * 11 + 1);
+        assert!(qwen3.iter().all(|(n, _)| !n.ends_with(".bias") && n != "lm_head.weight"));
+        assert_eq!(get(&qwen3, "model.layers.1.self_attn.q_norm.weight"), vec![4]);
+        assert_eq!(get(&qwen3, "model.layers.0.self_attn.k_norm.weight"), vec![4]);
     }
 
     #[test]
@@ -596,8 +604,8 @@ mod tests {
     }
 
     #[test]
-    fn save_and_load_tiny_both_architectures() {
-        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true)] {
+    fn save_and_load_tiny_every_architecture() {
+        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true), ("qwen3", true)] {
             let ckpt = tiny_checkpoint(tiny_config(arch, tied));
             let dir = tempfile::tempdir().unwrap();
             save_hf(dir.path(), &ckpt).unwrap();
@@ -615,7 +623,11 @@ mod tests {
             assert!(meta.tensors().values().all(|i| i.dtype == Dtype::F32));
             assert_eq!(meta.tensors().contains_key("lm_head.weight"), !tied);
             let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
-            let want = if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" };
+            let want = match arch {
+                "llama" => "LlamaForCausalLM",
+                "qwen2" => "Qwen2ForCausalLM",
+                _ => "Qwen3ForCausalLM",
+            };
             assert_eq!(cfg["architectures"], serde_json::json!([want]));
             assert_eq!((cfg["model_type"].as_str(), cfg["torch_dtype"].as_str()), (Some(arch), Some("float32")));
         }
@@ -790,6 +802,8 @@ mod tests {
                 "self_attn.k_proj" => "attn_k",
                 "self_attn.v_proj" => "attn_v",
                 "self_attn.o_proj" => "attn_output",
+                "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.k_norm" => "attn_k_norm",
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
@@ -814,7 +828,7 @@ mod tests {
 
     #[test]
     fn synthetic_gguf_loads_in_hf_layout() {
-        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true)] {
+        for (arch, tied) in [("llama", true), ("llama", false), ("qwen2", true), ("qwen3", true), ("qwen3", false)] {
             let mut ckpt = tiny_checkpoint(tiny_config(arch, tied));
             // Every value distinct, so a wrong row order cannot go unnoticed.
             for (k, t) in ckpt.tensors.values_mut().enumerate() {
@@ -829,6 +843,7 @@ mod tests {
             assert_eq!(back.config.rms_norm_eps, 1e-6);
             assert_eq!(back.config.rope_theta, 500000.0);
             assert_eq!(back.config.qkv_bias(), arch == "qwen2");
+            assert_eq!(back.config.qk_norm(), arch == "qwen3");
             assert_eq!((back.config.bos_token_id, back.config.eos_token_ids()), (Some(1), vec![2]));
             for (name, t) in &ckpt.tensors {
                 assert_eq!(&back.tensors[name], t, "{arch}: {name}");

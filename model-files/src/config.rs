@@ -1,4 +1,4 @@
-//! The model configuration of a Llama-family decoder (Llama, SmolLM2, Qwen2/Qwen2.5), read from a
+//! The model configuration of a Llama-family decoder (Llama, SmolLM2, Qwen2/Qwen2.5, Qwen3), read from a
 //! Hugging Face `config.json` or from a GGUF file's metadata, and written back as a `config.json`
 //! that Python `transformers` loads.
 //!
@@ -24,17 +24,20 @@ use std::path::Path;
 pub enum ModelType {
     Llama,
     Qwen2,
+    /// Qwen2 without the q/k/v biases, with an RMSNorm over each query and key head.
+    Qwen3,
     Unsupported(String),
 }
 
 impl ModelType {
     /// The architectures this crate implements.
-    pub const SUPPORTED: [ModelType; 2] = [ModelType::Llama, ModelType::Qwen2];
+    pub const SUPPORTED: [ModelType; 3] = [ModelType::Llama, ModelType::Qwen2, ModelType::Qwen3];
 
     pub fn as_str(&self) -> &str {
         match self {
             ModelType::Llama => "llama",
             ModelType::Qwen2 => "qwen2",
+            ModelType::Qwen3 => "qwen3",
             ModelType::Unsupported(name) => name,
         }
     }
@@ -44,6 +47,7 @@ impl ModelType {
         match self {
             ModelType::Llama => Some("LlamaForCausalLM"),
             ModelType::Qwen2 => Some("Qwen2ForCausalLM"),
+            ModelType::Qwen3 => Some("Qwen3ForCausalLM"),
             ModelType::Unsupported(_) => None,
         }
     }
@@ -119,8 +123,8 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// transformers defaults this to false for Llama; SmolLM2 and small Qwen2.5 models set it.
     pub tie_word_embeddings: bool,
-    /// Llama's switch for biases on all four attention projections. Qwen2 has no such key: its
-    /// q/k/v always have biases. Use [`Self::qkv_bias`] and [`Self::o_bias`], not this field.
+    /// Llama's and Qwen3's switch for biases on all four attention projections. Qwen2 has no such
+    /// key: its q/k/v always have biases. Use [`Self::qkv_bias`] and [`Self::o_bias`], not this field.
     pub attention_bias: bool,
     // Serialised even when `None`: transformers would otherwise fill in its own default ids.
     pub bos_token_id: Option<u32>,
@@ -216,9 +220,15 @@ impl LlamaConfig {
         self.model_type == ModelType::Qwen2 || self.attention_bias
     }
 
-    /// Whether o_proj carries a bias: only Llama with `attention_bias`, never Qwen2.
+    /// Whether o_proj carries a bias: Llama or Qwen3 with `attention_bias`, never Qwen2.
     pub fn o_bias(&self) -> bool {
-        self.model_type == ModelType::Llama && self.attention_bias
+        self.model_type != ModelType::Qwen2 && self.attention_bias
+    }
+
+    /// Whether each query and key head is RMS-normed (weights `q_norm`, `k_norm` of `head_dim`)
+    /// before the rotary embedding, as Qwen3 does.
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == ModelType::Qwen3
     }
 
     /// How the rotary frequencies are scaled (`rope_scaling` or `rope_parameters`); an error
@@ -431,6 +441,9 @@ impl LlamaConfig {
                 );
             }
         }
+        // Llama's and Qwen3's attention biases are all-or-nothing in transformers; qwen2 ignores the
+        // flag.
+        let attention_bias = model_type != ModelType::Qwen2 && g.tensor("blk.0.attn_q.bias").is_some();
         let cfg = LlamaConfig {
             architectures: vec![],
             model_type,
@@ -445,8 +458,7 @@ impl LlamaConfig {
             rope_theta: shortest_f64(rope_theta),
             max_position_embeddings: usize_of("context_length")?,
             tie_word_embeddings: g.tensor("output.weight").is_none(),
-            // Llama's attention biases are all-or-nothing in transformers; qwen2 ignores the flag.
-            attention_bias: arch == "llama" && g.tensor("blk.0.attn_q.bias").is_some(),
+            attention_bias,
             bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
             eos_token_id: g.opt_u32("tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
             torch_dtype: None,
@@ -513,6 +525,41 @@ mod tests {
         let back = LlamaConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(back.architectures, vec!["Qwen2ForCausalLM"]);
         assert_eq!(back.extra["max_window_layers"], serde_json::json!(21));
+    }
+
+    /// Qwen3-0.6B's shape as a transformers 4 config: heads of 128 dimensions, wider than
+    /// hidden_size / num_attention_heads = 64, no q/k/v biases, a norm over each q and k head.
+    const QWEN3_JSON: &str = r#"{
+      "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+      "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 3072,
+      "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+      "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+      "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
+      "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
+      "use_cache": true, "use_sliding_window": false, "vocab_size": 151936 }"#;
+
+    #[test]
+    fn parses_qwen3_with_wide_heads_and_qk_norm() {
+        let c = LlamaConfig::from_json(QWEN3_JSON).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.head_dim(), c.num_key_value_heads), (128, 8));
+        assert!(c.qk_norm() && !c.qkv_bias() && !c.o_bias());
+        let shapes = crate::params::Params::shapes(&c);
+        let l = &shapes.layers[0];
+        assert_eq!((&l.q_proj, &l.k_proj, &l.o_proj), (&vec![2048, 1024], &vec![1024, 1024], &vec![1024, 2048]));
+        assert_eq!((&l.q_norm, &l.k_norm), (&Some(vec![128]), &Some(vec![128])));
+        // attention_bias puts a bias on all four projections, as in transformers' Qwen3Attention.
+        let biased = patched(QWEN3_JSON, r#"{"attention_bias": true}"#);
+        assert!(biased.qkv_bias() && biased.o_bias());
+        let back = LlamaConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(
+            (back.model_type, back.architectures, back.head_dim),
+            (ModelType::Qwen3, vec!["Qwen3ForCausalLM".to_string()], Some(128))
+        );
+        assert!(validate_error(QWEN3_JSON, r#"{"use_sliding_window": true}"#).contains("use_sliding_window"));
+        assert!(validate_error(QWEN3_JSON, r#"{"model_type": "qwen3_moe"}"#)
+            .contains("`qwen3_moe` is not supported (supported: llama, qwen2, qwen3)"));
     }
 
     /// A Qwen2 config as transformers 5.24 `save_pretrained` writes it: no top-level `rope_theta`,

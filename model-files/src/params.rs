@@ -29,6 +29,9 @@ pub struct Block<T> {
     pub q_bias: Option<T>,
     pub k_bias: Option<T>,
     pub v_bias: Option<T>,
+    /// Qwen3's RMSNorm weights over each query and key head (`[head_dim]`).
+    pub q_norm: Option<T>,
+    pub k_norm: Option<T>,
     pub o_proj: T,
     /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
     pub o_bias: Option<T>,
@@ -61,6 +64,8 @@ impl<T> Block<T> {
             q_bias: self.q_bias.map(|t| m("self_attn.q_proj.bias", "attn_q.bias", t)),
             k_bias: self.k_bias.map(|t| m("self_attn.k_proj.bias", "attn_k.bias", t)),
             v_bias: self.v_bias.map(|t| m("self_attn.v_proj.bias", "attn_v.bias", t)),
+            q_norm: self.q_norm.map(|t| m("self_attn.q_norm.weight", "attn_q_norm.weight", t)),
+            k_norm: self.k_norm.map(|t| m("self_attn.k_norm.weight", "attn_k_norm.weight", t)),
             o_proj: m("self_attn.o_proj.weight", "attn_output.weight", self.o_proj),
             o_bias: self.o_bias.map(|t| m("self_attn.o_proj.bias", "attn_output.bias", t)),
             post_attention_layernorm: m("post_attention_layernorm.weight", "ffn_norm.weight", self.post_attention_layernorm),
@@ -111,6 +116,8 @@ impl<T> Block<T> {
             q_bias: self.q_bias.as_ref(),
             k_bias: self.k_bias.as_ref(),
             v_bias: self.v_bias.as_ref(),
+            q_norm: self.q_norm.as_ref(),
+            k_norm: self.k_norm.as_ref(),
             o_proj: &self.o_proj,
             o_bias: self.o_bias.as_ref(),
             post_attention_layernorm: &self.post_attention_layernorm,
@@ -128,6 +135,7 @@ impl Params<Vec<usize>> {
         let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let q = cfg.num_attention_heads * cfg.head_dim();
         let kv = cfg.num_key_value_heads * cfg.head_dim();
+        // An optional rank-1 parameter: a bias or a per-head norm.
         let bias = |on: bool, n: usize| on.then(|| vec![n]);
         let block = || Block {
             input_layernorm: vec![h],
@@ -137,6 +145,8 @@ impl Params<Vec<usize>> {
             q_bias: bias(cfg.qkv_bias(), q),
             k_bias: bias(cfg.qkv_bias(), kv),
             v_bias: bias(cfg.qkv_bias(), kv),
+            q_norm: bias(cfg.qk_norm(), cfg.head_dim()),
+            k_norm: bias(cfg.qk_norm(), cfg.head_dim()),
             o_proj: vec![h, q],
             o_bias: bias(cfg.o_bias(), h),
             post_attention_layernorm: vec![h],
@@ -154,7 +164,8 @@ impl Params<Vec<usize>> {
 }
 
 impl Params<()> {
-    /// Every parameter a decoder of `layers` blocks can have: all biases and an untied head.
+    /// Every parameter a decoder of `layers` blocks can have: all biases, the per-head norms and
+    /// an untied head.
     pub fn every(layers: usize) -> Params<()> {
         let block = || Block {
             input_layernorm: (),
@@ -164,6 +175,8 @@ impl Params<()> {
             q_bias: Some(()),
             k_bias: Some(()),
             v_bias: Some(()),
+            q_norm: Some(()),
+            k_norm: Some(()),
             o_proj: (),
             o_bias: Some(()),
             post_attention_layernorm: (),

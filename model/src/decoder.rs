@@ -1,5 +1,6 @@
-//! One decoder-only transformer for Llama, SmolLM2 and Qwen2/Qwen2.5: RMSNorm, rotary
-//! embeddings, grouped-query attention, SwiGLU MLP, optional q/k/v bias, tied or untied output.
+//! One decoder-only transformer for Llama, SmolLM2, Qwen2/Qwen2.5 and Qwen3: RMSNorm, rotary
+//! embeddings, grouped-query attention, SwiGLU MLP, optional q/k/v bias, optional RMSNorm of each
+//! query and key head (Qwen3), tied or untied output.
 //!
 //! Weights are plain tensors in `model_files::params::Params`, named by Hugging Face's names and
 //! in its layout (`[out, in]` matrices), so loading and exporting are name-for-name copies. Every
@@ -120,9 +121,11 @@ pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>, bias: Option
     y.reshape([b, t, out])
 }
 
-pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, eps: f64) -> Tensor<B, 3> {
-    let rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt();
-    x / rms * weight.clone().unsqueeze::<3>()
+/// RMSNorm over the last dimension of `x`, with `weight` `[1, last]`: over the hidden size of
+/// `[batch, seq, hidden]`, or over each head of `[batch, seq, heads, head_dim]` (Qwen3's q/k norm).
+pub(crate) fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>, eps: f64) -> Tensor<B, D> {
+    let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
+    x / rms * weight.clone().unsqueeze::<D>()
 }
 
 impl<B: Backend> Llama<B> {
@@ -259,9 +262,16 @@ impl<B: Backend> Llama<B> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
         let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]);
+        // Qwen3 norms each head before the rotation.
+        let norm = |x: Tensor<B, 4>, w: Option<&Tensor<B, 2>>| match w {
+            Some(w) => rms_norm(x, w, self.config.rms_norm_eps),
+            None => x,
+        };
         let heads = |x: Tensor<B, 4>| x.swap_dims(1, 2);
-        let q = heads(rotate(split(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), &rotary.queries));
-        let k = heads(rotate(split(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), &rotary.keys));
+        let q = norm(split(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), l.q_norm.as_ref());
+        let k = norm(split(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), l.k_norm.as_ref());
+        let q = heads(rotate(q, &rotary.queries));
+        let k = heads(rotate(k, &rotary.keys));
         let v = heads(split(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv));
         (q, k, v)
     }

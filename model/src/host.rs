@@ -32,6 +32,9 @@ struct Layer {
     /// q, k and v projections stacked: `[(heads + 2 kv_heads) · head_dim, hidden]`.
     qkv: Weight,
     qkv_bias: Option<Vec<f32>>,
+    /// Qwen3's RMSNorm weights of each query and key head, `[head_dim]`.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     o: Weight,
     o_bias: Option<Vec<f32>>,
     mlp_norm: Vec<f32>,
@@ -146,6 +149,8 @@ impl HostDecoder {
                     attn_norm: vector(l.input_layernorm),
                     qkv: Weight::stack(&[&matrix(l.q_proj), &matrix(l.k_proj), &matrix(l.v_proj)]),
                     qkv_bias,
+                    q_norm: l.q_norm.map(vector),
+                    k_norm: l.k_norm.map(vector),
                     o: matrix(l.o_proj),
                     o_bias: l.o_bias.map(vector),
                     mlp_norm: vector(l.post_attention_layernorm),
@@ -235,8 +240,13 @@ impl HostDecoder {
             let width = q_width + 2 * kv_width;
             qkv.par_chunks_mut(width).zip(&pos).for_each(|(row, &p)| {
                 let (q, rest) = row.split_at_mut(q_width);
+                let k = &mut rest[..kv_width];
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    norm_heads(q, qn, eps);
+                    norm_heads(k, kn, eps);
+                }
                 self.rope(q, p);
-                self.rope(&mut rest[..kv_width], p);
+                self.rope(k, p);
             });
             for (r, row) in qkv.chunks_exact(width).enumerate() {
                 let c = &mut caches[seq[r]];
@@ -308,6 +318,18 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
             *y = x / rms * w;
         }
     });
+}
+
+/// [`rms_norm`] of each head of `x` (`[heads · head_dim]`) in place, with `w` `[head_dim]`: one
+/// row's heads, so the caller's parallelism over rows is enough.
+fn norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for head in x.chunks_exact_mut(d) {
+        let rms = (head.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+        for (x, w) in head.iter_mut().zip(w) {
+            *x = *x / rms * w;
+        }
+    }
 }
 
 fn add(x: &mut [f32], delta: &[f32]) {

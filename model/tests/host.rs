@@ -1,6 +1,6 @@
 //! The host decoder (`model::host`, CPU generation) against independent truth: transformers'
-//! log-probabilities of the Llama (llama3 RoPE, tied head) and Qwen2 (biases, untied head)
-//! fixtures, the numpy reference's greedy ids of the SmolLM2 GGUF, and itself decoding each
+//! log-probabilities of the Llama (llama3 RoPE, tied head), Qwen2 (biases, untied head) and Qwen3
+//! (q/k norms, wide heads) fixtures, the numpy reference's greedy ids of the SmolLM2 GGUF, and itself decoding each
 //! prompt alone.
 
 use model::generate::{generate_continuous, Finish, Request};
@@ -61,7 +61,7 @@ const TOLERANCE: f32 = 1e-4;
 
 #[test]
 fn host_decoder_matches_transformers() {
-    for name in ["llama3-tied", "qwen2-untied"] {
+    for name in ["llama3-tied", "qwen2-untied", "qwen3-tied"] {
         let m = HostDecoder::load(&fixtures().join("transformers5").join(name)).unwrap();
         let d = max_diff_from_transformers(&m, name);
         assert!(d <= TOLERANCE, "{name}: log-probabilities differ from transformers by up to {d}");

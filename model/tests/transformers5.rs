@@ -1,11 +1,12 @@
 //! rectify's forward against transformers 5 itself: tiny random checkpoints that transformers
 //! saved with `save_pretrained` (f16), and transformers' own float32 log-probabilities of a
 //! 300-token sequence and of a packed row whose positions restart per example
-//! (`scripts/transformers_fixtures.py` made them). One is a Llama with a tied head and llama3
-//! RoPE scaling, the other a Qwen2 with q/k/v biases and an untied head. The same two checkpoints
+//! (`scripts/transformers_fixtures.py` made them): a Llama with a tied head and llama3 RoPE
+//! scaling, a Qwen2 with q/k/v biases and an untied head, and a Qwen3 (transformers 5.25) with
+//! q/k norms and heads wider than hidden_size / heads. The same checkpoints
 //! converted to GGUF by llama.cpp's own `convert_hf_to_gguf.py` (`scripts/llama_cpp_gguf_fixtures.py`)
 //! must match transformers too: Q/K rows permuted, llama3 scaling stored as `rope_freqs.weight`,
-//! GGUF tensor names of both architectures.
+//! GGUF tensor names of every architecture.
 
 use burn::backend::Flex;
 use model::logprobs::row_logprobs;
@@ -68,9 +69,9 @@ fn load_gguf(name: &str) -> Llama<Flex> {
 
 #[test]
 fn llama_cpp_conversions_match_transformers() {
-    for name in ["llama3-tied", "qwen2-untied"] {
+    for (name, arch) in [("llama3-tied", "llama"), ("qwen2-untied", "qwen2"), ("qwen3-tied", "qwen3")] {
         let m = load_gguf(name);
-        assert_eq!(m.config.model_type.as_str(), name.split('-').next().unwrap().trim_end_matches('3'));
+        assert_eq!(m.config.model_type.as_str(), arch);
         let d = max_diff(&m, name);
         assert!(d <= TOLERANCE, "{name}.gguf: log-probabilities differ from transformers by up to {d}");
         if let model_files::rope::RopeScaling::Llama3 { factor, original_max_position_embeddings: old, .. } =
@@ -80,7 +81,7 @@ fn llama_cpp_conversions_match_transformers() {
             assert_eq!((factor, old.fract()), (4.0, 0.0), "{:?}", m.config.rope_scaling());
             eprintln!("{name}.gguf: {:?}", m.config.rope_scaling().unwrap());
         } else {
-            assert!(name.starts_with("qwen2"), "{name}.gguf: llama3 scaling not read back from rope_freqs.weight");
+            assert!(name.starts_with("qwen"), "{name}.gguf: llama3 scaling not read back from rope_freqs.weight");
         }
     }
 }
@@ -104,6 +105,23 @@ fn qwen2_with_biases_and_untied_head_matches_transformers() {
     assert!(m.params.lm_head.is_some() && m.config.qkv_bias() && m.config.rope_theta == 1e6);
     let d = max_diff(&m, "qwen2-untied");
     assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
+}
+
+#[test]
+fn qwen3_with_qk_norms_and_wide_heads_matches_transformers() {
+    let m = load("qwen3-tied");
+    assert!(m.config.qk_norm() && !m.config.qkv_bias() && m.params.lm_head.is_none());
+    assert_eq!((m.config.head_dim(), m.config.hidden_size / m.config.num_attention_heads), (16, 8));
+    let d = max_diff(&m, "qwen3-tied");
+    assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
+    // The norms matter here: the same weights without them are far off, so the check above
+    // would see a norm left out or applied after the rotation.
+    let mut ckpt = model_files::checkpoint::load(fixture("qwen3-tied")).unwrap();
+    ckpt.tensors.retain(|name, _| !name.ends_with("q_norm.weight") && !name.ends_with("k_norm.weight"));
+    ckpt.config.model_type = model_files::config::ModelType::Llama;
+    let plain = Llama::<Flex>::from_checkpoint(&ckpt, &Default::default()).unwrap();
+    let off = max_diff(&plain, "qwen3-tied");
+    assert!(off > 100.0 * TOLERANCE, "without q/k norms it differs by only {off}: the fixture does not exercise them");
 }
 
 #[test]

@@ -600,14 +600,19 @@ mod tests {
 
     type B = Autodiff<Flex>;
 
-    /// A 2-layer model with seeded random weights: a tied Llama, or a Qwen2 with q/k/v biases
-    /// and its own output head.
-    fn tiny(qwen: bool) -> Llama<B> {
-        let (kind, tied) = if qwen { ("qwen2", false) } else { ("llama", true) };
+    /// A 2-layer model of architecture `kind` with seeded random weights: a tied Llama, a Qwen2
+    /// with q/k/v biases and its own output head, or a tied Qwen3 with q/k norms over heads of 8
+    /// (twice hidden_size / heads).
+    fn tiny(kind: &str) -> Llama<B> {
+        let (tied, head_dim) = match kind {
+            "llama" => (true, 4),
+            "qwen2" => (false, 4),
+            _ => (true, 8),
+        };
         let config = serde_json::from_str(&format!(
             r#"{{"model_type": "{kind}", "vocab_size": 300, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-                "max_position_embeddings": 64, "tie_word_embeddings": {tied}}}"#
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": {head_dim}, "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": {tied}}}"#
         ))
         .unwrap();
         let mut rng = schemas::rng::SplitMix64::new(11);
@@ -694,18 +699,18 @@ mod tests {
 
     /// Trained positions only, in chunks, with and without activation recompute: the same
     /// objective and the same gradient of every parameter as the whole-logits computation, for
-    /// each objective, on a tied Llama and an untied Qwen2 with biases.
+    /// each objective, on a tied Llama, an untied Qwen2 with biases and a Qwen3 with q/k norms.
     #[test]
     fn micro_step_gives_the_whole_logits_gradients_with_and_without_recompute() {
         let rows = rows();
         let rows: Vec<&Row> = rows.iter().collect();
-        for qwen in [false, true] {
-            let model = tiny(qwen);
+        for arch in ["llama", "qwen2", "qwen3"] {
+            let model = tiny(arch);
             for kind in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft] {
                 let (value, want) = full_step(&model, &rows, kind.into(), 20.0);
                 // No recompute, the first block only (the other keeps its graph), both blocks.
                 for recompute in [0, 1, 2] {
-                    let what = format!("qwen {qwen} {kind:?} recompute {recompute} blocks");
+                    let what = format!("{arch} {kind:?} recompute {recompute} blocks");
                     let got = micro_step(&model, &rows, kind, 20.0, recompute, &Default::default()).unwrap();
                     assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
                     assert_same_grads(&got.grads, &want, &what);
@@ -723,7 +728,7 @@ mod tests {
         let rows: Vec<&Row> = rows.iter().collect();
         assert_ne!(rows[0].targets(), rows[1].targets(), "the rows must differ in trained tokens");
         let n = (rows[0].targets() + rows[1].targets()) as f64;
-        let model = tiny(false);
+        let model = tiny("llama");
         for kind in [LossKind::Sft, LossKind::Dft] {
             let (value, want) = full_step(&model, &rows, kind.into(), n);
             for concurrency in [1, 2] {
