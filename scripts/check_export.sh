@@ -10,13 +10,14 @@
 #   3. Where the export carries a tokenizer (a GGUF's): transformers' `AutoTokenizer` and
 #      `apply_chat_template` on the folder must give the prompt text and ids rectify gives.
 #
-#   scripts/check_export.sh [MODEL ...]   (default: the default model and the two checkpoints
+#   scripts/check_export.sh [MODEL ...]   (default: the default model and the three checkpoints
 #                                          transformers 5 saved in model/tests/fixtures/transformers5)
 # Step 1 needs reference greedy ids, which exist for the default model only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEFAULT_MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
-[ $# -gt 0 ] || set -- "$DEFAULT_MODEL" model/tests/fixtures/transformers5/llama3-tied model/tests/fixtures/transformers5/qwen2-untied
+[ $# -gt 0 ] || set -- "$DEFAULT_MODEL" model/tests/fixtures/transformers5/llama3-tied model/tests/fixtures/transformers5/qwen2-untied \
+  model/tests/fixtures/transformers5/qwen3-tied
 TRAINER=${TRAINER:-${CARGO_TARGET_DIR:-target}/release/trainer}
 OUT=${BENCH_OUT:-bench-out}/export-check
 SNAPSHOT=${SNAPSHOT:-snapshots/default-unscored}
