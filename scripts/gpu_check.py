@@ -832,6 +832,14 @@ def cuda_libraries(env, work):
     return found
 
 
+def head_dim(cfg):
+    """A head's width: `head_dim`, else transformers' default (128 for Qwen3, whatever the
+    hidden size; hidden_size / heads for the others)."""
+    if cfg.get("head_dim"):
+        return cfg["head_dim"]
+    return 128 if cfg["model_type"] == "qwen3" else cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
 def flops_per_token(cfg, span):
     """Training FLOPs per token: 6·N + 12·L·d·S (the PaLM appendix convention), with N the
     weights of every matrix product (the output projection counted once even when tied to the
@@ -839,7 +847,7 @@ def flops_per_token(cfg, span):
     span attention covers (the token-weighted mean length of a packed example: attention never
     crosses examples)."""
     h, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    hd = head_dim(cfg)
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * cfg["intermediate_size"]
     n = L * per_layer + V * h
@@ -884,7 +892,7 @@ def write_random_checkpoint(cfg, path, seed):
 
 def hf_shapes(cfg):
     h, L = cfg["hidden_size"], cfg["num_hidden_layers"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    hd = head_dim(cfg)
     q, kv, i = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd, cfg["intermediate_size"]
     out = [("model.embed_tokens.weight", (cfg["vocab_size"], h)), ("model.norm.weight", (h,))]
     if not cfg["tie_word_embeddings"]:

@@ -498,7 +498,7 @@ mod tests {
     fn tiny_config(model_type: &str, tied: bool) -> LlamaConfig {
         LlamaConfig::from_json(&format!(
             r#"{{"model_type": "{model_type}", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12,
-                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
                 "rms_norm_eps": 1e-6, "rope_theta": 500000.0, "max_position_embeddings": 32,
                 "tie_word_embeddings": {tied}, "bos_token_id": 1, "eos_token_id": 2}}"#
         ))

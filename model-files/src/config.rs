@@ -101,6 +101,10 @@ impl TokenIds {
 /// transformers' default for Llama and Qwen2 when a config names no `rope_theta`.
 const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
+/// transformers' `Qwen3Config` default for `head_dim`: 128, whatever hidden_size /
+/// num_attention_heads is (the other architectures default to that quotient).
+const QWEN3_DEFAULT_HEAD_DIM: usize = 128;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RawConfig")]
 pub struct LlamaConfig {
@@ -113,7 +117,8 @@ pub struct LlamaConfig {
     pub num_attention_heads: usize,
     /// Defaults to `num_attention_heads` (no grouped-query attention) when the key is absent.
     pub num_key_value_heads: usize,
-    /// Only set when a config gives it explicitly; [`Self::head_dim()`] gives the value in use.
+    /// Set when a config gives it, and always for Qwen3, whose default is not hidden_size /
+    /// num_attention_heads (so an export states it); [`Self::head_dim()`] gives the value in use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     pub rms_norm_eps: f64,
@@ -171,6 +176,7 @@ struct RawConfig {
 
 impl From<RawConfig> for LlamaConfig {
     fn from(r: RawConfig) -> Self {
+        let head_dim = r.head_dim.or((r.model_type == ModelType::Qwen3).then_some(QWEN3_DEFAULT_HEAD_DIM));
         LlamaConfig {
             architectures: r.architectures,
             model_type: r.model_type,
@@ -180,7 +186,7 @@ impl From<RawConfig> for LlamaConfig {
             num_hidden_layers: r.num_hidden_layers,
             num_attention_heads: r.num_attention_heads,
             num_key_value_heads: r.num_key_value_heads.unwrap_or(r.num_attention_heads),
-            head_dim: r.head_dim,
+            head_dim,
             rms_norm_eps: r.rms_norm_eps,
             rope_theta: r.rope_theta.or_else(|| rope_parameters_theta(&r.extra)).unwrap_or(DEFAULT_ROPE_THETA),
             max_position_embeddings: r.max_position_embeddings,
@@ -355,8 +361,12 @@ impl LlamaConfig {
             Some(n) => n as usize,
             None => num_attention_heads,
         };
+        // A Qwen3 config always states its head width (see `QWEN3_DEFAULT_HEAD_DIM`); without
+        // the key llama.cpp uses hidden_size / heads, and so does this loader.
+        let qwen3 = model_type == ModelType::Qwen3;
         let head_dim = match g.opt_u32(&key("attention.key_length"))? {
-            Some(d) if num_attention_heads == 0 || d as usize != hidden_size / num_attention_heads => Some(d as usize),
+            Some(d) if qwen3 || num_attention_heads == 0 || d as usize != hidden_size / num_attention_heads => Some(d as usize),
+            None if qwen3 => Some(hidden_size / num_attention_heads.max(1)),
             _ => None,
         };
         // Rotary embedding over part of each head (llama.cpp's `n_rot`) is not implemented: every
@@ -560,6 +570,37 @@ mod tests {
         assert!(validate_error(QWEN3_JSON, r#"{"use_sliding_window": true}"#).contains("use_sliding_window"));
         assert!(validate_error(QWEN3_JSON, r#"{"model_type": "qwen3_moe"}"#)
             .contains("`qwen3_moe` is not supported (supported: llama, qwen2, qwen3)"));
+        // Without the key a Qwen3's heads are 128 wide, as transformers' Qwen3Config says, not
+        // hidden_size / heads = 64; the export states it.
+        let mut v: Value = serde_json::from_str(QWEN3_JSON).unwrap();
+        v.as_object_mut().unwrap().remove("head_dim");
+        let c: LlamaConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.head_dim(), 128);
+        let j: Value = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(j["head_dim"], 128);
+        // The Llama and Qwen2 default stays the quotient, and is not written out.
+        let j: Value = serde_json::from_str(&LlamaConfig::from_json(SMOLLM2_JSON).unwrap().to_json()).unwrap();
+        assert!(j.get("head_dim").is_none());
+    }
+
+    /// A qwen3 GGUF whose heads are hidden_size / heads wide (Qwen3-1.7B's 2048 / 16 = 128)
+    /// exports `head_dim` all the same: transformers would otherwise build 128-wide heads.
+    #[test]
+    fn qwen3_gguf_config_states_its_head_width() {
+        use crate::gguf::Value as V;
+        for key_length in [Some(16), None] {
+            let mut extra = vec![];
+            if let Some(k) = key_length {
+                extra.push(("qwen3.attention.key_length", V::U32(k)));
+            }
+            let c = gguf_config_arch("qwen3", &extra).unwrap();
+            assert_eq!((c.model_type.clone(), c.head_dim), (ModelType::Qwen3, Some(16)), "key_length {key_length:?}");
+            c.validate().unwrap();
+            let j: Value = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(j["head_dim"], 16);
+        }
+        // A llama file of the same shape keeps the quotient implicit.
+        assert_eq!(gguf_config(&[("llama.attention.key_length", V::U32(16))]).unwrap().head_dim, None);
     }
 
     /// A Qwen2 config as transformers 5.24 `save_pretrained` writes it: no top-level `rope_theta`,
@@ -682,17 +723,23 @@ mod tests {
 
     /// The config of a minimal llama GGUF (metadata only) with `extra` keys added.
     fn gguf_config(extra: &[(&str, crate::gguf::Value)]) -> Result<LlamaConfig> {
+        gguf_config_arch("llama", extra)
+    }
+
+    /// [`gguf_config`] of architecture `arch`: 64 wide, 4 heads of 16.
+    fn gguf_config_arch(arch: &str, extra: &[(&str, crate::gguf::Value)]) -> Result<LlamaConfig> {
         use crate::gguf::Value as V;
         let mut w = crate::gguf_writer::GgufWriter::new();
-        w.kv("general.architecture", V::str("llama"))
-            .kv("llama.embedding_length", V::U32(64))
-            .kv("llama.feed_forward_length", V::U32(128))
-            .kv("llama.block_count", V::U32(1))
-            .kv("llama.attention.head_count", V::U32(4))
-            .kv("llama.context_length", V::U32(2048))
-            .kv("llama.vocab_size", V::U32(32))
-            .kv("llama.rope.freq_base", V::F32(10000.0))
-            .kv("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5));
+        let k = |name: &str| format!("{arch}.{name}");
+        w.kv("general.architecture", V::str(arch))
+            .kv(&k("embedding_length"), V::U32(64))
+            .kv(&k("feed_forward_length"), V::U32(128))
+            .kv(&k("block_count"), V::U32(1))
+            .kv(&k("attention.head_count"), V::U32(4))
+            .kv(&k("context_length"), V::U32(2048))
+            .kv(&k("vocab_size"), V::U32(32))
+            .kv(&k("rope.freq_base"), V::F32(10000.0))
+            .kv(&k("attention.layer_norm_rms_epsilon"), V::F32(1e-5));
         for (k, v) in extra {
             w.kv(k, v.clone());
         }

@@ -68,3 +68,31 @@ fn sampling_with_a_seed_repeats_and_another_seed_differs() {
     let c = generate_batch(&model, &requests, &Sampling { seed: 12, ..params }, &[IM_END], 0, GreedyOn::Host, &dev);
     assert_ne!(a, c, "another seed, other samples");
 }
+
+/// On the transformers fixtures (a llama3-scaled Llama, a biased untied Qwen2, a Qwen3 with q/k
+/// norms): greedy decoding through Burn's KV cache, in a left-padded batch, equals decoding
+/// without a cache and the host decoder (whose log-probabilities `tests/host.rs` checks against
+/// transformers), for each architecture's own attention path.
+#[test]
+fn cached_greedy_equals_uncached_and_the_host_decoder_on_every_architecture() {
+    let dev = Default::default();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers5");
+    for name in ["llama3-tied", "qwen2-untied", "qwen3-tied"] {
+        let path = fixtures.join(name);
+        let model = Llama::<Flex>::load(&path, &dev).unwrap();
+        let host = model::HostDecoder::load(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join("logprobs.json")).unwrap()).unwrap();
+        let ids: Vec<u32> = v["cases"][0]["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let prompts: Vec<Vec<u32>> = vec![ids[..40].to_vec(), ids[100..107].to_vec()];
+        let params = Sampling::greedy(12);
+        let requests: Vec<Request> = prompts.iter().enumerate().map(|(i, p)| Request { prompt: p, stream: i as u64 }).collect();
+        let batch = generate_batch(&model, &requests, &params, &[], 0, GreedyOn::Host, &dev);
+        let none = |_: usize, _: usize| {};
+        let on_host = model::generate::generate_continuous(&host, &requests, &params, &[], 2, &none);
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(batch[i].ids.len(), 12, "{name}, prompt {i}: no stop ids, so the whole budget");
+            assert_eq!(greedy(&model, p, 12, &[], &dev), batch[i].ids, "{name}, prompt {i}: cache vs no cache");
+            assert_eq!(on_host[i].ids, batch[i].ids, "{name}, prompt {i}: Burn vs the host decoder");
+        }
+    }
+}

@@ -115,7 +115,7 @@ fn qwen3_with_qk_norms_and_wide_heads_matches_transformers() {
     let d = max_diff(&m, "qwen3-tied");
     assert!(d <= TOLERANCE, "log-probabilities differ from transformers by up to {d}");
     // The norms matter here: the same weights without them are far off, so the check above
-    // would see a norm left out or applied after the rotation.
+    // would see them left out.
     let mut ckpt = model_files::checkpoint::load(fixture("qwen3-tied")).unwrap();
     ckpt.tensors.retain(|name, _| !name.ends_with("q_norm.weight") && !name.ends_with("k_norm.weight"));
     ckpt.config.model_type = model_files::config::ModelType::Llama;

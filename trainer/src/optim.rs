@@ -367,6 +367,7 @@ mod tests {
         assert!(!decays("model.layers.0.input_layernorm.weight"));
         assert!(!decays("model.norm.weight"));
         assert!(!decays("model.layers.0.self_attn.q_proj.bias"));
+        assert!(!decays("model.layers.0.self_attn.q_norm.weight"), "Qwen3's per-head norms are norms");
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.5 };
         let mut opt = AdamW::<Flex>::new(cfg);
         opt.begin_step();
