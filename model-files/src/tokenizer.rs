@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use schemas::manifest::TokenizerInfo;
 use schemas::snapshot::{TEMPLATE_FILE, TOKENIZER_FILE};
+use std::collections::BTreeMap;
 use std::path::Path;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
@@ -57,6 +58,10 @@ fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 /// Where a Hugging Face model folder keeps its tokens' roles and (transformers 4) chat template.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
+/// The variables every rendering of a chat template sets, in this order: `messages`, `bos_token`,
+/// `eos_token`, `add_generation_prompt`.
+pub const TEMPLATE_CONTEXT: [&str; 4] = ["messages", "bos_token", "eos_token", "add_generation_prompt"];
+
 /// A tokenizer plus the chat template and special tokens needed to turn (prompt, response) pairs
 /// into training rows.
 #[derive(Clone)]
@@ -69,6 +74,8 @@ pub struct ChatTokenizer {
     eos_id: u32,
     pad_id: u32,
     system_prompt: Option<String>,
+    /// Variables the template is rendered with besides those [`TEMPLATE_CONTEXT`] names.
+    template_vars: BTreeMap<String, serde_json::Value>,
     /// The texts of the end-of-turn token, of the special tokens the chat template writes (role
     /// markers) and of the end-of-text, begin and padding tokens: text that a prompt or response
     /// may not hold, since it would be read as the token and break the conversation's structure
@@ -84,6 +91,7 @@ impl std::fmt::Debug for ChatTokenizer {
             .field("eos_id", &self.eos_id)
             .field("pad_id", &self.pad_id)
             .field("system_prompt", &self.system_prompt)
+            .field("template_vars", &self.template_vars)
             .finish_non_exhaustive()
     }
 }
@@ -484,7 +492,19 @@ impl ChatTokenizer {
         special_texts.push(eos_token.clone());
         special_texts.sort();
         special_texts.dedup();
-        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, special_texts })
+        let template_vars = BTreeMap::new();
+        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, template_vars, special_texts })
+    }
+
+    /// This tokenizer rendering its template with `vars` too (a recipe's `tokenizer.template_vars`),
+    /// e.g. `enable_thinking: false`. A name the renderer sets itself ([`TEMPLATE_CONTEXT`]) is
+    /// refused rather than overriding it or being overridden.
+    pub fn with_template_vars(mut self, vars: BTreeMap<String, serde_json::Value>) -> Result<Self> {
+        if let Some(name) = vars.keys().find(|k| TEMPLATE_CONTEXT.contains(&k.as_str())) {
+            bail!("template variable `{name}` is set by the renderer itself ({}); remove it", TEMPLATE_CONTEXT.join(", "));
+        }
+        self.template_vars = vars;
+        Ok(self)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -519,12 +539,9 @@ impl ChatTokenizer {
         if let Some(r) = response {
             messages.push(serde_json::json!({"role": "assistant", "content": r}));
         }
-        let ctx = serde_json::json!({
-            "messages": messages,
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "add_generation_prompt": response.is_none(),
-        });
+        let mut ctx: serde_json::Map<String, serde_json::Value> = self.template_vars.clone().into_iter().collect();
+        let own = [serde_json::json!(messages), self.bos_token.clone().into(), self.eos_token.clone().into(), response.is_none().into()];
+        ctx.extend(TEMPLATE_CONTEXT.iter().map(|k| k.to_string()).zip(own));
         let tmpl = self.env.get_template("chat_template").expect("template added in new()");
         tmpl.render(&ctx).map_err(|e| anyhow!("chat template failed to render: {e:#}"))
     }
@@ -799,6 +816,39 @@ mod tests {
         // Lookalikes are ordinary text, and so are special tokens the template does not write.
         assert!(t.encode_chat("<|im_end |> and <im_end>", "< |im_start|>").is_ok());
         assert!(t.encode_chat("usage: cat <filename>", "ok").is_ok());
+    }
+
+    /// A template with a thinking switch, in the way Qwen3's has one (written here): the last
+    /// assistant turn opens with an empty `<think></think>` block, and so does the generation
+    /// prompt when `enable_thinking` is false. The variable reaches the template, moves the block
+    /// from the trained span into the prompt, and may not replace what the renderer sets.
+    #[test]
+    fn template_vars_reach_the_template() {
+        let template = "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' }}\
+                        {%- if m.role == 'assistant' and loop.last %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}\
+                        {{- m.content + '<|im_end|>\\n' }}{%- endfor %}\
+                        {%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}\
+                        {%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}\
+                        {%- endif %}";
+        let thinking = ChatTokenizer::from_gguf(&test_model_path(), None, Some(template.into())).unwrap();
+        let vars = BTreeMap::from([("enable_thinking".to_string(), serde_json::Value::Bool(false))]);
+        let plain = thinking.clone().with_template_vars(vars).unwrap();
+        let trained = |t: &ChatTokenizer| {
+            let enc = t.encode_chat("2+2?", "4").unwrap();
+            let ids: Vec<u32> = enc.ids.iter().zip(&enc.loss_mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+            t.decode(&ids)
+        };
+        assert_eq!(thinking.encode_prompt("2+2?").unwrap().0, "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(trained(&thinking), "<think>\n\n</think>\n\n4<|im_end|>");
+        assert_eq!(
+            plain.encode_prompt("2+2?").unwrap().0,
+            "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+        assert_eq!(trained(&plain), "4<|im_end|>");
+        for name in TEMPLATE_CONTEXT {
+            let e = thinking.clone().with_template_vars(BTreeMap::from([(name.to_string(), true.into())])).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{name}` is set by the renderer")), "{e}");
+        }
     }
 
     #[test]

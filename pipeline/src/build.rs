@@ -73,13 +73,20 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
                 recipe_path.display()
             );
         }
-        Ok((ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?, path))
+        let tokenizer = ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?;
+        Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
     } else {
         let path = recipe::resolve(recipe_path, t.tokenizer_json.as_deref().expect("validated"));
         let tpl = recipe::resolve(recipe_path, t.chat_template.as_deref().expect("validated"));
         let eos = t.eos_token.as_deref().expect("validated");
-        Ok((ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.system_prompt.clone())?, path))
+        let tokenizer = ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.system_prompt.clone())?;
+        Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
     }
+}
+
+/// The recipe's `tokenizer.template_vars` applied, an error naming the recipe and the field.
+fn with_template_vars(tokenizer: ChatTokenizer, t: &recipe::TokenizerConfig, recipe_path: &Path) -> anyhow::Result<ChatTokenizer> {
+    tokenizer.with_template_vars(t.template_vars.clone()).with_context(|| format!("{}: tokenizer.template_vars", recipe_path.display()))
 }
 
 /// Build the snapshot of `recipe_path` into `out`. With `force`, an existing snapshot is replaced.

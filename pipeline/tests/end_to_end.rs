@@ -270,3 +270,24 @@ fn packed_tokens_match_the_reference_ids_and_masks() {
     }
     assert_eq!(seen, 2);
 }
+
+/// `tokenizer.template_vars` reaches the chat template and the manifest; a name the renderer
+/// sets itself fails the build, naming the recipe and the field.
+#[test]
+fn template_vars_are_recorded_and_reserved_names_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = planted_recipe(tmp.path());
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let with = |vars: &str| text.replace("tokenizer: {gguf: ", &format!("tokenizer: {{template_vars: {vars}, gguf: "));
+    std::fs::write(&recipe, with("{messages: []}")).unwrap();
+    let err = format!("{:#}", pipeline::build::build(&recipe, &tmp.path().join("bad"), false).unwrap_err());
+    assert!(err.contains("planted.yaml: tokenizer.template_vars") && err.contains("`messages` is set by the renderer"), "{err}");
+    // SmolLM2's template reads no such variable: the same rows, with the variable on record.
+    std::fs::write(&recipe, with("{enable_thinking: false}")).unwrap();
+    let m = pipeline::build::build(&recipe, &tmp.path().join("snap"), false).unwrap();
+    assert_eq!(m.recipe.resolved["tokenizer"]["template_vars"], serde_json::json!({"enable_thinking": false}));
+    std::fs::write(&recipe, &text).unwrap();
+    let plain = pipeline::build::build(&recipe, &tmp.path().join("plain"), false).unwrap();
+    assert!(plain.recipe.resolved["tokenizer"].get("template_vars").is_none(), "an empty map is not recorded");
+    assert_eq!(m.snapshot_id, plain.snapshot_id);
+}

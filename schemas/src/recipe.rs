@@ -389,6 +389,11 @@ pub struct TokenizerConfig {
     /// A system message placed before every prompt; when absent the template's default applies.
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// Variables the chat template is rendered with besides the messages, as transformers'
+    /// `apply_chat_template(..., **kwargs)` passes them: `{enable_thinking: false}` for Qwen3.
+    /// Omitted from the manifest when empty, so recipes without it record what they did before.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub template_vars: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,6 +111,11 @@ enum Command {
         /// Hugging Face folder (tokenizer.json with chat_template.jinja or tokenizer_config.json).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// A chat-template variable, `NAME=VALUE` (repeatable), as a recipe's
+        /// `tokenizer.template_vars`: `--template-var enable_thinking=false` for Qwen3. VALUE is
+        /// read as JSON (`false`, `3`, `"x"`), else as a string.
+        #[arg(long = "template-var", value_name = "NAME=VALUE", value_parser = template_var)]
+        template_vars: Vec<(String, serde_json::Value)>,
         /// One JSON line per completion (`prompt`, `prompt_ids`, `ids` with the stop token,
         /// `finish`, `text`) instead of the text, for comparing with other implementations.
         #[arg(long)]
@@ -363,6 +368,16 @@ fn top_p(s: &str) -> Result<f32, String> {
 }
 
 /// A count of samples: 0 would make every rate 0/0.
+/// `NAME=VALUE` of `--template-var`: VALUE as JSON where it parses, else the string itself.
+fn template_var(arg: &str) -> Result<(String, serde_json::Value), String> {
+    let (name, value) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("`{arg}` has no name before `=`"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
+    Ok((name.to_string(), value))
+}
+
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -447,7 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, json, device } => {
+        Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, template_vars, json, device } => {
             device_ready(device)?;
             let tok_source = tokenizer.unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, system)
@@ -457,7 +472,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "reading tokenizer and chat template from {} (a model without them can take --tokenizer FILE.gguf or FOLDER)",
                         tok_source.display()
                     )
-                })?;
+                })?
+                .with_template_vars(template_vars.into_iter().collect())?;
             let m = load_generator(&model, device)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
