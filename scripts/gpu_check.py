@@ -68,6 +68,11 @@ SHAPES = {
     "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                          num_attention_heads=12, num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
                          max_position_embeddings=32768, tie_word_embeddings=True),
+    # Run only when named (`--shapes qwen3-1.7b`), on a second GPU session: a first run's 7
+    # minutes are spent on the two above.
+    "qwen3-1.7b": dict(model_type="qwen3", vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                       max_position_embeddings=40960, tie_word_embeddings=True),
     # Dry-run shapes: the same two architectures and Qwen3, small enough for two CPU cores. The
     # Qwen2 one has a larger vocabulary than the snapshot's tokenizer, as the real one does.
     "tiny-llama": dict(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -93,8 +98,9 @@ ARCHITECTURES = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "qwen2": ("Qwen2F
 # within `timeout 480` (README) for the report and the logs; what does not fit is skipped, last
 # steps first (see the order in `run_all`).
 MODES = {
-    "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], steps=10, logprob_rows=2, gen_batches=[64, 256],
-                gen_new_tokens=128, microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16]}, budget=420,
+    "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], more_shapes=["qwen3-1.7b"], steps=10, logprob_rows=2,
+                gen_batches=[64, 256], gen_new_tokens=128,
+                microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16], "qwen3-1.7b": [2, 4, 8, 16]}, budget=420,
                 limits=dict(checkpoint=150, logprobs=90, train=150, torch_train=150, generate=120, microbatch=60, compile=150,
                             microbatch_search=75)),
     "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2", "tiny-qwen3"], steps=2, logprob_rows=2, gen_batches=[2, 4],
@@ -962,11 +968,12 @@ def main():
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default: gpu 420, cpu 900)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--shapes", help="comma-separated shapes to check (default: the mode's, " + "; ".join(
-        f"{m}: {','.join(v['shapes'])}" for m, v in MODES.items()) + ")")
+        f"{m}: {','.join(v['shapes'])}" for m, v in MODES.items()) + "; also, when named: " + ",".join(
+        s for v in MODES.values() for s in v.get("more_shapes", [])) + ")")
     ap.add_argument("--only", help="comma-separated measurements to run (" + ",".join(STEP_KINDS) + "), for a second run "
                                    "that fills in what a first one skipped; the environment and the models are always made")
     args = ap.parse_args()
-    for opt, known in (("shapes", MODES[args.mode]["shapes"]), ("only", STEP_KINDS)):
+    for opt, known in (("shapes", MODES[args.mode]["shapes"] + MODES[args.mode].get("more_shapes", [])), ("only", STEP_KINDS)):
         picked = getattr(args, opt)
         unknown = [repr(x) for x in (picked or "").split(",") if picked is not None and x not in known]
         if unknown:
