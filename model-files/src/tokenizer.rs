@@ -318,6 +318,7 @@ impl ChatTokenizer {
     pub fn from_snapshot(dir: &Path, info: &TokenizerInfo) -> Result<Self> {
         let (json, template) = (dir.join(TOKENIZER_FILE), dir.join(TEMPLATE_FILE));
         Self::from_files(&json, &template, &info.eos_token, Some(info.pad_id), info.bos_token.clone(), None)
+            .and_then(|t| t.with_template_vars(info.template_vars.clone()))
             .with_context(|| format!("the tokenizer of snapshot {}", dir.display()))
     }
 
@@ -425,7 +426,7 @@ impl ChatTokenizer {
     pub fn save_hf_files(&self, dir: &Path) -> Result<()> {
         for (name, text) in [
             (TOKENIZER_FILE, self.tokenizer_json()),
-            (TEMPLATE_FILE, self.template.clone()),
+            (TEMPLATE_FILE, self.exported_template()),
             (TOKENIZER_CONFIG_FILE, self.hf_tokenizer_config()),
         ] {
             let path = dir.join(name);
@@ -448,6 +449,21 @@ impl ChatTokenizer {
         Self::from_hf_dir(dir, system_prompt).map(Some)
     }
 
+    /// The chat template as exported: with template variables, each set first to the value it had
+    /// here unless the caller passes it, so that transformers' `apply_chat_template` and
+    /// [`ChatTokenizer::for_model`] render prompts as the model was trained on them (a model
+    /// trained with `enable_thinking: false` is prompted so by default), while a caller can still
+    /// pass another value.
+    pub fn exported_template(&self) -> String {
+        let mut head = String::new();
+        for (name, value) in &self.template_vars {
+            // JSON literals are Jinja literals, except null.
+            let literal = if value.is_null() { "none".to_string() } else { value.to_string() };
+            head.push_str(&format!("{{%- if {name} is not defined %}}{{%- set {name} = {literal} %}}{{%- endif %}}\n"));
+        }
+        head + &self.template
+    }
+
     /// `tokenizer_config.json` for a model folder this tokenizer's model is saved in, so that
     /// transformers (4 and 5) and [`ChatTokenizer::from_hf_dir`] find the end-of-turn and padding
     /// tokens and the chat template.
@@ -457,7 +473,7 @@ impl ChatTokenizer {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "eos_token": self.eos_token,
             "pad_token": pad,
-            "chat_template": self.template,
+            "chat_template": self.exported_template(),
         });
         if !self.bos_token.is_empty() {
             config["bos_token"] = self.bos_token.clone().into();
@@ -502,6 +518,24 @@ impl ChatTokenizer {
     pub fn with_template_vars(mut self, vars: BTreeMap<String, serde_json::Value>) -> Result<Self> {
         if let Some(name) = vars.keys().find(|k| TEMPLATE_CONTEXT.contains(&k.as_str())) {
             bail!("template variable `{name}` is set by the renderer itself ({}); remove it", TEMPLATE_CONTEXT.join(", "));
+        }
+        // Exported as `{% set NAME = ... %}`, so NAME must be a Jinja name.
+        let is_name = |k: &str| {
+            k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if let Some(name) = vars.keys().find(|k| !is_name(k)) {
+            bail!("template variable `{name}` is not a name a template can read (letters, digits, `_`)");
+        }
+        // YAML's `no` / `off` and a shell's `False` arrive as strings, and a template's
+        // `enable_thinking is false` is then quietly untrue.
+        for (name, value) in &vars {
+            if let Some(s) = value
+                .as_str()
+                .filter(|s| ["true", "false", "yes", "no", "on", "off", "none", "null"].contains(&s.to_ascii_lowercase().as_str()))
+            {
+                bail!("template variable `{name}` is the string {s:?}; write true, false or null (unquoted) for a boolean or none");
+            }
         }
         self.template_vars = vars;
         Ok(self)
@@ -661,6 +695,7 @@ impl ChatTokenizer {
             eos_id: self.eos_id,
             pad_id: self.pad_id,
             bos_token: self.bos_token.clone(),
+            template_vars: self.template_vars.clone(),
         })
     }
 }
@@ -849,6 +884,36 @@ mod tests {
             let e = thinking.clone().with_template_vars(BTreeMap::from([(name.to_string(), true.into())])).unwrap_err().to_string();
             assert!(e.contains(&format!("`{name}` is set by the renderer")), "{e}");
         }
+        let refused = |name: &str, value: serde_json::Value| {
+            thinking.clone().with_template_vars(BTreeMap::from([(name.to_string(), value)])).unwrap_err().to_string()
+        };
+        // YAML's `no` and a shell's `False` are strings, which `is false` would not match.
+        assert!(refused("enable_thinking", "False".into()).contains("is the string \"False\"; write true, false or null"));
+        assert!(refused("enable_thinking", "no".into()).contains("is the string \"no\""));
+        assert!(refused("a-b", true.into()).contains("`a-b` is not a name"));
+
+        // Exported, the template sets the variable unless the caller does, so the folder renders
+        // as the model was trained (and a caller can still pass another value).
+        let exported = plain.exported_template();
+        assert!(
+            exported.starts_with("{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}\n"),
+            "{exported}"
+        );
+        let reloaded = ChatTokenizer::from_gguf(&test_model_path(), None, Some(exported)).unwrap();
+        assert_eq!(reloaded.encode_prompt("2+2?").unwrap(), plain.encode_prompt("2+2?").unwrap());
+        assert_eq!(trained(&reloaded), "4<|im_end|>");
+        let overridden = reloaded.with_template_vars(BTreeMap::from([("enable_thinking".to_string(), true.into())])).unwrap();
+        assert_eq!(overridden.encode_prompt("2+2?").unwrap(), thinking.encode_prompt("2+2?").unwrap());
+        assert_eq!(thinking.exported_template(), thinking.chat_template(), "no variables, the template as it is");
+
+        // A snapshot records the variables, and its tokenizer renders with them again.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), plain.tokenizer_json()).unwrap();
+        std::fs::write(dir.path().join(TEMPLATE_FILE), plain.chat_template()).unwrap();
+        let info = plain.info(&test_model_path()).unwrap();
+        assert_eq!(info.template_vars["enable_thinking"], serde_json::json!(false));
+        let back = ChatTokenizer::from_snapshot(dir.path(), &info).unwrap();
+        assert_eq!(back.encode_prompt("2+2?").unwrap(), plain.encode_prompt("2+2?").unwrap());
     }
 
     #[test]

@@ -112,6 +112,21 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
     let rollout_sources = ing.rollout_sources;
+    // The rows re-render each sampled prompt with this recipe's template; completions sampled
+    // after a prompt rendered with other variables (`enable_thinking: false`'s empty think
+    // block) would be trained after another prompt.
+    for o in &rollout_sources {
+        if let Some(vars) = o.template_vars.as_ref().filter(|v| **v != recipe.tokenizer.template_vars) {
+            bail!(
+                "source `{}`: its prompts were rendered with template_vars {} and this recipe's tokenizer.template_vars are {}; \
+                 set the same in {} so the completions are trained after the prompts they were sampled from",
+                o.source,
+                serde_json::json!(vars),
+                serde_json::json!(recipe.tokenizer.template_vars),
+                recipe_path.display()
+            );
+        }
+    }
     ledger.record(ing.report, ing.dropped, 0);
     let examples = ing.examples;
 

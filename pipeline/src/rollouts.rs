@@ -90,6 +90,7 @@ fn origin(source: &Source, selection: RolloutsSelection) -> RolloutsOrigin {
         correct: 0,
         kept: 0,
         dropped: BTreeMap::new(),
+        template_vars: None,
     }
 }
 
@@ -138,6 +139,7 @@ fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: Roll
     }
     let mut o = origin(source, selection);
     o.snapshot_id = Some(manifest.snapshot_id.clone());
+    o.template_vars = Some(manifest.tokenizer.template_vars.clone());
     o.rollouts = manifest.rollouts.clone();
     o.verifier_version = versions.join(",");
     o.samples = rows.len() as u64;

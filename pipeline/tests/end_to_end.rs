@@ -286,8 +286,25 @@ fn template_vars_are_recorded_and_reserved_names_refused() {
     std::fs::write(&recipe, with("{enable_thinking: false}")).unwrap();
     let m = pipeline::build::build(&recipe, &tmp.path().join("snap"), false).unwrap();
     assert_eq!(m.recipe.resolved["tokenizer"]["template_vars"], serde_json::json!({"enable_thinking": false}));
+    assert_eq!(m.tokenizer.template_vars["enable_thinking"], serde_json::json!(false));
     std::fs::write(&recipe, &text).unwrap();
     let plain = pipeline::build::build(&recipe, &tmp.path().join("plain"), false).unwrap();
     assert!(plain.recipe.resolved["tokenizer"].get("template_vars").is_none(), "an empty map is not recorded");
+    assert!(plain.tokenizer.template_vars.is_empty());
     assert_eq!(m.snapshot_id, plain.snapshot_id);
+    // A template that prints a variable: its value reaches the rows.
+    std::fs::write(
+        tmp.path().join("tag.jinja"),
+        "{{ '<|im_start|>system\\n' + tag + '<|im_end|>\\n' }}{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}\
+         {%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}",
+    )
+    .unwrap();
+    let tagged = |tag: &str, out: &str| {
+        std::fs::write(&recipe, with(&format!("{{tag: {tag}}}, chat_template: tag.jinja"))).unwrap();
+        pipeline::build::build(&recipe, &tmp.path().join(out), false).unwrap()
+    };
+    let (a, b) = (tagged("Alpha", "a"), tagged("Beta", "b"));
+    assert_ne!(a.snapshot_id, b.snapshot_id, "the variable changes the rendered rows");
+    let rendered = std::fs::read_to_string(tmp.path().join("a").join(schemas::snapshot::TEMPLATE_FILE)).unwrap();
+    assert!(rendered.contains("+ tag +"), "the snapshot keeps the template as given");
 }

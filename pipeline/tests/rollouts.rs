@@ -222,6 +222,16 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
     let line = |s: &str| stats.lines().find(|l| l.starts_with(s)).unwrap().split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
     assert_eq!(line("gsm8k_train"), "8 3 2 1 0 0 1 0", "{stats}");
     assert_eq!(line("mbpp_train"), "4 2 1 0 0 1 0 0", "{stats}");
+
+    // The prompts were rendered without template variables: a train recipe with some would
+    // train the completions after prompts they were not sampled from.
+    let recipe = train_recipe(dir, "vars", "  - {name: r, path: rollouts, format: rollouts}\n");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("tokenizer: {gguf: ", "tokenizer: {template_vars: {enable_thinking: false}, gguf: ");
+    std::fs::write(&recipe, text).unwrap();
+    let e = format!("{:#}", pipeline::build::build(&recipe, &dir.join("vars"), false).unwrap_err());
+    assert!(e.contains("source `r`: its prompts were rendered with template_vars {}") && e.contains("{\"enable_thinking\":false}"), "{e}");
 }
 
 #[test]

@@ -75,6 +75,10 @@ pub struct TokenizerInfo {
     /// the source names none, and in manifests written before it was recorded).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bos_token: String,
+    /// The recipe's `tokenizer.template_vars` the template was rendered with (absent when none),
+    /// so that a tokenizer rebuilt from the snapshot renders as its rows were rendered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub template_vars: BTreeMap<String, serde_json::Value>,
 }
 
 /// Rows in, rows out and rows dropped by reason for one stage. `rows_in == rows_out + sum(dropped)`.
@@ -215,6 +219,10 @@ pub struct RolloutsOrigin {
     pub correct: u64,
     pub kept: u64,
     pub dropped: BTreeMap<String, u64>,
+    /// A rollouts snapshot's: the chat-template variables its prompts were rendered with, for
+    /// the build to check against its own (not recorded here: that snapshot's manifest has them).
+    #[serde(skip)]
+    pub template_vars: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl Manifest {

@@ -367,17 +367,35 @@ fn top_p(s: &str) -> Result<f32, String> {
     Sampling::check_top_p(s.parse::<f32>().map_err(|_| format!("expected a number, got `{s}`"))?)
 }
 
-/// A count of samples: 0 would make every rate 0/0.
-/// `NAME=VALUE` of `--template-var`: VALUE as JSON where it parses, else the string itself.
+/// `NAME=VALUE` of `--template-var`: VALUE as JSON where it parses (and Python's `True`,
+/// `False`, `None`), else the string itself.
 fn template_var(arg: &str) -> Result<(String, serde_json::Value), String> {
     let (name, value) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not NAME=VALUE"))?;
     if name.is_empty() {
         return Err(format!("`{arg}` has no name before `=`"));
     }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
+    // Python's spellings, as `apply_chat_template(enable_thinking=False)` writes them.
+    let value = match value {
+        "True" => serde_json::Value::Bool(true),
+        "False" => serde_json::Value::Bool(false),
+        "None" => serde_json::Value::Null,
+        _ => serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value)),
+    };
     Ok((name.to_string(), value))
 }
 
+/// The `--template-var` values by name; a name given twice is an error, not last-wins.
+fn unique_template_vars(vars: Vec<(String, serde_json::Value)>) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, value) in vars {
+        if out.insert(name.clone(), value).is_some() {
+            anyhow::bail!("--template-var {name} is given twice");
+        }
+    }
+    Ok(out)
+}
+
+/// A count of samples: 0 would make every rate 0/0.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -473,7 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         tok_source.display()
                     )
                 })?
-                .with_template_vars(template_vars.into_iter().collect())?;
+                .with_template_vars(unique_template_vars(template_vars)?)?;
             let m = load_generator(&model, device)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let params = sampling.with_budget(max_new_tokens);
