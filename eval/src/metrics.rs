@@ -59,9 +59,59 @@ pub fn bootstrap_interval(d: &[f64], resamples: usize, seed: u64) -> (f64, f64) 
     (means[lo], means[hi])
 }
 
+/// The exact two-sided sign test of paired differences: were gains and losses equally likely,
+/// the probability of a split at least as uneven as `gains` to `losses` (prompts whose results
+/// are equal are left out). With one sample per prompt this is McNemar's exact test. It is
+/// sharper than the percentile bootstrap where few prompts differ: 2 losses and no gain give
+/// the interval [x, 0] but p = 0.5.
+pub fn sign_test(gains: usize, losses: usize) -> f64 {
+    let n = gains + losses;
+    // P(X <= min) for X ~ Binomial(n, 1/2), term by term in logarithms: C(n, i) / 2^n
+    // overflows f64 past n = 1000, and an evaluation may have thousands of prompts.
+    let ln_all = n as f64 * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0f64;
+    let mut tail = 0.0f64;
+    for i in 0..=gains.min(losses) {
+        if i > 0 {
+            ln_choose += ((n + 1 - i) as f64).ln() - (i as f64).ln();
+        }
+        tail += (ln_choose - ln_all).exp();
+    }
+    (2.0 * tail).min(1.0)
+}
+
+/// A p-value as a table shows it: two digits, three below 0.1, `<0.001` below that.
+pub fn p_text(p: f64) -> String {
+    if p >= 0.1 {
+        format!("p={p:.2}")
+    } else if p >= 0.001 {
+        format!("p={p:.3}")
+    } else {
+        "p<0.001".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_test_matches_the_binomial_distribution() {
+        // Exact binomial tails (scipy.stats.binomtest(k, n).pvalue gives the same):
+        // 0 of 10 → 2/1024; 2 of 10 → 2·(1 + 10 + 45)/1024; 5 of 20 → 2·21700/2^20.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12 * b.max(1e-300);
+        assert!(close(sign_test(0, 10), 2.0 / 1024.0), "{}", sign_test(0, 10));
+        assert!(close(sign_test(8, 2), 112.0 / 1024.0), "{}", sign_test(8, 2));
+        assert!(close(sign_test(5, 15), 43400.0 / 1048576.0), "{}", sign_test(5, 15));
+        // Symmetric, 1 at an even split and with nothing to test, never above 1.
+        assert_eq!(sign_test(15, 5), sign_test(5, 15));
+        assert_eq!((sign_test(0, 0), sign_test(3, 3), sign_test(0, 1), sign_test(0, 2)), (1.0, 1.0, 1.0, 0.5));
+        // Thousands of prompts: no overflow, and the normal approximation's value. 1,450 gains
+        // and 1,550 losses: z = (1450.5 - 1500) / sqrt(750) = -1.807, two-sided 0.0707.
+        let p = sign_test(1450, 1550);
+        assert!((p - 0.0707).abs() < 0.001, "{p}");
+        assert_eq!((p_text(0.5), p_text(0.0413), p_text(0.0004)), ("p=0.50".to_string(), "p=0.041".to_string(), "p<0.001".to_string()));
+    }
 
     #[test]
     fn wilson_interval_matches_published_values() {

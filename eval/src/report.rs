@@ -223,7 +223,9 @@ fn delta(base: &Evaluation, other: &Evaluation, bench: &str, base_avg: f64, avg:
         return (format!("{d:+.1} (no prompt differs)"), None);
     }
     let (lo, hi) = crate::metrics::bootstrap_interval(&diffs, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
-    (format!("{d:+.1} [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi), Some((lo, hi)))
+    let (gains, losses) = (diffs.iter().filter(|&&x| x > 0.0).count(), diffs.iter().filter(|&&x| x < 0.0).count());
+    let p = crate::metrics::p_text(crate::metrics::sign_test(gains, losses));
+    (format!("{d:+.1} [{:+.1}, {:+.1}] {p}", 100.0 * lo, 100.0 * hi), Some((lo, hi)))
 }
 
 /// Evaluations side by side as a bar chart: Average@K per benchmark of the first (the baseline's
@@ -366,7 +368,8 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
         md.push_str(&format!(
             "\nΔ: points against {}; in brackets, where both results files hold the same prompts, its 95% interval from a \
              paired bootstrap over those prompts ({} resamples, seed 0). An interval that holds 0 is no evidence of a \
-             difference.\n",
+             difference. p: the exact sign test over the prompts whose results differ (McNemar's exact test for one \
+             sample per prompt), how often gains and losses at least as uneven would arise were neither better.\n",
             runs[0].0,
             crate::metrics::BOOTSTRAP_RESAMPLES
         ));
@@ -483,7 +486,8 @@ mod tests {
         let md = compare_markdown(&evals);
         let d: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
         let (lo, hi) = crate::metrics::bootstrap_interval(&d, crate::metrics::BOOTSTRAP_RESAMPLES, 0);
-        let cell = format!("| 0.0% | 50.0% | +50.0 [{:+.1}, {:+.1}] |", 100.0 * lo, 100.0 * hi);
+        // 15 gains, no loss: p = 2 / 2^15.
+        let cell = format!("| 0.0% | 50.0% | +50.0 [{:+.1}, {:+.1}] p<0.001 |", 100.0 * lo, 100.0 * hi);
         assert!(md.contains(&cell) && lo > 0.25 && hi < 0.75, "{cell} not in\n{md}");
         assert!(md.contains("paired bootstrap"), "{md}");
 
