@@ -28,7 +28,7 @@ struct Panel {
 
 /// The panels. The objective is each run's own loss (SFT's is the cross-entropy, DFT's the
 /// probability-weighted one), so runs with different losses are compared on the cross-entropy
-/// and probability panels.
+/// and probability panels. [`REFERENCE_PANEL`] follows where a run trained on a scored snapshot.
 const PANELS: [Panel; 6] = [
     Panel { title: "objective (each run's own loss)", value: |m| m.objective, smooth: true },
     Panel { title: "cross-entropy (nats per target token)", value: |m| m.cross_entropy, smooth: true },
@@ -37,6 +37,11 @@ const PANELS: [Panel; 6] = [
     Panel { title: "learning rate", value: |m| m.lr, smooth: false },
     Panel { title: "tokens/s", value: |m| m.tokens_per_second, smooth: true },
 ];
+
+/// The model's drift from the reference that scored the snapshot, on the target tokens; a run
+/// without scores has no line here (NaN points are not drawn).
+const REFERENCE_PANEL: Panel =
+    Panel { title: "log p - log p_ref (mean over target tokens)", value: |m| m.log_ratio_to_reference.unwrap_or(f64::NAN), smooth: true };
 
 /// Reads a run: its output folder (which holds `metrics.jsonl`) or the metrics file itself. The
 /// label defaults to the run folder's name.
@@ -59,8 +64,10 @@ pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves>
 
 /// The figure: six panels in three columns, the runs in the legend with their last step.
 pub fn figure(runs: &[RunCurves]) -> LineFigure {
+    let scored = runs.iter().any(|r| r.steps.iter().any(|m| m.log_ratio_to_reference.is_some()));
     let panels = PANELS
         .iter()
+        .chain(scored.then_some(&REFERENCE_PANEL))
         .map(|p| LinePanel {
             title: p.title.to_string(),
             series: runs.iter().map(|r| r.steps.iter().map(|m| (m.step as f64, (p.value)(m))).collect()).collect(),
@@ -120,6 +127,7 @@ mod tests {
             objective,
             cross_entropy: 1.0 + objective,
             mean_token_prob: 0.5,
+            log_ratio_to_reference: None,
             grad_norm: 1.0,
             loss_tokens: 100,
             tokens: 4096,
@@ -152,6 +160,29 @@ mod tests {
         let out = dir.path().join("new/curves.png");
         write(&runs, &out).unwrap();
         assert_eq!(&std::fs::read(&out).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    }
+
+    /// The reference panel comes with a run that trained on a scored snapshot; another run in
+    /// the same figure has no line in it.
+    #[test]
+    fn a_scored_run_adds_the_reference_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (scored, plain) = (dir.path().join("scored"), dir.path().join("plain"));
+        for d in [&scored, &plain] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let with_ratio = |s: u64, r: f64| step(s, 0.2).replace("\"grad_norm\"", &format!("\"log_ratio_to_reference\":{r},\"grad_norm\""));
+        std::fs::write(scored.join(METRICS_FILE), with_ratio(1, 0.0) + &with_ratio(2, 0.05)).unwrap();
+        std::fs::write(plain.join(METRICS_FILE), step(1, 0.2) + &step(2, 0.1)).unwrap();
+        let (s, p) = (read_run(&scored, None).unwrap(), read_run(&plain, None).unwrap());
+        assert_eq!(s.steps[1].log_ratio_to_reference, Some(0.05));
+        assert_eq!(figure(std::slice::from_ref(&p)).panels.len(), PANELS.len());
+        let f = figure(&[s, p]);
+        assert_eq!(f.panels.len(), PANELS.len() + 1);
+        let last = f.panels.last().unwrap();
+        assert_eq!(last.title, REFERENCE_PANEL.title);
+        assert_eq!(last.series[0], vec![(1.0, 0.0), (2.0, 0.05)]);
+        assert!(last.series[1].iter().all(|(_, y)| y.is_nan()), "the unscored run draws nothing there");
     }
 
     #[test]

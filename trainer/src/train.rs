@@ -35,6 +35,12 @@ pub struct StepMetrics {
     pub cross_entropy: f64,
     /// Mean probability of the target tokens.
     pub mean_token_prob: f64,
+    /// Mean over the target tokens of `log p(t) - log p_ref(t)`, the reference being the model
+    /// that scored the snapshot (`trainer score`): how far training has moved the model from it
+    /// on the data it trains on. Absent for an unscored snapshot. Not a KL divergence, which
+    /// would need samples from the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_ratio_to_reference: Option<f64>,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub loss_tokens: u64,
@@ -45,6 +51,17 @@ pub struct StepMetrics {
     /// another framework; absent from logs written before it was recorded).
     #[serde(default)]
     pub rows: Vec<usize>,
+}
+
+/// The reference's log-probabilities summed over the target tokens of `rows`, when every row has
+/// them (a snapshot scored by `trainer score`).
+fn reference_logprob_sum(rows: &[&Row]) -> Option<f64> {
+    rows.iter()
+        .map(|row| {
+            let r = row.ref_logprobs.as_ref()?;
+            Some((0..r.len()).filter(|&i| row.is_target(i)).map(|i| f64::from(r[i])).sum::<f64>())
+        })
+        .sum()
 }
 
 /// Fully resolved run settings.
@@ -271,6 +288,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
         let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
         let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
+        let reference = reference_logprob_sum(&rows);
         let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
         let (norm, clipped) = clip_global(step.grads, r.clip, concurrency);
@@ -296,6 +314,8 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             objective: obj,
             cross_entropy: ce / step_tokens,
             mean_token_prob: prob / step_tokens,
+            // Σ log p = -Σ cross-entropy, over the same target tokens as the reference's sum.
+            log_ratio_to_reference: reference.map(|r| (-ce - r) / step_tokens),
             grad_norm: norm,
             loss_tokens: step_tokens as u64,
             tokens,

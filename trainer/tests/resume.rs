@@ -178,6 +178,9 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
         .map(|l| serde_json::from_value(serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"].clone()).unwrap())
         .collect();
     assert_eq!(logged.len(), 6);
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.join("ns/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(first.get("log_ratio_to_reference").is_none(), "an unscored snapshot has no reference to compare with");
     let flat: Vec<usize> = logged.concat();
     let expected: Vec<usize> = (0..flat.len())
         .map(|k| {

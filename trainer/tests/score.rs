@@ -204,4 +204,7 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let (obj, ce) = (m["objective"].as_f64().unwrap(), m["cross_entropy"].as_f64().unwrap());
     assert!((obj - ce).abs() < 1e-3 * ce, "iwsft objective {obj} vs cross-entropy {ce}");
+    // The same model as the reference: no drift yet.
+    let drift = m["log_ratio_to_reference"].as_f64().unwrap();
+    assert!(drift.abs() < 1e-4, "log-ratio to the reference at the first step: {drift}");
 }
