@@ -82,7 +82,8 @@ pub fn sign_test(gains: usize, losses: usize) -> f64 {
 
 /// A p-value as a table shows it: two digits, three below 0.1, `<0.001` below that.
 pub fn p_text(p: f64) -> String {
-    if p >= 0.1 {
+    // Chosen on the value as printed: 0.0996 is `p=0.10`, not `p=0.100`.
+    if p >= 0.0995 {
         format!("p={p:.2}")
     } else if p >= 0.001 {
         format!("p={p:.3}")
@@ -111,6 +112,7 @@ mod tests {
         let p = sign_test(1450, 1550);
         assert!((p - 0.0707).abs() < 0.001, "{p}");
         assert_eq!((p_text(0.5), p_text(0.0413), p_text(0.0004)), ("p=0.50".to_string(), "p=0.041".to_string(), "p<0.001".to_string()));
+        assert_eq!(p_text(0.0996), "p=0.10");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves>
     Ok(RunCurves { label, metrics, steps })
 }
 
-/// The figure: six panels in three columns, the runs in the legend with their last step.
+/// The figure: six panels in three columns (seven with a scored run's), the runs in the legend with their last step.
 pub fn figure(runs: &[RunCurves]) -> LineFigure {
     let scored = runs.iter().any(|r| r.steps.iter().any(|m| m.log_ratio_to_reference.is_some()));
     let panels = PANELS

@@ -739,6 +739,20 @@ mod tests {
         }
     }
 
+    /// The reference's sum covers the target tokens the loss does (`Row::is_target`: trained and
+    /// not the row's first token), and a step with an unscored row has none.
+    #[test]
+    fn reference_sum_covers_the_target_tokens() {
+        let rows = rows();
+        // Row a's targets are positions 3-5 and 8-10 (ref -0.3 i - 4), row b's 4-11 (-0.2 i - 5).
+        let want = (-0.3 * 39.0 - 24.0) + (-0.2 * 60.0 - 40.0);
+        let got = reference_logprob_sum(&[&rows[0], &rows[1]]).unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert_eq!(rows[0].targets() + rows[1].targets(), 14);
+        let unscored = Row { ref_logprobs: None, ..rows[1].clone() };
+        assert_eq!(reference_logprob_sum(&[&rows[0], &unscored]), None);
+    }
+
     /// Accumulation: one row per micro-batch, rows with different numbers of trained tokens,
     /// one or two micro-batches at once, equals one pass over both rows with the objective
     /// normalised by the step's trained tokens.

@@ -207,4 +207,31 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     // The same model as the reference: no drift yet.
     let drift = m["log_ratio_to_reference"].as_f64().unwrap();
     assert!(drift.abs() < 1e-4, "log-ratio to the reference at the first step: {drift}");
+
+    // SFT at a high learning rate, every row in every step: the second step sees the model after
+    // one update raise the probability of the very tokens the reference scored.
+    let sft = dir.join("sft.yaml");
+    std::fs::write(&sft, "model: m\nsnapshot: s\noutput_dir: o\nloss: sft\nsteps: 2\nbatch_tokens: 1024\nlr: 0.0003\nwarmup_ratio: 0\n")
+        .unwrap();
+    let o = trainer(&[
+        "train",
+        "--recipe",
+        sft.to_str().unwrap(),
+        "--model",
+        model_path().to_str().unwrap(),
+        "--snapshot",
+        scored.to_str().unwrap(),
+        "--output-dir",
+        dir.join("sft").to_str().unwrap(),
+        "--no-save",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ratios: Vec<f64> = std::fs::read_to_string(dir.join("sft/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["log_ratio_to_reference"].as_f64().unwrap())
+        .collect();
+    assert!(ratios[0].abs() < 1e-4 && ratios[1] > 0.05, "log-ratios {ratios:?}");
 }
