@@ -33,7 +33,7 @@ pub struct Block<T> {
     pub q_norm: Option<T>,
     pub k_norm: Option<T>,
     pub o_proj: T,
-    /// Llama with `attention_bias: true` also biases the output projection; Qwen2 does not.
+    /// Llama and Qwen3 with `attention_bias: true` also bias the output projection; Qwen2 does not.
     pub o_bias: Option<T>,
     pub post_attention_layernorm: T,
     pub gate_proj: T,

@@ -1,4 +1,4 @@
-//! The decoder in Burn: one file per concern. `decoder` is the Llama / SmolLM2 / Qwen2 forward
+//! The decoder in Burn: one file per concern. `decoder` is the Llama / SmolLM2 / Qwen2 / Qwen3 forward
 //! pass over packed rows, `kv_cache` the incremental forward pass used by generation, `generate`
 //! batched generation, `sampling` the next-token choice, `logprobs` per-token log-probabilities
 //! of packed rows (reference scoring, the probability histogram). `host` is the same decoder on

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use trainer::train::Run;
 
 #[derive(Parser)]
-#[command(name = "trainer", version, about = "SFT and DFT on packed rectify snapshots (Llama, SmolLM2, Qwen2)")]
+#[command(name = "trainer", version, about = "SFT and DFT on packed rectify snapshots (Llama, SmolLM2, Qwen2, Qwen3)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -206,7 +206,8 @@ enum Command {
     },
     /// Compare evaluations side by side: one column per `summary.json` folder (`trainer eval
     /// --out`), Average@K per benchmark and the difference to the first, with its 95% interval
-    /// (a paired bootstrap over the prompts) where both results files hold the same prompts.
+    /// (a paired bootstrap over the prompts) and `p=` (the exact sign test over the prompts whose
+    /// results differ) where both results files hold the same prompts.
     Compare {
         /// Evaluation folders (or their summary.json), the baseline first.
         #[arg(required = true, num_args = 2..)]
@@ -324,7 +325,8 @@ enum Command {
         device: Device,
     },
     /// Training curves (PNG) of one or more runs, one line each: objective, cross-entropy, mean
-    /// target-token probability, gradient norm, learning rate and tokens/s per step. `trainer
+    /// target-token probability, gradient norm, learning rate and tokens/s per step, and on a
+    /// scored snapshot log p - log p_ref. `trainer
     /// train` keeps its own run's as curves.png; this overlays runs (SFT against DFT).
     Curves {
         /// A `trainer train` output folder, or its metrics.jsonl; several to overlay them.
