@@ -101,6 +101,13 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let recipe_bytes = std::fs::read(recipe_path).with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
     let text = std::str::from_utf8(&recipe_bytes).with_context(|| format!("recipe {} is not UTF-8", recipe_path.display()))?;
     let recipe = Recipe::parse(text, recipe_path)?;
+    if recipe.kind == SnapshotKind::Train && !recipe.seed_given {
+        // The shuffle decides which examples share a packed row, and so what a step trains on.
+        tracing::warn!(
+            "{} names no `seed`: the row shuffle and MinHash permutations use 0 (write `seed: N` to choose)",
+            recipe_path.display()
+        );
+    }
     // A bad pattern fails now, naming its rule, not after ingest.
     filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };

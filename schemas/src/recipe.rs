@@ -22,6 +22,10 @@ pub struct Recipe {
     /// Seed for everything random in the build (MinHash permutations, row shuffle).
     #[serde(default)]
     pub seed: u64,
+    /// Whether the recipe names `seed` (serde's default cannot tell 0 from absent): a train
+    /// recipe that does not is warned about, since the seed decides which examples share a row.
+    #[serde(skip)]
+    pub seed_given: bool,
     pub sources: Vec<Source>,
     #[serde(default)]
     pub ingest: IngestConfig,
@@ -461,7 +465,8 @@ impl Recipe {
     }
 
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Recipe> {
-        let recipe: Recipe = serde_norway::from_str(text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+        let mut recipe: Recipe = serde_norway::from_str(text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+        recipe.seed_given = serde_norway::from_str::<serde_norway::Value>(text).is_ok_and(|v| v.get("seed").is_some());
         recipe.validate().with_context(|| format!("recipe {}", path.display()))?;
         Ok(recipe)
     }
@@ -583,6 +588,9 @@ mod tests {
         assert_eq!(r.dedup.near.threshold, 0.8);
         assert_eq!(r.decontaminate.ngram, 8);
         assert_eq!(r.kind, SnapshotKind::Train);
+        assert_eq!((r.seed, r.seed_given), (0, false));
+        let r = Recipe::parse(&format!("{MINIMAL}seed: 0\n"), Path::new("r.yaml")).unwrap();
+        assert_eq!((r.seed, r.seed_given), (0, true), "an explicit 0 is given");
     }
 
     #[test]
