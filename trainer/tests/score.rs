@@ -158,6 +158,17 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
 }
 
+/// `trainer train` of `recipe` on the default model and the snapshot `scored`, into `out`; it
+/// must succeed.
+fn train_scored(recipe: &Path, scored: &Path, out: &Path, extra: &[&str]) {
+    let model = model_path();
+    let paths = [recipe, model.as_path(), scored, out].map(|p| p.to_str().unwrap().to_string());
+    let mut args = vec!["train", "--recipe", &paths[0], "--model", &paths[1], "--snapshot", &paths[2], "--output-dir", &paths[3]];
+    args.extend_from_slice(extra);
+    let o = trainer(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     let tmp = tempfile::tempdir().unwrap();
@@ -186,20 +197,7 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
         engine: "burn flex".into(),
     };
     score::<Flex>(&opts, &Default::default()).unwrap();
-    let o = trainer(&[
-        "train",
-        "--recipe",
-        recipe.to_str().unwrap(),
-        "--model",
-        model_path().to_str().unwrap(),
-        "--snapshot",
-        scored.to_str().unwrap(),
-        "--output-dir",
-        dir.join("run").to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    train_scored(&recipe, &scored, &dir.join("run"), &[]);
     let line = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
     let m: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let (obj, ce) = (m["objective"].as_f64().unwrap(), m["cross_entropy"].as_f64().unwrap());
@@ -213,21 +211,7 @@ fn iwsft_needs_scores_and_with_the_reference_as_model_starts_as_sft() {
     let sft = dir.join("sft.yaml");
     std::fs::write(&sft, "model: m\nsnapshot: s\noutput_dir: o\nloss: sft\nsteps: 2\nbatch_tokens: 1024\nlr: 0.0003\nwarmup_ratio: 0\n")
         .unwrap();
-    let o = trainer(&[
-        "train",
-        "--recipe",
-        sft.to_str().unwrap(),
-        "--model",
-        model_path().to_str().unwrap(),
-        "--snapshot",
-        scored.to_str().unwrap(),
-        "--output-dir",
-        dir.join("sft").to_str().unwrap(),
-        "--no-save",
-    ])
-    .output()
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    train_scored(&sft, &scored, &dir.join("sft"), &["--no-save"]);
     let ratios: Vec<f64> = std::fs::read_to_string(dir.join("sft/metrics.jsonl"))
         .unwrap()
         .lines()
