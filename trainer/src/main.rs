@@ -764,7 +764,45 @@ fn labelled<T>(
     load: impl Fn(&std::path::Path, Option<String>) -> anyhow::Result<T>,
 ) -> anyhow::Result<Vec<T>> {
     anyhow::ensure!(labels.len() <= runs.len(), "{} --label for {} runs", labels.len(), runs.len());
-    runs.iter().enumerate().map(|(i, r)| load(r, labels.get(i).cloned())).collect()
+    runs.iter().zip(distinct_labels(runs, labels)).map(|(r, l)| load(r, Some(l))).collect()
+}
+
+/// The labels of `runs`: those given, in order, then each folder's name (a run given as a file,
+/// `metrics.jsonl` or `summary.json`, is its folder), with as many parent folders as it takes to
+/// tell it from the others: `a/dft` and `b/dft`, not `dft` twice.
+fn distinct_labels(runs: &[PathBuf], given: &[String]) -> Vec<String> {
+    let folders: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let dir = if r.is_file() { r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")) } else { r };
+            let full = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+            full.components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let label = |i: usize, depth: usize| match folders[i].len() {
+        0 => runs[i].display().to_string(),
+        n => folders[i][n - depth.min(n)..].join("/"),
+    };
+    let mut depth = vec![1; runs.len()];
+    loop {
+        let labels: Vec<String> = (0..runs.len()).map(|i| given.get(i).cloned().unwrap_or_else(|| label(i, depth[i]))).collect();
+        let mut grew = false;
+        for i in given.len()..runs.len() {
+            let clash = labels.iter().enumerate().any(|(j, l)| j != i && *l == labels[i]);
+            if clash && depth[i] < folders[i].len() {
+                depth[i] += 1;
+                grew = true;
+            }
+        }
+        if !grew {
+            return labels;
+        }
+    }
 }
 
 fn snapshot_parent(m: &schemas::Manifest) -> String {
@@ -1045,4 +1083,30 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
         None => println!("final model: not saved (--no-save)"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_labels_grow_until_runs_differ() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |p: &str| {
+            let path = tmp.path().join(p);
+            std::fs::create_dir_all(&path).unwrap();
+            path
+        };
+        let (a, b, sft) = (d("x/a/dft"), d("x/b/dft"), d("x/a/sft"));
+        std::fs::write(sft.join("metrics.jsonl"), "").unwrap();
+        let runs = [a.clone(), b.clone(), sft.join("metrics.jsonl")];
+        assert_eq!(distinct_labels(&runs, &[]), ["a/dft", "b/dft", "sft"]);
+        // A given label counts: the default of a run that would repeat it grows instead.
+        assert_eq!(distinct_labels(&[a.clone(), b.clone()], &["dft".to_string()]), ["dft", "b/dft"]);
+        assert_eq!(distinct_labels(&[a.clone(), sft], &[]), ["dft", "sft"]);
+        // The same folder twice cannot be told apart: its whole path, then no further.
+        let same = distinct_labels(&[a.clone(), a.clone()], &[]);
+        assert_eq!(same[0], same[1]);
+        assert!(same[0].ends_with("x/a/dft"), "{same:?}");
+    }
 }
