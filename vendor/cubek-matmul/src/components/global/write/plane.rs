@@ -127,29 +127,33 @@ fn write_vector<ES: Numeric, NS: Size, EG: Numeric, NG: Size>(
     let output_vector_size = view.vector_size().comptime();
     let out_smem_vector_size = out_smem_tile.container.vector_size().comptime();
 
-    let value = if output_vector_size == out_smem_vector_size {
-        let offs = out_smem_tile.stage_offset(unit_write / output_vector_size as u32);
-        out_smem_tile.container[offs as usize]
-    } else if out_smem_vector_size < output_vector_size
-        && output_vector_size.is_multiple_of(out_smem_vector_size)
-    {
-        let mut value = Vector::empty();
-        #[unroll]
-        for i in 0..output_vector_size / out_smem_vector_size {
-            let offs = out_smem_tile.stage_offset(unit_write + i as u32);
-            #[unroll]
-            for j in 0..out_smem_vector_size {
-                value[i * out_smem_vector_size + j] = out_smem_tile.container[offs as usize][j];
-            }
-        }
-        value
+    if out_smem_vector_size > output_vector_size {
+        // The stage's vectors are wider than the output's (published as a bare
+        // `unimplemented!()`; this branch is rectify's): read the stage re-vectorised to the
+        // output's size, as `unit_write` does, with the tile's start, stride and swizzle
+        // rescaled by `StridedTile::with_vector_size`. Vector sizes are powers of two, so the
+        // wider is a multiple of the narrower.
+        let narrow = out_smem_tile.with_vector_size::<NG>();
+        let offs = narrow.stage_offset(unit_write / output_vector_size as u32);
+        view.write_checked((tile, unit_write), Vector::cast_from(narrow.container[offs as usize]));
     } else {
-        // Vector sizes are known when the kernel is expanded, so this fails at expansion time,
-        // before launch. (Published as a bare `unimplemented!()`; the message is rectify's.)
-        panic!("plane writer: the output's vector size must equal the stage's or be a multiple of it")
-    };
-
-    view.write_checked((tile, unit_write), Vector::cast_from(value));
+        let value = if output_vector_size == out_smem_vector_size {
+            let offs = out_smem_tile.stage_offset(unit_write / output_vector_size as u32);
+            out_smem_tile.container[offs as usize]
+        } else {
+            let mut value = Vector::empty();
+            #[unroll]
+            for i in 0..output_vector_size / out_smem_vector_size {
+                let offs = out_smem_tile.stage_offset(unit_write + i as u32);
+                #[unroll]
+                for j in 0..out_smem_vector_size {
+                    value[i * out_smem_vector_size + j] = out_smem_tile.container[offs as usize][j];
+                }
+            }
+            value
+        };
+        view.write_checked((tile, unit_write), Vector::cast_from(value));
+    }
 }
 
 pub struct PlaneWriterFamily;
