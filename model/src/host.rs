@@ -313,7 +313,7 @@ impl HostDecoder {
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let d = w.len();
     y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
-        let rms = (x.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+        let rms = rms(x, eps);
         for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
             *y = x / rms * w;
         }
@@ -325,11 +325,16 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
 fn norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
     for head in x.chunks_exact_mut(d) {
-        let rms = (head.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
+        let rms = rms(head, eps);
         for (x, w) in head.iter_mut().zip(w) {
             *x = *x / rms * w;
         }
     }
+}
+
+/// `sqrt(mean(x²) + eps)`, the divisor of both norms.
+fn rms(x: &[f32], eps: f32) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt()
 }
 
 fn add(x: &mut [f32], delta: &[f32]) {

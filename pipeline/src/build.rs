@@ -115,25 +115,10 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let (tok, tok_path) = load_tokenizer(&recipe, recipe_path)?;
     let tok_info = tok.info(&tok_path)?;
 
-    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "")?;
+    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", &recipe.tokenizer.template_vars)?;
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
     let rollout_sources = ing.rollout_sources;
-    // The rows re-render each sampled prompt with this recipe's template; completions sampled
-    // after a prompt rendered with other variables (`enable_thinking: false`'s empty think
-    // block) would be trained after another prompt.
-    for o in &rollout_sources {
-        if let Some(vars) = o.template_vars.as_ref().filter(|v| **v != recipe.tokenizer.template_vars) {
-            bail!(
-                "source `{}`: its prompts were rendered with template_vars {} and this recipe's tokenizer.template_vars are {}; \
-                 set the same in {} so the completions are trained after the prompts they were sampled from",
-                o.source,
-                serde_json::json!(vars),
-                serde_json::json!(recipe.tokenizer.template_vars),
-                recipe_path.display()
-            );
-        }
-    }
     ledger.record(ing.report, ing.dropped, 0);
     let examples = ing.examples;
 
@@ -167,7 +152,13 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
         for rel in &recipe.decontaminate.against {
             let path = recipe::resolve(recipe_path, rel);
             let bench = Recipe::load(&path).with_context(|| format!("decontaminate.against `{rel}`"))?;
-            let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name))?;
+            let got = ingest::ingest(
+                &bench.sources,
+                &path,
+                &bench.ingest,
+                &format!("benchmark:{}/", bench.name),
+                &bench.tokenizer.template_vars,
+            )?;
             inputs.extend(got.inputs);
             if !got.quarantine.is_empty() {
                 tracing::warn!(

@@ -47,11 +47,20 @@ struct Candidate {
     example: Example,
 }
 
-pub fn ingest_rollouts(source: &Source, recipe_path: &Path, role_prefix: &str) -> anyhow::Result<RolloutsIngested> {
+/// `template_vars`: the train recipe's chat-template variables. The rows re-render each sampled
+/// prompt with them, so a rollouts snapshot whose prompts were rendered with others (Qwen3's
+/// `enable_thinking: false` adds an empty think block) is refused: its completions would be
+/// trained after prompts they were not sampled from.
+pub fn ingest_rollouts(
+    source: &Source,
+    recipe_path: &Path,
+    role_prefix: &str,
+    template_vars: &BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<RolloutsIngested> {
     let path = schemas::recipe::resolve(recipe_path, &source.path);
     let selection = source.select.clone().unwrap_or_default();
     let (candidates, quarantine, input, mut origin, rows) = if path.join(MANIFEST_FILE).exists() {
-        from_snapshot(source, &path, role_prefix, selection.clone())?
+        from_snapshot(source, &path, role_prefix, selection.clone(), template_vars)?
     } else if path.is_dir() {
         bail!("source `{}`: {} is a folder without {MANIFEST_FILE}: not a rollouts snapshot", source.name, path.display());
     } else {
@@ -90,7 +99,6 @@ fn origin(source: &Source, selection: RolloutsSelection) -> RolloutsOrigin {
         correct: 0,
         kept: 0,
         dropped: BTreeMap::new(),
-        template_vars: None,
     }
 }
 
@@ -108,7 +116,13 @@ fn example(source: &Source, question_id: &str, sample: u32, domain: Domain, prom
 }
 
 /// A rollouts snapshot: rows in snapshot order, verdicts as recorded.
-fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: RolloutsSelection) -> anyhow::Result<Read> {
+fn from_snapshot(
+    source: &Source,
+    dir: &Path,
+    role_prefix: &str,
+    selection: RolloutsSelection,
+    template_vars: &BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<Read> {
     if source.fields.is_some() || source.domain.is_some() || source.questions.is_some() || source.math_rules.is_some() {
         bail!(
             "source `{}`: {} is a rollouts snapshot, which carries its own questions, domains and verdicts; \
@@ -118,6 +132,15 @@ fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: Roll
         );
     }
     let (manifest, rows) = load_rollouts(dir).with_context(|| format!("source `{}`", source.name))?;
+    if manifest.tokenizer.template_vars != *template_vars {
+        bail!(
+            "source `{}`: its prompts were rendered with template_vars {} and this recipe's tokenizer.template_vars are {}; \
+             set the same in the recipe so the completions are trained after the prompts they were sampled from",
+            source.name,
+            serde_json::json!(manifest.tokenizer.template_vars),
+            serde_json::json!(template_vars)
+        );
+    }
     let manifest_bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
     // The manifest lists every shard's sha256, so its own hash pins the whole snapshot.
     let input = InputFile {
@@ -139,7 +162,6 @@ fn from_snapshot(source: &Source, dir: &Path, role_prefix: &str, selection: Roll
     }
     let mut o = origin(source, selection);
     o.snapshot_id = Some(manifest.snapshot_id.clone());
-    o.template_vars = Some(manifest.tokenizer.template_vars.clone());
     o.rollouts = manifest.rollouts.clone();
     o.verifier_version = versions.join(",");
     o.samples = rows.len() as u64;

@@ -219,10 +219,6 @@ pub struct RolloutsOrigin {
     pub correct: u64,
     pub kept: u64,
     pub dropped: BTreeMap<String, u64>,
-    /// A rollouts snapshot's: the chat-template variables its prompts were rendered with, for
-    /// the build to check against its own (not recorded here: that snapshot's manifest has them).
-    #[serde(skip)]
-    pub template_vars: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl Manifest {
