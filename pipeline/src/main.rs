@@ -17,8 +17,10 @@ struct Cli {
 enum Command {
     /// Run a recipe: ingest, filter, dedup, decontaminate, tokenize, pack, write.
     Build {
+        /// A data recipe (YAML), e.g. datasets/recipes/default.yaml.
         #[arg(long)]
         recipe: PathBuf,
+        /// The snapshot folder to write (written beside it, then renamed into place).
         #[arg(long)]
         out: PathBuf,
         /// Replace an existing snapshot at --out.
@@ -30,8 +32,10 @@ enum Command {
     /// Decode one packed row and show which tokens are trained.
     Inspect {
         dir: PathBuf,
+        /// The packed row to show, from 0.
         #[arg(long, default_value_t = 0)]
         row: usize,
+        /// Trained tokens in colour (auto: on a terminal), else inside ⟦ ⟧.
         #[arg(long, value_enum, default_value_t = Colour::Auto)]
         color: Colour,
     },

@@ -36,11 +36,14 @@ struct SamplingArgs {
     /// 0 is greedy decoding (ties go to the lowest token id).
     #[arg(long, default_value_t = 0.0, value_parser = temperature)]
     temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens whose probabilities sum to at least P
+    /// (1 keeps them all).
     #[arg(long, default_value_t = 1.0, value_parser = top_p)]
     top_p: f32,
     /// 0 keeps the whole vocabulary.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Seed of the sampling streams (each prompt and sample draws from its own stream).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -55,25 +58,34 @@ impl SamplingArgs {
 enum Command {
     /// Train as a YAML recipe says; flags override the recipe.
     Train {
+        /// A train recipe (YAML), e.g. datasets/recipes/train/default.yaml.
         #[arg(long)]
         recipe: PathBuf,
         /// Continue from the newest checkpoint in the output folder.
         #[arg(long)]
         resume: bool,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
-        #[arg(long)]
-        loss: Option<String>,
+        /// The objective: sft, dft or iwsft (iwsft needs a scored snapshot).
+        #[arg(long, value_name = "sft|dft|iwsft")]
+        loss: Option<schemas::train::LossKind>,
+        /// Peak learning rate (linear warmup, then cosine decay to 0).
         #[arg(long)]
         lr: Option<f64>,
-        #[arg(long)]
+        /// Optimizer steps (replaces the recipe's `steps` or `epochs`).
+        #[arg(long, conflicts_with = "epochs")]
         steps: Option<u64>,
+        /// Passes over the snapshot's rows, fractions allowed (replaces `steps` or `epochs`).
         #[arg(long)]
         epochs: Option<f64>,
+        /// Tokens per optimizer step, rounded up to whole packed rows.
         #[arg(long)]
         batch_tokens: Option<usize>,
+        /// Seed of the data order (recorded in checkpoints and training.json).
         #[arg(long)]
         seed: Option<u64>,
+        /// Save a resumable checkpoint every N steps (and after the last).
         #[arg(long)]
         checkpoint_every: Option<u64>,
         /// Per-layer activation recompute, as the recipe's `recompute`: `all` (the default when
@@ -83,8 +95,10 @@ enum Command {
         /// Relative to the current folder (recipe paths are relative to the recipe).
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// GGUF file, Hugging Face folder or .safetensors to start from.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// A `train` snapshot folder (`pipeline build`).
         #[arg(long)]
         snapshot: Option<PathBuf>,
         /// Write no checkpoints and no final model, only metrics.jsonl (speed measurements).
@@ -93,10 +107,13 @@ enum Command {
     },
     /// Complete one chat prompt (chat template applied), for a quick look at a model.
     Generate {
+        /// GGUF file, Hugging Face folder or rectify checkpoint.
         #[arg(long)]
         model: PathBuf,
+        /// The user message.
         #[arg(long)]
         prompt: String,
+        /// New tokens at most per completion (fewer when a stop token comes first).
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
         #[command(flatten)]
@@ -120,6 +137,7 @@ enum Command {
         /// `finish`, `text`) instead of the text, for comparing with other implementations.
         #[arg(long)]
         json: bool,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -142,6 +160,7 @@ enum Command {
         samples: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// New tokens at most per completion; a completion cut there counts as truncated.
         #[arg(long, default_value_t = 512)]
         max_new_tokens: usize,
         /// Only the first N prompts of each benchmark.
@@ -155,6 +174,7 @@ enum Command {
         /// Results folder: summary.json, summary.md, results/<bench>.jsonl.
         #[arg(long, default_value = "runs/eval")]
         out: PathBuf,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -173,20 +193,25 @@ enum Command {
         /// prompts snapshot id, questions, K, sampling settings); another key needs --force.
         #[arg(long)]
         out: PathBuf,
+        /// Replace OUT when it holds another run's samples.
         #[arg(long)]
         force: bool,
         /// K: completions per question.
         #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         samples: usize,
+        /// 0 is greedy decoding.
         #[arg(long, default_value_t = 1.0, value_parser = temperature)]
         temperature: f32,
+        /// Nucleus sampling: keep the most probable tokens whose probabilities sum to at least P.
         #[arg(long, default_value_t = 1.0, value_parser = top_p)]
         top_p: f32,
         /// 0 keeps the whole vocabulary.
         #[arg(long, default_value_t = 0)]
         top_k: usize,
+        /// New tokens at most per completion; a completion cut there is kept as truncated.
         #[arg(long, default_value_t = 512)]
         max_new_tokens: usize,
+        /// Seed of the sampling streams (recorded in the rollouts manifest).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Only the first N questions of the snapshot.
@@ -201,6 +226,7 @@ enum Command {
         /// then graded, then journaled).
         #[arg(long, default_value_t = 16)]
         chunk_questions: usize,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -223,12 +249,14 @@ enum Command {
     /// prompts, one batch per size, every sequence decoding exactly --new-tokens (no stop
     /// tokens). Prints one JSON line per run.
     BenchGenerate {
+        /// GGUF file or Hugging Face folder.
         #[arg(long)]
         model: PathBuf,
         /// A benchmark name (looked up in --snapshots) or a `prompts` snapshot folder; its first
         /// prompts are used, starting over when a batch needs more.
         #[arg(long, default_value = "gsm8k")]
         prompts: String,
+        /// Where the evaluation snapshots are.
         #[arg(long, default_value = "snapshots/eval")]
         snapshots: PathBuf,
         /// Comma-separated batch sizes.
@@ -246,6 +274,7 @@ enum Command {
         /// another framework can decode the same prompts.
         #[arg(long)]
         prompts_out: Option<PathBuf>,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -253,6 +282,7 @@ enum Command {
     /// `position_ids`, `segment_ids`, `loss_mask`) for tools outside rectify; with --model also
     /// `logprobs`, the model's log-probability of every token in the `ref_logprobs` convention.
     Rows {
+        /// A `train` snapshot folder.
         #[arg(long)]
         snapshot: PathBuf,
         /// How many rows, from the first (0: all).
@@ -261,8 +291,10 @@ enum Command {
         /// GGUF file or Hugging Face folder to score the rows with.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// The JSON-lines file to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -281,8 +313,10 @@ enum Command {
     /// next token (packed rows, block-diagonal attention) and write a new snapshot. Resumable:
     /// run the same command again after an interruption.
     Score {
+        /// The reference model: GGUF file or Hugging Face folder.
         #[arg(long)]
         model: PathBuf,
+        /// The `train` snapshot to score.
         #[arg(long)]
         snapshot: PathBuf,
         /// The scored snapshot; default: SNAPSHOT with `-scored` appended.
@@ -294,6 +328,7 @@ enum Command {
         /// Rows per resumable chunk of work.
         #[arg(long, default_value_t = 16)]
         chunk_rows: usize,
+        /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -306,6 +341,7 @@ enum Command {
         /// Legend label of the model in the same position (default: a short name from its path).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// The `train` snapshot whose rows are scored.
         #[arg(long)]
         snapshot: PathBuf,
         /// Rows to score, spread evenly over the snapshot (0: all). 8 rows: ~45 s per model on 2 cores.
@@ -320,7 +356,7 @@ enum Command {
         /// The PNG; FILE.csv and FILE.summary.csv are written beside it.
         #[arg(long)]
         out: PathBuf,
-        /// Where the models run (cuda: one row at a time).
+        /// Where the models run (cuda, one row at a time, needs a `--features cuda` build).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
@@ -343,8 +379,10 @@ enum Command {
     /// config.json, and the tokenizer and chat template (tokenizer.json, chat_template.jinja,
     /// tokenizer_config.json) from the GGUF or the source folder.
     Export {
+        /// GGUF file, Hugging Face folder, .safetensors or rectify checkpoint.
         #[arg(long)]
         model: PathBuf,
+        /// The Hugging Face folder to write.
         #[arg(long)]
         out: PathBuf,
     },
@@ -428,7 +466,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let given =
                 [("loss", loss.is_some()), ("lr", lr.is_some()), ("batch_tokens", batch_tokens.is_some()), ("seed", seed.is_some())];
             if let Some(l) = loss {
-                r.loss = l.parse()?;
+                r.loss = l;
             }
             if let Some(v) = lr {
                 r.lr = v;
