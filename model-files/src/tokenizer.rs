@@ -317,7 +317,7 @@ impl ChatTokenizer {
     /// beside its shards, with the end-of-turn, padding and begin tokens its manifest records.
     pub fn from_snapshot(dir: &Path, info: &TokenizerInfo) -> Result<Self> {
         let (json, template) = (dir.join(TOKENIZER_FILE), dir.join(TEMPLATE_FILE));
-        Self::from_files(&json, &template, &info.eos_token, Some(info.pad_id), info.bos_token.clone(), None)
+        Self::from_files(&json, &template, &info.eos_token, Some(info.pad_id), info.bos_token.clone(), info.system_prompt.clone())
             .and_then(|t| t.with_template_vars(info.template_vars.clone()))
             .with_context(|| format!("the tokenizer of snapshot {}", dir.display()))
     }
@@ -449,17 +449,29 @@ impl ChatTokenizer {
         Self::from_hf_dir(dir, system_prompt).map(Some)
     }
 
-    /// The chat template as exported: with template variables, each set first to the value it had
-    /// here unless the caller passes it, so that transformers' `apply_chat_template` and
-    /// [`ChatTokenizer::for_model`] render prompts as the model was trained on them (a model
-    /// trained with `enable_thinking: false` is prompted so by default), while a caller can still
-    /// pass another value.
+    /// The chat template as exported, so that transformers' `apply_chat_template` and
+    /// [`ChatTokenizer::for_model`] render prompts as the model was trained on them while a
+    /// caller can still choose otherwise:
+    /// - each template variable is first set to the value it had here unless the caller passes
+    ///   it (a model trained with `enable_thinking: false` is prompted so by default);
+    /// - with a system prompt, conversations that do not open with a system message get it
+    ///   first, in place of the template's own default (as LLaMA-Factory's exports carry their
+    ///   `default_system`).
     pub fn exported_template(&self) -> String {
         let mut head = String::new();
         for (name, value) in &self.template_vars {
             // JSON literals are Jinja literals, except null.
             let literal = if value.is_null() { "none".to_string() } else { value.to_string() };
             head.push_str(&format!("{{%- if {name} is not defined %}}{{%- set {name} = {literal} %}}{{%- endif %}}\n"));
+        }
+        if let Some(system) = &self.system_prompt {
+            // A JSON string is a Jinja string literal (jinja2 and minijinja read the same escapes).
+            // `messages` is set at the top level, as Llama 3.1's own template does.
+            let literal = serde_json::Value::from(system.as_str()).to_string();
+            head.push_str(&format!(
+                "{{%- if not (messages and messages[0]['role'] == 'system') %}}\
+                 {{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif %}}\n"
+            ));
         }
         head + &self.template
     }
@@ -696,6 +708,7 @@ impl ChatTokenizer {
             pad_id: self.pad_id,
             bos_token: self.bos_token.clone(),
             template_vars: self.template_vars.clone(),
+            system_prompt: self.system_prompt.clone(),
         })
     }
 }
@@ -924,6 +937,29 @@ mod tests {
         assert_eq!(ids[0], 1);
         let enc = t.encode_chat("Hi", "Hello").unwrap();
         assert_eq!(enc.loss_mask.iter().filter(|&&m| m == 1).count(), 2, "Hello + <|im_end|>");
+
+        // Recorded in the snapshot, and rendered with again from it.
+        let info = t.info(&test_model_path()).unwrap();
+        assert_eq!(info.system_prompt.as_deref(), Some("You are a math tutor."));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), t.tokenizer_json()).unwrap();
+        std::fs::write(dir.path().join(TEMPLATE_FILE), t.chat_template()).unwrap();
+        assert_eq!(ChatTokenizer::from_snapshot(dir.path(), &info).unwrap().encode_prompt("Hi").unwrap(), (p.clone(), ids.clone()));
+        let default = ChatTokenizer::from_gguf(&test_model_path(), None, None).unwrap();
+        assert!(default.info(&test_model_path()).unwrap().system_prompt.is_none());
+        assert_eq!(default.exported_template(), default.chat_template(), "no system prompt, the template as it is");
+
+        // Exported, the template puts it before a conversation without a system message (quotes,
+        // backslashes, control and non-ASCII characters survive the literal; transformers' jinja2
+        // renders this template to the same text), and a caller's own system message wins.
+        let tricky = "Say \"hi\" \\ then\nanswer,\tin français 🙂.";
+        let t = ChatTokenizer::from_gguf(&test_model_path(), Some(tricky.into()), None).unwrap();
+        let reloaded = ChatTokenizer::from_gguf(&test_model_path(), None, Some(t.exported_template())).unwrap();
+        assert_eq!(reloaded.encode_prompt("Hi").unwrap(), t.encode_prompt("Hi").unwrap());
+        assert!(reloaded.encode_prompt("Hi").unwrap().0.contains(&format!("system\n{tricky}<|im_end|>")));
+        let own = ChatTokenizer::from_gguf(&test_model_path(), Some("Be terse.".into()), Some(t.exported_template())).unwrap();
+        let (p, _) = own.encode_prompt("Hi").unwrap();
+        assert!(p.starts_with("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user") && !p.contains("then"), "{p}");
     }
 
     #[test]

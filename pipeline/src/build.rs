@@ -115,7 +115,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
     let (tok, tok_path) = load_tokenizer(&recipe, recipe_path)?;
     let tok_info = tok.info(&tok_path)?;
 
-    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", &recipe.tokenizer.template_vars)?;
+    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", &recipe.tokenizer)?;
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
     let rollout_sources = ing.rollout_sources;
@@ -152,13 +152,7 @@ fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
         for rel in &recipe.decontaminate.against {
             let path = recipe::resolve(recipe_path, rel);
             let bench = Recipe::load(&path).with_context(|| format!("decontaminate.against `{rel}`"))?;
-            let got = ingest::ingest(
-                &bench.sources,
-                &path,
-                &bench.ingest,
-                &format!("benchmark:{}/", bench.name),
-                &bench.tokenizer.template_vars,
-            )?;
+            let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name), &bench.tokenizer)?;
             inputs.extend(got.inputs);
             if !got.quarantine.is_empty() {
                 tracing::warn!(

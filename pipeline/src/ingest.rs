@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context};
 use schemas::manifest::{InputFile, RolloutsOrigin};
-use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
+use schemas::recipe::{FieldMap, Format, IngestConfig, Source, TokenizerConfig};
 use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -53,14 +53,14 @@ pub(crate) fn field_err(field: &str, message: impl Into<String>) -> FieldError {
 }
 
 /// Read every source of a recipe, in recipe order.
-/// `template_vars`: the recipe's chat-template variables, which a rollouts snapshot's prompts
-/// must have been rendered with (see `rollouts::ingest_rollouts`).
+/// `tokenizer`: the recipe's, whose system prompt and chat-template variables a rollouts
+/// snapshot's prompts must have been rendered with (see `rollouts::ingest_rollouts`).
 pub fn ingest(
     sources: &[Source],
     recipe_path: &Path,
     cfg: &IngestConfig,
     role_prefix: &str,
-    template_vars: &std::collections::BTreeMap<String, serde_json::Value>,
+    tokenizer: &TokenizerConfig,
 ) -> anyhow::Result<Ingested> {
     let mut out = Ingested {
         examples: vec![],
@@ -74,7 +74,7 @@ pub fn ingest(
     for source in sources {
         let before_q = out.quarantine.len();
         if source.format == Format::Rollouts {
-            let got = crate::rollouts::ingest_rollouts(source, recipe_path, role_prefix, template_vars)?;
+            let got = crate::rollouts::ingest_rollouts(source, recipe_path, role_prefix, tokenizer)?;
             rows_in += got.rows;
             out.examples.extend(got.examples);
             out.dropped.extend(got.dropped);

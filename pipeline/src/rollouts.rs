@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use schemas::generation::Finish;
 use schemas::manifest::{InputFile, RolloutsOrigin, MANIFEST_FILE};
 use schemas::prompts::{load_prompts, Prompt};
-use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source};
+use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source, TokenizerConfig};
 use schemas::rollouts::load_rollouts;
 use schemas::{Domain, Dropped, Example};
 use serde_json::{json, Value};
@@ -47,20 +47,20 @@ struct Candidate {
     example: Example,
 }
 
-/// `template_vars`: the train recipe's chat-template variables. The rows re-render each sampled
-/// prompt with them, so a rollouts snapshot whose prompts were rendered with others (Qwen3's
-/// `enable_thinking: false` adds an empty think block) is refused: its completions would be
-/// trained after prompts they were not sampled from.
+/// `tokenizer`: the train recipe's. The rows re-render each sampled prompt with its system
+/// prompt and chat-template variables, so a rollouts snapshot whose prompts were rendered with
+/// others (Qwen3's `enable_thinking: false` adds an empty think block) is refused: its
+/// completions would be trained after prompts they were not sampled from.
 pub fn ingest_rollouts(
     source: &Source,
     recipe_path: &Path,
     role_prefix: &str,
-    template_vars: &BTreeMap<String, serde_json::Value>,
+    tokenizer: &TokenizerConfig,
 ) -> anyhow::Result<RolloutsIngested> {
     let path = schemas::recipe::resolve(recipe_path, &source.path);
     let selection = source.select.clone().unwrap_or_default();
     let (candidates, quarantine, input, mut origin, rows) = if path.join(MANIFEST_FILE).exists() {
-        from_snapshot(source, &path, role_prefix, selection.clone(), template_vars)?
+        from_snapshot(source, &path, role_prefix, selection.clone(), tokenizer)?
     } else if path.is_dir() {
         bail!("source `{}`: {} is a folder without {MANIFEST_FILE}: not a rollouts snapshot", source.name, path.display());
     } else {
@@ -121,7 +121,7 @@ fn from_snapshot(
     dir: &Path,
     role_prefix: &str,
     selection: RolloutsSelection,
-    template_vars: &BTreeMap<String, serde_json::Value>,
+    tokenizer: &TokenizerConfig,
 ) -> anyhow::Result<Read> {
     if source.fields.is_some() || source.domain.is_some() || source.questions.is_some() || source.math_rules.is_some() {
         bail!(
@@ -132,14 +132,19 @@ fn from_snapshot(
         );
     }
     let (manifest, rows) = load_rollouts(dir).with_context(|| format!("source `{}`", source.name))?;
-    if manifest.tokenizer.template_vars != *template_vars {
-        bail!(
-            "source `{}`: its prompts were rendered with template_vars {} and this recipe's tokenizer.template_vars are {}; \
+    let sampled = &manifest.tokenizer;
+    let differs = |field: &str, sampled: Value, here: Value| {
+        anyhow::anyhow!(
+            "source `{}`: its prompts were rendered with {field} {sampled} and this recipe's tokenizer.{field} is {here}; \
              set the same in the recipe so the completions are trained after the prompts they were sampled from",
             source.name,
-            serde_json::json!(manifest.tokenizer.template_vars),
-            serde_json::json!(template_vars)
-        );
+        )
+    };
+    if sampled.template_vars != tokenizer.template_vars {
+        return Err(differs("template_vars", json!(sampled.template_vars), json!(tokenizer.template_vars)));
+    }
+    if sampled.system_prompt != tokenizer.system_prompt {
+        return Err(differs("system_prompt", json!(sampled.system_prompt), json!(tokenizer.system_prompt)));
     }
     let manifest_bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
     // The manifest lists every shard's sha256, so its own hash pins the whole snapshot.

@@ -292,6 +292,13 @@ fn template_vars_are_recorded_and_reserved_names_refused() {
     assert!(plain.recipe.resolved["tokenizer"].get("template_vars").is_none(), "an empty map is not recorded");
     assert!(plain.tokenizer.template_vars.is_empty());
     assert_eq!(m.snapshot_id, plain.snapshot_id);
+    assert!(plain.tokenizer.system_prompt.is_none());
+    // A system prompt is on record too, and changes the rows.
+    std::fs::write(&recipe, text.replace("tokenizer: {gguf: ", "tokenizer: {system_prompt: Be brief., gguf: ")).unwrap();
+    let brief = pipeline::build::build(&recipe, &tmp.path().join("brief"), false).unwrap();
+    assert_eq!(brief.tokenizer.system_prompt.as_deref(), Some("Be brief."));
+    assert_ne!(brief.snapshot_id, plain.snapshot_id);
+    std::fs::write(&recipe, &text).unwrap();
     // A template that prints a variable: its value reaches the rows.
     std::fs::write(
         tmp.path().join("tag.jinja"),

@@ -232,6 +232,12 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
     std::fs::write(&recipe, text).unwrap();
     let e = format!("{:#}", pipeline::build::build(&recipe, &dir.join("vars"), false).unwrap_err());
     assert!(e.contains("source `r`: its prompts were rendered with template_vars {}") && e.contains("{\"enable_thinking\":false}"), "{e}");
+    // So would another system message.
+    let recipe = train_recipe(dir, "system", "  - {name: r, path: rollouts, format: rollouts}\n");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("tokenizer: {gguf: ", "tokenizer: {system_prompt: Be brief., gguf: ");
+    std::fs::write(&recipe, text).unwrap();
+    let e = format!("{:#}", pipeline::build::build(&recipe, &dir.join("system"), false).unwrap_err());
+    assert!(e.contains("rendered with system_prompt null and this recipe's tokenizer.system_prompt is \"Be brief.\""), "{e}");
 }
 
 #[test]

@@ -79,6 +79,10 @@ pub struct TokenizerInfo {
     /// so that a tokenizer rebuilt from the snapshot renders as its rows were rendered.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub template_vars: BTreeMap<String, serde_json::Value>,
+    /// The recipe's `tokenizer.system_prompt`, the system message put before every prompt
+    /// (absent when the template's own default applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 /// Rows in, rows out and rows dropped by reason for one stage. `rows_in == rows_out + sum(dropped)`.

@@ -375,7 +375,7 @@ fn default_contam_ngram() -> usize {
     8
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerConfig {
     /// A GGUF model file: tokenizer, special tokens and chat template come from its metadata.
