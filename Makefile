@@ -107,9 +107,13 @@ EVAL_BENCH ?= gsm8k,math500,humaneval,mbpp
 EVAL_LIMIT ?= 30
 EVAL_MAX_NEW ?= 384
 EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)/final,$(MODEL))
+# A model of another family than the default needs prompts in its own tokens:
+# `make eval EVAL_MODEL=M EVAL_TOKENIZER=M` builds them into $(SNAPSHOTS)/eval-<M's name>.
+EVAL_TOKENIZER ?=
+EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(notdir $(patsubst %/,%,$(EVAL_TOKENIZER))))
 eval: build model
-	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
-	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(SNAPSHOTS)/eval --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))
+	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
+	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(EVAL_SNAPSHOTS) --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))
 
 # Rejection-sampled offline RL (README: Offline RL): questions from training sources, K samples
 # each from the base model, verified, the correct ones selected into a train snapshot, DFT on it

@@ -2,13 +2,18 @@
 # Builds the evaluation snapshots that a benchmark list needs (`make eval`, `make data-eval`,
 # `make rft`): eval_snapshots.sh gsm8k,math500 or eval_snapshots.sh all.
 # A benchmark name is a recipe in datasets/recipes/eval/, or that name without its `_test` split
-# (gsm8k, mbpp); a path (with a `/`), or a name with a snapshot under $SNAPSHOTS/eval/ but no
+# (gsm8k, mbpp); a path (with a `/`), or a name with a snapshot under $EVAL_DIR/ but no
 # recipe, is left as it is: the rule `trainer eval --bench` reads names with. Each build takes under a
 # second and the pipeline is deterministic, so a snapshot is always rebuilt (--force) rather than
 # trusted to match the current recipe and code.
+# The recipes tokenize with the default model's tokenizer. For a model of another family,
+# TOKENIZER=MODEL (a GGUF file or a Hugging Face folder) builds them with its tokenizer and chat
+# template instead (`pipeline build --tokenizer`), best into a folder of their own: EVAL_DIR.
 set -euo pipefail
 PIPELINE=${PIPELINE:-${CARGO_TARGET_DIR:-target}/release/pipeline}
 SNAPSHOTS=${SNAPSHOTS:-snapshots}
+EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval}
+TOKENIZER=${TOKENIZER:-}
 RECIPES=datasets/recipes/eval
 [ $# -eq 1 ] || { echo "usage: $0 BENCH[,BENCH...] | all" >&2; exit 2; }
 
@@ -26,13 +31,13 @@ for b in $names; do
   esac
   # The order `trainer eval` looks in: the name's own folder before its `_test` split.
   if [ -f "$RECIPES/$b.yaml" ]; then s=$b
-  elif [ -f "$SNAPSHOTS/eval/$b/manifest.json" ]; then continue # a snapshot of the user's own, no recipe here
+  elif [ -f "$EVAL_DIR/$b/manifest.json" ]; then continue # a snapshot of the user's own, no recipe here
   elif [ -f "$RECIPES/${b}_test.yaml" ]; then s=${b}_test
-  elif [ -f "$SNAPSHOTS/eval/${b}_test/manifest.json" ]; then continue # the user's own `_test` split
+  elif [ -f "$EVAL_DIR/${b}_test/manifest.json" ]; then continue # the user's own `_test` split
   else
     echo "no evaluation recipe for benchmark \`$b\`: expected $RECIPES/$b.yaml or $RECIPES/${b}_test.yaml (have: $(echo $all))" >&2
     exit 1
   fi
-  "$PIPELINE" build --recipe "$RECIPES/$s.yaml" --out "$SNAPSHOTS/eval/$s" --force > /dev/null
-  echo "eval snapshot: $SNAPSHOTS/eval/$s"
+  "$PIPELINE" build --recipe "$RECIPES/$s.yaml" --out "$EVAL_DIR/$s" --force ${TOKENIZER:+--tokenizer "$TOKENIZER"} > /dev/null
+  echo "eval snapshot: $EVAL_DIR/$s"
 done

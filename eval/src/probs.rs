@@ -323,6 +323,10 @@ where
         rows_used: rows.len(),
         rows_total: snapshot.rows.len(),
     };
+    // Every model before any is scored: a wrong one fails the run at once.
+    for (path, _) in &opts.models {
+        model_files::vocab::check_model_tokens(path, &opts.snapshot)?;
+    }
     let mut models = vec![];
     for (path, label) in &opts.models {
         let t0 = Instant::now();

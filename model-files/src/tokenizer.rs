@@ -367,7 +367,9 @@ impl ChatTokenizer {
     /// from `chat_template.jinja` (transformers 5) or `tokenizer_config.json`'s `chat_template`
     /// (transformers 4; a list of named templates gives its `default`), and the end-of-turn,
     /// begin and padding tokens from `tokenizer_config.json` (or `special_tokens_map.json`).
-    pub fn from_hf_dir(dir: &Path, system_prompt: Option<String>) -> Result<Self> {
+    /// `template_override` is the Jinja source of a chat template to use instead (a base model's
+    /// folder may have none).
+    pub fn from_hf_dir(dir: &Path, system_prompt: Option<String>, template_override: Option<String>) -> Result<Self> {
         let read_json = |name: &str| -> Result<serde_json::Value> {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
@@ -389,7 +391,9 @@ impl ChatTokenizer {
             v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())).map(str::to_string)
         };
         let template_file = dir.join(TEMPLATE_FILE);
-        let template = if template_file.exists() {
+        let template = if let Some(t) = template_override {
+            t
+        } else if template_file.exists() {
             std::fs::read_to_string(&template_file).with_context(|| format!("cannot read {}", template_file.display()))?
         } else {
             match config.get("chat_template") {
@@ -446,7 +450,7 @@ impl ChatTokenizer {
         if !dir.join(TOKENIZER_FILE).exists() {
             return Ok(None);
         }
-        Self::from_hf_dir(dir, system_prompt).map(Some)
+        Self::from_hf_dir(dir, system_prompt, None).map(Some)
     }
 
     /// The chat template as exported, so that transformers' `apply_chat_template` and
@@ -1039,29 +1043,29 @@ mod tests {
         };
         // What rectify writes: the template inside tokenizer_config.json (transformers 4).
         std::fs::write(&config, t.hf_tokenizer_config()).unwrap();
-        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap());
         // transformers 5: chat_template.jinja beside a config without one, tokens as objects.
         std::fs::write(&config, r#"{"eos_token": {"content": "<|im_end|>", "special": true}}"#).unwrap();
-        let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None).unwrap_err());
+        let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap_err());
         assert!(e.contains("has no chat template"), "{e}");
         std::fs::write(dir.path().join(TEMPLATE_FILE), t.chat_template()).unwrap();
-        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap());
         // Named templates: the `default` one.
         std::fs::remove_file(dir.path().join(TEMPLATE_FILE)).unwrap();
         let named = serde_json::json!({"eos_token": "<|im_end|>", "chat_template": [
             {"name": "tool_use", "template": "unused"}, {"name": "default", "template": t.chat_template()}]});
         std::fs::write(&config, named.to_string()).unwrap();
-        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap());
         // Tokens from special_tokens_map.json where tokenizer_config.json has none.
         std::fs::write(&config, named.to_string().replace(r#""eos_token":"<|im_end|>","#, "")).unwrap();
-        assert!(ChatTokenizer::from_hf_dir(dir.path(), None).is_err());
+        assert!(ChatTokenizer::from_hf_dir(dir.path(), None, None).is_err());
         std::fs::write(dir.path().join("special_tokens_map.json"), r#"{"eos_token": {"content": "<|im_end|>"}}"#).unwrap();
-        same(&ChatTokenizer::from_hf_dir(dir.path(), None).unwrap());
+        same(&ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap());
         std::fs::remove_file(dir.path().join("special_tokens_map.json")).unwrap();
         // No end-of-turn token, or one not in the vocabulary: errors naming the file.
         for bad in [r#"{"chat_template": "x"}"#, r#"{"chat_template": "x", "eos_token": "<|nope|>"}"#] {
             std::fs::write(&config, bad).unwrap();
-            let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None).unwrap_err());
+            let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap_err());
             assert!(e.contains(TOKENIZER_CONFIG_FILE) && e.contains("eos_token") || e.contains("<|nope|>"), "{e}");
         }
     }

@@ -111,3 +111,39 @@ fn qwen25_added_tokens_stay_whole_and_the_loss_covers_the_reply() {
     assert!(enc.loss_mask[..prompt_ids.len()].iter().all(|&m| m == 0));
     assert!(enc.loss_mask[prompt_ids.len()..prompt_ids.len() + 5].iter().all(|&m| m == 1));
 }
+
+/// A snapshot's ids mean the same tokens to a model only with the same vocabulary: a Qwen2 model
+/// reads SmolLM2's ids as other text (its embedding table is large enough to take them), and the
+/// check says so for a GGUF and for a Hugging Face folder alike.
+#[test]
+fn a_snapshot_tokenized_for_another_vocabulary_is_refused() {
+    use model_files::vocab::ModelTokens;
+    let dir = tempfile::tempdir().unwrap();
+    let qwen_gguf = qwen2_vocab(dir.path());
+    let qwen = ChatTokenizer::from_gguf(&qwen_gguf, None, None).unwrap();
+    let smol = ChatTokenizer::from_gguf(&model_files::test_model_path(), None, None).unwrap();
+    let snapshot = dir.path().join("snapshot");
+    std::fs::create_dir(&snapshot).unwrap();
+
+    let from_gguf = ModelTokens::of(&qwen_gguf).unwrap().expect("a GGUF carries its tokens");
+    from_gguf.check(qwen.tokenizer(), &snapshot).unwrap();
+    let e = from_gguf.check(smol.tokenizer(), &snapshot).unwrap_err().to_string();
+    assert!(e.contains("is not the one snapshot") && e.contains("stand for other tokens"), "{e}");
+    assert!(e.contains(&format!("--tokenizer {}", qwen_gguf.display())), "{e}");
+    // SmolLM2's id 0 is its end-of-text token; Qwen2's id 0 is "!".
+    assert!(e.contains(r#"id 0 is "<|endoftext|>" in the snapshot, "!" in the model"#), "{e}");
+
+    // A Hugging Face folder's tokenizer.json, and a lone .safetensors file beside it.
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    assert!(ModelTokens::of(&hf).unwrap().is_none(), "no tokenizer.json: nothing to check with");
+    std::fs::write(hf.join("tokenizer.json"), qwen.tokenizer_json()).unwrap();
+    for model in [hf.clone(), hf.join("model.safetensors")] {
+        let from_json = ModelTokens::of(&model).unwrap().expect("tokenizer.json");
+        from_json.check(qwen.tokenizer(), &snapshot).unwrap();
+        let e = from_json.check(smol.tokenizer(), &snapshot).unwrap_err().to_string();
+        assert!(e.contains(&format!("--tokenizer {}", hf.display())), "{e}");
+    }
+    // The GGUF and the tokenizer rebuilt from it agree, and so do SmolLM2's.
+    model_files::vocab::ModelTokens::of(&model_files::test_model_path()).unwrap().unwrap().check(smol.tokenizer(), &snapshot).unwrap();
+}

@@ -75,6 +75,15 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
         }
         let tokenizer = ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?;
         Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
+    } else if let Some(dir) = &t.hf_dir {
+        let dir = recipe::resolve(recipe_path, dir);
+        if !dir.join(TOKENIZER_FILE).exists() {
+            bail!("{} has no {TOKENIZER_FILE} (from tokenizer.hf_dir in {})", dir.display(), recipe_path.display());
+        }
+        let tokenizer = ChatTokenizer::from_hf_dir(&dir, t.system_prompt.clone(), template)
+            .with_context(|| format!("tokenizer.hf_dir in {}", recipe_path.display()))?;
+        // The manifest hashes the file the tokens come from.
+        Ok((with_template_vars(tokenizer, t, recipe_path)?, dir.join(TOKENIZER_FILE)))
     } else {
         let path = recipe::resolve(recipe_path, t.tokenizer_json.as_deref().expect("validated"));
         let tpl = recipe::resolve(recipe_path, t.chat_template.as_deref().expect("validated"));
@@ -91,16 +100,26 @@ fn with_template_vars(tokenizer: ChatTokenizer, t: &recipe::TokenizerConfig, rec
 
 /// Build the snapshot of `recipe_path` into `out`. With `force`, an existing snapshot is replaced.
 pub fn build(recipe_path: &Path, out: &Path, force: bool) -> anyhow::Result<Manifest> {
+    build_with_tokenizer(recipe_path, out, force, None)
+}
+
+/// [`build`], tokenizing with `tokenizer`'s (a model: GGUF file or Hugging Face folder) instead
+/// of the recipe's, as [`recipe::TokenizerConfig::use_model`] says; the manifest's resolved
+/// recipe records the model used.
+pub fn build_with_tokenizer(recipe_path: &Path, out: &Path, force: bool, tokenizer: Option<&Path>) -> anyhow::Result<Manifest> {
     if out.exists() && !force {
         bail!("{} already exists; pass --force to replace it", out.display());
     }
-    snapshot::publish_dir(out, |dir| build_into(recipe_path, dir))
+    snapshot::publish_dir(out, |dir| build_into(recipe_path, dir, tokenizer))
 }
 
-fn build_into(recipe_path: &Path, dir: &Path) -> anyhow::Result<Manifest> {
+fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Manifest> {
     let recipe_bytes = std::fs::read(recipe_path).with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
     let text = std::str::from_utf8(&recipe_bytes).with_context(|| format!("recipe {} is not UTF-8", recipe_path.display()))?;
-    let recipe = Recipe::parse(text, recipe_path)?;
+    let mut recipe = Recipe::parse(text, recipe_path)?;
+    if let Some(model) = tokenizer {
+        recipe.tokenizer.use_model(model)?;
+    }
     if recipe.kind == SnapshotKind::Train && !recipe.seed_given {
         // The shuffle decides which examples share a packed row, and so what a step trains on.
         tracing::warn!(

@@ -23,6 +23,11 @@ enum Command {
         /// The snapshot folder to write (written beside it, then renamed into place).
         #[arg(long)]
         out: PathBuf,
+        /// Tokenize with this model's tokenizer and chat template instead of the recipe's: a GGUF
+        /// file or a Hugging Face folder (the recipe's system_prompt and template_vars still
+        /// apply). For evaluating or training a model of another family than the recipe names.
+        #[arg(long, value_name = "MODEL")]
+        tokenizer: Option<PathBuf>,
         /// Replace an existing snapshot at --out.
         #[arg(long)]
         force: bool,
@@ -63,8 +68,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build { recipe, out, force } => {
-            let m = pipeline::build::build(&recipe, &out, force)?;
+        Command::Build { recipe, out, force, tokenizer } => {
+            let m = pipeline::build::build_with_tokenizer(&recipe, &out, force, tokenizer.as_deref())?;
             println!("{}", pipeline::inspect::stats(&out)?);
             println!("snapshot {} written to {}", m.snapshot_id, out.display());
         }

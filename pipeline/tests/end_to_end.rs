@@ -315,3 +315,41 @@ fn template_vars_are_recorded_and_reserved_names_refused() {
     let rendered = std::fs::read_to_string(tmp.path().join("a").join(schemas::snapshot::TEMPLATE_FILE)).unwrap();
     assert!(rendered.contains("+ tag +"), "the snapshot keeps the template as given");
 }
+
+/// `--tokenizer MODEL` (and a recipe's `tokenizer.hf_dir`) tokenize with a Hugging Face folder's
+/// tokenizer and template: the default model's tokenizer saved as such a folder gives the very
+/// rows its GGUF gives, read by another path (tokenizer.json and tokenizer_config.json instead
+/// of GGUF metadata); the manifest records the folder.
+#[test]
+fn a_hugging_face_folder_tokenizes_as_its_gguf_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = planted_recipe(tmp.path());
+    let from_gguf = pipeline::build::build(&recipe, &tmp.path().join("gguf"), false).unwrap();
+
+    let hf = tmp.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    model_files::tokenizer::ChatTokenizer::from_gguf(&model(), None, None).unwrap().save_hf_files(&hf).unwrap();
+    let over = pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("over"), false, Some(&hf)).unwrap();
+    assert_eq!(over.snapshot_id, from_gguf.snapshot_id);
+    assert_eq!(over.recipe.resolved["tokenizer"]["hf_dir"], serde_json::json!(hf.display().to_string()));
+    assert!(over.recipe.resolved["tokenizer"]["gguf"].is_null());
+    assert_eq!(over.tokenizer.path, hf.join("tokenizer.json").display().to_string());
+    assert_eq!(over.tokenizer.file_sha256, schemas::sha256_file(&hf.join("tokenizer.json")).unwrap());
+
+    // The same folder named in the recipe.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let gguf_line = text.lines().find(|l| l.contains("tokenizer: {gguf: ")).unwrap().to_string();
+    std::fs::write(&recipe, text.replace(&gguf_line, &format!("tokenizer: {{hf_dir: {}}}", hf.display()))).unwrap();
+    let named = pipeline::build::build(&recipe, &tmp.path().join("named"), false).unwrap();
+    assert_eq!(named.snapshot_id, from_gguf.snapshot_id);
+
+    // Neither a GGUF nor a folder.
+    let e = pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("bad"), false, Some(&hf.join("tokenizer.json")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected a GGUF file or a Hugging Face model folder"), "{e}");
+    // Two sources in a recipe.
+    std::fs::write(&recipe, text.replace("tokenizer: {gguf: ", &format!("tokenizer: {{hf_dir: {}, gguf: ", hf.display()))).unwrap();
+    let e = format!("{:#}", pipeline::build::build(&recipe, &tmp.path().join("two"), false).unwrap_err());
+    assert!(e.contains("exactly one of `gguf`, `hf_dir` or `tokenizer_json`"), "{e}");
+}

@@ -381,10 +381,14 @@ pub struct TokenizerConfig {
     /// A GGUF model file: tokenizer, special tokens and chat template come from its metadata.
     #[serde(default)]
     pub gguf: Option<String>,
+    /// Or a Hugging Face model folder: `tokenizer.json`, the chat template (`chat_template.jinja`
+    /// or `tokenizer_config.json`'s) and the special tokens of `tokenizer_config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_dir: Option<String>,
     /// Or a Hugging Face `tokenizer.json`...
     #[serde(default)]
     pub tokenizer_json: Option<String>,
-    /// ...with a Jinja chat template file (also overrides the GGUF's template when set).
+    /// ...with a Jinja chat template file (also overrides a GGUF's or a folder's template when set).
     #[serde(default)]
     pub chat_template: Option<String>,
     /// With `tokenizer_json`: the end-of-turn token the loss mask must cover, e.g. `<|im_end|>`.
@@ -398,6 +402,29 @@ pub struct TokenizerConfig {
     /// Omitted from the manifest when empty, so recipes without it record what they did before.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub template_vars: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl TokenizerConfig {
+    /// Tokenize with `model`'s own tokenizer and chat template (a GGUF file or a Hugging Face
+    /// folder) instead of the ones named here; the system prompt and template variables stay.
+    /// The path is made absolute, since recipe paths are read relative to the recipe.
+    pub fn use_model(&mut self, model: &Path) -> anyhow::Result<()> {
+        let abs = std::path::absolute(model).with_context(|| format!("--tokenizer {}", model.display()))?.display().to_string();
+        let gguf = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if !gguf && !model.is_dir() {
+            bail!("--tokenizer {}: expected a GGUF file or a Hugging Face model folder", model.display());
+        }
+        *self = TokenizerConfig {
+            gguf: gguf.then(|| abs.clone()),
+            hf_dir: (!gguf).then_some(abs),
+            tokenizer_json: None,
+            chat_template: None,
+            eos_token: None,
+            system_prompt: self.system_prompt.take(),
+            template_vars: std::mem::take(&mut self.template_vars),
+        };
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,16 +541,18 @@ impl Recipe {
             }
         }
         let t = &self.tokenizer;
-        if t.gguf.is_some() == t.tokenizer_json.is_some() {
-            bail!("`tokenizer` needs exactly one of `gguf` or `tokenizer_json`");
+        if [t.gguf.is_some(), t.hf_dir.is_some(), t.tokenizer_json.is_some()].iter().filter(|&&s| s).count() != 1 {
+            bail!("`tokenizer` needs exactly one of `gguf`, `hf_dir` or `tokenizer_json`");
         }
         if t.tokenizer_json.is_some() && (t.chat_template.is_none() || t.eos_token.is_none()) {
             bail!("`tokenizer.tokenizer_json` needs `chat_template` and `eos_token` too");
         }
         // The loss mask ends at the end-of-turn token: one the build would not use must not
         // appear to be the one it uses.
-        if t.gguf.is_some() && t.eos_token.is_some() {
-            bail!("`tokenizer.eos_token` goes with `tokenizer_json`; a `gguf` names its own end-of-turn token (remove `eos_token`)");
+        if t.tokenizer_json.is_none() && t.eos_token.is_some() {
+            bail!(
+                "`tokenizer.eos_token` goes with `tokenizer_json`; a `gguf` or an `hf_dir` names its own end-of-turn token (remove `eos_token`)"
+            );
         }
         let n = &self.dedup.near;
         if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {

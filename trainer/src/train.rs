@@ -145,6 +145,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     if snapshot.rows.is_empty() {
         bail!("snapshot {} has no rows to train on", run.snapshot_dir.display());
     }
+    model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir)?;
     let final_tokenizer = if run.save { Some(snapshot_tokenizer(&run.snapshot_dir, &snapshot.manifest.tokenizer)?) } else { None };
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.

@@ -107,3 +107,30 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
         assert!(!ok && (log.contains("temperature must be") || log.contains("top-p must be")), "{bad}: {log}");
     }
 }
+
+/// A model whose tokenizer gives some ids other tokens than the snapshot's is refused before
+/// anything is loaded or generated: its results would be those of other prompts.
+#[test]
+fn a_model_with_another_vocabulary_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = one_prompt(tmp.path(), "a", 0);
+    // The snapshot's own tokenizer.json with the ids of "a" and "b" swapped.
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("tokenizer.json")).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let (ia, ib) = (vocab["a"].clone(), vocab["b"].clone());
+    vocab.insert("a".into(), ib.clone());
+    vocab.insert("b".into(), ia.clone());
+    let model = tmp.path().join("other");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", model.to_str().unwrap(), "--bench", a.to_str().unwrap()])
+        .args(["--out", tmp.path().join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{log}");
+    assert!(log.contains("is not the one snapshot") && log.contains("2 of the 49152 ids"), "{log}");
+    assert!(log.contains(&format!("id {ia} is \"a\" in the snapshot, \"b\" in the model")), "{log}");
+    assert!(!tmp.path().join("out").exists(), "nothing written");
+}
