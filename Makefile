@@ -73,7 +73,7 @@ $(SNAPSHOTS)/default-unscored/manifest.json:
 
 # Every recipe in datasets/recipes/eval/ (scripts/eval_snapshots.sh).
 data-eval: build model
-	PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) ./scripts/eval_snapshots.sh all
+	PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) EVAL_TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh all
 
 $(SNAPSHOTS)/default/manifest.json:
 	$(MAKE) --no-print-directory score
@@ -108,11 +108,12 @@ EVAL_LIMIT ?= 30
 EVAL_MAX_NEW ?= 384
 EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)/final,$(MODEL))
 # A model of another family than the default needs prompts in its own tokens:
-# `make eval EVAL_MODEL=M EVAL_TOKENIZER=M` builds them into $(SNAPSHOTS)/eval-<M's name>.
+# `make eval EVAL_MODEL=M EVAL_TOKENIZER=M` builds them into $(SNAPSHOTS)/eval-<M's name>
+# (scripts/eval_snapshots.sh names the folder).
 EVAL_TOKENIZER ?=
-EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(notdir $(patsubst %/,%,$(EVAL_TOKENIZER))))
+EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(EVAL_TOKENIZER)))))
 eval: build model
-	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
+	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) EVAL_TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
 	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(EVAL_SNAPSHOTS) --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))
 
 # Rejection-sampled offline RL (README: Offline RL): questions from training sources, K samples

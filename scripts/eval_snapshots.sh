@@ -7,13 +7,19 @@
 # second and the pipeline is deterministic, so a snapshot is always rebuilt (--force) rather than
 # trusted to match the current recipe and code.
 # The recipes tokenize with the default model's tokenizer. For a model of another family,
-# TOKENIZER=MODEL (a GGUF file or a Hugging Face folder) builds them with its tokenizer and chat
-# template instead (`pipeline build --tokenizer`), best into a folder of their own: EVAL_DIR.
+# EVAL_TOKENIZER=MODEL (a GGUF file or a Hugging Face folder) builds them with its tokenizer and
+# chat template instead (`pipeline build --tokenizer`), into EVAL_DIR (default
+# $SNAPSHOTS/eval-<MODEL's name>, so the default model's snapshots in $SNAPSHOTS/eval stay).
 set -euo pipefail
 PIPELINE=${PIPELINE:-${CARGO_TARGET_DIR:-target}/release/pipeline}
 SNAPSHOTS=${SNAPSHOTS:-snapshots}
-EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval}
-TOKENIZER=${TOKENIZER:-}
+EVAL_TOKENIZER=${EVAL_TOKENIZER:-}
+if [ -n "$EVAL_TOKENIZER" ]; then
+  name=$(basename "${EVAL_TOKENIZER%/}"); name=${name%.gguf}
+  EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval-$name}
+else
+  EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval}
+fi
 RECIPES=datasets/recipes/eval
 [ $# -eq 1 ] || { echo "usage: $0 BENCH[,BENCH...] | all" >&2; exit 2; }
 
@@ -38,6 +44,6 @@ for b in $names; do
     echo "no evaluation recipe for benchmark \`$b\`: expected $RECIPES/$b.yaml or $RECIPES/${b}_test.yaml (have: $(echo $all))" >&2
     exit 1
   fi
-  "$PIPELINE" build --recipe "$RECIPES/$s.yaml" --out "$EVAL_DIR/$s" --force ${TOKENIZER:+--tokenizer "$TOKENIZER"} > /dev/null
+  "$PIPELINE" build --recipe "$RECIPES/$s.yaml" --out "$EVAL_DIR/$s" --force ${EVAL_TOKENIZER:+--tokenizer "$EVAL_TOKENIZER"} > /dev/null
   echo "eval snapshot: $EVAL_DIR/$s"
 done

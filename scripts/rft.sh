@@ -38,7 +38,7 @@ step() { # step NAME: record the seconds since the previous step
 
 echo "== 1/5 questions"
 $PIPELINE build --recipe datasets/recipes/rft/questions.yaml --out snapshots/rft/questions --force | tail -1
-PIPELINE=$PIPELINE SNAPSHOTS=snapshots ./scripts/eval_snapshots.sh "$EVAL_BENCH" > /dev/null
+PIPELINE=$PIPELINE SNAPSHOTS=snapshots EVAL_DIR=snapshots/eval EVAL_TOKENIZER= ./scripts/eval_snapshots.sh "$EVAL_BENCH" > /dev/null
 step questions
 
 echo "== 2/5 sample K=$RFT_K at temperature $RFT_TEMPERATURE, top-p $RFT_TOP_P, $RFT_MAX_NEW new tokens, seed $RFT_SEED"

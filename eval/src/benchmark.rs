@@ -18,6 +18,18 @@ pub struct Benchmark {
     pub tokenizer: ChatTokenizer,
 }
 
+impl Benchmark {
+    /// Fails when `model`'s own tokenizer reads an id of the prompts, the padding or the stop
+    /// tokens as another token than this snapshot's tokenizer wrote
+    /// ([`model_files::vocab::ModelTokens::check`]); `tokens` is the model's, read once for
+    /// several benchmarks.
+    pub fn check_model_tokens(&self, tokens: &model_files::vocab::ModelTokens) -> anyhow::Result<()> {
+        let prompts = self.prompts.iter().flat_map(|p| p.prompt_ids.iter().copied());
+        let generation = model::generate::stop_ids(&self.tokenizer).into_iter().chain([self.tokenizer.pad_id()]);
+        tokens.check(self.tokenizer.tokenizer(), prompts.chain(generation), &self.dir)
+    }
+}
+
 /// Where a benchmark's snapshot is. A path (it has a `/`) is a snapshot folder as it is; a name
 /// is the folder of that name under `eval_dir`, else that name's `_test` split (so `gsm8k` means
 /// `gsm8k_test`). scripts/eval_snapshots.sh builds snapshots by the same rule.

@@ -325,7 +325,7 @@ where
     };
     // Every model before any is scored: a wrong one fails the run at once.
     for (path, _) in &opts.models {
-        model_files::vocab::check_model_tokens(path, &opts.snapshot)?;
+        model_files::vocab::check_model_tokens(path, &opts.snapshot, snapshot.token_ids())?;
     }
     let mut models = vec![];
     for (path, label) in &opts.models {

@@ -528,6 +528,19 @@ impl ChatTokenizer {
         Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, template_vars, special_texts })
     }
 
+    /// This tokenizer with `token` as the end-of-turn token that the loss mask covers and
+    /// generation stops on, in place of its source's: a base model's `eos_token` is often its
+    /// end of text (`<|endoftext|>`) while its chat template ends each turn with another
+    /// (`<|im_end|>`). The padding token stays the source's. `token` must be in the vocabulary.
+    pub fn with_eos_token(self, token: &str) -> Result<Self> {
+        let id = self.tokenizer.token_to_id(token).with_context(|| format!("end-of-turn token {token:?} is not in the vocabulary"))?;
+        let mut tokenizer = self.tokenizer;
+        tokenizer.add_special_tokens(&[AddedToken::from(token.to_string(), true)]);
+        let mut t = Self::new(tokenizer, self.template, self.bos_token, token.to_string(), id, self.pad_id, self.system_prompt)?;
+        t.template_vars = self.template_vars;
+        Ok(t)
+    }
+
     /// This tokenizer rendering its template with `vars` too (a recipe's `tokenizer.template_vars`),
     /// e.g. `enable_thinking: false`. A name the renderer sets itself ([`TEMPLATE_CONTEXT`]) is
     /// refused rather than overriding it or being overridden.
@@ -648,7 +661,12 @@ impl ChatTokenizer {
         let start = p.len();
         let end = start
             + f[start..].find(&self.eos_token).ok_or_else(|| {
-                anyhow!("the chat template does not end the assistant turn with the end-of-turn token {:?}", self.eos_token)
+                anyhow!(
+                    "the chat template does not end the assistant turn with the end-of-turn token {:?} (a base model's \
+                     eos often ends the text, not the turn: name the template's own, e.g. `eos_token: \"<|im_end|>\"` in \
+                     the recipe's tokenizer)",
+                    self.eos_token
+                )
             })?
             + self.eos_token.len();
 

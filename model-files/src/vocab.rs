@@ -6,7 +6,7 @@
 
 use crate::checkpoint::is_gguf;
 use crate::gguf::Gguf;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use schemas::snapshot::{read_manifest, TOKENIZER_FILE};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -21,12 +21,14 @@ pub struct ModelTokens {
 
 impl ModelTokens {
     /// A GGUF's `tokenizer.ggml.tokens`, else the `tokenizer.json` of a Hugging Face folder (or
-    /// of the folder a lone `.safetensors` file is in). None when the model carries no tokenizer
-    /// (rectify's checkpoints, a folder saved without one).
+    /// of the folder a lone `.safetensors` file is in). None, with a warning saying why, when
+    /// the model carries no tokenizer that can be read (rectify's `checkpoints/step-N` folders,
+    /// a folder saved without one): the model itself does not need it.
     pub fn of(model: &Path) -> Result<Option<ModelTokens>> {
         if is_gguf(model) {
             let g = Gguf::open(model)?;
             if !g.contains("tokenizer.ggml.tokens") {
+                tracing::warn!("{} has no tokenizer.ggml.tokens: its vocabulary is not checked against the snapshot's", model.display());
                 return Ok(None);
             }
             let tokens = g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(|t| Some(t.to_string())).collect();
@@ -35,56 +37,100 @@ impl ModelTokens {
         let dir = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new(".")) };
         let path = dir.join(TOKENIZER_FILE);
         if !path.exists() {
+            tracing::warn!("{} carries no {TOKENIZER_FILE}: its vocabulary is not checked against the snapshot's", model.display());
             return Ok(None);
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", path.display()))?;
-        Ok(Some(ModelTokens { tokens: by_id(&tokenizer), source: path }))
+        match Tokenizer::from_file(&path) {
+            Ok(t) => Ok(Some(ModelTokens { tokens: by_id(&t), source: path })),
+            Err(e) => {
+                tracing::warn!("{}: cannot load ({e}): the model's vocabulary is not checked against the snapshot's", path.display());
+                Ok(None)
+            }
+        }
     }
 
-    /// Fails when an id of `tokenizer` (the snapshot's, from `snapshot`) stands for another token
-    /// here. Ids only one side has are not compared: a converter may pad the vocabulary to the
-    /// embedding size ([PAD151665] ...), and a model may add tokens after the snapshot's.
-    pub fn check(&self, tokenizer: &Tokenizer, snapshot: &Path) -> Result<()> {
+    /// Fails when an id in `used` (what the snapshot's rows or prompts hold, plus the tokens
+    /// padding and generation use) stands for another token here than in `tokenizer` (the
+    /// snapshot's, from `snapshot`). Other ids that differ only bring a warning: Llama 3.1
+    /// renamed some reserved tokens of Llama 3.0, and llama.cpp's converter rewrites the text of
+    /// some added tokens. Ids only one side has are not compared: a converter may pad the
+    /// vocabulary to the embedding size ([PAD151665] ...), and a model may add tokens.
+    pub fn check(&self, tokenizer: &Tokenizer, used: impl IntoIterator<Item = u32>, snapshot: &Path) -> Result<()> {
         let theirs = by_id(tokenizer);
-        let differ: Vec<(usize, &str, &str)> = theirs
-            .iter()
-            .zip(&self.tokens)
-            .enumerate()
-            .filter_map(|(id, (s, m))| match (s, m) {
-                (Some(s), Some(m)) if s != m => Some((id, s.as_str(), m.as_str())),
-                _ => None,
-            })
-            .collect();
-        let shared = theirs.iter().zip(&self.tokens).filter(|(s, m)| s.is_some() && m.is_some()).count();
-        if differ.is_empty() && shared > 0 {
+        let mut in_use = vec![false; theirs.len()];
+        for id in used {
+            if let Some(u) = in_use.get_mut(id as usize) {
+                *u = true;
+            }
+        }
+        let both = |id: usize| Some((theirs.get(id)?.as_deref()?, self.tokens.get(id)?.as_deref()?));
+        let shared = (0..theirs.len()).filter(|&id| both(id).is_some()).count();
+        let differ = |strict: bool| -> Vec<(usize, &str, &str)> {
+            (0..theirs.len())
+                .filter(|&id| in_use[id] == strict)
+                .filter_map(|id| both(id).filter(|(s, m)| s != m).map(|(s, m)| (id, s, m)))
+                .collect()
+        };
+        let examples = |d: &[(usize, &str, &str)]| -> String {
+            let e: Vec<String> =
+                d.iter().take(3).map(|(id, s, m)| format!("id {id} is {s:?} in the snapshot, {m:?} in the model")).collect();
+            e.join("; ")
+        };
+        let (used_differ, unused_differ) = (differ(true), differ(false));
+        if used_differ.is_empty() && shared > 0 {
+            if !unused_differ.is_empty() {
+                tracing::warn!(
+                    "{} ids that snapshot {} does not use stand for other tokens in {} ({}); the ids it uses agree",
+                    unused_differ.len(),
+                    snapshot.display(),
+                    self.source.display(),
+                    examples(&unused_differ)
+                );
+            }
             return Ok(());
         }
-        let examples: Vec<String> =
-            differ.iter().take(3).map(|(id, s, m)| format!("id {id} is {s:?} in the snapshot, {m:?} in the model")).collect();
-        let recipe = read_manifest(snapshot).map(|m| m.recipe.path).unwrap_or_else(|_| "RECIPE".into());
+        let manifest = read_manifest(snapshot).ok();
+        let recipe = manifest.as_ref().map_or_else(|| "RECIPE".to_string(), |m| m.recipe.path.clone());
+        let rescore = if manifest.is_some_and(|m| m.ref_logprobs.is_some()) { ", then score it again (trainer score)" } else { "" };
+        let model = match self.source.parent() {
+            Some(dir) if !is_gguf(&self.source) => {
+                if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                }
+            }
+            _ => &self.source,
+        };
         bail!(
-            "the tokenizer of {} is not the one snapshot {} was tokenized with: {} of the {shared} ids both have stand for other \
-             tokens ({}), so the snapshot's ids would be other text to this model. Build the snapshot with this model's \
-             tokenizer: pipeline build --recipe {recipe} --tokenizer {} --out NEW_DIR",
+            "the tokenizer of {} is not the one snapshot {} was tokenized with: {}, so the snapshot's ids would be \
+             other text to this model. Build the snapshot with this model's tokenizer: pipeline build --recipe {recipe} \
+             --tokenizer {} --out NEW_DIR{rescore}",
             self.source.display(),
             snapshot.display(),
-            differ.len(),
-            if examples.is_empty() { "no id in common".to_string() } else { examples.join("; ") },
-            self.source.parent().filter(|_| !is_gguf(&self.source)).unwrap_or(&self.source).display(),
+            if shared == 0 {
+                "they have no id in common".to_string()
+            } else {
+                format!(
+                    "{} of the {shared} ids both have stand for other tokens, {} of them used by the snapshot ({})",
+                    used_differ.len() + unused_differ.len(),
+                    used_differ.len(),
+                    examples(&used_differ)
+                )
+            },
+            model.display(),
         )
     }
 }
 
-/// `check` for a model file and a snapshot folder, reading the snapshot's `tokenizer.json`. A
-/// model without a tokenizer cannot be checked, and is said so.
-pub fn check_model_tokens(model: &Path, snapshot: &Path) -> Result<()> {
-    let Some(mine) = ModelTokens::of(model)? else {
-        tracing::info!("{} carries no tokenizer: not checked against snapshot {}'s", model.display(), snapshot.display());
-        return Ok(());
-    };
+/// `check` for a model file and a snapshot folder, reading the snapshot's `tokenizer.json` and
+/// adding its end-of-turn and padding ids to `used`.
+pub fn check_model_tokens(model: &Path, snapshot: &Path, used: impl IntoIterator<Item = u32>) -> Result<()> {
+    let Some(mine) = ModelTokens::of(model)? else { return Ok(()) };
+    let manifest = read_manifest(snapshot)?;
     let path = snapshot.join(TOKENIZER_FILE);
-    let theirs = Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load tokenizer.json: {e}", path.display()))?;
-    mine.check(&theirs, snapshot)
+    let theirs = Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer.json: {e}", path.display()))?;
+    mine.check(&theirs, used.into_iter().chain([manifest.tokenizer.eos_id, manifest.tokenizer.pad_id]), snapshot)
 }
 
 fn by_id(tokenizer: &Tokenizer) -> Vec<Option<String>> {

@@ -125,13 +125,15 @@ fn a_snapshot_tokenized_for_another_vocabulary_is_refused() {
     let snapshot = dir.path().join("snapshot");
     std::fs::create_dir(&snapshot).unwrap();
 
+    // What a snapshot would hold: the ids of a rendered prompt.
+    let used = |t: &ChatTokenizer| t.encode_prompt("How many is 2 + 2?").unwrap().1;
     let from_gguf = ModelTokens::of(&qwen_gguf).unwrap().expect("a GGUF carries its tokens");
-    from_gguf.check(qwen.tokenizer(), &snapshot).unwrap();
-    let e = from_gguf.check(smol.tokenizer(), &snapshot).unwrap_err().to_string();
+    from_gguf.check(qwen.tokenizer(), used(&qwen), &snapshot).unwrap();
+    let e = from_gguf.check(smol.tokenizer(), used(&smol), &snapshot).unwrap_err().to_string();
     assert!(e.contains("is not the one snapshot") && e.contains("stand for other tokens"), "{e}");
     assert!(e.contains(&format!("--tokenizer {}", qwen_gguf.display())), "{e}");
-    // SmolLM2's id 0 is its end-of-text token; Qwen2's id 0 is "!".
-    assert!(e.contains(r#"id 0 is "<|endoftext|>" in the snapshot, "!" in the model"#), "{e}");
+    // SmolLM2's id 1 opens a turn; Qwen2's id 1 is a quote.
+    assert!(e.contains(r#"of them used by the snapshot (id 1 is "<|im_start|>" in the snapshot, "\"" in the model"#), "{e}");
 
     // A Hugging Face folder's tokenizer.json, and a lone .safetensors file beside it.
     let hf = dir.path().join("hf");
@@ -140,10 +142,47 @@ fn a_snapshot_tokenized_for_another_vocabulary_is_refused() {
     std::fs::write(hf.join("tokenizer.json"), qwen.tokenizer_json()).unwrap();
     for model in [hf.clone(), hf.join("model.safetensors")] {
         let from_json = ModelTokens::of(&model).unwrap().expect("tokenizer.json");
-        from_json.check(qwen.tokenizer(), &snapshot).unwrap();
-        let e = from_json.check(smol.tokenizer(), &snapshot).unwrap_err().to_string();
+        from_json.check(qwen.tokenizer(), used(&qwen), &snapshot).unwrap();
+        let e = from_json.check(smol.tokenizer(), used(&smol), &snapshot).unwrap_err().to_string();
         assert!(e.contains(&format!("--tokenizer {}", hf.display())), "{e}");
     }
-    // The GGUF and the tokenizer rebuilt from it agree, and so do SmolLM2's.
-    model_files::vocab::ModelTokens::of(&model_files::test_model_path()).unwrap().unwrap().check(smol.tokenizer(), &snapshot).unwrap();
+    // The GGUF and the tokenizer rebuilt from it agree, and so do SmolLM2's, on every id.
+    let smol_tokens = ModelTokens::of(&model_files::test_model_path()).unwrap().unwrap();
+    smol_tokens.check(smol.tokenizer(), 0..smol.vocab_size() as u32, &snapshot).unwrap();
+
+    // Ids that differ but that the snapshot does not use only warn (Llama 3.1 renamed reserved
+    // tokens of Llama 3.0); among the ids it uses, one is enough to refuse.
+    let mut json: serde_json::Value = serde_json::from_str(&smol.tokenizer_json()).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let (x, y) = (vocab["Ġthe"].as_u64().unwrap() as u32, vocab["Ġfor"].as_u64().unwrap() as u32);
+    vocab.insert("Ġthe".into(), y.into());
+    vocab.insert("Ġfor".into(), x.into());
+    let swapped = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap();
+    smol_tokens.check(&swapped, used(&smol), &snapshot).unwrap();
+    let e = smol_tokens.check(&swapped, used(&smol).into_iter().chain([x]), &snapshot).unwrap_err().to_string();
+    assert!(e.contains("2 of the 49152 ids both have stand for other tokens, 1 of them"), "{e}");
+}
+
+/// A base model's eos ends the text (`<|endoftext|>`) while its ChatML template ends each turn
+/// with `<|im_end|>` (Qwen2.5-Math-1.5B, the DFT paper's model): rows cannot be masked until the
+/// recipe names the template's end-of-turn token, and then the reply and `<|im_end|>` are trained.
+#[test]
+fn a_base_models_end_of_text_is_replaced_by_the_templates_end_of_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>' + '\n' }}{% endfor %}\
+                    {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let base = ChatTokenizer::from_gguf(&qwen2_vocab(dir.path()), None, Some(template.into())).unwrap();
+    assert_eq!(base.eos_token(), "<|endoftext|>");
+    let e = base.encode_chat("Hello world", "Hello, world!").unwrap_err().to_string();
+    assert!(e.contains("does not end the assistant turn") && e.contains(r#"eos_token: "<|im_end|>""#), "{e}");
+
+    let t = base.clone().with_eos_token("<|im_end|>").unwrap();
+    assert_eq!((t.eos_token(), t.eos_id(), t.pad_id()), ("<|im_end|>", 151_645, 151_643));
+    let (_, prompt) = t.encode_prompt("Hello world").unwrap();
+    let enc = t.encode_chat("Hello world", "Hello, world!").unwrap();
+    let trained: Vec<u32> = enc.ids.iter().zip(&enc.loss_mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect();
+    assert_eq!(trained, [9707, 11, 1879, 0, 151_645]);
+    assert!(enc.loss_mask[..prompt.len()].iter().all(|&m| m == 0));
+    let e = base.with_eos_token("<nope>").unwrap_err().to_string();
+    assert!(e.contains("\"<nope>\" is not in the vocabulary"), "{e}");
 }

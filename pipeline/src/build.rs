@@ -74,7 +74,7 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
             );
         }
         let tokenizer = ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?;
-        Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
+        Ok((with_template_vars(with_eos_token(tokenizer, t, recipe_path)?, t, recipe_path)?, path))
     } else if let Some(dir) = &t.hf_dir {
         let dir = recipe::resolve(recipe_path, dir);
         if !dir.join(TOKENIZER_FILE).exists() {
@@ -83,13 +83,22 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
         let tokenizer = ChatTokenizer::from_hf_dir(&dir, t.system_prompt.clone(), template)
             .with_context(|| format!("tokenizer.hf_dir in {}", recipe_path.display()))?;
         // The manifest hashes the file the tokens come from.
-        Ok((with_template_vars(tokenizer, t, recipe_path)?, dir.join(TOKENIZER_FILE)))
+        Ok((with_template_vars(with_eos_token(tokenizer, t, recipe_path)?, t, recipe_path)?, dir.join(TOKENIZER_FILE)))
     } else {
         let path = recipe::resolve(recipe_path, t.tokenizer_json.as_deref().expect("validated"));
         let tpl = recipe::resolve(recipe_path, t.chat_template.as_deref().expect("validated"));
         let eos = t.eos_token.as_deref().expect("validated");
         let tokenizer = ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.system_prompt.clone())?;
         Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
+    }
+}
+
+/// The recipe's `tokenizer.eos_token` in place of a GGUF's or a folder's own, an error naming the
+/// recipe and the field.
+fn with_eos_token(tokenizer: ChatTokenizer, t: &recipe::TokenizerConfig, recipe_path: &Path) -> anyhow::Result<ChatTokenizer> {
+    match &t.eos_token {
+        Some(e) => tokenizer.with_eos_token(e).with_context(|| format!("{}: tokenizer.eos_token", recipe_path.display())),
+        None => Ok(tokenizer),
     }
 }
 
@@ -131,7 +140,10 @@ fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyho
     filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };
 
-    let (tok, tok_path) = load_tokenizer(&recipe, recipe_path)?;
+    let (tok, tok_path) = match tokenizer {
+        Some(m) => load_tokenizer(&recipe, recipe_path).with_context(|| format!("--tokenizer {}", m.display()))?,
+        None => load_tokenizer(&recipe, recipe_path)?,
+    };
     let tok_info = tok.info(&tok_path)?;
 
     let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", &recipe.tokenizer)?;

@@ -298,6 +298,13 @@ fn template_vars_are_recorded_and_reserved_names_refused() {
     let brief = pipeline::build::build(&recipe, &tmp.path().join("brief"), false).unwrap();
     assert_eq!(brief.tokenizer.system_prompt.as_deref(), Some("Be brief."));
     assert_ne!(brief.snapshot_id, plain.snapshot_id);
+    // A manifest from before the field existed: read back from its resolved recipe.
+    let path = tmp.path().join("brief/manifest.json");
+    let mut old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    old["tokenizer"].as_object_mut().unwrap().remove("system_prompt").unwrap();
+    std::fs::write(&path, old.to_string()).unwrap();
+    let back = schemas::snapshot::read_manifest(&tmp.path().join("brief")).unwrap();
+    assert_eq!(back.tokenizer.system_prompt.as_deref(), Some("Be brief."));
     std::fs::write(&recipe, &text).unwrap();
     // A template that prints a variable: its value reaches the rows.
     std::fs::write(
@@ -335,6 +342,10 @@ fn a_hugging_face_folder_tokenizes_as_its_gguf_does() {
     assert!(over.recipe.resolved["tokenizer"]["gguf"].is_null());
     assert_eq!(over.tokenizer.path, hf.join("tokenizer.json").display().to_string());
     assert_eq!(over.tokenizer.file_sha256, schemas::sha256_file(&hf.join("tokenizer.json")).unwrap());
+    // A lone .safetensors file stands for its folder.
+    let file =
+        pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("file"), false, Some(&hf.join("model.safetensors"))).unwrap();
+    assert_eq!(file.recipe.resolved["tokenizer"]["hf_dir"], serde_json::json!(hf.display().to_string()));
 
     // The same folder named in the recipe.
     let text = std::fs::read_to_string(&recipe).unwrap();

@@ -391,7 +391,10 @@ pub struct TokenizerConfig {
     /// ...with a Jinja chat template file (also overrides a GGUF's or a folder's template when set).
     #[serde(default)]
     pub chat_template: Option<String>,
-    /// With `tokenizer_json`: the end-of-turn token the loss mask must cover, e.g. `<|im_end|>`.
+    /// The end-of-turn token the loss mask must cover and generation stops on, e.g.
+    /// `<|im_end|>`: required with `tokenizer_json`; with `gguf` or `hf_dir` it replaces the
+    /// source's own, for base models whose `eos_token` ends the text (`<|endoftext|>`) while
+    /// their chat template ends each turn with another token (Qwen2.5-Math-1.5B).
     #[serde(default)]
     pub eos_token: Option<String>,
     /// A system message placed before every prompt; when absent the template's default applies.
@@ -406,20 +409,24 @@ pub struct TokenizerConfig {
 
 impl TokenizerConfig {
     /// Tokenize with `model`'s own tokenizer and chat template (a GGUF file or a Hugging Face
-    /// folder) instead of the ones named here; the system prompt and template variables stay.
+    /// folder) instead of the ones named here; the system prompt, template variables and
+    /// end-of-turn token stay.
     /// The path is made absolute, since recipe paths are read relative to the recipe.
+    /// A lone `.safetensors` file stands for the folder it is in.
     pub fn use_model(&mut self, model: &Path) -> anyhow::Result<()> {
-        let abs = std::path::absolute(model).with_context(|| format!("--tokenizer {}", model.display()))?.display().to_string();
-        let gguf = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is = |ext: &str| model.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext));
+        let gguf = is("gguf");
+        let model = if is("safetensors") { model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) } else { model };
         if !gguf && !model.is_dir() {
             bail!("--tokenizer {}: expected a GGUF file or a Hugging Face model folder", model.display());
         }
+        let abs = std::path::absolute(model).with_context(|| format!("--tokenizer {}", model.display()))?.display().to_string();
         *self = TokenizerConfig {
             gguf: gguf.then(|| abs.clone()),
             hf_dir: (!gguf).then_some(abs),
             tokenizer_json: None,
             chat_template: None,
-            eos_token: None,
+            eos_token: self.eos_token.take(),
             system_prompt: self.system_prompt.take(),
             template_vars: std::mem::take(&mut self.template_vars),
         };
@@ -547,13 +554,6 @@ impl Recipe {
         if t.tokenizer_json.is_some() && (t.chat_template.is_none() || t.eos_token.is_none()) {
             bail!("`tokenizer.tokenizer_json` needs `chat_template` and `eos_token` too");
         }
-        // The loss mask ends at the end-of-turn token: one the build would not use must not
-        // appear to be the one it uses.
-        if t.tokenizer_json.is_none() && t.eos_token.is_some() {
-            bail!(
-                "`tokenizer.eos_token` goes with `tokenizer_json`; a `gguf` or an `hf_dir` names its own end-of-turn token (remove `eos_token`)"
-            );
-        }
         let n = &self.dedup.near;
         if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {
             bail!("`dedup.near`: bands, rows and ngram must be positive and threshold in [0, 1]");
@@ -670,7 +670,6 @@ mod tests {
         for (from, to, what) in [
             ("format: gsm8k", "format: gsm8k, fields: {prompt: q, response: a}", "reads its own columns"),
             ("format: gsm8k", "format: gsm8k, domain: code", "reads its own columns"),
-            ("{gguf: m.gguf}", "{gguf: m.gguf, eos_token: \"<|endoftext|>\"}", "remove `eos_token`"),
         ] {
             let text = MINIMAL.replace(from, to);
             let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());

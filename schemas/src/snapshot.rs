@@ -35,7 +35,13 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} has no {MANIFEST_FILE}: not a snapshot, or its build did not finish", dir.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))
+    let mut m: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))?;
+    // Manifests written before the system prompt was recorded beside the tokenizer have it in
+    // their resolved recipe (a rollouts or scored snapshot carries its parent's).
+    if m.tokenizer.system_prompt.is_none() {
+        m.tokenizer.system_prompt = m.recipe.resolved["tokenizer"]["system_prompt"].as_str().map(str::to_string);
+    }
+    Ok(m)
 }
 
 /// Re-hash every file a manifest lists (`pipeline verify`): the problems found (empty = the
@@ -148,6 +154,12 @@ pub fn load_snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
 }
 
 impl Snapshot {
+    /// Every token id the rows hold (padding included), for checking that a model reads them as
+    /// the snapshot's tokenizer wrote them.
+    pub fn token_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rows.iter().flat_map(|r| r.input_ids.iter().map(|&t| t as u32))
+    }
+
     /// Tokens in the longest example of any row (see [`Row::longest_example`]).
     pub fn longest_example(&self) -> usize {
         self.rows.iter().map(Row::longest_example).max().unwrap_or(0)

@@ -554,9 +554,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device_ready(device)?;
             let bench = eval::benchmark::expand_all(&bench, &snapshots)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
-            match model_files::vocab::ModelTokens::of(&model)? {
-                Some(tokens) => benches.iter().try_for_each(|b| tokens.check(b.tokenizer.tokenizer(), &b.dir))?,
-                None => tracing::info!("{} carries no tokenizer: not checked against the benchmarks' snapshots", model.display()),
+            if let Some(tokens) = model_files::vocab::ModelTokens::of(&model)? {
+                benches.iter().try_for_each(|b| b.check_model_tokens(&tokens))?;
             }
             // Results are filed by snapshot folder name (results/<name>.jsonl).
             for (i, b) in benches.iter().enumerate() {
@@ -662,7 +661,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchGenerate { model, prompts, snapshots, batch, new_tokens, sampling, repeat, prompts_out, device } => {
             let bench = load_benchmark(&prompts, &snapshots)?;
             anyhow::ensure!(!bench.prompts.is_empty(), "{} holds no prompts", bench.dir.display());
-            model_files::vocab::check_model_tokens(&model, &bench.dir)?;
+            if let Some(tokens) = model_files::vocab::ModelTokens::of(&model)? {
+                bench.check_model_tokens(&tokens)?;
+            }
             let largest = batch.iter().copied().max().unwrap_or(1);
             if let Some(path) = &prompts_out {
                 let lines: String =
@@ -679,7 +680,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = if rows == 0 { snap.rows.len() } else { rows.min(snap.rows.len()) };
             let picked: Vec<&schemas::snapshot::Row> = snap.rows[..n].iter().collect();
             if let Some(m) = &model {
-                model_files::vocab::check_model_tokens(m, &snapshot)?;
+                model_files::vocab::check_model_tokens(m, &snapshot, snap.token_ids())?;
             }
             let scored = match &model {
                 None => None,

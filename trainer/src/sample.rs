@@ -92,7 +92,9 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     Sampling::check_top_p(s.top_p).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let bench = load_benchmark_dir(&opts.prompts)?;
     check_training_questions(&opts.prompts, &bench.manifest)?;
-    model_files::vocab::check_model_tokens(&opts.model, &opts.prompts)?;
+    if let Some(tokens) = model_files::vocab::ModelTokens::of(&opts.model)? {
+        bench.check_model_tokens(&tokens)?;
+    }
     let n = opts.limit.unwrap_or(usize::MAX).min(bench.prompts.len());
     let questions = &bench.prompts[..n];
     anyhow::ensure!(!questions.is_empty(), "{}: no questions to sample", opts.prompts.display());

@@ -113,7 +113,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
     }
     let chunk_rows = opts.chunk_rows.max(1);
     let snapshot = load_snapshot(&opts.snapshot)?;
-    model_files::vocab::check_model_tokens(&opts.model, &opts.snapshot)?;
+    model_files::vocab::check_model_tokens(&opts.model, &opts.snapshot, snapshot.token_ids())?;
     let parent = &snapshot.manifest;
     let seq_len = snapshot.seq_len;
     let write_cfg: WriteConfig = serde_json::from_value(parent.recipe.resolved.get("write").cloned().unwrap_or_default())

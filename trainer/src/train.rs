@@ -145,7 +145,6 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     if snapshot.rows.is_empty() {
         bail!("snapshot {} has no rows to train on", run.snapshot_dir.display());
     }
-    model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir)?;
     let final_tokenizer = if run.save { Some(snapshot_tokenizer(&run.snapshot_dir, &snapshot.manifest.tokenizer)?) } else { None };
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
@@ -158,6 +157,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             );
         }
     }
+    model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
     let loss = Loss::from(r);
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
     let total_steps = match (r.steps, r.epochs) {

@@ -114,12 +114,13 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
 fn a_model_with_another_vocabulary_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let a = one_prompt(tmp.path(), "a", 0);
-    // The snapshot's own tokenizer.json with the ids of "a" and "b" swapped.
+    // The snapshot's own tokenizer.json with the ids of " the" and " for" swapped: both are in
+    // the prompt ("... for breakfast ... the remainder ...").
     let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("tokenizer.json")).unwrap()).unwrap();
     let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
-    let (ia, ib) = (vocab["a"].clone(), vocab["b"].clone());
-    vocab.insert("a".into(), ib.clone());
-    vocab.insert("b".into(), ia.clone());
+    let (ia, ib) = (vocab["Ġthe"].clone(), vocab["Ġfor"].clone());
+    vocab.insert("Ġthe".into(), ib.clone());
+    vocab.insert("Ġfor".into(), ia.clone());
     let model = tmp.path().join("other");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
@@ -130,7 +131,10 @@ fn a_model_with_another_vocabulary_is_refused() {
         .unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{log}");
-    assert!(log.contains("is not the one snapshot") && log.contains("2 of the 49152 ids"), "{log}");
-    assert!(log.contains(&format!("id {ia} is \"a\" in the snapshot, \"b\" in the model")), "{log}");
+    assert!(
+        log.contains("is not the one snapshot") && log.contains("2 of the 49152 ids both have stand for other tokens, 2 of them"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("id {ia} is \"Ġthe\" in the snapshot, \"Ġfor\" in the model")), "{log}");
     assert!(!tmp.path().join("out").exists(), "nothing written");
 }
