@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let recipe = Recipe::load(&recipe_path)?;
     let (tok, _) = load_tokenizer(&recipe, &recipe_path)?;
-    let examples = ingest::ingest(&recipe.sources, &recipe_path, &recipe.ingest, "", &recipe.tokenizer)?.examples;
+    let examples = ingest::ingest(&recipe.sources, &recipe_path, &recipe.ingest, "", None)?.examples;
     let texts: Vec<String> = examples.iter().map(|e| tok.render(&e.prompt, Some(&e.response))).collect::<anyhow::Result<_>>()?;
     let bytes: usize = texts.iter().map(String::len).sum();
 

@@ -146,7 +146,7 @@ fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyho
     };
     let tok_info = tok.info(&tok_path)?;
 
-    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", &recipe.tokenizer)?;
+    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", Some(&tok_info))?;
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
     let rollout_sources = ing.rollout_sources;
@@ -183,7 +183,7 @@ fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyho
         for rel in &recipe.decontaminate.against {
             let path = recipe::resolve(recipe_path, rel);
             let bench = Recipe::load(&path).with_context(|| format!("decontaminate.against `{rel}`"))?;
-            let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name), &bench.tokenizer)?;
+            let got = ingest::ingest(&bench.sources, &path, &bench.ingest, &format!("benchmark:{}/", bench.name), None)?;
             inputs.extend(got.inputs);
             if !got.quarantine.is_empty() {
                 tracing::warn!(

@@ -7,8 +7,9 @@
 //! its rows are malformed.
 
 use anyhow::{bail, Context};
+use schemas::manifest::TokenizerInfo;
 use schemas::manifest::{InputFile, RolloutsOrigin};
-use schemas::recipe::{FieldMap, Format, IngestConfig, Source, TokenizerConfig};
+use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
 use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -53,14 +54,15 @@ pub(crate) fn field_err(field: &str, message: impl Into<String>) -> FieldError {
 }
 
 /// Read every source of a recipe, in recipe order.
-/// `tokenizer`: the recipe's, whose system prompt and chat-template variables a rollouts
-/// snapshot's prompts must have been rendered with (see `rollouts::ingest_rollouts`).
+/// `tokenizer`: what the recipe's tokenizer records, whose system prompt and chat-template
+/// variables a rollouts snapshot's prompts must have been rendered with (see
+/// `rollouts::ingest_rollouts`); None where a recipe cannot hold rollouts (benchmarks).
 pub fn ingest(
     sources: &[Source],
     recipe_path: &Path,
     cfg: &IngestConfig,
     role_prefix: &str,
-    tokenizer: &TokenizerConfig,
+    tokenizer: Option<&TokenizerInfo>,
 ) -> anyhow::Result<Ingested> {
     let mut out = Ingested {
         examples: vec![],
@@ -74,6 +76,7 @@ pub fn ingest(
     for source in sources {
         let before_q = out.quarantine.len();
         if source.format == Format::Rollouts {
+            let tokenizer = tokenizer.context("rollouts are read only into train snapshots, with their tokenizer")?;
             let got = crate::rollouts::ingest_rollouts(source, recipe_path, role_prefix, tokenizer)?;
             rows_in += got.rows;
             out.examples.extend(got.examples);
@@ -530,7 +533,7 @@ mod tests {
         writeln!(f, r#"[1, 2]"#).unwrap(); // not an object
         drop(f);
         let cfg = IngestConfig { max_bad_fraction: 1.0 };
-        let out = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &cfg, "", &Default::default()).unwrap();
+        let out = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &cfg, "", None).unwrap();
         assert_eq!(out.examples.len(), 1);
         assert_eq!(out.examples[0].gold.as_deref(), Some("3"));
         let q: Vec<(u64, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str())).collect();
@@ -540,10 +543,8 @@ mod tests {
         assert!(out.report.balanced(), "{:?}", out.report);
 
         let strict = IngestConfig { max_bad_fraction: 0.5 };
-        let err = ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "", &Default::default())
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "", None).err().unwrap().to_string();
         assert!(err.contains("5 of 6 rows are malformed") && err.contains("g.jsonl:2: field `answer`"), "{err}");
     }
 
@@ -560,13 +561,9 @@ mod tests {
         s.skip = Some(1);
         s.limit = Some(2);
         // 1 of 10 rows (10%) is within 20%, though 1 of the 3 rows kept or malformed is not.
-        let out =
-            ingest(&[s.clone()], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.2 }, "", &Default::default()).unwrap();
+        let out = ingest(&[s.clone()], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.2 }, "", None).unwrap();
         assert_eq!((out.examples.len(), out.quarantine.len()), (2, 1));
-        let err = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.05 }, "", &Default::default())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.05 }, "", None).err().unwrap().to_string();
         assert!(err.contains("1 of 10 rows are malformed"), "{err}");
     }
 
@@ -591,7 +588,7 @@ mod tests {
             finish: None,
             sample: None,
         });
-        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", &Default::default()).unwrap();
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
         let want = r#"{"test_list":["assert f() == 1"],"test_setup_code":""}"#;
         let got: Vec<(&str, Option<&str>)> = out.examples.iter().map(|e| (e.prompt.as_str(), e.tests.as_deref())).collect();
         assert_eq!(got, [("object", Some(want)), ("string", Some(want)), ("none", None)]);
@@ -610,7 +607,7 @@ mod tests {
         gz.finish().unwrap();
         let mut s = source("m", "m.jsonl.gz", Format::Mbpp);
         s.id_range = Some([2, 4]);
-        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig::default(), "", &Default::default()).unwrap();
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).unwrap();
         let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["m/2", "m/3", "m/4"]);
         assert_eq!(out.examples[0].response, "```python\ndef f():\n    return 2\n```");
@@ -646,7 +643,7 @@ mod tests {
             }),
             ..Source::new("p", "g.parquet", Format::Generic)
         };
-        let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "", &Default::default()).unwrap();
+        let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "", None).unwrap();
         let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["p/7", "p/9"]);
         assert_eq!(out.examples[1].response, "\\boxed{4}");

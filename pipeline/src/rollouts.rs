@@ -18,9 +18,9 @@
 use crate::ingest::{field_err, read_rows, type_name, FieldError, QuarantineRow, Row, STAGE};
 use anyhow::{bail, Context};
 use schemas::generation::Finish;
-use schemas::manifest::{InputFile, RolloutsOrigin, MANIFEST_FILE};
+use schemas::manifest::{InputFile, RolloutsOrigin, TokenizerInfo, MANIFEST_FILE};
 use schemas::prompts::{load_prompts, Prompt};
-use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source, TokenizerConfig};
+use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source};
 use schemas::rollouts::load_rollouts;
 use schemas::{Domain, Dropped, Example};
 use serde_json::{json, Value};
@@ -47,15 +47,17 @@ struct Candidate {
     example: Example,
 }
 
-/// `tokenizer`: the train recipe's. The rows re-render each sampled prompt with its system
-/// prompt and chat-template variables, so a rollouts snapshot whose prompts were rendered with
-/// others (Qwen3's `enable_thinking: false` adds an empty think block) is refused: its
-/// completions would be trained after prompts they were not sampled from.
+/// `tokenizer`: what the train recipe's tokenizer records. The rows re-render each sampled
+/// prompt with its system prompt and chat-template variables, so a rollouts snapshot whose
+/// prompts were rendered with others (Qwen3's `enable_thinking: false` adds an empty think
+/// block) is refused: its completions would be trained after prompts they were not sampled
+/// from. Another chat template only warns: distilling one model's samples into another is
+/// legitimate.
 pub fn ingest_rollouts(
     source: &Source,
     recipe_path: &Path,
     role_prefix: &str,
-    tokenizer: &TokenizerConfig,
+    tokenizer: &TokenizerInfo,
 ) -> anyhow::Result<RolloutsIngested> {
     let path = schemas::recipe::resolve(recipe_path, &source.path);
     let selection = source.select.clone().unwrap_or_default();
@@ -121,7 +123,7 @@ fn from_snapshot(
     dir: &Path,
     role_prefix: &str,
     selection: RolloutsSelection,
-    tokenizer: &TokenizerConfig,
+    tokenizer: &TokenizerInfo,
 ) -> anyhow::Result<Read> {
     if source.fields.is_some() || source.domain.is_some() || source.questions.is_some() || source.math_rules.is_some() {
         bail!(
@@ -145,6 +147,16 @@ fn from_snapshot(
     }
     if sampled.system_prompt != tokenizer.system_prompt {
         return Err(differs("system_prompt", json!(sampled.system_prompt), json!(tokenizer.system_prompt)));
+    }
+    if sampled.chat_template_sha256 != tokenizer.chat_template_sha256 {
+        tracing::warn!(
+            "source `{}`: its prompts were rendered with another chat template (sha256 {}) than this recipe's (sha256 {}): \
+             the completions are trained after prompts unlike the ones they were sampled from (as intended when distilling \
+             one model's samples into another)",
+            source.name,
+            &sampled.chat_template_sha256[..16.min(sampled.chat_template_sha256.len())],
+            &tokenizer.chat_template_sha256[..16.min(tokenizer.chat_template_sha256.len())]
+        );
     }
     let manifest_bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
     // The manifest lists every shard's sha256, so its own hash pins the whole snapshot.
