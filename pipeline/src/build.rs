@@ -109,25 +109,41 @@ fn with_template_vars(tokenizer: ChatTokenizer, t: &recipe::TokenizerConfig, rec
 
 /// Build the snapshot of `recipe_path` into `out`. With `force`, an existing snapshot is replaced.
 pub fn build(recipe_path: &Path, out: &Path, force: bool) -> anyhow::Result<Manifest> {
-    build_with_tokenizer(recipe_path, out, force, None)
+    build_with(recipe_path, out, force, &TokenizerOverride::default())
 }
 
-/// [`build`], tokenizing with `tokenizer`'s (a model: GGUF file or Hugging Face folder) instead
-/// of the recipe's, as [`recipe::TokenizerConfig::use_model`] says; the manifest's resolved
-/// recipe records the model used.
-pub fn build_with_tokenizer(recipe_path: &Path, out: &Path, force: bool, tokenizer: Option<&Path>) -> anyhow::Result<Manifest> {
+/// What `pipeline build --tokenizer MODEL --eos-token TOKEN` puts in place of the recipe's
+/// tokenizer settings; the manifest's resolved recipe records the result.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenizerOverride<'a> {
+    /// A model (GGUF file or Hugging Face folder) whose tokenizer and template to use, as
+    /// [`recipe::TokenizerConfig::use_model`] says.
+    pub model: Option<&'a Path>,
+    /// The end-of-turn token (`tokenizer.eos_token`).
+    pub eos_token: Option<&'a str>,
+}
+
+/// [`build`] with the recipe's tokenizer settings overridden.
+pub fn build_with(recipe_path: &Path, out: &Path, force: bool, over: &TokenizerOverride) -> anyhow::Result<Manifest> {
     if out.exists() && !force {
         bail!("{} already exists; pass --force to replace it", out.display());
     }
-    snapshot::publish_dir(out, |dir| build_into(recipe_path, dir, tokenizer))
+    snapshot::publish_dir(out, |dir| build_into(recipe_path, dir, over))
 }
 
-fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Manifest> {
+fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyhow::Result<Manifest> {
     let recipe_bytes = std::fs::read(recipe_path).with_context(|| format!("cannot read recipe {}", recipe_path.display()))?;
     let text = std::str::from_utf8(&recipe_bytes).with_context(|| format!("recipe {} is not UTF-8", recipe_path.display()))?;
     let mut recipe = Recipe::parse(text, recipe_path)?;
-    if let Some(model) = tokenizer {
+    if let Some(model) = over.model {
         recipe.tokenizer.use_model(model)?;
+    }
+    if let Some(eos) = over.eos_token {
+        anyhow::ensure!(
+            recipe.tokenizer.tokenizer_json.is_none() || over.model.is_some(),
+            "--eos-token: a `tokenizer_json` recipe names its end-of-turn token itself (`eos_token`)"
+        );
+        recipe.tokenizer.eos_token = Some(eos.to_string());
     }
     if recipe.kind == SnapshotKind::Train && !recipe.seed_given {
         // The shuffle decides which examples share a packed row, and so what a step trains on.
@@ -140,7 +156,7 @@ fn build_into(recipe_path: &Path, dir: &Path, tokenizer: Option<&Path>) -> anyho
     filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };
 
-    let (tok, tok_path) = match tokenizer {
+    let (tok, tok_path) = match over.model {
         Some(m) => load_tokenizer(&recipe, recipe_path).with_context(|| format!("--tokenizer {}", m.display()))?,
         None => load_tokenizer(&recipe, recipe_path)?,
     };

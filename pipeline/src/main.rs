@@ -28,6 +28,10 @@ enum Command {
         /// apply). For evaluating or training a model of another family than the recipe names.
         #[arg(long, value_name = "MODEL")]
         tokenizer: Option<PathBuf>,
+        /// The end-of-turn token the loss mask covers, in place of the tokenizer's own eos (a base
+        /// model's eos often ends the text while its template ends turns with `<|im_end|>`).
+        #[arg(long, value_name = "TOKEN")]
+        eos_token: Option<String>,
         /// Replace an existing snapshot at --out.
         #[arg(long)]
         force: bool,
@@ -68,8 +72,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build { recipe, out, force, tokenizer } => {
-            let m = pipeline::build::build_with_tokenizer(&recipe, &out, force, tokenizer.as_deref())?;
+        Command::Build { recipe, out, force, tokenizer, eos_token } => {
+            let over = pipeline::build::TokenizerOverride { model: tokenizer.as_deref(), eos_token: eos_token.as_deref() };
+            let m = pipeline::build::build_with(&recipe, &out, force, &over)?;
             println!("{}", pipeline::inspect::stats(&out)?);
             println!("snapshot {} written to {}", m.snapshot_id, out.display());
         }

@@ -327,6 +327,10 @@ fn template_vars_are_recorded_and_reserved_names_refused() {
 /// tokenizer and template: the default model's tokenizer saved as such a folder gives the very
 /// rows its GGUF gives, read by another path (tokenizer.json and tokenizer_config.json instead
 /// of GGUF metadata); the manifest records the folder.
+fn model_only(model: &Path) -> pipeline::build::TokenizerOverride<'_> {
+    pipeline::build::TokenizerOverride { model: Some(model), eos_token: None }
+}
+
 #[test]
 fn a_hugging_face_folder_tokenizes_as_its_gguf_does() {
     let tmp = tempfile::tempdir().unwrap();
@@ -336,15 +340,22 @@ fn a_hugging_face_folder_tokenizes_as_its_gguf_does() {
     let hf = tmp.path().join("hf");
     std::fs::create_dir(&hf).unwrap();
     model_files::tokenizer::ChatTokenizer::from_gguf(&model(), None, None).unwrap().save_hf_files(&hf).unwrap();
-    let over = pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("over"), false, Some(&hf)).unwrap();
+    let over = pipeline::build::build_with(&recipe, &tmp.path().join("over"), false, &model_only(&hf)).unwrap();
     assert_eq!(over.snapshot_id, from_gguf.snapshot_id);
     assert_eq!(over.recipe.resolved["tokenizer"]["hf_dir"], serde_json::json!(hf.display().to_string()));
     assert!(over.recipe.resolved["tokenizer"]["gguf"].is_null());
     assert_eq!(over.tokenizer.path, hf.join("tokenizer.json").display().to_string());
     assert_eq!(over.tokenizer.file_sha256, schemas::sha256_file(&hf.join("tokenizer.json")).unwrap());
+    // --eos-token: the template's own end of turn changes nothing; a token not in the vocabulary
+    // is an error naming the field.
+    let eos = |e| pipeline::build::TokenizerOverride { model: Some(&hf), eos_token: Some(e) };
+    let same = pipeline::build::build_with(&recipe, &tmp.path().join("eos"), false, &eos("<|im_end|>")).unwrap();
+    assert_eq!((same.snapshot_id.as_str(), same.tokenizer.eos_token.as_str()), (from_gguf.snapshot_id.as_str(), "<|im_end|>"));
+    assert_eq!(same.recipe.resolved["tokenizer"]["eos_token"], "<|im_end|>");
+    let e = format!("{:#}", pipeline::build::build_with(&recipe, &tmp.path().join("nope"), false, &eos("<nope>")).unwrap_err());
+    assert!(e.contains("tokenizer.eos_token") && e.contains("\"<nope>\" is not in the vocabulary"), "{e}");
     // A lone .safetensors file stands for its folder.
-    let file =
-        pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("file"), false, Some(&hf.join("model.safetensors"))).unwrap();
+    let file = pipeline::build::build_with(&recipe, &tmp.path().join("file"), false, &model_only(&hf.join("model.safetensors"))).unwrap();
     assert_eq!(file.recipe.resolved["tokenizer"]["hf_dir"], serde_json::json!(hf.display().to_string()));
 
     // The same folder named in the recipe.
@@ -355,7 +366,7 @@ fn a_hugging_face_folder_tokenizes_as_its_gguf_does() {
     assert_eq!(named.snapshot_id, from_gguf.snapshot_id);
 
     // Neither a GGUF nor a folder.
-    let e = pipeline::build::build_with_tokenizer(&recipe, &tmp.path().join("bad"), false, Some(&hf.join("tokenizer.json")))
+    let e = pipeline::build::build_with(&recipe, &tmp.path().join("bad"), false, &model_only(&hf.join("tokenizer.json")))
         .unwrap_err()
         .to_string();
     assert!(e.contains("expected a GGUF file or a Hugging Face model folder"), "{e}");
