@@ -26,6 +26,27 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// Fails when no row is left, naming where the rows went: an empty snapshot trains and
+    /// evaluates nothing, and every empty snapshot would have the same id.
+    fn ensure_rows(&self, rows: usize) -> anyhow::Result<()> {
+        if rows > 0 {
+            return Ok(());
+        }
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|s| s.rows_in > s.rows_out)
+            .map(|s| {
+                let why: Vec<String> = s.dropped.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+                format!("{} dropped {} of {} ({})", s.stage, s.rows_in - s.rows_out, s.rows_in, why.join(", "))
+            })
+            .collect();
+        if stages.is_empty() {
+            bail!("no rows to write: the sources hold no rows");
+        }
+        bail!("no rows to write: {}. Loosen the recipe or check its sources", stages.join("; "))
+    }
+
     fn record(&mut self, report: StageReport, dropped: Vec<Dropped>, tokens: u64) {
         let seconds = self.clock.elapsed().as_secs_f64();
         assert!(report.balanced(), "stage {} lost rows: {report:?}", report.stage);
@@ -232,6 +253,7 @@ fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyho
     let (shards, packing) = match recipe.kind {
         SnapshotKind::Train => {
             let (rows, packing) = tokenize_and_pack(examples, &recipe, &tok, tok_info.pad_id, &mut ledger)?;
+            ledger.ensure_rows(rows.len())?;
             let mut shards = vec![];
             let chunks: Vec<&[pack::PackedRow]> = rows.chunks(recipe.write.rows_per_shard).collect();
             for (i, chunk) in chunks.iter().enumerate() {
@@ -249,6 +271,7 @@ fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyho
             let tokens: u64 = rows.iter().map(|r| r.ids.len() as u64).sum();
             let kept = rows.len();
             ledger.record(stage(tokenize::STAGE, n, kept, &dropped), dropped, tokens);
+            ledger.ensure_rows(kept)?;
             let batch = write::prompts_batch(&rows)?;
             let shard = snapshot::write_shard(dir, "prompts-00000-of-00001.parquet", &batch, &recipe.write, &["source", "domain"])?;
             ledger.record(stage("write", kept, kept, &[]), vec![], tokens);

@@ -112,6 +112,7 @@ fn facts_batch(examples: &[Example], n_tokens: &[Option<usize>], python_errors: 
         ("gold", Arc::new(examples.iter().map(|e| e.gold.as_deref()).collect::<StringArray>())),
         ("n_tokens", Arc::new(n_tokens.iter().map(|n| n.map(|n| n as i64)).collect::<Int64Array>())),
         ("python_ok", Arc::new(python_errors.iter().map(|e| Some(e.is_none())).collect::<BooleanArray>())),
+        ("has_tests", Arc::new(examples.iter().map(|e| Some(e.tests.is_some())).collect::<BooleanArray>())),
     ];
     Ok(RecordBatch::try_from_iter(columns)?)
 }
@@ -154,6 +155,10 @@ fn decide(batch: RecordBatch, cfg: &FilterConfig, kind: SnapshotKind) -> anyhow:
     }
     if cfg.require_math_answer {
         rules.push((is_math.and(answer_ok.not()), "no_final_answer".into()));
+    }
+    // A code prompt without tests can be neither graded nor sampled from with a verdict.
+    if kind == SnapshotKind::Prompts {
+        rules.push((is_code.clone().and(col("has_tests").not()), "no_tests".into()));
     }
     if cfg.require_python_parses {
         rules.push((is_code.and(col("python_ok").not()), "python_syntax_error".into()));
@@ -303,12 +308,24 @@ mod tests {
     }
 
     #[test]
-    fn evaluation_rows_need_a_gold_answer_that_is_not_blank() {
-        let mut rows = vec![ex("gold", Domain::Math, ""), ex("none", Domain::Math, ""), ex("blank", Domain::Math, "")];
+    fn evaluation_rows_need_a_gold_answer_that_is_not_blank_or_tests() {
+        let mut rows = vec![
+            ex("gold", Domain::Math, ""),
+            ex("none", Domain::Math, ""),
+            ex("blank", Domain::Math, ""),
+            ex("tests", Domain::Code, ""),
+            ex("untested", Domain::Code, ""),
+        ];
         rows[0].gold = Some("3".into());
         rows[2].gold = Some(" \n".into());
-        let batch = facts_batch(&rows, &[Some(10), Some(10), Some(10)], &[None, None, None]).unwrap();
+        rows[3].tests = Some(r#"{"test_list":["assert f() == 1"],"test_setup_code":""}"#.into());
+        let batch = facts_batch(&rows, &[Some(10); 5], &[None, None, None, None, None]).unwrap();
         let reasons = decide(batch, &FilterConfig::default(), SnapshotKind::Prompts).unwrap();
-        assert_eq!(reasons, vec![None, Some("no_final_answer".into()), Some("no_final_answer".into())]);
+        let want = [None, Some("no_final_answer"), Some("no_final_answer"), None, Some("no_tests")];
+        assert_eq!(reasons, want.map(|r| r.map(String::from)));
+        // Training rows learn from their response; they need no tests.
+        rows[4].response = "def f():\n    return 1".into();
+        let batch = facts_batch(&rows[4..], &[Some(10)], &[None]).unwrap();
+        assert_eq!(decide(batch, &FilterConfig::default(), SnapshotKind::Train).unwrap(), [None]);
     }
 }

@@ -13,7 +13,7 @@ use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
 use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::path::Path;
 use verify::answer;
@@ -82,7 +82,7 @@ pub fn ingest(
             out.examples.extend(got.examples);
             out.dropped.extend(got.dropped);
             out.quarantine.extend(got.quarantine);
-            out.inputs.push(got.input);
+            out.inputs.extend(got.inputs);
             out.rollout_sources.push(got.origin);
             check_bad_fraction(source, &out, before_q, got.rows, cfg)?;
             continue;
@@ -154,6 +154,11 @@ pub(crate) fn read_rows(path: &Path, bytes: Vec<u8>) -> anyhow::Result<Vec<RawRo
         out
     } else {
         bytes
+    };
+    // A byte-order mark (as Windows editors write) is not part of the first row.
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => rest.to_vec(),
+        None => bytes,
     };
     let plain = name.trim_end_matches(".gz");
     if plain.ends_with(".json") {
@@ -227,11 +232,39 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Fails when `fields` names a column that no row of the file has: a typo, not a column of
+/// nulls. Unchecked, every id would quietly become the line number and every row would lose its
+/// tests or gold answer.
+pub(crate) fn check_named_columns(source: &Source, path: &Path, rows: &[RawRow]) -> anyhow::Result<()> {
+    let Some(fields) = &source.fields else { return Ok(()) };
+    let named = fields.named();
+    let mut found = vec![false; named.len()];
+    let mut columns = BTreeSet::new();
+    for row in rows {
+        if let Ok(Value::Object(obj)) = &row.value {
+            for (f, (_, column)) in found.iter_mut().zip(&named) {
+                *f |= obj.contains_key(*column);
+            }
+            columns.extend(obj.keys().map(String::as_str));
+        }
+    }
+    match named.iter().zip(&found).find(|(_, f)| !**f) {
+        Some(((key, column), _)) if !columns.is_empty() => bail!(
+            "source `{}`: `fields.{key}` names column `{column}`, which no row of {} has (its columns: {})",
+            source.name,
+            path.display(),
+            columns.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn adapt_rows(source: &Source, path: &Path, rows: Vec<RawRow>, out: &mut Ingested) -> anyhow::Result<()> {
     let file = path.display().to_string();
     let mut seen_ids = HashSet::new();
     let mut kept = 0usize;
     let mut skipped = 0usize;
+    check_named_columns(source, path, &rows)?;
     for row in rows {
         let adapted = row.value.and_then(|v| match v {
             Value::Object(obj) => adapt(source, &obj, row.line),
@@ -432,6 +465,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
                 Some(id) => Some(id),
                 None => row.opt_scalar("idx")?,
             };
+            int_id = id.as_deref().and_then(|s| s.parse().ok());
             (id, Domain::Math, prompt, solution, gold, None)
         }
         Format::Mbpp => {
@@ -445,7 +479,14 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             int_id = Some(task_id);
             let prompt = format!("{}\nYour code should pass these tests:\n\n{}", text.trim(), tests.join("\n"));
             let response = format!("```python\n{}\n```", code.trim_end());
-            let tests = CodeTests::Mbpp { test_list: tests, test_setup_code: row.opt_text("test_setup_code")?.unwrap_or_default() };
+            let mut setup = row.opt_text("test_setup_code")?.unwrap_or_default();
+            // Sanitized MBPP lists the imports its asserts need (`import math` for `math.isclose`)
+            // apart from the tests; without them a correct solution fails with a NameError.
+            if row.obj.contains_key("test_imports") {
+                let imports = row.string_list("test_imports")?;
+                setup = imports.into_iter().chain((!setup.is_empty()).then_some(setup)).collect::<Vec<_>>().join("\n");
+            }
+            let tests = CodeTests::Mbpp { test_list: tests, test_setup_code: setup };
             (Some(task_id.to_string()), Domain::Code, prompt, response, None, Some(tests.to_json()))
         }
         Format::Humaneval => {
@@ -613,6 +654,52 @@ mod tests {
         assert_eq!(out.examples[0].response, "```python\ndef f():\n    return 2\n```");
         assert_eq!(out.report.dropped.get("outside_id_range"), Some(&2));
         assert!(out.report.balanced());
+    }
+
+    #[test]
+    fn a_generic_field_no_row_has_is_refused_naming_key_column_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.jsonl"), "{\"q\": \"a\", \"tests\": null}\n{\"q\": \"b\"}\n").unwrap();
+        let mut s = source("g", "g.jsonl", Format::Generic);
+        s.domain = Some(Domain::Code);
+        let map = |tests: &str| FieldMap {
+            id: None,
+            prompt: "q".into(),
+            response: None,
+            gold: None,
+            tests: Some(tests.into()),
+            finish: None,
+            sample: None,
+        };
+        s.fields = Some(map("testz"));
+        let err = ingest(&[s.clone()], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).err().unwrap().to_string();
+        assert!(err.contains("`fields.tests` names column `testz`") && err.contains("g.jsonl") && err.contains("q, tests"), "{err}");
+        // A column that is present but null on every row is data, not a typo.
+        s.fields = Some(map("tests"));
+        assert_eq!(ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).unwrap().examples.len(), 2);
+    }
+
+    #[test]
+    fn sanitized_mbpp_imports_go_before_its_tests_and_qwen_math_ids_select() {
+        let dir = tempfile::tempdir().unwrap();
+        // As sanitized-mbpp.json writes task 82 (its assert needs `math`).
+        let row = serde_json::json!([{"source_file": "x", "task_id": 82, "prompt": "Write a function to find the volume of a sphere.",
+            "code": "import math\ndef volume_sphere(r):\n  return (4./3.)*math.pi*r*r*r",
+            "test_imports": ["import math"], "test_list": ["assert math.isclose(volume_sphere(10), 4188.790204786391, rel_tol=0.001)"]}]);
+        std::fs::write(dir.path().join("m.json"), "\u{feff}".to_string() + &row.to_string()).unwrap();
+        let out = ingest(&[source("m", "m.json", Format::Mbpp)], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).unwrap();
+        let tests = CodeTests::from_json(out.examples[0].tests.as_deref().unwrap()).unwrap();
+        assert!(matches!(&tests, CodeTests::Mbpp { test_setup_code, .. } if test_setup_code == "import math"), "{tests:?}");
+        assert!(!out.examples[0].metadata.contains("test_imports"));
+
+        let lines: String = (0..4).map(|i| format!("{{\"idx\": {i}, \"problem\": \"p{i}\", \"answer\": \"{i}\"}}\n")).collect();
+        std::fs::write(dir.path().join("q.jsonl"), "\u{feff}".to_string() + &lines).unwrap();
+        let mut s = source("q", "q.jsonl", Format::QwenMath);
+        s.id_range = Some([1, 2]);
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).unwrap();
+        // The byte-order mark costs no row.
+        let ids: Vec<&str> = out.examples.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!((ids, out.quarantine.len()), (vec!["q/1", "q/2"], 0));
     }
 
     #[test]

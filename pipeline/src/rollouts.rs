@@ -33,7 +33,8 @@ pub struct RolloutsIngested {
     pub examples: Vec<Example>,
     pub dropped: Vec<Dropped>,
     pub quarantine: Vec<QuarantineRow>,
-    pub input: InputFile,
+    /// The file or snapshot read, and the questions snapshot it was graded against, if any.
+    pub inputs: Vec<InputFile>,
     pub origin: RolloutsOrigin,
     /// Samples (rows or lines) read, malformed ones included.
     pub rows: usize,
@@ -61,7 +62,7 @@ pub fn ingest_rollouts(
 ) -> anyhow::Result<RolloutsIngested> {
     let path = schemas::recipe::resolve(recipe_path, &source.path);
     let selection = source.select.clone().unwrap_or_default();
-    let (candidates, quarantine, input, mut origin, rows) = if path.join(MANIFEST_FILE).exists() {
+    let (candidates, quarantine, inputs, mut origin, rows) = if path.join(MANIFEST_FILE).exists() {
         from_snapshot(source, &path, role_prefix, selection.clone(), tokenizer)?
     } else if path.is_dir() {
         bail!("source `{}`: {} is a folder without {MANIFEST_FILE}: not a rollouts snapshot", source.name, path.display());
@@ -82,10 +83,10 @@ pub fn ingest_rollouts(
     for d in &dropped {
         *origin.dropped.entry(d.reason.clone()).or_insert(0) += 1;
     }
-    Ok(RolloutsIngested { examples, dropped, quarantine, input, origin, rows })
+    Ok(RolloutsIngested { examples, dropped, quarantine, inputs, origin, rows })
 }
 
-type Read = (Vec<Candidate>, Vec<QuarantineRow>, InputFile, RolloutsOrigin, usize);
+type Read = (Vec<Candidate>, Vec<QuarantineRow>, Vec<InputFile>, RolloutsOrigin, usize);
 
 fn origin(source: &Source, selection: RolloutsSelection) -> RolloutsOrigin {
     RolloutsOrigin {
@@ -199,7 +200,7 @@ fn from_snapshot(
         })
         .collect();
     let n = o.samples as usize;
-    Ok((candidates, vec![], input, o, n))
+    Ok((candidates, vec![], vec![input], o, n))
 }
 
 /// The field names a file from another engine is read with. Without `fields`, the defaults. With
@@ -259,10 +260,19 @@ struct Parsed {
 /// A file from another engine: every line parsed, then verified.
 fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str, selection: RolloutsSelection) -> anyhow::Result<Read> {
     let fields = file_fields(source)?;
+    let mut inputs = vec![];
     let questions: HashMap<String, Prompt> = match &source.questions {
         Some(q) => {
             let dir = schemas::recipe::resolve(recipe_path, q);
             let (_, prompts) = load_prompts(&dir).with_context(|| format!("source `{}`: questions {}", source.name, dir.display()))?;
+            // Its gold answers and tests decide the verdicts, so the manifest names it as an input.
+            let manifest = std::fs::read(dir.join(MANIFEST_FILE))?;
+            inputs.push(InputFile {
+                role: format!("{role_prefix}{}:questions", source.name),
+                path: q.clone(),
+                sha256: schemas::sha256_hex(&manifest),
+                bytes: manifest.len() as u64,
+            });
             prompts.into_iter().map(|p| (p.id.clone(), p)).collect()
         }
         None => HashMap::new(),
@@ -279,13 +289,17 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
     }
     let bytes = std::fs::read(path)
         .with_context(|| format!("source `{}`: cannot read {} (paths are relative to the recipe file)", source.name, path.display()))?;
-    let input = InputFile {
-        role: format!("{role_prefix}{}", source.name),
-        path: source.path.clone(),
-        sha256: schemas::sha256_hex(&bytes),
-        bytes: bytes.len() as u64,
-    };
+    inputs.insert(
+        0,
+        InputFile {
+            role: format!("{role_prefix}{}", source.name),
+            path: source.path.clone(),
+            sha256: schemas::sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+        },
+    );
     let raw_rows = read_rows(path, bytes)?;
+    crate::ingest::check_named_columns(source, path, &raw_rows)?;
     let file = path.display().to_string();
     let quarantine_row = |line: u64, raw: &str, e: FieldError| QuarantineRow {
         source: source.name.clone(),
@@ -385,7 +399,7 @@ fn from_file(source: &Source, path: &Path, recipe_path: &Path, role_prefix: &str
     o.verifier_version = verify::grade::VERSION.to_string();
     o.samples = rows as u64;
     o.correct = candidates.iter().filter(|c| c.correct).count() as u64;
-    Ok((candidates, quarantine, input, o, rows))
+    Ok((candidates, quarantine, inputs, o, rows))
 }
 
 /// A string, or any other JSON value as its JSON text (tests may be an object or a string).

@@ -212,6 +212,16 @@ fn a_failed_build_leaves_no_snapshot_behind() {
     // ...and leave neither the snapshot nor its temp folder.
     let left: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(left.iter().all(|n| !n.contains("snap")), "{left:?}");
+
+    // A build that keeps no row fails too, saying which stage took them, rather than writing an
+    // empty snapshot (every empty snapshot would have the same id).
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("max_bad_fraction: 0.0", "max_bad_fraction: 0.05");
+    let text =
+        text.replace("filter: {min_tokens: 4}", "filter: {min_tokens: 4, include: [{field: prompt, pattern: nothing-matches-this}]}");
+    std::fs::write(&recipe, text).unwrap();
+    let err = format!("{:#}", pipeline::build::build(&recipe, &out, false).unwrap_err());
+    assert!(err.contains("no rows to write") && err.contains("include_not_matched:nothing-matches-this="), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

@@ -284,6 +284,9 @@ fn a_file_from_another_engine_is_verified_and_accounted_line_by_line() {
     );
     let out = dir.join("ext");
     let m = pipeline::build::build(&recipe, &out, false).unwrap();
+    // The questions snapshot decided the lookup lines' verdicts, so it is an input on record.
+    let q_manifest = schemas::sha256_file(&prompts.join("manifest.json")).unwrap();
+    assert!(m.inputs.iter().any(|i| i.role == "lookup:questions" && i.path == "q" && i.sha256 == q_manifest), "{:?}", m.inputs);
 
     // Kept: the correct, untruncated lines. (n5 carries tests, but its source says `math`, so it
     // is a math line without a gold answer: quarantined.)

@@ -218,6 +218,23 @@ pub struct FieldMap {
     pub sample: Option<String>,
 }
 
+impl FieldMap {
+    /// Each column named, with the key that names it (`("tests", "testz")`).
+    pub fn named(&self) -> Vec<(&'static str, &str)> {
+        let optional = [
+            ("id", &self.id),
+            ("response", &self.response),
+            ("gold", &self.gold),
+            ("tests", &self.tests),
+            ("finish", &self.finish),
+            ("sample", &self.sample),
+        ];
+        let mut named = vec![("prompt", self.prompt.as_str())];
+        named.extend(optional.into_iter().filter_map(|(key, column)| Some((key, column.as_deref()?))));
+        named
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
@@ -259,7 +276,8 @@ pub struct FilterConfig {
     pub min_tokens: usize,
     #[serde(default)]
     pub max_tokens: Option<usize>,
-    /// Drop math rows from whose response (or gold field) no final answer can be extracted.
+    /// Drop math rows from whose response no final answer can be extracted (train snapshots),
+    /// or that have no gold answer (prompt snapshots).
     #[serde(default = "yes")]
     pub require_math_answer: bool,
     /// Drop code rows whose response does not parse as Python (checked with `python3 -m ast`).
@@ -543,6 +561,17 @@ impl Recipe {
             if rollouts && (s.id_range.is_some() || s.skip.is_some()) {
                 bail!("source `{}`: format `rollouts` selects with `select` and `limit`; `id_range` and `skip` do not apply", s.name);
             }
+            // Only these adapters read an integer id: elsewhere every row would fall outside.
+            if s.id_range.is_some() && !matches!(s.format, Format::Mbpp | Format::QwenMath | Format::Generic) {
+                bail!(
+                    "source `{}`: `id_range` selects by integer id, which this format does not read (formats mbpp, \
+                     qwen_math and generic do); use `skip` and `limit`",
+                    s.name
+                );
+            }
+            if let Some([lo, hi]) = s.id_range.filter(|[lo, hi]| lo > hi) {
+                bail!("source `{}`: `id_range` [{lo}, {hi}] is empty (the first bound is above the second)", s.name);
+            }
             if rollouts && self.kind != SnapshotKind::Train {
                 bail!("source `{}`: rollouts become training examples; the recipe's `kind` must be `train`", s.name);
             }
@@ -571,11 +600,18 @@ impl Recipe {
         if !(0.0..=1.0).contains(&self.ingest.max_bad_fraction) {
             bail!("`ingest.max_bad_fraction` must be a fraction in [0, 1] (got {})", self.ingest.max_bad_fraction);
         }
+        if let Some(max) = self.filter.max_tokens.filter(|&max| max < self.filter.min_tokens) {
+            bail!("`filter`: max_tokens {max} is below min_tokens {}: every row would be dropped", self.filter.min_tokens);
+        }
         if self.pack.seq_len < 16 {
             bail!("`pack.seq_len` must be at least 16");
         }
         if self.write.rows_per_shard == 0 || self.write.row_group_rows == 0 {
             bail!("`write.rows_per_shard` and `write.row_group_rows` must be positive");
+        }
+        // Parquet's zstd levels; checked here so that a typo fails before the stages run.
+        if !(1..=22).contains(&self.write.zstd_level) {
+            bail!("`write.zstd_level` must be in 1..=22 (zstd's levels; got {})", self.write.zstd_level);
         }
         Ok(())
     }
@@ -628,6 +664,8 @@ mod tests {
             ("decontaminate: {min_overlap: 50}", "min_overlap"),
             ("decontaminate: {ngram: 0}", "ngram must be positive"),
             ("ingest: {max_bad_fraction: 5}", "max_bad_fraction"),
+            ("filter: {min_tokens: 500, max_tokens: 100}", "max_tokens 100 is below min_tokens 500"),
+            ("write: {zstd_level: 40}", "write.zstd_level"),
         ] {
             let err = format!("{:#}", Recipe::parse(&format!("{MINIMAL}{bad}\n"), Path::new("r.yaml")).unwrap_err());
             assert!(err.contains(what) && err.contains("r.yaml"), "{bad}: {err}");
@@ -670,6 +708,8 @@ mod tests {
         for (from, to, what) in [
             ("format: gsm8k", "format: gsm8k, fields: {prompt: q, response: a}", "reads its own columns"),
             ("format: gsm8k", "format: gsm8k, domain: code", "reads its own columns"),
+            ("format: gsm8k", "format: gsm8k, id_range: [0, 9]", "`id_range` selects by integer id"),
+            ("format: gsm8k", "format: mbpp, id_range: [9, 0]", "`id_range` [9, 0] is empty"),
         ] {
             let text = MINIMAL.replace(from, to);
             let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());
