@@ -5,6 +5,7 @@
 //! Hugging Face folder has them.
 
 use crate::optim::AdamW;
+use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use model::Llama;
 use model_files::checkpoint::save_hf;
@@ -47,22 +48,37 @@ fn checkpoint_dir(output: &Path, step: u64) -> PathBuf {
 /// The newest complete checkpoint (its state file is written last, so its presence means
 /// complete).
 pub fn latest_checkpoint(output: &Path) -> anyhow::Result<Option<PathBuf>> {
+    Ok(complete_checkpoints(output)?.pop())
+}
+
+/// The complete checkpoints, oldest first: by step number, not name (`step-1000000` sorts
+/// before `step-999999` as text).
+fn complete_checkpoints(output: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let dir = output.join("checkpoints");
     if !dir.exists() {
-        return Ok(None);
+        return Ok(vec![]);
     }
-    // By step number, not name: `step-1000000` sorts before `step-999999` as text.
-    let mut best: Option<(u64, PathBuf)> = None;
+    let mut found = vec![];
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
         let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse::<u64>().ok());
         if let Some(step) = step.filter(|_| path.join(STATE_FILE).exists()) {
-            if best.as_ref().is_none_or(|(b, _)| step > *b) {
-                best = Some((step, path));
-            }
+            found.push((step, path));
         }
     }
-    Ok(best.map(|(_, path)| path))
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Deletes all but the newest `keep` complete checkpoints (recipe `keep_checkpoints`). Folders
+/// that are not complete checkpoints are left alone.
+pub fn prune_checkpoints(output: &Path, keep: u64) -> anyhow::Result<()> {
+    let all = complete_checkpoints(output)?;
+    let old = all.len().saturating_sub(keep.try_into().unwrap_or(usize::MAX));
+    for dir in &all[..old] {
+        std::fs::remove_dir_all(dir).with_context(|| format!("keep_checkpoints: cannot remove {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 pub fn save_checkpoint<B: AutodiffBackend>(
@@ -140,5 +156,16 @@ mod tests {
         }
         std::fs::create_dir_all(out.path().join("checkpoints").join("step-notanumber")).unwrap();
         assert_eq!(latest_checkpoint(out.path()).unwrap(), Some(checkpoint_dir(out.path(), 1_000_000)));
+
+        // Pruning keeps the newest complete ones by step and leaves other folders alone.
+        prune_checkpoints(out.path(), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(out.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-1000000", "step-1000001", "step-999999", "step-notanumber"]);
+        prune_checkpoints(out.path(), 1).unwrap();
+        assert_eq!(complete_checkpoints(out.path()).unwrap(), [checkpoint_dir(out.path(), 1_000_000)]);
     }
 }

@@ -58,14 +58,7 @@ impl From<&schemas::train::TrainRecipe> for Loss {
     }
 }
 
-/// Logits held at once: `chunk x vocab` floats, 64 MB. Large enough that the chunk's matmuls
-/// run at full width (341 positions at a 49,152-token vocabulary, 110 at 151,936).
-const CHUNK_ELEMENTS: usize = 1 << 24;
-
-/// Positions per chunk of the output projection for a vocabulary of `vocab` tokens.
-pub fn chunk_positions(vocab: usize) -> usize {
-    (CHUNK_ELEMENTS / vocab.max(1)).max(1)
-}
+pub use model::logprobs::chunk_positions;
 
 /// One micro-batch's objective (to be summed over the step) and its gradient carrier.
 pub struct LossParts<B: AutodiffBackend> {

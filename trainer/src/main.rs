@@ -88,6 +88,9 @@ enum Command {
         /// Save a resumable checkpoint every N steps (and after the last).
         #[arg(long)]
         checkpoint_every: Option<u64>,
+        /// Keep only the newest N checkpoints, as the recipe's `keep_checkpoints` (default: all).
+        #[arg(long, value_name = "N")]
+        keep_checkpoints: Option<u64>,
         /// Per-layer activation recompute, as the recipe's `recompute`: `all` (the default when
         /// given bare), `none`, or a number of blocks (the first ones). Less memory, slower.
         #[arg(long, value_name = "BLOCKS", num_args = 0..=1, default_missing_value = "all")]
@@ -456,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch_tokens,
             seed,
             checkpoint_every,
+            keep_checkpoints,
             recompute,
             output_dir,
             model,
@@ -483,6 +487,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = checkpoint_every {
                 r.checkpoint_every = v;
+            }
+            if keep_checkpoints.is_some() {
+                r.keep_checkpoints = keep_checkpoints;
             }
             if let Some(v) = recompute {
                 r.recompute = v;
@@ -727,11 +734,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Score { model, snapshot, out, force, chunk_rows, device } => {
-            let out = out.unwrap_or_else(|| {
-                let mut s = snapshot.clone().into_os_string();
-                s.push("-scored");
-                PathBuf::from(s)
-            });
+            let out = match out {
+                Some(out) => out,
+                None => trainer::score::default_out(&snapshot)?,
+            };
             let opts = trainer::score::ScoreOptions { model, snapshot, out, force, chunk_rows, engine: burn_engine(device) };
             let s = match device {
                 Device::Cpu => trainer::score::score::<Flex>(&opts, &Default::default())?,

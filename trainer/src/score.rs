@@ -104,12 +104,42 @@ fn read_chunk(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// Score `opts.snapshot` with `opts.model` into the new snapshot `opts.out`.
+/// Where a snapshot is scored to without `--out`: `SNAPSHOT-scored` beside it, also when the
+/// path is written with a trailing `/` or as `.`.
+pub fn default_out(snapshot: &Path) -> anyhow::Result<PathBuf> {
+    let dir = if snapshot.file_name().is_some() { snapshot.to_path_buf() } else { std::fs::canonicalize(snapshot)? };
+    let name = dir.file_name().context("the snapshot path names no folder")?.to_string_lossy().into_owned();
+    Ok(dir.with_file_name(format!("{name}-scored")))
+}
+
+/// `path` with symbolic links, `.` and `..` resolved, also where its last components do not
+/// exist yet (a new output folder).
+fn real_path(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let mut rest = vec![];
+    let mut existing = abs.as_path();
+    while !existing.exists() {
+        rest.push(existing.file_name().map(|n| n.to_os_string()).unwrap_or_default());
+        existing = existing.parent().context("no part of the path exists")?;
+    }
+    let mut real = std::fs::canonicalize(existing)?;
+    real.extend(rest.iter().rev());
+    Ok(real)
+}
+
 pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Result<ScoreSummary> {
     if opts.out.exists() && !opts.force {
         bail!("{} already exists; pass --force to replace it", opts.out.display());
     }
-    if opts.out.exists() && std::fs::canonicalize(&opts.out)? == std::fs::canonicalize(&opts.snapshot)? {
-        bail!("--out must be a new folder, not the snapshot being scored ({})", opts.snapshot.display());
+    // Inside the snapshot, the result would be replaced with it by the next `pipeline build
+    // --force`; around it, `--force` would replace the snapshot being read.
+    let (out, snap) = (real_path(&opts.out)?, real_path(&opts.snapshot)?);
+    if out.starts_with(&snap) || snap.starts_with(&out) {
+        bail!(
+            "--out {} must be a folder beside the snapshot being scored ({}), neither it, inside it, nor around it",
+            opts.out.display(),
+            opts.snapshot.display()
+        );
     }
     let chunk_rows = opts.chunk_rows.max(1);
     let snapshot = load_snapshot(&opts.snapshot)?;
@@ -262,4 +292,38 @@ fn write_timings(src: &Path, dst: &Path, rows: usize, tokens: u64, seconds: f64)
     });
     std::fs::write(dst.join(file), serde_json::to_string_pretty(&timings)? + "\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_output_is_beside_the_snapshot_however_its_path_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        assert_eq!(default_out(Path::new("a/snap")).unwrap(), Path::new("a/snap-scored"));
+        assert_eq!(default_out(Path::new("snap/")).unwrap(), Path::new("snap-scored"));
+        assert_eq!(default_out(&snap.join(".")).unwrap(), std::fs::canonicalize(tmp.path()).unwrap().join("snap-scored"));
+    }
+
+    #[test]
+    fn an_output_in_or_around_the_snapshot_is_refused_before_anything_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        for (out, force) in [(snap.join("x-scored"), false), (snap.join("."), true), (tmp.path().to_path_buf(), true)] {
+            let opts = ScoreOptions {
+                model: tmp.path().join("no-model.gguf"),
+                snapshot: snap.join("../snap/"),
+                out: out.clone(),
+                force,
+                chunk_rows: 1,
+                engine: String::new(),
+            };
+            let err = score::<burn::backend::Flex>(&opts, &Default::default()).err().expect("refused").to_string();
+            assert!(err.contains("must be a folder beside the snapshot"), "{}: {err}", out.display());
+        }
+    }
 }

@@ -233,7 +233,9 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                 );
             }
             state.engine = run.engine.clone();
-            opt.load_state(state.step, &model_files::safetensors::read_safetensors(dir.join(OPTIMIZER_FILE))?, device)?;
+            let moments = dir.join(OPTIMIZER_FILE);
+            opt.load_state(state.step, &model_files::safetensors::read_safetensors(&moments)?, device)
+                .with_context(|| format!("resuming from {}", moments.display()))?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             (dir, state)
         }
@@ -333,6 +335,9 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         pb.inc(1);
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, &opt, &state)?;
+            if let Some(keep) = r.keep_checkpoints {
+                crate::checkpoint::prune_checkpoints(&run.output_dir, keep)?;
+            }
             crate::curves::refresh(&run.output_dir);
         }
         last = Some(m);
@@ -600,16 +605,21 @@ fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
 /// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
 /// after its last checkpoint), so a resumed run's log has each step once.
 fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
+    let context = || format!("{}", path.display());
     if path.exists() {
-        let text = std::fs::read_to_string(path)?;
-        let kept: String = text
-            .lines()
-            .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        schemas::write_atomic(path, kept.as_bytes())?;
+        let text = std::fs::read_to_string(path).with_context(context)?;
+        let mut kept = String::new();
+        for (i, l) in text.lines().enumerate() {
+            match serde_json::from_str::<StepMetrics>(l) {
+                Ok(m) if m.step <= step => kept.extend([l, "\n"]),
+                Ok(_) => {}
+                // A run killed while appending leaves a partial last line; it is dropped, but said.
+                Err(e) => tracing::warn!("{}:{}: dropped on resume, not a metrics line ({e})", path.display(), i + 1),
+            }
+        }
+        schemas::write_atomic(path, kept.as_bytes()).with_context(context)?;
     }
-    Ok(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(context)
 }
 
 #[cfg(test)]
