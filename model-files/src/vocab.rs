@@ -57,26 +57,12 @@ impl ModelTokens {
     /// vocabulary to the embedding size ([PAD151665] ...), and a model may add tokens.
     pub fn check(&self, tokenizer: &Tokenizer, used: impl IntoIterator<Item = u32>, snapshot: &Path) -> Result<()> {
         let theirs = by_id(tokenizer);
-        let mut in_use = vec![false; theirs.len()];
-        for id in used {
-            if let Some(u) = in_use.get_mut(id as usize) {
-                *u = true;
-            }
-        }
-        let both = |id: usize| Some((theirs.get(id)?.as_deref()?, self.tokens.get(id)?.as_deref()?));
-        let shared = (0..theirs.len()).filter(|&id| both(id).is_some()).count();
-        let differ = |strict: bool| -> Vec<(usize, &str, &str)> {
-            (0..theirs.len())
-                .filter(|&id| in_use[id] == strict)
-                .filter_map(|id| both(id).filter(|(s, m)| s != m).map(|(s, m)| (id, s, m)))
-                .collect()
-        };
+        let Differences { shared, used_differ, unused_differ } = self.differences(&theirs, used);
         let examples = |d: &[(usize, &str, &str)]| -> String {
             let e: Vec<String> =
                 d.iter().take(3).map(|(id, s, m)| format!("id {id} is {s:?} in the snapshot, {m:?} in the model")).collect();
             e.join("; ")
         };
-        let (used_differ, unused_differ) = (differ(true), differ(false));
         if used_differ.is_empty() && shared > 0 {
             if !unused_differ.is_empty() {
                 tracing::warn!(
@@ -121,6 +107,61 @@ impl ModelTokens {
             model.display(),
         )
     }
+}
+
+impl ModelTokens {
+    /// For `trainer generate --tokenizer T`: fails when T gives an id of `used` (the prompt's,
+    /// the stop tokens) another token than the model's own tokenizer does.
+    pub fn check_tokenizer(&self, tokenizer: &Tokenizer, source: &Path, used: impl IntoIterator<Item = u32>) -> Result<()> {
+        let theirs = by_id(tokenizer);
+        let d = self.differences(&theirs, used);
+        if d.shared > 0 && d.used_differ.is_empty() {
+            return Ok(());
+        }
+        let e: Vec<String> = d
+            .used_differ
+            .iter()
+            .take(3)
+            .map(|(id, t, m)| format!("id {id} is {t:?} in {}, {m:?} in the model", source.display()))
+            .collect();
+        bail!(
+            "{} is not the model's tokenizer ({}): the prompt would be other text to it ({}). Leave --tokenizer out to use \
+             the model's own",
+            source.display(),
+            self.source.display(),
+            if d.shared == 0 { "they have no id in common".to_string() } else { e.join("; ") }
+        )
+    }
+
+    /// How the tokens of `theirs` (by id) differ from this model's, on the ids of `used` and on
+    /// the others. Ids only one side has are not compared.
+    fn differences<'a>(&'a self, theirs: &'a [Option<String>], used: impl IntoIterator<Item = u32>) -> Differences<'a> {
+        let mut in_use = vec![false; theirs.len()];
+        for id in used {
+            if let Some(u) = in_use.get_mut(id as usize) {
+                *u = true;
+            }
+        }
+        let both = |id: usize| Some((theirs.get(id)?.as_deref()?, self.tokens.get(id)?.as_deref()?));
+        let differ = |strict: bool| -> Vec<(usize, &'a str, &'a str)> {
+            (0..theirs.len())
+                .filter(|&id| in_use[id] == strict)
+                .filter_map(|id| both(id).filter(|(s, m)| s != m).map(|(s, m)| (id, s, m)))
+                .collect()
+        };
+        Differences {
+            shared: (0..theirs.len()).filter(|&id| both(id).is_some()).count(),
+            used_differ: differ(true),
+            unused_differ: differ(false),
+        }
+    }
+}
+
+/// Ids both tokenizers have, and `(id, theirs, the model's)` where they differ.
+struct Differences<'a> {
+    shared: usize,
+    used_differ: Vec<(usize, &'a str, &'a str)>,
+    unused_differ: Vec<(usize, &'a str, &'a str)>,
 }
 
 /// `check` for a model file and a snapshot folder, reading the snapshot's `tokenizer.json` and

@@ -529,7 +529,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, template_vars, json, device } => {
             device_ready(device)?;
-            let tok_source = tokenizer.unwrap_or_else(|| model.clone());
+            let tok_source = tokenizer.clone().unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, system)
                 .and_then(|t| t.ok_or_else(|| anyhow::anyhow!("no tokenizer.json beside the model")))
                 .with_context(|| {
@@ -539,11 +539,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 })?
                 .with_template_vars(unique_template_vars(template_vars)?)?;
-            let m = load_generator(&model, device)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
+            let stop = stop_ids(&tok);
+            // A model that carries its own tokenizer takes another only where both agree on the
+            // ids of this prompt and the stop tokens.
+            let dir = if model.is_dir() { model.as_path() } else { model.parent().unwrap_or(std::path::Path::new(".")) };
+            let carries = model_files::checkpoint::is_gguf(&model) || dir.join(schemas::snapshot::TOKENIZER_FILE).exists();
+            if let (Some(source), true) = (tokenizer.as_ref(), carries) {
+                if let Some(own) = model_files::vocab::ModelTokens::of(&model)? {
+                    own.check_tokenizer(tok.tokenizer(), source, prompt_ids.iter().chain(&stop).copied())?;
+                }
+            }
+            let m = load_generator(&model, device)?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
-            for (i, c) in m.complete(&requests, &params, &stop_ids(&tok), requests.len(), &|_, _| {}).iter().enumerate() {
+            for (i, c) in m.complete(&requests, &params, &stop, requests.len(), &|_, _| {}).iter().enumerate() {
                 if json {
                     let line = serde_json::json!({ "prompt": prompt_text, "prompt_ids": prompt_ids, "ids": c.ids,
                         "finish": c.finish, "text": tok.decode(c.text_ids()) });

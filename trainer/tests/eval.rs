@@ -137,4 +137,22 @@ fn a_model_with_another_vocabulary_is_refused() {
     );
     assert!(log.contains(&format!("id {ia} is \"Ġthe\" in the snapshot, \"Ġfor\" in the model")), "{log}");
     assert!(!tmp.path().join("out").exists(), "nothing written");
+
+    // `generate --tokenizer` with a tokenizer other than the model's own: refused on the ids the
+    // prompt uses, before any weights are read (this folder has none).
+    let generate = |prompt: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["generate", "--model", model.to_str().unwrap(), "--tokenizer", common::model_path().to_str().unwrap()])
+            .args(["--prompt", prompt])
+            .output()
+            .unwrap()
+    };
+    let o = generate("Eat the rest for breakfast.");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && log.contains("is not the model's tokenizer"), "{log}");
+    assert!(log.contains(&format!("id {ia} is \"Ġthe\" in ")), "{log}");
+    // A prompt that uses neither id passes the check and fails later, on the missing weights.
+    let o = generate("Hi.");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !log.contains("is not the model's tokenizer"), "{log}");
 }
