@@ -4,7 +4,7 @@
 use crate::benchmark::{Benchmark, Prompt};
 use crate::metrics::pass_rates;
 use crate::report::{write_results, BenchSummary, EvalConfig, SampleResult};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use model::generate::{stop_ids, Completion, Finish, Generator, Request};
 use model::sampling::Sampling;
 use std::path::Path;
@@ -50,6 +50,44 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
             });
         }
     }
+    graded(bench, prompts.len(), k, results, generation_seconds, stop, out_dir)
+}
+
+/// Grades the completions of `results/<bench>.jsonl` in `out_dir` again, with this build's
+/// verifier: for results that the same model, settings and snapshot wrote when another verifier
+/// graded them. Nothing is generated; the generation figures are `earlier`'s.
+pub fn regrade(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> anyhow::Result<BenchSummary> {
+    let path = out_dir.join("results").join(format!("{}.jsonl", bench.name));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let results = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str::<SampleResult>(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (n, k) = (earlier.prompts, earlier.samples);
+    // The lines must be the K samples of the snapshot's first `n` prompts, in order, as
+    // `evaluate` writes them; anything else is not the run the summary describes.
+    let in_order = k > 0
+        && results.len() == n * k
+        && n <= bench.prompts.len()
+        && results.iter().enumerate().all(|(i, r)| r.prompt_id == bench.prompts[i / k].id && r.sample == i % k);
+    if !in_order {
+        bail!("{}: not the {n} x {k} samples of {} in order; evaluate it again", path.display(), bench.name);
+    }
+    graded(bench, n, k, results, earlier.generation_seconds, earlier.stop_ids.clone(), out_dir)
+}
+
+/// Grades `results` (K per prompt, for the first `n` prompts), writes them and sums them up.
+fn graded(
+    bench: &Benchmark,
+    n: usize,
+    k: usize,
+    mut results: Vec<SampleResult>,
+    generation_seconds: f64,
+    stop: Vec<u32>,
+    out_dir: &Path,
+) -> anyhow::Result<BenchSummary> {
+    let prompts = &bench.prompts[..n];
     grade(&bench.name, prompts, k, &mut results)?;
     let results_sha256 = write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
 

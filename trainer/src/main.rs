@@ -985,20 +985,25 @@ fn eval_on(
 ) -> anyhow::Result<Summary> {
     // Results already in `out` for the same model hash, settings, verifier and snapshot are
     // reused, so an interrupted or repeated run only evaluates what is missing. Each benchmark of
-    // the earlier summary is one of: reusable by this run (it names it), kept as it is (it does
-    // not), evaluated again (it names it, but it no longer holds), or dropped with a reason.
+    // the earlier summary is one of: reusable by this run (it names it), graded again (it names
+    // it, and only the verifier differs), kept as it is (it does not name it), evaluated again (it
+    // names it, but it no longer holds), or dropped with a reason.
     let earlier: Option<Summary> =
         std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
-    let (mut reusable, mut kept) = (vec![], vec![]);
+    // Completions of the same model and settings that another verifier graded are graded again
+    // with this one rather than generated again.
+    let (mut reusable, mut regradable, mut kept) = (vec![], vec![], vec![]);
     if let Some(p) = &earlier {
-        let same_grading =
-            p.model_sha256 == summary.model_sha256 && p.config == summary.config && p.verifier_version == summary.verifier_version;
+        let same_generation = p.model_sha256 == summary.model_sha256 && p.config == summary.config;
+        let same_verifier = p.verifier_version == summary.verifier_version;
         for x in &p.benchmarks {
             let results = out.join("results").join(format!("{}.jsonl", x.bench));
             // The results file must still be the one written with these figures (not one of a
             // run stopped before its summary was written).
-            let why = if !same_grading {
-                Some("for another model, settings or verifier (its results/ file is stale)")
+            let why = if !same_generation {
+                Some("for another model or settings (its results/ file is stale)")
+            } else if !same_verifier && benches.iter().all(|b| b.name != x.bench) {
+                Some("graded by another verifier, and this run does not name it to grade it again")
             } else if x.results_sha256.is_empty() {
                 Some("from before results files were hashed")
             } else if !schemas::sha256_file(&results).is_ok_and(|h| h == x.results_sha256) {
@@ -1010,7 +1015,8 @@ fn eval_on(
             // This run's stops for a benchmark it names on the same snapshot.
             let stops = named.filter(|b| b.manifest.snapshot_id == x.snapshot_id).map(|b| stop_ids(&b.tokenizer));
             match (why, named, stops) {
-                (None, Some(_), Some(stops)) if stops == x.stop_ids => reusable.push(x.clone()),
+                (None, Some(_), Some(stops)) if stops == x.stop_ids && same_verifier => reusable.push(x.clone()),
+                (None, Some(_), Some(stops)) if stops == x.stop_ids => regradable.push(x.clone()),
                 (None, Some(_), Some(stops)) => eprintln!(
                     "{}: evaluating again: its results ended completions on stop ids {:?}, this run's are {stops:?}",
                     x.bench, x.stop_ids
@@ -1038,6 +1044,22 @@ fn eval_on(
                 s.bench,
                 out.display()
             );
+            summary.benchmarks.push(s);
+            save(&summary, &reusable)?;
+            continue;
+        }
+        if let Some(i) = regradable.iter().position(|x| x.bench == b.name) {
+            let x = regradable.remove(i);
+            let before = earlier.as_ref().map_or("", |p| p.verifier_version.as_str());
+            eprintln!(
+                "{}: grading the completions in {} again: verifier {} (they were graded by {before}, {:.1}%)",
+                x.bench,
+                out.display(),
+                summary.verifier_version,
+                100.0 * x.average_at_k
+            );
+            let s = eval::evaluate::regrade(b, &x, out)?;
+            eprintln!("{}: Average@{} {:.1}% {} over {} prompts", s.bench, s.samples, 100.0 * s.average_at_k, s.interval_text(), s.prompts);
             summary.benchmarks.push(s);
             save(&summary, &reusable)?;
             continue;

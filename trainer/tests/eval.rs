@@ -72,7 +72,7 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
     assert!(ok, "{log}");
     assert_eq!(benchmarks(&out), ["a"]);
-    assert!(log.contains("held b for another model, settings or verifier"), "{log}");
+    assert!(log.contains("held b for another model or settings"), "{log}");
 
     // Results that are no longer the file written with the summary's figures are not reused.
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
@@ -95,6 +95,33 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
     assert!(ok && !log.contains("reusing") && log.contains("a: evaluating again: its results ended completions on stop ids [0]"), "{log}");
+
+    // Results another verifier graded: the completions are graded again, not generated again
+    // (planted: the verdicts flipped in the file, the summary naming an old verifier and the
+    // flipped file's hash). `b`, not named, cannot be graded again and leaves the summary.
+    let (ok, log) = eval(&[&a, &b], &out, &["--seed", "7"]);
+    assert!(ok, "{log}");
+    let results = out.join("results").join("a.jsonl");
+    let graded = std::fs::read_to_string(&results).unwrap();
+    let flipped: String = graded
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["correct"] = (!v["correct"].as_bool().unwrap()).into();
+            v.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&results, &flipped).unwrap();
+    let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    summary["verifier_version"] = "0.0.0+old".into();
+    summary["benchmarks"][0]["results_sha256"] = schemas::sha256_file(&results).unwrap().into();
+    std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && log.contains("a: grading the completions in") && log.contains("(they were graded by 0.0.0+old"), "{log}");
+    assert!(!log.contains("new tokens/s"), "nothing generated: {log}");
+    assert!(log.contains("held b graded by another verifier"), "{log}");
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), graded, "graded as the first time");
+    assert_eq!(benchmarks(&out), ["a"]);
 
     // Two folders named `a` would write one results/a.jsonl.
     let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);
