@@ -26,7 +26,10 @@ pub struct Boxed<'a> {
 
 /// The boxes of `text`, last first, at most `limit`. Each box is searched for only before the start
 /// of the box after it, so a box that encloses a later one reads as unclosed (and ends the list):
-/// the innermost, last-written answer wins, as in Math-Verify.
+/// the innermost, last-written answer wins, as in Math-Verify. A box with nothing but whitespace
+/// in it is skipped and the search goes on before it: a model that echoes "put your final answer
+/// within \boxed{}" after `\boxed{5}` has answered 5 (Math-Verify's box pattern, which needs
+/// content, reads it so too).
 pub fn boxes_from_end(text: &str, limit: usize) -> Vec<Boxed<'_>> {
     let mut out = vec![];
     let mut window_end = text.len();
@@ -40,7 +43,7 @@ pub fn boxes_from_end(text: &str, limit: usize) -> Vec<Boxed<'_>> {
         let Some((start, cmd_len)) = ["\\boxed", "\\fbox"].iter().filter_map(|m| window.rfind(m).map(|i| (i, m.len()))).max() else {
             break;
         };
-        if let Some((content, used, closed)) = box_argument(&window[start + cmd_len..]) {
+        if let Some((content, used, closed)) = box_argument(&window[start + cmd_len..]).filter(|(c, _, _)| !c.trim().is_empty()) {
             out.push(Boxed { start, end: start + cmd_len + used, content, closed });
             if !closed {
                 break;
@@ -148,6 +151,20 @@ mod tests {
         assert_eq!(last_boxed(r"is $\boxed 5$.").unwrap(), "5");
         assert_eq!(last_boxed(r"\boxed{unbalanced"), None);
         assert_eq!(last_boxed(r"\boxed{}"), None);
+    }
+
+    #[test]
+    fn blank_boxes_are_skipped() {
+        // The instruction echoed after the answer leaves the answer in place.
+        let echoed = r"So the answer is $\boxed{5}$. Remember to put your final answer within \boxed{}.";
+        assert_eq!(last_boxed(echoed).unwrap(), "5");
+        assert_eq!(last_boxed("\\boxed{5}\n\nFinal answer: \\boxed{ }").unwrap(), "5");
+        assert_eq!(last_boxed(r"\fbox{7} \boxed{} \boxed {  }").unwrap(), "7");
+        let contents: Vec<_> = boxes_from_end(r"\boxed{1} \boxed{} \boxed{2} \boxed{ }", 10).iter().map(|b| b.content).collect();
+        assert_eq!(contents, ["2", "1"]);
+        // An unclosed blank box at the very end is no answer either.
+        assert_eq!(last_boxed(r"\boxed{3} then \boxed{"), Some("3".into()));
+        assert_eq!(last_boxed(r"\boxed{} \boxed{ }"), None);
     }
 
     #[test]

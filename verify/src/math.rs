@@ -12,12 +12,19 @@
 //!
 //! - Numbers are exact rationals on `i128`: `\frac{2}{4}` = `0.5` = `1/2`. A value past the `i128`
 //!   range is never compared approximately; it is "not equal" (unless the texts are identical).
-//! - **Tolerance.** A number written with a decimal point may be rounded, so a comparison that
-//!   involves one accepts agreement to [`CompareOptions::float_digits`] decimal places (default
-//!   6, Math-Verify's `float_rounding`): `1/3` = `0.333333`, but not `0.3333` unless
-//!   `float_digits` is 4. There is deliberately no relative tolerance for such values: `1000.1`
-//!   is not `1000`. Values only computed in floating point (`\sqrt{2}`, `\pi`, `\sin`) must agree
-//!   to a relative 1e-9, far above `f64` noise.
+//! - **Scientific notation.** `4.5e33` and `1E-5` are 4.5 × 10^33 and 10^-5, exactly, so
+//!   `4.5 \times 10^{33}` and `0.00001` match them (Minerva writes its golds so); `e-5` is still
+//!   Euler's number minus 5.
+//! - **Tolerance.** A number written with a decimal point (or in scientific notation) may be
+//!   rounded, so a comparison that involves one accepts agreement to
+//!   [`CompareOptions::float_digits`] decimal places (default 6, Math-Verify's `float_rounding`):
+//!   `1/3` = `0.333333`, but not `0.3333` unless `float_digits` is 4. It must also agree to
+//!   `float_digits - 2` significant digits (a relative 1e-4 at 6, Qwen2.5-Math's `math_equal`),
+//!   which only decides below a magnitude of 0.005: `3.89 \times 10^{-10}` is not `0` nor
+//!   `4 \times 10^{-10}`. There is deliberately no looser relative tolerance for large values:
+//!   `1000.1` is not `1000`. Values only computed in floating point (`\sqrt{2}`, `\pi`, `\sin`)
+//!   must agree to a relative 1e-9, far above `f64` noise (absolute 1e-12 near 0, where the
+//!   noise is that of the terms that cancelled).
 //! - Expressions with variables are equal when they agree at 10 deterministic sample points
 //!   (small integers and positive and negative fractions, exact where the arithmetic is
 //!   rational), of which at least 3 must be defined on both sides.
@@ -148,12 +155,16 @@ pub fn verify_with(gold: &str, prediction: &str, extract_opts: &ExtractOptions, 
     Verdict { extracted, correct }
 }
 
-/// The answer a gold field stands for. A gold with markup (a box, math delimiters, "answer",
-/// `####`) is a solution and goes through [`extract`]; a plain gold is the answer itself
-/// (`x^2+1`, `\frac{1}{2}`), except that with the number fallback a gold that is one number is
-/// read like a predicted number (`1,000` → `1000`, `1,5` → `1.5`).
+/// The answer a gold field stands for. A list of math pieces whose outermost `$` a dataset
+/// stripped (`f(n)=n$, $g(n)=1`) is that list. Otherwise a gold with markup (a box, math
+/// delimiters, "answer", `####`) is a solution and goes through [`extract`]; a plain gold is the
+/// answer itself (`x^2+1`, `\frac{1}{2}`), except that with the number fallback a gold that is
+/// one number is read like a predicted number (`1,000` → `1000`, `1,5` → `1.5`).
 pub fn gold_answer(gold: &str, opts: &ExtractOptions) -> String {
     guarded(|| {
+        if let Some(list) = extract::stripped_math_list(gold) {
+            return Some(list);
+        }
         let marked = ["\\boxed", "\\fbox", "$", "\\(", "\\[", "####"].iter().any(|m| gold.contains(m))
             || gold.to_ascii_lowercase().contains("answer");
         if marked {

@@ -8,7 +8,9 @@
 //! (see [`isolation`] for what is active on this machine):
 //!
 //! * **Endless loops.** A wall-clock deadline after which the whole process group is sent SIGKILL
-//!   ([`Status::Timeout`]); `RLIMIT_CPU` as a second bound ([`Status::CpuTimeExceeded`]).
+//!   ([`Status::Timeout`]); `RLIMIT_CPU` as a second bound ([`Status::CpuTimeExceeded`]) for a
+//!   process that burns CPU faster than the clock runs (several threads). An endless loop always
+//!   reports `Timeout`: see [`Limits::cpu_seconds`].
 //! * **Fork bombs.** `RLIMIT_NPROC`. The kernel never enforces it for uid 0, so when we are root
 //!   each run is given its own unused uid/gid (`setresuid` in the child before exec, which also
 //!   clears every capability; supplementary groups are dropped), and the limit then counts exactly
@@ -81,7 +83,12 @@ use rayon::prelude::*;
 pub struct Limits {
     /// Wall-clock limit; the whole process group is killed when it passes.
     pub wall: Duration,
-    /// `RLIMIT_CPU` (soft; the hard limit is one second more so SIGXCPU arrives first).
+    /// `RLIMIT_CPU` (soft; the hard limit is one second more so SIGXCPU arrives first), per
+    /// process. The default is above the wall limit, so that which limit stops a single-threaded
+    /// endless loop is no race: its CPU time cannot pass the wall time since its start, so the
+    /// deadline comes first, and a CPU kill that still comes after the deadline (the parent was
+    /// slow to wake) counts as [`Status::Timeout`] too. The status is stored with results and
+    /// rollouts, which must come out the same on every run.
     pub cpu_seconds: u64,
     /// `RLIMIT_AS`, per process.
     pub memory_bytes: u64,
@@ -97,7 +104,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             wall: Duration::from_secs(10),
-            cpu_seconds: 10,
+            // Above `wall`: see the field's docs.
+            cpu_seconds: 12,
             memory_bytes: 1 << 30,
             file_bytes: 10 << 20,
             // Benchmark solutions never need a second process; 8 keeps a fork-and-allocate bomb
@@ -387,11 +395,14 @@ fn run_with(program: &str, limits: &Limits, iso: Isolation) -> anyhow::Result<Ou
     let stdout_tail = out.into_string().replace(&format!("\n{marker}\n"), "");
     let stderr_tail = err.into_string();
     let cpu = timeval_secs(rusage.ru_utime) + timeval_secs(rusage.ru_stime);
-    let status = classify(status, timed_out, finished, cpu, limits, &stderr_tail);
+    let status = classify(status, timed_out, wall >= limits.wall, finished, cpu, limits, &stderr_tail);
     Ok(Outcome { passed: status == Status::Passed, status, stdout_tail, stderr_tail, wall, pid: pid as u32, uid })
 }
 
-fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, limits: &Limits, stderr: &str) -> Status {
+/// `overran`: the wall limit had passed by the time the run ended. It decides a CPU-limit kill
+/// (which of the two limits fired first would otherwise be a race), not an exit of the program's
+/// own, however late the parent saw it.
+fn classify(wstatus: libc::c_int, timed_out: bool, overran: bool, finished: bool, cpu: f64, limits: &Limits, stderr: &str) -> Status {
     if timed_out {
         return Status::Timeout;
     }
@@ -408,7 +419,7 @@ fn classify(wstatus: libc::c_int, timed_out: bool, finished: bool, cpu: f64, lim
         let signal = libc::WTERMSIG(wstatus);
         // The hard CPU limit (one second past the soft one) arrives as a plain SIGKILL.
         if signal == libc::SIGXCPU || (signal == libc::SIGKILL && cpu >= limits.cpu_seconds as f64) {
-            return Status::CpuTimeExceeded;
+            return if overran { Status::Timeout } else { Status::CpuTimeExceeded };
         }
         if out_of_memory || stderr.contains("MemoryError") || stderr.contains("Cannot allocate memory") {
             return Status::MemoryExceeded;

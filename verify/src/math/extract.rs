@@ -1,6 +1,6 @@
 //! Finding the final answer in a model output.
 //!
-//! Tiers, first hit wins: (0) the last `\boxed{}`/`\fbox{}` group, or "final answer is X. I hope",
+//! Tiers, first hit wins: (0) the last `\boxed{}`/`\fbox{}` group that is not blank, or "final answer is X. I hope",
 //! whichever ends later; GSM8K `#### x` (x alone on its line); (1) "final answer ... is X"; (2) "answer: X";
 //! (3) "answer ... X"; (4) the last LaTeX math span, or — only with
 //! [`ExtractOptions::last_number_fallback`] — the last plain number or arithmetic expression,
@@ -121,6 +121,23 @@ impl<'a> Doc<'a> {
 
     /// The span that starts exactly at `p`, if any.
     fn span_at(&self, p: usize) -> Option<Span> {
+        let (inner_start, inner_end, end) = self.delimited_at(p)?;
+        let text = self.text;
+        if !holds_math(&text[inner_start..inner_end]) {
+            return None;
+        }
+        let mut content = text[inner_start..inner_end].to_string();
+        let mut end = end;
+        if let Some(len) = percent_suffix_len(&text[end..]) {
+            content.push('%');
+            end += len;
+        }
+        Some(Span { start: p, end, content })
+    }
+
+    /// The delimiters of a span starting exactly at `p`, whatever its content: where the inside
+    /// starts and ends, and where the closing delimiter ends.
+    fn delimited_at(&self, p: usize) -> Option<(usize, usize, usize)> {
         let (text, b) = (self.text, self.text.as_bytes());
         let escaped = p > 0 && b[p - 1] == b'\\';
         let rest = &text[p..];
@@ -140,16 +157,7 @@ impl<'a> Doc<'a> {
             let len = bare_fraction_len(rest)?;
             (p, p + len, p + len)
         };
-        if text[inner_start..inner_end].trim().is_empty() {
-            return None;
-        }
-        let mut content = text[inner_start..inner_end].to_string();
-        let mut end = end;
-        if let Some(len) = percent_suffix_len(&text[end..]) {
-            content.push('%');
-            end += len;
-        }
-        Some(Span { start: p, end, content })
+        Some((inner_start, inner_end, end))
     }
 
     fn all_spans(&self) -> Vec<Span> {
@@ -161,7 +169,12 @@ impl<'a> Doc<'a> {
                     p = s.end.max(p + 1);
                     spans.push(s);
                 }
-                None => p += self.text[p..].chars().next().map_or(1, char::len_utf8),
+                // A pair of delimiters around nothing that could be an answer (`$, $`) is still a
+                // pair: its closing `$` must not open a span over the text that follows.
+                None => match self.delimited_at(p) {
+                    Some((_, _, end)) => p = end.max(p + 1),
+                    None => p += self.text[p..].chars().next().map_or(1, char::len_utf8),
+                },
             }
         }
         spans
@@ -317,6 +330,43 @@ impl<'a> Doc<'a> {
         let q = skip(self.text, p, |c| c == ' ' || c == '\t');
         number_or_expr_at(self.text, q)
     }
+}
+
+/// A gold answer made of math pieces whose outermost `$` were stripped: `f(n)=n$, $g(n)=1` and
+/// `-1$,$2$,$-2` are what ingest keeps of OlympiadBench's `$f(n)=n$, $g(n)=1$` and
+/// `$-1$,$2$,$-2$`. Read as the list of the pieces, as the outer `$` would have it
+/// (`f(n)=n, g(n)=1`); its spans as they stand are the separators. `None` unless every stretch
+/// between a closing and an opening `$` is a list separator (",", "and", "or"): `x$ is $5` and
+/// prose between the pieces are not lists.
+pub fn stripped_math_list(gold: &str) -> Option<String> {
+    let t = gold.trim();
+    let b = t.as_bytes();
+    let dollars: Vec<usize> = (0..b.len()).filter(|&i| b[i] == b'$' && (i == 0 || b[i - 1] != b'\\')).collect();
+    let (&first, &last) = (dollars.first()?, dollars.last()?);
+    if dollars.len() % 2 == 1 || first == 0 || last == t.len() - 1 || t.contains("$$") {
+        return None;
+    }
+    let mut pieces = vec![];
+    let mut from = 0;
+    for pair in dollars.chunks(2) {
+        let (close, open) = (pair[0], pair[1]);
+        let gap = &t[close + 1..open];
+        pieces.push(t[from..close].trim());
+        if list_separator_end(gap, 0) != Some(gap.len()) {
+            return None;
+        }
+        from = open + 1;
+    }
+    pieces.push(t[from..].trim());
+    pieces.iter().all(|p| holds_math(p)).then(|| pieces.join(", "))
+}
+
+/// Whether the inside of a span could be an answer: not blank, and not only ASCII punctuation.
+/// `$, $` is no answer but what is left between two answers when a dataset strips the outer `$`
+/// of `$f(n)=n$, $g(n)=1$` (OlympiadBench's `final_answer`); `$\$$`, `$\{\}$` and `$∅$` are
+/// answers, `$.$` and `$($` are not.
+fn holds_math(inner: &str) -> bool {
+    inner.chars().any(|c| !(c.is_whitespace() || (c.is_ascii_punctuation() && c != '\\')))
 }
 
 /// What may follow an answer on its line: punctuation, bold, and at most one unit word
@@ -528,11 +578,27 @@ fn number_at(text: &str, p: usize) -> Option<Found> {
         out.push_str(&text[a..z]);
     }
     let mut end = end;
+    if let Some(len) = exponent_len(&b[end..]) {
+        out.push_str(&text[end..end + len]);
+        end += len;
+    }
     if let Some(len) = percent_suffix_len(&text[end..]) {
         out.push('%');
         end += len;
     }
     Some((out, end))
+}
+
+/// `e33`, `E-5`, `e+8`: the exponent of a number in scientific notation (`4.5e33`), when a word
+/// does not go on after it.
+fn exponent_len(b: &[u8]) -> Option<usize> {
+    if !matches!(b.first(), Some(b'e' | b'E')) {
+        return None;
+    }
+    let sign = usize::from(matches!(b.get(1), Some(b'+' | b'-')));
+    let n = digits(b, 1 + sign);
+    let end = 1 + sign + n;
+    (n > 0 && !b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end)
 }
 
 /// Typeset minus signs: U+2212 MINUS SIGN, and U+2013 EN DASH, which word processors and models
@@ -705,6 +771,31 @@ mod tests {
         assert_eq!(ex("#### 18 dollars", false).unwrap(), "18");
         assert_eq!(ex("#### $x = 5$", false).unwrap(), "x = 5");
         assert_eq!(ex("#### 2\\sqrt{3}.\r\n", false).unwrap(), "2\\sqrt{3}");
+    }
+
+    #[test]
+    fn punctuation_between_dollars_is_no_answer() {
+        // What ingest leaves of OlympiadBench's `$f(n)=n$, $g(n)=1$`: `$, $` is a separator.
+        assert_eq!(ex("f(n)=n$, $g(n)=1", false), None);
+        assert_eq!(ex("f(x)=x$,$f(x)=2-x", false), None);
+        // A stray `$.$` after the answer does not replace it, and its closing `$` opens nothing.
+        assert_eq!(ex("we get $5$ and then $.$", false).unwrap(), "5");
+        assert_eq!(ex("so $x=2$. Then $($ gives x$7$", false).unwrap(), "7");
+        assert_eq!(ex(r"the set is $\{\}$", false).unwrap(), r"\{\}");
+        assert_eq!(stripped_math_list("-1$,$2$,$-2").unwrap(), "-1, 2, -2");
+        assert_eq!(stripped_math_list("x=1$ or $x=2").unwrap(), "x=1, x=2");
+        assert_eq!(stripped_math_list("x$ is $5"), None);
+        assert_eq!(stripped_math_list("$5$, $6$"), None);
+        assert_eq!(stripped_math_list("5"), None);
+    }
+
+    #[test]
+    fn scientific_notation_is_one_number() {
+        assert_eq!(ex("The final answer is 4.5e33.", false).unwrap(), "4.5e33");
+        assert_eq!(ex("Answer: 1E-5 m", false).unwrap(), "1E-5");
+        assert_eq!(ex("so it is 3e+8", true).unwrap(), "3e+8");
+        // No digits after the `e`, or a word going on: not an exponent.
+        assert_eq!(ex("so it is 2e", true).unwrap(), "2");
     }
 
     #[test]

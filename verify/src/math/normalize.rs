@@ -70,9 +70,10 @@ fn unicode_symbols(s: &str) -> String {
     out
 }
 
-/// `\boxed{x}` → `x`, so an answer that still carries its box compares like the bare answer.
+/// `\boxed{x}` → `x`, so an answer that still carries its box compares like the bare answer; a
+/// blank box (which [`crate::answer::boxes_from_end`] passes over) is dropped.
 fn unwrap_boxes(s: &str) -> String {
-    let mut out = s.to_string();
+    let mut out = BLANK_BOX.replace_all(s, "").into_owned();
     // Each pass removes one box; the bound keeps a pathological input linear-ish.
     for _ in 0..8 {
         let Some(b) = crate::answer::boxes_from_end(&out, 1).into_iter().next() else { break };
@@ -81,6 +82,8 @@ fn unwrap_boxes(s: &str) -> String {
     }
     out
 }
+
+static BLANK_BOX: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\(?:boxed|fbox)\s*\{\s*\}").expect("static regex"));
 
 static DOUBLED_COMMAND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\\\([a-zA-Z])").expect("static regex"));
 

@@ -903,10 +903,39 @@ impl Parser<'_> {
         let n: i128 = digits.parse().map_err(|_| ParseError)?;
         let d = 10i128.checked_pow(frac_len as u32).ok_or(ParseError)?;
         let value = Rat::new(n, d).ok_or(ParseError)?;
+        if let Some(k) = self.scientific_exponent()? {
+            // `4.5e33` is 4.5 × 10^33 exactly. Such a literal is a rounded measurement as much as
+            // `4.5` is, so it compares with the decimal tolerance (see `compare::nums_close`).
+            let scale = Rat::int(10).ok_or(ParseError)?.pow(k).ok_or(ParseError)?;
+            return self.node(Node::Num { value: value.mul(scale).ok_or(ParseError)?, decimal: true });
+        }
         if !decimal && self.peek() == Some('_') {
             return self.base_number(&digits);
         }
         self.node(Node::Num { value, decimal })
+    }
+
+    /// The exponent of scientific notation right after a literal, consumed: `e33`, `E-5`, `e+8`
+    /// (how Minerva's golds, calculators and programs write numbers). Only with digits after the
+    /// optional sign, so `2e`, `2e^{x}` and `3e x` stay products with Euler's number. Past
+    /// `10^±38` the value leaves the `i128` range: a parse error, never a rounded value.
+    fn scientific_exponent(&mut self) -> Res<Option<i128>> {
+        if !matches!(self.peek(), Some('e' | 'E')) {
+            return Ok(None);
+        }
+        let mut j = self.i + 1;
+        let negative = self.s.get(j) == Some(&'-');
+        if matches!(self.s.get(j), Some('+' | '-')) {
+            j += 1;
+        }
+        let len = self.s[j.min(self.s.len())..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if len == 0 {
+            return Ok(None);
+        }
+        let digits: String = self.s[j..j + len].iter().collect();
+        self.i = j + len;
+        let k: i128 = digits.parse().ok().filter(|k| *k <= 38).ok_or(ParseError)?;
+        Ok(Some(if negative { -k } else { k }))
     }
 
     /// `204_5`, `1112112_{3}`: a numeral with its base. The subscript is notation, so the value

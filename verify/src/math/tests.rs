@@ -352,3 +352,137 @@ fn jsonl_round_trip() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+fn raw_dataset(path: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/raw").join(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Minerva's golds in scientific notation (`4.5e33`, `1e-5`), as ingest takes them (the last box of
+/// each solution), each against the same number written the way models write it,
+/// `m \times 10^{k}`, built from the gold's text by hand.
+#[test]
+fn scientific_notation_golds_of_minerva() {
+    let golds: Vec<String> = raw_dataset("qwen25_math_eval/minerva_math/test.jsonl")
+        .iter()
+        .filter_map(|r| crate::answer::last_boxed(r["solution"].as_str().unwrap()))
+        .filter(|g| g.split_once('e').is_some_and(|(m, k)| m.parse::<f64>().is_ok() && k.parse::<i32>().is_ok()))
+        .collect();
+    assert_eq!(golds.len(), 58, "{golds:?}");
+    for gold in &golds {
+        let (m, k) = gold.split_once('e').unwrap();
+        let k: i32 = k.parse().unwrap();
+        let model = format!("The answer is $\\boxed{{{m} \\times 10^{{{k}}}}}$.");
+        assert!(verify(gold, &model, &ExtractOptions::MATH).correct, "{gold} vs {model}");
+        // Off by a power of ten, or by 0.1%: wrong, however small or large the value.
+        assert!(!eq(gold, &format!(r"{m} \times 10^{{{}}}", k + 1)), "{gold}");
+        assert!(!eq(gold, &format!(r"1.001 \cdot {m} \times 10^{{{k}}}")), "{gold}");
+    }
+    // Exact values: 1.325e-27 = 53/40 · 10^-27, 1e-5 = 0.00001, 3e8 = 300000000.
+    assert_same(&[
+        ("1.325e-27", r"\frac{53}{40} \cdot 10^{-27}"),
+        ("1e-5", "0.00001"),
+        ("1E-5", r"10^{-5}"),
+        ("3e8", "300000000"),
+        ("3e+8", r"3 \times 10^8"),
+        (r"3 \times 10^{8}", "3e8"),
+        ("2.7778e-6", r"2.77780 \times 10^{-6}"),
+    ]);
+    // `e` without digits after it is still Euler's number: `e-5` is e - 5, `4e^{33}` is 4·e^33.
+    assert_different(&[("1e-5", "e-5"), ("1e-5", "-2.281718"), ("4e33", r"4e^{33}"), ("4e33", r"4 \cdot e \cdot 33")]);
+    assert_same(&[(r"2e", "5.436563656918"), (r"e^{2}", "7.389056098931")]);
+}
+
+/// A written decimal must agree to 6 decimal places and to 4 significant digits: below a
+/// magnitude of 0.005 the places alone would call every small value 0.
+#[test]
+fn tiny_and_huge_decimals_compare_by_significant_digits_too() {
+    assert_different(&[
+        (r"3.89 \times 10^{-10}", "0"),
+        ("3.89e-10", "0"),
+        ("1e-8", "0"),
+        ("0", "0.0000001"),
+        ("3.89e-10", r"4 \times 10^{-10}"),
+        ("5.89e-7", "6e-7"),
+        ("2.7778e-6", r"2.78 \times 10^{-6}"),
+        ("6.28e-10", r"2\pi \times 10^{-10}"),
+        (r"\frac{1}{7000}", "0.000143"),
+        // Huge values keep their decimal places: exactly, not through `f64`.
+        ("4.5e33", r"4.5 \times 10^{33} + 1"),
+        ("10^{20}", "100000000000000000000.5"),
+        // Values computed in floating point are compared relatively below 1 too.
+        ("10^{-10}", r"\pi \times 10^{-10}"),
+    ]);
+    assert_same(&[
+        ("3.89e-10", r"3.89 \times 10^{-10}"),
+        ("3.89e-10", r"\frac{389}{10^{12}}"),
+        (r"\frac{1}{3} \times 10^{-9}", r"3.333333 \times 10^{-10}"),
+        ("0.785398", r"\frac{\pi}{4}"),
+        ("6.2832e-10", r"2\pi \times 10^{-10}"),
+        (r"\frac{1}{7000}", "0.0001428571"),
+        // From 0.005 up the decimal places decide alone, as in Math-Verify.
+        (r"\frac{1}{30}", "0.033333"),
+        (r"\frac{1}{150}", "0.006667"),
+        // Floating-point noise of cancelling terms is still nothing.
+        ("0", r"\sin(\pi)"),
+        (r"100\pi(x-3)", r"100\pi x - 300\pi"),
+    ]);
+}
+
+/// OlympiadBench golds whose pieces were math spans: ingest strips only the outer `$`, leaving
+/// `f(n)=n$, $g(n)=1`. Every such real gold must match the same answer boxed, and a model that
+/// writes the pieces as math spans, as the original did.
+#[test]
+fn olympiadbench_golds_with_inner_dollars() {
+    let golds: Vec<String> = raw_dataset("qwen25_math_eval/olympiadbench/test.jsonl")
+        .iter()
+        .map(|r| r["final_answer"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().trim_matches('$')).collect::<Vec<_>>().join(", "))
+        .collect();
+    assert_eq!(golds.len(), 675);
+    let inner: Vec<&String> = golds.iter().filter(|g| g.contains('$')).collect();
+    assert_eq!(inner.len(), 21);
+    // One is prose between spans ("where $b$ is an arbitrary integer"), no list of answers.
+    let prose = inner.iter().filter(|g| g.contains("arbitrary")).count();
+    assert_eq!(prose, 1);
+    for gold in inner.iter().filter(|g| !g.contains("arbitrary")) {
+        for pred in [format!("So the answer is \\boxed{{{gold}}}."), format!("So the answer is \\boxed{{{}}}.", gold.replace('$', ""))] {
+            assert!(verify(gold, &pred, &ExtractOptions::MATH).correct, "{gold} vs {pred}");
+        }
+        // Where the `$` pair up (all but `221,$8`), the pieces written as math spans.
+        if gold.matches('$').count() % 2 == 0 {
+            let spans = format!("The answers are ${gold}$.");
+            assert!(verify(gold, &spans, &ExtractOptions::MATH).correct, "{gold} vs {spans}");
+        }
+    }
+    let gold = "f(n)=n$, $g(n)=1";
+    assert_eq!(gold_answer(gold, &ExtractOptions::MATH), "f(n)=n, g(n)=1");
+    assert!(verify(gold, r"Hence $f(n)=n$ and $g(n)=1$ for all $n$, so the answer is $f(n)=n$, $g(n)=1$.", &ExtractOptions::MATH).correct);
+    assert!(!verify(gold, r"\boxed{g(n)=1}", &ExtractOptions::MATH).correct);
+    // Three pieces: the middle one alone is not the answer.
+    let gold = "-1$,$2$,$-2";
+    assert_eq!(gold_answer(gold, &ExtractOptions::MATH), "-1, 2, -2");
+    assert!(verify(gold, r"\boxed{-2, -1, 2}", &ExtractOptions::MATH).correct);
+    assert!(!verify(gold, r"\boxed{2}", &ExtractOptions::MATH).correct);
+    // Prose between spans is no list; a solution's spans are still read as a solution.
+    assert_eq!(gold_answer("so $x$ is $5$", &ExtractOptions::MATH), "5");
+    assert_eq!(gold_answer("The answer is $5$, $6$", &ExtractOptions::MATH), "5, 6");
+}
+
+/// A model that echoes the instruction "put your final answer within \boxed{}" after answering
+/// has still answered.
+#[test]
+fn blank_boxes_do_not_hide_the_answer() {
+    for text in [
+        r"So the answer is $\boxed{5}$. Remember to put your final answer within \boxed{}.",
+        r"The answer is 5. Please reason step by step, and put your final answer within \boxed{}.",
+        "So the answer is $\\boxed{5}$.\n\nFinal answer: \\boxed{ }",
+        r"The final answer is 5. \boxed{}",
+        r"\boxed{5} \boxed{}",
+    ] {
+        assert_eq!(verify("5", text, &ExtractOptions::MATH), Verdict { extracted: Some("5".into()), correct: true }, "{text}");
+    }
+    assert_eq!(extract(r"put your final answer within \boxed{}", &ExtractOptions::MATH), None);
+    // A blank box inside an answer is dropped, as before.
+    assert_same(&[("5", r"5\boxed{}")]);
+}

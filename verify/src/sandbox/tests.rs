@@ -135,6 +135,29 @@ fn sandbox_cpu_limit_stops_a_busy_loop() {
     assert!(o.wall < Duration::from_secs(20), "{o:?}");
 }
 
+/// Which of the wall and CPU limits stops an endless loop must not be a race: the status is
+/// stored with results and rollouts, which must come out the same on every run.
+#[test]
+fn sandbox_endless_loop_status_is_no_race() {
+    // The CPU limit is above the wall limit, so the wall deadline comes first for one thread.
+    let defaults = Limits::default();
+    assert!(defaults.cpu_seconds as f64 > defaults.wall.as_secs_f64(), "{defaults:?}");
+    // A CPU kill that comes after the wall limit passed (the parent woke late) is a timeout too.
+    let sigxcpu = libc::SIGXCPU;
+    let sigkill_at_the_hard_limit = libc::SIGKILL;
+    let cpu = defaults.cpu_seconds as f64 + 1.0;
+    assert_eq!(classify(sigxcpu, false, true, false, cpu, &defaults, ""), Status::Timeout);
+    assert_eq!(classify(sigkill_at_the_hard_limit, false, true, false, cpu, &defaults, ""), Status::Timeout);
+    // Before the wall limit (several threads burning CPU), the CPU limit is what stopped it.
+    assert_eq!(classify(sigxcpu, false, false, false, cpu, &defaults, ""), Status::CpuTimeExceeded);
+    // Even with both limits equal, the racy setting, a busy loop reports a timeout every time.
+    let limits = Limits { wall: Duration::from_secs(1), cpu_seconds: 1, ..Limits::default() };
+    for _ in 0..3 {
+        let o = run_limited("while True:\n    pass\n", &limits);
+        assert_eq!(o.status, Status::Timeout, "{o:?}");
+    }
+}
+
 #[test]
 fn sandbox_fork_bomb_is_contained() {
     let started = Instant::now();
@@ -220,17 +243,17 @@ fn sandbox_classifies_interleaved_tracebacks_by_the_last_exception() {
     // What a forking memory bomb left on stderr in one run: children killed mid-traceback.
     let stderr = "Traceback (most recent call last):\n  File \"program.py\", line 7, in <module>\n    x = bytearray(10**11)\nMemoryError\nTraceback (most recent call last):\nTraceback (most recent call last):\n";
     let exit_1 = 1 << 8;
-    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), stderr), Status::MemoryExceeded);
+    assert_eq!(classify(exit_1, false, false, false, 0.0, &Limits::default(), stderr), Status::MemoryExceeded);
     // A CI run's stderr (the sandbox path shortened): the last line is another child's source line, printed after the indent of
     // its `File` line went elsewhere.
     let interleaved = "Traceback (most recent call last):\nTraceback (most recent call last):\nTraceback (most recent call last):\nTraceback (most recent call last):\n  File \"program.py\", line 7, in <module>\n    x = bytearray(10**11)\n        ^^^^^^^^^^^^^^^^^\nMemoryError\n  File \"program.py\", line 7, in <module>\n      File \"program.py\", line 7, in <module>\n    Traceback (most recent call last):\nx = bytearray(10**11)\n   File \"program.py\", line 7, in <module>\n    x = bytearray(10**11)\n        ^^^^^^^^^^^^^^^^^\nMemoryError\nTraceback (most recent call last):\nx = bytearray(10**11)";
-    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), interleaved), Status::MemoryExceeded);
+    assert_eq!(classify(exit_1, false, false, false, 0.0, &Limits::default(), interleaved), Status::MemoryExceeded);
     let other = "Traceback (most recent call last):\n  File \"program.py\", line 1, in <module>\nMemoryError\nAssertionError\n";
-    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), other), Status::Failed { exit_code: 1 });
+    assert_eq!(classify(exit_1, false, false, false, 0.0, &Limits::default(), other), Status::Failed { exit_code: 1 });
     let broken = "Traceback (most recent call last):\nMemoryError    x = bytearray(10**11)\n";
-    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), broken), Status::MemoryExceeded);
+    assert_eq!(classify(exit_1, false, false, false, 0.0, &Limits::default(), broken), Status::MemoryExceeded);
     let custom = "MemoryError\nTraceback (most recent call last):\n  File \"program.py\", line 3, in <module>\nmypkg.errors.Boom: out of ideas\ndone\n";
-    assert_eq!(classify(exit_1, false, false, 0.0, &Limits::default(), custom), Status::Failed { exit_code: 1 });
+    assert_eq!(classify(exit_1, false, false, false, 0.0, &Limits::default(), custom), Status::Failed { exit_code: 1 });
 }
 
 #[test]
