@@ -49,10 +49,9 @@ $PIPELINE stats snapshots/rft/rollouts | sed -n '/^rollouts of/,$p'
 step sample
 
 echo "== 3/5 select"
-$PIPELINE build --recipe datasets/recipes/rft/train.yaml --out snapshots/rft/train --force | sed -n '/^rollouts source/,/dropped/p;$p'
-rows=$(python3 -c "import json,sys; print(json.load(open('snapshots/rft/train/manifest.json'))['packing']['rows'])")
-if [ "$rows" -eq 0 ]; then
-  echo "no sample was correct: nothing to train on (raise the question limits in datasets/recipes/rft/questions.yaml or RFT_K)" >&2
+# A selection that keeps no sample fails the build, naming where the samples went.
+if ! $PIPELINE build --recipe datasets/recipes/rft/train.yaml --out snapshots/rft/train --force | sed -n '/^rollouts source/,/dropped/p;$p'; then
+  echo "nothing to train on: if no sample was correct, raise the question limits in datasets/recipes/rft/questions.yaml or RFT_K" >&2
   exit 1
 fi
 step select
