@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make check-export`: does the Hugging Face folder `trainer export` writes mean what rectify
 # means? Two independent readers:
-#   1. numpy (scripts/check_hf_export.py): transformers' Llama / Qwen2 forward written out in numpy
+#   1. numpy (scripts/check_hf_export.py): transformers' Llama / Qwen2 / Qwen3 forward written out in numpy
 #      must greedy-decode the model's reference prompts to the reference ids.
 #   2. transformers itself: `AutoModelForCausalLM.from_pretrained` on the folder must give the same
 #      per-token log-probabilities as rectify on the default snapshot's first packed rows (each

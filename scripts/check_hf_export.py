@@ -1,8 +1,8 @@
 """Check that an exported Hugging Face folder means what transformers would read it to mean.
 
 Loads config.json + model.safetensors with numpy only and runs the forward pass exactly as
-transformers' LlamaForCausalLM / Qwen2ForCausalLM define it (rotate_half RoPE, GQA, SwiGLU,
-RMSNorm, tied or untied head), independently of rectify's Rust code. Greedy-decodes the reference
+transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM define it (rotate_half RoPE,
+GQA, SwiGLU, RMSNorm, Qwen3's RMSNorm over each query and key head, tied or untied head), independently of rectify's Rust code. Greedy-decodes the reference
 prompts and compares with the reference ids.
 
 usage: python check_hf_export.py EXPORT_DIR REFERENCE_JSON
@@ -14,11 +14,14 @@ from safetensors.numpy import load_file
 export, reference = sys.argv[1], sys.argv[2]
 cfg = json.load(open(f"{export}/config.json"))
 w = load_file(f"{export}/model.safetensors")
-assert cfg["architectures"][0] in ("LlamaForCausalLM", "Qwen2ForCausalLM"), cfg["architectures"]
+assert cfg["architectures"][0] in ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"), cfg["architectures"]
 H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 D = cfg["hidden_size"]
 hd = cfg.get("head_dim") or D // H
-eps, theta = cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+# transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`.
+rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+eps, theta = cfg["rms_norm_eps"], cfg.get("rope_theta") or rope.get("rope_theta", 10000.0)
+assert rope.get("rope_type", rope.get("type", "default")) == "default", f"RoPE scaling {rope} is not written out here"
 head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
 
 def rms(x, g):
@@ -46,6 +49,8 @@ def forward(ids):
         q = lin(h, f"{p}.self_attn.q_proj").reshape(T, H, hd).transpose(1, 0, 2)
         k = lin(h, f"{p}.self_attn.k_proj").reshape(T, KV, hd).transpose(1, 0, 2)
         v = lin(h, f"{p}.self_attn.v_proj").reshape(T, KV, hd).transpose(1, 0, 2)
+        if f"{p}.self_attn.q_norm.weight" in w:  # Qwen3: per head, before the rotation
+            q, k = rms(q, w[f"{p}.self_attn.q_norm.weight"]), rms(k, w[f"{p}.self_attn.k_norm.weight"])
         q, k = rope(q, pos), rope(k, pos)
         k, v = np.repeat(k, H // KV, 0), np.repeat(v, H // KV, 0)
         s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
