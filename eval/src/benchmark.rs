@@ -30,6 +30,10 @@ impl Benchmark {
     }
 }
 
+/// Where `make data-eval` and `scripts/eval_snapshots.sh` build the default model's evaluation
+/// snapshots, and where `--snapshots` looks by default.
+pub const DEFAULT_EVAL_DIR: &str = "snapshots/eval";
+
 /// Where a benchmark's snapshot is. A path (it has a `/`) is a snapshot folder as it is; a name
 /// is the folder of that name under `eval_dir`, else that name's `_test` split (so `gsm8k` means
 /// `gsm8k_test`). scripts/eval_snapshots.sh builds snapshots by the same rule.
@@ -44,10 +48,19 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
     let split = eval_dir.join(format!("{bench}_test"));
     match [named.clone(), split.clone()].into_iter().find(|dir| has_manifest(dir)) {
         Some(dir) => Ok(dir),
-        None => bail!(
+        // The script builds into snapshots/eval with the default model's tokenizer unless told
+        // otherwise: the hint names the folder asked for.
+        None if eval_dir == Path::new(DEFAULT_EVAL_DIR) => bail!(
             "no evaluation snapshot for `{bench}` at {} or {} (build it with `scripts/eval_snapshots.sh {bench}`, or all of them with `make data-eval`)",
             named.display(),
             split.display()
+        ),
+        None => bail!(
+            "no evaluation snapshot for `{bench}` at {} or {} (build it with `EVAL_DIR={} EVAL_TOKENIZER=MODEL \
+             scripts/eval_snapshots.sh {bench}`, MODEL the model whose tokenizer the snapshots are for)",
+            named.display(),
+            split.display(),
+            eval_dir.display()
         ),
     }
 }

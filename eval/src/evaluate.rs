@@ -22,7 +22,7 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
     }
     let tok = &bench.tokenizer;
     let stop = stop_ids(tok);
-    check_vocab(&bench.name, prompts, model.config().vocab_size)?;
+    check_prompts(&bench.name, prompts, model.config())?;
     // A prompt that cannot be graded (no gold answer, unreadable tests) fails now, not after
     // all the generation.
     for p in prompts {
@@ -112,13 +112,24 @@ fn graded(
     })
 }
 
-/// Fails when a prompt holds ids the model has no embedding for: the snapshot was tokenized for
-/// another model.
-pub fn check_vocab(name: &str, prompts: &[Prompt], vocab: usize) -> anyhow::Result<()> {
+/// Fails when a prompt holds ids the model has no embedding for (the snapshot was tokenized for
+/// another model), or leaves no room for a new token in the model's context; before anything is
+/// generated, naming the prompt.
+pub fn check_prompts(name: &str, prompts: &[Prompt], config: &model_files::config::LlamaConfig) -> anyhow::Result<()> {
+    let vocab = config.vocab_size;
     if let Some(p) = prompts.iter().find(|p| p.prompt_ids.iter().any(|&t| t as usize >= vocab)) {
         bail!(
             "{name}: prompt {} has token ids beyond the model's vocabulary ({vocab}): the snapshot was tokenized for another model",
             p.id
+        );
+    }
+    let context = config.max_position_embeddings;
+    if let Some(p) = prompts.iter().find(|p| p.prompt_ids.len() >= context) {
+        bail!(
+            "{name}: prompt {} has {} tokens, which leave no room in the model's context of {context} (max_position_embeddings); \
+             build the snapshot with a filter.max_tokens that leaves it out",
+            p.id,
+            p.prompt_ids.len()
         );
     }
     Ok(())

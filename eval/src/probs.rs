@@ -334,7 +334,9 @@ where
         model.check_vocab(snapshot.manifest.tokenizer.vocab_size).with_context(|| format!("model {}", path.display()))?;
         model.check_context(snapshot.longest_example()).with_context(|| format!("model {}", path.display()))?;
         let t1 = Instant::now();
-        let lp = model::logprobs::rows_logprobs(&model, &rows, device, || {});
+        let pb = progress::bar(rows.len(), label.as_deref().unwrap_or("probs"));
+        let lp = model::logprobs::rows_logprobs(&model, &rows, device, || pb.inc(1));
+        pb.finish_and_clear();
         let probs = target_probs(&rows, &lp);
         if let Some(bad) = probs.iter().find(|p| !p.is_finite()) {
             bail!("model {}: a token probability is {bad}", path.display());

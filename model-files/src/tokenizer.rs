@@ -712,6 +712,17 @@ impl ChatTokenizer {
         self.tokenizer.token_to_id(token)
     }
 
+    /// The ids of the usual end-of-text tokens ([`END_TOKENS`]) that this tokenizer has as added
+    /// special tokens. An ordinary vocabulary entry of the same text is not one: Qwen2's
+    /// vocabulary holds `</s>` as plain id 128247, on which transformers does not stop.
+    pub fn end_token_ids(&self) -> Vec<u32> {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        let mut ids: Vec<u32> =
+            added.iter().filter(|(_, t)| t.special && END_TOKENS.contains(&t.content.as_str())).map(|(&id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The tokenizer as Hugging Face `tokenizer.json`.
     pub fn tokenizer_json(&self) -> String {
         self.tokenizer.to_string(false).expect("a built tokenizer serialises")

@@ -98,6 +98,9 @@ fn qwen25_added_tokens_stay_whole_and_the_loss_covers_the_reply() {
     w.write(&path).unwrap();
     let t = ChatTokenizer::from_gguf(&path, None, None).unwrap();
     assert_eq!((t.eos_id(), t.pad_id()), (151_645, 151_643));
+    // Generation stops on the special end tokens only, as transformers does: `</s>` is an
+    // ordinary entry of this vocabulary (id 128247), not an end token.
+    assert_eq!((t.end_token_ids(), t.token_to_id("</s>")), (vec![151_643, 151_645], Some(128_247)));
     let ids = |s: &str| t.tokenizer().encode(s, false).unwrap().get_ids().to_vec();
     assert_eq!(ids("<|im_start|>Hello world<|im_end|>"), vec![151_644, 9707, 1879, 151_645]);
     assert_eq!(ids("<tool_call>"), vec![151_657]);

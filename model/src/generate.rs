@@ -43,11 +43,11 @@ impl Completion {
 }
 
 /// The ids that end a completion: the tokenizer's end-of-turn token and whichever of the usual
-/// end-of-text tokens its vocabulary has (a chat model may close with either; Llama 3 has three:
-/// end of turn, end of message before a tool call, end of text).
+/// end-of-text tokens it has as special tokens (a chat model may close with either; Llama 3 has
+/// three: end of turn, end of message before a tool call, end of text).
 pub fn stop_ids(tok: &ChatTokenizer) -> Vec<u32> {
     let mut stop = vec![tok.eos_id()];
-    stop.extend(model_files::tokenizer::END_TOKENS.iter().filter_map(|t| tok.token_to_id(t)));
+    stop.extend(tok.end_token_ids());
     stop.sort_unstable();
     stop.dedup();
     stop

@@ -37,8 +37,19 @@ impl Ledger {
             .iter()
             .filter(|s| s.rows_in > s.rows_out)
             .map(|s| {
-                let why: Vec<String> = s.dropped.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
-                format!("{} dropped {} of {} ({})", s.stage, s.rows_in - s.rows_out, s.rows_in, why.join(", "))
+                // With the first row's detail: dropped.jsonl, which has them all, is not written.
+                let why: Vec<String> = s
+                    .dropped
+                    .iter()
+                    .map(|(reason, n)| {
+                        let first = self.dropped.iter().find(|d| d.stage == s.stage && d.reason == *reason && !d.detail.is_empty());
+                        match first {
+                            Some(d) => format!("{reason}={n}, the first {}: {}", d.id, d.detail),
+                            None => format!("{reason}={n}"),
+                        }
+                    })
+                    .collect();
+                format!("{} dropped {} of {} ({})", s.stage, s.rows_in - s.rows_out, s.rows_in, why.join("; "))
             })
             .collect();
         if stages.is_empty() {

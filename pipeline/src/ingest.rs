@@ -234,8 +234,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Fails when `fields` names a column that no row of the file has: a typo, not a column of
 /// nulls. Unchecked, every id would quietly become the line number and every row would lose its
-/// tests or gold answer.
-pub(crate) fn check_named_columns(source: &Source, path: &Path, rows: &[RawRow]) -> anyhow::Result<()> {
+/// tests or gold answer. (Not for rollouts files: there a line may leave its question, gold and
+/// tests to the `questions` snapshot, and `fields` written out with its defaults must still read
+/// such a file.)
+fn check_named_columns(source: &Source, path: &Path, rows: &[RawRow]) -> anyhow::Result<()> {
     let Some(fields) = &source.fields else { return Ok(()) };
     let named = fields.named();
     let mut found = vec![false; named.len()];

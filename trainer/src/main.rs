@@ -156,7 +156,7 @@ enum Command {
         bench: Vec<String>,
         /// Where the evaluation snapshots are (`scripts/eval_snapshots.sh BENCH` or `make data-eval`
         /// builds them).
-        #[arg(long, default_value = "snapshots/eval")]
+        #[arg(long, default_value = eval::benchmark::DEFAULT_EVAL_DIR)]
         snapshots: PathBuf,
         /// K: samples per prompt.
         #[arg(long, default_value_t = 1, value_parser = at_least_one)]
@@ -193,7 +193,8 @@ enum Command {
         #[arg(long)]
         prompts: PathBuf,
         /// The rollouts snapshot. Reused when it holds this run's cache key (model hash,
-        /// prompts snapshot id, questions, K, sampling settings); another key needs --force.
+        /// prompts snapshot id, questions, K, sampling settings, batch and chunk sizes, engine,
+        /// verifier, stop ids); another key needs --force, and the error names what differs.
         #[arg(long)]
         out: PathBuf,
         /// Replace OUT when it holds another run's samples.
@@ -260,7 +261,7 @@ enum Command {
         #[arg(long, default_value = "gsm8k")]
         prompts: String,
         /// Where the evaluation snapshots are.
-        #[arg(long, default_value = "snapshots/eval")]
+        #[arg(long, default_value = eval::benchmark::DEFAULT_EVAL_DIR)]
         snapshots: PathBuf,
         /// Comma-separated batch sizes.
         #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = at_least_one)]
@@ -301,8 +302,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Re-score a results file without a model: each JSONL line with `gold` and `prediction`
-    /// (a final answer or a whole model output) is written back with `extracted` and `correct`.
+    /// Check answers without a model: each JSONL line with `gold` and `prediction` (a final
+    /// answer or a whole model output) is written back with `extracted` and `correct`. (An
+    /// evaluation's results files are graded again by running the same `trainer eval` again.)
     VerifyAnswers {
         file: PathBuf,
         /// Where to write; default: FILE with `.verified.jsonl`.
@@ -551,6 +553,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let m = load_generator(&model, device)?;
+            let context = m.config().max_position_embeddings;
+            if prompt_ids.len() >= context {
+                anyhow::bail!("the prompt has {} tokens, which leave no room in the model's context of {context}", prompt_ids.len());
+            }
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             for (i, c) in m.complete(&requests, &params, &stop, requests.len(), &|_, _| {}).iter().enumerate() {
@@ -1138,7 +1144,9 @@ where
     m.check_vocab(vocab_size)?;
     m.check_context(rows.iter().map(|r| r.longest_example()).max().unwrap_or(0))?;
     let t0 = std::time::Instant::now();
-    let lp = model::logprobs::rows_logprobs(&m, rows, device, || {});
+    let pb = progress::bar(rows.len(), "logprobs");
+    let lp = model::logprobs::rows_logprobs(&m, rows, device, || pb.inc(1));
+    pb.finish_and_clear();
     Ok((lp, t0.elapsed().as_secs_f64()))
 }
 

@@ -19,7 +19,7 @@
 use crate::journal::WorkDir;
 use anyhow::{bail, Context};
 use eval::benchmark::{load_benchmark_dir, Prompt};
-use eval::evaluate::{check_vocab, generate_samples};
+use eval::evaluate::{check_prompts, generate_samples};
 use model::generate::{stop_ids, Finish, Generator};
 use model::sampling::Sampling;
 use model_files::checkpoint::model_hash;
@@ -132,7 +132,11 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
             let theirs = match existing.as_ref().map(|m| (m.kind, m.rollouts.as_ref())) {
                 None => "no readable snapshot".to_string(),
                 Some((_, Some(_))) if same => "these rollouts, but its files do not match its manifest (see `pipeline verify`)".to_string(),
-                Some((_, Some(r))) => format!("{}, not this run's {}", describe_key(&r.cache_key, &r.key), describe_key(&digest, &key)),
+                Some((_, Some(r))) => format!(
+                    "rollouts with cache key {}, not this run's {digest}: they differ in {}",
+                    r.cache_key,
+                    key_differences(&r.key, &key).join(", ")
+                ),
                 Some((kind, None)) => format!("a `{}` snapshot, not rollouts", kind.as_str()),
             };
             bail!("{} holds {theirs}: pass --force to replace it, or choose another --out", opts.out.display());
@@ -153,7 +157,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     let mut new_tokens = 0u64;
     if !pending.is_empty() {
         let model = load(&opts.model)?;
-        check_vocab(&bench.name, questions, model.config().vocab_size)?;
+        check_prompts(&bench.name, questions, model.config())?;
         let tok = &bench.tokenizer;
         let bar = progress::generation(n * k, "sample");
         bar.set_position((resumed_questions * k) as u64);
@@ -224,22 +228,25 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     Ok(SampleSummary { manifest, reused: false, questions: n, resumed_questions, new_tokens, seconds })
 }
 
-fn describe_key(digest: &str, key: &CacheKey) -> String {
-    let s = &key.sampling;
-    format!(
-        "rollouts with cache key {digest} (model sha256 {}, prompts {}, {} questions x {}, temperature {}, top-p {}, top-k {}, {} new tokens, seed {}, engine `{}`, verifier {})",
-        &key.model_sha256[..16.min(key.model_sha256.len())],
-        key.prompts_snapshot_id,
-        key.questions,
-        key.samples_per_question,
-        s.temperature,
-        s.top_p,
-        s.top_k,
-        s.max_new_tokens,
-        s.seed,
-        key.engine,
-        if key.verifier_version.is_empty() { "unrecorded" } else { &key.verifier_version }
-    )
+/// `field (theirs there, this run's here)` for each field of the cache key that differs,
+/// `sampling.*` one by one: read from the key's own serialisation, so no field can be left out.
+fn key_differences(theirs: &CacheKey, ours: &CacheKey) -> Vec<String> {
+    fn leaves(prefix: &str, v: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v {
+            serde_json::Value::Object(m) => m.into_iter().for_each(|(k, v)| leaves(&format!("{prefix}{k}."), v, out)),
+            other => out.push((prefix.trim_end_matches('.').to_string(), other)),
+        }
+    }
+    let (mut a, mut b) = (vec![], vec![]);
+    leaves("", serde_json::to_value(theirs).expect("serialises"), &mut a);
+    leaves("", serde_json::to_value(ours).expect("serialises"), &mut b);
+    let b: std::collections::BTreeMap<String, serde_json::Value> = b.into_iter().collect();
+    a.into_iter()
+        .filter_map(|(k, v)| {
+            let here = b.get(&k).cloned().unwrap_or(serde_json::Value::Null);
+            (v != here).then(|| format!("{k} ({v} there, {here} here)"))
+        })
+        .collect()
 }
 
 /// A rollout before grading (verdict fields are filled by the caller).

@@ -142,6 +142,7 @@ fn sampling_is_deterministic_resumable_verified_and_keyed() {
     // key: never silently reused, an error that says how to replace them.
     let (ok, log) = run(&args(&a, "8", &model));
     assert!(!ok && log.contains("--force") && log.contains("cache key"), "{log}");
+    assert!(log.contains("they differ in sampling.seed (7 there, 8 here)"), "only what differs is named: {log}");
     let other_model = dir.join("other.gguf");
     let mut data = std::fs::read(&model).unwrap();
     data.push(0);

@@ -239,6 +239,12 @@ fn write_verified(reader: impl BufRead, input: &Path, w: &mut impl Write, opts: 
 
 fn verify_line(line: &str, opts: &ExtractOptions) -> anyhow::Result<(String, Verdict)> {
     let mut row: serde_json::Map<String, Value> = serde_json::from_str(line).context("not a JSON object")?;
+    if !row.contains_key("gold") && row.contains_key("completion") && row.contains_key("prompt_id") {
+        anyhow::bail!(
+            "no field `gold`: this is an evaluation's results file, whose gold answers are in its snapshot; run the \
+             same `trainer eval` again to grade it with this verifier"
+        );
+    }
     let gold = text_field(&row, "gold")?;
     let prediction = text_field(&row, "prediction")?;
     let verdict = verify(&gold, &prediction, opts);
