@@ -137,8 +137,9 @@ pub fn check_prompts(name: &str, prompts: &[Prompt], config: &model_files::confi
 
 /// K completions of every prompt, `[prompt][sample]`. Sample `s` of `prompts[p]` draws from
 /// stream `(first + p) * k + s`, where `first` is the index of `prompts[0]` in its snapshot, so a
-/// sample's draws do not depend on which slice of the snapshot is generated or how it is
-/// batched. `on_done(sequences, new_tokens)` follows progress.
+/// sample's draws do not depend on which slice of the snapshot is generated or how it is batched
+/// (its logits do not either on CPU; on CUDA a batch's padding can change their last bits).
+/// `on_done(sequences, new_tokens)` follows progress.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_samples(
     model: &dyn Generator,

@@ -252,6 +252,17 @@ impl LlamaConfig {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
+    /// Adds `id` first to `eos_token_id` unless it is there: transformers' `generate` stops on
+    /// `config.json`'s ids, and a model trained to end its turns with `<|im_end|>` from a base
+    /// whose config names only `<|endoftext|>` would otherwise run on past every turn.
+    pub fn add_eos_token_id(&mut self, id: u32) {
+        let mut ids = self.eos_token_ids();
+        if !ids.contains(&id) {
+            ids.insert(0, id);
+            self.eos_token_id = Some(if ids.len() == 1 { TokenIds::One(id) } else { TokenIds::Many(ids) });
+        }
+    }
+
     /// Check that this is a model the trainer implements, with consistent dimensions.
     pub fn validate(&self) -> Result<()> {
         self.model_type.check_supported("model_type")?;
@@ -444,6 +455,11 @@ impl LlamaConfig {
             let theta = shortest_f64(rope_theta);
             let scaling = llama3_from_factors(&factors, theta, head_dim).with_context(|| format!("tensor `{ROPE_FREQS_TENSOR}`"))?;
             if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = scaling {
+                // A context length: transformers warns about `64.0`, so a whole one is written as one.
+                let original_max_position_embeddings = match original_max_position_embeddings {
+                    n if n.fract() == 0.0 && n.abs() < 1e15 => serde_json::json!(n as i64),
+                    n => serde_json::json!(n),
+                };
                 extra.insert(
                     "rope_scaling".to_string(),
                     serde_json::json!({ "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
@@ -521,6 +537,13 @@ mod tests {
         assert_eq!((c.rope_theta, c.rms_norm_eps), (100000.0, 1e-5));
         assert!(c.tie_word_embeddings && !c.qkv_bias() && !c.o_bias());
         assert_eq!((c.bos_token_id, c.eos_token_ids()), (Some(1), vec![2]));
+        let mut d = c.clone();
+        d.add_eos_token_id(2);
+        assert_eq!(d.eos_token_id, Some(TokenIds::One(2)), "already there: unchanged");
+        d.add_eos_token_id(0);
+        assert_eq!(d.eos_token_id, Some(TokenIds::Many(vec![0, 2])));
+        let written: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(written["eos_token_id"], serde_json::json!([0, 2]), "as config.json writes it");
         assert_eq!(c.extra["initializer_range"], serde_json::json!(0.041666666666666664));
         assert!(c.extra["rope_scaling"].is_null());
         c.validate().unwrap();

@@ -81,6 +81,10 @@ pub struct ChatTokenizer {
     /// may not hold, since it would be read as the token and break the conversation's structure
     /// or stop generation there.
     special_texts: Vec<String>,
+    /// Whether encoding adds the post-processor's tokens (a begin token) to the rendered
+    /// template, as llama.cpp does with a GGUF's tokenizer; transformers' `apply_chat_template`
+    /// does not, so a Hugging Face `tokenizer.json` encodes the template's text alone.
+    add_special_tokens: bool,
 }
 
 impl std::fmt::Debug for ChatTokenizer {
@@ -151,8 +155,38 @@ fn build_environment(template: &str) -> Result<minijinja::Environment<'static>> 
     env.add_function("raise_exception", |msg: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
     });
-    env.add_template_owned("chat_template", template.to_string()).map_err(|e| anyhow!("chat template does not compile: {e:#}"))?;
+    env.add_template_owned("chat_template", without_generation_tags(template))
+        .map_err(|e| anyhow!("chat template does not compile: {e:#}"))?;
     Ok(env)
+}
+
+/// `{% generation %}` ... `{% endgeneration %}` (transformers' extension marking the assistant's
+/// text, as TRL's assistant-only-loss templates write it) as `{% if true %}` ... `{% endif %}`:
+/// transformers renders the body unchanged, and the same tag delimiters keep their whitespace
+/// control. rectify finds the trained span itself, by rendering with and without the response.
+fn without_generation_tags(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find("{%") {
+        let (before, tag) = rest.split_at(at);
+        out.push_str(before);
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        // Whitespace control (`-` or `+`) on either side is kept as written.
+        let control = |c: Option<char>| c.filter(|c| *c == '-' || *c == '+').map(String::from).unwrap_or_default();
+        let (open, close) = (control(inner.chars().next()), control(inner.chars().next_back()));
+        match inner.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace()) {
+            "generation" => out.push_str(&format!("{{%{open} if true {close}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{open} endif {close}%}}")),
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Prepends bos the way Hugging Face tokenizer.json files of bos-adding models do.
@@ -310,14 +344,25 @@ impl ChatTokenizer {
         eos_token: &str,
         system_prompt: Option<String>,
     ) -> Result<Self> {
-        Self::from_files(tokenizer_json, chat_template, eos_token, None, String::new(), system_prompt)
+        Self::from_files(tokenizer_json, chat_template, eos_token, None, String::new(), system_prompt).map(Self::with_transformers_encoding)
+    }
+
+    /// Encoding as transformers' `apply_chat_template` does (`add_special_tokens=False`): the
+    /// template writes every special token; the `tokenizer.json`'s post-processor adds none.
+    fn with_transformers_encoding(mut self) -> Self {
+        self.add_special_tokens = false;
+        self
     }
 
     /// The tokenizer a snapshot was built with: the `tokenizer.json` and chat template it keeps
     /// beside its shards, with the end-of-turn, padding and begin tokens its manifest records.
     pub fn from_snapshot(dir: &Path, info: &TokenizerInfo) -> Result<Self> {
         let (json, template) = (dir.join(TOKENIZER_FILE), dir.join(TEMPLATE_FILE));
+        // Encoded as the build encoded it: as llama.cpp does for a GGUF's tokenizer, else as
+        // transformers does.
+        let from_gguf = crate::checkpoint::is_gguf(Path::new(&info.path));
         Self::from_files(&json, &template, &info.eos_token, Some(info.pad_id), info.bos_token.clone(), info.system_prompt.clone())
+            .map(|t| if from_gguf { t } else { t.with_transformers_encoding() })
             .and_then(|t| t.with_template_vars(info.template_vars.clone()))
             .with_context(|| format!("the tokenizer of snapshot {}", dir.display()))
     }
@@ -421,6 +466,7 @@ impl ChatTokenizer {
             None => None,
         };
         Self::with_tokenizer(tokenizer, &config_path, template, &eos, pad_id, token("bos_token").unwrap_or_default(), system_prompt)
+            .map(Self::with_transformers_encoding)
     }
 
     /// Writes this tokenizer into a Hugging Face model folder being published (by
@@ -525,7 +571,19 @@ impl ChatTokenizer {
         special_texts.sort();
         special_texts.dedup();
         let template_vars = BTreeMap::new();
-        Ok(ChatTokenizer { tokenizer, template, env, bos_token, eos_token, eos_id, pad_id, system_prompt, template_vars, special_texts })
+        Ok(ChatTokenizer {
+            tokenizer,
+            template,
+            env,
+            bos_token,
+            eos_token,
+            eos_id,
+            pad_id,
+            system_prompt,
+            template_vars,
+            special_texts,
+            add_special_tokens: true,
+        })
     }
 
     /// This tokenizer with `token` as the end-of-turn token that the loss mask covers and
@@ -538,6 +596,7 @@ impl ChatTokenizer {
         tokenizer.add_special_tokens(&[AddedToken::from(token.to_string(), true)]);
         let mut t = Self::new(tokenizer, self.template, self.bos_token, token.to_string(), id, self.pad_id, self.system_prompt)?;
         t.template_vars = self.template_vars;
+        t.add_special_tokens = self.add_special_tokens;
         Ok(t)
     }
 
@@ -610,9 +669,9 @@ impl ChatTokenizer {
     }
 
     /// Token ids and byte offsets of `text` as the model sees it: special tokens in the text are
-    /// recognised and the post-processor's own (bos) is added.
+    /// recognised, and for a GGUF's tokenizer the post-processor's own (bos) is added.
     fn encode_text(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
-        let enc = self.tokenizer.encode(text, true).map_err(tok_err)?;
+        let enc = self.tokenizer.encode(text, self.add_special_tokens).map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         let mut offsets = enc.get_offsets().to_vec();
         // A template that writes bos_token itself plus a tokenizer that adds one gives two; the
@@ -1058,7 +1117,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hugging_face_folder_loads_as_transformers_4_and_5_write_it() {
+    fn a_hugging_face_folder_loads_with_transformers_encoding_4_and_5_write_it() {
         let t = smol();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), t.tokenizer_json()).unwrap();
@@ -1208,5 +1267,52 @@ mod tests {
         let t = ChatTokenizer::from_gguf(tiny_gguf(Some("smollm"), false).path(), None, None).unwrap();
         assert_eq!(t.tokenizer().encode("ab", true).unwrap().get_ids(), &[2]);
         assert_eq!(t.eos_id(), 4);
+    }
+
+    /// TRL's assistant-only-loss templates mark the reply with `{% generation %}`: it renders
+    /// as if the tags were not there, whitespace control included.
+    #[test]
+    fn generation_tags_render_their_body() {
+        let tagged = "{% for m in messages %}{% if m['role'] == 'assistant' %}{%- generation -%}\n {{ m['content'] + eos_token }}{%+ endgeneration %}\
+                      {% else %}{{ m['content'] }}{% endif %}{% endfor %}";
+        let plain = "{% for m in messages %}{% if m['role'] == 'assistant' %}{%- if true -%}\n {{ m['content'] + eos_token }}{%+ endif %}\
+                     {% else %}{{ m['content'] }}{% endif %}{% endfor %}";
+        assert_eq!(without_generation_tags(tagged), plain);
+        assert_eq!(without_generation_tags("{% if x %}a{% endif %}{% unclosed"), "{% if x %}a{% endif %}{% unclosed");
+        let gguf = tiny_gguf(Some("smollm"), false);
+        let [a, b] = [tagged, plain].map(|t| ChatTokenizer::from_gguf(gguf.path(), None, Some(t.to_string())).unwrap());
+        let (ea, eb) = (a.encode_chat("ab", "12").unwrap(), b.encode_chat("ab", "12").unwrap());
+        assert_eq!((ea.ids, ea.loss_mask), (eb.ids, eb.loss_mask));
+        assert_eq!(a.chat_template(), tagged, "exported as written");
+    }
+
+    /// Under a template that writes no begin token, llama.cpp adds a GGUF's (its add_bos_token)
+    /// and transformers' `apply_chat_template` adds none from a `tokenizer.json` whose
+    /// post-processor would (`add_special_tokens=False`); a snapshot's tokenizer encodes as its
+    /// source did.
+    #[test]
+    fn a_hugging_face_tokenizer_adds_no_post_processor_token_to_the_template() {
+        let dir = tempfile::tempdir().unwrap();
+        // GGUF files are told by their extension, as everywhere in rectify.
+        let gguf = dir.path().join("tiny.gguf");
+        std::fs::copy(tiny_gguf(Some("smollm"), true).path(), &gguf).unwrap();
+        let plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}".to_string();
+        let from_gguf = ChatTokenizer::from_gguf(&gguf, None, Some(plain.clone())).unwrap();
+        assert_eq!(from_gguf.encode_prompt("ab").unwrap().1, vec![3, 2]);
+        let hf_dir = dir.path().join("hf");
+        std::fs::create_dir(&hf_dir).unwrap();
+        from_gguf.save_hf_files(&hf_dir).unwrap();
+        assert_eq!(from_gguf.tokenizer().encode("ab", true).unwrap().get_ids(), &[3, 2], "the post-processor adds <s>");
+        let hf = ChatTokenizer::from_hf_dir(&hf_dir, None, Some(plain)).unwrap();
+        assert_eq!(hf.encode_prompt("ab").unwrap().1, vec![2]);
+        // The manifest names the file the tokens came from (pipeline's `load_tokenizer`).
+        for (source, want) in [(gguf, vec![3, 2]), (hf_dir.join(TOKENIZER_FILE), vec![2])] {
+            let t = if want.len() == 2 { &from_gguf } else { &hf };
+            let snap = tempfile::tempdir().unwrap();
+            std::fs::write(snap.path().join(TOKENIZER_FILE), t.tokenizer_json()).unwrap();
+            std::fs::write(snap.path().join(TEMPLATE_FILE), t.chat_template()).unwrap();
+            let info = t.info(&source).unwrap();
+            assert_eq!(ChatTokenizer::from_snapshot(snap.path(), &info).unwrap().encode_prompt("ab").unwrap().1, want, "{source:?}");
+        }
     }
 }

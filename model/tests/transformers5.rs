@@ -79,6 +79,9 @@ fn llama_cpp_conversions_match_transformers() {
         {
             // Read back from rope_freqs.weight: transformers requires a whole number here.
             assert_eq!((factor, old.fract()), (4.0, 0.0), "{:?}", m.config.rope_scaling());
+            // ... and an export writes it as an integer, which transformers reads without a warning.
+            let written: serde_json::Value = serde_json::from_str(&m.config.to_json()).unwrap();
+            assert!(written["rope_scaling"]["original_max_position_embeddings"].is_u64(), "{written}");
             eprintln!("{name}.gguf: {:?}", m.config.rope_scaling().unwrap());
         } else {
             assert!(name.starts_with("qwen"), "{name}.gguf: llama3 scaling not read back from rope_freqs.weight");

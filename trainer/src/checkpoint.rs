@@ -133,8 +133,10 @@ pub struct Provenance {
 /// `tokenizer_config.json` naming the end-of-turn, padding and begin tokens, which transformers 4 and
 /// 5 and `trainer generate` read) and its [`Provenance`].
 pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, provenance: &Provenance) -> anyhow::Result<()> {
+    let mut checkpoint = model.to_checkpoint();
+    checkpoint.config.add_eos_token_id(tok.eos_id());
     publish_dir(dir, |tmp| {
-        save_hf(tmp, &model.to_checkpoint())?;
+        save_hf(tmp, &checkpoint)?;
         tok.save_hf_files(tmp)?;
         schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })

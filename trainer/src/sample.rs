@@ -2,8 +2,9 @@
 //! and write them as a rollouts snapshot (rejection sampling's first half; the pipeline's
 //! `rollouts` source does the selection).
 //!
-//! Sample `s` of question `q` draws from random stream `q * K + s` of the seed, so what a sample
-//! is depends neither on batching nor on which chunk it falls in.
+//! Sample `s` of question `q` draws from random stream `q * K + s` of the seed, so on CPU what a
+//! sample is depends neither on batching nor on which chunk it falls in (on CUDA, a batch's
+//! padding can change the last bits of the logits; the cache key names batch and chunk sizes).
 //!
 //! Resuming works as in `trainer score`: questions go in chunks, each chunk's rollouts are
 //! written to a work folder beside `--out` (`.<out>.sampling/`) and listed with their sha256 in
@@ -12,8 +13,7 @@
 //! for the same cache key.
 //!
 //! The cache key ([`CacheKey`]: model hash, prompts snapshot id, questions, K, sampling settings,
-//! batching)
-//! is recorded in the manifest. An existing `--out` with the same key is reused as it is; one
+//! batch and chunk sizes, engine, verifier, stop ids) is recorded in the manifest. An existing `--out` with the same key is reused as it is; one
 //! with another key is an error unless `--force` replaces it.
 
 use crate::journal::WorkDir;
