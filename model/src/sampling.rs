@@ -34,7 +34,10 @@ pub fn choose(logits: &[f32], params: &Sampling, rng: &mut SplitMix64) -> u32 {
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     if params.top_k > 0 && params.top_k < order.len() {
         order.select_nth_unstable_by(params.top_k - 1, by_logit);
-        order.truncate(params.top_k);
+        // Every token tied with the k-th stays, as in transformers and vLLM (a cut at the k-th
+        // value, not the k-th index).
+        let kth = logits[order[params.top_k - 1] as usize];
+        order.retain(|&i| logits[i as usize] >= kth);
     }
     order.sort_unstable_by(by_logit);
     let t = params.temperature as f64;
@@ -128,6 +131,10 @@ mod tests {
         // Mass .4 + .3 = .7 is the first to reach top_p = .65: exactly two tokens stay.
         let p7 = sampled(&logits, &Sampling { top_p: 0.65, ..base }, 20000);
         assert_eq!(p7[2] + p7[3], 0);
+        // Top-k cuts at the k-th value: a token tied with it stays (transformers, vLLM).
+        let tied = [2f32, 1.0, 1.0, 0.0];
+        let k2 = sampled(&tied, &Sampling { top_k: 2, ..base }, 20000);
+        assert!(k2[1] > 0 && k2[2] > 0 && k2[3] == 0, "{k2:?}");
         // A low temperature sharpens towards the argmax.
         let cold = sampled(&logits, &Sampling { temperature: 0.05, ..base }, 2000);
         assert!(cold[0] > 1990, "{cold:?}");
