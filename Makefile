@@ -37,6 +37,8 @@ gpu-bundle: model $(GPU_SNAPSHOTS) build-cuda
 	cp -r $(SNAPSHOTS)/default-unscored $(GPU_BUNDLE)/snapshots/
 	cp -r $(SNAPSHOTS)/eval/gsm8k_test $(GPU_BUNDLE)/snapshots/eval/
 	@echo "$(GPU_BUNDLE): $$(du -sh $(GPU_BUNDLE) | cut -f1) (trainer.gz $$(du -h $(GPU_BUNDLE)/trainer.gz | cut -f1)); repository $$(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1)"
+	@# The device's C library must be at least this (the trainer does not start on an older one).
+	@echo "trainer needs glibc $$(objdump -T $(TRAINER) | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 | cut -d_ -f2) or newer"
 
 gpu-check: model $(GPU_SNAPSHOTS) build-cuda
 	./scripts/gpu_check.sh
