@@ -123,14 +123,10 @@ pub fn check_prompts(name: &str, prompts: &[Prompt], config: &model_files::confi
             p.id
         );
     }
-    let context = config.max_position_embeddings;
-    if let Some(p) = prompts.iter().find(|p| p.prompt_ids.len() >= context) {
-        bail!(
-            "{name}: prompt {} has {} tokens, which leave no room in the model's context of {context} (max_position_embeddings); \
-             build the snapshot with a filter.max_tokens that leaves it out",
-            p.id,
-            p.prompt_ids.len()
-        );
+    for p in prompts {
+        config
+            .check_prompt_fits(p.prompt_ids.len())
+            .with_context(|| format!("{name}: prompt {} (build the snapshot with a filter.max_tokens that leaves it out)", p.id))?;
     }
     Ok(())
 }

@@ -116,6 +116,16 @@ pub fn is_gguf(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// The folder of a Hugging Face model: `model` itself, or the folder a lone `.safetensors` file
+/// is in (`.` for a bare file name). Its `tokenizer.json` and `config.json` are read from there.
+pub fn model_folder(model: &Path) -> &Path {
+    if model.is_dir() {
+        model
+    } else {
+        model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // GGUF
 

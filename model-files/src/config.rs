@@ -252,6 +252,15 @@ impl LlamaConfig {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
+    /// Fails when a prompt of `len` tokens leaves no room for a new token in the context.
+    pub fn check_prompt_fits(&self, len: usize) -> Result<()> {
+        let context = self.max_position_embeddings;
+        if len >= context {
+            bail!("a prompt of {len} tokens leaves no room in the model's context of {context} (max_position_embeddings)");
+        }
+        Ok(())
+    }
+
     /// Adds `id` first to `eos_token_id` unless it is there: transformers' `generate` stops on
     /// `config.json`'s ids, and a model trained to end its turns with `<|im_end|>` from a base
     /// whose config names only `<|endoftext|>` would otherwise run on past every turn.

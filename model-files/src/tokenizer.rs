@@ -492,7 +492,7 @@ impl ChatTokenizer {
         if crate::checkpoint::is_gguf(model) {
             return Self::from_gguf(model, system_prompt, None).map(Some);
         }
-        let dir = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new(".")) };
+        let dir = crate::checkpoint::model_folder(model);
         if !dir.join(TOKENIZER_FILE).exists() {
             return Ok(None);
         }
@@ -1117,7 +1117,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hugging_face_folder_loads_with_transformers_encoding_4_and_5_write_it() {
+    fn a_hugging_face_folder_loads_as_transformers_4_and_5_write_it() {
         let t = smol();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), t.tokenizer_json()).unwrap();
@@ -1306,8 +1306,7 @@ mod tests {
         let hf = ChatTokenizer::from_hf_dir(&hf_dir, None, Some(plain)).unwrap();
         assert_eq!(hf.encode_prompt("ab").unwrap().1, vec![2]);
         // The manifest names the file the tokens came from (pipeline's `load_tokenizer`).
-        for (source, want) in [(gguf, vec![3, 2]), (hf_dir.join(TOKENIZER_FILE), vec![2])] {
-            let t = if want.len() == 2 { &from_gguf } else { &hf };
+        for (t, source, want) in [(&from_gguf, gguf, vec![3, 2]), (&hf, hf_dir.join(TOKENIZER_FILE), vec![2])] {
             let snap = tempfile::tempdir().unwrap();
             std::fs::write(snap.path().join(TOKENIZER_FILE), t.tokenizer_json()).unwrap();
             std::fs::write(snap.path().join(TEMPLATE_FILE), t.chat_template()).unwrap();

@@ -4,12 +4,18 @@
 //! sampling and evaluation would run on garbage. The check compares the model's own tokenizer
 //! with the snapshot's, id by id.
 
-use crate::checkpoint::is_gguf;
+use crate::checkpoint::{is_gguf, model_folder};
 use crate::gguf::Gguf;
 use anyhow::{bail, Result};
 use schemas::snapshot::{read_manifest, TOKENIZER_FILE};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
+
+/// Whether `model` carries a tokenizer of its own: a GGUF, or a folder with `tokenizer.json`
+/// (a rectify `checkpoints/step-N` folder has none).
+pub fn carries_tokenizer(model: &Path) -> bool {
+    is_gguf(model) || model_folder(model).join(TOKENIZER_FILE).exists()
+}
 
 /// The token each id stands for in a model's own tokenizer.
 pub struct ModelTokens {
@@ -34,8 +40,7 @@ impl ModelTokens {
             let tokens = g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(|t| Some(t.to_string())).collect();
             return Ok(Some(ModelTokens { tokens, source: model.to_path_buf() }));
         }
-        let dir = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new(".")) };
-        let path = dir.join(TOKENIZER_FILE);
+        let path = model_folder(model).join(TOKENIZER_FILE);
         if !path.exists() {
             tracing::warn!("{} carries no {TOKENIZER_FILE}: its vocabulary is not checked against the snapshot's", model.display());
             return Ok(None);

@@ -222,12 +222,7 @@ fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     let f = match source.fields.clone() {
         None => defaults,
         Some(f) => {
-            let named: Vec<&str> = [&f.id, &f.response, &f.gold, &f.tests, &f.finish, &f.sample]
-                .into_iter()
-                .flatten()
-                .map(String::as_str)
-                .chain([f.prompt.as_str()])
-                .collect();
+            let named: Vec<&str> = f.named().into_iter().map(|(_, column)| column).collect();
             let unless_taken = |default: Option<String>| default.filter(|d| !named.contains(&d.as_str()));
             FieldMap {
                 finish: f.finish.clone().or_else(|| unless_taken(defaults.finish)),

@@ -545,18 +545,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stop = stop_ids(&tok);
             // A model that carries its own tokenizer takes another only where both agree on the
             // ids of this prompt and the stop tokens.
-            let dir = if model.is_dir() { model.as_path() } else { model.parent().unwrap_or(std::path::Path::new(".")) };
-            let carries = model_files::checkpoint::is_gguf(&model) || dir.join(schemas::snapshot::TOKENIZER_FILE).exists();
-            if let (Some(source), true) = (tokenizer.as_ref(), carries) {
+            if let (Some(source), true) = (tokenizer.as_ref(), model_files::vocab::carries_tokenizer(&model)) {
                 if let Some(own) = model_files::vocab::ModelTokens::of(&model)? {
                     own.check_tokenizer(tok.tokenizer(), source, prompt_ids.iter().chain(&stop).copied())?;
                 }
             }
             let m = load_generator(&model, device)?;
-            let context = m.config().max_position_embeddings;
-            if prompt_ids.len() >= context {
-                anyhow::bail!("the prompt has {} tokens, which leave no room in the model's context of {context}", prompt_ids.len());
-            }
+            m.config().check_prompt_fits(prompt_ids.len())?;
             let params = sampling.with_budget(max_new_tokens);
             let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             for (i, c) in m.complete(&requests, &params, &stop, requests.len(), &|_, _| {}).iter().enumerate() {

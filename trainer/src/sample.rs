@@ -13,8 +13,9 @@
 //! for the same cache key.
 //!
 //! The cache key ([`CacheKey`]: model hash, prompts snapshot id, questions, K, sampling settings,
-//! batch and chunk sizes, engine, verifier, stop ids) is recorded in the manifest. An existing `--out` with the same key is reused as it is; one
-//! with another key is an error unless `--force` replaces it.
+//! batch and chunk sizes, engine, verifier, stop ids) is recorded in the manifest. An existing
+//! `--out` with the same key is reused as it is; one with another key is an error unless
+//! `--force` replaces it.
 
 use crate::journal::WorkDir;
 use anyhow::{bail, Context};

@@ -128,8 +128,8 @@ fn write_vector<ES: Numeric, NS: Size, EG: Numeric, NG: Size>(
     let out_smem_vector_size = out_smem_tile.container.vector_size().comptime();
 
     if out_smem_vector_size > output_vector_size {
-        // The stage's vectors are wider than the output's (published as a bare
-        // `unimplemented!()`; this branch is rectify's): read the stage re-vectorised to the
+        // The stage's vectors are wider than the output's (a case upstream's release does not
+        // handle; this branch is rectify's): read the stage re-vectorised to the
         // output's size, as `unit_write` does, with the tile's start, stride and swizzle
         // rescaled by `StridedTile::with_vector_size`. Vector sizes are powers of two, so the
         // wider is a multiple of the narrower.
