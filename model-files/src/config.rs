@@ -546,6 +546,11 @@ mod tests {
         assert_eq!((c.rope_theta, c.rms_norm_eps), (100000.0, 1e-5));
         assert!(c.tie_word_embeddings && !c.qkv_bias() && !c.o_bias());
         assert_eq!((c.bos_token_id, c.eos_token_ids()), (Some(1), vec![2]));
+        // A prompt must leave room for one new token (SmolLM2's context is 8192).
+        assert_eq!(c.max_position_embeddings, 8192);
+        assert!(c.check_prompt_fits(8191).is_ok());
+        let err = c.check_prompt_fits(8192).unwrap_err().to_string();
+        assert!(err.contains("a prompt of 8192 tokens leaves no room") && err.contains("8192"), "{err}");
         let mut d = c.clone();
         d.add_eos_token_id(2);
         assert_eq!(d.eos_token_id, Some(TokenIds::One(2)), "already there: unchanged");
