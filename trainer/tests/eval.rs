@@ -2,7 +2,7 @@
 //! folder keeps the benchmarks it did not name when they were graded the same way (also when it
 //! fails part way, and while their results file is the one written with them), drops them (and
 //! says so) when not, two benchmarks filed under one name are refused, and sampling settings that
-//! would decode greedily under another name are refused.
+//! would decode greedily under another name are refused; a prompt that fills the context is refused by name.
 
 mod common;
 
@@ -182,4 +182,33 @@ fn a_model_with_another_vocabulary_is_refused() {
     let o = generate("Hi.");
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !log.contains("is not the model's tokenizer"), "{log}");
+}
+
+/// A prompt that leaves no room in the model's context (8192 tokens for the default model) stops
+/// `trainer eval` before anything is generated, naming the prompt and the filter that leaves it
+/// out; before the check the decoder panicked on the position beyond its RoPE table.
+#[test]
+fn a_prompt_that_fills_the_context_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/test.jsonl")).unwrap().lines().next().unwrap().to_string();
+    let mut row: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // " apple" is one token; 9000 of them are past the context whatever the template adds.
+    row["question"] = " apple".repeat(9000).into();
+    std::fs::write(tmp.path().join("long.jsonl"), row.to_string() + "\n").unwrap();
+    let recipe = format!(
+        "name: long\nkind: prompts\nsources:\n  - {{name: long, path: long.jsonl, format: gsm8k}}\n\
+         filter: {{require_math_answer: true, require_python_parses: false}}\ndedup: {{exact: false, near: {{enabled: false}}}}\n\
+         tokenizer: {{gguf: {}}}\n",
+        model_path().display()
+    );
+    let long = build_snapshot(tmp.path(), "long", &recipe);
+    let out = tmp.path().join("out");
+    let (ok, log) = eval(&[&long], &out, &[]);
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("long: prompt long/L1 (build the snapshot with a filter.max_tokens that leaves it out): a prompt of 9030 tokens leaves no room in the model's context of 8192"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!out.join("results").join("long.jsonl").exists(), "nothing generated");
 }
