@@ -1,8 +1,9 @@
 //! `trainer eval` with the real model on one-prompt GSM8K snapshots: a later run into the same
 //! folder keeps the benchmarks it did not name when they were graded the same way (also when it
 //! fails part way, and while their results file is the one written with them), drops them (and
-//! says so) when not, two benchmarks filed under one name are refused, and sampling settings that
-//! would decode greedily under another name are refused; a prompt that fills the context is refused by name.
+//! says so) when not, two benchmarks filed under one name are refused, sampling settings that
+//! would decode greedily under another name are refused, and so is a prompt that fills the
+//! model's context (by name).
 
 mod common;
 
