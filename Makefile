@@ -110,10 +110,11 @@ EVAL_LIMIT ?= 30
 EVAL_MAX_NEW ?= 384
 EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)/final,$(MODEL))
 # A model of another family than the default needs prompts in its own tokens:
-# `make eval EVAL_MODEL=M EVAL_TOKENIZER=M` builds them into $(SNAPSHOTS)/eval-<M's name>
+# `make eval EVAL_MODEL=M EVAL_TOKENIZER=M` builds them into $(SNAPSHOTS)/eval-<M's name> (NAME
+# for runs/NAME/final; a trained model is best prompted with its own final/'s template)
 # (scripts/eval_snapshots.sh names the folder).
 EVAL_TOKENIZER ?=
-EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(patsubst %.gguf,%,$(notdir $(patsubst %/,%,$(EVAL_TOKENIZER)))))
+EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(patsubst %.gguf,%,$(notdir $(patsubst %/final,%,$(patsubst %/,%,$(EVAL_TOKENIZER))))))
 eval: build model
 	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) EVAL_TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
 	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(EVAL_SNAPSHOTS) --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))

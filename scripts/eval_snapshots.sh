@@ -9,13 +9,15 @@
 # The recipes tokenize with the default model's tokenizer. For a model of another family,
 # EVAL_TOKENIZER=MODEL (a GGUF file or a Hugging Face folder) builds them with its tokenizer and
 # chat template instead (`pipeline build --tokenizer`), into EVAL_DIR (default
-# $SNAPSHOTS/eval-<MODEL's name>, so the default model's snapshots in $SNAPSHOTS/eval stay).
+# $SNAPSHOTS/eval-<MODEL's name>, so the default model's snapshots in $SNAPSHOTS/eval stay; the
+# name of runs/NAME/final is NAME).
 set -euo pipefail
 PIPELINE=${PIPELINE:-${CARGO_TARGET_DIR:-target}/release/pipeline}
 SNAPSHOTS=${SNAPSHOTS:-snapshots}
 EVAL_TOKENIZER=${EVAL_TOKENIZER:-}
 if [ -n "$EVAL_TOKENIZER" ]; then
-  name=$(basename "${EVAL_TOKENIZER%/}"); name=${name%.gguf}
+  # A trained runs/NAME/final is named NAME, as `make eval` names its results folder.
+  name=${EVAL_TOKENIZER%/}; name=$(basename "${name%/final}"); name=${name%.gguf}
   EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval-$name}
 else
   EVAL_DIR=${EVAL_DIR:-$SNAPSHOTS/eval}

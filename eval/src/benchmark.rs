@@ -28,6 +28,80 @@ impl Benchmark {
         let generation = model::generate::stop_ids(&self.tokenizer).into_iter().chain([self.tokenizer.pad_id()]);
         tokens.check(self.tokenizer.tokenizer(), prompts.chain(generation), &self.dir)
     }
+
+    /// How the model's own chat tokenizer `own` renders this benchmark's first question otherwise
+    /// than the snapshot did; None where the ids agree. A trained `final/` folder's template
+    /// carries the recipe's system prompt and template variables, so snapshots built with the
+    /// base model's tokenizer would evaluate it in a format it was not trained in. The snapshot's
+    /// own system prompt and template variables apply first: where its recipe set them (MATH-500's
+    /// instruction) they are the benchmark's choice, not a default.
+    pub fn prompt_format_difference(&self, own: &ChatTokenizer) -> anyhow::Result<Option<String>> {
+        let Some(first) = self.prompts.first() else { return Ok(None) };
+        let info = &self.manifest.tokenizer;
+        let own = own.clone().with_system_prompt(info.system_prompt.clone()).with_template_vars(info.template_vars.clone())?;
+        let (own_text, own_ids) = own.encode_prompt(&first.prompt)?;
+        if own_ids == first.prompt_ids {
+            return Ok(None);
+        }
+        let (text, _) = self.tokenizer.encode_prompt(&first.prompt)?;
+        // The texts agree before `at`, so it is a character boundary of both.
+        let at =
+            text.char_indices().zip(own_text.chars()).find(|((_, a), b)| a != b).map_or(text.len().min(own_text.len()), |((i, _), _)| i);
+        let around = |t: &str| {
+            let from = t[..at].char_indices().rev().nth(19).map_or(0, |(i, _)| i);
+            let to = t[at..].char_indices().nth(40).map_or(t.len(), |(i, _)| at + i);
+            format!("{:?}", &t[from..to])
+        };
+        Ok(Some(if text == own_text {
+            // The same text, other ids: the begin token, or how the text is split.
+            format!(
+                "the same text gives other ids ({} tokens in the snapshot, {} from the model's tokenizer)",
+                first.prompt_ids.len(),
+                own_ids.len()
+            )
+        } else {
+            format!("they differ at byte {at}: {} in the snapshot, {} from the model's template", around(&text), around(&own_text))
+        }))
+    }
+}
+
+/// Warns for each benchmark whose first question `model`'s own chat template (a GGUF's, or a
+/// Hugging Face folder's) renders otherwise than the snapshot
+/// ([`Benchmark::prompt_format_difference`]), saying how to build snapshots in the model's
+/// format. Evaluation and sampling go on with the snapshot's prompts: comparing models under one
+/// prompt format is a choice, but not one to make unknowingly.
+pub fn warn_on_prompt_format(model: &Path, benches: &[&Benchmark]) {
+    let not_compared = |e: anyhow::Error| {
+        tracing::warn!("{}: its prompt format is not compared with the snapshots' ({e:#})", model.display());
+    };
+    let own = match ChatTokenizer::for_model(model, None) {
+        Ok(Some(own)) => own,
+        Ok(None) => return,
+        Err(e) => return not_compared(e),
+    };
+    for b in benches {
+        let how = match b.prompt_format_difference(&own) {
+            Ok(how) => how,
+            Err(e) => {
+                not_compared(e);
+                continue;
+            }
+        };
+        if let Some(how) = how {
+            tracing::warn!(
+                "{}: {} renders its prompts otherwise than snapshot {} (built with {}): {how}. The snapshot's prompts are used; for the \
+                 model's own format build the snapshots with its tokenizer (`pipeline build --tokenizer {}`, or `make eval \
+                 EVAL_MODEL={} EVAL_TOKENIZER={}`)",
+                b.name,
+                model.display(),
+                b.dir.display(),
+                b.manifest.tokenizer.path,
+                model.display(),
+                model.display(),
+                model.display(),
+            );
+        }
+    }
 }
 
 /// Where `make data-eval` and `scripts/eval_snapshots.sh` build the default model's evaluation

@@ -629,6 +629,13 @@ impl ChatTokenizer {
         Ok(self)
     }
 
+    /// This tokenizer putting `system_prompt` before every prompt (None: the template's own
+    /// default, or the default an exported template carries).
+    pub fn with_system_prompt(mut self, system_prompt: Option<String>) -> Self {
+        self.system_prompt = system_prompt;
+        self
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

@@ -575,6 +575,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(tokens) = model_files::vocab::ModelTokens::of(&model)? {
                 benches.iter().try_for_each(|b| b.check_model_tokens(&tokens))?;
             }
+            eval::benchmark::warn_on_prompt_format(&model, &benches.iter().collect::<Vec<_>>());
             // Results are filed by snapshot folder name (results/<name>.jsonl).
             for (i, b) in benches.iter().enumerate() {
                 if let Some(j) = benches[..i].iter().position(|a| a.name == b.name) {

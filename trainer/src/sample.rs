@@ -96,6 +96,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     if let Some(tokens) = model_files::vocab::ModelTokens::of(&opts.model)? {
         bench.check_model_tokens(&tokens)?;
     }
+    eval::benchmark::warn_on_prompt_format(&opts.model, &[&bench]);
     let n = opts.limit.unwrap_or(usize::MAX).min(bench.prompts.len());
     let questions = &bench.prompts[..n];
     anyhow::ensure!(!questions.is_empty(), "{}: no questions to sample", opts.prompts.display());

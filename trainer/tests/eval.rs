@@ -213,3 +213,39 @@ fn a_prompt_that_fills_the_context_is_refused_by_name() {
     assert!(!log.contains("panicked"), "{log}");
     assert!(!out.join("results").join("long.jsonl").exists(), "nothing generated");
 }
+
+/// A model whose own chat template renders the benchmark's questions otherwise (here a folder
+/// whose exported template carries a trained system prompt) is warned about, naming the first
+/// difference and how to build snapshots in its format; the same template without the system
+/// prompt is not. The folder has no weights, so both runs then fail on loading them.
+#[test]
+fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = one_prompt(tmp.path(), "a", 0);
+    let (manifest, _) = schemas::prompts::load_prompts(&a).unwrap();
+    let tok = model_files::tokenizer::ChatTokenizer::from_snapshot(&a, &manifest.tokenizer).unwrap();
+    let run = |model: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["eval", "--model", model.to_str().unwrap(), "--bench", a.to_str().unwrap()])
+            .args(["--out", tmp.path().join("out").to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let same = tmp.path().join("same");
+    std::fs::create_dir(&same).unwrap();
+    tok.save_hf_files(&same).unwrap();
+    let log = run(&same);
+    assert!(!log.contains("renders its prompts otherwise"), "{log}");
+
+    let rex = tmp.path().join("rex");
+    std::fs::create_dir(&rex).unwrap();
+    tok.clone().with_system_prompt(Some("You are Rex, a terse math tutor.".into())).save_hf_files(&rex).unwrap();
+    let log = run(&rex);
+    assert!(
+        log.contains(&format!("a: {} renders its prompts otherwise than snapshot {} (built with", rex.display(), a.display())),
+        "{log}"
+    );
+    assert!(log.contains("You are Rex") && log.contains("You are a helpful AI assistant named SmolLM"), "{log}");
+    assert!(log.contains(&format!("EVAL_TOKENIZER={}", rex.display())), "{log}");
+}
