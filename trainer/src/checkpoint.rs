@@ -81,15 +81,19 @@ pub fn prune_checkpoints(output: &Path, keep: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A checkpoint is a Hugging Face folder like `final/` (weights, config, the snapshot's tokenizer
+/// and template, so it can be evaluated or prompted as it was trained, as transformers' Trainer
+/// saves its checkpoints) plus what resuming needs: the optimizer's moments and the trainer state.
 pub fn save_checkpoint<B: AutodiffBackend>(
     output: &Path,
     model: &Llama<B>,
+    tok: &ChatTokenizer,
     opt: &AdamW<B::InnerBackend>,
     state: &TrainerState,
 ) -> anyhow::Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
     publish_dir(&final_dir, |tmp| {
-        save_hf(tmp, &model.to_checkpoint())?;
+        save_model_folder(tmp, model, tok)?;
         write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;
@@ -133,13 +137,19 @@ pub struct Provenance {
 /// `tokenizer_config.json` naming the end-of-turn, padding and begin tokens, which transformers 4 and
 /// 5 and `trainer generate` read) and its [`Provenance`].
 pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, provenance: &Provenance) -> anyhow::Result<()> {
-    let mut checkpoint = model.to_checkpoint();
-    checkpoint.config.add_eos_token_id(tok.eos_id());
     publish_dir(dir, |tmp| {
-        save_hf(tmp, &checkpoint)?;
-        tok.save_hf_files(tmp)?;
+        save_model_folder(tmp, model, tok)?;
         schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })
+}
+
+/// Weights, `config.json` (its `eos_token_id` naming the end-of-turn token too) and the
+/// tokenizer files: what `final/` and every checkpoint hold.
+fn save_model_folder<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer) -> anyhow::Result<()> {
+    let mut checkpoint = model.to_checkpoint();
+    checkpoint.config.add_eos_token_id(tok.eos_id());
+    save_hf(dir, &checkpoint)?;
+    tok.save_hf_files(dir)
 }
 
 #[cfg(test)]

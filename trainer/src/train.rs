@@ -145,7 +145,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     if snapshot.rows.is_empty() {
         bail!("snapshot {} has no rows to train on", run.snapshot_dir.display());
     }
-    let final_tokenizer = if run.save { Some(snapshot_tokenizer(&run.snapshot_dir, &snapshot.manifest.tokenizer)?) } else { None };
+    let saved_tokenizer = if run.save { Some(snapshot_tokenizer(&run.snapshot_dir, &snapshot.manifest.tokenizer)?) } else { None };
     if r.loss == LossKind::Iwsft {
         // Before the model is loaded: a missing scoring pass should cost nothing to find out.
         snapshot.require_ref_logprobs(&run.snapshot_dir)?;
@@ -245,11 +245,18 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             dir.display()
         ),
         (_, None) => {
-            // A finished run whose checkpoints were deleted, or a started one that never saved,
-            // would be overwritten by a fresh start.
+            // A finished run whose checkpoints were deleted, or (without --resume) a started one
+            // that never saved, would be overwritten by a fresh start.
             let final_dir = run.output_dir.join("final");
             let logged = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
-            if final_dir.exists() || logged {
+            if logged && resume && !final_dir.exists() {
+                // Stopped before its first checkpoint: nothing to continue from, and its logged
+                // steps are dropped (`open_metrics` from step 0), so nothing is mixed either.
+                tracing::warn!(
+                    "{} holds steps logged in {METRICS_FILE} but no checkpoint (the run stopped before its first one): starting afresh, dropping them",
+                    run.output_dir.display()
+                );
+            } else if final_dir.exists() || logged {
                 bail!(
                     "{} holds a run ({}) but no checkpoint to {}: choose another output_dir, or remove it to start afresh",
                     run.output_dir.display(),
@@ -257,7 +264,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                     if resume { "resume from" } else { "continue" }
                 );
             }
-            if resume {
+            if resume && !logged {
                 tracing::info!("no checkpoint in {} yet: starting afresh", run.output_dir.display());
             }
             let state = TrainerState {
@@ -334,7 +341,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         ));
         pb.inc(1);
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
-            save_checkpoint(&run.output_dir, &model, &opt, &state)?;
+            save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state)?;
             if let Some(keep) = r.keep_checkpoints {
                 crate::checkpoint::prune_checkpoints(&run.output_dir, keep)?;
             }
@@ -355,7 +362,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
             engine: run.engine.clone(),
         };
-        save_final(&dir, &model, final_tokenizer.as_ref().expect("read when saving"), &provenance)?;
+        save_final(&dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &provenance)?;
         Some(dir)
     } else {
         None

@@ -114,6 +114,11 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     let json = |p: &str| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
     assert_eq!(json("b/final/training.json")["engine"], "burn flex");
     assert_eq!(json("b/checkpoints/step-000006/trainer_state.json")["engine"], "burn flex");
+    // A checkpoint is the model folder `final/` is (tokenizer included), plus what resuming needs.
+    for file in ["model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "tokenizer_config.json"] {
+        let read = |run: &str| std::fs::read(dir.join(run).join(file)).unwrap();
+        assert!(read("b/checkpoints/step-000006") == read("b/final"), "{file}");
+    }
 
     // Without --resume an existing run is not overwritten.
     let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
@@ -136,6 +141,22 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     }
     assert_eq!(std::fs::read(dir.join("b/final/model.safetensors")).unwrap(), wb, "the finished run is untouched");
     assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6]);
+
+    // A run stopped before its first checkpoint (two steps logged, none saved, as a kill before
+    // `checkpoint_every` leaves it) is refused without --resume, and with it starts afresh,
+    // dropping the logged steps: the same weights and each step logged once.
+    let c = recipe(dir, "c");
+    std::fs::create_dir(dir.join("c")).unwrap();
+    let two: String = la.lines().take(2).map(|l| l.to_string() + "\n").collect();
+    std::fs::write(dir.join("c/metrics.jsonl"), two).unwrap();
+    let out = trainer(&["train", "--recipe", c.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds a run (metrics.jsonl) but no checkpoint to continue"), "{err}");
+    let out = trainer(&["train", "--recipe", c.to_str().unwrap(), "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("no checkpoint (the run stopped before its first one): starting afresh"), "{err}");
+    assert!(std::fs::read(dir.join("c/final/model.safetensors")).unwrap() == wa);
+    assert_eq!(steps_logged(&dir.join("c/metrics.jsonl")), [1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
