@@ -109,6 +109,7 @@ fn graded(
         new_tokens_per_second: new_tokens as f64 / generation_seconds.max(1e-9),
         results_sha256,
         stop_ids: stop,
+        graded_by: String::new(),
     })
 }
 

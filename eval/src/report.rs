@@ -68,6 +68,11 @@ pub struct BenchSummary {
     /// they were recorded).
     #[serde(default)]
     pub stop_ids: Vec<u32>,
+    /// The verifier that graded these results where it is not the summary's `verifier_version`:
+    /// set on a benchmark still waiting to be graded again when a run that was grading its
+    /// completions again stopped part way (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub graded_by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +88,15 @@ pub struct Summary {
 }
 
 impl BenchSummary {
+    /// The verifier that graded these results, in a summary whose own is `summary_version`.
+    pub fn verifier<'a>(&'a self, summary_version: &'a str) -> &'a str {
+        if self.graded_by.is_empty() {
+            summary_version
+        } else {
+            &self.graded_by
+        }
+    }
+
     /// The 95% Wilson interval of Average@K over this benchmark's prompts, in percent
     /// ([`crate::metrics::wilson_interval`]): how far another set of prompts like these could
     /// move the figure.
@@ -404,6 +418,7 @@ mod tests {
                     new_tokens_per_second: 1.0,
                     results_sha256: String::new(),
                     stop_ids: vec![2],
+                    graded_by: String::new(),
                 })
                 .collect(),
         }

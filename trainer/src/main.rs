@@ -7,7 +7,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use eval::benchmark::{load_benchmark, Benchmark};
-use eval::report::{markdown, write_summary, EvalConfig, Summary};
+use eval::report::{markdown, write_summary, BenchSummary, EvalConfig, Summary};
 use model::generate::{stop_ids, Generator, Request};
 use model::sampling::Sampling;
 use model::Llama;
@@ -997,8 +997,8 @@ fn eval_on(
     let (mut reusable, mut regradable, mut kept) = (vec![], vec![], vec![]);
     if let Some(p) = &earlier {
         let same_generation = p.model_sha256 == summary.model_sha256 && p.config == summary.config;
-        let same_verifier = p.verifier_version == summary.verifier_version;
         for x in &p.benchmarks {
+            let same_verifier = x.verifier(&p.verifier_version) == summary.verifier_version;
             let results = out.join("results").join(format!("{}.jsonl", x.bench));
             // The results file must still be the one written with these figures (not one of a
             // run stopped before its summary was written).
@@ -1018,23 +1018,30 @@ fn eval_on(
             let stops = named.filter(|b| b.manifest.snapshot_id == x.snapshot_id).map(|b| stop_ids(&b.tokenizer));
             match (why, named, stops) {
                 (None, Some(_), Some(stops)) if stops == x.stop_ids && same_verifier => reusable.push(x.clone()),
-                (None, Some(_), Some(stops)) if stops == x.stop_ids => regradable.push(x.clone()),
+                (None, Some(_), Some(stops)) if stops == x.stop_ids => {
+                    regradable.push(BenchSummary { graded_by: x.verifier(&p.verifier_version).to_string(), ..x.clone() })
+                }
                 (None, Some(_), Some(stops)) => eprintln!(
                     "{}: evaluating again: its results ended completions on stop ids {:?}, this run's are {stops:?}",
                     x.bench, x.stop_ids
                 ),
                 (None, None, _) => kept.push(x.clone()),
                 (Some(why), None, _) => eprintln!("{}/summary.json held {} {why}: no longer in the summary", out.display(), x.bench),
-                // Named by this run: evaluated again.
+                // Named by this run: evaluated again, replacing completions another model or
+                // other settings wrote (said, since `--out` may be shared by mistake).
+                (Some(why), Some(_), _) if !same_generation => {
+                    eprintln!("{}: evaluating again, replacing the results in {} {why}", x.bench, out.display())
+                }
                 _ => {}
             }
         }
     }
-    // Every write holds the reusable benchmarks the loop has not reached yet and the kept ones,
-    // so a run that fails part way loses none of them.
-    let save = |summary: &Summary, pending: &[eval::report::BenchSummary]| {
+    // Every write holds the reusable and regradable benchmarks the loop has not reached yet
+    // (the latter marked with the verifier that graded them) and the kept ones, so a run that
+    // fails part way loses none of them.
+    let save = |summary: &Summary, pending: &[BenchSummary], regrade: &[BenchSummary]| {
         let mut all = summary.clone();
-        all.benchmarks.extend(pending.iter().chain(&kept).cloned());
+        all.benchmarks.extend(pending.iter().chain(regrade).chain(&kept).cloned());
         write_summary(out, &all)
     };
     let mut model_cell = None;
@@ -1047,23 +1054,23 @@ fn eval_on(
                 out.display()
             );
             summary.benchmarks.push(s);
-            save(&summary, &reusable)?;
+            save(&summary, &reusable, &regradable)?;
             continue;
         }
         if let Some(i) = regradable.iter().position(|x| x.bench == b.name) {
             let x = regradable.remove(i);
-            let before = earlier.as_ref().map_or("", |p| p.verifier_version.as_str());
             eprintln!(
-                "{}: grading the completions in {} again: verifier {} (they were graded by {before}, {:.1}%)",
+                "{}: grading the completions in {} again: verifier {} (they were graded by {}, {:.1}%)",
                 x.bench,
                 out.display(),
                 summary.verifier_version,
+                x.graded_by,
                 100.0 * x.average_at_k
             );
             let s = eval::evaluate::regrade(b, &x, out)?;
             eprintln!("{}: Average@{} {:.1}% {} over {} prompts", s.bench, s.samples, 100.0 * s.average_at_k, s.interval_text(), s.prompts);
             summary.benchmarks.push(s);
-            save(&summary, &reusable)?;
+            save(&summary, &reusable, &regradable)?;
             continue;
         }
         if model_cell.is_none() {
@@ -1082,7 +1089,7 @@ fn eval_on(
             s.new_tokens_per_second
         );
         summary.benchmarks.push(s);
-        save(&summary, &reusable)?;
+        save(&summary, &reusable, &regradable)?;
     }
     // As the last write has it.
     summary.benchmarks.extend(kept);

@@ -74,6 +74,7 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     assert!(ok, "{log}");
     assert_eq!(benchmarks(&out), ["a"]);
     assert!(log.contains("held b for another model or settings"), "{log}");
+    assert!(log.contains("a: evaluating again, replacing the results in") && log.contains("for another model or settings"), "{log}");
 
     // Results that are no longer the file written with the summary's figures are not reused.
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
@@ -123,6 +124,37 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     assert!(log.contains("held b graded by another verifier"), "{log}");
     assert_eq!(std::fs::read_to_string(&results).unwrap(), graded, "graded as the first time");
     assert_eq!(benchmarks(&out), ["a"]);
+
+    // A run grading several benchmarks again that stops part way (here on `b`, whose file is no
+    // longer its samples though the summary holds its hash) keeps the benchmark it had not graded
+    // again, marked with the verifier that graded it; a later run grades it again without
+    // generating.
+    let (ok, log) = eval(&[&a, &b], &out, &["--seed", "7"]);
+    assert!(ok, "{log}");
+    let b_results = out.join("results").join("b.jsonl");
+    let b_text = std::fs::read_to_string(&b_results).unwrap();
+    std::fs::write(&b_results, "").unwrap();
+    let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    summary["verifier_version"] = "0.0.0+old".into();
+    assert_eq!(summary["benchmarks"][1]["bench"], "b");
+    let b_sha256 = summary["benchmarks"][1]["results_sha256"].clone();
+    summary["benchmarks"][1]["results_sha256"] = schemas::sha256_file(&b_results).unwrap().into();
+    std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+    let (ok, log) = eval(&[&a, &b], &out, &["--seed", "7"]);
+    assert!(!ok && log.contains("not the 1 x 1 samples of b in order"), "{log}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(benchmarks(&out), ["a", "b"]);
+    assert_eq!(summary["verifier_version"], verify::grade::VERSION);
+    assert!(summary["benchmarks"][0].get("graded_by").is_none(), "{summary}");
+    assert_eq!(summary["benchmarks"][1]["graded_by"], "0.0.0+old");
+    std::fs::write(&b_results, b_text).unwrap();
+    let mut summary = summary;
+    summary["benchmarks"][1]["results_sha256"] = b_sha256;
+    std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+    let (ok, log) = eval(&[&b], &out, &["--seed", "7"]);
+    assert!(ok && log.contains("b: grading the completions in") && log.contains("(they were graded by 0.0.0+old"), "{log}");
+    assert!(!log.contains("new tokens/s"), "nothing generated: {log}");
+    assert_eq!(benchmarks(&out), ["b", "a"]);
 
     // Two folders named `a` would write one results/a.jsonl.
     let other_a = one_prompt(&tmp.path().join("elsewhere"), "a", 2);
