@@ -12,7 +12,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TEMPLATE_FILE: &str = "chat_template.jinja";
@@ -366,15 +366,28 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
 /// live process's folders are left to it. A run killed between its two renames left `out`
 /// missing and the last complete copy in `.old`: that one is put back, not removed.
 fn remove_leftovers(parent: &Path, name: &str, out: &Path) {
+    remove_leftovers_of(parent, |n| (n == name).then(|| out.to_path_buf()));
+}
+
+/// [`remove_leftovers`] for every name in `parent`: a run whose checkpoints are named by step
+/// leaves temp folders under names no later publish repeats.
+pub fn remove_all_leftovers(parent: &Path) {
+    remove_leftovers_of(parent, |n| Some(parent.join(n)));
+}
+
+/// The leftovers of the names `out_of` maps to their published folder.
+fn remove_leftovers_of(parent: &Path, out_of: impl Fn(&str) -> Option<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix('.')).and_then(|n| n.strip_prefix(name)) else { continue };
-        let (old, pid) = match (rest.strip_prefix(".tmp-"), rest.strip_prefix(".old-")) {
-            (Some(pid), _) => (false, pid),
-            (_, Some(pid)) => (true, pid),
+        let Some(hidden) = file_name.to_str().and_then(|n| n.strip_prefix('.')) else { continue };
+        let (old, name, pid) = match (hidden.rsplit_once(".tmp-"), hidden.rsplit_once(".old-")) {
+            (Some((name, pid)), _) => (false, name, pid),
+            (_, Some((name, pid))) => (true, name, pid),
             _ => continue,
         };
+        let Some(out) = out_of(name) else { continue };
+        let out = out.as_path();
         let Ok(pid) = pid.parse::<u32>() else { continue };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
@@ -479,5 +492,15 @@ mod tests {
         assert!(publish_dir(&other, |_| -> anyhow::Result<()> { anyhow::bail!("failed") }).is_err());
         assert_eq!(std::fs::read_to_string(other.join("a")).unwrap(), "last");
         assert!(!old.exists());
+    }
+
+    #[test]
+    fn leftovers_of_every_name_go_a_live_process_s_stay_a_last_copy_is_put_back() {
+        let root = tempfile::tempdir().unwrap();
+        for leftover in [".step-000002.tmp-4194305", ".step-000003.old-4194305", ".step-000004.tmp-1", "step-000001"] {
+            std::fs::create_dir(root.path().join(leftover)).unwrap();
+        }
+        remove_all_leftovers(root.path());
+        assert_eq!(names(root.path()), [".step-000004.tmp-1", "step-000001", "step-000003"]);
     }
 }

@@ -97,6 +97,8 @@ pub fn save_checkpoint<B: AutodiffBackend>(
         write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;
+    // What a killed run left while writing another step (a resume may checkpoint other steps).
+    schemas::snapshot::remove_all_leftovers(&output.join("checkpoints"));
     Ok(final_dir)
 }
 
