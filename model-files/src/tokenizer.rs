@@ -336,15 +336,29 @@ impl ChatTokenizer {
     }
 
     /// Load a Hugging Face `tokenizer.json` and a Jinja chat template file. `eos_token` is the
-    /// end-of-turn token the loss mask must cover, e.g. `<|im_end|>`. Templates that use
-    /// `bos_token` get an empty string: tokenizer.json does not say which token that is.
+    /// end-of-turn token the loss mask must cover, e.g. `<|im_end|>`; `bos_token` the token a
+    /// template writes as `bos_token` (tokenizer.json does not say which that is): a template
+    /// that writes it is refused without one, rather than rendering it empty (`Some("")` says
+    /// there is none).
     pub fn from_tokenizer_json(
         tokenizer_json: &Path,
         chat_template: &Path,
         eos_token: &str,
+        bos_token: Option<&str>,
         system_prompt: Option<String>,
     ) -> Result<Self> {
-        Self::from_files(tokenizer_json, chat_template, eos_token, None, String::new(), system_prompt).map(Self::with_transformers_encoding)
+        let t = Self::from_files(tokenizer_json, chat_template, eos_token, None, bos_token.unwrap_or_default().to_string(), system_prompt)?;
+        match bos_token {
+            None if t.template.contains("bos_token") => bail!(
+                "chat template {} writes `bos_token`, and {} does not say which token that is: name it as the recipe's `tokenizer.bos_token` (\"\" for none)",
+                chat_template.display(),
+                tokenizer_json.display()
+            ),
+            Some(b) if !b.is_empty() && t.tokenizer.token_to_id(b).is_none() => {
+                bail!("{}: bos token {b:?} is not in the vocabulary", tokenizer_json.display())
+            }
+            _ => Ok(t.with_transformers_encoding()),
+        }
     }
 
     /// Encoding as transformers' `apply_chat_template` does (`add_special_tokens=False`): the
@@ -523,7 +537,22 @@ impl ChatTokenizer {
                  {{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}{{%- endif %}}\n"
             ));
         }
+        // A GGUF's tokenizer adds its begin token when encoding, as llama.cpp does;
+        // `apply_chat_template` encodes the text alone, so the template writes it.
+        if self.adds_begin_token() && !self.render("x", None).is_ok_and(|t| t.starts_with(&self.bos_token)) {
+            head.push_str("{{- bos_token }}");
+        }
         head + &self.template
+    }
+
+    /// Whether encoding puts the begin token before the rendered text (a GGUF whose
+    /// `add_bos_token` is set), where the template does not write it.
+    fn adds_begin_token(&self) -> bool {
+        let Some(bos) = self.tokenizer.token_to_id(&self.bos_token).filter(|_| self.add_special_tokens && !self.bos_token.is_empty())
+        else {
+            return false;
+        };
+        self.tokenizer.encode("x", true).is_ok_and(|e| e.get_ids().first() == Some(&bos))
     }
 
     /// `tokenizer_config.json` for a model folder this tokenizer's model is saved in, so that
@@ -1173,7 +1202,7 @@ mod tests {
         let tpl = dir.path().join("chat_template.jinja");
         std::fs::write(&tj, t.tokenizer_json()).unwrap();
         std::fs::write(&tpl, t.chat_template()).unwrap();
-        let r = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|im_end|>", None).unwrap();
+        let r = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|im_end|>", None, None).unwrap();
         assert_eq!(r.tokenizer_json(), t.tokenizer_json());
         assert_eq!((r.eos_id(), r.pad_id(), r.vocab_size()), (2, 2, 49152));
         for c in cases() {
@@ -1192,8 +1221,18 @@ mod tests {
         assert_eq!(ri.file_sha256, schemas::sha256_hex(t.tokenizer_json().as_bytes()));
         assert_eq!((ti.vocab_size, ti.eos_token.as_str(), ti.eos_id, ti.pad_id), (49152, "<|im_end|>", 2, 2));
 
-        let e = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|no_such|>", None).unwrap_err().to_string();
+        let e = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|no_such|>", None, None).unwrap_err().to_string();
         assert!(e.contains("<|no_such|>"), "{e}");
+
+        // A template that writes `bos_token` needs to be told which token that is: not rendered
+        // empty by default.
+        std::fs::write(&tpl, "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}<|im_end|>").unwrap();
+        let e = ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|im_end|>", None, None).unwrap_err().to_string();
+        assert!(e.contains("writes `bos_token`") && e.contains("tokenizer.bos_token"), "{e}");
+        let with = |bos| ChatTokenizer::from_tokenizer_json(&tj, &tpl, "<|im_end|>", Some(bos), None);
+        assert_eq!(with("<|endoftext|>").unwrap().encode_prompt("Hi").unwrap().1[0], 0);
+        assert_ne!(with("").unwrap().encode_prompt("Hi").unwrap().1[0], 0);
+        assert!(with("<|nope|>").unwrap_err().to_string().contains("not in the vocabulary"));
     }
 
     /// A minimal GGUF with only tokenizer metadata, for pre-tokenizer selection.
@@ -1310,8 +1349,16 @@ mod tests {
         std::fs::create_dir(&hf_dir).unwrap();
         from_gguf.save_hf_files(&hf_dir).unwrap();
         assert_eq!(from_gguf.tokenizer().encode("ab", true).unwrap().get_ids(), &[3, 2], "the post-processor adds <s>");
-        let hf = ChatTokenizer::from_hf_dir(&hf_dir, None, Some(plain)).unwrap();
+        let hf = ChatTokenizer::from_hf_dir(&hf_dir, None, Some(plain.clone())).unwrap();
         assert_eq!(hf.encode_prompt("ab").unwrap().1, vec![2]);
+        // The exported template writes the begin token the GGUF's tokenizer added, so the
+        // folder (as transformers reads it) prompts as the GGUF did; once, where the template
+        // writes it itself.
+        assert!(std::fs::read_to_string(hf_dir.join(TEMPLATE_FILE)).unwrap().contains("{{- bos_token }}"));
+        assert_eq!(ChatTokenizer::from_hf_dir(&hf_dir, None, None).unwrap().encode_prompt("ab").unwrap().1, vec![3, 2]);
+        let writes = ChatTokenizer::from_gguf(&gguf, None, Some(format!("{{{{ bos_token }}}}{plain}"))).unwrap();
+        assert_eq!(writes.encode_prompt("ab").unwrap().1, vec![3, 2]);
+        assert!(!writes.exported_template().contains("{{- bos_token }}"));
         // The manifest names the file the tokens came from (pipeline's `load_tokenizer`).
         for (t, source, want) in [(&from_gguf, gguf, vec![3, 2]), (&hf, hf_dir.join(TOKENIZER_FILE), vec![2])] {
             let snap = tempfile::tempdir().unwrap();

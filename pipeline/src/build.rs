@@ -120,7 +120,8 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
         let path = recipe::resolve(recipe_path, t.tokenizer_json.as_deref().expect("validated"));
         let tpl = recipe::resolve(recipe_path, t.chat_template.as_deref().expect("validated"));
         let eos = t.eos_token.as_deref().expect("validated");
-        let tokenizer = ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.system_prompt.clone())?;
+        let tokenizer = ChatTokenizer::from_tokenizer_json(&path, &tpl, eos, t.bos_token.as_deref(), t.system_prompt.clone())
+            .with_context(|| format!("tokenizer.tokenizer_json in {}", recipe_path.display()))?;
         Ok((with_template_vars(tokenizer, t, recipe_path)?, path))
     }
 }

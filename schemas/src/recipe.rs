@@ -415,6 +415,12 @@ pub struct TokenizerConfig {
     /// their chat template ends each turn with another token (Qwen2.5-Math-1.5B).
     #[serde(default)]
     pub eos_token: Option<String>,
+    /// The begin-of-text token a chat template writes as `bos_token`, e.g. `<|begin_of_text|>`
+    /// (`""` for none): with `tokenizer_json`, which does not say which token that is, required
+    /// when the template writes `bos_token`; a GGUF or a folder names its own. Omitted from the
+    /// manifest when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token: Option<String>,
     /// A system message placed before every prompt; when absent the template's default applies.
     #[serde(default)]
     pub system_prompt: Option<String>,
@@ -445,6 +451,8 @@ impl TokenizerConfig {
             tokenizer_json: None,
             chat_template: None,
             eos_token: self.eos_token.take(),
+            // The model names its own.
+            bos_token: None,
             system_prompt: self.system_prompt.take(),
             template_vars: std::mem::take(&mut self.template_vars),
         };
@@ -583,6 +591,9 @@ impl Recipe {
         if t.tokenizer_json.is_some() && (t.chat_template.is_none() || t.eos_token.is_none()) {
             bail!("`tokenizer.tokenizer_json` needs `chat_template` and `eos_token` too");
         }
+        if t.tokenizer_json.is_none() && t.bos_token.is_some() {
+            bail!("`tokenizer.bos_token` goes with `tokenizer_json`: a GGUF or a model folder names its own begin token");
+        }
         let n = &self.dedup.near;
         if n.bands == 0 || n.rows == 0 || n.ngram == 0 || !(0.0..=1.0).contains(&n.threshold) {
             bail!("`dedup.near`: bands, rows and ngram must be positive and threshold in [0, 1]");
@@ -710,6 +721,7 @@ mod tests {
             ("format: gsm8k", "format: gsm8k, domain: code", "reads its own columns"),
             ("format: gsm8k", "format: gsm8k, id_range: [0, 9]", "`id_range` selects by integer id"),
             ("format: gsm8k", "format: mbpp, id_range: [9, 0]", "`id_range` [9, 0] is empty"),
+            ("{gguf: m.gguf}", "{gguf: m.gguf, bos_token: \"<s>\"}", "names its own begin token"),
         ] {
             let text = MINIMAL.replace(from, to);
             let err = format!("{:#}", Recipe::parse(&text, Path::new("r.yaml")).unwrap_err());

@@ -109,9 +109,11 @@ pub const TRAINING_FILE: &str = "training.json";
 pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::Result<ChatTokenizer> {
     let tok = ChatTokenizer::from_snapshot(snapshot_dir, info)?;
     if info.bos_token.is_empty() && tok.chat_template().contains("bos_token") {
-        // Snapshots from before the begin token was recorded: transformers will render it empty.
+        // Snapshots from before the begin token was recorded, or from a `tokenizer_json` recipe
+        // that says there is none: transformers will render it empty, as the rows were.
         tracing::warn!(
-            "snapshot {} does not record the begin token its template writes as `bos_token`; final/'s tokenizer_config.json will lack it (rebuild the snapshot to record it)",
+            "snapshot {} records no begin token for its template's `bos_token`, so final/'s tokenizer_config.json names none \
+             (a snapshot built before begin tokens were recorded: rebuild it; or a recipe with `tokenizer.bos_token: \"\"`)",
             snapshot_dir.display()
         );
     }
