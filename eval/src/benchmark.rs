@@ -39,29 +39,7 @@ impl Benchmark {
         let Some(first) = self.prompts.first() else { return Ok(None) };
         let info = &self.manifest.tokenizer;
         let own = own.clone().with_system_prompt(info.system_prompt.clone()).with_template_vars(info.template_vars.clone())?;
-        let (own_text, own_ids) = own.encode_prompt(&first.prompt)?;
-        if own_ids == first.prompt_ids {
-            return Ok(None);
-        }
-        let (text, _) = self.tokenizer.encode_prompt(&first.prompt)?;
-        // The texts agree before `at`, so it is a character boundary of both.
-        let at =
-            text.char_indices().zip(own_text.chars()).find(|((_, a), b)| a != b).map_or(text.len().min(own_text.len()), |((i, _), _)| i);
-        let around = |t: &str| {
-            let from = t[..at].char_indices().rev().nth(19).map_or(0, |(i, _)| i);
-            let to = t[at..].char_indices().nth(40).map_or(t.len(), |(i, _)| at + i);
-            format!("{:?}", &t[from..to])
-        };
-        Ok(Some(if text == own_text {
-            // The same text, other ids: the begin token, or how the text is split.
-            format!(
-                "the same text gives other ids ({} tokens in the snapshot, {} from the model's tokenizer)",
-                first.prompt_ids.len(),
-                own_ids.len()
-            )
-        } else {
-            format!("they differ at byte {at}: {} in the snapshot, {} from the model's template", around(&text), around(&own_text))
-        }))
+        self.tokenizer.prompt_difference(&own, &first.prompt, ("the snapshot", "the model's template"))
     }
 }
 

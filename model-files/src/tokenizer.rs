@@ -783,6 +783,38 @@ impl ChatTokenizer {
         Ok((p, ids))
     }
 
+    /// Where `other` encodes `prompt`'s rendering as other ids than this tokenizer does, how:
+    /// the first difference of the two texts (`"…A…" in HERE, "…B…" in THERE`, `labels` naming
+    /// the two sides), or that the same text gives other ids (a begin token, another
+    /// vocabulary). None where the ids agree.
+    pub fn prompt_difference(&self, other: &ChatTokenizer, prompt: &str, labels: (&str, &str)) -> Result<Option<String>> {
+        let ((text, ids), (other_text, other_ids)) = (self.encode_prompt(prompt)?, other.encode_prompt(prompt)?);
+        if ids == other_ids {
+            return Ok(None);
+        }
+        if text == other_text {
+            return Ok(Some(format!(
+                "the same text gives other ids ({} tokens in {}, {} in {})",
+                ids.len(),
+                labels.0,
+                other_ids.len(),
+                labels.1
+            )));
+        }
+        // The texts agree before `at`, so it is a character boundary of both.
+        let at = text
+            .char_indices()
+            .zip(other_text.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(text.len().min(other_text.len()), |((i, _), _)| i);
+        let around = |t: &str| {
+            let from = t[..at].char_indices().rev().nth(19).map_or(0, |(i, _)| i);
+            let to = t[at..].char_indices().nth(40).map_or(t.len(), |(i, _)| at + i);
+            format!("{:?}", &t[from..to])
+        };
+        Ok(Some(format!("they differ at byte {at}: {} in {}, {} in {}", around(&text), labels.0, around(&other_text), labels.1)))
+    }
+
     pub fn encode_chat_batch(&self, items: &[(&str, &str)]) -> Vec<Result<Encoded>> {
         items.par_iter().map(|(p, r)| self.encode_chat(p, r)).collect()
     }

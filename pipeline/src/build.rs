@@ -195,7 +195,7 @@ fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyho
     };
     let tok_info = tok.info(&tok_path)?;
 
-    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", Some(&tok_info))?;
+    let ing = ingest::ingest(&recipe.sources, recipe_path, &recipe.ingest, "", Some(&tok))?;
     let mut inputs = ing.inputs;
     let quarantine = ing.quarantine;
     let rollout_sources = ing.rollout_sources;

@@ -7,7 +7,7 @@
 //! its rows are malformed.
 
 use anyhow::{bail, Context};
-use schemas::manifest::TokenizerInfo;
+use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::{InputFile, RolloutsOrigin};
 use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
 use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
@@ -54,15 +54,15 @@ pub(crate) fn field_err(field: &str, message: impl Into<String>) -> FieldError {
 }
 
 /// Read every source of a recipe, in recipe order.
-/// `tokenizer`: what the recipe's tokenizer records, whose system prompt and chat-template
-/// variables a rollouts snapshot's prompts must have been rendered with (see
-/// `rollouts::ingest_rollouts`); None where a recipe cannot hold rollouts (benchmarks).
+/// `tokenizer`: the recipe's, which must render a rollouts snapshot's prompts as they were
+/// sampled (see `rollouts::ingest_rollouts`); None where a recipe cannot hold rollouts
+/// (benchmarks).
 pub fn ingest(
     sources: &[Source],
     recipe_path: &Path,
     cfg: &IngestConfig,
     role_prefix: &str,
-    tokenizer: Option<&TokenizerInfo>,
+    tokenizer: Option<&ChatTokenizer>,
 ) -> anyhow::Result<Ingested> {
     let mut out = Ingested {
         examples: vec![],

@@ -17,8 +17,9 @@
 
 use crate::ingest::{field_err, read_rows, type_name, FieldError, QuarantineRow, Row, STAGE};
 use anyhow::{bail, Context};
+use model_files::tokenizer::ChatTokenizer;
 use schemas::generation::Finish;
-use schemas::manifest::{InputFile, RolloutsOrigin, TokenizerInfo, MANIFEST_FILE};
+use schemas::manifest::{InputFile, RolloutsOrigin, MANIFEST_FILE};
 use schemas::prompts::{load_prompts, Prompt};
 use schemas::recipe::{FieldMap, Keep, MathRules, RolloutsSelection, Source};
 use schemas::rollouts::load_rollouts;
@@ -48,17 +49,19 @@ struct Candidate {
     example: Example,
 }
 
-/// `tokenizer`: what the train recipe's tokenizer records. The rows re-render each sampled
-/// prompt with its system prompt and chat-template variables, so a rollouts snapshot whose
-/// prompts were rendered with others (Qwen3's `enable_thinking: false` adds an empty think
-/// block) is refused: its completions would be trained after prompts they were not sampled
-/// from. Another chat template only warns: distilling one model's samples into another is
-/// legitimate.
+/// `tokenizer`: the train recipe's, which renders each sampled prompt again for its row. A
+/// rollouts snapshot whose prompts it renders otherwise under the same chat template (another
+/// system prompt, or Qwen3's `enable_thinking: false`, which adds an empty think block) is
+/// refused: its completions would be trained after prompts they were not sampled from. Under
+/// another chat template it only warns, quoting the difference: distilling one model's samples
+/// into another is legitimate. What is compared is the rendering, not the recorded settings, so
+/// a system prompt an exported template carries and one a recipe sets are the same when they
+/// render the same.
 pub fn ingest_rollouts(
     source: &Source,
     recipe_path: &Path,
     role_prefix: &str,
-    tokenizer: &TokenizerInfo,
+    tokenizer: &ChatTokenizer,
 ) -> anyhow::Result<RolloutsIngested> {
     let path = schemas::recipe::resolve(recipe_path, &source.path);
     let selection = source.select.clone().unwrap_or_default();
@@ -124,7 +127,7 @@ fn from_snapshot(
     dir: &Path,
     role_prefix: &str,
     selection: RolloutsSelection,
-    tokenizer: &TokenizerInfo,
+    tokenizer: &ChatTokenizer,
 ) -> anyhow::Result<Read> {
     if source.fields.is_some() || source.domain.is_some() || source.questions.is_some() || source.math_rules.is_some() {
         bail!(
@@ -135,29 +138,29 @@ fn from_snapshot(
         );
     }
     let (manifest, rows) = load_rollouts(dir).with_context(|| format!("source `{}`", source.name))?;
-    let sampled = &manifest.tokenizer;
-    let differs = |field: &str, sampled: Value, here: Value| {
-        anyhow::anyhow!(
-            "source `{}`: its prompts were rendered with {field} {sampled} and this recipe's tokenizer.{field} is {here}; \
-             set the same in the recipe so the completions are trained after the prompts they were sampled from",
-            source.name,
-        )
-    };
-    if sampled.template_vars != tokenizer.template_vars {
-        return Err(differs("template_vars", json!(sampled.template_vars), json!(tokenizer.template_vars)));
-    }
-    if sampled.system_prompt != tokenizer.system_prompt {
-        return Err(differs("system_prompt", json!(sampled.system_prompt), json!(tokenizer.system_prompt)));
-    }
-    if sampled.chat_template_sha256 != tokenizer.chat_template_sha256 {
-        tracing::warn!(
-            "source `{}`: its prompts were rendered with another chat template (sha256 {}) than this recipe's (sha256 {}): \
-             the completions are trained after prompts unlike the ones they were sampled from (as intended when distilling \
-             one model's samples into another)",
-            source.name,
-            &sampled.chat_template_sha256[..16.min(sampled.chat_template_sha256.len())],
-            &tokenizer.chat_template_sha256[..16.min(tokenizer.chat_template_sha256.len())]
-        );
+    // The tokenizer the prompts were rendered with, as the snapshot keeps it.
+    let sampled = ChatTokenizer::from_snapshot(dir, &manifest.tokenizer).with_context(|| format!("source `{}`", source.name))?;
+    if let Some(first) = rows.first() {
+        let difference = sampled
+            .prompt_difference(tokenizer, &first.prompt, ("the sampled prompts", "this recipe's"))
+            .with_context(|| format!("source `{}`: rendering its first prompt", source.name))?;
+        match difference {
+            Some(how) if sampled.chat_template() == tokenizer.chat_template() => bail!(
+                "source `{}`: this recipe's tokenizer renders its prompts otherwise than they were sampled ({how}); set the \
+                 tokenizer.system_prompt and tokenizer.template_vars they were rendered with (system_prompt {}, template_vars \
+                 {}) so the completions are trained after the prompts they were sampled from",
+                source.name,
+                json!(manifest.tokenizer.system_prompt),
+                json!(manifest.tokenizer.template_vars)
+            ),
+            Some(how) => tracing::warn!(
+                "source `{}`: its prompts were rendered with another chat template than this recipe's ({how}): the completions \
+                 are trained after prompts unlike the ones they were sampled from (as intended when distilling one model's \
+                 samples into another)",
+                source.name
+            ),
+            None => {}
+        }
     }
     let manifest_bytes = std::fs::read(dir.join(MANIFEST_FILE))?;
     // The manifest lists every shard's sha256, so its own hash pins the whole snapshot.

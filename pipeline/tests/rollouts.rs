@@ -223,21 +223,49 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
     assert_eq!(line("gsm8k_train"), "8 3 2 1 0 0 1 0", "{stats}");
     assert_eq!(line("mbpp_train"), "4 2 1 0 0 1 0 0", "{stats}");
 
-    // The prompts were rendered without template variables: a train recipe with some would
-    // train the completions after prompts they were not sampled from.
-    let recipe = train_recipe(dir, "vars", "  - {name: r, path: rollouts, format: rollouts}\n");
-    let text = std::fs::read_to_string(&recipe)
+    // What is compared is the rendering. Another system message would train the completions
+    // after prompts they were not sampled from: refused, quoting the difference.
+    let with_tokenizer = |name: &str, sources: &str, tokenizer: &str| {
+        let recipe = train_recipe(dir, name, sources);
+        let text = std::fs::read_to_string(&recipe).unwrap().replace("tokenizer: {gguf: ", &format!("tokenizer: {{{tokenizer}gguf: "));
+        std::fs::write(&recipe, text).unwrap();
+        pipeline::build::build(&recipe, &dir.join(name), false)
+    };
+    let source = "  - {name: r, path: rollouts, format: rollouts}\n";
+    let e = format!("{:#}", with_tokenizer("system", source, "system_prompt: Be brief., ").unwrap_err());
+    assert!(e.contains("source `r`: this recipe's tokenizer renders its prompts otherwise than they were sampled"), "{e}");
+    assert!(e.contains("in the sampled prompts") && e.contains("Be brief.") && e.contains("system_prompt null"), "{e}");
+    // A template variable SmolLM2's template does not read changes no prompt: accepted (the
+    // rows are the ones trained without it).
+    with_tokenizer("vars", source, "template_vars: {enable_thinking: false}, ").unwrap();
+    assert_eq!(trained_ids(&dir.join("vars")), want);
+
+    // Questions rendered by an exported template that carries the system message (a trained
+    // final/ folder, whose manifest records none) are the prompts a recipe setting the same
+    // system message renders: accepted.
+    let exported = dir.join("exported");
+    std::fs::create_dir(&exported).unwrap();
+    model_files::tokenizer::ChatTokenizer::from_snapshot(&prompts, &pm.tokenizer)
         .unwrap()
-        .replace("tokenizer: {gguf: ", "tokenizer: {template_vars: {enable_thinking: false}, gguf: ");
-    std::fs::write(&recipe, text).unwrap();
-    let e = format!("{:#}", pipeline::build::build(&recipe, &dir.join("vars"), false).unwrap_err());
-    assert!(e.contains("source `r`: its prompts were rendered with template_vars {}") && e.contains("{\"enable_thinking\":false}"), "{e}");
-    // So would another system message.
-    let recipe = train_recipe(dir, "system", "  - {name: r, path: rollouts, format: rollouts}\n");
-    let text = std::fs::read_to_string(&recipe).unwrap().replace("tokenizer: {gguf: ", "tokenizer: {system_prompt: Be brief., gguf: ");
-    std::fs::write(&recipe, text).unwrap();
-    let e = format!("{:#}", pipeline::build::build(&recipe, &dir.join("system"), false).unwrap_err());
-    assert!(e.contains("rendered with system_prompt null and this recipe's tokenizer.system_prompt is \"Be brief.\""), "{e}");
+        .with_system_prompt(Some("Be brief.".into()))
+        .save_hf_files(&exported)
+        .unwrap();
+    let q2 = dir.join("q2.yaml");
+    let text = std::fs::read_to_string(dir.join("q.yaml")).unwrap();
+    let text =
+        text.replace(&format!("tokenizer: {{gguf: {}}}", model().display()), &format!("tokenizer: {{hf_dir: {}}}", exported.display()));
+    std::fs::write(&q2, text).unwrap();
+    pipeline::build::build(&q2, &dir.join("q2"), false).unwrap();
+    let (pm2, _) = schemas::prompts::load_prompts(&dir.join("q2")).unwrap();
+    assert_eq!(pm2.tokenizer.system_prompt, None);
+    let mut info2 = rm.rollouts.clone().unwrap();
+    info2.key.prompts_snapshot_id = pm2.snapshot_id.clone();
+    info2.cache_key = info2.key.digest();
+    info2.prompts_snapshot = dir.join("q2").display().to_string();
+    publish_rollouts(&dir.join("rollouts2"), &dir.join("q2"), &pm2, &rows, info2, &[]).unwrap();
+    let source2 = "  - {name: r, path: rollouts2, format: rollouts}\n";
+    with_tokenizer("brief", source2, "system_prompt: Be brief., ").unwrap();
+    assert_eq!(trained_ids(&dir.join("brief")), want);
 }
 
 #[test]
