@@ -21,6 +21,13 @@ RECOMPUTE=${RECOMPUTE:-"20 all"}
 STEPS=${STEPS:-3}
 ROWS_PER_STEP=${ROWS_PER_STEP:-2}
 VENV=${TORCH_VENV:-$HOME/.cache/rectify/venv-torch}
+# The versions the README's figures were measured with; another venv is used as it is, and its
+# versions are printed with the table.
+TORCH_PIN=${TORCH_PIN:-"torch==2.15.* transformers==5.25.*"}
+# Both sides on THREADS threads (default: the cores this process may run on; not `nproc`, which
+# follows OMP_NUM_THREADS where rayon does not).
+THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 cargo build --release --workspace --examples
 make --no-print-directory model
@@ -28,13 +35,16 @@ make --no-print-directory model
 if ! "$VENV/bin/python" -c "import torch, transformers" 2> /dev/null; then
   echo "installing torch and transformers into $VENV (PyPI; once)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet torch 'transformers>=5' safetensors
+  # shellcheck disable=SC2086 # the pin is a list of requirements
+  "$VENV/bin/pip" install --quiet $TORCH_PIN safetensors
 fi
 PY=$VENV/bin/python
 BIN=$CARGO_TARGET_DIR/release/examples/bench_train
-# PyTorch reads the model as a Hugging Face folder: the same weights, exported by rectify.
+# PyTorch reads the model as a Hugging Face folder: the same weights, exported by rectify in every
+# run (seconds), so it is never an older export or another MODEL's.
 HF=$OUT/model-hf
-[ -f "$HF/config.json" ] || "$CARGO_TARGET_DIR/release/trainer" export --model "$MODEL" --out "$HF" > /dev/null
+rm -rf "$HF" && "$CARGO_TARGET_DIR/release/trainer" export --model "$MODEL" --out "$HF" > /dev/null
+VERSIONS=$("$PY" -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads')")
 
 "$BIN" --matmul 2048 > "$OUT/matmul.json"
 : > "$OUT/results.jsonl"
@@ -60,9 +70,10 @@ for n in $RECOMPUTE_LENGTHS; do
   done
 done
 
-"$PY" - "$OUT" <<'PY'
+"$PY" - "$OUT" "$THREADS" "$VERSIONS" <<'PY'
 import json, sys
 out = sys.argv[1]
+print(f"rectify: {sys.argv[2]} threads; PyTorch: {sys.argv[3]}")
 mm = json.load(open(f"{out}/matmul.json"))
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
 def torch_tps(r):

@@ -30,9 +30,17 @@ fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Bytes of the matrices one decoding step reads, as a GGUF file stores them: every 2-D tensor,
+/// the embedding only where it is also the output head (tied). None for other formats.
+fn gguf_matrix_bytes(path: &Path) -> Option<u64> {
+    let g = model_files::gguf::Gguf::open(path).ok()?;
+    let untied = g.tensors.iter().any(|t| t.name == "output.weight");
+    g.tensors.iter().filter(|t| t.dims.len() == 2 && !(untied && t.name == "token_embd.weight")).map(|t| t.n_bytes()).sum()
+}
+
 /// This machine's two ceilings for the model: reading 1 GiB with every thread (memory
 /// bandwidth) and the host matmul on a 64-row batch against the model's largest layer matrix.
-fn ceilings(model: &HostDecoder, mean_prompt: f64, new_tokens: usize) -> serde_json::Value {
+fn ceilings(path: &Path, model: &HostDecoder, mean_prompt: f64, new_tokens: usize) -> serde_json::Value {
     let big = vec![1f32; 1 << 28];
     let mut sink = 0f32;
     // 16 partial sums per chunk: one running sum would be bound by the add's latency, not by
@@ -58,9 +66,13 @@ fn ceilings(model: &HostDecoder, mean_prompt: f64, new_tokens: usize) -> serde_j
     let gflops = 2.0 * (rows * out * k) as f64 / secs / 1e9;
     let context = mean_prompt + new_tokens as f64 / 2.0;
     let flops = model.flops_per_token(context as usize);
+    // The same matrices as the file stores them (llama.cpp reads these): Q4_1 keeps an f16 scale
+    // and minimum per 32 weights where rectify's layout keeps f32 ones.
+    let file_bytes = gguf_matrix_bytes(path);
     serde_json::json!({
         "kind": "ceilings", "bandwidth_gb_per_s": bandwidth, "weight_bytes": model.weight_bytes(),
         "batch1_tokens_per_second": bandwidth * 1e9 / model.weight_bytes() as f64,
+        "file_weight_bytes": file_bytes, "file_batch1_tokens_per_second": file_bytes.map(|b| bandwidth * 1e9 / b as f64),
         "matmul_gflops": gflops, "matmul_shape": [rows, out, k], "flops_per_token": flops, "mean_context": context,
         "compute_tokens_per_second": gflops * 1e9 / flops, "sink": sink + y[0],
     })
@@ -78,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     let params = Sampling::greedy(new_tokens);
     let host = HostDecoder::load(path)?;
     let mean_prompt = prompts.iter().map(|p| p.len()).sum::<usize>() as f64 / prompts.len() as f64;
-    let ceilings = ceilings(&host, mean_prompt, new_tokens);
+    let ceilings = ceilings(path, &host, mean_prompt, new_tokens);
     let mut engines: Vec<(&str, Box<dyn Generator>)> = vec![("host", Box::new(host))];
     if std::env::var_os("BENCH_BURN").is_some() {
         let device = Default::default();
