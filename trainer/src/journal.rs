@@ -1,7 +1,7 @@
 //! Resumable work beside an output folder, shared by `trainer score` and `trainer sample`:
 //! `.<out>.<kind>/` holds `work.json` (the job's identity) and chunk files, each listed with its
 //! sha256 in `done.jsonl` once written and renamed into place. A folder left by another job is
-//! removed; a journal line cut short by a kill is ended before the next record, and skipped.
+//! removed with a warning naming the settings that differ; a journal line cut short by a kill is ended before the next record, and skipped.
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
@@ -22,6 +22,29 @@ pub struct Chunk {
     pub sha256: String,
 }
 
+/// `field (theirs there, ours here)` for each leaf that differs between two serialisations
+/// (nested fields as `a.b`): read from the values themselves, so no field can be left out.
+pub fn json_differences(theirs: &serde_json::Value, ours: &serde_json::Value) -> Vec<String> {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| leaves(&format!("{prefix}{k}."), v, out)),
+            other => {
+                out.insert(prefix.trim_end_matches('.').to_string(), other.clone());
+            }
+        }
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves("", theirs, &mut a);
+    leaves("", ours, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (there, here) = (a.get(k).unwrap_or(&serde_json::Value::Null), b.get(k).unwrap_or(&serde_json::Value::Null));
+            (there != here).then(|| format!("{k} ({there} there, {here} here)"))
+        })
+        .collect()
+}
+
 pub struct WorkDir {
     pub dir: PathBuf,
     journal: Option<std::fs::File>,
@@ -39,7 +62,16 @@ impl WorkDir {
             std::fs::read_to_string(dir.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<J>(&t).ok()).is_some_and(|w| w == *job);
         if !same {
             if dir.exists() {
-                tracing::info!("{} belongs to another job; starting afresh", dir.display());
+                // Said as a warning, naming what changed: the finished chunks may be hours of work.
+                let theirs = std::fs::read_to_string(dir.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+                let ours = serde_json::to_value(job)?;
+                let changed = theirs.map_or_else(|| vec!["its work.json is unreadable".to_string()], |t| json_differences(&t, &ours));
+                let chunks = std::fs::read_to_string(dir.join(JOURNAL_FILE)).map_or(0, |t| t.lines().count());
+                tracing::warn!(
+                    "{} holds a half-finished job with other settings ({}): its {chunks} finished chunks are discarded and the job starts afresh",
+                    dir.display(),
+                    changed.join(", ")
+                );
                 std::fs::remove_dir_all(&dir)?;
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -99,5 +131,24 @@ impl WorkDir {
     pub fn remove(self) -> anyhow::Result<()> {
         drop(self.journal);
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_job_with_other_settings_starts_afresh_and_the_differences_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("scored");
+        let job = json!({"model": "m", "sampling": {"seed": 7, "top_p": 1.0}});
+        let mut w = WorkDir::open(&out, "score", &job).unwrap();
+        w.record("chunk-0".into(), 0, 4, b"rows").unwrap();
+        assert_eq!(WorkDir::open(&out, "score", &job).unwrap().finished().unwrap().len(), 1, "the same job resumes");
+        let other = json!({"model": "m", "sampling": {"seed": 8, "top_p": 1.0}, "chunk": 2});
+        assert_eq!(json_differences(&job, &other), ["chunk (null there, 2 here)", "sampling.seed (7 there, 8 here)"]);
+        assert!(WorkDir::open(&out, "score", &other).unwrap().finished().unwrap().is_empty(), "another job starts afresh");
     }
 }

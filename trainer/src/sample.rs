@@ -231,24 +231,10 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
 }
 
 /// `field (theirs there, this run's here)` for each field of the cache key that differs,
-/// `sampling.*` one by one: read from the key's own serialisation, so no field can be left out.
+/// `sampling.*` one by one.
 fn key_differences(theirs: &CacheKey, ours: &CacheKey) -> Vec<String> {
-    fn leaves(prefix: &str, v: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-        match v {
-            serde_json::Value::Object(m) => m.into_iter().for_each(|(k, v)| leaves(&format!("{prefix}{k}."), v, out)),
-            other => out.push((prefix.trim_end_matches('.').to_string(), other)),
-        }
-    }
-    let (mut a, mut b) = (vec![], vec![]);
-    leaves("", serde_json::to_value(theirs).expect("serialises"), &mut a);
-    leaves("", serde_json::to_value(ours).expect("serialises"), &mut b);
-    let b: std::collections::BTreeMap<String, serde_json::Value> = b.into_iter().collect();
-    a.into_iter()
-        .filter_map(|(k, v)| {
-            let here = b.get(&k).cloned().unwrap_or(serde_json::Value::Null);
-            (v != here).then(|| format!("{k} ({v} there, {here} here)"))
-        })
-        .collect()
+    let value = |k: &CacheKey| serde_json::to_value(k).expect("serialises");
+    crate::journal::json_differences(&value(theirs), &value(ours))
 }
 
 /// A rollout before grading (verdict fields are filled by the caller).
