@@ -148,9 +148,11 @@ pub fn markdown(s: &Summary) -> String {
     md.push_str(&format!("|---|---|---:|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|" } else { "" }));
     for b in &s.benchmarks {
         let kval = if k > 1 { format!(" {:.1}% |", 100.0 * b.pass_at_k) } else { String::new() };
+        let verifier = b.verifier(&s.verifier_version);
+        let name = if verifier == s.verifier_version { b.bench.clone() } else { format!("{} (graded by {verifier})", b.bench) };
         md.push_str(&format!(
             "| {} | `{}` | {} | {:.1}% | {} | {:.1}% |{kval} {} | {:.0} | {:.0} |\n",
-            b.bench,
+            name,
             b.snapshot_id,
             b.prompts,
             100.0 * b.average_at_k,
@@ -331,6 +333,15 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
             md.push_str(&format!("note: {label} also evaluated {}, which {} did not: not shown\n\n", extra.join(", "), runs[0].0));
         }
     }
+    // A benchmark still waiting to be graded again (a run grading it stopped part way).
+    for (label, s) in &runs {
+        for b in s.benchmarks.iter().filter(|b| b.verifier(&s.verifier_version) != s.verifier_version) {
+            md.push_str(&format!(
+                "note: {label}'s {} was graded by verifier {} (run `trainer eval` on it again)\n\n",
+                b.bench, b.graded_by
+            ));
+        }
+    }
     let mut head = "| benchmark | prompts |".to_string();
     let mut rule = "|---|---:|".to_string();
     for (i, (label, s)) in runs.iter().enumerate() {
@@ -460,6 +471,13 @@ mod tests {
         assert!(md.contains("note: gpu differs from base: K = 4, engine `burn cuda, f32 matmuls`, verifier 0.1.0+b"), "{md}");
         assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
         assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
+
+        // A benchmark still waiting to be graded again is named in both reports.
+        let mut pending = same.clone();
+        pending.benchmarks[0].graded_by = "0.0.9+old".into();
+        let md = compare_markdown(&[eval("base", same), eval("dft", pending.clone())]);
+        assert!(md.contains("note: dft's gsm8k_test was graded by verifier 0.0.9+old"), "{md}");
+        assert!(markdown(&pending).contains("| gsm8k_test (graded by 0.0.9+old) |"), "{}", markdown(&pending));
     }
 
     /// Two evaluations written as `trainer eval` writes them: the difference gets the paired

@@ -683,6 +683,14 @@ impl ChatTokenizer {
     pub fn system_prompt(&self) -> Option<&str> {
         self.system_prompt.as_deref()
     }
+    pub fn template_vars(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.template_vars
+    }
+    /// Whether the template writes `bos_token` while the begin token is unknown (a snapshot
+    /// built before begin tokens were recorded): its rendering then lacks a token the rows have.
+    pub fn begin_token_unknown(&self) -> bool {
+        self.bos_token.is_empty() && self.template.contains("bos_token")
+    }
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }

@@ -140,7 +140,32 @@ fn from_snapshot(
     let (manifest, rows) = load_rollouts(dir).with_context(|| format!("source `{}`", source.name))?;
     // The tokenizer the prompts were rendered with, as the snapshot keeps it.
     let sampled = ChatTokenizer::from_snapshot(dir, &manifest.tokenizer).with_context(|| format!("source `{}`", source.name))?;
-    if let Some(first) = rows.first() {
+    let recorded = &manifest.tokenizer;
+    if sampled.begin_token_unknown() {
+        // Sampled before begin tokens were recorded: its prompts cannot be rendered again as
+        // they were, so the recorded settings are compared instead.
+        let differs = |field: &str, sampled: Value, here: Value| {
+            anyhow::anyhow!(
+                "source `{}`: its prompts were rendered with {field} {sampled} and this recipe's tokenizer.{field} is {here}; \
+                 set the same in the recipe so the completions are trained after the prompts they were sampled from",
+                source.name,
+            )
+        };
+        if recorded.template_vars != *tokenizer.template_vars() {
+            return Err(differs("template_vars", json!(recorded.template_vars), json!(tokenizer.template_vars())));
+        }
+        if recorded.system_prompt.as_deref() != tokenizer.system_prompt() {
+            return Err(differs("system_prompt", json!(recorded.system_prompt), json!(tokenizer.system_prompt())));
+        }
+        if sampled.chat_template() != tokenizer.chat_template() {
+            tracing::warn!(
+                "source `{}`: its prompts were rendered with another chat template than this recipe's: the completions are \
+                 trained after prompts unlike the ones they were sampled from (as intended when distilling one model's \
+                 samples into another)",
+                source.name
+            );
+        }
+    } else if let Some(first) = rows.first() {
         let difference = sampled
             .prompt_difference(tokenizer, &first.prompt, ("the sampled prompts", "this recipe's"))
             .with_context(|| format!("source `{}`: rendering its first prompt", source.name))?;

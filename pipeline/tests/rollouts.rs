@@ -266,6 +266,40 @@ fn a_rollouts_snapshot_trains_on_exactly_its_correct_untruncated_samples() {
     let source2 = "  - {name: r, path: rollouts2, format: rollouts}\n";
     with_tokenizer("brief", source2, "system_prompt: Be brief., ").unwrap();
     assert_eq!(trained_ids(&dir.join("brief")), want);
+
+    // Rollouts sampled before begin tokens were recorded (a template writing `bos_token`, a
+    // manifest naming none) cannot have their prompts rendered again as they were: the recorded
+    // settings are compared instead, and a recipe with the same ones is accepted.
+    let bos = dir.join("bos");
+    std::fs::create_dir(&bos).unwrap();
+    let base = model_files::tokenizer::ChatTokenizer::from_snapshot(&prompts, &pm.tokenizer).unwrap();
+    base.save_hf_files(&bos).unwrap();
+    let config = bos.join("tokenizer_config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["bos_token"] = "<|endoftext|>".into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    std::fs::write(bos.join("chat_template.jinja"), format!("{{{{ bos_token }}}}{}", base.chat_template())).unwrap();
+    let q3 = dir.join("q3.yaml");
+    let text = std::fs::read_to_string(dir.join("q.yaml")).unwrap();
+    let text = text.replace(&format!("tokenizer: {{gguf: {}}}", model().display()), &format!("tokenizer: {{hf_dir: {}}}", bos.display()));
+    std::fs::write(&q3, text).unwrap();
+    pipeline::build::build(&q3, &dir.join("q3"), false).unwrap();
+    let (pm3, _) = schemas::prompts::load_prompts(&dir.join("q3")).unwrap();
+    assert_eq!(pm3.tokenizer.bos_token, "<|endoftext|>");
+    let mut info3 = rm.rollouts.clone().unwrap();
+    info3.key.prompts_snapshot_id = pm3.snapshot_id.clone();
+    info3.cache_key = info3.key.digest();
+    publish_rollouts(&dir.join("rollouts3"), &dir.join("q3"), &pm3, &rows, info3, &[]).unwrap();
+    let manifest = dir.join("rollouts3/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["tokenizer"].as_object_mut().unwrap().remove("bos_token");
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let recipe = train_recipe(dir, "old", "  - {name: r, path: rollouts3, format: rollouts}\n");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let text = text.replace(&format!("tokenizer: {{gguf: {}}}", model().display()), &format!("tokenizer: {{hf_dir: {}}}", bos.display()));
+    std::fs::write(&recipe, text).unwrap();
+    pipeline::build::build(&recipe, &dir.join("old"), false).unwrap();
+    assert_eq!(trained_ids(&dir.join("old")), want);
 }
 
 #[test]

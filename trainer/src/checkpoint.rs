@@ -92,13 +92,14 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     state: &TrainerState,
 ) -> anyhow::Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
+    // What a killed run left while writing another step (a resume may checkpoint other steps);
+    // before this save, whose disk it may need.
+    schemas::snapshot::remove_all_leftovers(&output.join("checkpoints"));
     publish_dir(&final_dir, |tmp| {
         save_model_folder(tmp, model, tok)?;
         write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;
-    // What a killed run left while writing another step (a resume may checkpoint other steps).
-    schemas::snapshot::remove_all_leftovers(&output.join("checkpoints"));
     Ok(final_dir)
 }
 

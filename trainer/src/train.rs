@@ -249,18 +249,33 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             // that never saved, would be overwritten by a fresh start.
             let final_dir = run.output_dir.join("final");
             let logged = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
-            if logged && resume && !final_dir.exists() {
-                // Stopped before its first checkpoint: nothing to continue from, and its logged
-                // steps are dropped (`open_metrics` from step 0), so nothing is mixed either.
+            // The last step logged (None: not one line whole).
+            let last_step = std::fs::read_to_string(&metrics_path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
+                .map(|m| m.step)
+                .max();
+            let before_first_checkpoint = last_step.is_none_or(|s| s < r.checkpoint_every);
+            if logged && resume && !final_dir.exists() && before_first_checkpoint {
+                // Stopped before its first checkpoint was due: nothing to continue from, and its
+                // logged steps are dropped (`open_metrics` from step 0), so nothing is mixed.
                 tracing::warn!(
-                    "{} holds steps logged in {METRICS_FILE} but no checkpoint (the run stopped before its first one): starting afresh, dropping them",
-                    run.output_dir.display()
+                    "{} holds steps logged in {METRICS_FILE} but no checkpoint (the run stopped before its first one, due at step {}): starting afresh, dropping them",
+                    run.output_dir.display(),
+                    r.checkpoint_every
                 );
             } else if final_dir.exists() || logged {
+                // Past a checkpoint that is gone (deleted, or never completed): refused, so that
+                // a long run's log is not dropped by a resume that cannot continue it.
                 bail!(
                     "{} holds a run ({}) but no checkpoint to {}: choose another output_dir, or remove it to start afresh",
                     run.output_dir.display(),
-                    if final_dir.exists() { "final/" } else { METRICS_FILE },
+                    if final_dir.exists() {
+                        "final/".to_string()
+                    } else {
+                        format!("{METRICS_FILE}, up to step {}", last_step.unwrap_or(0))
+                    },
                     if resume { "resume from" } else { "continue" }
                 );
             }

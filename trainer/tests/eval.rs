@@ -280,4 +280,37 @@ fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     );
     assert!(log.contains("You are Rex") && log.contains("You are a helpful AI assistant named SmolLM"), "{log}");
     assert!(log.contains(&format!("EVAL_TOKENIZER={}", rex.display())), "{log}");
+
+    // A snapshot built before begin tokens were recorded (its template writes `bos_token`, its
+    // manifest names none) cannot render its prompts again: the model's ids are compared with
+    // the stored ones, which agree here, so no warning.
+    let bos = tmp.path().join("bos");
+    std::fs::create_dir(&bos).unwrap();
+    tok.save_hf_files(&bos).unwrap();
+    let config = bos.join("tokenizer_config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["bos_token"] = "<|endoftext|>".into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    std::fs::write(bos.join("chat_template.jinja"), format!("{{{{ bos_token }}}}{}", tok.chat_template())).unwrap();
+    let line = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/test.jsonl")).unwrap().lines().next().unwrap().to_string();
+    std::fs::write(tmp.path().join("old.jsonl"), line + "\n").unwrap();
+    let recipe = format!(
+        "name: old\nkind: prompts\nsources:\n  - {{name: old, path: old.jsonl, format: gsm8k}}\n\
+         filter: {{require_math_answer: true, require_python_parses: false}}\ndedup: {{exact: false, near: {{enabled: false}}}}\n\
+         tokenizer: {{hf_dir: {}}}\n",
+        bos.display()
+    );
+    let old = build_snapshot(tmp.path(), "old", &recipe);
+    let manifest = old.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["tokenizer"]["bos_token"], "<|endoftext|>");
+    m["tokenizer"].as_object_mut().unwrap().remove("bos_token");
+    std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["eval", "--model", bos.to_str().unwrap(), "--bench", old.to_str().unwrap()])
+        .args(["--out", tmp.path().join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("renders its prompts otherwise") && log.contains("holds no config.json"), "{log}");
 }

@@ -143,18 +143,24 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6]);
 
     // A run stopped before its first checkpoint (two steps logged, none saved, as a kill before
-    // `checkpoint_every` leaves it) is refused without --resume, and with it starts afresh,
-    // dropping the logged steps: the same weights and each step logged once.
+    // step `checkpoint_every` leaves it) is refused without --resume, and with it starts afresh,
+    // dropping the logged steps: the same weights and each step logged once. Past the step its
+    // first checkpoint was due, the checkpoint is gone, not never made: refused even with
+    // --resume, the log kept.
     let c = recipe(dir, "c");
     std::fs::create_dir(dir.join("c")).unwrap();
     let two: String = la.lines().take(2).map(|l| l.to_string() + "\n").collect();
-    std::fs::write(dir.join("c/metrics.jsonl"), two).unwrap();
+    std::fs::write(dir.join("c/metrics.jsonl"), &two).unwrap();
     let out = trainer(&["train", "--recipe", c.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("holds a run (metrics.jsonl) but no checkpoint to continue"), "{err}");
+    assert!(!out.status.success() && err.contains("holds a run (metrics.jsonl, up to step 2) but no checkpoint to continue"), "{err}");
     let out = trainer(&["train", "--recipe", c.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("no checkpoint (the run stopped before its first one): starting afresh"), "{err}");
+    assert!(!out.status.success() && err.contains("but no checkpoint to resume from"), "checkpoint_every 1: {err}");
+    assert_eq!(std::fs::read_to_string(dir.join("c/metrics.jsonl")).unwrap(), two, "the log is kept");
+    let out = trainer(&["train", "--recipe", c.to_str().unwrap(), "--resume", "--checkpoint-every", "3"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("the run stopped before its first one, due at step 3): starting afresh"), "{err}");
     assert!(std::fs::read(dir.join("c/final/model.safetensors")).unwrap() == wa);
     assert_eq!(steps_logged(&dir.join("c/metrics.jsonl")), [1, 2, 3, 4, 5, 6]);
 }
