@@ -115,6 +115,7 @@ EVAL_MODEL ?= $(if $(wildcard $(RUNS)/$(LOSS)/final/config.json),$(RUNS)/$(LOSS)
 # (scripts/eval_snapshots.sh names the folder).
 EVAL_TOKENIZER ?=
 EVAL_SNAPSHOTS ?= $(SNAPSHOTS)/eval$(if $(EVAL_TOKENIZER),-$(patsubst %.gguf,%,$(notdir $(patsubst %/final,%,$(patsubst %/,%,$(EVAL_TOKENIZER))))))
+# Results go to $(RUNS)/eval/NAME: the folder `trainer eval` picks without --out, under $(RUNS).
 eval: build model
 	@PIPELINE=$(PIPELINE) SNAPSHOTS=$(SNAPSHOTS) EVAL_DIR=$(EVAL_SNAPSHOTS) EVAL_TOKENIZER=$(EVAL_TOKENIZER) ./scripts/eval_snapshots.sh $(EVAL_BENCH) > /dev/null
 	$(TRAINER) eval --model $(EVAL_MODEL) --bench $(EVAL_BENCH) --snapshots $(EVAL_SNAPSHOTS) --limit $(EVAL_LIMIT) --max-new-tokens $(EVAL_MAX_NEW) --out $(RUNS)/eval/$(notdir $(patsubst %/final,%,$(EVAL_MODEL)))

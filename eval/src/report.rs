@@ -7,7 +7,7 @@ use model::sampling::Sampling;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Settings of one evaluation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +164,15 @@ pub fn markdown(s: &Summary) -> String {
         ));
     }
     md
+}
+
+/// Where `trainer eval` writes a model's results without `--out`: `runs/eval/NAME`, NAME the
+/// model's file or folder name, or RUN for a trained `runs/RUN/final` (`make eval` passes the
+/// same folder), so that two models never share one by default.
+pub fn default_out(model: &Path) -> PathBuf {
+    let model = if model.file_name().is_some_and(|n| n == "final") { model.parent().unwrap_or(model) } else { model };
+    let name = model.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    Path::new("runs/eval").join(name)
 }
 
 /// Writes `summary.json` and `summary.md` into `out_dir` (atomically).
@@ -437,6 +446,19 @@ mod tests {
 
     fn eval(label: &str, summary: Summary) -> Evaluation {
         Evaluation { label: label.into(), summary, per_prompt: BTreeMap::new() }
+    }
+
+    #[test]
+    fn each_model_has_its_own_default_results_folder() {
+        for (model, out) in [
+            ("runs/dft/final", "runs/eval/dft"),
+            ("runs/dft/final/", "runs/eval/dft"),
+            ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "runs/eval/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ("/models/Qwen2.5-1.5B-Instruct", "runs/eval/Qwen2.5-1.5B-Instruct"),
+            ("runs/dft/checkpoints/step-000005", "runs/eval/step-000005"),
+        ] {
+            assert_eq!(default_out(Path::new(model)), Path::new(out), "{model}");
+        }
     }
 
     #[test]

@@ -174,9 +174,11 @@ enum Command {
         /// logits). 8 is the fastest measured on 2 cores (README: Evaluation).
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
-        /// Results folder: summary.json, summary.md, results/<bench>.jsonl.
-        #[arg(long, default_value = "runs/eval")]
-        out: PathBuf,
+        /// Results folder: summary.json, summary.md, results/<bench>.jsonl [default:
+        /// runs/eval/NAME, NAME the model's file or folder name, or RUN for runs/RUN/final, as
+        /// `make eval` names it: each model its own folder].
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Where the model runs (cuda needs a `--features cuda` build: `make build-cuda`).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
@@ -570,6 +572,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
             device_ready(device)?;
+            let out = out.unwrap_or_else(|| eval::report::default_out(&model));
             let bench = eval::benchmark::expand_all(&bench, &snapshots)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
             if let Some(tokens) = model_files::vocab::ModelTokens::of(&model)? {
