@@ -158,9 +158,7 @@ pub struct TokenizerOverride<'a> {
 
 /// [`build`] with the recipe's tokenizer settings overridden.
 pub fn build_with(recipe_path: &Path, out: &Path, force: bool, over: &TokenizerOverride) -> anyhow::Result<Manifest> {
-    if out.exists() && !force {
-        bail!("{} already exists; pass --force to replace it", out.display());
-    }
+    snapshot::check_replaceable(out, force)?;
     snapshot::publish_dir(out, |dir| build_into(recipe_path, dir, over))
 }
 

@@ -323,6 +323,29 @@ pub fn write_sidecar(dir: &Path, file: &str, text: &str) -> anyhow::Result<Shard
     })
 }
 
+/// Whether a command writing a snapshot may replace `out`: nothing there or an empty folder,
+/// and with `force` a snapshot (a folder holding its manifest). Never anything else, `--force`
+/// or not: a replace deletes the folder, and `--out` naming the recipe's own folder or a project
+/// by mistake must not cost its files.
+pub fn check_replaceable(out: &Path, force: bool) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(out).is_err() {
+        return Ok(());
+    }
+    if out.is_dir() && std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none()) {
+        return Ok(());
+    }
+    if !out.join(MANIFEST_FILE).is_file() {
+        bail!(
+            "{} exists and is not a snapshot (no {MANIFEST_FILE}): it is not replaced, with --force or without; choose another --out",
+            out.display()
+        );
+    }
+    if !force {
+        bail!("{} already holds a snapshot; pass --force to replace it", out.display());
+    }
+    Ok(())
+}
+
 /// Fill a new folder and put it at `out` atomically: `fill` writes into a hidden temp folder
 /// beside `out`, which replaces `out` (if any) only once `fill` succeeded, so an interrupted or
 /// failed run never leaves a half-written folder under the real name. The caller decides whether
@@ -492,6 +515,26 @@ mod tests {
         assert!(publish_dir(&other, |_| -> anyhow::Result<()> { anyhow::bail!("failed") }).is_err());
         assert_eq!(std::fs::read_to_string(other.join("a")).unwrap(), "last");
         assert!(!old.exists());
+    }
+
+    #[test]
+    fn only_a_snapshot_or_an_empty_folder_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let p = |n: &str| root.path().join(n);
+        assert!(check_replaceable(&p("missing"), false).is_ok());
+        std::fs::create_dir(p("empty")).unwrap();
+        assert!(check_replaceable(&p("empty"), false).is_ok());
+        std::fs::create_dir(p("project")).unwrap();
+        std::fs::write(p("project/notes.txt"), "mine").unwrap();
+        std::fs::write(p("file"), "mine").unwrap();
+        for other in ["project", "file"] {
+            let e = check_replaceable(&p(other), true).unwrap_err().to_string();
+            assert!(e.contains("is not a snapshot") && e.contains("choose another --out"), "{e}");
+        }
+        std::fs::create_dir(p("snap")).unwrap();
+        std::fs::write(p("snap").join(MANIFEST_FILE), "{}").unwrap();
+        assert!(check_replaceable(&p("snap"), false).unwrap_err().to_string().contains("pass --force"));
+        assert!(check_replaceable(&p("snap"), true).is_ok());
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     let digest = key.digest();
 
     if opts.out.exists() {
+        // Never a folder that is not a snapshot, --force or not.
+        schemas::snapshot::check_replaceable(&opts.out, true)?;
         let existing = read_manifest(&opts.out).ok();
         let same = existing.as_ref().and_then(|m| m.rollouts.as_ref()).is_some_and(|r| r.cache_key == digest);
         if same && verify(&opts.out)?.1.is_empty() {

@@ -128,9 +128,7 @@ fn real_path(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Result<ScoreSummary> {
-    if opts.out.exists() && !opts.force {
-        bail!("{} already exists; pass --force to replace it", opts.out.display());
-    }
+    schemas::snapshot::check_replaceable(&opts.out, opts.force)?;
     // Inside the snapshot, the result would be replaced with it by the next `pipeline build
     // --force`; around it, `--force` would replace the snapshot being read.
     let (out, snap) = (real_path(&opts.out)?, real_path(&opts.snapshot)?);
