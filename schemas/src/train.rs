@@ -225,13 +225,24 @@ impl TrainRecipe {
         if self.steps.is_some() == self.epochs.is_some() {
             bail!("set exactly one of `steps` and `epochs`");
         }
-        if self.steps == Some(0) || self.epochs.is_some_and(|e| !(e.is_finite() && e > 0.0)) {
-            bail!("`steps` must be at least 1 and `epochs` a positive number");
+        if self.steps == Some(0) {
+            bail!("`steps` must be at least 1, got 0");
+        }
+        if let Some(e) = self.epochs.filter(|e| !(e.is_finite() && *e > 0.0)) {
+            bail!("`epochs` must be a positive number, got {e}");
         }
         // Each comparison is written so that NaN fails it.
-        let lr_ok = self.lr > 0.0 && self.lr.is_finite();
-        if !lr_ok || !(0.0..1.0).contains(&self.warmup_ratio) || self.micro_batch_rows == 0 || self.batch_tokens == 0 {
-            bail!("`lr` and `batch_tokens` must be positive, `warmup_ratio` in [0, 1), `micro_batch_rows` at least 1");
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("`lr` must be positive, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            bail!("`warmup_ratio` must be in [0, 1), got {}", self.warmup_ratio);
+        }
+        if self.micro_batch_rows == 0 {
+            bail!("`micro_batch_rows` must be at least 1, got 0");
+        }
+        if self.batch_tokens == 0 {
+            bail!("`batch_tokens` must be positive, got 0");
         }
         // beta2 = 1 would divide 0 by 0 in the bias correction and make every weight NaN.
         let [b1, b2] = self.betas;
@@ -287,12 +298,16 @@ mod tests {
             ("steps: 3\neps: 0", "eps"),
             ("steps: 3\nweight_decay: -0.1", "weight_decay"),
             ("steps: 3\nclip: .nan", "clip"),
-            ("steps: 3\nlr: .inf", "lr"),
-            ("steps: 0", "steps"),
-            ("epochs: 0", "epochs"),
+            ("steps: 3\nlr: .inf", "`lr` must be positive, got inf"),
+            ("steps: 3\nlr: -1", "`lr` must be positive, got -1"),
+            ("steps: 3\nwarmup_ratio: 1", "`warmup_ratio` must be in [0, 1), got 1"),
+            ("steps: 3\nbatch_tokens: 0", "`batch_tokens` must be positive, got 0"),
+            ("steps: 0", "`steps` must be at least 1, got 0"),
+            ("epochs: 0", "`epochs` must be a positive number, got 0"),
         ] {
             let r: TrainRecipe = serde_norway::from_str(&format!("{base}{extra}\n")).unwrap();
             let err = r.validate().unwrap_err().to_string();
+            // One field named, with its value.
             assert!(err.contains(what), "{extra}: {err}");
         }
     }

@@ -34,7 +34,7 @@ enum Device {
 #[derive(Args, Clone, Copy)]
 struct SamplingArgs {
     /// 0 is greedy decoding (ties go to the lowest token id).
-    #[arg(long, default_value_t = 0.0, value_parser = temperature)]
+    #[arg(long, default_value_t = 0.0, value_parser = temperature, allow_negative_numbers = true)]
     temperature: f32,
     /// Nucleus sampling: keep the most probable tokens whose probabilities sum to at least P
     /// (1 keeps them all).
@@ -46,6 +46,15 @@ struct SamplingArgs {
     /// Seed of the sampling streams (each prompt and sample draws from its own stream).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// A message with some text in it.
+fn not_blank(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("is empty".into())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 impl SamplingArgs {
@@ -71,7 +80,9 @@ enum Command {
         #[arg(long, value_name = "sft|dft|iwsft")]
         loss: Option<schemas::train::LossKind>,
         /// Peak learning rate (linear warmup, then cosine decay to 0).
-        #[arg(long)]
+        // A negative value is read as a value (and refused by the recipe check, by name), not
+        // as an unknown flag.
+        #[arg(long, allow_negative_numbers = true)]
         lr: Option<f64>,
         /// Optimizer steps (replaces the recipe's `steps` or `epochs`).
         #[arg(long, conflicts_with = "epochs")]
@@ -114,10 +125,10 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// The user message.
-        #[arg(long)]
+        #[arg(long, value_parser = not_blank)]
         prompt: String,
         /// New tokens at most per completion (fewer when a stop token comes first).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         max_new_tokens: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
@@ -164,7 +175,7 @@ enum Command {
         #[command(flatten)]
         sampling: SamplingArgs,
         /// New tokens at most per completion; a completion cut there counts as truncated.
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, value_parser = at_least_one)]
         max_new_tokens: usize,
         /// Only the first N prompts of each benchmark.
         #[arg(long)]
@@ -206,7 +217,7 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         samples: usize,
         /// 0 is greedy decoding.
-        #[arg(long, default_value_t = 1.0, value_parser = temperature)]
+        #[arg(long, default_value_t = 1.0, value_parser = temperature, allow_negative_numbers = true)]
         temperature: f32,
         /// Nucleus sampling: keep the most probable tokens whose probabilities sum to at least P.
         #[arg(long, default_value_t = 1.0, value_parser = top_p)]
@@ -215,7 +226,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         top_k: usize,
         /// New tokens at most per completion; a completion cut there is kept as truncated.
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, value_parser = at_least_one)]
         max_new_tokens: usize,
         /// Seed of the sampling streams (recorded in the rollouts manifest).
         #[arg(long, default_value_t = 0)]
@@ -442,7 +453,8 @@ fn unique_template_vars(vars: Vec<(String, serde_json::Value)>) -> anyhow::Resul
     Ok(out)
 }
 
-/// A count of samples: 0 would make every rate 0/0.
+/// A count of samples or new tokens: 0 samples would make every rate 0/0, and 0 new tokens would
+/// generate nothing and report it as a result.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),

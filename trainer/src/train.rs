@@ -79,7 +79,8 @@ pub struct Run {
 
 impl Run {
     pub fn new(recipe: TrainRecipe, recipe_path: &Path) -> anyhow::Result<Run> {
-        recipe.validate().with_context(|| format!("training recipe {}", recipe_path.display()))?;
+        // The flags have been applied: a value may come from either.
+        recipe.validate().with_context(|| format!("training recipe {} (with the flags that override it)", recipe_path.display()))?;
         let at = |p: &str| schemas::recipe::resolve(recipe_path, p);
         Ok(Run {
             model_path: at(&recipe.model),
@@ -160,6 +161,15 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
     let loss = Loss::from(r);
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
+    if rows_per_step * snapshot.seq_len != r.batch_tokens {
+        // Whole rows only: said, since a step then holds other tokens than the recipe asked for.
+        tracing::warn!(
+            "batch_tokens {} is not a whole number of the snapshot's {}-token rows: each step takes {rows_per_step} of them, {} tokens",
+            r.batch_tokens,
+            snapshot.seq_len,
+            rows_per_step * snapshot.seq_len
+        );
+    }
     let total_steps = match (r.steps, r.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => ((e * snapshot.rows.len() as f64) / rows_per_step as f64).ceil().max(1.0) as u64,
