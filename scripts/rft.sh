@@ -3,7 +3,7 @@
 #   1. the question snapshot (datasets/recipes/rft/questions.yaml: training sources only),
 #   2. K samples per question from the base model, each verified (`trainer sample`),
 #   3. the train snapshot of the correct, untruncated samples (datasets/recipes/rft/train.yaml),
-#   4. DFT on it (LOSS=sft: RFT, plain SFT on the same samples),
+#   4. DFT on it from the same model (LOSS=sft: RFT, plain SFT on the same samples),
 #   5. the base and the trained model on the subset `make eval` uses, side by side.
 # Sampling runs at temperature 0.7, not the paper's 1.0 (`trainer sample`'s default): at 1.0
 # SmolLM2-135M answered 3 of 192 samples right (1.6%) and 0 of 128 in a smaller run, too few to
@@ -26,6 +26,13 @@ EVAL_BENCH=${EVAL_BENCH:-gsm8k,math500,humaneval,mbpp}
 EVAL_LIMIT=${EVAL_LIMIT:-30}
 EVAL_MAX_NEW=${EVAL_MAX_NEW:-384}
 RUN=runs/rft-$LOSS
+# A second round samples from a trained model; step 4 replaces $RUN, so the model must live
+# elsewhere.
+case "$(realpath -m "$MODEL")/" in
+  "$(realpath -m "$RUN")"/*)
+    echo "MODEL=$MODEL is inside $RUN, which step 4 replaces: copy it first (cp -r $MODEL runs/round-1) and pass that" >&2
+    exit 1 ;;
+esac
 
 t_start=$(date +%s)
 t_last=$t_start
@@ -58,7 +65,8 @@ step select
 
 echo "== 4/5 train $LOSS"
 rm -rf "$RUN"
-$TRAINER train --recipe datasets/recipes/train/rft.yaml --loss "$LOSS" --output-dir "$RUN"
+# From MODEL, the model the samples came from (the recipe names the default one).
+$TRAINER train --recipe datasets/recipes/train/rft.yaml --model "$MODEL" --loss "$LOSS" --output-dir "$RUN"
 step "train $LOSS"
 
 echo "== 5/5 evaluate: base and $LOSS, first $EVAL_LIMIT prompts of $EVAL_BENCH, greedy, $EVAL_MAX_NEW new tokens"

@@ -183,6 +183,14 @@ fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyho
             recipe_path.display()
         );
     }
+    if recipe.kind == SnapshotKind::Train && recipe.decontaminate.against.is_empty() {
+        // Off unless named: a training set that holds benchmark questions inflates every score
+        // measured on them.
+        tracing::warn!(
+            "{} decontaminates against no benchmark (`decontaminate.against` is empty): rows that hold evaluation questions are kept",
+            recipe_path.display()
+        );
+    }
     // A bad pattern fails now, naming its rule, not after ingest.
     filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };

@@ -98,6 +98,11 @@ pub fn ingest(
         });
         let rows = read_rows(&path, bytes)?;
         let total = rows.len();
+        if total == 0 {
+            // Nothing is lost, but a source that gives nothing is more often a wrong file than
+            // a choice.
+            tracing::warn!("source `{}`: {} holds no rows", source.name, path.display());
+        }
         rows_in += total;
         adapt_rows(source, &path, rows, &mut out)?;
         // Malformed rows are found in the whole file, so the fraction is over the whole file,
