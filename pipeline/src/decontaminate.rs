@@ -213,6 +213,7 @@ mod tests {
             gold: None,
             tests: None,
             metadata: "{}".to_string(),
+            unfinished: false,
         }
     }
 

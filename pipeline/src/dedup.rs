@@ -269,6 +269,7 @@ mod tests {
             gold: None,
             tests: None,
             metadata: "{}".to_string(),
+            unfinished: false,
         }
     }
 

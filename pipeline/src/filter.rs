@@ -250,6 +250,7 @@ mod tests {
             gold: None,
             tests: None,
             metadata: "{}".into(),
+            unfinished: false,
         }
     }
 

@@ -541,6 +541,7 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
         gold,
         tests,
         metadata: row.metadata(),
+        unfinished: false,
     };
     Ok((example, int_id))
 }

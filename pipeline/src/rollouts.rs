@@ -77,7 +77,7 @@ pub fn ingest_rollouts(
     let mut dropped = vec![];
     for (c, reason) in candidates.into_iter().zip(reasons) {
         match reason {
-            None => examples.push(c.example),
+            None => examples.push(Example { unfinished: c.finish == Some(Finish::Length), ..c.example }),
             Some(r) => dropped.push(Dropped::new(STAGE, r, &c.example, "")),
         }
     }
@@ -118,6 +118,7 @@ fn example(source: &Source, question_id: &str, sample: u32, domain: Domain, prom
         gold: None,
         tests: None,
         metadata: String::new(),
+        unfinished: false,
     }
 }
 

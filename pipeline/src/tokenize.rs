@@ -17,11 +17,24 @@ pub fn tokenize_chats(examples: &[Example], tok: &ChatTokenizer) -> (Vec<Tokeniz
     let mut dropped = vec![];
     for (e, enc) in examples.iter().zip(encoded) {
         match enc {
-            Ok(enc) => items.push(Tokenized { id: e.id.clone(), source: e.source.clone(), ids: enc.ids, loss_mask: enc.loss_mask }),
+            Ok(mut enc) => {
+                if e.unfinished {
+                    untrain_end_of_turn(&enc.ids, &mut enc.loss_mask, tok.eos_id());
+                }
+                items.push(Tokenized { id: e.id.clone(), source: e.source.clone(), ids: enc.ids, loss_mask: enc.loss_mask })
+            }
             Err(err) => dropped.push(Dropped::new(STAGE, "template_error", e, format!("{err:#}"))),
         }
     }
     (items, dropped)
+}
+
+/// Leaves the end-of-turn token that closes the trained span out of it: the last trained token,
+/// where it is `eos`.
+fn untrain_end_of_turn(ids: &[u32], loss_mask: &mut [u8], eos: u32) {
+    if let Some(last) = loss_mask.iter().rposition(|&m| m == 1).filter(|&i| ids[i] == eos) {
+        loss_mask[last] = 0;
+    }
 }
 
 /// The prompt of each example with the generation prompt appended, for evaluation.
@@ -35,4 +48,33 @@ pub fn tokenize_prompts<'a>(examples: &'a [Example], tok: &ChatTokenizer) -> (Ve
         }
     }
     (rows, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::Domain;
+
+    #[test]
+    fn an_unfinished_response_trains_its_text_but_not_the_end_of_turn() {
+        let tok = ChatTokenizer::from_gguf(&model_files::test_model_path(), None, None).unwrap();
+        let ex = |unfinished| Example {
+            id: "r/q/0".into(),
+            source: "r".into(),
+            domain: Domain::Math,
+            prompt: "What is 2 + 3?".into(),
+            response: "2 + 3 = 5, so the answer".into(),
+            gold: None,
+            tests: None,
+            metadata: String::new(),
+            unfinished,
+        };
+        let (items, dropped) = tokenize_chats(&[ex(false), ex(true)], &tok);
+        assert!(dropped.is_empty());
+        let trained = |t: &Tokenized| t.ids.iter().zip(&t.loss_mask).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect::<Vec<_>>();
+        let (done, cut) = (trained(&items[0]), trained(&items[1]));
+        assert_eq!(done.last(), Some(&tok.eos_id()), "a finished reply trains its end of turn");
+        assert_eq!(cut, done[..done.len() - 1], "a cut one trains the same text without it");
+        assert_eq!(items[0].ids, items[1].ids);
+    }
 }

@@ -51,6 +51,11 @@ pub struct Example {
     pub tests: Option<String>,
     /// Anything else from the source row, as a JSON object string.
     pub metadata: String,
+    /// The response stops where a token budget cut it, not where its writer ended it (a rollout
+    /// kept with `drop_truncated: false`): the end-of-turn token the template closes it with is
+    /// then not trained, since the model never wrote it there.
+    #[serde(default)]
+    pub unfinished: bool,
 }
 
 /// The tests of a code benchmark item, as the `tests` column stores them (JSON). The ingest
