@@ -374,6 +374,34 @@ pub fn save_hf(dir: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> {
     schemas::write_atomic(&dir.join("config.json"), ckpt.config.to_json().as_bytes())
 }
 
+/// Fails where `path` is not there (saying how to get the default model where it is that one),
+/// or is a folder without a model's config or weights (saying what it is instead).
+pub fn check_model_path(path: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        let default = path.file_name().is_some_and(|n| n == "SmolLM2-135M-Instruct.Q4_1.gguf");
+        bail!("model {} not found{}", path.display(), if default { " (run `make model` to fetch the default model)" } else { "" });
+    }
+    let weights = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))))
+    };
+    if path.is_dir() && !path.join("config.json").exists() && !weights(path) {
+        bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
+    }
+    Ok(())
+}
+
+/// What a folder given as a model holds instead, as a hint: a training run's folder (its model is
+/// `final/`), or a snapshot.
+fn what_folder_is_this(dir: &Path) -> String {
+    if dir.join("final").is_dir() || dir.join("checkpoints").is_dir() {
+        format!(": it is a training run; its model is {} (or a checkpoints/step-N folder)", dir.join("final").display())
+    } else if dir.join("manifest.json").is_file() {
+        ": it is a data snapshot, not a model".to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// sha256 of a model: of the file itself, or for a Hugging Face folder, over
 /// `"<sha256>  <name>\n"` lines of its `config.json`, `*.safetensors` and
 /// `*.safetensors.index.json` files sorted by name. Also returns the files.
@@ -393,9 +421,7 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
         let file = path.file_name().expect("a file").to_string_lossy().into_owned();
         (dir, vec!["config.json".to_string(), file])
     } else {
-        if !path.is_dir() {
-            bail!("model {} not found (run `make model` for the default model)", path.display());
-        }
+        check_model_path(path)?;
         let mut names = vec![];
         for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
@@ -407,7 +433,7 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
         (path, names)
     };
     if names.is_empty() {
-        bail!("{} holds no config.json or safetensors files", path.display());
+        bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
     }
     let files: Vec<InputFile> = names.iter().map(|n| describe(&dir.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
     let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
@@ -417,6 +443,24 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_model_path_says_what_is_there_instead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = |p: &Path| check_model_path(p).unwrap_err().to_string();
+        assert_eq!(err(&tmp.path().join("nowhere")), format!("model {} not found", tmp.path().join("nowhere").display()));
+        assert!(err(&tmp.path().join("SmolLM2-135M-Instruct.Q4_1.gguf")).contains("run `make model`"));
+        let run = tmp.path().join("run");
+        std::fs::create_dir_all(run.join("final")).unwrap();
+        assert!(err(&run)
+            .ends_with(&format!("it is a training run; its model is {} (or a checkpoints/step-N folder)", run.join("final").display())));
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        std::fs::write(snap.join("manifest.json"), "{}").unwrap();
+        assert!(err(&snap).ends_with("it is a data snapshot, not a model"));
+        std::fs::write(run.join("final").join("config.json"), "{}").unwrap();
+        assert!(check_model_path(&run.join("final")).is_ok());
+    }
     use crate::gguf::Value;
     use crate::gguf_writer::GgufWriter;
     use crate::safetensors::read_safetensors;

@@ -545,6 +545,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate { model, prompt, max_new_tokens, sampling, samples, system, tokenizer, template_vars, json, device } => {
             device_ready(device)?;
+            // Before the tokenizer is read from it: a wrong path is the error, not the tokenizer
+            // it lacks.
+            if tokenizer.is_none() {
+                model_files::checkpoint::check_model_path(&model)?;
+            }
             let tok_source = tokenizer.clone().unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, system)
                 .and_then(|t| t.ok_or_else(|| anyhow::anyhow!("no tokenizer.json beside the model")))
