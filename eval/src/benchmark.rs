@@ -95,6 +95,10 @@ pub fn warn_on_prompt_format(model: &Path, benches: &[&Benchmark]) {
     }
 }
 
+/// The evaluation recipes `scripts/eval_snapshots.sh` builds snapshots from, as the repository
+/// lays them out (commands run from its root).
+const EVAL_RECIPES: &str = "datasets/recipes/eval";
+
 /// Where `make data-eval` and `scripts/eval_snapshots.sh` build the default model's evaluation
 /// snapshots, and where `--snapshots` looks by default.
 pub const DEFAULT_EVAL_DIR: &str = "snapshots/eval";
@@ -111,8 +115,27 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let named = eval_dir.join(bench);
     let split = eval_dir.join(format!("{bench}_test"));
+    // A name with neither a snapshot nor a recipe to build one is a typo: say which names exist.
+    let names = |dir: &Path, suffix: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(suffix).map(str::to_string)).collect())
+            .unwrap_or_default();
+        v.retain(|n| !n.starts_with('.'));
+        v.sort();
+        v
+    };
+    let recipes = Path::new(EVAL_RECIPES);
+    let has_recipe = [bench.to_string(), format!("{bench}_test")].iter().any(|n| recipes.join(format!("{n}.yaml")).exists());
     match [named.clone(), split.clone()].into_iter().find(|dir| has_manifest(dir)) {
         Some(dir) => Ok(dir),
+        None if !has_recipe && recipes.is_dir() => bail!(
+            "no benchmark `{bench}`: no snapshot at {} or {}, and no recipe {EVAL_RECIPES}/{bench}.yaml to build one (recipes: {}; snapshots in {}: {})",
+            named.display(),
+            split.display(),
+            names(recipes, ".yaml").join(", "),
+            eval_dir.display(),
+            names(eval_dir, "").join(", ")
+        ),
         // The script builds into snapshots/eval with the default model's tokenizer unless told
         // otherwise: the hint names the folder asked for.
         None if eval_dir == Path::new(DEFAULT_EVAL_DIR) => bail!(
@@ -132,6 +155,7 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// The benchmarks `--bench` names: `all` is every snapshot folder under `eval_dir`, by name.
 pub fn expand_all(benches: &[String], eval_dir: &Path) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(benches.iter().all(|b| !b.trim().is_empty()), "--bench names an empty benchmark (a stray comma?)");
     if benches != ["all"] {
         return Ok(benches.to_vec());
     }

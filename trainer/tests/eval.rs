@@ -314,3 +314,26 @@ fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(!log.contains("renders its prompts otherwise") && log.contains("holds no config.json"), "{log}");
 }
+
+/// A mistyped benchmark name, with neither a snapshot nor a recipe, is refused listing the names
+/// that exist; an empty name (a stray comma) is refused as such.
+#[test]
+fn a_mistyped_benchmark_lists_the_names_there_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapshots = tmp.path().join("eval");
+    std::fs::create_dir(&snapshots).unwrap();
+    let run = |bench: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .current_dir(repo())
+            .args(["eval", "--model", model_path().to_str().unwrap(), "--bench", bench])
+            .args(["--snapshots", snapshots.to_str().unwrap(), "--out", tmp.path().join("out").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let log = run("gsm8kk");
+    assert!(log.contains("no benchmark `gsm8kk`") && log.contains("recipes: aime24, amc23, gsm8k_test,"), "{log}");
+    let log = run("gsm8k,");
+    assert!(log.contains("--bench names an empty benchmark"), "{log}");
+}
