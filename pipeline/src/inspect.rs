@@ -23,14 +23,18 @@ pub fn read_row(dir: &Path, manifest: &Manifest, row: usize) -> anyhow::Result<(
     for shard in &manifest.shards {
         let rows = shard.rows as usize;
         if row < first + rows {
-            let file = std::fs::File::open(dir.join(&shard.file)).with_context(|| format!("cannot open {}", shard.file))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+            let path = dir.join(&shard.file);
+            let damaged = || format!("shard {} (run `pipeline verify {}`)", path.display(), dir.display());
+            let file = std::fs::File::open(&path).with_context(damaged)?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .with_context(damaged)?
                 .with_row_selection(parquet::arrow::arrow_reader::RowSelection::from(vec![
                     parquet::arrow::arrow_reader::RowSelector::skip(row - first),
                     parquet::arrow::arrow_reader::RowSelector::select(1),
                 ]))
-                .build()?;
-            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+                .build()
+                .with_context(damaged)?;
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().with_context(damaged)?;
             let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
             return Ok((batch, shard.file.clone()));
         }
@@ -178,6 +182,17 @@ pub fn stats(dir: &Path) -> anyhow::Result<String> {
     writeln!(out, "\n{:<34} {:>6} {:>10} {:>10} {:>10}  sha256", "file", "rows", "tokens", "loss", "bytes")?;
     for s in m.shards.iter().chain(&m.sidecars) {
         writeln!(out, "{:<34} {:>6} {:>10} {:>10} {:>10}  {}", s.file, s.rows, s.tokens, s.loss_tokens, s.bytes, &s.sha256[..16])?;
+    }
+    // The table is the manifest's; a file that is gone or of another size is said (`pipeline
+    // verify` checks the hashes).
+    for s in m.shards.iter().chain(&m.sidecars) {
+        match std::fs::metadata(dir.join(&s.file)) {
+            Err(_) => writeln!(out, "MISSING: {} (run `pipeline verify {}`)", s.file, dir.display())?,
+            Ok(f) if f.len() != s.bytes => {
+                writeln!(out, "CHANGED: {} holds {} bytes, not {} (run `pipeline verify {}`)", s.file, f.len(), s.bytes, dir.display())?
+            }
+            Ok(_) => {}
+        }
     }
     let scored = match &m.ref_logprobs {
         Some(i) => format!(

@@ -210,9 +210,11 @@ pub fn verified_manifest(dir: &Path, kind: SnapshotKind) -> anyhow::Result<Manif
 pub fn for_each_batch(dir: &Path, manifest: &Manifest, mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>) -> anyhow::Result<()> {
     for shard in &manifest.shards {
         let path = dir.join(&shard.file);
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-            f(&batch?).with_context(|| format!("reading {}", path.display()))?;
+        // A missing or damaged shard names itself and the check that tells the whole story.
+        let damaged = || format!("shard {} (run `pipeline verify {}`)", path.display(), dir.display());
+        let file = std::fs::File::open(&path).with_context(damaged)?;
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file).with_context(damaged)?.build().with_context(damaged)? {
+            f(&batch.with_context(damaged)?).with_context(|| format!("reading {}", path.display()))?;
         }
     }
     Ok(())
