@@ -128,7 +128,6 @@ fn real_path(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Result<ScoreSummary> {
-    schemas::snapshot::check_replaceable(&opts.out, opts.force)?;
     // Inside the snapshot, the result would be replaced with it by the next `pipeline build
     // --force`; around it, `--force` would replace the snapshot being read.
     let (out, snap) = (real_path(&opts.out)?, real_path(&opts.snapshot)?);
@@ -139,6 +138,7 @@ pub fn score<B: Backend>(opts: &ScoreOptions, device: &B::Device) -> anyhow::Res
             opts.snapshot.display()
         );
     }
+    schemas::snapshot::check_replaceable(&opts.out, opts.force)?;
     let chunk_rows = opts.chunk_rows.max(1);
     let snapshot = load_snapshot(&opts.snapshot)?;
     model_files::vocab::check_model_tokens(&opts.model, &opts.snapshot, snapshot.token_ids())?;
