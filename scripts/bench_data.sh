@@ -12,9 +12,7 @@ mkdir -p "$OUT"
 cargo build --release --workspace --bins --examples
 make --no-print-directory model
 
-# Both sides on THREADS threads (rayon's pool, in the crate and in the Python package alike).
-THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
-export RAYON_NUM_THREADS=$THREADS
+. scripts/bench_threads.sh
 
 # The baseline's own environment, so the bench never touches the user's Python; the Python
 # package of the crate's version (Cargo.lock), installed again when the venv holds another.

@@ -23,9 +23,7 @@ OUT=${BENCH_OUT:-bench-out}
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 NEW_TOKENS=${NEW_TOKENS:-64}
 BATCHES=${BATCHES:-1,8,16,32,64}
-# Not `nproc`: it follows OMP_NUM_THREADS, which rayon ignores.
-THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
-export RAYON_NUM_THREADS=$THREADS
+. scripts/bench_threads.sh
 LLAMA_VERSION=0.3.36
 LLAMA_DIR=${LLAMA_CPP_DIR:-$HOME/.cache/rectify/llama-cpp-$LLAMA_VERSION}
 BATCHED=$LLAMA_DIR/build/bin/llama-batched-bench

@@ -24,10 +24,7 @@ VENV=${TORCH_VENV:-$HOME/.cache/rectify/venv-torch}
 # The versions the README's figures were measured with; another venv is used as it is, and its
 # versions are printed with the table.
 TORCH_PIN=${TORCH_PIN:-"torch==2.15.* transformers==5.25.*"}
-# Both sides on THREADS threads (default: the cores this process may run on; not `nproc`, which
-# follows OMP_NUM_THREADS where rayon does not).
-THREADS=${THREADS:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')}
-export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+. scripts/bench_threads.sh
 mkdir -p "$OUT"
 cargo build --release --workspace --examples
 make --no-print-directory model

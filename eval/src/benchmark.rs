@@ -39,20 +39,19 @@ impl Benchmark {
         let Some(first) = self.prompts.first() else { return Ok(None) };
         let info = &self.manifest.tokenizer;
         let own = own.clone().with_system_prompt(info.system_prompt.clone()).with_template_vars(info.template_vars.clone())?;
-        if self.tokenizer.begin_token_unknown() {
-            // Built before begin tokens were recorded: its tokenizer renders the prompts without
-            // the one they hold, so the model's ids are compared with the stored ones.
-            let (_, own_ids) = own.encode_prompt(&first.prompt)?;
-            let same = first.prompt_ids.iter().zip(&own_ids).take_while(|(a, b)| a == b).count();
-            return Ok((own_ids != first.prompt_ids).then(|| {
-                format!(
-                    "{} tokens in the snapshot, {} from the model's template, the first {same} alike",
-                    first.prompt_ids.len(),
-                    own_ids.len()
-                )
-            }));
+        // The stored ids are what the model is prompted with.
+        let (_, own_ids) = own.encode_prompt(&first.prompt)?;
+        if own_ids == first.prompt_ids {
+            return Ok(None);
         }
-        self.tokenizer.prompt_difference(&own, &first.prompt, ("the snapshot", "the model's template"))
+        // Where in the text, from the snapshot's tokenizer; one built before begin tokens were
+        // recorded renders without the one its prompts hold, so only the ids are compared.
+        if !self.tokenizer.begin_token_unknown() {
+            if let Some(how) = self.tokenizer.prompt_difference(&own, &first.prompt, ("the snapshot", "the model's template"))? {
+                return Ok(Some(how));
+            }
+        }
+        Ok(Some(format!("{} tokens in the snapshot, {} from the model's template", first.prompt_ids.len(), own_ids.len())))
     }
 }
 
@@ -79,17 +78,14 @@ pub fn warn_on_prompt_format(model: &Path, benches: &[&Benchmark]) {
             }
         };
         if let Some(how) = how {
+            let m = model.display();
             tracing::warn!(
-                "{}: {} renders its prompts otherwise than snapshot {} (built with {}): {how}. The snapshot's prompts are used; for the \
-                 model's own format build the snapshots with its tokenizer (`pipeline build --tokenizer {}`, or `make eval \
-                 EVAL_MODEL={} EVAL_TOKENIZER={}`)",
+                "{}: {m} renders its prompts otherwise than snapshot {} (built with {}): {how}. The snapshot's prompts are used; for \
+                 the model's own format build the snapshots with its tokenizer (`pipeline build --tokenizer {m}`, or `make eval \
+                 EVAL_MODEL={m} EVAL_TOKENIZER={m}`)",
                 b.name,
-                model.display(),
                 b.dir.display(),
                 b.manifest.tokenizer.path,
-                model.display(),
-                model.display(),
-                model.display(),
             );
         }
     }
@@ -116,11 +112,10 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
     let named = eval_dir.join(bench);
     let split = eval_dir.join(format!("{bench}_test"));
     // A name with neither a snapshot nor a recipe to build one is a typo: say which names exist.
-    let names = |dir: &Path, suffix: &str| -> Vec<String> {
+    let recipe_names = |dir: &Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(suffix).map(str::to_string)).collect())
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string)).collect())
             .unwrap_or_default();
-        v.retain(|n| !n.starts_with('.'));
         v.sort();
         v
     };
@@ -132,9 +127,9 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
             "no benchmark `{bench}`: no snapshot at {} or {}, and no recipe {EVAL_RECIPES}/{bench}.yaml to build one (recipes: {}; snapshots in {}: {})",
             named.display(),
             split.display(),
-            names(recipes, ".yaml").join(", "),
+            recipe_names(recipes).join(", "),
             eval_dir.display(),
-            names(eval_dir, "").join(", ")
+            expand_all(&["all".to_string()], eval_dir).unwrap_or_default().join(", ")
         ),
         // The script builds into snapshots/eval with the default model's tokenizer unless told
         // otherwise: the hint names the folder asked for.

@@ -417,7 +417,7 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
     // One safetensors file is read with the config.json beside it (see `load`), which changes
     // the model as much as the weights do.
     let (dir, names) = if safetensors_file {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = model_folder(path);
         let file = path.file_name().expect("a file").to_string_lossy().into_owned();
         (dir, vec!["config.json".to_string(), file])
     } else {
@@ -432,9 +432,6 @@ pub fn model_hash(path: &Path) -> anyhow::Result<(String, Vec<InputFile>)> {
         names.sort();
         (path, names)
     };
-    if names.is_empty() {
-        bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
-    }
     let files: Vec<InputFile> = names.iter().map(|n| describe(&dir.join(n), n.clone())).collect::<anyhow::Result<_>>()?;
     let joined: String = files.iter().map(|f| format!("{}  {}\n", f.sha256, f.path)).collect();
     Ok((schemas::sha256_hex(joined.as_bytes()), files))

@@ -349,7 +349,7 @@ impl ChatTokenizer {
     ) -> Result<Self> {
         let t = Self::from_files(tokenizer_json, chat_template, eos_token, None, bos_token.unwrap_or_default().to_string(), system_prompt)?;
         match bos_token {
-            None if t.template.contains("bos_token") => bail!(
+            None if t.begin_token_unknown() => bail!(
                 "chat template {} writes `bos_token`, and {} does not say which token that is: name it as the recipe's `tokenizer.bos_token` (\"\" for none)",
                 chat_template.display(),
                 tokenizer_json.display()

@@ -176,8 +176,8 @@ fn from_snapshot(
                  tokenizer.system_prompt and tokenizer.template_vars they were rendered with (system_prompt {}, template_vars \
                  {}) so the completions are trained after the prompts they were sampled from",
                 source.name,
-                json!(manifest.tokenizer.system_prompt),
-                json!(manifest.tokenizer.template_vars)
+                json!(recorded.system_prompt),
+                json!(recorded.template_vars)
             ),
             Some(how) => tracing::warn!(
                 "source `{}`: its prompts were rendered with another chat template than this recipe's ({how}): the completions \

@@ -12,7 +12,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TEMPLATE_FILE: &str = "chat_template.jinja";
@@ -357,7 +357,7 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} needs a folder name", out.display()))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    remove_leftovers(parent, name, out);
+    remove_leftovers(parent, name);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     // Removes the temp folder on an error and on a panic in `fill` alike.
@@ -390,18 +390,18 @@ pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>)
 /// left of an earlier publish of the same name (a checkpoint is 1.6 GB for SmolLM2-135M). A
 /// live process's folders are left to it. A run killed between its two renames left `out`
 /// missing and the last complete copy in `.old`: that one is put back, not removed.
-fn remove_leftovers(parent: &Path, name: &str, out: &Path) {
-    remove_leftovers_of(parent, |n| (n == name).then(|| out.to_path_buf()));
+fn remove_leftovers(parent: &Path, name: &str) {
+    remove_leftovers_of(parent, |n| n == name);
 }
 
 /// [`remove_leftovers`] for every name in `parent`: a run whose checkpoints are named by step
 /// leaves temp folders under names no later publish repeats.
 pub fn remove_all_leftovers(parent: &Path) {
-    remove_leftovers_of(parent, |n| Some(parent.join(n)));
+    remove_leftovers_of(parent, |_| true);
 }
 
-/// The leftovers of the names `out_of` maps to their published folder.
-fn remove_leftovers_of(parent: &Path, out_of: impl Fn(&str) -> Option<PathBuf>) {
+/// The leftovers of the names `of` accepts; each one's published folder is `parent/NAME`.
+fn remove_leftovers_of(parent: &Path, of: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
@@ -411,14 +411,16 @@ fn remove_leftovers_of(parent: &Path, out_of: impl Fn(&str) -> Option<PathBuf>) 
             (_, Some((name, pid))) => (true, name, pid),
             _ => continue,
         };
-        let Some(out) = out_of(name) else { continue };
-        let out = out.as_path();
+        if !of(name) {
+            continue;
+        }
+        let out = parent.join(name);
         let Ok(pid) = pid.parse::<u32>() else { continue };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         // `symlink_metadata`, not `exists`: a dangling link at `out` is not a missing folder.
-        if !(old && std::fs::symlink_metadata(out).is_err() && std::fs::rename(entry.path(), out).is_ok()) {
+        if !(old && std::fs::symlink_metadata(&out).is_err() && std::fs::rename(entry.path(), &out).is_ok()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -109,7 +109,7 @@ pub const TRAINING_FILE: &str = "training.json";
 /// Read before training, so that a snapshot missing it fails then.
 pub fn snapshot_tokenizer(snapshot_dir: &Path, info: &TokenizerInfo) -> anyhow::Result<ChatTokenizer> {
     let tok = ChatTokenizer::from_snapshot(snapshot_dir, info)?;
-    if info.bos_token.is_empty() && tok.chat_template().contains("bos_token") {
+    if tok.begin_token_unknown() {
         // Snapshots from before the begin token was recorded, or from a `tokenizer_json` recipe
         // that says there is none: transformers will render it empty, as the rows were.
         tracing::warn!(

@@ -1,7 +1,8 @@
 //! Resumable work beside an output folder, shared by `trainer score` and `trainer sample`:
 //! `.<out>.<kind>/` holds `work.json` (the job's identity) and chunk files, each listed with its
 //! sha256 in `done.jsonl` once written and renamed into place. A folder left by another job is
-//! removed with a warning naming the settings that differ; a journal line cut short by a kill is ended before the next record, and skipped.
+//! removed with a warning naming the settings that differ; a journal line cut short by a kill is
+//! ended before the next record, and skipped.
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
@@ -58,12 +59,12 @@ impl WorkDir {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let name = out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
         let dir = parent.join(format!(".{name}.{kind}"));
-        let same =
-            std::fs::read_to_string(dir.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str::<J>(&t).ok()).is_some_and(|w| w == *job);
+        let theirs: Option<serde_json::Value> =
+            std::fs::read_to_string(dir.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let same = theirs.clone().and_then(|t| serde_json::from_value::<J>(t).ok()).is_some_and(|w| w == *job);
         if !same {
             if dir.exists() {
                 // Said as a warning, naming what changed: the finished chunks may be hours of work.
-                let theirs = std::fs::read_to_string(dir.join(WORK_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
                 let ours = serde_json::to_value(job)?;
                 let changed = theirs.map_or_else(|| vec!["its work.json is unreadable".to_string()], |t| json_differences(&t, &ours));
                 let chunks = std::fs::read_to_string(dir.join(JOURNAL_FILE)).map_or(0, |t| t.lines().count());

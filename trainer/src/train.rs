@@ -258,14 +258,10 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             // A finished run whose checkpoints were deleted, or (without --resume) a started one
             // that never saved, would be overwritten by a fresh start.
             let final_dir = run.output_dir.join("final");
-            let logged = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
+            let metrics = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+            let logged = !metrics.is_empty();
             // The last step logged (None: not one line whole).
-            let last_step = std::fs::read_to_string(&metrics_path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
-                .map(|m| m.step)
-                .max();
+            let last_step = metrics.lines().filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok()).map(|m| m.step).max();
             let before_first_checkpoint = last_step.is_none_or(|s| s < r.checkpoint_every);
             if logged && resume && !final_dir.exists() && before_first_checkpoint {
                 // Stopped before its first checkpoint was due: nothing to continue from, and its

@@ -14,14 +14,18 @@ use std::process::Command;
 
 /// A prompts snapshot of GSM8K test problem `first` (0-based) alone, in `dir/name`.
 fn one_prompt(dir: &Path, name: &str, first: usize) -> PathBuf {
+    one_prompt_with(dir, name, first, &format!("gguf: {}", model_path().display()))
+}
+
+/// [`one_prompt`] with the recipe's `tokenizer` given (`gguf: …`, `hf_dir: …`).
+fn one_prompt_with(dir: &Path, name: &str, first: usize, tokenizer: &str) -> PathBuf {
     let line = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/test.jsonl")).unwrap().lines().nth(first).unwrap().to_string();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(format!("{name}.jsonl")), line + "\n").unwrap();
     let recipe = format!(
         "name: {name}\nkind: prompts\nsources:\n  - {{name: {name}, path: {name}.jsonl, format: gsm8k}}\n\
          filter: {{require_math_answer: true, require_python_parses: false}}\ndedup: {{exact: false, near: {{enabled: false}}}}\n\
-         tokenizer: {{gguf: {}}}\n",
-        model_path().display()
+         tokenizer: {{{tokenizer}}}\n"
     );
     build_snapshot(dir, name, &recipe)
 }
@@ -256,14 +260,15 @@ fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     let a = one_prompt(tmp.path(), "a", 0);
     let (manifest, _) = schemas::prompts::load_prompts(&a).unwrap();
     let tok = model_files::tokenizer::ChatTokenizer::from_snapshot(&a, &manifest.tokenizer).unwrap();
-    let run = |model: &Path| {
+    let run_on = |model: &Path, bench: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args(["eval", "--model", model.to_str().unwrap(), "--bench", a.to_str().unwrap()])
+            .args(["eval", "--model", model.to_str().unwrap(), "--bench", bench.to_str().unwrap()])
             .args(["--out", tmp.path().join("out").to_str().unwrap()])
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
+    let run = |model: &Path| run_on(model, &a);
     let same = tmp.path().join("same");
     std::fs::create_dir(&same).unwrap();
     tok.save_hf_files(&same).unwrap();
@@ -292,26 +297,13 @@ fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     c["bos_token"] = "<|endoftext|>".into();
     std::fs::write(&config, c.to_string()).unwrap();
     std::fs::write(bos.join("chat_template.jinja"), format!("{{{{ bos_token }}}}{}", tok.chat_template())).unwrap();
-    let line = std::fs::read_to_string(repo().join("datasets/raw/gsm8k/test.jsonl")).unwrap().lines().next().unwrap().to_string();
-    std::fs::write(tmp.path().join("old.jsonl"), line + "\n").unwrap();
-    let recipe = format!(
-        "name: old\nkind: prompts\nsources:\n  - {{name: old, path: old.jsonl, format: gsm8k}}\n\
-         filter: {{require_math_answer: true, require_python_parses: false}}\ndedup: {{exact: false, near: {{enabled: false}}}}\n\
-         tokenizer: {{hf_dir: {}}}\n",
-        bos.display()
-    );
-    let old = build_snapshot(tmp.path(), "old", &recipe);
+    let old = one_prompt_with(tmp.path(), "old", 0, &format!("hf_dir: {}", bos.display()));
     let manifest = old.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     assert_eq!(m["tokenizer"]["bos_token"], "<|endoftext|>");
     m["tokenizer"].as_object_mut().unwrap().remove("bos_token");
     std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["eval", "--model", bos.to_str().unwrap(), "--bench", old.to_str().unwrap()])
-        .args(["--out", tmp.path().join("out").to_str().unwrap()])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
+    let log = run_on(&bos, &old);
     assert!(!log.contains("renders its prompts otherwise") && log.contains("holds no config.json"), "{log}");
 }
 
