@@ -1230,7 +1230,7 @@ mod tests {
         for bad in [r#"{"chat_template": "x"}"#, r#"{"chat_template": "x", "eos_token": "<|nope|>"}"#] {
             std::fs::write(&config, bad).unwrap();
             let e = format!("{:#}", ChatTokenizer::from_hf_dir(dir.path(), None, None).unwrap_err());
-            assert!(e.contains(TOKENIZER_CONFIG_FILE) && e.contains("eos_token") || e.contains("<|nope|>"), "{e}");
+            assert!(e.contains(TOKENIZER_CONFIG_FILE) && (e.contains("eos_token") || e.contains("<|nope|>")), "{e}");
         }
     }
 

@@ -131,6 +131,12 @@ mod tests {
         // Mass .4 + .3 = .7 is the first to reach top_p = .65: exactly two tokens stay.
         let p7 = sampled(&logits, &Sampling { top_p: 0.65, ..base }, 20000);
         assert_eq!(p7[2] + p7[3], 0);
+        // Both kept, renormalised over the kept mass: 4/7 and 3/7 (not .4 and .6, as drawing
+        // over the whole mass would give, nor token 0 alone, as a cut one early would).
+        for (i, want) in [4.0 / 7.0, 3.0 / 7.0].iter().enumerate() {
+            let got = p7[i] as f64 / 20000.0;
+            assert!((got - want).abs() < 0.015, "top_p token {i}: {got} vs {want}");
+        }
         // Top-k cuts at the k-th value: a token tied with it stays (transformers, vLLM).
         let tied = [2f32, 1.0, 1.0, 0.0];
         let k2 = sampled(&tied, &Sampling { top_k: 2, ..base }, 20000);

@@ -69,6 +69,8 @@ fn packed_examples_do_not_see_each_other() {
     let b2 = [1u32, 4093, 198, 1348, 314, 253, 8170, 2];
     let (l1, v) = packed_logits(&model, &a, &b1);
     let (l2, _) = packed_logits(&model, &a, &b2);
+    // The maxima below pass over a NaN (`f32::max`): every logit is checked to be a number.
+    assert!(l1.iter().chain(&l2).all(|x| x.is_finite()), "a logit is not a number");
     // The first example's logits do not move when the second example changes...
     let first = a.len() * v;
     let max_diff = l1[..first].iter().zip(&l2[..first]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
@@ -80,6 +82,7 @@ fn packed_examples_do_not_see_each_other() {
     let dev = Default::default();
     let (x, p) = single_sequence::<Flex>(&b1, &dev);
     let alone: Vec<f32> = model.forward(x, p, &[vec![(0, b1.len())]]).into_data().to_vec().unwrap();
+    assert!(alone.iter().all(|x| x.is_finite()), "a logit of the example alone is not a number");
     let diff = alone.iter().zip(&l1[first..]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-3, "packed vs alone differ by {diff}");
 }

@@ -15,9 +15,9 @@ fn fixtures() -> PathBuf {
 }
 
 /// Log-probability of every predicted token of a packed row, one token per step (so it also
-/// exercises the cache), each segment its own sequence; NaN where nothing is predicted.
-fn logprobs(m: &HostDecoder, ids: &[u32], segments: &[i32]) -> Vec<f32> {
-    let mut out = vec![f32::NAN; ids.len()];
+/// exercises the cache), each segment its own sequence; `None` where nothing is predicted.
+fn logprobs(m: &HostDecoder, ids: &[u32], segments: &[i32]) -> Vec<Option<f32>> {
+    let mut out = vec![None; ids.len()];
     for (start, len) in segment_runs(segments) {
         if segments[start] == 0 {
             continue;
@@ -27,7 +27,7 @@ fn logprobs(m: &HostDecoder, ids: &[u32], segments: &[i32]) -> Vec<f32> {
             let logits = m.step(&mut [&mut cache], &[&ids[i..i + 1]]);
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
-            out[i + 1] = logits[ids[i + 1] as usize] - lse;
+            out[i + 1] = Some(logits[ids[i + 1] as usize] - lse);
         }
     }
     out
@@ -43,13 +43,20 @@ fn max_diff_from_transformers(m: &HostDecoder, name: &str) -> f32 {
         let ints = |k: &str| -> Vec<i32> { serde_json::from_value(c[k].clone()).unwrap() };
         let ids: Vec<u32> = ints("input_ids").iter().map(|&t| t as u32).collect();
         let want: Vec<f32> = serde_json::from_value(c["logprobs"].clone()).unwrap();
-        let got = logprobs(m, &ids, &ints("segment_ids"));
-        for (g, w) in got.iter().zip(&want) {
-            if !g.is_nan() {
+        let segments = ints("segment_ids");
+        let got = logprobs(m, &ids, &segments);
+        let predicted = (1..ids.len()).filter(|&i| segments[i] != 0 && segments[i] == segments[i - 1]).count();
+        let mut here = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if let Some(g) = g {
+                // `f32::max` would pass over a NaN: each difference is checked to be a number.
+                assert!((g - w).is_finite(), "{name}: position {i} gives {g} where transformers gives {w}");
                 worst = worst.max((g - w).abs());
-                compared += 1;
+                here += 1;
             }
         }
+        assert_eq!(here, predicted, "{name}: every predicted position compared");
+        compared += here;
     }
     assert!(compared > 200, "{name}: too few tokens compared");
     eprintln!("{name}: host decoder differs from transformers by up to {worst:.2e} nats over {compared} tokens");

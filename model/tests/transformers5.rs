@@ -51,7 +51,10 @@ fn max_diff(model: &Llama<Flex>, name: &str) -> f32 {
         let predicted: Vec<usize> = (0..got.len()).filter(|&i| row.is_predicted(i)).collect();
         assert!(predicted.len() > 200, "{name}, {case}: too few tokens to compare");
         for i in predicted {
-            worst = worst.max((got[i] - want[i]).abs());
+            // `f32::max` would pass over a NaN: each difference is checked to be a number.
+            let d = (got[i] - want[i]).abs();
+            assert!(d.is_finite(), "{name}, {case}: position {i} gives {} where transformers gives {}", got[i], want[i]);
+            worst = worst.max(d);
         }
     }
     eprintln!("{name}: largest difference from transformers {worst:.2e} nats");

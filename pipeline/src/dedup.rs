@@ -455,6 +455,7 @@ mod tests {
             .collect();
         let (kept, dropped, stats) = near_dedup(rows, &cfg(), 5);
         assert_eq!(ids(&kept), ["d/0"]);
+        assert_eq!(dropped.len(), 299, "every other row dropped, none lost");
         assert!(dropped.iter().all(|d| d.detail == "d/0"));
         assert_eq!(stats.clusters, 1);
         // Bounded pairing: far fewer than the 300·299/2 all-pairs.

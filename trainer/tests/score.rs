@@ -146,10 +146,14 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     assert!(stderr.contains("resuming"), "{stderr}");
     assert!(!dir.join(".cli.scoring").exists(), "work folder left behind");
     let resumed = load_snapshot(&cli_out).unwrap();
-    for (a, b) in resumed.rows.iter().zip(&scored.rows) {
-        let (a, b) = (a.ref_logprobs.as_ref().unwrap(), b.ref_logprobs.as_ref().unwrap());
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(d < 1e-5, "resumed scores differ by {d}");
+    assert_eq!(resumed.rows.len(), scored.rows.len(), "the resumed run scored every row");
+    for (k, (ra, rb)) in resumed.rows.iter().zip(&scored.rows).enumerate() {
+        assert_eq!((&ra.input_ids, &ra.segment_ids), (&rb.input_ids, &rb.segment_ids), "row {k}");
+        let (a, b) = (ra.ref_logprobs.as_ref().unwrap(), rb.ref_logprobs.as_ref().unwrap());
+        // Each score on its own: a NaN fails the comparison, where a maximum would pass over it.
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() < 1e-5, "row {k}, position {i}: resumed {x}, uninterrupted {y}");
+        }
     }
 
     // An existing output is not replaced without --force.
