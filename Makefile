@@ -54,11 +54,12 @@ model: $(MODEL)
 $(MODEL):
 	./scripts/fetch_model.sh
 
-# The default training snapshot plus the evaluation snapshots (prompt-only). The default recipe is
-# built unscored into default-unscored, then `score` writes default/ with the reference model's
-# log-probabilities.
+# The default training snapshot, its held-out rows and the evaluation snapshots (prompt-only).
+# The default recipe is built unscored into default-unscored, then `score` writes default/ with
+# the reference model's log-probabilities.
 data: build model
 	$(PIPELINE) build --recipe datasets/recipes/default.yaml --out $(SNAPSHOTS)/default-unscored --force
+	$(PIPELINE) build --recipe datasets/recipes/validation.yaml --out $(SNAPSHOTS)/validation --force
 	$(MAKE) --no-print-directory data-eval
 	$(MAKE) --no-print-directory score
 	@echo "default snapshot: $(SNAPSHOTS)/default  (try: $(PIPELINE) inspect $(SNAPSHOTS)/default --row 0)"
@@ -80,9 +81,15 @@ data-eval: build model
 $(SNAPSHOTS)/default/manifest.json:
 	$(MAKE) --no-print-directory score
 
-# Fine-tune the default model on the default snapshot (LOSS=dft|sft, BACKEND=cpu|cuda).
-# Each run starts afresh in $(RUNS)/$(LOSS); use `trainer train --resume` to continue one.
-train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json
+# The default run's held-out rows (`validation_snapshot` of datasets/recipes/train/default.yaml).
+$(SNAPSHOTS)/validation/manifest.json:
+	$(MAKE) --no-print-directory build model
+	$(PIPELINE) build --recipe datasets/recipes/validation.yaml --out $(SNAPSHOTS)/validation --force
+
+# Fine-tune the default model on the default snapshot (LOSS=dft|sft, BACKEND=cpu|cuda), measuring
+# the loss on the held-out snapshot as it goes. Each run starts afresh in $(RUNS)/$(LOSS); use
+# `trainer train --resume` to continue one.
+train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json $(SNAPSHOTS)/validation/manifest.json
 	rm -rf $(RUNS)/$(LOSS)
 	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND)
 

@@ -81,6 +81,14 @@ pub struct TrainRecipe {
     /// AdamW moments: 1.6 GB for a 135M model, 18 GB for a 1.5B one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_checkpoints: Option<u64>,
+    /// A `train` snapshot of held-out rows (`pipeline build`, e.g. `recipes/validation.yaml`):
+    /// the model's loss on them is measured before the first step, every `validation_every`
+    /// steps and after the last, into `validation.jsonl`. Measuring changes nothing in training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_snapshot: Option<String>,
+    /// Steps between validation measurements (default: `checkpoint_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_every: Option<u64>,
 }
 
 /// Per-layer activation recompute: a recomputed block keeps only its input from the forward pass
@@ -221,6 +229,11 @@ impl TrainRecipe {
             .collect()
     }
 
+    /// Steps between validation measurements: `validation_every`, else `checkpoint_every`.
+    pub fn validation_interval(&self) -> u64 {
+        self.validation_every.unwrap_or(self.checkpoint_every)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.steps.is_some() == self.epochs.is_some() {
             bail!("set exactly one of `steps` and `epochs`");
@@ -264,6 +277,12 @@ impl TrainRecipe {
         }
         if self.checkpoint_every == 0 {
             bail!("`checkpoint_every` must be at least 1");
+        }
+        if self.validation_every.is_some() && self.validation_snapshot.is_none() {
+            bail!("`validation_every` is set but `validation_snapshot` is not: name the held-out snapshot to measure");
+        }
+        if self.validation_every == Some(0) {
+            bail!("`validation_every` must be at least 1");
         }
         if self.keep_checkpoints == Some(0) {
             bail!("`keep_checkpoints` must be at least 1 (the newest is what --resume continues from); leave it out to keep all");
@@ -310,6 +329,28 @@ mod tests {
             // One field named, with its value.
             assert!(err.contains(what), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn validation_needs_its_snapshot_and_defaults_to_the_checkpoint_interval() {
+        let base = "model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\ncheckpoint_every: 7\n";
+        let r: TrainRecipe = serde_norway::from_str(&format!("{base}validation_snapshot: v\n")).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.validation_interval(), 7);
+        let r: TrainRecipe = serde_norway::from_str(&format!("{base}validation_snapshot: v\nvalidation_every: 2\n")).unwrap();
+        assert_eq!(r.validation_interval(), 2);
+        for (extra, said) in [
+            ("validation_every: 2", "`validation_every` is set but `validation_snapshot` is not"),
+            ("validation_snapshot: v\nvalidation_every: 0", "`validation_every` must be at least 1"),
+        ] {
+            let r: TrainRecipe = serde_norway::from_str(&format!("{base}{extra}\n")).unwrap();
+            let err = r.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "{extra}: {err}");
+        }
+        // Not a value of the math: a resume may add, change or drop it.
+        let mut now = r.clone();
+        now.validation_snapshot = Some("other".into());
+        assert!(r.math_differences(&now).is_empty());
     }
 
     #[test]

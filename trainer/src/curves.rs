@@ -3,6 +3,7 @@
 //! checkpoint and at the end); `trainer curves` overlays runs, e.g. SFT against DFT.
 
 use crate::train::{StepMetrics, METRICS_FILE};
+use crate::validation::{ValidationMetrics, VALIDATION_FILE};
 use anyhow::Context;
 use eval::plot::{LineFigure, LinePanel};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ pub struct RunCurves {
     pub label: String,
     pub metrics: PathBuf,
     pub steps: Vec<StepMetrics>,
+    /// The held-out measurements of `validation.jsonl` beside the metrics (none where the run
+    /// had no `validation_snapshot`).
+    pub validation: Vec<ValidationMetrics>,
 }
 
 /// One panel: its title, the quantity of a step it draws, and whether long runs get a smoothed
@@ -43,8 +47,13 @@ const PANELS: [Panel; 6] = [
 const REFERENCE_PANEL: Panel =
     Panel { title: "log p - log p_ref (mean over target tokens)", value: |m| m.log_ratio_to_reference.unwrap_or(f64::NAN), smooth: true };
 
-/// Reads a run: its output folder (which holds `metrics.jsonl`) or the metrics file itself. The
-/// label defaults to the run folder's name.
+/// The held-out cross-entropy, measured every `validation_every` steps from step 0 (the model
+/// before training): beside the training rows' panel above it, whether training generalises.
+const VALIDATION_TITLE: &str = "held-out cross-entropy (validation_snapshot)";
+
+/// Reads a run: its output folder (which holds `metrics.jsonl`, and `validation.jsonl` where
+/// it measured a held-out snapshot) or the metrics file itself. The label defaults to the run
+/// folder's name.
 pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves> {
     let metrics = if path.is_dir() { path.join(METRICS_FILE) } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&metrics)
@@ -56,16 +65,26 @@ pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves>
     }
     anyhow::ensure!(!steps.is_empty(), "{}: no step recorded yet", metrics.display());
     let folder = metrics.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let held_out = folder.join(VALIDATION_FILE);
+    let mut validation = vec![];
+    if let Ok(text) = std::fs::read_to_string(&held_out) {
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let m =
+                serde_json::from_str(line).with_context(|| format!("{}:{}: not a line of {VALIDATION_FILE}", held_out.display(), i + 1))?;
+            validation.push(m);
+        }
+    }
     let label = label.unwrap_or_else(|| {
         folder.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "run".into())
     });
-    Ok(RunCurves { label, metrics, steps })
+    Ok(RunCurves { label, metrics, steps, validation })
 }
 
-/// The figure: six panels in three columns (seven with a scored run's), the runs in the legend with their last step.
+/// The figure: six panels in three columns (one more with a scored run's, one more with a
+/// run's held-out measurements), the runs in the legend with their last step.
 pub fn figure(runs: &[RunCurves]) -> LineFigure {
     let scored = runs.iter().any(|r| r.steps.iter().any(|m| m.log_ratio_to_reference.is_some()));
-    let panels = PANELS
+    let mut panels: Vec<LinePanel> = PANELS
         .iter()
         .chain(scored.then_some(&REFERENCE_PANEL))
         .map(|p| LinePanel {
@@ -74,18 +93,32 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
             smooth: p.smooth,
         })
         .collect();
+    if runs.iter().any(|r| !r.validation.is_empty()) {
+        panels.push(LinePanel {
+            title: VALIDATION_TITLE.into(),
+            series: runs.iter().map(|r| r.validation.iter().map(|m| (m.step as f64, m.cross_entropy)).collect()).collect(),
+            // A few measurements, each over every held-out token: nothing to smooth.
+            smooth: false,
+        });
+    }
     let legend = runs
         .iter()
         .map(|r| {
             let last = r.steps.last().expect("read_run refuses a run without steps");
             let tokens: u64 = r.steps.iter().map(|m| m.loss_tokens).sum();
-            let note = format!(
+            let mut note = format!(
                 "{} steps, {tokens} target tokens; last step: objective {:.4}, cross-entropy {:.4}, p {:.3}",
                 r.steps.len(),
                 last.objective,
                 last.cross_entropy,
                 last.mean_token_prob
             );
+            if let (Some(first), Some(held)) = (r.validation.first(), r.validation.last()) {
+                note += &format!(
+                    "; held out: cross-entropy {:.4} at step {} -> {:.4} at step {}",
+                    first.cross_entropy, first.step, held.cross_entropy, held.step
+                );
+            }
             (r.label.clone(), note)
         })
         .collect();
@@ -196,5 +229,44 @@ mod tests {
         std::fs::write(dir.path().join(METRICS_FILE), "\n").unwrap();
         let e = format!("{:#}", read_run(dir.path(), None).err().unwrap());
         assert!(e.contains("no step recorded yet"), "{e}");
+    }
+
+    /// A run that measured a held-out snapshot adds the held-out panel, its points those of
+    /// `validation.jsonl` from step 0, and says the change in the legend; a broken line there is
+    /// an error naming file and line.
+    #[test]
+    fn held_out_measurements_add_their_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, plain) = (dir.path().join("held"), dir.path().join("plain"));
+        for d in [&held, &plain] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join(METRICS_FILE), step(1, 0.2) + &step(2, 0.1)).unwrap();
+        }
+        let line = |step: u64, ce: f64| {
+            let m = ValidationMetrics {
+                step,
+                objective: Some(ce / 2.0),
+                cross_entropy: ce,
+                mean_token_prob: 0.4,
+                loss_tokens: 50,
+                rows: 1,
+                seconds: 0.5,
+            };
+            serde_json::to_string(&m).unwrap() + "\n"
+        };
+        std::fs::write(held.join(VALIDATION_FILE), line(0, 1.5) + &line(2, 1.25)).unwrap();
+        let (h, p) = (read_run(&held, None).unwrap(), read_run(&plain, None).unwrap());
+        assert!(p.validation.is_empty());
+        assert_eq!(figure(std::slice::from_ref(&p)).panels.len(), PANELS.len());
+        let f = figure(&[h, p]);
+        assert_eq!(f.panels.len(), PANELS.len() + 1);
+        let last = f.panels.last().unwrap();
+        assert_eq!(last.title, VALIDATION_TITLE);
+        assert_eq!(last.series, vec![vec![(0.0, 1.5), (2.0, 1.25)], vec![]]);
+        assert!(f.legend[0].1.ends_with("held out: cross-entropy 1.5000 at step 0 -> 1.2500 at step 2"), "{}", f.legend[0].1);
+        assert!(!f.legend[1].1.contains("held out"), "{}", f.legend[1].1);
+        std::fs::write(held.join(VALIDATION_FILE), line(0, 1.5) + "{\"step\": 2,\n").unwrap();
+        let e = format!("{:#}", read_run(&held, None).err().unwrap());
+        assert!(e.contains("validation.jsonl:2: not a line of validation.jsonl"), "{e}");
     }
 }

@@ -115,6 +115,16 @@ enum Command {
         /// A `train` snapshot folder (`pipeline build`).
         #[arg(long)]
         snapshot: Option<PathBuf>,
+        /// A `train` snapshot of held-out rows whose loss is measured during training, into
+        /// validation.jsonl (the recipe's `validation_snapshot`).
+        #[arg(long)]
+        validation_snapshot: Option<PathBuf>,
+        /// Steps between held-out measurements (default: checkpoint_every).
+        #[arg(long, value_name = "N")]
+        validation_every: Option<u64>,
+        /// Measure no held-out snapshot, whatever the recipe names.
+        #[arg(long, conflicts_with_all = ["validation_snapshot", "validation_every"])]
+        no_validation: bool,
         /// Write no checkpoints and no final model, only metrics.jsonl (speed measurements).
         #[arg(long)]
         no_save: bool,
@@ -480,6 +490,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output_dir,
             model,
             snapshot,
+            validation_snapshot,
+            validation_every,
+            no_validation,
             no_save,
         } => {
             let (mut r, unset) = TrainRecipe::load_with_unset(&recipe)?;
@@ -519,6 +532,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(p) = snapshot {
                 r.snapshot = cwd(p)?;
+            }
+            if let Some(p) = validation_snapshot {
+                r.validation_snapshot = Some(cwd(p)?);
+            }
+            if validation_every.is_some() {
+                r.validation_every = validation_every;
+            }
+            if no_validation {
+                (r.validation_snapshot, r.validation_every) = (None, None);
             }
             // `steps` and `epochs` are one choice, checked by validation; the others get the
             // paper's defaults, which the user should see were not their own.

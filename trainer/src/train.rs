@@ -8,6 +8,7 @@ use crate::checkpoint::{
 use crate::in_place::{self, Arithmetic};
 use crate::loss::{chunk_positions, objective, Loss, LossKind, LossParts};
 use crate::optim::{clip_global, lr_at, AdamW, AdamWConfig};
+use crate::validation::{Validation, ValidationMetrics, VALIDATION_FILE};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 use schemas::rng::shuffle;
 use schemas::snapshot::{load_snapshot, Row};
 use schemas::train::TrainRecipe;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,6 +72,8 @@ pub struct Run {
     pub model_path: PathBuf,
     pub snapshot_dir: PathBuf,
     pub output_dir: PathBuf,
+    /// The held-out snapshot measured during training (the recipe's `validation_snapshot`).
+    pub validation_dir: Option<PathBuf>,
     /// Write checkpoints and the final model (off for speed measurements: metrics only).
     pub save: bool,
     /// What computes the steps (`burn flex`, `burn cuda, f32 matmuls`), recorded in checkpoints
@@ -86,6 +90,7 @@ impl Run {
             model_path: at(&recipe.model),
             snapshot_dir: at(&recipe.snapshot),
             output_dir: at(&recipe.output_dir),
+            validation_dir: recipe.validation_snapshot.as_deref().map(at),
             recipe,
             save: true,
             engine: String::new(),
@@ -159,6 +164,10 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         }
     }
     model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
+    let validation = match &run.validation_dir {
+        Some(dir) => Some(Validation::open(dir, r.validation_interval(), &run.model_path, &snapshot)?),
+        None => None,
+    };
     let loss = Loss::from(r);
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
     if rows_per_step * snapshot.seq_len != r.batch_tokens {
@@ -307,13 +316,30 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let shapes: Vec<(String, [usize; 2])> = model.named_params().into_iter().map(|(n, p)| (n, p.dims())).collect();
     opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
+    if let Some(v) = &validation {
+        model.check_context(v.longest_example()).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
+    }
 
-    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    keep_lines::<StepMetrics>(&metrics_path, |m| m.step <= state.step)?;
+    let mut metrics = append_to(&metrics_path)?;
+    // Each line measured the model of its step: a fresh start drops every line (another start
+    // may have measured another model), a resume those past its checkpoint. Kept in step with
+    // the metrics also by a run that no longer measures.
+    let validation_path = run.output_dir.join(VALIDATION_FILE);
+    let resumed_at = state.step;
+    let last_measured = keep_lines::<ValidationMetrics>(&validation_path, |m| resumed_at > 0 && m.step <= resumed_at)?.map(|m| m.step);
+    let mut validation = match validation {
+        Some(v) => Some((v, append_to(&validation_path)?)),
+        None => None,
+    };
     let mut stream = Stream::new(snapshot.rows.len(), state.seed);
     let start = Instant::now();
     let pb = progress::steps(total_steps, &format!("{:?}", r.loss).to_lowercase());
     pb.set_position(state.step);
     let mut last = None;
+    if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(state.step, total_steps) && last_measured != Some(state.step)) {
+        validate(v, log, &model, loss, state.step, &pb)?;
+    }
     while state.step < total_steps {
         let t0 = Instant::now();
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
@@ -361,6 +387,11 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             m.objective, m.cross_entropy, m.mean_token_prob, m.grad_norm, m.tokens_per_second
         ));
         pb.inc(1);
+        // Before the checkpoint: a run killed between the two measures this step again when it
+        // resumes from the checkpoint before it, not never.
+        if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(step_no, total_steps)) {
+            validate(v, log, &model, loss, step_no, &pb)?;
+        }
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state)?;
             if let Some(keep) = r.keep_checkpoints {
@@ -630,24 +661,62 @@ fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", path.display()))
 }
 
-/// Open `metrics.jsonl` for appending, first dropping lines past `step` (left by a run killed
-/// after its last checkpoint), so a resumed run's log has each step once.
-fn open_metrics(path: &Path, step: u64) -> anyhow::Result<std::fs::File> {
+/// Keeps only the lines of a JSONL log (`metrics.jsonl`, `validation.jsonl`) that `keep` accepts,
+/// where the file exists: a run killed after its last checkpoint left lines past it, and a
+/// resumed run's log must have each step once. Returns the last line kept.
+fn keep_lines<T: DeserializeOwned>(path: &Path, keep: impl Fn(&T) -> bool) -> anyhow::Result<Option<T>> {
     let context = || format!("{}", path.display());
+    let mut last = None;
     if path.exists() {
         let text = std::fs::read_to_string(path).with_context(context)?;
         let mut kept = String::new();
         for (i, l) in text.lines().enumerate() {
-            match serde_json::from_str::<StepMetrics>(l) {
-                Ok(m) if m.step <= step => kept.extend([l, "\n"]),
+            match serde_json::from_str::<T>(l) {
+                Ok(m) if keep(&m) => {
+                    kept.extend([l, "\n"]);
+                    last = Some(m);
+                }
                 Ok(_) => {}
                 // A run killed while appending leaves a partial last line; it is dropped, but said.
-                Err(e) => tracing::warn!("{}:{}: dropped on resume, not a metrics line ({e})", path.display(), i + 1),
+                Err(e) => tracing::warn!("{}:{}: dropped on resume, not a line of this log ({e})", path.display(), i + 1),
             }
         }
         schemas::write_atomic(path, kept.as_bytes()).with_context(context)?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(context)
+    Ok(last)
+}
+
+fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}", path.display()))
+}
+
+/// Measures the held-out loss of the model after `step` steps and appends it to the log.
+fn validate<B: AutodiffBackend>(
+    v: &Validation,
+    log: &mut std::fs::File,
+    model: &Llama<B>,
+    loss: Loss,
+    step: u64,
+    pb: &progress::ProgressBar,
+) -> anyhow::Result<()> {
+    // Without the autodiff graph: measuring must not change what the next step computes.
+    let device = model.head().clone().inner().device();
+    let plain: Llama<B::InnerBackend> = model.clone().map_params(&device, |_, p| p.inner());
+    let m = v.measure(&plain, loss, step, &device);
+    writeln!(log, "{}", serde_json::to_string(&m)?)?;
+    log.flush()?;
+    // A log line, not the bar's: the bar is hidden where stderr is not a terminal.
+    pb.suspend(|| {
+        tracing::info!(
+            "step {step}: held-out cross-entropy {:.4}, p {:.3}{} ({} tokens, {:.1} s)",
+            m.cross_entropy,
+            m.mean_token_prob,
+            m.objective.map(|o| format!(", objective {o:.4}")).unwrap_or_default(),
+            m.loss_tokens,
+            m.seconds
+        )
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -750,6 +819,8 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: one gradient per parameter");
         for (name, g) in got {
             let (g, w) = (host(g.clone()), &want[name]);
+            // `f32::max` would pass over a NaN: every value is checked to be a number first.
+            assert!(g.iter().chain(w).all(|x| x.is_finite()), "{what}: {name} has a gradient that is not a number");
             let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
             let worst = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= 2e-5 * scale, "{what}: {name} differs by {worst} (largest gradient {scale})");
@@ -811,6 +882,41 @@ mod tests {
                 assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
                 assert_same_grads(&got.grads, &want, &what);
             }
+        }
+    }
+
+    /// The held-out measurement (per-token log-probabilities as scoring computes them, the
+    /// objective on the host) equals the training objective (chunked closed form, on the device)
+    /// of the same model on the same rows, for each loss; iw-SFT without reference
+    /// log-probabilities has no objective but still a cross-entropy.
+    #[test]
+    fn the_held_out_loss_is_the_training_objective_of_the_same_rows() {
+        use crate::validation::held_out_means;
+        let dev = Default::default();
+        for kind in ["llama", "qwen2"] {
+            let model = tiny(kind);
+            let plain: Llama<Flex> = model.clone().map_params(&dev, |_, p| p.inner());
+            let rows = rows();
+            let refs: Vec<&Row> = rows.iter().collect();
+            let logprobs = model::logprobs::rows_logprobs(&plain, &refs, &dev, || {});
+            for loss in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft].map(Loss::from) {
+                let step = step_gradients(&model, &refs, 2, 1, loss, 0, &dev).unwrap();
+                let (objective, ce, p, n) = held_out_means(&refs, &logprobs, loss);
+                let what = format!("{kind} {:?}", loss.kind);
+                assert_eq!(n as f64, step.tokens, "{what}");
+                for (got, want, name) in [
+                    (objective.unwrap(), step.objective, "objective"),
+                    (ce, step.ce_sum / step.tokens, "ce"),
+                    (p, step.prob_sum / step.tokens, "p"),
+                ] {
+                    assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{what} {name}: {got} vs {want}");
+                }
+            }
+            let unscored: Vec<Row> = rows.iter().map(|r| Row { ref_logprobs: None, ..r.clone() }).collect();
+            let unscored: Vec<&Row> = unscored.iter().collect();
+            let (objective, ce, _, _) = held_out_means(&unscored, &logprobs, LossKind::Iwsft.into());
+            assert_eq!(objective, None);
+            assert_eq!(ce, held_out_means(&refs, &logprobs, LossKind::Sft.into()).1);
         }
     }
 }

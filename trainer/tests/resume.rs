@@ -219,3 +219,123 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
     assert_eq!(flat, expected);
     assert!(logged.iter().all(|r| r.len() == logged[0].len()), "every step trains on as many rows");
 }
+
+/// `validation.jsonl`'s lines of a run (step, cross-entropy, target tokens).
+fn measured(path: &Path) -> Vec<(u64, f64, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["cross_entropy"].as_f64().unwrap(), v["loss_tokens"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// A held-out snapshot is measured before the first step, every `validation_every` steps and
+/// after the last, without changing what training computes; its cross-entropy before training
+/// is what a training step on the same rows logs for the model before its update; a resumed run
+/// measures each step once; held-out rows that are training rows are warned about.
+#[test]
+fn held_out_loss_is_measured_without_changing_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    let snap = tiny_snapshot(dir);
+    let gsm = common::repo().join("datasets/raw/gsm8k/train.jsonl");
+    let held_out = |name: &str, skip: usize| {
+        let recipe = format!(
+            "name: {name}\nseed: 1\nsources:\n  - {{name: gsm, path: {}, format: gsm8k, skip: {skip}, limit: 8}}\ntokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\n",
+            gsm.display(),
+            common::model_path().display()
+        );
+        common::build_snapshot(dir, name, &recipe)
+    };
+    // The problems after the 40 the run trains on.
+    let held = held_out("held", 40);
+    let targets: u64 = schemas::snapshot::load_snapshot(&held).unwrap().rows.iter().map(|r| r.targets() as u64).sum();
+
+    let a = recipe(dir, "a");
+    assert!(trainer(&["train", "--recipe", a.to_str().unwrap()]).status().unwrap().success());
+    assert!(!dir.join("a/validation.jsonl").exists(), "no validation_snapshot, nothing measured");
+    let b = recipe(dir, "b");
+    let measure = ["--validation-snapshot", held.to_str().unwrap(), "--validation-every", "4"];
+    let out = trainer(&[&["train", "--recipe", b.to_str().unwrap()][..], &measure].concat()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("held-out") && !String::from_utf8_lossy(&out.stderr).contains("training snapshot")
+    );
+    let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
+    assert!(read("a/final/model.safetensors") == read("b/final/model.safetensors"), "measuring changed training");
+    let objectives = |run: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(objectives("a"), objectives("b"));
+    let held_b = measured(&dir.join("b/validation.jsonl"));
+    assert_eq!(held_b.iter().map(|m| (m.0, m.2)).collect::<Vec<_>>(), [(0, targets), (4, targets), (6, targets)]);
+    assert!(held_b[0].1 != held_b[2].1 && held_b.iter().all(|m| m.1.is_finite() && m.1 > 0.0), "{held_b:?}");
+
+    // One SFT step over exactly the held-out rows logs their cross-entropy under the model
+    // before its update: the held-out measurement at step 0, computed the training way.
+    let rows = schemas::snapshot::load_snapshot(&held).unwrap().rows.len();
+    let one = trainer(&[
+        "train",
+        "--recipe",
+        a.to_str().unwrap(),
+        "--snapshot",
+        held.to_str().unwrap(),
+        "--output-dir",
+        dir.join("one").to_str().unwrap(),
+        "--loss",
+        "sft",
+        "--steps",
+        "1",
+        "--batch-tokens",
+        &(rows * 512).to_string(),
+        "--no-save",
+    ])
+    .status()
+    .unwrap();
+    assert!(one.success());
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.join("one/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let trained = first["cross_entropy"].as_f64().unwrap();
+    assert!((trained - held_b[0].1).abs() < 1e-5, "training step {trained}, held out {}", held_b[0].1);
+
+    // As a kill after the checkpoint of step 4 leaves the run (checkpoints 5 and 6 never
+    // written, the logs past them kept): resumed, each step is measured once, as before.
+    for gone in ["final", "checkpoints/step-000005", "checkpoints/step-000006"] {
+        std::fs::remove_dir_all(dir.join("b").join(gone)).unwrap();
+    }
+    let out = trainer(&[&["train", "--recipe", b.to_str().unwrap(), "--resume"][..], &measure].concat()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(measured(&dir.join("b/validation.jsonl")), held_b);
+    assert!(read("a/final/model.safetensors") == read("b/final/model.safetensors"));
+
+    // Held-out rows that are training rows: the training snapshot itself, and 8 problems of
+    // which the first 4 are among the training 40.
+    let mixed = held_out("mixed", 36);
+    for (snapshot, said) in [(&snap, "is the training snapshot"), (&mixed, "4 of its 8 examples are also in the training snapshot")] {
+        let out = trainer(&[
+            "train",
+            "--recipe",
+            a.to_str().unwrap(),
+            "--output-dir",
+            dir.join("w").to_str().unwrap(),
+            "--steps",
+            "1",
+            "--no-save",
+            "--validation-snapshot",
+            snapshot.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.contains(said), "{err}");
+        std::fs::remove_dir_all(dir.join("w")).unwrap();
+    }
+}

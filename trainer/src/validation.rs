@@ -1,0 +1,172 @@
+//! Held-out loss during training: the recipe's `validation_snapshot` is a `train` snapshot of
+//! rows the run does not train on. Before the first step, every `validation_every` steps and
+//! after the last, the model's loss on its target tokens is measured without gradients and
+//! appended to `validation.jsonl`: the curve that shows whether training generalises beyond its
+//! rows or memorises them (the training rows' loss alone cannot tell).
+//!
+//! The log-probabilities come from the path `trainer score` uses (`model::logprobs`), and the
+//! objective is computed from them on the host; the training objective is computed another way
+//! (chunked closed-form gradients, `loss`), and a test holds the two equal.
+
+use crate::loss::{Loss, LossKind};
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use model::logprobs::rows_logprobs;
+use model::Llama;
+use schemas::snapshot::{load_snapshot, segment_runs, Row, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const VALIDATION_FILE: &str = "validation.jsonl";
+
+/// One line of `validation.jsonl`: the model after `step` optimizer steps (0: the model the
+/// run starts from) on every target token of the held-out snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationMetrics {
+    pub step: u64,
+    /// The run's own loss (SFT, DFT or iw-SFT) on the held-out tokens; absent for iw-SFT on a
+    /// held-out snapshot without reference log-probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<f64>,
+    /// Token-mean cross-entropy, whatever the loss: what compares an SFT run with a DFT run.
+    pub cross_entropy: f64,
+    /// Mean probability of the held-out target tokens.
+    pub mean_token_prob: f64,
+    pub loss_tokens: u64,
+    pub rows: usize,
+    pub seconds: f64,
+}
+
+/// The held-out snapshot of a run, loaded and checked once.
+pub struct Validation {
+    pub dir: PathBuf,
+    snapshot: Snapshot,
+    every: u64,
+}
+
+impl Validation {
+    /// Loads the snapshot at `dir` and checks it against the model and the training snapshot:
+    /// its ids must mean the model's tokens (refused otherwise, as for training), and rows it
+    /// shares with the training snapshot are warned about (their loss is not held out).
+    pub fn open(dir: &Path, every: u64, model_path: &Path, training: &Snapshot) -> anyhow::Result<Validation> {
+        let snapshot = load_snapshot(dir).with_context(|| {
+            format!(
+                "validation_snapshot {} (held-out rows: build them with `pipeline build`, as `make data` builds the default run's from datasets/recipes/validation.yaml, or pass --no-validation)",
+                dir.display()
+            )
+        })?;
+        anyhow::ensure!(
+            snapshot.rows.iter().any(|r| r.targets() > 0),
+            "validation_snapshot {} has no target tokens to measure",
+            dir.display()
+        );
+        model_files::vocab::check_model_tokens(model_path, dir, snapshot.token_ids()).with_context(|| {
+            format!(
+                "validation_snapshot {} (held-out rows are built with the training snapshot's tokenizer; name one with --validation-snapshot, or pass --no-validation)",
+                dir.display()
+            )
+        })?;
+        let (shared, total) = shared_examples(&snapshot, training);
+        if snapshot.manifest.snapshot_id == training.manifest.snapshot_id {
+            tracing::warn!(
+                "validation_snapshot {} is the training snapshot ({}): its loss is the training rows', not a held-out one",
+                dir.display(),
+                training.manifest.snapshot_id
+            );
+        } else if shared > 0 {
+            tracing::warn!(
+                "validation_snapshot {}: {shared} of its {total} examples are also in the training snapshot, token for token; their loss is not held out",
+                dir.display()
+            );
+        }
+        tracing::info!(
+            "validation: {} rows, {} target tokens of {}, every {every} steps",
+            snapshot.rows.len(),
+            snapshot.rows.iter().map(Row::targets).sum::<usize>(),
+            dir.display()
+        );
+        Ok(Validation { dir: dir.to_path_buf(), snapshot, every })
+    }
+
+    /// Whether the model after `step` of `total` steps is measured: before the first, every
+    /// `every` steps, and after the last.
+    pub fn due(&self, step: u64, total: u64) -> bool {
+        step == 0 || step % self.every == 0 || step == total
+    }
+
+    /// The tokens a measurement reads (for `check_context`).
+    pub fn longest_example(&self) -> usize {
+        self.snapshot.longest_example()
+    }
+
+    /// The model's loss on every held-out target token, without gradients.
+    pub fn measure<B: Backend>(&self, model: &Llama<B>, loss: Loss, step: u64, device: &B::Device) -> ValidationMetrics
+    where
+        Llama<B>: Sync,
+    {
+        let t0 = Instant::now();
+        let rows: Vec<&Row> = self.snapshot.rows.iter().collect();
+        let logprobs = rows_logprobs(model, &rows, device, || {});
+        let (objective, cross_entropy, mean_token_prob, tokens) = held_out_means(&rows, &logprobs, loss);
+        ValidationMetrics {
+            step,
+            objective,
+            cross_entropy,
+            mean_token_prob,
+            loss_tokens: tokens,
+            rows: rows.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Over the target tokens of `rows`, given each position's log-probability (aligned with
+/// `input_ids`, as `row_logprobs` gives them): the objective of `loss` (`None` for iw-SFT
+/// without reference log-probabilities), the cross-entropy, the mean probability, and the count.
+/// The per-token weights are the loss module's: 1 (SFT), `p` (DFT), `clip(p / p_ref)` (iw-SFT).
+pub fn held_out_means(rows: &[&Row], logprobs: &[Vec<f32>], loss: Loss) -> (Option<f64>, f64, f64, u64) {
+    let (mut weighted, mut ce, mut prob, mut n) = (0.0f64, 0.0f64, 0.0f64, 0u64);
+    let mut referenced = true;
+    for (row, lp) in rows.iter().zip(logprobs) {
+        for i in (0..lp.len()).filter(|&i| row.is_target(i)) {
+            let l = f64::from(lp[i]);
+            let p = l.exp();
+            let w = match loss.kind {
+                LossKind::Sft => 1.0,
+                LossKind::Dft => p,
+                LossKind::Iwsft => match &row.ref_logprobs {
+                    Some(r) => (l - f64::from(r[i])).exp().clamp(loss.iwsft_clip[0], loss.iwsft_clip[1]),
+                    None => {
+                        referenced = false;
+                        0.0
+                    }
+                },
+            };
+            weighted -= w * l;
+            ce -= l;
+            prob += p;
+            n += 1;
+        }
+    }
+    let d = n.max(1) as f64;
+    (referenced.then_some(weighted / d), ce / d, prob / d, n)
+}
+
+/// How many of `held_out`'s examples (the token ids of one packed segment) appear, token for
+/// token, among `training`'s, and how many examples it has.
+fn shared_examples(held_out: &Snapshot, training: &Snapshot) -> (usize, usize) {
+    fn examples(s: &Snapshot) -> impl Iterator<Item = &[i32]> {
+        s.rows.iter().flat_map(|r| {
+            segment_runs(&r.segment_ids).into_iter().filter(|&(start, _)| r.segment_ids[start] != 0).map(|(s, n)| &r.input_ids[s..s + n])
+        })
+    }
+    let trained: HashSet<&[i32]> = examples(training).collect();
+    let (mut shared, mut total) = (0, 0);
+    for e in examples(held_out) {
+        total += 1;
+        shared += usize::from(trained.contains(e));
+    }
+    (shared, total)
+}
