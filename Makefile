@@ -91,7 +91,8 @@ $(SNAPSHOTS)/validation/manifest.json:
 # `trainer train --resume` to continue one.
 train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json $(SNAPSHOTS)/validation/manifest.json
 	rm -rf $(RUNS)/$(LOSS)
-	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND)
+	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND) \
+	  --snapshot $(SNAPSHOTS)/default --validation-snapshot $(SNAPSHOTS)/validation
 
 # Histogram (PNG + CSV) of the probability each model gives the training tokens of PROBS_ROWS
 # rows of the default snapshot: the base model and whichever of the SFT / DFT runs exist.

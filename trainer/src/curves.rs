@@ -48,8 +48,10 @@ const REFERENCE_PANEL: Panel =
     Panel { title: "log p - log p_ref (mean over target tokens)", value: |m| m.log_ratio_to_reference.unwrap_or(f64::NAN), smooth: true };
 
 /// The held-out cross-entropy, measured every `validation_every` steps from step 0 (the model
-/// before training): beside the training rows' panel above it, whether training generalises.
-const VALIDATION_TITLE: &str = "held-out cross-entropy (validation_snapshot)";
+/// before training): beside the training rows' panel, whether training generalises. Its x is
+/// the updates made, where a training panel's step n is the model after n - 1 (the loss step n
+/// trains on), so the title says which.
+const VALIDATION_TITLE: &str = "held-out cross-entropy, after N updates";
 
 /// Reads a run: its output folder (which holds `metrics.jsonl`, and `validation.jsonl` where
 /// it measured a held-out snapshot) or the metrics file itself. The label defaults to the run
@@ -115,7 +117,7 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
             );
             if let (Some(first), Some(held)) = (r.validation.first(), r.validation.last()) {
                 note += &format!(
-                    "; held out: cross-entropy {:.4} at step {} -> {:.4} at step {}",
+                    "; held out: cross-entropy {:.4} after {} updates -> {:.4} after {}",
                     first.cross_entropy, first.step, held.cross_entropy, held.step
                 );
             }
@@ -245,6 +247,7 @@ mod tests {
         let line = |step: u64, ce: f64| {
             let m = ValidationMetrics {
                 step,
+                snapshot_id: "82a4cd95c93e5296".into(),
                 objective: Some(ce / 2.0),
                 cross_entropy: ce,
                 mean_token_prob: 0.4,
@@ -263,7 +266,7 @@ mod tests {
         let last = f.panels.last().unwrap();
         assert_eq!(last.title, VALIDATION_TITLE);
         assert_eq!(last.series, vec![vec![(0.0, 1.5), (2.0, 1.25)], vec![]]);
-        assert!(f.legend[0].1.ends_with("held out: cross-entropy 1.5000 at step 0 -> 1.2500 at step 2"), "{}", f.legend[0].1);
+        assert!(f.legend[0].1.ends_with("held out: cross-entropy 1.5000 after 0 updates -> 1.2500 after 2"), "{}", f.legend[0].1);
         assert!(!f.legend[1].1.contains("held out"), "{}", f.legend[1].1);
         std::fs::write(held.join(VALIDATION_FILE), line(0, 1.5) + "{\"step\": 2,\n").unwrap();
         let e = format!("{:#}", read_run(&held, None).err().unwrap());

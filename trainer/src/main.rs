@@ -125,7 +125,8 @@ enum Command {
         /// Measure no held-out snapshot, whatever the recipe names.
         #[arg(long, conflicts_with_all = ["validation_snapshot", "validation_every"])]
         no_validation: bool,
-        /// Write no checkpoints and no final model, only metrics.jsonl (speed measurements).
+        /// Write no checkpoints and no final model, only metrics.jsonl (and validation.jsonl
+        /// with a held-out snapshot; speed measurements pass --no-validation too).
         #[arg(long)]
         no_save: bool,
     },
@@ -1208,6 +1209,9 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
         println!("peak memory: {:.2} GiB (peak resident set of this process)", mib / 1024.0);
     }
     println!("metrics:     {}", s.metrics.display());
+    if run.validation_dir.is_some() {
+        println!("held out:    {}", run.output_dir.join(trainer::validation::VALIDATION_FILE).display());
+    }
     let curves = run.output_dir.join(trainer::curves::CURVES_FILE);
     if run.save && curves.exists() {
         println!("curves:      {}", curves.display());

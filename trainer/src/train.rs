@@ -164,11 +164,11 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         }
     }
     model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
+    let loss = Loss::from(r);
     let validation = match &run.validation_dir {
-        Some(dir) => Some(Validation::open(dir, r.validation_interval(), &run.model_path, &snapshot)?),
+        Some(dir) => Some(Validation::open(dir, r.validation_interval(), &run.model_path, &snapshot, loss)?),
         None => None,
     };
-    let loss = Loss::from(r);
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
     if rows_per_step * snapshot.seq_len != r.batch_tokens {
         // Whole rows only: said, since a step then holds other tokens than the recipe asked for.
@@ -274,7 +274,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
             let before_first_checkpoint = last_step.is_none_or(|s| s < r.checkpoint_every);
             if logged && resume && !final_dir.exists() && before_first_checkpoint {
                 // Stopped before its first checkpoint was due: nothing to continue from, and its
-                // logged steps are dropped (`open_metrics` from step 0), so nothing is mixed.
+                // logged steps are dropped (`keep_lines` up to step 0), so nothing is mixed.
                 tracing::warn!(
                     "{} holds steps logged in {METRICS_FILE} but no checkpoint (the run stopped before its first one, due at step {}): starting afresh, dropping them",
                     run.output_dir.display(),
@@ -317,17 +317,35 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
     if let Some(v) = &validation {
-        model.check_context(v.longest_example()).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
+        let held = v.snapshot();
+        model.check_vocab(held.manifest.tokenizer.vocab_size).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
+        model.check_context(held.longest_example()).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
     }
 
     keep_lines::<StepMetrics>(&metrics_path, |m| m.step <= state.step)?;
     let mut metrics = append_to(&metrics_path)?;
     // Each line measured the model of its step: a fresh start drops every line (another start
-    // may have measured another model), a resume those past its checkpoint. Kept in step with
-    // the metrics also by a run that no longer measures.
+    // may have measured another model), a resume those past its checkpoint, and those of
+    // another held-out snapshot than it measures (one curve, one set of rows). Kept in step
+    // with the metrics also by a run that no longer measures.
     let validation_path = run.output_dir.join(VALIDATION_FILE);
     let resumed_at = state.step;
-    let last_measured = keep_lines::<ValidationMetrics>(&validation_path, |m| resumed_at > 0 && m.step <= resumed_at)?.map(|m| m.step);
+    let held_id = validation.as_ref().map(|v| v.snapshot().manifest.snapshot_id.clone());
+    let mut other_set = 0;
+    let last_measured = keep_lines::<ValidationMetrics>(&validation_path, |m| {
+        let same_set = held_id.as_ref().is_none_or(|id| *id == m.snapshot_id);
+        let continued = resumed_at > 0 && m.step <= resumed_at;
+        other_set += usize::from(continued && !same_set);
+        continued && same_set
+    })?
+    .map(|m| m.step);
+    if other_set > 0 {
+        tracing::warn!(
+            "{}: dropped {other_set} lines measured on another held-out snapshot than {}",
+            validation_path.display(),
+            held_id.as_deref().unwrap_or_default()
+        );
+    }
     let mut validation = match validation {
         Some(v) => Some((v, append_to(&validation_path)?)),
         None => None,
@@ -338,7 +356,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     pb.set_position(state.step);
     let mut last = None;
     if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(state.step, total_steps) && last_measured != Some(state.step)) {
-        validate(v, log, &model, loss, state.step, &pb)?;
+        validate(v, log, &model, loss, state.step, concurrency, &pb)?;
     }
     while state.step < total_steps {
         let t0 = Instant::now();
@@ -390,7 +408,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         // Before the checkpoint: a run killed between the two measures this step again when it
         // resumes from the checkpoint before it, not never.
         if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(step_no, total_steps)) {
-            validate(v, log, &model, loss, step_no, &pb)?;
+            validate(v, log, &model, loss, step_no, concurrency, &pb)?;
         }
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state)?;
@@ -664,7 +682,7 @@ fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
 /// Keeps only the lines of a JSONL log (`metrics.jsonl`, `validation.jsonl`) that `keep` accepts,
 /// where the file exists: a run killed after its last checkpoint left lines past it, and a
 /// resumed run's log must have each step once. Returns the last line kept.
-fn keep_lines<T: DeserializeOwned>(path: &Path, keep: impl Fn(&T) -> bool) -> anyhow::Result<Option<T>> {
+fn keep_lines<T: DeserializeOwned>(path: &Path, mut keep: impl FnMut(&T) -> bool) -> anyhow::Result<Option<T>> {
     let context = || format!("{}", path.display());
     let mut last = None;
     if path.exists() {
@@ -697,18 +715,19 @@ fn validate<B: AutodiffBackend>(
     model: &Llama<B>,
     loss: Loss,
     step: u64,
+    concurrency: usize,
     pb: &progress::ProgressBar,
 ) -> anyhow::Result<()> {
     // Without the autodiff graph: measuring must not change what the next step computes.
     let device = model.head().clone().inner().device();
     let plain: Llama<B::InnerBackend> = model.clone().map_params(&device, |_, p| p.inner());
-    let m = v.measure(&plain, loss, step, &device);
+    let m = v.measure(&plain, loss, step, concurrency, &device)?;
     writeln!(log, "{}", serde_json::to_string(&m)?)?;
     log.flush()?;
     // A log line, not the bar's: the bar is hidden where stderr is not a terminal.
     pb.suspend(|| {
         tracing::info!(
-            "step {step}: held-out cross-entropy {:.4}, p {:.3}{} ({} tokens, {:.1} s)",
+            "after {step} updates: held-out cross-entropy {:.4}, p {:.3}{} ({} tokens, {:.1} s)",
             m.cross_entropy,
             m.mean_token_prob,
             m.objective.map(|o| format!(", objective {o:.4}")).unwrap_or_default(),
@@ -899,6 +918,18 @@ mod tests {
             let rows = rows();
             let refs: Vec<&Row> = rows.iter().collect();
             let logprobs = model::logprobs::rows_logprobs(&plain, &refs, &dev, || {});
+            // iw-SFT's ratio p / p_ref meets both clip bounds and lies between them somewhere.
+            let ratios: Vec<f64> = refs
+                .iter()
+                .zip(&logprobs)
+                .flat_map(|(r, lp)| {
+                    let reference = r.ref_logprobs.as_ref().unwrap();
+                    (0..lp.len()).filter(|&i| r.is_target(i)).map(|i| f64::from(lp[i] - reference[i]).exp()).collect::<Vec<_>>()
+                })
+                .collect();
+            let [lo, hi] = schemas::train::DEFAULT_IWSFT_CLIP;
+            let (below, above) = (ratios.iter().any(|&x| x < lo), ratios.iter().any(|&x| x > hi));
+            assert!(below && above && ratios.iter().any(|&x| lo < x && x < hi), "{kind}: {ratios:?}");
             for loss in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft].map(Loss::from) {
                 let step = step_gradients(&model, &refs, 2, 1, loss, 0, &dev).unwrap();
                 let (objective, ce, p, n) = held_out_means(&refs, &logprobs, loss);
@@ -916,7 +947,8 @@ mod tests {
             let unscored: Vec<&Row> = unscored.iter().collect();
             let (objective, ce, _, _) = held_out_means(&unscored, &logprobs, LossKind::Iwsft.into());
             assert_eq!(objective, None);
-            assert_eq!(ce, held_out_means(&refs, &logprobs, LossKind::Sft.into()).1);
+            assert!(ce > 0.0 && ce.is_finite());
+            assert!(held_out_means(&unscored, &logprobs, LossKind::Dft.into()).0.is_some(), "only iw-SFT needs the scores");
         }
     }
 }

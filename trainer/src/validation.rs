@@ -21,11 +21,14 @@ use std::time::Instant;
 
 pub const VALIDATION_FILE: &str = "validation.jsonl";
 
-/// One line of `validation.jsonl`: the model after `step` optimizer steps (0: the model the
-/// run starts from) on every target token of the held-out snapshot.
+/// One line of `validation.jsonl`: the model after `step` updates (0: the model the run starts
+/// from) on every target token of the held-out snapshot. (A line of `metrics.jsonl` gives the
+/// loss step n trains on, that of the model after n - 1 updates.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationMetrics {
     pub step: u64,
+    /// The held-out snapshot measured: a resume that names another keeps no line of this one.
+    pub snapshot_id: String,
     /// The run's own loss (SFT, DFT or iw-SFT) on the held-out tokens; absent for iw-SFT on a
     /// held-out snapshot without reference log-probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +53,7 @@ impl Validation {
     /// Loads the snapshot at `dir` and checks it against the model and the training snapshot:
     /// its ids must mean the model's tokens (refused otherwise, as for training), and rows it
     /// shares with the training snapshot are warned about (their loss is not held out).
-    pub fn open(dir: &Path, every: u64, model_path: &Path, training: &Snapshot) -> anyhow::Result<Validation> {
+    pub fn open(dir: &Path, every: u64, model_path: &Path, training: &Snapshot, loss: Loss) -> anyhow::Result<Validation> {
         let snapshot = load_snapshot(dir).with_context(|| {
             format!(
                 "validation_snapshot {} (held-out rows: build them with `pipeline build`, as `make data` builds the default run's from datasets/recipes/validation.yaml, or pass --no-validation)",
@@ -64,7 +67,7 @@ impl Validation {
         );
         model_files::vocab::check_model_tokens(model_path, dir, snapshot.token_ids()).with_context(|| {
             format!(
-                "validation_snapshot {} (held-out rows are built with the training snapshot's tokenizer; name one with --validation-snapshot, or pass --no-validation)",
+                "validation_snapshot {} (held-out rows are tokenized with the model's tokenizer, as training rows are; name such a snapshot with --validation-snapshot, or pass --no-validation)",
                 dir.display()
             )
         })?;
@@ -81,6 +84,25 @@ impl Validation {
                 dir.display()
             );
         }
+        if loss.kind == LossKind::Iwsft {
+            // The held-out objective weighs each token by p / p_ref: without scores there is no
+            // objective, and another reference than training's would be another objective.
+            match (&snapshot.manifest.ref_logprobs, &training.manifest.ref_logprobs) {
+                (None, _) => tracing::warn!(
+                    "validation_snapshot {} has no reference log-probabilities: its lines give the cross-entropy but no iwsft objective (`trainer score` it with the model that scored the training snapshot)",
+                    dir.display()
+                ),
+                (Some(held), Some(trained)) if held.model_sha256 != trained.model_sha256 => tracing::warn!(
+                    "validation_snapshot {} was scored by {} (sha256 {}), the training snapshot by {} (sha256 {}): its iwsft objective weighs tokens against another reference",
+                    dir.display(),
+                    held.model,
+                    &held.model_sha256[..16.min(held.model_sha256.len())],
+                    trained.model,
+                    &trained.model_sha256[..16.min(trained.model_sha256.len())]
+                ),
+                _ => {}
+            }
+        }
         tracing::info!(
             "validation: {} rows, {} target tokens of {}, every {every} steps",
             snapshot.rows.len(),
@@ -96,29 +118,46 @@ impl Validation {
         step == 0 || step % self.every == 0 || step == total
     }
 
-    /// The tokens a measurement reads (for `check_context`).
-    pub fn longest_example(&self) -> usize {
-        self.snapshot.longest_example()
+    /// The snapshot measured, as its manifest names it.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 
-    /// The model's loss on every held-out target token, without gradients.
-    pub fn measure<B: Backend>(&self, model: &Llama<B>, loss: Loss, step: u64, device: &B::Device) -> ValidationMetrics
+    /// The model's loss on every held-out target token, without gradients, `concurrency` rows
+    /// at a time (the CPU's cores; 1 on a GPU, where rows side by side would each hold their
+    /// activations in the memory training needs).
+    pub fn measure<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        loss: Loss,
+        step: u64,
+        concurrency: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<ValidationMetrics>
     where
         Llama<B>: Sync,
     {
         let t0 = Instant::now();
         let rows: Vec<&Row> = self.snapshot.rows.iter().collect();
-        let logprobs = rows_logprobs(model, &rows, device, || {});
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(concurrency.max(1)).build()?;
+        let logprobs = pool.install(|| rows_logprobs(model, &rows, device, || {}));
         let (objective, cross_entropy, mean_token_prob, tokens) = held_out_means(&rows, &logprobs, loss);
-        ValidationMetrics {
+        // serde_json writes a NaN as null, a line no reader takes back.
+        anyhow::ensure!(
+            cross_entropy.is_finite() && objective.is_none_or(f64::is_finite),
+            "step {step}: the held-out cross-entropy of {} is {cross_entropy}, not a number",
+            self.dir.display()
+        );
+        Ok(ValidationMetrics {
             step,
+            snapshot_id: self.snapshot.manifest.snapshot_id.clone(),
             objective,
             cross_entropy,
             mean_token_prob,
             loss_tokens: tokens,
             rows: rows.len(),
             seconds: t0.elapsed().as_secs_f64(),
-        }
+        })
     }
 }
 
