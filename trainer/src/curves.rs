@@ -47,11 +47,15 @@ const PANELS: [Panel; 6] = [
 const REFERENCE_PANEL: Panel =
     Panel { title: "log p - log p_ref (mean over target tokens)", value: |m| m.log_ratio_to_reference.unwrap_or(f64::NAN), smooth: true };
 
-/// The held-out cross-entropy, measured every `validation_every` steps from step 0 (the model
-/// before training): beside the training rows' panel, whether training generalises. Its x is
-/// the updates made, where a training panel's step n is the model after n - 1 (the loss step n
-/// trains on), so the title says which.
-const VALIDATION_TITLE: &str = "held-out cross-entropy, after N updates";
+/// The held-out cross-entropy and mean target-token probability, measured every
+/// `validation_every` steps from step 0 (the model before training): beside the training rows'
+/// panels, whether what training does to its rows carries over to others. Their x is the updates
+/// made, where a training panel's step n is the model after n - 1 (the loss step n trains on),
+/// so the titles say which.
+const VALIDATION_PANELS: [(&str, fn(&ValidationMetrics) -> f64); 2] = [
+    ("held-out cross-entropy, after N updates", |m| m.cross_entropy),
+    ("held-out mean probability, after N updates", |m| m.mean_token_prob),
+];
 
 /// Reads a run: its output folder (which holds `metrics.jsonl`, and `validation.jsonl` where
 /// it measured a held-out snapshot) or the metrics file itself. The label defaults to the run
@@ -96,12 +100,12 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
         })
         .collect();
     if runs.iter().any(|r| !r.validation.is_empty()) {
-        panels.push(LinePanel {
-            title: VALIDATION_TITLE.into(),
-            series: runs.iter().map(|r| r.validation.iter().map(|m| (m.step as f64, m.cross_entropy)).collect()).collect(),
+        panels.extend(VALIDATION_PANELS.map(|(title, value)| LinePanel {
+            title: title.into(),
+            series: runs.iter().map(|r| r.validation.iter().map(|m| (m.step as f64, value(m))).collect()).collect(),
             // A few measurements, each over every held-out token: nothing to smooth.
             smooth: false,
-        });
+        }));
     }
     let legend = runs
         .iter()
@@ -233,11 +237,11 @@ mod tests {
         assert!(e.contains("no step recorded yet"), "{e}");
     }
 
-    /// A run that measured a held-out snapshot adds the held-out panel, its points those of
+    /// A run that measured a held-out snapshot adds the held-out panels, their points those of
     /// `validation.jsonl` from step 0, and says the change in the legend; a broken line there is
     /// an error naming file and line.
     #[test]
-    fn held_out_measurements_add_their_panel() {
+    fn held_out_measurements_add_their_panels() {
         let dir = tempfile::tempdir().unwrap();
         let (held, plain) = (dir.path().join("held"), dir.path().join("plain"));
         for d in [&held, &plain] {
@@ -250,7 +254,7 @@ mod tests {
                 snapshot_id: "82a4cd95c93e5296".into(),
                 objective: Some(ce / 2.0),
                 cross_entropy: ce,
-                mean_token_prob: 0.4,
+                mean_token_prob: ce / 4.0,
                 loss_tokens: 50,
                 rows: 1,
                 seconds: 0.5,
@@ -262,10 +266,11 @@ mod tests {
         assert!(p.validation.is_empty());
         assert_eq!(figure(std::slice::from_ref(&p)).panels.len(), PANELS.len());
         let f = figure(&[h, p]);
-        assert_eq!(f.panels.len(), PANELS.len() + 1);
-        let last = f.panels.last().unwrap();
-        assert_eq!(last.title, VALIDATION_TITLE);
-        assert_eq!(last.series, vec![vec![(0.0, 1.5), (2.0, 1.25)], vec![]]);
+        assert_eq!(f.panels.len(), PANELS.len() + 2);
+        let (ce, p) = (&f.panels[PANELS.len()], &f.panels[PANELS.len() + 1]);
+        assert_eq!((ce.title.as_str(), p.title.as_str()), (VALIDATION_PANELS[0].0, VALIDATION_PANELS[1].0));
+        assert_eq!(ce.series, vec![vec![(0.0, 1.5), (2.0, 1.25)], vec![]]);
+        assert_eq!(p.series, vec![vec![(0.0, 0.375), (2.0, 0.3125)], vec![]]);
         assert!(f.legend[0].1.ends_with("held out: cross-entropy 1.5000 after 0 updates -> 1.2500 after 2"), "{}", f.legend[0].1);
         assert!(!f.legend[1].1.contains("held out"), "{}", f.legend[1].1);
         std::fs::write(held.join(VALIDATION_FILE), line(0, 1.5) + "{\"step\": 2,\n").unwrap();
