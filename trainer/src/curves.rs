@@ -47,12 +47,15 @@ const PANELS: [Panel; 6] = [
 const REFERENCE_PANEL: Panel =
     Panel { title: "log p - log p_ref (mean over target tokens)", value: |m| m.log_ratio_to_reference.unwrap_or(f64::NAN), smooth: true };
 
+/// A quantity of one held-out measurement.
+type HeldOutValue = fn(&ValidationMetrics) -> f64;
+
 /// The held-out cross-entropy and mean target-token probability, measured every
 /// `validation_every` steps from step 0 (the model before training): beside the training rows'
 /// panels, whether what training does to its rows carries over to others. Their x is the updates
 /// made, where a training panel's step n is the model after n - 1 (the loss step n trains on),
 /// so the titles say which.
-const VALIDATION_PANELS: [(&str, fn(&ValidationMetrics) -> f64); 2] = [
+const VALIDATION_PANELS: [(&str, HeldOutValue); 2] = [
     ("held-out cross-entropy, after N updates", |m| m.cross_entropy),
     ("held-out mean probability, after N updates", |m| m.mean_token_prob),
 ];

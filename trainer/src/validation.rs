@@ -115,7 +115,7 @@ impl Validation {
     /// Whether the model after `step` of `total` steps is measured: before the first, every
     /// `every` steps, and after the last.
     pub fn due(&self, step: u64, total: u64) -> bool {
-        step == 0 || step % self.every == 0 || step == total
+        step == 0 || step.is_multiple_of(self.every) || step == total
     }
 
     /// The snapshot measured, as its manifest names it.
