@@ -89,7 +89,9 @@ $(SNAPSHOTS)/validation/manifest.json:
 # Fine-tune the default model on the default snapshot (LOSS=dft|sft, BACKEND=cpu|cuda), measuring
 # the loss on the held-out snapshot as it goes. Each run starts afresh in $(RUNS)/$(LOSS); use
 # `trainer train --resume` to continue one.
-train: $(if $(filter cuda,$(BACKEND)),build-cuda,build) model $(SNAPSHOTS)/default/manifest.json $(SNAPSHOTS)/validation/manifest.json
+# The snapshots come first: building a missing one runs the CPU build, which must not replace a
+# CUDA trainer built for BACKEND=cuda.
+train: model $(SNAPSHOTS)/default/manifest.json $(SNAPSHOTS)/validation/manifest.json $(if $(filter cuda,$(BACKEND)),build-cuda,build)
 	rm -rf $(RUNS)/$(LOSS)
 	$(TRAINER) train --recipe datasets/recipes/train/default.yaml --loss $(LOSS) --output-dir $(RUNS)/$(LOSS) --device $(BACKEND) \
 	  --snapshot $(SNAPSHOTS)/default --validation-snapshot $(SNAPSHOTS)/validation

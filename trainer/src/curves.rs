@@ -1,5 +1,5 @@
-//! Training curves: what `metrics.jsonl` records per step, one panel per quantity and one line per
-//! run, as a PNG. `trainer train` keeps `curves.png` beside its metrics (redrawn at every
+//! Training curves: what `metrics.jsonl` records per step (and `validation.jsonl` per held-out
+//! measurement), one panel per quantity and one line per run, as a PNG. `trainer train` keeps `curves.png` beside its metrics (redrawn at every
 //! checkpoint and at the end); `trainer curves` overlays runs, e.g. SFT against DFT.
 
 use crate::train::{StepMetrics, METRICS_FILE};
@@ -89,8 +89,8 @@ pub fn read_run(path: &Path, label: Option<String>) -> anyhow::Result<RunCurves>
     Ok(RunCurves { label, metrics, steps, validation })
 }
 
-/// The figure: six panels in three columns (one more with a scored run's, one more with a
-/// run's held-out measurements), the runs in the legend with their last step.
+/// The figure: six panels in three columns (one more with a scored run's, two more with a run's
+/// held-out measurements), the runs in the legend with their last step.
 pub fn figure(runs: &[RunCurves]) -> LineFigure {
     let scored = runs.iter().any(|r| r.steps.iter().any(|m| m.log_ratio_to_reference.is_some()));
     let mut panels: Vec<LinePanel> = PANELS
@@ -122,11 +122,15 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
                 last.cross_entropy,
                 last.mean_token_prob
             );
-            if let (Some(first), Some(held)) = (r.validation.first(), r.validation.last()) {
-                note += &format!(
-                    "; held out: cross-entropy {:.4} after {} updates -> {:.4} after {}",
-                    first.cross_entropy, first.step, held.cross_entropy, held.step
-                );
+            match &r.validation[..] {
+                [] => {}
+                [only] => note += &format!("; held out: cross-entropy {:.4} after {} updates", only.cross_entropy, only.step),
+                [first, .., held] => {
+                    note += &format!(
+                        "; held out: cross-entropy {:.4} after {} updates -> {:.4} after {}",
+                        first.cross_entropy, first.step, held.cross_entropy, held.step
+                    )
+                }
             }
             (r.label.clone(), note)
         })

@@ -166,7 +166,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
     let loss = Loss::from(r);
     let validation = match &run.validation_dir {
-        Some(dir) => Some(Validation::open(dir, r.validation_interval(), &run.model_path, &snapshot, loss)?),
+        Some(dir) => Some(Validation::open(dir, r.validation_interval(), &run.model_path, &snapshot, loss, concurrency)?),
         None => None,
     };
     let rows_per_step = r.batch_tokens.div_ceil(snapshot.seq_len).max(1);
@@ -355,8 +355,13 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     let pb = progress::steps(total_steps, &format!("{:?}", r.loss).to_lowercase());
     pb.set_position(state.step);
     let mut last = None;
-    if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(state.step, total_steps) && last_measured != Some(state.step)) {
-        validate(v, log, &model, loss, state.step, concurrency, &pb)?;
+    // Due, or the first measurement of this held-out set in a resumed run (added, or another
+    // one named, at the resume): its curve starts where the run resumes.
+    if let Some((v, log)) = validation
+        .as_mut()
+        .filter(|(v, _)| (v.due(state.step, total_steps) || last_measured.is_none()) && last_measured != Some(state.step))
+    {
+        validate(v, log, &model, state.step, &pb, device)?;
     }
     while state.step < total_steps {
         let t0 = Instant::now();
@@ -408,7 +413,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
         // Before the checkpoint: a run killed between the two measures this step again when it
         // resumes from the checkpoint before it, not never.
         if let Some((v, log)) = validation.as_mut().filter(|(v, _)| v.due(step_no, total_steps)) {
-            validate(v, log, &model, loss, step_no, concurrency, &pb)?;
+            validate(v, log, &model, step_no, &pb, device)?;
         }
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
             save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state)?;
@@ -696,7 +701,7 @@ fn keep_lines<T: DeserializeOwned>(path: &Path, mut keep: impl FnMut(&T) -> bool
                 }
                 Ok(_) => {}
                 // A run killed while appending leaves a partial last line; it is dropped, but said.
-                Err(e) => tracing::warn!("{}:{}: dropped on resume, not a line of this log ({e})", path.display(), i + 1),
+                Err(e) => tracing::warn!("{}:{}: dropped, not a line of this log ({e})", path.display(), i + 1),
             }
         }
         schemas::write_atomic(path, kept.as_bytes()).with_context(context)?;
@@ -713,15 +718,13 @@ fn validate<B: AutodiffBackend>(
     v: &Validation,
     log: &mut std::fs::File,
     model: &Llama<B>,
-    loss: Loss,
     step: u64,
-    concurrency: usize,
     pb: &progress::ProgressBar,
+    device: &B::Device,
 ) -> anyhow::Result<()> {
     // Without the autodiff graph: measuring must not change what the next step computes.
-    let device = model.head().clone().inner().device();
-    let plain: Llama<B::InnerBackend> = model.clone().map_params(&device, |_, p| p.inner());
-    let m = v.measure(&plain, loss, step, concurrency, &device)?;
+    let plain: Llama<B::InnerBackend> = model.clone().map_params(device, |_, p| p.inner());
+    let m = v.measure(&plain, step, device).inspect_err(|_| pb.abandon())?;
     writeln!(log, "{}", serde_json::to_string(&m)?)?;
     log.flush()?;
     // A log line, not the bar's: the bar is hidden where stderr is not a terminal.

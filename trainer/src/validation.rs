@@ -11,7 +11,7 @@
 use crate::loss::{Loss, LossKind};
 use anyhow::Context;
 use burn::tensor::backend::Backend;
-use model::logprobs::rows_logprobs;
+use model::logprobs::{row_logprobs, rows_logprobs};
 use model::Llama;
 use schemas::snapshot::{load_snapshot, segment_runs, Row, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -47,13 +47,24 @@ pub struct Validation {
     pub dir: PathBuf,
     snapshot: Snapshot,
     every: u64,
+    /// The run's loss, whose objective each measurement gives.
+    loss: Loss,
+    /// Rows measured side by side: the CPU's cores; 1 on a GPU (see [`Validation::measure`]).
+    concurrency: usize,
 }
 
 impl Validation {
     /// Loads the snapshot at `dir` and checks it against the model and the training snapshot:
     /// its ids must mean the model's tokens (refused otherwise, as for training), and rows it
     /// shares with the training snapshot are warned about (their loss is not held out).
-    pub fn open(dir: &Path, every: u64, model_path: &Path, training: &Snapshot, loss: Loss) -> anyhow::Result<Validation> {
+    pub fn open(
+        dir: &Path,
+        every: u64,
+        model_path: &Path,
+        training: &Snapshot,
+        loss: Loss,
+        concurrency: usize,
+    ) -> anyhow::Result<Validation> {
         let snapshot = load_snapshot(dir).with_context(|| {
             format!(
                 "validation_snapshot {} (held-out rows: build them with `pipeline build`, as `make data` builds the default run's from datasets/recipes/validation.yaml, or pass --no-validation)",
@@ -109,7 +120,7 @@ impl Validation {
             snapshot.rows.iter().map(Row::targets).sum::<usize>(),
             dir.display()
         );
-        Ok(Validation { dir: dir.to_path_buf(), snapshot, every })
+        Ok(Validation { dir: dir.to_path_buf(), snapshot, every, loss, concurrency })
     }
 
     /// Whether the model after `step` of `total` steps is measured: before the first, every
@@ -123,29 +134,27 @@ impl Validation {
         &self.snapshot
     }
 
-    /// The model's loss on every held-out target token, without gradients, `concurrency` rows
-    /// at a time (the CPU's cores; 1 on a GPU, where rows side by side would each hold their
-    /// activations in the memory training needs).
-    pub fn measure<B: Backend>(
-        &self,
-        model: &Llama<B>,
-        loss: Loss,
-        step: u64,
-        concurrency: usize,
-        device: &B::Device,
-    ) -> anyhow::Result<ValidationMetrics>
+    /// The model's loss on every held-out target token, without gradients: with the run's
+    /// concurrency above 1 (the CPU's cores) the rows side by side on rayon's threads, with 1 (a GPU) one at
+    /// a time on this thread. On a GPU, rows side by side would each hold their activations in
+    /// the memory training needs, and work from another thread gets a CUDA stream of its own
+    /// whose memory pool training never reuses.
+    pub fn measure<B: Backend>(&self, model: &Llama<B>, step: u64, device: &B::Device) -> anyhow::Result<ValidationMetrics>
     where
         Llama<B>: Sync,
     {
         let t0 = Instant::now();
         let rows: Vec<&Row> = self.snapshot.rows.iter().collect();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(concurrency.max(1)).build()?;
-        let logprobs = pool.install(|| rows_logprobs(model, &rows, device, || {}));
-        let (objective, cross_entropy, mean_token_prob, tokens) = held_out_means(&rows, &logprobs, loss);
-        // serde_json writes a NaN as null, a line no reader takes back.
+        let logprobs = if self.concurrency > 1 {
+            rows_logprobs(model, &rows, device, || {})
+        } else {
+            rows.iter().map(|row| row_logprobs(model, &[*row], device).pop().expect("one row")).collect()
+        };
+        let (objective, cross_entropy, mean_token_prob, tokens) = held_out_means(&rows, &logprobs, self.loss);
+        // serde_json writes a NaN or an infinity as null, a line no reader takes back.
         anyhow::ensure!(
             cross_entropy.is_finite() && objective.is_none_or(f64::is_finite),
-            "step {step}: the held-out cross-entropy of {} is {cross_entropy}, not a number",
+            "after {step} updates: the held-out cross-entropy of {} is {cross_entropy}, its objective {objective:?}: not finite",
             self.dir.display()
         );
         Ok(ValidationMetrics {

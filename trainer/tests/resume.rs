@@ -316,9 +316,28 @@ fn held_out_loss_is_measured_without_changing_training() {
     assert_eq!(measured(&dir.join("b/validation.jsonl")), held_b);
     assert!(read("a/final/model.safetensors") == read("b/final/model.safetensors"));
 
+    // Resumed from step 5 (no measurement due) naming another held-out set: the first set's
+    // lines go, said, and the new set's curve starts where the run resumes. Resumed again
+    // without measuring: the lines up to the checkpoint stay and none is added.
+    let mixed = held_out("mixed", 36);
+    let mixed_targets: u64 = schemas::snapshot::load_snapshot(&mixed).unwrap().rows.iter().map(|r| r.targets() as u64).sum();
+    assert_ne!(mixed_targets, targets);
+    let remove = |gone: &[&str]| gone.iter().for_each(|g| std::fs::remove_dir_all(dir.join("b").join(g)).unwrap());
+    remove(&["final", "checkpoints/step-000006"]);
+    let other = ["--validation-snapshot", mixed.to_str().unwrap(), "--validation-every", "4"];
+    let out = trainer(&[&["train", "--recipe", b.to_str().unwrap(), "--resume"][..], &other].concat()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("dropped 2 lines measured on another held-out snapshot"), "{err}");
+    let lines = |m: Vec<(u64, f64, u64)>| m.iter().map(|m| (m.0, m.2)).collect::<Vec<_>>();
+    assert_eq!(lines(measured(&dir.join("b/validation.jsonl"))), [(5, mixed_targets), (6, mixed_targets)]);
+    remove(&["final", "checkpoints/step-000006"]);
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume", "--no-validation"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(measured(&dir.join("b/validation.jsonl"))), [(5, mixed_targets)]);
+    assert!(read("a/final/model.safetensors") == read("b/final/model.safetensors"));
+
     // Held-out rows that are training rows: the training snapshot itself, and 8 problems of
     // which the first 4 are among the training 40.
-    let mixed = held_out("mixed", 36);
     for (snapshot, said) in [(&snap, "is the training snapshot"), (&mixed, "4 of its 8 examples are also in the training snapshot")] {
         let out = trainer(&[
             "train",
