@@ -63,6 +63,11 @@ fn steps_logged(metrics: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Each step's objective, from the text of a `metrics.jsonl`.
+fn objectives(metrics: &str) -> Vec<f64> {
+    metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
+}
+
 #[test]
 fn kill_9_and_resume_reaches_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,9 +102,6 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     assert_eq!(steps_logged(&metrics), [1, 2, 3, 4, 5, 6], "each step logged once");
     let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
     let lb = std::fs::read_to_string(&metrics).unwrap();
-    let objectives = |s: &str| -> Vec<f64> {
-        s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap()).collect()
-    };
     assert_eq!(objectives(&la), objectives(&lb));
     // Each run keeps its training curves beside its metrics, the resumed one drawn from all six
     // steps: the figure is the one `trainer curves` draws from the whole log.
@@ -235,7 +237,9 @@ fn measured(path: &Path) -> Vec<(u64, f64, u64)> {
 /// A held-out snapshot is measured before the first step, every `validation_every` steps and
 /// after the last, without changing what training computes; its cross-entropy before training
 /// is what a training step on the same rows logs for the model before its update; a resumed run
-/// measures each step once; held-out rows that are training rows are warned about.
+/// measures each step once, drops the lines of another held-out set it is given (measuring the
+/// new one from the resume) and keeps its lines under `--no-validation`; held-out rows that are
+/// training rows are warned about.
 #[test]
 fn held_out_loss_is_measured_without_changing_training() {
     let tmp = tempfile::tempdir().unwrap();
@@ -267,14 +271,8 @@ fn held_out_loss_is_measured_without_changing_training() {
     );
     let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
     assert!(read("a/final/model.safetensors") == read("b/final/model.safetensors"), "measuring changed training");
-    let objectives = |run: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["objective"].as_f64().unwrap())
-            .collect()
-    };
-    assert_eq!(objectives("a"), objectives("b"));
+    let log = |run: &str| std::fs::read_to_string(dir.join(run).join("metrics.jsonl")).unwrap();
+    assert_eq!(objectives(&log("a")), objectives(&log("b")));
     let held_b = measured(&dir.join("b/validation.jsonl"));
     assert_eq!(held_b.iter().map(|m| (m.0, m.2)).collect::<Vec<_>>(), [(0, targets), (4, targets), (6, targets)]);
     assert!(held_b[0].1 != held_b[2].1 && held_b.iter().all(|m| m.1.is_finite() && m.1 > 0.0), "{held_b:?}");
