@@ -548,12 +548,13 @@ pub struct LineFigure {
     pub panel_height: usize,
 }
 
-/// Where a panel was drawn: its plot area, axis ranges and each series' points in pixels
-/// (`None` for a point left out).
+/// Where a panel was drawn: its plot area, axis ranges, the x axis' ticks and each series' points
+/// in pixels (`None` for a point left out).
 #[derive(Clone, Debug)]
 pub struct PanelLayout {
     pub plot: Rect,
     pub x_range: (f64, f64),
+    pub x_ticks: Vec<f64>,
     pub y_range: (f64, f64),
     pub points: Vec<Vec<Option<(i64, i64)>>>,
 }
@@ -694,7 +695,7 @@ impl LineFigure {
             }
             points.push(px.iter().map(|q| q.map(|(x, y)| (x.round() as i64, y.round() as i64))).collect());
         }
-        PanelLayout { plot: (x0, y0, x1, y1), x_range: (xlo, xhi), y_range: (ylo, yhi), points }
+        PanelLayout { plot: (x0, y0, x1, y1), x_range: (xlo, xhi), x_ticks: xt, y_range: (ylo, yhi), points }
     }
 }
 
@@ -931,6 +932,7 @@ mod tests {
         let p = &layouts[0];
         // Whole steps: ticks at whole numbers only.
         assert_eq!(p.x_range, (1.0, 3.0));
+        assert_eq!(p.x_ticks, [1.0, 2.0, 3.0]);
         assert!(p.y_range.0 <= 0.125 && p.y_range.1 >= 1.0);
         let (x0, y0, x1, y1) = p.plot;
         let dft: Vec<(i64, i64)> = p.points[0].iter().map(|q| q.unwrap()).collect();
