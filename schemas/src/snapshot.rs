@@ -103,6 +103,11 @@ impl Row {
         self.position_ids.iter().max().map_or(0, |&p| p as usize + 1)
     }
 
+    /// The `(start, len)` runs of the row's packed examples, padding (segment 0) left out.
+    pub fn examples(&self) -> Vec<(usize, usize)> {
+        segment_runs(&self.segment_ids).into_iter().filter(|&(start, _)| self.segment_ids[start] != 0).collect()
+    }
+
     /// Number of predicted positions ([`Row::is_predicted`]).
     pub fn predicted(&self) -> usize {
         (0..self.segment_ids.len()).filter(|&i| self.is_predicted(i)).count()

@@ -317,9 +317,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
     if let Some(v) = &validation {
-        let held = v.snapshot();
-        model.check_vocab(held.manifest.tokenizer.vocab_size).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
-        model.check_context(held.longest_example()).with_context(|| format!("validation_snapshot {}", v.dir.display()))?;
+        v.check_model(&model)?;
     }
 
     keep_lines::<StepMetrics>(&metrics_path, |m| m.step <= state.step)?;
@@ -330,7 +328,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     // with the metrics also by a run that no longer measures.
     let validation_path = run.output_dir.join(VALIDATION_FILE);
     let resumed_at = state.step;
-    let held_id = validation.as_ref().map(|v| v.snapshot().manifest.snapshot_id.clone());
+    let held_id = validation.as_ref().map(|v| v.snapshot_id().to_string());
     let mut other_set = 0;
     let last_measured = keep_lines::<ValidationMetrics>(&validation_path, |m| {
         let same_set = held_id.as_ref().is_none_or(|id| *id == m.snapshot_id);

@@ -13,7 +13,7 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use model::logprobs::{row_logprobs, rows_logprobs};
 use model::Llama;
-use schemas::snapshot::{load_snapshot, segment_runs, Row, Snapshot};
+use schemas::snapshot::{load_snapshot, Row, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -129,9 +129,17 @@ impl Validation {
         step == 0 || step.is_multiple_of(self.every) || step == total
     }
 
-    /// The snapshot measured, as its manifest names it.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    /// The held-out snapshot's id, which each line of the log names.
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot.manifest.snapshot_id
+    }
+
+    /// The model can read every held-out row: the snapshot's vocabulary and longest example
+    /// fit it, as the training snapshot's must.
+    pub fn check_model<B: Backend>(&self, model: &Llama<B>) -> anyhow::Result<()> {
+        let context = || format!("validation_snapshot {}", self.dir.display());
+        model.check_vocab(self.snapshot.manifest.tokenizer.vocab_size).with_context(context)?;
+        model.check_context(self.snapshot.longest_example()).with_context(context)
     }
 
     /// The model's loss on every held-out target token, without gradients: with the run's
@@ -159,7 +167,7 @@ impl Validation {
         );
         Ok(ValidationMetrics {
             step,
-            snapshot_id: self.snapshot.manifest.snapshot_id.clone(),
+            snapshot_id: self.snapshot_id().to_string(),
             objective,
             cross_entropy,
             mean_token_prob,
@@ -206,9 +214,7 @@ pub fn held_out_means(rows: &[&Row], logprobs: &[Vec<f32>], loss: Loss) -> (Opti
 /// token, among `training`'s, and how many examples it has.
 fn shared_examples(held_out: &Snapshot, training: &Snapshot) -> (usize, usize) {
     fn examples(s: &Snapshot) -> impl Iterator<Item = &[i32]> {
-        s.rows.iter().flat_map(|r| {
-            segment_runs(&r.segment_ids).into_iter().filter(|&(start, _)| r.segment_ids[start] != 0).map(|(s, n)| &r.input_ids[s..s + n])
-        })
+        s.rows.iter().flat_map(|r| r.examples().into_iter().map(|(start, n)| &r.input_ids[start..start + n]))
     }
     let trained: HashSet<&[i32]> = examples(training).collect();
     let (mut shared, mut total) = (0, 0);

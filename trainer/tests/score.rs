@@ -4,7 +4,7 @@
 
 use burn::backend::Flex;
 use model::decoder::{single_sequence, Llama};
-use schemas::snapshot::{load_snapshot, Row};
+use schemas::snapshot::load_snapshot;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,11 +41,6 @@ fn alone(model: &Llama<Flex>, ids: &[u32]) -> Vec<f64> {
         .collect()
 }
 
-/// The `(start, len)` runs of each example (segment id != 0) in a row.
-fn examples(row: &Row) -> Vec<(usize, usize)> {
-    schemas::snapshot::segment_runs(&row.segment_ids).into_iter().filter(|&(s, _)| row.segment_ids[s] != 0).collect()
-}
-
 #[test]
 fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -53,7 +48,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
     let unscored = small_snapshot(dir, 10);
     let parent = load_snapshot(&unscored).unwrap();
     assert!(parent.rows.len() >= 3, "{} rows", parent.rows.len());
-    assert!(parent.rows.iter().any(|r| examples(r).len() >= 2), "no row packs several examples");
+    assert!(parent.rows.iter().any(|r| r.examples().len() >= 2), "no row packs several examples");
     assert!(parent.manifest.ref_logprobs.is_none());
 
     // Library call: two rows at a time (one per thread), chunks of 2 rows.
@@ -93,7 +88,7 @@ fn scores_match_each_example_run_alone_and_a_killed_run_resumes() {
         let lp = row.ref_logprobs.as_ref().expect("scored row");
         assert_eq!(lp.len(), row.input_ids.len());
         let mut expected_zero = vec![true; lp.len()];
-        for (s, n) in examples(row) {
+        for (s, n) in row.examples() {
             let ids: Vec<u32> = row.input_ids[s..s + n].iter().map(|&t| t as u32).collect();
             let want = alone(&model, &ids);
             for i in 1..n {
