@@ -24,17 +24,17 @@ build-cuda:
 	CUDARC_CUDA_VERSION=13000 $(CARGO) build --release --workspace --features trainer/cuda
 
 # The GPU check (README: GPU check). `gpu-bundle` packs what a GPU machine without cargo needs
-# beside the repository: the stripped CUDA trainer, gzipped, and the two snapshots the check
+# beside the repository: the stripped CUDA trainer, gzipped, and the three snapshots the check
 # reads. `gpu-check` runs it here (an NVIDIA machine with cargo); `gpu-check-cpu` is the dry run.
 GPU_BUNDLE ?= bench-out/gpu-bundle
-GPU_SNAPSHOTS := $(SNAPSHOTS)/default-unscored/manifest.json $(SNAPSHOTS)/eval/gsm8k_test/manifest.json
+GPU_SNAPSHOTS := $(SNAPSHOTS)/default-unscored/manifest.json $(SNAPSHOTS)/validation/manifest.json $(SNAPSHOTS)/eval/gsm8k_test/manifest.json
 # The snapshots come first: building a missing one runs the CPU build, which must not be the
 # trainer that gets packed.
 gpu-bundle: model $(GPU_SNAPSHOTS) build-cuda
 	@$(TRAINER) train --help | grep -q 'possible values: cpu, cuda' || { echo "$(TRAINER) is not a CUDA build" >&2; exit 1; }
 	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/snapshots/eval
 	strip -o $(GPU_BUNDLE)/trainer $(TRAINER) && gzip -9 -f $(GPU_BUNDLE)/trainer
-	cp -r $(SNAPSHOTS)/default-unscored $(GPU_BUNDLE)/snapshots/
+	cp -r $(SNAPSHOTS)/default-unscored $(SNAPSHOTS)/validation $(GPU_BUNDLE)/snapshots/
 	cp -r $(SNAPSHOTS)/eval/gsm8k_test $(GPU_BUNDLE)/snapshots/eval/
 	@echo "$(GPU_BUNDLE): $$(du -sh $(GPU_BUNDLE) | cut -f1) (trainer.gz $$(du -h $(GPU_BUNDLE)/trainer.gz | cut -f1)); repository $$(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1)"
 	@# The device's C library must be at least this (the trainer does not start on an older one).

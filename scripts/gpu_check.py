@@ -13,6 +13,8 @@ Llama and a Qwen2.5-1.5B-shaped Qwen2), then for each shape:
                   both sides: rectify's CUDA matmuls use TF32 only with RECTIFY_TF32=1)
   generate        batched greedy decoding tokens/s against transformers' `generate`
   microbatch      the largest micro-batch rectify trains without failing
+  heldout         the trainer's held-out loss (`validation_snapshot`) on CUDA against PyTorch's
+                  cross-entropy over the same rows (first shape only)
   train_tf32      the training steps again with TF32 allowed on both sides (GPU only, optional)
   train_compile   the PyTorch steps again under torch.compile
 
@@ -102,11 +104,11 @@ MODES = {
     "gpu": dict(device="cuda", shapes=["smollm2-135m", "qwen2.5-1.5b"], more_shapes=["qwen3-1.7b"], steps=10, logprob_rows=2,
                 gen_batches=[64, 256], gen_new_tokens=128,
                 microbatches={"smollm2-135m": [4, 16, 32, 64], "qwen2.5-1.5b": [2, 4, 8, 16], "qwen3-1.7b": [2, 4, 8, 16]}, budget=420,
-                limits=dict(checkpoint=150, logprobs=90, train=150, torch_train=150, generate=120, microbatch=60, compile=150,
+                limits=dict(checkpoint=150, logprobs=90, heldout=90, train=150, torch_train=150, generate=120, microbatch=60, compile=150,
                             microbatch_search=75)),
     "cpu": dict(device="cpu", shapes=["tiny-llama", "tiny-qwen2", "tiny-qwen3"], steps=2, logprob_rows=2, gen_batches=[2, 4],
                 gen_new_tokens=8, microbatches={"tiny-llama": [2], "tiny-qwen2": [2], "tiny-qwen3": [2]}, budget=900,
-                limits=dict(checkpoint=120, logprobs=120, train=300, torch_train=300, generate=300, microbatch=150, compile=300,
+                limits=dict(checkpoint=120, logprobs=120, heldout=300, train=300, torch_train=300, generate=300, microbatch=150, compile=300,
                             microbatch_search=300)),
 }
 
@@ -114,6 +116,9 @@ MODES = {
 LOGPROB_TOLERANCE = 2e-3
 # The training comparison: per-step DFT objective and gradient norm, relative.
 TRAIN_TOLERANCE = 1e-2
+# The held-out loss against PyTorch's: token means over every target token of the snapshot, in
+# which per-token float32 differences (LOGPROB_TOLERANCE at most) mostly cancel, relative.
+HELDOUT_TOLERANCE = 1e-4
 
 # Dense peak throughput by GPU, FLOP/s: FP32 on the CUDA cores and TF32 on the tensor cores
 # (NVIDIA's H100, H200 and A100 datasheets, the sparsity figures halved). Both sides run IEEE f32
@@ -145,7 +150,7 @@ class Check:
     def __init__(self, args):
         # Absolute, since the trainer runs in a folder of its own (see `trainer_cwd`).
         args.trainer = os.path.abspath(shutil.which(args.trainer) or args.trainer)
-        for name in ("snapshot", "prompts"):
+        for name in ("snapshot", "heldout", "prompts"):
             setattr(args, name, os.path.abspath(getattr(args, name)))
         self.args = args
         self.mode = MODES[args.mode]
@@ -178,7 +183,8 @@ class Check:
         self.deadline = self.t0 + (args.budget or self.mode["budget"])
         self.results = {"mode": args.mode, "device": self.device, "started_unix": int(self.t0), "only": self.only, "steps": [],
                         "shapes": {},
-                        "tolerances": {"logprob_abs_nats": LOGPROB_TOLERANCE, "train_rel": TRAIN_TOLERANCE}}
+                        "tolerances": {"logprob_abs_nats": LOGPROB_TOLERANCE, "train_rel": TRAIN_TOLERANCE,
+                                       "heldout_rel": HELDOUT_TOLERANCE}}
         self.failed = []
 
     def trainer_cwd(self, kind):
@@ -433,7 +439,7 @@ class Check:
     def limit(self, kind):
         return self.mode["limits"][kind]
 
-    def recipe(self, shape, name, steps, micro, recompute=False):
+    def recipe(self, shape, name, steps, micro, recompute=False, extra=""):
         model = os.path.join(self.work, "models", shape)
         out = os.path.join(self.work, "runs", name)
         shutil.rmtree(out, ignore_errors=True)
@@ -442,7 +448,7 @@ class Check:
             f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(self.args.snapshot)}\n"
                     f"output_dir: {json.dumps(out)}\nloss: dft\nlr: 1.0e-4\nbatch_tokens: {micro * 2048}\n"
                     f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n"
-                    f"recompute: {'true' if recompute else 'false'}\n")
+                    f"recompute: {'true' if recompute else 'false'}\n{extra}")
         return path, os.path.join(out, "metrics.jsonl")
 
     def train_rectify(self, shape, name, steps, micro, timeout, tf32=False, recompute=False):
@@ -626,6 +632,46 @@ class Check:
         self.shape(shape)["microbatch"] = r
         return r
 
+    def heldout(self, shape):
+        """The trainer's held-out loss on CUDA: one DFT step with the default run's held-out
+        snapshot as `validation_snapshot`, measured before and after the step, row by row without
+        gradients (the path `validation.rs` takes on a GPU). The measurement before the step must
+        equal PyTorch's over the same rows: the same count of target tokens, and the token means
+        of the cross-entropy, the probability and the DFT objective to HELDOUT_TOLERANCE."""
+        name = f"heldout-{shape}"
+        rows = os.path.join(self.work, "heldout-rows.jsonl")
+        if not os.path.exists(rows):
+            self.run("heldout-rows", [self.args.trainer, "rows", "--snapshot", self.args.heldout, "--out", rows], 120)
+        extra = f"validation_snapshot: {json.dumps(self.args.heldout)}\nvalidation_every: 1\n"
+        recipe, metrics = self.recipe(shape, name, 1, 1, extra=extra)
+        log = os.path.join(os.path.dirname(metrics), "validation.jsonl")
+        res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"],
+                          self.limit("heldout"), cwd=self.trainer_cwd(f"train-{shape}"))
+        lines = read_jsonl(log)
+        r = {"rectify": {**res, "lines": lines}}
+        self.shape(shape)["heldout"] = r
+        if [l.get("step") for l in lines] != [0, 1]:
+            raise Failure(f"validation.jsonl has steps {[l.get('step') for l in lines]}, not [0, 1]")
+        bad = [l["step"] for l in lines if not all(math.isfinite(l[k]) for k in ("cross_entropy", "mean_token_prob", "objective"))]
+        if bad:
+            raise Failure(f"held-out loss not finite after {bad} updates")
+        theirs = self.worker(f"heldout-pytorch-{shape}", "heldout",
+                             {"model": os.path.join(self.work, "models", shape), "rows": rows, "device": self.device},
+                             self.limit("heldout"))
+        r["pytorch"] = theirs
+        mine = lines[0]
+        r["rel_diff"] = {k: rel(mine[k], theirs[k]) for k in ("cross_entropy", "mean_token_prob")}
+        r["rel_diff"]["objective"] = rel(mine["objective"], theirs["objective_dft"])
+        problems = [f"{k} differs by {v:.3g} relative" for k, v in r["rel_diff"].items() if not v <= HELDOUT_TOLERANCE]
+        if mine["loss_tokens"] != theirs["loss_tokens"] or mine["rows"] != theirs["rows"]:
+            problems.append(f"rectify measured {mine['loss_tokens']} target tokens in {mine['rows']} rows, PyTorch "
+                            f"{theirs['loss_tokens']} in {theirs['rows']}")
+        r["pass"] = not problems
+        if problems:
+            raise Failure("held-out loss before the first step against PyTorch's: " + "; ".join(problems)
+                          + f" (tolerance {HELDOUT_TOLERANCE})")
+        return r
+
     def report(self):
         print()
         env = self.results.get("env", {})
@@ -648,6 +694,10 @@ class Check:
             if rc:
                 print(f"{'':<14} recompute every block: rectify {fmt(rc.get('tokens_per_second'), '.0f')} tok/s, "
                       f"{fmt(rc.get('peak_memory_mib'), '.0f')} MiB peak ({fmt(rc.get('peak_memory_vs_plain'), '.2f')}x the plain run's)")
+            ho = s.get("heldout", {})
+            if ho.get("rel_diff"):
+                print(f"{'':<14} held-out loss before the step: cross-entropy {fmt(ho['rectify']['lines'][0]['cross_entropy'], '.5f')}, "
+                      f"{fmt(max(ho['rel_diff'].values()), '.1e')} relative from PyTorch's")
             for g in s.get("generate", {}).get("table", []):
                 print(f"{'':<14} generate batch {g['batch']}: rectify {fmt(g['rectify_tokens_per_second'], '.0f')} tok/s, "
                       f"PyTorch {fmt(g['pytorch_tokens_per_second'], '.0f')} tok/s")
@@ -1005,6 +1055,7 @@ def main():
     ap.add_argument("--mode", choices=sorted(MODES), default="gpu")
     ap.add_argument("--trainer", required=True)
     ap.add_argument("--snapshot", required=True, help="the default train snapshot")
+    ap.add_argument("--heldout", required=True, help="the default run's held-out snapshot (datasets/recipes/validation.yaml)")
     ap.add_argument("--prompts", required=True, help="a prompts snapshot (GSM8K test)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", help="where the check makes its folder gpu-check-work-MODE for checkpoints, runs and logs "
@@ -1046,7 +1097,7 @@ def main():
 
 
 # The measurements `--only` picks from, in the order `run_all` runs them.
-STEP_KINDS = ["logprobs", "train_rectify", "train_eager", "generate", "microbatch", "train_compile", "train_tf32",
+STEP_KINDS = ["logprobs", "train_rectify", "train_eager", "generate", "microbatch", "train_compile", "heldout", "train_tf32",
               "train_recompute"]
 # Those that replay rectify's training steps or compare with them (and load the kernels that run
 # compiled): `--only` runs train_rectify with them.
@@ -1087,6 +1138,9 @@ def run_all(c):
         c.step(f"train_compile {s}", c.train_torch, s, True, min_seconds=90, required=False)
     for s in ready[1:]:
         c.step(f"generate {s}", c.generate, s, min_seconds=60)
+    if ready:
+        # The held-out loss's CUDA path, once: the first shape is the cheap one.
+        c.step(f"heldout {ready[0]}", c.heldout, ready[0], min_seconds=40)
     if c.device == "cuda":
         for s in (s for s in ready if s not in tf32_done):
             # Optional: the IEEE f32 figures above are the check; TF32 is the opt-in speed.
@@ -1116,7 +1170,8 @@ def worker(task, args_path):
     # IEEE float32 products.
     set_tf32(torch, False)
     dev = torch.device(a.get("device", "cpu"))
-    result = {"checkpoint": w_checkpoint, "logprobs": w_logprobs, "train": w_train, "generate": w_generate}[task](torch, dev, a)
+    result = {"checkpoint": w_checkpoint, "logprobs": w_logprobs, "heldout": w_heldout, "train": w_train,
+              "generate": w_generate}[task](torch, dev, a)
     if dev.type == "cuda":
         result["torch_max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["torch_max_memory_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
@@ -1238,6 +1293,29 @@ def w_logprobs(torch, dev, a):
         finally:
             set_tf32(torch, False)
     return r
+
+
+def w_heldout(torch, dev, a):
+    """The token means over every target token of the rows (packed, with the block mask the
+    training baseline uses), without gradients: what the trainer's `validation.jsonl` records
+    for a DFT run."""
+    m = load_model(torch, dev, a["model"])
+    m.eval()
+    rows = rows_of(a["rows"])
+    nll, prob, dft, n = 0.0, 0.0, 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([r["input_ids"]], device=dev)
+            pos = torch.tensor([r["position_ids"]], device=dev)
+            mask = torch.tensor(r["loss_mask"][1:], device=dev, dtype=torch.bool)
+            logits = m(input_ids=ids, position_ids=pos, attention_mask=block_mask(torch, [r["segment_ids"]], dev)).logits
+            lp = torch.log_softmax(logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0][mask].double()
+            nll -= lp.sum().item()
+            prob += lp.exp().sum().item()
+            dft -= (lp.exp() * lp).sum().item()
+            n += lp.numel()
+    return {"rows": len(rows), "loss_tokens": n, "cross_entropy": nll / n, "mean_token_prob": prob / n, "objective_dft": dft / n,
+            "reference": "transformers (sdpa, float32, TF32 off), packed rows with a block-diagonal causal mask; sums in float64"}
 
 
 def set_tf32(torch, on):

@@ -16,7 +16,7 @@
 # --budget S    seconds for the whole check (default 420 on a GPU).
 # --shapes A,B  only these shapes (smollm2-135m, qwen2.5-1.5b, and qwen3-1.7b only when named; tiny-llama,
 #               tiny-qwen2, tiny-qwen3 with --cpu).
-# --only A,B    only these measurements (logprobs, train_rectify, train_eager, generate, microbatch,
+# --only A,B    only these measurements (logprobs, train_rectify, train_eager, generate, microbatch, heldout,
 #               train_compile, train_tf32, train_recompute): a second run that fills in what the
 #               first one skipped. The environment and the models are always made.
 set -euo pipefail
@@ -72,7 +72,7 @@ fi
 # The scored default snapshot has the same rows as the unscored one; either will do.
 snapshot=$snapshots/default
 [ -f "$snapshot/manifest.json" ] || snapshot=$snapshots/default-unscored
-for need in "$TRAINER" "$snapshot/manifest.json" "$snapshots/eval/gsm8k_test/manifest.json"; do
+for need in "$TRAINER" "$snapshot/manifest.json" "$snapshots/validation/manifest.json" "$snapshots/eval/gsm8k_test/manifest.json"; do
   if [ ! -e "$need" ]; then
     echo "gpu_check.sh: $need is missing (make gpu-bundle, or make build snapshots: see the README's GPU check)" >&2
     exit 2
@@ -82,4 +82,4 @@ done
 # rather than dying first (a `timeout` signals the whole group).
 trap '' TERM INT
 "${PYTHON:-python3}" scripts/gpu_check.py --mode "$mode" --trainer "$TRAINER" --snapshot "$snapshot" \
-  --prompts "$snapshots/eval/gsm8k_test" --out "$out" ${extra[@]+"${extra[@]}"}
+  --heldout "$snapshots/validation" --prompts "$snapshots/eval/gsm8k_test" --out "$out" ${extra[@]+"${extra[@]}"}

@@ -191,6 +191,10 @@ fn build_into(recipe_path: &Path, dir: &Path, over: &TokenizerOverride) -> anyho
             recipe_path.display()
         );
     }
+    if !recipe.defaulted_stages.is_empty() {
+        let stages: Vec<String> = recipe.defaulted_stages.iter().map(|s| format!("{s} {}", recipe.stage_json(s))).collect();
+        tracing::warn!("{} leaves these stages to their defaults: {}", recipe_path.display(), stages.join("; "));
+    }
     // A bad pattern fails now, naming its rule, not after ingest.
     filter::check_patterns(&recipe.filter).with_context(|| format!("recipe {}", recipe_path.display()))?;
     let mut ledger = Ledger { stages: vec![], dropped: vec![], timings: vec![], clock: Instant::now() };

@@ -125,7 +125,11 @@ fn check_bad_fraction(source: &Source, out: &Ingested, before_q: usize, total: u
         let first: Vec<String> = out.quarantine[before_q..]
             .iter()
             .take(5)
-            .map(|q| format!("  {}:{}: field `{}`: {}", q.file, q.line, q.field, q.error))
+            // A line that is not a JSON object has no field to name.
+            .map(|q| match q.field.as_str() {
+                "" => format!("  {}:{}: {}", q.file, q.line, q.error),
+                field => format!("  {}:{}: field `{field}`: {}", q.file, q.line, q.error),
+            })
             .collect();
         bail!(
             "source `{}`: {bad} of {total} rows are malformed ({:.1}% > ingest.max_bad_fraction {:.1}%); first errors:\n{}",
@@ -595,6 +599,7 @@ mod tests {
         let err =
             ingest(&[source("g", "g.jsonl", Format::Gsm8k)], &dir.path().join("r.yaml"), &strict, "", None).err().unwrap().to_string();
         assert!(err.contains("5 of 6 rows are malformed") && err.contains("g.jsonl:2: field `answer`"), "{err}");
+        assert!(err.contains("g.jsonl:3: invalid JSON") && !err.contains("field ``"), "{err}");
     }
 
     #[test]

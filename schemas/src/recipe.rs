@@ -26,6 +26,11 @@ pub struct Recipe {
     /// recipe that does not is warned about, since the seed decides which examples share a row.
     #[serde(skip)]
     pub seed_given: bool,
+    /// The stages deciding what the snapshot holds ([`SnapshotKind::content_stages`]) that the
+    /// recipe does not name: the build lists them with the values used, since a recipe that
+    /// forgot `decontaminate`, say, would otherwise keep benchmark questions without a word.
+    #[serde(skip)]
+    pub defaulted_stages: Vec<&'static str>,
     pub sources: Vec<Source>,
     #[serde(default)]
     pub ingest: IngestConfig,
@@ -53,6 +58,17 @@ pub enum SnapshotKind {
 }
 
 impl SnapshotKind {
+    /// The recipe sections that decide which examples a snapshot of this kind holds (and, for
+    /// `train`, how they are packed into rows). Decontamination is a training set's concern: an
+    /// evaluation set is what others are checked against.
+    pub fn content_stages(self) -> &'static [&'static str] {
+        match self {
+            SnapshotKind::Train => &["filter", "dedup", "decontaminate", "pack"],
+            SnapshotKind::Prompts => &["filter", "dedup"],
+            SnapshotKind::Rollouts => &[],
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotKind::Train => "train",
@@ -518,6 +534,12 @@ fn default_zstd() -> i32 {
 }
 
 impl Recipe {
+    /// A section's values as this recipe has them (its defaults, for a section it leaves out),
+    /// as one line of JSON.
+    pub fn stage_json(&self, stage: &str) -> String {
+        serde_json::to_value(self).map(|v| v[stage].to_string()).unwrap_or_default()
+    }
+
     /// Read and validate a recipe. Errors name the file, and for unknown keys the key.
     pub fn load(path: &Path) -> anyhow::Result<Recipe> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))?;
@@ -525,8 +547,19 @@ impl Recipe {
     }
 
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Recipe> {
-        let mut recipe: Recipe = serde_norway::from_str(text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
-        recipe.seed_given = serde_norway::from_str::<serde_norway::Value>(text).is_ok_and(|v| v.get("seed").is_some());
+        let mut recipe: Recipe = serde_norway::from_str(text).map_err(|e| {
+            // The two kinds of recipe sit side by side in datasets/recipes/, and a training
+            // recipe's first complaint (`unknown field model`) does not say which tool it is for.
+            let hint = if serde_norway::from_str::<crate::train::TrainRecipe>(text).is_ok() {
+                format!("\n  this is a training recipe: run it with `trainer train --recipe {}`", path.display())
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!("recipe {}: {e}{hint}", path.display())
+        })?;
+        let keys: serde_norway::Mapping = serde_norway::from_str(text).unwrap_or_default();
+        recipe.seed_given = keys.contains_key("seed");
+        recipe.defaulted_stages = recipe.kind.content_stages().iter().copied().filter(|s| !keys.contains_key(*s)).collect();
         recipe.validate().with_context(|| format!("recipe {}", path.display()))?;
         Ok(recipe)
     }
@@ -665,8 +698,19 @@ mod tests {
         assert_eq!(r.decontaminate.ngram, 8);
         assert_eq!(r.kind, SnapshotKind::Train);
         assert_eq!((r.seed, r.seed_given), (0, false));
+        assert_eq!(r.defaulted_stages, ["filter", "dedup", "decontaminate", "pack"]);
         let r = Recipe::parse(&format!("{MINIMAL}seed: 0\n"), Path::new("r.yaml")).unwrap();
         assert_eq!((r.seed, r.seed_given), (0, true), "an explicit 0 is given");
+        // Named, even empty, is chosen; a prompts snapshot is not decontaminated nor packed.
+        let r = Recipe::parse(&format!("{MINIMAL}dedup: {{}}\npack: {{seq_len: 512}}\n"), Path::new("r.yaml")).unwrap();
+        assert_eq!(r.defaulted_stages, ["filter", "decontaminate"]);
+        let r = Recipe::parse(&format!("{MINIMAL}kind: prompts\n"), Path::new("r.yaml")).unwrap();
+        assert_eq!(r.defaulted_stages, ["filter", "dedup"]);
+        let dedup: serde_json::Value = serde_json::from_str(&r.stage_json("dedup")).unwrap();
+        assert_eq!(
+            dedup,
+            serde_json::json!({"exact": true, "near": {"enabled": true, "ngram": 5, "bands": 14, "rows": 8, "threshold": 0.8}})
+        );
     }
 
     #[test]

@@ -193,7 +193,15 @@ impl TrainRecipe {
     /// The recipe, and the keys of [`MATH_KEYS`] its file leaves to their defaults.
     pub fn load_with_unset(path: &Path) -> anyhow::Result<(TrainRecipe, Vec<&'static str>)> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read training recipe {}: {e}", path.display()))?;
-        let r: TrainRecipe = serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("training recipe {}: {e}", path.display()))?;
+        let r: TrainRecipe = serde_norway::from_str(&text).map_err(|e| {
+            // A data recipe (datasets/recipes/*.yaml) given in its place: say which tool reads it.
+            let hint = if serde_norway::from_str::<crate::recipe::Recipe>(&text).is_ok() {
+                format!("\n  this is a data recipe: build it with `pipeline build --recipe {} --out DIR`", path.display())
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!("training recipe {}: {e}{hint}", path.display())
+        })?;
         let keys: serde_norway::Mapping = serde_norway::from_str(&text).unwrap_or_default();
         let unset = MATH_KEYS.into_iter().filter(|k| !keys.contains_key(*k)).collect();
         Ok((r, unset))

@@ -58,3 +58,42 @@ fn the_shipped_train_recipes_load_and_validate() {
         ("../../../snapshots/default", Some("../../../snapshots/validation"))
     );
 }
+
+/// A recipe given to the other tool is refused with the tool that reads it, for every shipped
+/// recipe; a recipe of neither kind gets no such hint.
+#[test]
+fn a_recipe_given_to_the_other_tool_names_the_right_one() {
+    for name in ["default.yaml", "validation.yaml", "eval/gsm8k_test.yaml", "rft/questions.yaml"] {
+        let e = TrainRecipe::load(&recipes().join(name)).unwrap_err().to_string();
+        assert!(e.contains("this is a data recipe: build it with `pipeline build --recipe"), "{name}: {e}");
+    }
+    for name in ["train/default.yaml", "train/rft.yaml"] {
+        let e = Recipe::load(&recipes().join(name)).unwrap_err().to_string();
+        assert!(e.contains("this is a training recipe: run it with `trainer train --recipe"), "{name}: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let neither = dir.path().join("typo.yaml");
+    std::fs::write(&neither, "modle: m\n").unwrap();
+    for e in [Recipe::load(&neither).unwrap_err().to_string(), TrainRecipe::load(&neither).unwrap_err().to_string()] {
+        assert!(e.contains("unknown field `modle`") && !e.contains("this is a"), "{e}");
+    }
+}
+
+/// Every shipped data recipe names each stage that decides what its snapshot holds, so `make
+/// data` prints no "leaves these stages to their defaults" warning and a reader sees the values.
+#[test]
+fn the_shipped_data_recipes_name_their_stages() {
+    let mut names = vec![];
+    for dir in [recipes(), recipes().join("eval"), recipes().join("rft")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let r = Recipe::load(&path).unwrap();
+                assert!(r.defaulted_stages.is_empty(), "{}: {:?}", path.display(), r.defaulted_stages);
+                names.push(path);
+            }
+        }
+    }
+    // default, full, validation; nine evaluation sets; the two of rejection sampling.
+    assert_eq!(names.len(), 14, "{names:?}");
+}
