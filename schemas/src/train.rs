@@ -30,6 +30,43 @@ impl std::str::FromStr for LossKind {
     }
 }
 
+/// How the learning rate moves after the linear warmup, to the last step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Half a cosine from the peak down to 0 (the DFT paper's).
+    #[default]
+    Cosine,
+    /// A straight line from the peak down to 0 (transformers' default, `linear`).
+    Linear,
+    /// The peak to the end (transformers' `constant_with_warmup`).
+    Constant,
+}
+
+impl LrSchedule {
+    /// The learning rate of the step at `progress` (0 to 1) through the steps after warmup, as
+    /// a fraction of the peak.
+    pub fn fraction(self, progress: f64) -> f64 {
+        match self {
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            LrSchedule::Linear => 1.0 - progress,
+            LrSchedule::Constant => 1.0,
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "cosine" => Ok(LrSchedule::Cosine),
+            "linear" => Ok(LrSchedule::Linear),
+            "constant" => Ok(LrSchedule::Constant),
+            other => bail!("unknown lr_schedule `{other}`: expected cosine, linear or constant"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainRecipe {
@@ -54,6 +91,10 @@ pub struct TrainRecipe {
     pub weight_decay: f64,
     #[serde(default = "default_warmup")]
     pub warmup_ratio: f64,
+    /// After the warmup: `cosine` (default), `linear` or `constant`. Absent in runs saved
+    /// before it existed, which all decayed as cosine.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Global gradient-norm clip; 0 disables it.
     #[serde(default = "default_clip")]
     pub clip: f64,
@@ -182,8 +223,21 @@ fn default_ckpt() -> u64 {
 
 /// The recipe keys whose values change what is computed: a resumed run must keep them, and a
 /// recipe that leaves one out is told which default it got.
-pub const MATH_KEYS: [&str; 12] =
-    ["loss", "iwsft_clip", "lr", "betas", "eps", "weight_decay", "warmup_ratio", "clip", "batch_tokens", "steps", "epochs", "seed"];
+pub const MATH_KEYS: [&str; 13] = [
+    "loss",
+    "iwsft_clip",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_schedule",
+    "clip",
+    "batch_tokens",
+    "steps",
+    "epochs",
+    "seed",
+];
 
 impl TrainRecipe {
     pub fn load(path: &Path) -> anyhow::Result<TrainRecipe> {
@@ -217,6 +271,7 @@ impl TrainRecipe {
             "eps" => self.eps.to_string(),
             "weight_decay" => self.weight_decay.to_string(),
             "warmup_ratio" => self.warmup_ratio.to_string(),
+            "lr_schedule" => format!("{:?}", self.lr_schedule).to_lowercase(),
             "clip" => self.clip.to_string(),
             "batch_tokens" => self.batch_tokens.to_string(),
             "steps" => self.steps.map_or("unset".into(), |v| v.to_string()),
@@ -367,13 +422,30 @@ mod tests {
         let path = dir.path().join("r.yaml");
         std::fs::write(&path, "model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\nloss: sft\nlr: 1.0e-5\n").unwrap();
         let (r, unset) = TrainRecipe::load_with_unset(&path).unwrap();
-        assert_eq!(unset, ["iwsft_clip", "betas", "eps", "weight_decay", "warmup_ratio", "clip", "batch_tokens", "epochs", "seed"]);
+        assert_eq!(
+            unset,
+            ["iwsft_clip", "betas", "eps", "weight_decay", "warmup_ratio", "lr_schedule", "clip", "batch_tokens", "epochs", "seed"]
+        );
         let mut now = r.clone();
         assert!(r.math_differences(&now).is_empty());
         now.loss = LossKind::Dft;
         now.steps = Some(4);
+        now.lr_schedule = LrSchedule::Linear;
         now.micro_batch_rows = 2; // not math: only the order of a sum
-        assert_eq!(r.math_differences(&now), ["loss: sft -> dft", "steps: 3 -> 4"]);
+        assert_eq!(r.math_differences(&now), ["loss: sft -> dft", "lr_schedule: cosine -> linear", "steps: 3 -> 4"]);
+    }
+
+    #[test]
+    fn the_lr_schedule_is_named_or_cosine() {
+        let with = |extra: &str| serde_norway::from_str::<TrainRecipe>(&format!("model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\n{extra}"));
+        // A run saved before the key existed decayed as cosine, and resumes so.
+        assert_eq!(with("").unwrap().lr_schedule, LrSchedule::Cosine);
+        assert_eq!(with("lr_schedule: linear\n").unwrap().lr_schedule, LrSchedule::Linear);
+        assert_eq!(with("lr_schedule: constant\n").unwrap().lr_schedule, LrSchedule::Constant);
+        let err = with("lr_schedule: cosine_with_restarts\n").unwrap_err().to_string();
+        assert!(err.contains("cosine_with_restarts") && err.contains("linear"), "{err}");
+        assert_eq!("linear".parse::<LrSchedule>().unwrap(), LrSchedule::Linear);
+        assert!("step".parse::<LrSchedule>().unwrap_err().to_string().contains("expected cosine, linear or constant"));
     }
 
     #[test]

@@ -79,11 +79,14 @@ enum Command {
         /// The objective: sft, dft or iwsft (iwsft needs a scored snapshot).
         #[arg(long, value_name = "sft|dft|iwsft")]
         loss: Option<schemas::train::LossKind>,
-        /// Peak learning rate (linear warmup, then cosine decay to 0).
+        /// Peak learning rate (linear warmup, then --lr-schedule).
         // A negative value is read as a value (and refused by the recipe check, by name), not
         // as an unknown flag.
         #[arg(long, allow_negative_numbers = true)]
         lr: Option<f64>,
+        /// After the warmup: cosine or linear decay to 0 at the last step, or constant.
+        #[arg(long, value_name = "cosine|linear|constant")]
+        lr_schedule: Option<schemas::train::LrSchedule>,
         /// Optimizer steps (replaces the recipe's `steps` or `epochs`).
         #[arg(long, conflicts_with = "epochs")]
         steps: Option<u64>,
@@ -481,6 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             loss,
             lr,
+            lr_schedule,
             steps,
             epochs,
             batch_tokens,
@@ -497,13 +501,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_save,
         } => {
             let (mut r, unset) = TrainRecipe::load_with_unset(&recipe)?;
-            let given =
-                [("loss", loss.is_some()), ("lr", lr.is_some()), ("batch_tokens", batch_tokens.is_some()), ("seed", seed.is_some())];
+            let given = [
+                ("loss", loss.is_some()),
+                ("lr", lr.is_some()),
+                ("lr_schedule", lr_schedule.is_some()),
+                ("batch_tokens", batch_tokens.is_some()),
+                ("seed", seed.is_some()),
+            ];
             if let Some(l) = loss {
                 r.loss = l;
             }
             if let Some(v) = lr {
                 r.lr = v;
+            }
+            if let Some(v) = lr_schedule {
+                r.lr_schedule = v;
             }
             if steps.is_some() || epochs.is_some() {
                 r.steps = steps;

@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use model_files::checkpoint::HostTensor;
 use rayon::prelude::*;
+use schemas::train::LrSchedule;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -248,15 +249,16 @@ fn map_threads<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) ->
     }
 }
 
-/// Linear warmup over `warmup` steps to `peak`, then cosine decay to zero at `total`.
-/// `step` counts from 0 (the first optimizer step uses `lr_at(0, ..)`).
-pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64) -> f64 {
+/// Linear warmup over `warmup` steps to `peak`, then `schedule` down to zero at `total` (or
+/// the peak throughout, for `constant`). `step` counts from 0 (the first optimizer step uses
+/// `lr_at(0, ..)`).
+pub fn lr_at(step: u64, total: u64, warmup: u64, peak: f64, schedule: LrSchedule) -> f64 {
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }
     let span = total.saturating_sub(warmup).max(1);
     let progress = ((step - warmup) as f64 / span as f64).min(1.0);
-    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    peak * schedule.fraction(progress)
 }
 
 /// Global L2 norm of all gradients, and the gradients scaled so that norm is at most `max_norm`
@@ -478,11 +480,23 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12);
-        assert!((lr_at(9, 100, 10, 1.0) - 1.0).abs() < 1e-12);
-        assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
-        assert!((lr_at(55, 100, 10, 1.0) - 0.5).abs() < 1e-12);
-        assert!(lr_at(100, 100, 10, 1.0).abs() < 1e-12);
+        let cos = LrSchedule::Cosine;
+        assert!((lr_at(0, 100, 10, 1.0, cos) - 0.1).abs() < 1e-12);
+        assert!((lr_at(9, 100, 10, 1.0, cos) - 1.0).abs() < 1e-12);
+        assert!((lr_at(10, 100, 10, 1.0, cos) - 1.0).abs() < 1e-12);
+        assert!((lr_at(55, 100, 10, 1.0, cos) - 0.5).abs() < 1e-12);
+        assert!(lr_at(100, 100, 10, 1.0, cos).abs() < 1e-12);
+        // A quarter of the way: cos(pi/4) gives (1 + 0.7071) / 2 = 0.8536 of the peak; the
+        // straight line 0.75; constant the peak. The warmup is the same for all three.
+        assert!((lr_at(35, 110, 10, 2.0, cos) - (1.0 + 0.5f64.sqrt())).abs() < 1e-12);
+        assert!((lr_at(35, 110, 10, 2.0, LrSchedule::Linear) - 1.5).abs() < 1e-12);
+        assert!(lr_at(110, 110, 10, 2.0, LrSchedule::Linear).abs() < 1e-12);
+        for step in [10, 32, 99, 100] {
+            assert_eq!(lr_at(step, 100, 10, 2.0, LrSchedule::Constant), 2.0);
+        }
+        for s in [cos, LrSchedule::Linear, LrSchedule::Constant] {
+            assert!((lr_at(4, 100, 10, 2.0, s) - 1.0).abs() < 1e-12);
+        }
     }
 
     #[test]

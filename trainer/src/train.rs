@@ -188,9 +188,10 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
 
     tracing::info!(
-        "{}: lr {} (warmup {warmup} of {total_steps} steps, then cosine), betas {:?}, eps {}, weight decay {}, clip {}, {rows_per_step} rows of {} tokens per step, seed {}",
+        "{}: lr {} (warmup {warmup} of {total_steps} steps, then {}), betas {:?}, eps {}, weight decay {}, clip {}, {rows_per_step} rows of {} tokens per step, seed {}",
         r.math_value("loss"),
         r.lr,
+        r.math_value("lr_schedule"),
         r.betas,
         r.eps,
         r.weight_decay,
@@ -378,7 +379,7 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
                 run.output_dir.join("checkpoints").display()
             );
         }
-        let lr = lr_at(state.step, total_steps, warmup, r.lr);
+        let lr = lr_at(state.step, total_steps, warmup, r.lr, r.lr_schedule);
         model = apply_update(model, clipped, &mut opt, lr, concurrency, device);
         // A GPU queues the update and returns; without waiting, a step's time would leave out its
         // own update and include the previous one's.

@@ -222,6 +222,36 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
     assert!(logged.iter().all(|r| r.len() == logged[0].len()), "every step trains on as many rows");
 }
 
+/// Each step's learning rate in `metrics.jsonl` follows the schedule `--lr-schedule` picks: one
+/// warmup step (10% of 6, rounded), then cosine (the default) or a straight line towards 0 at
+/// step 7, or the peak throughout.
+#[test]
+fn the_lr_schedule_flag_sets_each_steps_learning_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let r = recipe(dir, "sched");
+    let lrs = |schedule: &[&str]| -> Vec<f64> {
+        let _ = std::fs::remove_dir_all(dir.join("sched"));
+        let status = trainer(&[&["train", "--recipe", r.to_str().unwrap(), "--no-save"], schedule].concat()).status().unwrap();
+        assert!(status.success(), "{schedule:?}");
+        std::fs::read_to_string(dir.join("sched/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+            .collect()
+    };
+    // After the warmup step, step s (1..=5) is (s - 1) / 5 of the way.
+    let expected =
+        |f: fn(f64) -> f64| -> Vec<f64> { std::iter::once(1e-3).chain((1..6).map(|s| 1e-3 * f((s - 1) as f64 / 5.0))).collect() };
+    let close = |a: Vec<f64>, b: Vec<f64>| a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
+    let (cosine, linear, constant) = (lrs(&[]), lrs(&["--lr-schedule", "linear"]), lrs(&["--lr-schedule", "constant"]));
+    assert!(close(cosine.clone(), expected(|p| 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))), "{cosine:?}");
+    assert!(close(linear.clone(), expected(|p| 1.0 - p)), "{linear:?}");
+    assert!(close(constant.clone(), vec![1e-3; 6]), "{constant:?}");
+}
+
 /// `validation.jsonl`'s lines of a run (step, cross-entropy, target tokens).
 fn measured(path: &Path) -> Vec<(u64, f64, u64)> {
     std::fs::read_to_string(path)
