@@ -16,7 +16,7 @@
 # --budget S    seconds for the whole check (default 420 on a GPU).
 # --shapes A,B  only these shapes (smollm2-135m, qwen2.5-1.5b, and qwen3-1.7b only when named; tiny-llama,
 #               tiny-qwen2, tiny-qwen3 with --cpu).
-# --only A,B    only these measurements (logprobs, train_rectify, train_eager, generate, microbatch, heldout,
+# --only A,B    only these measurements (logprobs, train_rectify, train_eager, generate, heldout, microbatch,
 #               train_compile, train_tf32, train_recompute): a second run that fills in what the
 #               first one skipped. The environment and the models are always made.
 set -euo pipefail

@@ -59,8 +59,9 @@ pub enum SnapshotKind {
 
 impl SnapshotKind {
     /// The recipe sections that decide which examples a snapshot of this kind holds (and, for
-    /// `train`, how they are packed into rows). Decontamination is a training set's concern: an
-    /// evaluation set is what others are checked against.
+    /// `train`, how they are packed into rows). Decontamination is left out for `prompts`: an
+    /// evaluation set is what others are checked against, and the one `prompts` recipe that
+    /// must decontaminate (questions for `trainer sample`) is refused there without it.
     pub fn content_stages(self) -> &'static [&'static str] {
         match self {
             SnapshotKind::Train => &["filter", "dedup", "decontaminate", "pack"],

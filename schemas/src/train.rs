@@ -30,7 +30,8 @@ impl std::str::FromStr for LossKind {
     }
 }
 
-/// How the learning rate moves after the linear warmup, to the last step.
+/// How the learning rate moves after the linear warmup: the decays reach 0 one step past the
+/// last (the last step runs just above it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
@@ -446,6 +447,10 @@ mod tests {
         assert!(err.contains("cosine_with_restarts") && err.contains("linear"), "{err}");
         assert_eq!("linear".parse::<LrSchedule>().unwrap(), LrSchedule::Linear);
         assert!("step".parse::<LrSchedule>().unwrap_err().to_string().contains("expected cosine, linear or constant"));
+        // The recipe a checkpoint's state saved before the key existed (JSON, without it).
+        let mut saved = serde_json::to_value(with("lr_schedule: linear\n").unwrap()).unwrap();
+        saved.as_object_mut().unwrap().remove("lr_schedule").unwrap();
+        assert_eq!(serde_json::from_value::<TrainRecipe>(saved).unwrap().lr_schedule, LrSchedule::Cosine);
     }
 
     #[test]

@@ -84,7 +84,8 @@ enum Command {
         // as an unknown flag.
         #[arg(long, allow_negative_numbers = true)]
         lr: Option<f64>,
-        /// After the warmup: cosine or linear decay to 0 at the last step, or constant.
+        /// After the warmup: cosine or linear decay towards 0 (reached one step past the last),
+        /// or constant at the peak.
         #[arg(long, value_name = "cosine|linear|constant")]
         lr_schedule: Option<schemas::train::LrSchedule>,
         /// Optimizer steps (replaces the recipe's `steps` or `epochs`).
