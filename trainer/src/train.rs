@@ -146,6 +146,17 @@ pub struct Summary {
 /// folder; without it, refuse to overwrite one.
 /// `concurrency`: micro-batches computed at once (the CPU's cores; 1 on a GPU).
 pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
+    let existed = run.output_dir.exists();
+    let result = train_in::<B>(run, resume, concurrency, device);
+    if result.is_err() && !existed {
+        // A run refused before it wrote anything leaves no empty folder behind to puzzle over
+        // (`remove_dir` removes only an empty one: a run that logged steps keeps them).
+        let _ = std::fs::remove_dir(&run.output_dir);
+    }
+    result
+}
+
+fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
     let r = &run.recipe;
     let snapshot = load_snapshot(&run.snapshot_dir)?;
     if snapshot.rows.is_empty() {

@@ -187,6 +187,24 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
     model_files::checkpoint::load(&ckpt).expect("the kept checkpoint loads");
 }
 
+/// A run refused after its output folder was made (here: more recompute blocks than the model
+/// has, found once the model is loaded) leaves no empty folder; an existing folder stays.
+#[test]
+fn a_refused_run_leaves_no_empty_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let r = recipe(dir, "refused");
+    let out = trainer(&["train", "--recipe", r.to_str().unwrap(), "--recompute", "99"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`recompute: 99` asks for more blocks"), "{err}");
+    assert!(!dir.join("refused").exists(), "the folder the run made is removed");
+    std::fs::create_dir(dir.join("refused")).unwrap();
+    assert!(!trainer(&["train", "--recipe", r.to_str().unwrap(), "--recompute", "99"]).output().unwrap().status.success());
+    assert!(dir.join("refused").is_dir(), "a folder the user made stays");
+}
+
 /// `--no-save` leaves metrics only, and each step's `rows` is the documented data order: epoch
 /// `e` visits the rows in `shuffle(0..n, seed ^ mix64(e))` order.
 #[test]
