@@ -132,7 +132,7 @@ eval: build model
 
 # Rejection-sampled offline RL (README: Offline RL): questions from training sources, K samples
 # each from the base model, verified, the correct ones selected into a train snapshot, DFT on it
-# (LOSS=sft for RFT), then base vs trained on the `make eval` subset. Measured: 11 to 15 minutes on
+# (LOSS=sft for RFT), then base vs trained on the `make eval` subset. Measured: 10 to 15 minutes on
 # 2 cores after `make data` (README: Offline RL).
 rft: build model
 	MODEL=$(MODEL) LOSS=$(LOSS) EVAL_BENCH=$(EVAL_BENCH) EVAL_LIMIT=$(EVAL_LIMIT) EVAL_MAX_NEW=$(EVAL_MAX_NEW) ./scripts/rft.sh
