@@ -121,7 +121,21 @@ fn snapshot_dir(bench: &str, eval_dir: &Path) -> anyhow::Result<PathBuf> {
     };
     let recipes = Path::new(EVAL_RECIPES);
     let has_recipe = [bench.to_string(), format!("{bench}_test")].iter().any(|n| recipes.join(format!("{n}.yaml")).exists());
-    match [named.clone(), split.clone()].into_iter().find(|dir| has_manifest(dir)) {
+    let found = [named.clone(), split.clone()].into_iter().find(|dir| has_manifest(dir));
+    if found.is_none() {
+        // `--snapshots snapshots` for `snapshots/eval`: one folder too high.
+        let mut below: Vec<PathBuf> = std::fs::read_dir(eval_dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        below.sort();
+        if let Some(d) = below.iter().find(|d| has_manifest(&d.join(bench)) || has_manifest(&d.join(format!("{bench}_test")))) {
+            bail!(
+                "no evaluation snapshot for `{bench}` in {}, but {} holds one: pass --snapshots {}",
+                eval_dir.display(),
+                d.display(),
+                d.display()
+            );
+        }
+    }
+    match found {
         Some(dir) => Ok(dir),
         None if !has_recipe && recipes.is_dir() => bail!(
             "no benchmark `{bench}`: no snapshot at {} or {}, and no recipe {EVAL_RECIPES}/{bench}.yaml to build one (recipes: {}; snapshots in {}: {})",
@@ -210,6 +224,9 @@ mod tests {
         let path = eval_dir.join("gsm8k");
         let e = snapshot_dir(path.to_str().unwrap(), &eval_dir).unwrap_err().to_string();
         assert!(e.contains("not a snapshot folder") && !e.contains("eval_snapshots"), "{e}");
+        // The folder above the snapshots given: the one below is named.
+        let e = snapshot_dir("gsm8k", tmp.path()).unwrap_err().to_string();
+        assert!(e.ends_with(&format!("but {} holds one: pass --snapshots {}", eval_dir.display(), eval_dir.display())), "{e}");
 
         let all = expand_all(&["all".to_string()], &eval_dir).unwrap();
         assert_eq!(all, ["gsm8k_test", "math500", "mbpp", "mbpp_test"]);

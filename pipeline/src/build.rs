@@ -98,13 +98,8 @@ pub fn load_tokenizer(recipe: &Recipe, recipe_path: &Path) -> anyhow::Result<(Ch
     };
     if let Some(gguf) = &t.gguf {
         let path = recipe::resolve(recipe_path, gguf);
-        if !path.exists() {
-            bail!(
-                "model file {} not found (from tokenizer.gguf in {}); run `make model` to fetch the default model",
-                path.display(),
-                recipe_path.display()
-            );
-        }
+        // Names `make model` only where the file is the default model.
+        model_files::checkpoint::check_model_path(&path).with_context(|| format!("tokenizer.gguf of {}", recipe_path.display()))?;
         let tokenizer = ChatTokenizer::from_gguf(&path, t.system_prompt.clone(), template)?;
         Ok((with_template_vars(with_eos_token(tokenizer, t, recipe_path)?, t, recipe_path)?, path))
     } else if let Some(dir) = &t.hf_dir {

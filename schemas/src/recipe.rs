@@ -458,6 +458,9 @@ impl TokenizerConfig {
         let is = |ext: &str| model.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext));
         let gguf = is("gguf");
         let model = if is("safetensors") { model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) } else { model };
+        if gguf && !model.is_file() {
+            bail!("--tokenizer {}: no such file", model.display());
+        }
         if !gguf && !model.is_dir() {
             bail!("--tokenizer {}: expected a GGUF file or a Hugging Face model folder", model.display());
         }

@@ -33,8 +33,7 @@ pub struct StageTiming {
 
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} has no {MANIFEST_FILE}: not a snapshot, or its build did not finish", dir.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}", not_a_snapshot(dir, e)))?;
     let mut m: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: not a valid manifest", path.display()))?;
     // Manifests written before the system prompt was recorded beside the tokenizer have it in
     // their resolved recipe (a rollouts or scored snapshot carries its parent's).
@@ -42,6 +41,30 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
         m.tokenizer.system_prompt = m.recipe.resolved["tokenizer"]["system_prompt"].as_str().map(str::to_string);
     }
     Ok(m)
+}
+
+/// Why `dir` has no readable manifest, with what to pass instead where that can be told: the
+/// manifest file itself, or a folder whose subfolders are snapshots (`snapshots/eval`).
+fn not_a_snapshot(dir: &Path, e: std::io::Error) -> String {
+    if !dir.exists() {
+        return format!("snapshot folder {} does not exist", dir.display());
+    }
+    if dir.is_file() {
+        let hint = if dir.file_name().is_some_and(|n| n == MANIFEST_FILE) { " (give the snapshot's folder, not its manifest)" } else { "" };
+        return format!("{} is a file, not a snapshot folder{hint}", dir.display());
+    }
+    let mut inside: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| d.path().join(MANIFEST_FILE).is_file())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    inside.sort();
+    if !inside.is_empty() {
+        return format!("{} is not a snapshot but holds snapshots: {} (name one of them)", dir.display(), inside.join(", "));
+    }
+    format!("{} has no {MANIFEST_FILE}: not a snapshot, or its build did not finish ({e})", dir.display())
 }
 
 /// Re-hash every file a manifest lists (`pipeline verify`): the problems found (empty = the
@@ -201,10 +224,14 @@ pub fn verified_manifest(dir: &Path, kind: SnapshotKind) -> anyhow::Result<Manif
         bail!("snapshot {} does not match its manifest (run `pipeline verify`):\n  {}", dir.display(), problems.join("\n  "));
     }
     if manifest.kind != kind {
+        // Said without naming the command: training, scoring, `rows` and `probs` all read train
+        // snapshots, evaluation, sampling and `bench-generate` prompts snapshots.
         let wants = match kind {
-            SnapshotKind::Train => "training needs a `train` snapshot",
-            SnapshotKind::Prompts => "evaluation and sampling need a `prompts` snapshot",
-            SnapshotKind::Rollouts => "this needs a `rollouts` snapshot (`trainer sample` writes one)",
+            SnapshotKind::Train => "this command needs a `train` snapshot (a recipe with `kind: train`)",
+            SnapshotKind::Prompts => {
+                "this command needs a `prompts` snapshot (a recipe with `kind: prompts`, as datasets/recipes/eval/ holds)"
+            }
+            SnapshotKind::Rollouts => "this command needs a `rollouts` snapshot (`trainer sample` writes one)",
         };
         bail!("snapshot {} is a `{}` snapshot; {wants}", dir.display(), manifest.kind.as_str());
     }
@@ -479,6 +506,23 @@ mod tests {
 
         publish_dir(&out, |d| Ok(std::fs::write(d.join("b"), "4")?)).unwrap();
         assert_eq!((names(root.path()), names(&out)), (vec!["snap".to_string()], vec!["b".to_string()]));
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_snapshot_says_what_to_pass() {
+        let root = tempfile::tempdir().unwrap();
+        let err = |p: &Path| read_manifest(p).unwrap_err().to_string();
+        assert!(err(&root.path().join("nope")).ends_with("nope does not exist"), "{}", err(&root.path().join("nope")));
+        // A folder of snapshots (as snapshots/eval is) names them, sorted.
+        for name in ["math500", "gsm8k_test"] {
+            std::fs::create_dir(root.path().join(name)).unwrap();
+            std::fs::write(root.path().join(name).join(MANIFEST_FILE), "{}").unwrap();
+        }
+        std::fs::create_dir(root.path().join("logs")).unwrap();
+        assert!(err(root.path()).ends_with("holds snapshots: gsm8k_test, math500 (name one of them)"), "{}", err(root.path()));
+        let manifest = root.path().join("math500").join(MANIFEST_FILE);
+        assert!(err(&manifest).contains("give the snapshot's folder, not its manifest"), "{}", err(&manifest));
+        assert!(err(&root.path().join("logs")).contains("has no manifest.json: not a snapshot"), "{}", err(&root.path().join("logs")));
     }
 
     #[test]

@@ -196,6 +196,7 @@ fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
         _ => unreachable!("validated"),
     };
     let warmup = (r.warmup_ratio * total_steps as f64).round() as u64;
+    let new_folder = !run.output_dir.exists();
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
 
     tracing::info!(
@@ -264,17 +265,33 @@ fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
                 );
             }
             state.engine = run.engine.clone();
+            if state.step >= total_steps {
+                tracing::warn!(
+                    "{}: the run finished at step {} of {total_steps}: nothing left to train",
+                    run.output_dir.display(),
+                    state.step
+                );
+            }
             let moments = dir.join(OPTIMIZER_FILE);
             opt.load_state(state.step, &model_files::safetensors::read_safetensors(&moments)?, device)
                 .with_context(|| format!("resuming from {}", moments.display()))?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             (dir, state)
         }
-        (false, Some(dir)) => bail!(
-            "{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir",
-            run.output_dir.display(),
-            dir.display()
-        ),
+        (false, Some(dir)) => match read_state(&dir) {
+            Ok(s) if s.step >= s.total_steps => bail!(
+                "{} holds a finished run ({} of {} steps, checkpoint {}): choose another output_dir, or remove it to start afresh",
+                run.output_dir.display(),
+                s.step,
+                s.total_steps,
+                dir.display()
+            ),
+            _ => bail!(
+                "{} already holds checkpoint {}: pass --resume to continue it, or choose another output_dir",
+                run.output_dir.display(),
+                dir.display()
+            ),
+        },
         (_, None) => {
             // A finished run whose checkpoints were deleted, or (without --resume) a started one
             // that never saved, would be overwritten by a fresh start.
@@ -306,7 +323,14 @@ fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
                     if resume { "resume from" } else { "continue" }
                 );
             }
-            if resume && !logged {
+            if resume && new_folder {
+                // Most often a mistyped path: said louder than a resume of a run that had not
+                // reached its first checkpoint.
+                tracing::warn!(
+                    "--resume: {} did not exist, so there is nothing to resume: starting a new run there",
+                    run.output_dir.display()
+                );
+            } else if resume && !logged {
                 tracing::info!("no checkpoint in {} yet: starting afresh", run.output_dir.display());
             }
             let state = TrainerState {

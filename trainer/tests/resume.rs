@@ -187,6 +187,29 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
     model_files::checkpoint::load(&ckpt).expect("the kept checkpoint loads");
 }
 
+/// `--resume` into a folder that does not exist says so (a mistyped path, most often) and starts
+/// a new run; a finished run is refused to a fresh start as finished, and resumed with a
+/// warning that nothing is left to train.
+#[test]
+fn resume_says_when_there_is_nothing_to_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let r = recipe(dir, "fin");
+    let run = |extra: &[&str]| trainer(&[&["train", "--recipe", r.to_str().unwrap(), "--steps", "2"], extra].concat()).output().unwrap();
+    let out = run(&["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("did not exist, so there is nothing to resume"), "{err}");
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds a finished run (2 of 2 steps"), "{err}");
+    let out = run(&["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("the run finished at step 2 of 2: nothing left to train"), "{err}");
+    assert_eq!(steps_logged(&dir.join("fin/metrics.jsonl")), [1, 2]);
+}
+
 /// A run refused after its output folder was made (here: more recompute blocks than the model
 /// has, found once the model is loaded) leaves no empty folder; an existing folder stays.
 #[test]
