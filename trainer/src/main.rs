@@ -588,13 +588,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let tok_source = tokenizer.clone().unwrap_or_else(|| model.clone());
             let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, system)
-                .and_then(|t| t.ok_or_else(|| anyhow::anyhow!("no tokenizer.json beside the model")))
-                .with_context(|| {
-                    format!(
-                        "reading tokenizer and chat template from {} (a model without them can take --tokenizer FILE.gguf or FOLDER)",
-                        tok_source.display()
-                    )
-                })?
+                .and_then(|t| {
+                    // The hint only where the tokenizer is absent: a damaged file's own message says more.
+                    t.ok_or_else(|| anyhow::anyhow!("no tokenizer.json beside the model (pass one with --tokenizer FILE.gguf or FOLDER)"))
+                })
+                .with_context(|| format!("reading tokenizer and chat template from {}", tok_source.display()))?
                 .with_template_vars(unique_template_vars(template_vars)?)?;
             let (prompt_text, prompt_ids) = tok.encode_prompt(&prompt)?;
             let stop = stop_ids(&tok);
