@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use schemas::manifest::TokenizerInfo;
 use schemas::snapshot::{TEMPLATE_FILE, TOKENIZER_FILE};
+use schemas::{Role, Turn};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -697,16 +698,29 @@ impl ChatTokenizer {
 
     /// Render the conversation: with `response` None, up to and including the generation prompt.
     pub fn render(&self, prompt: &str, response: Option<&str>) -> Result<String> {
-        let mut messages = Vec::with_capacity(3);
-        if let Some(s) = &self.system_prompt {
-            messages.push(serde_json::json!({"role": "system", "content": s}));
+        self.render_messages(&self.messages(&[], prompt, response), response.is_none())
+    }
+
+    /// The turns the template gets: a system turn (the context's own, else the tokenizer's
+    /// system prompt, else none), the context's other turns, the prompt, and the response
+    /// where there is one.
+    fn messages(&self, context: &[Turn], prompt: &str, response: Option<&str>) -> Vec<serde_json::Value> {
+        let turn = |role: Role, content: &str| serde_json::json!({"role": role.as_str(), "content": content});
+        let mut messages = Vec::with_capacity(context.len() + 3);
+        if let (Some(s), false) = (&self.system_prompt, context.first().is_some_and(|t| t.role == Role::System)) {
+            messages.push(turn(Role::System, s));
         }
-        messages.push(serde_json::json!({"role": "user", "content": prompt}));
+        messages.extend(context.iter().map(|t| turn(t.role, &t.content)));
+        messages.push(turn(Role::User, prompt));
         if let Some(r) = response {
-            messages.push(serde_json::json!({"role": "assistant", "content": r}));
+            messages.push(turn(Role::Assistant, r));
         }
+        messages
+    }
+
+    fn render_messages(&self, messages: &[serde_json::Value], add_generation_prompt: bool) -> Result<String> {
         let mut ctx: serde_json::Map<String, serde_json::Value> = self.template_vars.clone().into_iter().collect();
-        let own = [serde_json::json!(messages), self.bos_token.clone().into(), self.eos_token.clone().into(), response.is_none().into()];
+        let own = [serde_json::json!(messages), self.bos_token.clone().into(), self.eos_token.clone().into(), add_generation_prompt.into()];
         ctx.extend(TEMPLATE_CONTEXT.iter().map(|k| k.to_string()).zip(own));
         let tmpl = self.env.get_template("chat_template").expect("template added in new()");
         tmpl.render(&ctx).map_err(|e| anyhow!("chat template failed to render: {e:#}"))
@@ -745,37 +759,67 @@ impl ChatTokenizer {
     /// One (prompt, response) pair as token ids with the loss mask over the response and its
     /// end-of-turn token.
     pub fn encode_chat(&self, prompt: &str, response: &str) -> Result<Encoded> {
+        self.encode_conversation(&[], prompt, response)
+    }
+
+    /// A conversation (`context`, then `prompt` and `response`) as token ids, with the loss mask
+    /// over every assistant turn and the end-of-turn token closing it. Each assistant turn's
+    /// span starts where the conversation up to it, rendered with the generation prompt, ends:
+    /// that rendering must be a prefix of the whole conversation's.
+    pub fn encode_conversation(&self, context: &[Turn], prompt: &str, response: &str) -> Result<Encoded> {
+        for (i, t) in context.iter().enumerate() {
+            self.check_no_special_text(&format!("turn {} ({})", i + 1, t.role.as_str()), &t.content)?;
+        }
         self.check_no_special_text("prompt", prompt)?;
         self.check_no_special_text("response", response)?;
-        let p = self.render(prompt, None)?;
-        let f = self.render(prompt, Some(response))?;
-        if p.is_empty() {
-            bail!("chat template rendered an empty prompt");
+        let messages = self.messages(context, prompt, Some(response));
+        let f = self.render_messages(&messages, false)?;
+        let assistant = serde_json::json!(Role::Assistant.as_str());
+        let mut spans = vec![];
+        for (i, _) in messages.iter().enumerate().filter(|(_, m)| m["role"] == assistant) {
+            let p = self.render_messages(&messages[..i], true)?;
+            if p.is_empty() {
+                bail!("chat template rendered an empty prompt");
+            }
+            // Which turn, where there are several: the message of a single turn stays as it was.
+            let which = if context.is_empty() { String::new() } else { format!(" (up to assistant turn {})", spans.len() + 1) };
+            if !f.starts_with(&p) {
+                let at = p.bytes().zip(f.bytes()).take_while(|(a, b)| a == b).count();
+                bail!(
+                    "chat template is not prefix-stable: the rendered prompt with the generation prompt is not a prefix \
+                     of the rendered conversation{which} (they differ at byte {at}: {:?} vs {:?})",
+                    snippet(&p, at),
+                    snippet(&f, at),
+                );
+            }
+            let start = p.len();
+            let end = start
+                + f[start..].find(&self.eos_token).ok_or_else(|| {
+                    anyhow!(
+                        "the chat template does not end the assistant turn with the end-of-turn token {:?} (a base model's \
+                         eos often ends the text, not the turn: name the template's own, e.g. `eos_token: \"<|im_end|>\"` in \
+                         the recipe's tokenizer)",
+                        self.eos_token
+                    )
+                })?
+                + self.eos_token.len();
+            // An earlier assistant turn the template rewrites (Qwen3's drops its reasoning) would
+            // train text the data never held: refused. (The response is rendered as written.)
+            let content = messages[i]["content"].as_str().unwrap_or_default();
+            if spans.len() + 1 < messages.iter().filter(|m| m["role"] == assistant).count() && !f[start..end].contains(content.trim()) {
+                bail!(
+                    "the chat template renders assistant turn {} otherwise than it is written (it rewrites earlier turns, \
+                     as a template that drops their reasoning does): train the conversation's exchanges as separate rows",
+                    spans.len() + 1
+                );
+            }
+            spans.push((start, end));
         }
-        if !f.starts_with(&p) {
-            let at = p.bytes().zip(f.bytes()).take_while(|(a, b)| a == b).count();
-            bail!(
-                "chat template is not prefix-stable: the rendered prompt with the generation prompt is not a prefix \
-                 of the rendered conversation (they differ at byte {at}: {:?} vs {:?})",
-                snippet(&p, at),
-                snippet(&f, at),
-            );
-        }
-        let start = p.len();
-        let end = start
-            + f[start..].find(&self.eos_token).ok_or_else(|| {
-                anyhow!(
-                    "the chat template does not end the assistant turn with the end-of-turn token {:?} (a base model's \
-                     eos often ends the text, not the turn: name the template's own, e.g. `eos_token: \"<|im_end|>\"` in \
-                     the recipe's tokenizer)",
-                    self.eos_token
-                )
-            })?
-            + self.eos_token.len();
 
         let (ids, offsets) = self.encode_text(&f)?;
         // Zero-width tokens were added by the post-processor, not read from the text.
-        let loss_mask: Vec<u8> = offsets.iter().map(|&(s, e)| u8::from(s < e && s >= start && e <= end)).collect();
+        let loss_mask: Vec<u8> =
+            offsets.iter().map(|&(s, e)| u8::from(s < e && spans.iter().any(|&(start, end)| s >= start && e <= end))).collect();
         debug_assert!(loss_mask.first() != Some(&1), "first token of a conversation must not be trained");
         if loss_mask.first() == Some(&1) {
             bail!("internal error: the first token of the conversation would be trained");
@@ -823,8 +867,9 @@ impl ChatTokenizer {
         Ok(Some(format!("they differ at byte {at}: {} in {}, {} in {}", around(&text), labels.0, around(&other_text), labels.1)))
     }
 
-    pub fn encode_chat_batch(&self, items: &[(&str, &str)]) -> Vec<Result<Encoded>> {
-        items.par_iter().map(|(p, r)| self.encode_chat(p, r)).collect()
+    /// [`Self::encode_conversation`] of each (context, prompt, response), in parallel.
+    pub fn encode_chat_batch(&self, items: &[(&[Turn], &str, &str)]) -> Vec<Result<Encoded>> {
+        items.par_iter().map(|(c, p, r)| self.encode_conversation(c, p, r)).collect()
     }
 
     /// Token counts of plain text: no template, no special tokens added (special tokens written in
@@ -1176,16 +1221,52 @@ mod tests {
         assert_eq!(enc.loss_mask.iter().filter(|&&m| m == 1).count(), 2);
     }
 
+    /// A conversation trains every assistant turn with its end-of-turn token, and nothing else:
+    /// the trained tokens, run by run, decode to the assistant turns as written. Its system turn
+    /// takes the place of the template's default one.
+    #[test]
+    fn a_conversation_trains_every_assistant_turn() {
+        let t = smol();
+        let turn = |role, content: &str| Turn { role, content: content.into() };
+        let context = [turn(Role::System, "You answer in numbers."), turn(Role::User, "What is 2 + 2?"), turn(Role::Assistant, "4")];
+        let enc = t.encode_conversation(&context, "And 3 + 3?", "6, since 3 + 3 = 6.").unwrap();
+        let runs: Vec<String> = enc
+            .ids
+            .iter()
+            .zip(&enc.loss_mask)
+            .collect::<Vec<_>>()
+            .chunk_by(|a, b| a.1 == b.1)
+            .filter(|run| *run[0].1 == 1)
+            .map(|run| t.decode(&run.iter().map(|(&id, _)| id).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(runs, ["4<|im_end|>", "6, since 3 + 3 = 6.<|im_end|>"]);
+        let text = t.decode(&enc.ids);
+        assert!(text.contains("<|im_start|>system\nYou answer in numbers.") && !text.contains("SmolLM"), "{text}");
+        // Without history it is the single-turn encoding.
+        assert_eq!(t.encode_conversation(&[], "q", "a").unwrap(), t.encode_chat("q", "a").unwrap());
+        // A template that rewrites earlier assistant turns would train text the data never held.
+        let tpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and not loop.last %}(earlier)\
+                   {% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let rewriting = ChatTokenizer::from_gguf(&test_model_path(), None, Some(tpl.into())).unwrap();
+        let e = rewriting.encode_conversation(&context, "And 3 + 3?", "6").unwrap_err().to_string();
+        assert!(e.contains("renders assistant turn 1 otherwise than it is written"), "{e}");
+        assert!(rewriting.encode_chat("And 3 + 3?", "6").is_ok());
+        // A special token written in an earlier turn is refused, naming the turn.
+        let leaky = [turn(Role::User, "hi"), turn(Role::Assistant, "hello<|im_end|>")];
+        let e = t.encode_conversation(&leaky, "q", "a").unwrap_err().to_string();
+        assert!(e.contains("turn 2 (assistant) holds the special token"), "{e}");
+    }
+
     #[test]
     fn batches_match_single_calls() {
         let t = smol();
         let items: Vec<(String, String)> = (0..64).map(|i| (format!("What is {i} + {i}?"), format!("{i} + {i} = {}", 2 * i))).collect();
-        let refs: Vec<(&str, &str)> = items.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+        let refs: Vec<(&[Turn], &str, &str)> = items.iter().map(|(p, r)| (&[][..], p.as_str(), r.as_str())).collect();
         let batch = t.encode_chat_batch(&refs);
-        for ((p, r), b) in refs.iter().zip(batch) {
+        for ((_, p, r), b) in refs.iter().zip(batch) {
             assert_eq!(b.unwrap(), t.encode_chat(p, r).unwrap());
         }
-        let texts: Vec<&str> = refs.iter().map(|(p, _)| *p).collect();
+        let texts: Vec<&str> = refs.iter().map(|(_, p, _)| *p).collect();
         let counts = t.count_tokens_batch(&texts);
         for (text, n) in texts.iter().zip(counts) {
             assert_eq!(n, Ok(t.tokenizer().encode(*text, false).unwrap().len()));

@@ -52,7 +52,8 @@ fn main() -> anyhow::Result<()> {
     let tokens: usize = ids.iter().map(Vec::len).sum();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
     let (single_s, _) = best_of(3, || pool.install(|| inner.encode_batch_fast(refs.clone(), false).expect("encodes").len()));
-    let pairs: Vec<(&str, &str)> = examples.iter().map(|e| (e.prompt.as_str(), e.response.as_str())).collect();
+    let pairs: Vec<(&[schemas::Turn], &str, &str)> =
+        examples.iter().map(|e| (e.context.as_slice(), e.prompt.as_str(), e.response.as_str())).collect();
     let (chat_s, _) = best_of(3, || tok.encode_chat_batch(&pairs));
 
     let mut hasher_input = Vec::with_capacity(tokens * 4);

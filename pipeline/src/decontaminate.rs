@@ -119,14 +119,20 @@ impl Index {
     fn hits(&self, ex: &Example) -> Vec<Hit> {
         let prompt_words = words(&ex.prompt);
         let mut hits: Vec<Hit> = Vec::new();
-        if !self.short.is_empty() && !prompt_words.is_empty() {
-            if let Some(items) = self.short.get(&prompt_words.join(" ")) {
-                hits.extend(items.iter().map(|&(b, i)| (0, b, i)));
+        if !self.short.is_empty() {
+            // A short benchmark question matches a user turn that is exactly it: the prompt,
+            // or an earlier user turn of a conversation.
+            let earlier = ex.context.iter().filter(|t| t.role == schemas::Role::User).map(|t| words(&t.content));
+            for turn in std::iter::once(prompt_words.clone()).chain(earlier).filter(|w| !w.is_empty()) {
+                if let Some(items) = self.short.get(&turn.join(" ")) {
+                    hits.extend(items.iter().map(|&(b, i)| (0, b, i)));
+                }
             }
         }
         if !self.ngrams.is_empty() {
-            // Words of prompt + "\n" + response: the newline only separates words.
-            let mut text = prompt_words;
+            // Words of the earlier turns, the prompt and the response: a newline only separates words.
+            let mut text: Vec<_> = ex.context.iter().flat_map(|t| words(&t.content)).collect();
+            text.extend(prompt_words);
             text.extend(words(&ex.response));
             // Each distinct n-gram of the row once, at its earliest position.
             let mut grams: Vec<(u64, usize)> = text.windows(self.ngram).enumerate().map(|(pos, w)| (hash_ngram(w), pos)).collect();
@@ -214,6 +220,7 @@ mod tests {
             tests: None,
             metadata: "{}".to_string(),
             unfinished: false,
+            context: vec![],
         }
     }
 

@@ -41,6 +41,14 @@ fn exact_key(ex: &Example) -> [u8; 32] {
     h.update((prompt.len() as u64).to_le_bytes());
     h.update(prompt.as_bytes());
     h.update(response.as_bytes());
+    // The turns before the last exchange, where there are any (a single turn hashes as it
+    // always has): the same last exchange after another history is another conversation.
+    for t in &ex.context {
+        let content = normalize(&t.content);
+        h.update([t.role as u8]);
+        h.update((content.len() as u64).to_le_bytes());
+        h.update(content.as_bytes());
+    }
     h.finalize().into()
 }
 
@@ -114,10 +122,11 @@ pub fn near_dedup(examples: Vec<Example>, cfg: &NearDedupConfig, seed: u64) -> (
     (kept, dropped, stats)
 }
 
-/// Sorted, distinct hashes of the word `ngram`-grams of prompt + response. A text shorter than
-/// `ngram` words is one shingle, so short rows can still be duplicates of each other.
+/// Sorted, distinct hashes of the word `ngram`-grams of the conversation's text (prompt +
+/// response for a single turn). A text shorter than `ngram` words is one shingle, so short rows
+/// can still be duplicates of each other.
 fn shingles(ex: &Example, ngram: usize) -> Vec<u64> {
-    let ws = words(&format!("{}\n{}", ex.prompt, ex.response));
+    let ws = words(&ex.text());
     let mut out: Vec<u64> = if ws.is_empty() {
         Vec::new()
     } else if ws.len() < ngram {
@@ -270,6 +279,7 @@ mod tests {
             tests: None,
             metadata: "{}".to_string(),
             unfinished: false,
+            context: vec![],
         }
     }
 
@@ -299,6 +309,27 @@ mod tests {
         assert_eq!(dropped.len(), 1);
         assert_eq!((dropped[0].id.as_str(), dropped[0].detail.as_str()), ("b/0", "a/0"));
         assert_eq!((dropped[0].stage.as_str(), dropped[0].reason.as_str()), ("exact_dedup", "exact_duplicate"));
+    }
+
+    /// The same last exchange after another history is another conversation; the same history,
+    /// up to case and spacing, is a duplicate; and a history's turns keep their roles apart.
+    #[test]
+    fn exact_duplicates_of_a_conversation_share_its_history() {
+        use schemas::{Role, Turn};
+        let with = |id: &str, history: &[(Role, &str)]| Example {
+            context: history.iter().map(|&(role, c)| Turn { role, content: c.to_string() }).collect(),
+            ..ex(id, "And 3 + 3?", "6")
+        };
+        let rows = vec![
+            with("a", &[(Role::User, "2 + 2?"), (Role::Assistant, "4")]),
+            with("b", &[(Role::User, "2 + 5?"), (Role::Assistant, "7")]),
+            with("c", &[(Role::User, "2  +  2?"), (Role::Assistant, "4")]),
+            with("d", &[(Role::System, "2 + 2?"), (Role::User, "4")]),
+            with("e", &[]),
+        ];
+        let (kept, dropped) = exact_dedup(rows);
+        assert_eq!(ids(&kept), ["a", "b", "d", "e"]);
+        assert_eq!((dropped[0].id.as_str(), dropped[0].detail.as_str()), ("c", "a"));
     }
 
     #[test]

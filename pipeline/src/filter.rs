@@ -77,7 +77,7 @@ pub fn filter(
 ) -> anyhow::Result<(Vec<Example>, Vec<Dropped>)> {
     check_patterns(cfg)?;
     let python_errors = if cfg.require_python_parses { python_syntax_errors(&examples)? } else { vec![None; examples.len()] };
-    let texts: Vec<String> = examples.iter().map(|e| format!("{}\n{}", e.prompt, e.response)).collect();
+    let texts: Vec<String> = examples.iter().map(Example::text).collect();
     let counts = tok.count_tokens_batch(&texts.iter().map(String::as_str).collect::<Vec<_>>());
     // A text the tokenizer rejects has no length: its row is dropped as `tokenize_error`.
     let n_tokens: Vec<Option<usize>> = counts.iter().map(|c| c.as_ref().ok().copied()).collect();
@@ -104,11 +104,14 @@ pub fn filter(
 }
 
 fn facts_batch(examples: &[Example], n_tokens: &[Option<usize>], python_errors: &[Option<String>]) -> anyhow::Result<RecordBatch> {
+    let texts: Vec<String> = examples.iter().map(Example::text).collect();
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("idx", Arc::new((0..examples.len() as u32).collect::<UInt32Array>())),
         ("domain", Arc::new(examples.iter().map(|e| Some(e.domain.as_str())).collect::<StringArray>())),
         ("prompt", Arc::new(examples.iter().map(|e| Some(e.prompt.as_str())).collect::<StringArray>())),
         ("response", Arc::new(examples.iter().map(|e| Some(e.response.as_str())).collect::<StringArray>())),
+        // The whole conversation (`prompt\nresponse` for one turn): what `any` rules match.
+        ("text", Arc::new(texts.iter().map(|t| Some(t.as_str())).collect::<StringArray>())),
         ("gold", Arc::new(examples.iter().map(|e| e.gold.as_deref()).collect::<StringArray>())),
         ("n_tokens", Arc::new(n_tokens.iter().map(|n| n.map(|n| n as i64)).collect::<Int64Array>())),
         ("python_ok", Arc::new(python_errors.iter().map(|e| Some(e.is_none())).collect::<BooleanArray>())),
@@ -121,7 +124,7 @@ fn text_col(field: TextField) -> Expr {
     match field {
         TextField::Prompt => col("prompt"),
         TextField::Response => col("response"),
-        TextField::Any => datafusion::functions::string::expr_fn::concat(vec![col("prompt"), lit("\n"), col("response")]),
+        TextField::Any => col("text"),
     }
 }
 
@@ -251,6 +254,7 @@ mod tests {
             tests: None,
             metadata: "{}".into(),
             unfinished: false,
+            context: vec![],
         }
     }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use model_files::tokenizer::ChatTokenizer;
 use schemas::manifest::{InputFile, RolloutsOrigin};
 use schemas::recipe::{FieldMap, Format, IngestConfig, Source};
-use schemas::{CodeTests, Domain, Dropped, Example, StageReport};
+use schemas::{CodeTests, Domain, Dropped, Example, Role, StageReport, Turn};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashSet};
@@ -443,6 +443,7 @@ fn number_text(n: &serde_json::Number) -> String {
 fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Example, Option<i64>), FieldError> {
     let mut row = Row { obj, used: vec![] };
     let mut int_id = None;
+    let mut context = vec![];
     let (native_id, domain, prompt, response, gold, tests) = match source.format {
         Format::Gsm8k => {
             let prompt = row.text("question")?;
@@ -519,10 +520,20 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
                 None => None,
             };
             int_id = id.as_deref().and_then(|s| s.parse().ok());
-            let prompt = row.text(&map.prompt)?;
-            let response = match &map.response {
-                Some(f) => row.text(f)?,
-                None => String::new(),
+            let (prompt, response) = match (&map.messages, &map.prompt) {
+                (Some(f), _) => {
+                    let (earlier, prompt, response) = conversation(&mut row, f)?;
+                    context = earlier;
+                    (prompt, response)
+                }
+                (None, Some(p)) => {
+                    let response = match &map.response {
+                        Some(f) => row.text(f)?,
+                        None => String::new(),
+                    };
+                    (row.text(p)?, response)
+                }
+                (None, None) => unreachable!("validated: generic names prompt or messages"),
             };
             let gold = match &map.gold {
                 Some(f) => row.opt_scalar(f)?,
@@ -546,8 +557,65 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
         tests,
         metadata: row.metadata(),
         unfinished: false,
+        context,
     };
     Ok((example, int_id))
+}
+
+/// A conversation column: a list of `{"role", "content"}` turns, a system turn first or none,
+/// then user and assistant in turn, ending with the assistant's. Returns the turns before the
+/// last user turn, that turn's text (the prompt) and the last assistant turn's (the response).
+/// A turn with other keys is refused rather than read in part: OpenAI's fine-tuning format
+/// marks assistant turns not to train with `weight: 0`, which would otherwise be trained.
+fn conversation(row: &mut Row, field: &str) -> Result<(Vec<Turn>, String, String), FieldError> {
+    let items = match row.get(field) {
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(field_err(field, format!("expected a list of turns, got {}", type_name(other)))),
+        None => return Err(field_err(field, "missing field")),
+    };
+    let mut turns: Vec<Turn> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let Some(obj) = item.as_object() else {
+            return Err(field_err(&at, format!("expected a {{\"role\", \"content\"}} object, got {}", type_name(item))));
+        };
+        if let Some(other) = obj.keys().find(|k| !matches!(k.as_str(), "role" | "content")) {
+            return Err(field_err(&at, format!("key `{other}` is not read (a turn is `role` and `content`)")));
+        }
+        let role = match obj.get("role").and_then(Value::as_str) {
+            Some("system") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some(other) => return Err(field_err(&at, format!("role `{other}` is not system, user or assistant"))),
+            None => return Err(field_err(&at, "no `role` text")),
+        };
+        let content = match obj.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(field_err(&at, format!("`content` is {}, not text", type_name(other)))),
+            None => return Err(field_err(&at, "no `content`")),
+        };
+        // What may come here: a system turn only first; then user, assistant, user, ...
+        let expected = match turns.last().map(|t| t.role) {
+            None => &[Role::System, Role::User][..],
+            Some(Role::System | Role::Assistant) => &[Role::User][..],
+            Some(Role::User) => &[Role::Assistant][..],
+        };
+        if !expected.contains(&role) {
+            let after = turns.last().map_or("first".to_string(), |t| format!("after `{}`", t.role.as_str()));
+            return Err(field_err(
+                &at,
+                format!("`{}` {after}: turns go system (optional), then user and assistant in turn", role.as_str()),
+            ));
+        }
+        turns.push(Turn { role, content });
+    }
+    match turns.last().map(|t| t.role) {
+        Some(Role::Assistant) => {}
+        _ => return Err(field_err(field, "the conversation does not end with an assistant turn (the response to train)")),
+    }
+    let response = turns.pop().expect("an assistant turn").content;
+    let prompt = turns.pop().expect("a user turn before it").content;
+    Ok((turns, prompt, response))
 }
 
 fn value_text(v: &Value) -> String {
@@ -635,7 +703,8 @@ mod tests {
         s.domain = Some(Domain::Code);
         s.fields = Some(FieldMap {
             id: None,
-            prompt: "q".into(),
+            prompt: Some("q".into()),
+            messages: None,
             response: Some("a".into()),
             gold: None,
             tests: Some("t".into()),
@@ -648,6 +717,59 @@ mod tests {
         assert_eq!(got, [("object", Some(want)), ("string", Some(want)), ("none", None)]);
         assert_eq!((out.quarantine.len(), out.quarantine[0].line, out.quarantine[0].field.as_str()), (1, 3, "t"));
         assert!(out.quarantine[0].error.contains("neither HumanEval"), "{}", out.quarantine[0].error);
+    }
+
+    /// A `messages` column: the last exchange becomes prompt and response, the turns before it
+    /// the context; a conversation that is not system?, (user, assistant)+ is quarantined naming
+    /// the turn and what is wrong.
+    #[test]
+    fn generic_conversations_are_read_turn_by_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let turn = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+        let lines = [
+            serde_json::json!({"id": 7, "m": [turn("system", "Be brief."), turn("user", "2+2?"), turn("assistant", "4"), turn("user", "3+3?"), turn("assistant", "6")], "src": "x"}),
+            serde_json::json!({"m": [turn("user", "hi"), turn("assistant", "hello")]}),
+            serde_json::json!({"m": [turn("user", "a"), turn("user", "b"), turn("assistant", "c")]}),
+            serde_json::json!({"m": [turn("user", "a"), turn("assistant", "b"), turn("user", "c")]}),
+            serde_json::json!({"m": [turn("user", "a"), {"role": "assistant", "content": "b", "weight": 0}]}),
+            serde_json::json!({"m": [turn("user", "a"), turn("tool", "b")]}),
+            serde_json::json!({"m": [turn("user", "a"), {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]}),
+            serde_json::json!({"m": "user: a"}),
+            serde_json::json!({"m": [turn("user", "a"), turn("assistant", "b"), turn("system", "late")]}),
+        ];
+        std::fs::write(dir.path().join("c.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let mut s = source("c", "c.jsonl", Format::Generic);
+        s.domain = Some(Domain::Math);
+        s.fields = Some(FieldMap {
+            id: Some("id".into()),
+            prompt: None,
+            messages: Some("m".into()),
+            response: None,
+            gold: None,
+            tests: None,
+            finish: None,
+            sample: None,
+        });
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
+        let e = &out.examples[0];
+        assert_eq!((e.id.as_str(), e.prompt.as_str(), e.response.as_str(), e.metadata.as_str()), ("c/7", "3+3?", "6", r#"{"src":"x"}"#));
+        let roles: Vec<(Role, &str)> = e.context.iter().map(|t| (t.role, t.content.as_str())).collect();
+        assert_eq!(roles, [(Role::System, "Be brief."), (Role::User, "2+2?"), (Role::Assistant, "4")]);
+        assert_eq!((out.examples[1].prompt.as_str(), out.examples[1].context.len()), ("hi", 0));
+        let q: Vec<(u64, &str, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str(), q.error.as_str())).collect();
+        assert_eq!(
+            q,
+            [
+                (3, "m[1]", "`user` after `user`: turns go system (optional), then user and assistant in turn"),
+                (4, "m", "the conversation does not end with an assistant turn (the response to train)"),
+                (5, "m[1]", "key `weight` is not read (a turn is `role` and `content`)"),
+                (6, "m[1]", "role `tool` is not system, user or assistant"),
+                (7, "m[1]", "`content` is an array, not text"),
+                (8, "m", "expected a list of turns, got a string"),
+                (9, "m[2]", "`system` after `assistant`: turns go system (optional), then user and assistant in turn"),
+            ]
+        );
+        assert!(out.report.balanced(), "{:?}", out.report);
     }
 
     #[test]
@@ -677,7 +799,8 @@ mod tests {
         s.domain = Some(Domain::Code);
         let map = |tests: &str| FieldMap {
             id: None,
-            prompt: "q".into(),
+            prompt: Some("q".into()),
+            messages: None,
             response: None,
             gold: None,
             tests: Some(tests.into()),
@@ -734,7 +857,8 @@ mod tests {
             domain: Some(Domain::Math),
             fields: Some(FieldMap {
                 id: Some("uid".into()),
-                prompt: "q".into(),
+                prompt: Some("q".into()),
+                messages: None,
                 response: Some("a".into()),
                 gold: None,
                 tests: None,

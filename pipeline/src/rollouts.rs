@@ -119,6 +119,7 @@ fn example(source: &Source, question_id: &str, sample: u32, domain: Domain, prom
         tests: None,
         metadata: String::new(),
         unfinished: false,
+        context: vec![],
     }
 }
 
@@ -241,7 +242,8 @@ fn from_snapshot(
 fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     let defaults = FieldMap {
         id: Some("question_id".into()),
-        prompt: "question".into(),
+        prompt: Some("question".into()),
+        messages: None,
         response: Some("completion".into()),
         gold: Some("gold".into()),
         tests: Some("tests".into()),
@@ -263,8 +265,11 @@ fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     if f.finish.is_some() && f.finish == f.sample {
         bail!("source `{}`: `fields.finish` and `fields.sample` both name `{}`", source.name, f.finish.as_deref().unwrap_or_default());
     }
-    if f.id.is_none() || f.response.is_none() {
-        bail!("source `{}`: a rollouts file needs `fields.id` (the question id) and `fields.response` (the completion)", source.name);
+    if f.id.is_none() || f.prompt.is_none() || f.response.is_none() {
+        bail!(
+            "source `{}`: a rollouts file needs `fields.id` (the question id), `fields.prompt` and `fields.response` (the completion)",
+            source.name
+        );
     }
     Ok(f)
 }
@@ -450,9 +455,10 @@ fn parse_line(
     }
     let response_field = fields.response.as_deref().expect("checked by file_fields");
     let completions = completions(&mut row, response_field)?;
-    let prompt = match row.opt_text(&fields.prompt)? {
+    let prompt_field = fields.prompt.as_deref().expect("checked by file_fields");
+    let prompt = match row.opt_text(prompt_field)? {
         Some(p) => p,
-        None => question.map(|q| q.prompt.clone()).ok_or_else(|| field_err(&fields.prompt, "missing field"))?,
+        None => question.map(|q| q.prompt.clone()).ok_or_else(|| field_err(prompt_field, "missing field"))?,
     };
     let gold = match &fields.gold {
         Some(f) => row.opt_scalar(f)?,

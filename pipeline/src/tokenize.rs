@@ -11,7 +11,8 @@ pub const STAGE: &str = "tokenize";
 
 /// Prompt and response of each example as one chat, in parallel; the kept examples in order.
 pub fn tokenize_chats(examples: &[Example], tok: &ChatTokenizer) -> (Vec<Tokenized>, Vec<Dropped>) {
-    let pairs: Vec<(&str, &str)> = examples.iter().map(|e| (e.prompt.as_str(), e.response.as_str())).collect();
+    let pairs: Vec<(&[schemas::Turn], &str, &str)> =
+        examples.iter().map(|e| (e.context.as_slice(), e.prompt.as_str(), e.response.as_str())).collect();
     let encoded = tok.encode_chat_batch(&pairs);
     let mut items = Vec::with_capacity(examples.len());
     let mut dropped = vec![];
@@ -68,6 +69,7 @@ mod tests {
             tests: None,
             metadata: String::new(),
             unfinished,
+            context: vec![],
         };
         let (items, dropped) = tokenize_chats(&[ex(false), ex(true)], &tok);
         assert!(dropped.is_empty());

@@ -281,6 +281,54 @@ fn packed_tokens_match_the_reference_ids_and_masks() {
     assert_eq!(seen, 2);
 }
 
+/// A `messages` source end to end: every assistant turn of a conversation is trained (the
+/// packed row's trained tokens, run by run, decode to the assistant turns as written), the same
+/// conversation twice is an exact duplicate, and a malformed one is quarantined.
+#[test]
+fn conversations_train_every_assistant_turn_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let turn = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+    let chat = serde_json::json!({"m": [turn("user", "What is 12 + 30?"), turn("assistant", "12 + 30 = 42."),
+        turn("user", "And twice that?"), turn("assistant", "Twice 42 is 84.\n#### 84")]});
+    let other = serde_json::json!({"m": [turn("system", "Answer briefly."), turn("user", "What is 5 * 6?"), turn("assistant", "#### 30")]});
+    let broken = serde_json::json!({"m": [turn("assistant", "Hello")]});
+    std::fs::write(tmp.path().join("chat.jsonl"), format!("{chat}\n{other}\n{chat}\n{broken}\n")).unwrap();
+    let recipe = format!(
+        "name: chat\nseed: 1\nsources:\n  - {{name: c, path: chat.jsonl, format: generic, domain: math, fields: {{messages: m}}}}\n\
+         ingest: {{max_bad_fraction: 0.5}}\nfilter: {{}}\ndedup: {{exact: true, near: {{enabled: false}}}}\ndecontaminate: {{against: []}}\n\
+         tokenizer: {{gguf: {}}}\npack: {{seq_len: 512}}\n",
+        model().display()
+    );
+    std::fs::write(tmp.path().join("chat.yaml"), recipe).unwrap();
+    let out = tmp.path().join("snap");
+    pipeline::build::build(&tmp.path().join("chat.yaml"), &out, false).unwrap();
+    let dropped = json_lines(&out.join("dropped.jsonl"));
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        (dropped[0]["id"].as_str(), dropped[0]["reason"].as_str(), dropped[0]["detail"].as_str()),
+        (Some("c/L3"), Some("exact_duplicate"), Some("c/L1"))
+    );
+    let quarantine = json_lines(&out.join("quarantine.jsonl"));
+    assert_eq!((quarantine.len(), quarantine[0]["line"].as_u64(), quarantine[0]["field"].as_str()), (1, Some(4), Some("m[0]")));
+
+    let tok = model_files::tokenizer::ChatTokenizer::from_gguf(&model(), None, None).unwrap();
+    let file = std::fs::File::open(out.join("train-00000-of-00001.parquet")).unwrap();
+    let batch = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().next().unwrap().unwrap();
+    let mut trained = vec![];
+    for row in 0..batch.num_rows() {
+        let ids = batch.column_by_name("input_ids").unwrap().as_list::<i32>().value(row);
+        let ids: Vec<u32> = ids.as_primitive::<arrow::datatypes::Int32Type>().values().iter().map(|&v| v as u32).collect();
+        let mask = batch.column_by_name("loss_mask").unwrap().as_list::<i32>().value(row);
+        let mask: Vec<i8> = mask.as_primitive::<arrow::datatypes::Int8Type>().values().to_vec();
+        let pairs: Vec<(u32, i8)> = ids.into_iter().zip(mask).collect();
+        for run in pairs.chunk_by(|a, b| a.1 == b.1).filter(|run| run[0].1 == 1) {
+            trained.push(tok.decode(&run.iter().map(|&(id, _)| id).collect::<Vec<_>>()));
+        }
+    }
+    trained.sort();
+    assert_eq!(trained, ["#### 30<|im_end|>", "12 + 30 = 42.<|im_end|>", "Twice 42 is 84.\n#### 84<|im_end|>"]);
+}
+
 /// `tokenizer.template_vars` reaches the chat template and the manifest; a name the renderer
 /// sets itself fails the build, naming the recipe and the field.
 #[test]

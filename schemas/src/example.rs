@@ -29,7 +29,36 @@ impl Domain {
     }
 }
 
+/// Who speaks a turn of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of a conversation, as chat templates read it (`{"role": ..., "content": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+}
+
 /// One training or evaluation item, whatever file format it came from.
+///
+/// A multi-turn conversation is its last exchange (`prompt`, `response`) after the turns that
+/// led to it (`context`); a single-turn example has no context.
 ///
 /// Examples are kept in a `Vec` in input order (recipe source order, then file order); every
 /// "keep the first" rule in the pipeline refers to that order, which makes winners deterministic.
@@ -56,6 +85,22 @@ pub struct Example {
     /// then not trained, since the model never wrote it there.
     #[serde(default)]
     pub unfinished: bool,
+    /// The turns before `prompt`: a system turn first where the conversation has one (it takes
+    /// the place of the tokenizer's system prompt), then user and assistant turns in turn.
+    /// Every assistant turn among them is trained, as the response is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<Turn>,
+}
+
+impl Example {
+    /// The whole conversation as plain text, one turn after another on its own line, roles not
+    /// written: what the filter counts and matches, and dedup compares (`prompt\nresponse` for a
+    /// single-turn example).
+    pub fn text(&self) -> String {
+        let mut parts: Vec<&str> = self.context.iter().map(|t| t.content.as_str()).collect();
+        parts.extend([self.prompt.as_str(), self.response.as_str()]);
+        parts.join("\n")
+    }
 }
 
 /// The tests of a code benchmark item, as the `tests` column stores them (JSON). The ingest

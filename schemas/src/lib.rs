@@ -14,7 +14,7 @@ pub mod shard;
 pub mod snapshot;
 pub mod train;
 
-pub use example::{CodeTests, Domain, Dropped, Example};
+pub use example::{CodeTests, Domain, Dropped, Example, Role, Turn};
 pub use manifest::{Manifest, ShardInfo, StageReport};
 pub use recipe::Recipe;
 

@@ -220,7 +220,17 @@ impl Default for RolloutsSelection {
 pub struct FieldMap {
     #[serde(default)]
     pub id: Option<String>,
-    pub prompt: String,
+    /// The prompt's column; or, for a conversation, `messages`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// `generic` only, in place of `prompt` and `response`: a column holding a conversation, a
+    /// list of `{"role": "system" | "user" | "assistant", "content": "..."}` turns (the format
+    /// TRL and most chat datasets use). It ends with the assistant turn; every assistant turn
+    /// is trained.
+    // Left out when unset, so that the resolved recipe a manifest records (and so the snapshot
+    // id) of a recipe written before it existed stays as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<String>,
     #[serde(default)]
     pub response: Option<String>,
     #[serde(default)]
@@ -239,6 +249,8 @@ impl FieldMap {
     /// Each column named, with the key that names it (`("tests", "testz")`).
     pub fn named(&self) -> Vec<(&'static str, &str)> {
         let optional = [
+            ("prompt", &self.prompt),
+            ("messages", &self.messages),
             ("id", &self.id),
             ("response", &self.response),
             ("gold", &self.gold),
@@ -246,9 +258,7 @@ impl FieldMap {
             ("finish", &self.finish),
             ("sample", &self.sample),
         ];
-        let mut named = vec![("prompt", self.prompt.as_str())];
-        named.extend(optional.into_iter().filter_map(|(key, column)| Some((key, column.as_deref()?))));
-        named
+        optional.into_iter().filter_map(|(key, column)| Some((key, column.as_deref()?))).collect()
     }
 }
 
@@ -584,6 +594,24 @@ impl Recipe {
             if s.format == Format::Generic && (s.fields.is_none() || s.domain.is_none()) {
                 bail!("source `{}`: format `generic` needs `fields` and `domain`", s.name);
             }
+            if let Some(f) = &s.fields {
+                let conversation = f.messages.is_some();
+                if conversation && s.format != Format::Generic {
+                    bail!("source `{}`: `fields.messages` belongs to format `generic`", s.name);
+                }
+                if s.format == Format::Generic && conversation == f.prompt.is_some() {
+                    bail!("source `{}`: `fields` names either `prompt` (and `response`) or `messages` (a conversation)", s.name);
+                }
+                if conversation && f.response.is_some() {
+                    bail!("source `{}`: `fields.messages` holds the response (the last assistant turn); `response` does not apply", s.name);
+                }
+                if conversation && self.kind != SnapshotKind::Train {
+                    bail!(
+                        "source `{}`: conversations (`fields.messages`) are for `train` recipes; prompts snapshots hold one prompt per row",
+                        s.name
+                    );
+                }
+            }
             if s.name.contains('/') {
                 bail!("source `{}`: names may not contain '/'", s.name);
             }
@@ -728,6 +756,31 @@ mod tests {
         ] {
             let err = format!("{:#}", Recipe::parse(&format!("{MINIMAL}{bad}\n"), Path::new("r.yaml")).unwrap_err());
             assert!(err.contains(what) && err.contains("r.yaml"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_conversation_column_stands_alone_in_a_generic_train_source() {
+        let with = |kind: &str, source: &str| {
+            let text = format!("name: t\nkind: {kind}\nsources:\n  - {source}\ntokenizer: {{gguf: m.gguf}}\n");
+            Recipe::parse(&text, Path::new("r.yaml")).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        let generic = |fields: &str| format!("{{name: c, path: c.jsonl, format: generic, domain: math, fields: {{{fields}}}}}");
+        assert_eq!(with("train", &generic("messages: m")), Ok(()));
+        assert_eq!(with("train", &generic("messages: m, id: i, gold: g")), Ok(()));
+        for (kind, source, said) in [
+            ("train", generic("messages: m, prompt: p"), "either `prompt` (and `response`) or `messages`"),
+            ("train", generic("id: i"), "either `prompt` (and `response`) or `messages`"),
+            ("train", generic("messages: m, response: r"), "`response` does not apply"),
+            ("prompts", generic("messages: m"), "conversations (`fields.messages`) are for `train` recipes"),
+            (
+                "train",
+                "{name: r, path: r.jsonl, format: rollouts, fields: {messages: m, id: i, response: r}}".to_string(),
+                "`fields.messages` belongs to format `generic`",
+            ),
+        ] {
+            let e = with(kind, &source).unwrap_err();
+            assert!(e.contains(said), "{source}: {e}");
         }
     }
 
