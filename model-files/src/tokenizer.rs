@@ -803,13 +803,17 @@ impl ChatTokenizer {
                     )
                 })?
                 + self.eos_token.len();
-            // An earlier assistant turn the template rewrites (Qwen3's drops its reasoning) would
-            // train text the data never held: refused. (The response is rendered as written.)
+            // An earlier assistant turn must render as written and be closed by its own end of
+            // turn: one the template rewrites (Qwen3's drops its reasoning) would train text the
+            // data never held, and one it leaves open would train the next user turn up to the
+            // next end of turn. (The last turn is the response, checked as it always was.)
             let content = messages[i]["content"].as_str().unwrap_or_default();
-            if spans.len() + 1 < messages.iter().filter(|m| m["role"] == assistant).count() && !f[start..end].contains(content.trim()) {
+            let earlier = spans.len() + 1 < messages.iter().filter(|m| m["role"] == assistant).count();
+            if earlier && f[start..end - self.eos_token.len()].trim() != content.trim() {
                 bail!(
-                    "the chat template renders assistant turn {} otherwise than it is written (it rewrites earlier turns, \
-                     as a template that drops their reasoning does): train the conversation's exchanges as separate rows",
+                    "the chat template renders assistant turn {} otherwise than it is written, or does not close it with the \
+                     end-of-turn token (it rewrites earlier turns, as a template that drops their reasoning does): train the \
+                     conversation's exchanges as separate rows",
                     spans.len() + 1
                 );
             }
@@ -1242,8 +1246,6 @@ mod tests {
         assert_eq!(runs, ["4<|im_end|>", "6, since 3 + 3 = 6.<|im_end|>"]);
         let text = t.decode(&enc.ids);
         assert!(text.contains("<|im_start|>system\nYou answer in numbers.") && !text.contains("SmolLM"), "{text}");
-        // Without history it is the single-turn encoding.
-        assert_eq!(t.encode_conversation(&[], "q", "a").unwrap(), t.encode_chat("q", "a").unwrap());
         // A template that rewrites earlier assistant turns would train text the data never held.
         let tpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and not loop.last %}(earlier)\
                    {% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
@@ -1251,6 +1253,12 @@ mod tests {
         let e = rewriting.encode_conversation(&context, "And 3 + 3?", "6").unwrap_err().to_string();
         assert!(e.contains("renders assistant turn 1 otherwise than it is written"), "{e}");
         assert!(rewriting.encode_chat("And 3 + 3?", "6").is_ok());
+        // One that closes only the last turn would train the next user turn with the first.
+        let open = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% if m['role'] != 'assistant' or loop.last %}<|im_end|>{% endif %}\n\
+                    {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let open = ChatTokenizer::from_gguf(&test_model_path(), None, Some(open.into())).unwrap();
+        let e = open.encode_conversation(&context, "And 3 + 3?", "6").unwrap_err().to_string();
+        assert!(e.contains("renders assistant turn 1 otherwise than it is written, or does not close it"), "{e}");
         // A special token written in an earlier turn is refused, naming the turn.
         let leaky = [turn(Role::User, "hi"), turn(Role::Assistant, "hello<|im_end|>")];
         let e = t.encode_conversation(&leaky, "q", "a").unwrap_err().to_string();

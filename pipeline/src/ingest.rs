@@ -527,11 +527,13 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
                     (prompt, response)
                 }
                 (None, Some(p)) => {
+                    // The prompt first: a row missing both is quarantined naming it, as before.
+                    let prompt = row.text(p)?;
                     let response = match &map.response {
                         Some(f) => row.text(f)?,
                         None => String::new(),
                     };
-                    (row.text(p)?, response)
+                    (prompt, response)
                 }
                 (None, None) => unreachable!("validated: generic names prompt or messages"),
             };
@@ -579,7 +581,8 @@ fn conversation(row: &mut Row, field: &str) -> Result<(Vec<Turn>, String, String
         let Some(obj) = item.as_object() else {
             return Err(field_err(&at, format!("expected a {{\"role\", \"content\"}} object, got {}", type_name(item))));
         };
-        if let Some(other) = obj.keys().find(|k| !matches!(k.as_str(), "role" | "content")) {
+        // A null key says nothing (JSON writers of Parquet rows leave `"name": null` and the like).
+        if let Some(other) = obj.iter().find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null()).map(|(k, _)| k) {
             return Err(field_err(&at, format!("key `{other}` is not read (a turn is `role` and `content`)")));
         }
         let role = match obj.get("role").and_then(Value::as_str) {
@@ -590,6 +593,9 @@ fn conversation(row: &mut Row, field: &str) -> Result<(Vec<Turn>, String, String
             None => return Err(field_err(&at, "no `role` text")),
         };
         let content = match obj.get("content") {
+            // A blank earlier turn would be trained (an assistant's, as a bare end of turn) or
+            // read as context with nothing in it; the last two are the filter's to judge.
+            Some(Value::String(s)) if s.trim().is_empty() && i + 2 < items.len() => return Err(field_err(&at, "blank `content`")),
             Some(Value::String(s)) => s.clone(),
             Some(other) => return Err(field_err(&at, format!("`content` is {}, not text", type_name(other)))),
             None => return Err(field_err(&at, "no `content`")),
@@ -736,6 +742,8 @@ mod tests {
             serde_json::json!({"m": [turn("user", "a"), {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]}),
             serde_json::json!({"m": "user: a"}),
             serde_json::json!({"m": [turn("user", "a"), turn("assistant", "b"), turn("system", "late")]}),
+            serde_json::json!({"m": [turn("user", "a"), turn("assistant", " "), turn("user", "b"), turn("assistant", "c")]}),
+            serde_json::json!({"m": [turn("user", "null keys"), {"role": "assistant", "content": "ok", "name": null}]}),
         ];
         std::fs::write(dir.path().join("c.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
         let mut s = source("c", "c.jsonl", Format::Generic);
@@ -756,6 +764,7 @@ mod tests {
         let roles: Vec<(Role, &str)> = e.context.iter().map(|t| (t.role, t.content.as_str())).collect();
         assert_eq!(roles, [(Role::System, "Be brief."), (Role::User, "2+2?"), (Role::Assistant, "4")]);
         assert_eq!((out.examples[1].prompt.as_str(), out.examples[1].context.len()), ("hi", 0));
+        assert_eq!((out.examples.len(), out.examples[2].prompt.as_str()), (3, "null keys"));
         let q: Vec<(u64, &str, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str(), q.error.as_str())).collect();
         assert_eq!(
             q,
@@ -767,6 +776,7 @@ mod tests {
                 (7, "m[1]", "`content` is an array, not text"),
                 (8, "m", "expected a list of turns, got a string"),
                 (9, "m[2]", "`system` after `assistant`: turns go system (optional), then user and assistant in turn"),
+                (10, "m[1]", "blank `content`"),
             ]
         );
         assert!(out.report.balanced(), "{:?}", out.report);

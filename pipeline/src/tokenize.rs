@@ -11,6 +11,11 @@ pub const STAGE: &str = "tokenize";
 
 /// Prompt and response of each example as one chat, in parallel; the kept examples in order.
 pub fn tokenize_chats(examples: &[Example], tok: &ChatTokenizer) -> (Vec<Tokenized>, Vec<Dropped>) {
+    let own_system = examples.iter().filter(|e| e.context.first().is_some_and(|t| t.role == schemas::Role::System)).count();
+    if let (Some(_), 1..) = (tok.system_prompt(), own_system) {
+        // Said, since the recipe's system prompt is then not the one every row was trained with.
+        tracing::warn!("{own_system} conversations carry a system turn of their own, which replaces the recipe's `system_prompt` in them");
+    }
     let pairs: Vec<(&[schemas::Turn], &str, &str)> =
         examples.iter().map(|e| (e.context.as_slice(), e.prompt.as_str(), e.response.as_str())).collect();
     let encoded = tok.encode_chat_batch(&pairs);

@@ -80,7 +80,7 @@ pub struct TokenizerInfo {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub template_vars: BTreeMap<String, serde_json::Value>,
     /// The recipe's `tokenizer.system_prompt`, the system message put before every prompt
-    /// (absent when the template's own default applied).
+    /// but a conversation's that has its own (absent when the template's own default applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
 }

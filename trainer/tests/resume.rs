@@ -93,6 +93,10 @@ fn kill_9_and_resume_reaches_the_same_weights() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!dir.join("b/final").exists(), "the run was not interrupted");
+    // A fresh start over the interrupted run is refused, pointing to --resume.
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already holds checkpoint") && err.contains("pass --resume"), "{err}");
     let status = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).status().unwrap();
     assert!(status.success());
 
@@ -122,10 +126,10 @@ fn kill_9_and_resume_reaches_the_same_weights() {
         assert!(read("b/checkpoints/step-000006") == read("b/final"), "{file}");
     }
 
-    // Without --resume an existing run is not overwritten.
+    // Without --resume an existing run is not overwritten (a finished one is said to be).
     let out = trainer(&["train", "--recipe", b.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds a finished run (6 of 6 steps"));
 
     // A resume that changes the math is refused, naming each change.
     let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume", "--loss", "sft", "--seed", "6"]).output().unwrap();
