@@ -782,6 +782,29 @@ mod tests {
         assert!(out.report.balanced(), "{:?}", out.report);
     }
 
+    /// A generic row missing both its prompt and its response is quarantined naming the prompt:
+    /// the field read first, so `quarantine.jsonl` (hashed into the manifest) stays as it was.
+    #[test]
+    fn a_generic_row_missing_everything_names_its_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.jsonl"), "{\"q\": \"ok\", \"a\": \"fine\"}\n{\"other\": 1}\n").unwrap();
+        let mut s = source("g", "g.jsonl", Format::Generic);
+        s.domain = Some(Domain::Math);
+        s.fields = Some(FieldMap {
+            id: None,
+            prompt: Some("q".into()),
+            messages: None,
+            response: Some("a".into()),
+            gold: None,
+            tests: None,
+            finish: None,
+            sample: None,
+        });
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
+        let q: Vec<(u64, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str())).collect();
+        assert_eq!(q, [(2, "q")]);
+    }
+
     #[test]
     fn mbpp_id_range_and_gzip() {
         let dir = tempfile::tempdir().unwrap();
