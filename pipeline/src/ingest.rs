@@ -707,16 +707,7 @@ mod tests {
         drop(f);
         let mut s = source("c", "c.jsonl", Format::Generic);
         s.domain = Some(Domain::Code);
-        s.fields = Some(FieldMap {
-            id: None,
-            prompt: Some("q".into()),
-            messages: None,
-            response: Some("a".into()),
-            gold: None,
-            tests: Some("t".into()),
-            finish: None,
-            sample: None,
-        });
+        s.fields = Some(FieldMap { prompt: Some("q".into()), response: Some("a".into()), tests: Some("t".into()), ..FieldMap::default() });
         let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
         let want = r#"{"test_list":["assert f() == 1"],"test_setup_code":""}"#;
         let got: Vec<(&str, Option<&str>)> = out.examples.iter().map(|e| (e.prompt.as_str(), e.tests.as_deref())).collect();
@@ -748,16 +739,7 @@ mod tests {
         std::fs::write(dir.path().join("c.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
         let mut s = source("c", "c.jsonl", Format::Generic);
         s.domain = Some(Domain::Math);
-        s.fields = Some(FieldMap {
-            id: Some("id".into()),
-            prompt: None,
-            messages: Some("m".into()),
-            response: None,
-            gold: None,
-            tests: None,
-            finish: None,
-            sample: None,
-        });
+        s.fields = Some(FieldMap { id: Some("id".into()), messages: Some("m".into()), ..FieldMap::default() });
         let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
         let e = &out.examples[0];
         assert_eq!((e.id.as_str(), e.prompt.as_str(), e.response.as_str(), e.metadata.as_str()), ("c/7", "3+3?", "6", r#"{"src":"x"}"#));
@@ -790,16 +772,7 @@ mod tests {
         std::fs::write(dir.path().join("g.jsonl"), "{\"q\": \"ok\", \"a\": \"fine\"}\n{\"other\": 1}\n").unwrap();
         let mut s = source("g", "g.jsonl", Format::Generic);
         s.domain = Some(Domain::Math);
-        s.fields = Some(FieldMap {
-            id: None,
-            prompt: Some("q".into()),
-            messages: None,
-            response: Some("a".into()),
-            gold: None,
-            tests: None,
-            finish: None,
-            sample: None,
-        });
+        s.fields = Some(FieldMap { prompt: Some("q".into()), response: Some("a".into()), ..FieldMap::default() });
         let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
         let q: Vec<(u64, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str())).collect();
         assert_eq!(q, [(2, "q")]);
@@ -830,16 +803,7 @@ mod tests {
         std::fs::write(dir.path().join("g.jsonl"), "{\"q\": \"a\", \"tests\": null}\n{\"q\": \"b\"}\n").unwrap();
         let mut s = source("g", "g.jsonl", Format::Generic);
         s.domain = Some(Domain::Code);
-        let map = |tests: &str| FieldMap {
-            id: None,
-            prompt: Some("q".into()),
-            messages: None,
-            response: None,
-            gold: None,
-            tests: Some(tests.into()),
-            finish: None,
-            sample: None,
-        };
+        let map = |tests: &str| FieldMap { prompt: Some("q".into()), tests: Some(tests.into()), ..FieldMap::default() };
         s.fields = Some(map("testz"));
         let err = ingest(&[s.clone()], &dir.path().join("r.yaml"), &IngestConfig::default(), "", None).err().unwrap().to_string();
         assert!(err.contains("`fields.tests` names column `testz`") && err.contains("g.jsonl") && err.contains("q, tests"), "{err}");
@@ -888,16 +852,7 @@ mod tests {
         w.close().unwrap();
         let source = Source {
             domain: Some(Domain::Math),
-            fields: Some(FieldMap {
-                id: Some("uid".into()),
-                prompt: Some("q".into()),
-                messages: None,
-                response: Some("a".into()),
-                gold: None,
-                tests: None,
-                finish: None,
-                sample: None,
-            }),
+            fields: Some(FieldMap { id: Some("uid".into()), prompt: Some("q".into()), response: Some("a".into()), ..FieldMap::default() }),
             ..Source::new("p", "g.parquet", Format::Generic)
         };
         let out = ingest(&[source], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 0.5 }, "", None).unwrap();

@@ -215,7 +215,7 @@ impl Default for RolloutsSelection {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldMap {
     #[serde(default)]
