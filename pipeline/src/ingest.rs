@@ -522,7 +522,16 @@ fn adapt(source: &Source, obj: &Map<String, Value>, line: u64) -> Result<(Exampl
             int_id = id.as_deref().and_then(|s| s.parse().ok());
             let (prompt, response) = match (&map.messages, &map.prompt) {
                 (Some(f), _) => {
-                    let (earlier, prompt, response) = conversation(&mut row, f)?;
+                    let (mut earlier, prompt, response) = conversation(&mut row, f)?;
+                    // A system prompt kept in a column of its own (OpenThoughts' `system`).
+                    if let Some(column) = &map.system {
+                        if let Some(text) = row.opt_text(column)?.filter(|t| !t.trim().is_empty()) {
+                            if earlier.first().is_some_and(|t| t.role == Role::System) {
+                                return Err(field_err(column, format!("the conversation in `{f}` has a system turn of its own")));
+                            }
+                            earlier.insert(0, Turn { role: Role::System, content: text });
+                        }
+                    }
                     context = earlier;
                     (prompt, response)
                 }
@@ -581,24 +590,28 @@ fn conversation(row: &mut Row, field: &str) -> Result<(Vec<Turn>, String, String
         let Some(obj) = item.as_object() else {
             return Err(field_err(&at, format!("expected a {{\"role\", \"content\"}} object, got {}", type_name(item))));
         };
+        // OpenAI's `{role, content}`, or ShareGPT's `{from, value}` (`human`, `gpt`).
+        let (role_key, content_key) = if obj.get("from").is_some_and(|v| !v.is_null()) { ("from", "value") } else { ("role", "content") };
         // A null key says nothing (JSON writers of Parquet rows leave `"name": null` and the like).
-        if let Some(other) = obj.iter().find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null()).map(|(k, _)| k) {
-            return Err(field_err(&at, format!("key `{other}` is not read (a turn is `role` and `content`)")));
+        if let Some(other) = obj.iter().find(|(k, v)| *k != role_key && *k != content_key && !v.is_null()).map(|(k, _)| k) {
+            return Err(field_err(&at, format!("key `{other}` is not read (a turn is `{role_key}` and `{content_key}`)")));
         }
-        let role = match obj.get("role").and_then(Value::as_str) {
+        let role = match obj.get(role_key).and_then(Value::as_str) {
             Some("system") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some(other) => return Err(field_err(&at, format!("role `{other}` is not system, user or assistant"))),
-            None => return Err(field_err(&at, "no `role` text")),
+            Some("user" | "human") => Role::User,
+            Some("assistant" | "gpt") => Role::Assistant,
+            Some(other) => return Err(field_err(&at, format!("{role_key} `{other}` is not system, user or assistant (human, gpt)"))),
+            None => return Err(field_err(&at, format!("no `{role_key}` text"))),
         };
-        let content = match obj.get("content") {
+        let content = match obj.get(content_key) {
             // A blank earlier turn would be trained (an assistant's, as a bare end of turn) or
             // read as context with nothing in it; the last two are the filter's to judge.
-            Some(Value::String(s)) if s.trim().is_empty() && i + 2 < items.len() => return Err(field_err(&at, "blank `content`")),
+            Some(Value::String(s)) if s.trim().is_empty() && i + 2 < items.len() => {
+                return Err(field_err(&at, format!("blank `{content_key}`")));
+            }
             Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(field_err(&at, format!("`content` is {}, not text", type_name(other)))),
-            None => return Err(field_err(&at, "no `content`")),
+            Some(other) => return Err(field_err(&at, format!("`{content_key}` is {}, not text", type_name(other)))),
+            None => return Err(field_err(&at, format!("no `{content_key}`"))),
         };
         // What may come here: a system turn only first; then user, assistant, user, ...
         let expected = match turns.last().map(|t| t.role) {
@@ -754,7 +767,7 @@ mod tests {
                 (3, "m[1]", "`user` after `user`: turns go system (optional), then user and assistant in turn"),
                 (4, "m", "the conversation does not end with an assistant turn (the response to train)"),
                 (5, "m[1]", "key `weight` is not read (a turn is `role` and `content`)"),
-                (6, "m[1]", "role `tool` is not system, user or assistant"),
+                (6, "m[1]", "role `tool` is not system, user or assistant (human, gpt)"),
                 (7, "m[1]", "`content` is an array, not text"),
                 (8, "m", "expected a list of turns, got a string"),
                 (9, "m[2]", "`system` after `assistant`: turns go system (optional), then user and assistant in turn"),
@@ -762,6 +775,42 @@ mod tests {
             ]
         );
         assert!(out.report.balanced(), "{:?}", out.report);
+    }
+
+    /// ShareGPT's `{from, value}` turns (`human`, `gpt`) read as OpenAI's do, and a system prompt
+    /// kept in a column of its own (as OpenThoughts keeps it) becomes the first turn; a
+    /// conversation that also has one is quarantined naming the column.
+    #[test]
+    fn sharegpt_turns_and_a_system_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let sg = |from: &str, value: &str| serde_json::json!({"from": from, "value": value});
+        let lines = [
+            serde_json::json!({"sys": "Think step by step.", "c": [sg("human", "2+2?"), sg("gpt", "4"), sg("human", "3+3?"), sg("gpt", "6")]}),
+            serde_json::json!({"sys": null, "c": [sg("human", "hi"), sg("gpt", "hello")]}),
+            serde_json::json!({"sys": "Be brief.", "c": [sg("system", "Be long."), sg("human", "hi"), sg("gpt", "hello")]}),
+            serde_json::json!({"c": [sg("human", "hi"), {"from": "gpt", "content": "hello"}]}),
+        ];
+        std::fs::write(dir.path().join("s.jsonl"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let mut s = source("s", "s.jsonl", Format::Generic);
+        s.domain = Some(Domain::Math);
+        s.fields = Some(FieldMap { messages: Some("c".into()), system: Some("sys".into()), ..FieldMap::default() });
+        let out = ingest(&[s], &dir.path().join("r.yaml"), &IngestConfig { max_bad_fraction: 1.0 }, "", None).unwrap();
+        let turns = |e: &Example| e.context.iter().map(|t| (t.role, t.content.clone())).collect::<Vec<_>>();
+        let first = &out.examples[0];
+        assert_eq!((first.prompt.as_str(), first.response.as_str()), ("3+3?", "6"));
+        assert_eq!(
+            turns(first),
+            [(Role::System, "Think step by step.".to_string()), (Role::User, "2+2?".to_string()), (Role::Assistant, "4".to_string())]
+        );
+        assert_eq!((out.examples.len(), turns(&out.examples[1])), (2, vec![]));
+        let q: Vec<(u64, &str, &str)> = out.quarantine.iter().map(|q| (q.line, q.field.as_str(), q.error.as_str())).collect();
+        assert_eq!(
+            q,
+            [
+                (3, "sys", "the conversation in `c` has a system turn of its own"),
+                (4, "c[1]", "key `content` is not read (a turn is `from` and `value`)"),
+            ]
+        );
     }
 
     /// A generic row missing both its prompt and its response is quarantined naming the prompt:

@@ -243,12 +243,12 @@ fn file_fields(source: &Source) -> anyhow::Result<FieldMap> {
     let defaults = FieldMap {
         id: Some("question_id".into()),
         prompt: Some("question".into()),
-        messages: None,
         response: Some("completion".into()),
         gold: Some("gold".into()),
         tests: Some("tests".into()),
         finish: Some("finish_reason".into()),
         sample: Some("sample".into()),
+        ..FieldMap::default()
     };
     let f = match source.fields.clone() {
         None => defaults,

@@ -231,6 +231,10 @@ pub struct FieldMap {
     // id) of a recipe written before it existed stays as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<String>,
+    /// With `messages` only: a column holding the conversation's system prompt, where a dataset
+    /// keeps it apart from the turns (blank or null: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     #[serde(default)]
     pub response: Option<String>,
     #[serde(default)]
@@ -251,6 +255,7 @@ impl FieldMap {
         let optional = [
             ("prompt", &self.prompt),
             ("messages", &self.messages),
+            ("system", &self.system),
             ("id", &self.id),
             ("response", &self.response),
             ("gold", &self.gold),
@@ -602,6 +607,9 @@ impl Recipe {
                 if s.format == Format::Generic && conversation == f.prompt.is_some() {
                     bail!("source `{}`: `fields` names either `prompt` (and `response`) or `messages` (a conversation)", s.name);
                 }
+                if f.system.is_some() && !conversation {
+                    bail!("source `{}`: `fields.system` is the system prompt of a conversation; it needs `fields.messages`", s.name);
+                }
                 if conversation && f.response.is_some() {
                     bail!("source `{}`: `fields.messages` holds the response (the last assistant turn); `response` does not apply", s.name);
                 }
@@ -772,6 +780,7 @@ mod tests {
             ("train", generic("messages: m, prompt: p"), "either `prompt` (and `response`) or `messages`"),
             ("train", generic("id: i"), "either `prompt` (and `response`) or `messages`"),
             ("train", generic("messages: m, response: r"), "`response` does not apply"),
+            ("train", generic("prompt: p, system: s"), "`fields.system` is the system prompt of a conversation"),
             ("prompts", generic("messages: m"), "conversations (`fields.messages`) are for `train` recipes"),
             (
                 "train",
