@@ -751,6 +751,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rows { snapshot, rows, model, device, out } => {
             let snap = schemas::snapshot::load_snapshot(&snapshot)?;
             let n = if rows == 0 { snap.rows.len() } else { rows.min(snap.rows.len()) };
+            if rows > n {
+                tracing::warn!("--rows {rows}: {} holds {n} rows; all of them are written", snapshot.display());
+            }
             let picked: Vec<&schemas::snapshot::Row> = snap.rows[..n].iter().collect();
             if let Some(m) = &model {
                 model_files::vocab::check_model_tokens(m, &snapshot, snap.token_ids())?;
@@ -1227,7 +1230,9 @@ fn train_on<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
     if run.save && curves.exists() {
         println!("curves:      {}", curves.display());
     }
-    println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
+    if run.save {
+        println!("checkpoints: {}", run.output_dir.join("checkpoints").display());
+    }
     match &s.final_model {
         Some(dir) => println!(
             "final model: {} (Hugging Face safetensors + config.json + tokenizer.json, chat_template.jinja, tokenizer_config.json)",
