@@ -423,13 +423,29 @@ enum Command {
 
 fn main() -> ExitCode {
     progress::init_logging();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--device cuda` on a build without it: clap alone would suggest `cpu` as if `cuda`
+        // were a typo. (The value list stays as clap writes it: scripts read it from --help.)
+        Err(e) if !cfg!(feature = "cuda") && e.kind() == clap::error::ErrorKind::InvalidValue && asks_for_cuda() => {
+            eprintln!("error: --device cuda: this trainer was built without CUDA; build it with `make build-cuda` (cargo's `--features trainer/cuda`, CUDA 13 with NVRTC at run time)");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line names `--device cuda` (or `--device=cuda`).
+fn asks_for_cuda() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--device=cuda") || args.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda")
 }
 
 fn temperature(s: &str) -> Result<f32, String> {

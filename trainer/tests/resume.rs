@@ -431,3 +431,15 @@ fn held_out_loss_is_measured_without_changing_training() {
         std::fs::remove_dir_all(dir.join("w")).unwrap();
     }
 }
+
+/// `--device cuda` on a build without CUDA says how to build one, instead of clap's suggestion
+/// of `cpu` as if `cuda` were a typo.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn device_cuda_on_a_cpu_build_says_how_to_build_one() {
+    for args in [&["train", "--recipe", "x.yaml", "--device", "cuda"][..], &["eval", "--model", "m", "--device=cuda"]] {
+        let out = trainer(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(2) && err.contains("built without CUDA") && err.contains("make build-cuda"), "{err}");
+    }
+}
