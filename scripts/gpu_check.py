@@ -658,16 +658,15 @@ class Check:
             # A crash after the first measurement still leaves it to compare.
             failure, res = e, e.res
         lines = read_jsonl(log)
+        steps = [l.get("step") for l in lines]
         r = {"rectify": {**res, "lines": lines}}
         self.shape(shape)["heldout"] = r
-        if failure and not lines:
-            raise failure
+        if steps[:1] != [0]:
+            raise failure or Failure(f"validation.jsonl has steps {steps}: no measurement before the step")
         if failure:
             r["rectify"]["error"] = str(failure)
-        elif [l.get("step") for l in lines] != [0, 1]:
-            raise Failure(f"validation.jsonl has steps {[l.get('step') for l in lines]}, not [0, 1]")
-        if lines[0].get("step") != 0:
-            raise failure or Failure(f"validation.jsonl starts at step {lines[0].get('step')}, not 0")
+        elif steps != [0, 1]:
+            raise Failure(f"validation.jsonl has steps {steps}, not [0, 1]")
         theirs = self.worker(f"heldout-pytorch-{shape}", "heldout",
                              {"model": os.path.join(self.work, "models", shape), "rows": rows, "device": self.device},
                              self.limit("heldout"))

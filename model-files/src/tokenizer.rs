@@ -775,6 +775,7 @@ impl ChatTokenizer {
         let messages = self.messages(context, prompt, Some(response));
         let f = self.render_messages(&messages, false)?;
         let assistant = serde_json::json!(Role::Assistant.as_str());
+        let turns = messages.iter().filter(|m| m["role"] == assistant).count();
         let mut spans = vec![];
         for (i, _) in messages.iter().enumerate().filter(|(_, m)| m["role"] == assistant) {
             let p = self.render_messages(&messages[..i], true)?;
@@ -808,7 +809,7 @@ impl ChatTokenizer {
             // data never held, and one it leaves open would train the next user turn up to the
             // next end of turn. (The last turn is the response, checked as it always was.)
             let content = messages[i]["content"].as_str().unwrap_or_default();
-            let earlier = spans.len() + 1 < messages.iter().filter(|m| m["role"] == assistant).count();
+            let earlier = spans.len() + 1 < turns;
             if earlier && f[start..end - self.eos_token.len()].trim() != content.trim() {
                 bail!(
                     "the chat template renders assistant turn {} otherwise than it is written, or does not close it with the \

@@ -119,11 +119,13 @@ impl Index {
     fn hits(&self, ex: &Example) -> Vec<Hit> {
         let prompt_words = words(&ex.prompt);
         let mut hits: Vec<Hit> = Vec::new();
+        // Each earlier turn's words, once (none for a single-turn example).
+        let earlier: Vec<(schemas::Role, Vec<String>)> = ex.context.iter().map(|t| (t.role, words(&t.content))).collect();
         if !self.short.is_empty() {
             // A short benchmark question matches a user turn that is exactly it: the prompt,
             // or an earlier user turn of a conversation.
-            let earlier = ex.context.iter().filter(|t| t.role == schemas::Role::User).map(|t| words(&t.content));
-            for turn in std::iter::once(prompt_words.clone()).chain(earlier).filter(|w| !w.is_empty()) {
+            let users = earlier.iter().filter(|(role, _)| *role == schemas::Role::User).map(|(_, w)| w);
+            for turn in std::iter::once(&prompt_words).chain(users).filter(|w| !w.is_empty()) {
                 if let Some(items) = self.short.get(&turn.join(" ")) {
                     hits.extend(items.iter().map(|&(b, i)| (0, b, i)));
                 }
@@ -131,7 +133,7 @@ impl Index {
         }
         if !self.ngrams.is_empty() {
             // Words of the earlier turns, the prompt and the response: a newline only separates words.
-            let mut text: Vec<_> = ex.context.iter().flat_map(|t| words(&t.content)).collect();
+            let mut text: Vec<String> = earlier.into_iter().flat_map(|(_, w)| w).collect();
             text.extend(prompt_words);
             text.extend(words(&ex.response));
             // Each distinct n-gram of the row once, at its earliest position.

@@ -82,7 +82,7 @@ pub fn filter(
     // A text the tokenizer rejects has no length: its row is dropped as `tokenize_error`.
     let n_tokens: Vec<Option<usize>> = counts.iter().map(|c| c.as_ref().ok().copied()).collect();
 
-    let batch = facts_batch(&examples, &n_tokens, &python_errors)?;
+    let batch = facts_batch(&examples, &texts, &n_tokens, &python_errors)?;
     let reasons = decide(batch, cfg, kind)?;
 
     let mut kept = Vec::with_capacity(examples.len());
@@ -103,8 +103,13 @@ pub fn filter(
     Ok((kept, dropped))
 }
 
-fn facts_batch(examples: &[Example], n_tokens: &[Option<usize>], python_errors: &[Option<String>]) -> anyhow::Result<RecordBatch> {
-    let texts: Vec<String> = examples.iter().map(Example::text).collect();
+/// `texts`: each example's [`Example::text`], as the token counts were taken from.
+fn facts_batch(
+    examples: &[Example],
+    texts: &[String],
+    n_tokens: &[Option<usize>],
+    python_errors: &[Option<String>],
+) -> anyhow::Result<RecordBatch> {
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("idx", Arc::new((0..examples.len() as u32).collect::<UInt32Array>())),
         ("domain", Arc::new(examples.iter().map(|e| Some(e.domain.as_str())).collect::<StringArray>())),
@@ -243,6 +248,10 @@ pub fn python_syntax_errors(examples: &[Example]) -> anyhow::Result<Vec<Option<S
 mod tests {
     use super::*;
 
+    fn texts(rows: &[Example]) -> Vec<String> {
+        rows.iter().map(Example::text).collect()
+    }
+
     fn ex(id: &str, domain: Domain, response: &str) -> Example {
         Example {
             id: id.into(),
@@ -293,7 +302,7 @@ mod tests {
         rows[3].prompt = "  ".into();
         let n_tokens = vec![Some(10), Some(10), Some(10), Some(10), Some(10), None];
         let py = vec![None, None, None, None, None, None];
-        let batch = facts_batch(&rows, &n_tokens, &py).unwrap();
+        let batch = facts_batch(&rows, &texts(&rows), &n_tokens, &py).unwrap();
         let cfg = FilterConfig {
             exclude: vec![RegexRule { field: TextField::Response, pattern: "(?i)buy now".into() }],
             ..FilterConfig::default()
@@ -324,13 +333,13 @@ mod tests {
         rows[0].gold = Some("3".into());
         rows[2].gold = Some(" \n".into());
         rows[3].tests = Some(r#"{"test_list":["assert f() == 1"],"test_setup_code":""}"#.into());
-        let batch = facts_batch(&rows, &[Some(10); 5], &[None, None, None, None, None]).unwrap();
+        let batch = facts_batch(&rows, &texts(&rows), &[Some(10); 5], &[None, None, None, None, None]).unwrap();
         let reasons = decide(batch, &FilterConfig::default(), SnapshotKind::Prompts).unwrap();
         let want = [None, Some("no_final_answer"), Some("no_final_answer"), None, Some("no_tests")];
         assert_eq!(reasons, want.map(|r| r.map(String::from)));
         // Training rows learn from their response; they need no tests.
         rows[4].response = "def f():\n    return 1".into();
-        let batch = facts_batch(&rows[4..], &[Some(10)], &[None]).unwrap();
+        let batch = facts_batch(&rows[4..], &texts(&rows[4..]), &[Some(10)], &[None]).unwrap();
         assert_eq!(decide(batch, &FilterConfig::default(), SnapshotKind::Train).unwrap(), [None]);
     }
 }

@@ -427,7 +427,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // `--device cuda` on a build without it: clap alone would suggest `cpu` as if `cuda`
         // were a typo. (The value list stays as clap writes it: scripts read it from --help.)
-        Err(e) if !cfg!(feature = "cuda") && e.kind() == clap::error::ErrorKind::InvalidValue && asks_for_cuda() => {
+        Err(e) if !cfg!(feature = "cuda") && asks_for_cuda(&e) => {
             eprintln!("error: --device cuda: this trainer was built without CUDA; build it with `make build-cuda` (cargo's `--features trainer/cuda`, CUDA 13 with NVRTC at run time)");
             return ExitCode::from(2);
         }
@@ -442,10 +442,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether the command line names `--device cuda` (or `--device=cuda`).
-fn asks_for_cuda() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|a| a == "--device=cuda") || args.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda")
+/// Whether clap refused `cuda` as the value of `--device` (as it names them in its error).
+fn asks_for_cuda(e: &clap::Error) -> bool {
+    use clap::error::{ContextKind, ContextValue};
+    let said = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.as_str(),
+        _ => "",
+    };
+    said(ContextKind::InvalidValue) == "cuda" && said(ContextKind::InvalidArg).starts_with("--device")
 }
 
 fn temperature(s: &str) -> Result<f32, String> {

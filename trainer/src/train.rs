@@ -146,9 +146,9 @@ pub struct Summary {
 /// folder; without it, refuse to overwrite one.
 /// `concurrency`: micro-batches computed at once (the CPU's cores; 1 on a GPU).
 pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
-    let existed = run.output_dir.exists();
-    let result = train_in::<B>(run, resume, concurrency, device);
-    if result.is_err() && !existed {
+    let new_folder = !run.output_dir.exists();
+    let result = train_in::<B>(run, resume, new_folder, concurrency, device);
+    if result.is_err() && new_folder {
         // A run refused before it wrote anything leaves no empty folder behind to puzzle over
         // (`remove_dir` removes only an empty one: a run that logged steps keeps them).
         let _ = std::fs::remove_dir(&run.output_dir);
@@ -156,7 +156,14 @@ pub fn train<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, de
     result
 }
 
-fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, device: &B::Device) -> anyhow::Result<Summary> {
+/// [`train`]; `new_folder`: the output folder did not exist before this run.
+fn train_in<B: AutodiffBackend>(
+    run: &Run,
+    resume: bool,
+    new_folder: bool,
+    concurrency: usize,
+    device: &B::Device,
+) -> anyhow::Result<Summary> {
     let r = &run.recipe;
     let snapshot = load_snapshot(&run.snapshot_dir)?;
     if snapshot.rows.is_empty() {
@@ -196,7 +203,6 @@ fn train_in<B: AutodiffBackend>(run: &Run, resume: bool, concurrency: usize, dev
         _ => unreachable!("validated"),
     };
     let warmup = (r.warmup_ratio * total_steps as f64).round() as u64;
-    let new_folder = !run.output_dir.exists();
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("cannot create {}", run.output_dir.display()))?;
 
     tracing::info!(
