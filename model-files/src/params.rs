@@ -10,6 +10,8 @@
 //! skips norms and biases by name (as transformers does). This file is the one hand-kept list.
 
 use crate::config::LlamaConfig;
+use schemas::train::{Lora, LoraTarget};
+use std::collections::BTreeMap;
 
 /// A parameter's names: in a Hugging Face checkpoint (`model.layers.0.self_attn.q_proj.weight`)
 /// and in a GGUF file (`blk.0.attn_q.weight`).
@@ -39,6 +41,21 @@ pub struct Block<T> {
     pub gate_proj: T,
     pub up_proj: T,
     pub down_proj: T,
+    /// LoRA adapters of some projections (none without LoRA).
+    pub lora: BTreeMap<LoraTarget, Adapter<T>>,
+}
+
+/// A LoRA adapter of one projection `[out, in]`: `a` `[rank, in]` and `b` `[out, rank]`,
+/// PEFT's `lora_A` and `lora_B`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapter<T> {
+    pub a: T,
+    pub b: T,
+}
+
+/// Whether `hf_name` (as [`Params::map`] names parameters) is a LoRA adapter's.
+pub fn is_adapter(hf_name: &str) -> bool {
+    hf_name.ends_with(".lora_A.weight") || hf_name.ends_with(".lora_B.weight")
 }
 
 /// Every parameter of a decoder.
@@ -52,11 +69,43 @@ pub struct Params<T> {
 }
 
 impl<T> Block<T> {
+    /// The weight of projection `target`.
+    pub fn weight(&self, target: LoraTarget) -> &T {
+        match target {
+            LoraTarget::QProj => &self.q_proj,
+            LoraTarget::KProj => &self.k_proj,
+            LoraTarget::VProj => &self.v_proj,
+            LoraTarget::OProj => &self.o_proj,
+            LoraTarget::GateProj => &self.gate_proj,
+            LoraTarget::UpProj => &self.up_proj,
+            LoraTarget::DownProj => &self.down_proj,
+        }
+    }
+
+    /// The weight of projection `target`, to change it.
+    pub fn weight_mut(&mut self, target: LoraTarget) -> &mut T {
+        match target {
+            LoraTarget::QProj => &mut self.q_proj,
+            LoraTarget::KProj => &mut self.k_proj,
+            LoraTarget::VProj => &mut self.v_proj,
+            LoraTarget::OProj => &mut self.o_proj,
+            LoraTarget::GateProj => &mut self.gate_proj,
+            LoraTarget::UpProj => &mut self.up_proj,
+            LoraTarget::DownProj => &mut self.down_proj,
+        }
+    }
+
     fn map<U>(self, layer: usize, f: &mut impl FnMut(&Name, T) -> U) -> Block<U> {
-        let mut m =
-            |hf: &str, gguf: &str, t: T| f(&Name { hf: format!("model.layers.{layer}.{hf}"), gguf: format!("blk.{layer}.{gguf}") }, t);
-        // Struct fields are evaluated in the order written: this is the visiting order.
-        Block {
+        let mut visited = Vec::new();
+        let mut m = |hf: &str, gguf: &str, t: T| {
+            let name = Name { hf: format!("model.layers.{layer}.{hf}"), gguf: format!("blk.{layer}.{gguf}") };
+            let out = f(&name, t);
+            visited.push(name);
+            out
+        };
+        // Struct fields are evaluated in the order written: this is the visiting order, the
+        // adapters last.
+        let mut block = Block {
             input_layernorm: m("input_layernorm.weight", "attn_norm.weight", self.input_layernorm),
             q_proj: m("self_attn.q_proj.weight", "attn_q.weight", self.q_proj),
             k_proj: m("self_attn.k_proj.weight", "attn_k.weight", self.k_proj),
@@ -72,13 +121,28 @@ impl<T> Block<T> {
             gate_proj: m("mlp.gate_proj.weight", "ffn_gate.weight", self.gate_proj),
             up_proj: m("mlp.up_proj.weight", "ffn_up.weight", self.up_proj),
             down_proj: m("mlp.down_proj.weight", "ffn_down.weight", self.down_proj),
+            lora: BTreeMap::new(),
+        };
+        // An adapter is named after its projection's weight, as PEFT names it inside its
+        // `base_model.model.` prefix (`...q_proj.lora_A.weight`) and llama.cpp's LoRA GGUFs do
+        // (`blk.0.attn_q.weight.lora_a`).
+        for (target, ad) in self.lora {
+            let suffix = format!(".{}.weight", target.name());
+            let base = visited.iter().find(|n| n.hf.ends_with(&suffix)).expect("every LoRA target is a projection of the block");
+            let module = base.hf.strip_suffix(".weight").expect("ends with .weight");
+            let mut named = |hf: String, gguf: String, t: T| f(&Name { hf, gguf }, t);
+            let a = named(format!("{module}.lora_A.weight"), format!("{}.lora_a", base.gguf), ad.a);
+            let b = named(format!("{module}.lora_B.weight"), format!("{}.lora_b", base.gguf), ad.b);
+            block.lora.insert(target, Adapter { a, b });
         }
+        block
     }
 }
 
 impl<T> Params<T> {
     /// Every parameter passed through `f` with its names, in a fixed order (embeddings, then each
-    /// block from `input_layernorm` to `down_proj`, the final norm, `lm_head`).
+    /// block from `input_layernorm` to `down_proj` and then its LoRA adapters, the final norm,
+    /// `lm_head`).
     pub fn map<U>(self, mut f: impl FnMut(&Name, T) -> U) -> Params<U> {
         let top = |hf: &str, gguf: &str| Name { hf: hf.to_string(), gguf: gguf.to_string() };
         let embed_tokens = f(&top("model.embed_tokens.weight", "token_embd.weight"), self.embed_tokens);
@@ -124,6 +188,7 @@ impl<T> Block<T> {
             gate_proj: &self.gate_proj,
             up_proj: &self.up_proj,
             down_proj: &self.down_proj,
+            lora: self.lora.iter().map(|(&t, ad)| (t, Adapter { a: &ad.a, b: &ad.b })).collect(),
         }
     }
 }
@@ -153,6 +218,7 @@ impl Params<Vec<usize>> {
             gate_proj: vec![ff, h],
             up_proj: vec![ff, h],
             down_proj: vec![h, ff],
+            lora: BTreeMap::new(),
         };
         Params {
             embed_tokens: vec![v, h],
@@ -160,6 +226,22 @@ impl Params<Vec<usize>> {
             norm: vec![h],
             lm_head: (!cfg.tie_word_embeddings).then(|| vec![v, h]),
         }
+    }
+}
+
+impl Params<Vec<usize>> {
+    /// These shapes with `lora`'s adapters on every block.
+    pub fn with_lora(mut self, lora: &Lora) -> Params<Vec<usize>> {
+        for block in &mut self.layers {
+            for &target in &lora.targets {
+                let (out, inp) = match block.weight(target).as_slice() {
+                    &[out, inp] => (out, inp),
+                    other => unreachable!("projections are matrices, got {other:?}"),
+                };
+                block.lora.insert(target, Adapter { a: vec![lora.rank, inp], b: vec![out, lora.rank] });
+            }
+        }
+        self
     }
 }
 
@@ -183,6 +265,7 @@ impl Params<()> {
             gate_proj: (),
             up_proj: (),
             down_proj: (),
+            lora: BTreeMap::new(),
         };
         Params { embed_tokens: (), layers: (0..layers).map(|_| block()).collect(), norm: (), lm_head: Some(()) }
     }

@@ -18,7 +18,8 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use model_files::checkpoint::{Checkpoint, HostTensor};
 use model_files::config::LlamaConfig;
-use model_files::params::Params;
+use model_files::params::{Adapter, Params};
+use schemas::train::{Lora, LoraTarget};
 use std::sync::Arc;
 
 /// One transformer block's parameters (norm weights and biases as `[1, n]`).
@@ -27,8 +28,10 @@ pub type Block<B> = model_files::params::Block<Tensor<B, 2>>;
 #[derive(Clone, Debug)]
 pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
-    /// Every weight, named by [`Params::map`].
+    /// Every weight, named by [`Params::map`], with the LoRA adapters when `lora` is set.
     pub params: Params<Tensor<B, 2>>,
+    /// The adapters' settings: each adapted projection adds `scale · B A` (see [`Llama::with_lora`]).
+    pub lora: Option<Lora>,
     rope: Rope<B>,
 }
 
@@ -138,7 +141,7 @@ impl<B: Backend> Llama<B> {
         }
         let params = Params::shapes(&cfg).map(|name, _| host_to_tensor(&ckpt.tensors[&name.hf], device));
         let rope = Rope::new(&cfg.rope_inv_freq()?, cfg.max_position_embeddings, device);
-        Ok(Llama { rope, params, config: cfg })
+        Ok(Llama { rope, params, config: cfg, lora: None })
     }
 
     /// Load a model file (GGUF, or a Hugging Face folder / safetensors file) onto `device`.
@@ -176,24 +179,123 @@ impl<B: Backend> Llama<B> {
     /// [`Params::map`] order), possibly onto another backend: used to attach gradients, apply
     /// updates and detach for inference.
     pub fn map_params<B2: Backend>(self, device: &B2::Device, mut f: impl FnMut(&str, Tensor<B, 2>) -> Tensor<B2, 2>) -> Llama<B2> {
-        Llama { rope: self.rope.to_backend::<B2>(device), config: self.config, params: self.params.map(|n, t| f(&n.hf, t)) }
+        Llama {
+            rope: self.rope.to_backend::<B2>(device),
+            config: self.config,
+            lora: self.lora,
+            params: self.params.map(|n, t| f(&n.hf, t)),
+        }
     }
 
-    /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1).
+    /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1), with any LoRA
+    /// adapters merged into their projections (`W + scale · B A`, as PEFT's `merge_and_unload`).
     pub fn to_checkpoint(&self) -> Checkpoint {
         let shapes = Params::shapes(&self.config).into_named();
         let tensors = self
-            .params
-            .as_ref()
+            .merged_params()
             .into_named()
             .into_iter()
             .zip(shapes)
             .map(|((name, t), (_, shape))| {
-                let data: Vec<f32> = t.clone().into_data().convert::<f32>().to_vec().expect("f32 data");
+                let data: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32 data");
                 (name.hf, HostTensor { shape, data })
             })
             .collect();
         Checkpoint { config: self.config.clone(), tensors }
+    }
+
+    /// The parameters with each LoRA adapter merged into its projection.
+    fn merged_params(&self) -> Params<Tensor<B, 2>> {
+        let mut params = self.params.clone();
+        if let Some(lora) = &self.lora {
+            for block in &mut params.layers {
+                for (target, Adapter { a, b }) in std::mem::take(&mut block.lora) {
+                    let w = block.weight_mut(target);
+                    *w = w.clone() + b.matmul(a).mul_scalar(lora.scale());
+                }
+            }
+        }
+        params
+    }
+
+    /// The model with LoRA adapters on `lora.targets` of every block, their tensors taken from
+    /// `adapters` by Hugging Face name as [`Params::map`] names them
+    /// (`model.layers.0.self_attn.q_proj.lora_A.weight`). Every adapter must be there with its
+    /// shape, and every tensor of `adapters` must be one of them.
+    pub fn with_lora(self, lora: &Lora, adapters: &std::collections::BTreeMap<String, HostTensor>) -> anyhow::Result<Self> {
+        if self.lora.is_some() {
+            bail!("the model has LoRA adapters already");
+        }
+        lora.validate()?;
+        let device = self.params.embed_tokens.device();
+        let shapes = Params::shapes(&self.config).with_lora(lora);
+        let mut base: std::collections::BTreeMap<String, Tensor<B, 2>> =
+            self.params.into_named().into_iter().map(|(n, t)| (n.hf, t)).collect();
+        let mut problems = Vec::new();
+        let mut used = 0;
+        let params = shapes.map(|name, shape| {
+            if let Some(t) = base.remove(&name.hf) {
+                return t;
+            }
+            match adapters.get(&name.hf) {
+                Some(t) if t.shape == shape => {
+                    used += 1;
+                    host_to_tensor(t, &device)
+                }
+                Some(t) => {
+                    problems.push(format!("`{}` has shape {:?}, expected {shape:?}", name.hf, t.shape));
+                    Tensor::zeros([1, 1], &device)
+                }
+                None => {
+                    problems.push(format!("`{}` is missing", name.hf));
+                    Tensor::zeros([1, 1], &device)
+                }
+            }
+        });
+        if used + problems.len() < adapters.len() {
+            let expected: std::collections::BTreeSet<String> = params.as_ref().into_named().into_iter().map(|(n, _)| n.hf).collect();
+            problems.extend(
+                adapters
+                    .keys()
+                    .filter(|k| !expected.contains(*k))
+                    .map(|k| format!("`{k}` adapts nothing in this model ({})", lora.describe())),
+            );
+        }
+        if !problems.is_empty() {
+            bail!("LoRA adapters ({}): {}", lora.describe(), problems.join("; "));
+        }
+        Ok(Llama { params, lora: Some(lora.clone()), ..self })
+    }
+
+    /// The LoRA adapters' tensors by Hugging Face name (empty without LoRA).
+    pub fn adapters(&self) -> std::collections::BTreeMap<String, HostTensor> {
+        self.params
+            .as_ref()
+            .into_named()
+            .into_iter()
+            .filter(|(n, _)| model_files::params::is_adapter(&n.hf))
+            .map(|(n, t)| {
+                let shape = t.dims().to_vec();
+                (n.hf, HostTensor { shape, data: t.clone().into_data().convert::<f32>().to_vec().expect("f32 data") })
+            })
+            .collect()
+    }
+
+    /// Whether training updates parameter `name`: with LoRA only the adapters, else every one.
+    pub fn trains(&self, name: &str) -> bool {
+        trains(self.lora.is_some(), name)
+    }
+
+    /// The model with its trained parameters ([`Llama::trains`]) marked to track gradients, the
+    /// others as they are.
+    pub fn with_trainable_leaves(self) -> Self {
+        let (lora, device) = (self.lora.is_some(), self.params.embed_tokens.device());
+        self.map_params(&device, |name, p| if trains(lora, name) { p.require_grad() } else { p })
+    }
+
+    /// The parameters training updates ([`Llama::trains`]), in [`Params::map`] order.
+    pub fn trainable_params(&self) -> Vec<(String, &Tensor<B, 2>)> {
+        self.named_params().into_iter().filter(|(n, _)| self.trains(n)).collect()
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` at `positions` `[batch, seq]`.
@@ -251,9 +353,9 @@ impl<B: Backend> Llama<B> {
     /// The second half of a block: norm, SwiGLU MLP, residual.
     pub(crate) fn mlp(&self, l: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = rms_norm(x.clone(), &l.post_attention_layernorm, self.config.rms_norm_eps);
-        let gate = activation::silu(linear(h.clone(), &l.gate_proj, None));
-        let up = linear(h, &l.up_proj, None);
-        x + linear(gate * up, &l.down_proj, None)
+        let gate = activation::silu(self.project(l, LoraTarget::GateProj, h.clone(), None));
+        let up = self.project(l, LoraTarget::UpProj, h, None);
+        x + self.project(l, LoraTarget::DownProj, gate * up, None)
     }
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of normed hidden states `h`, with
@@ -268,11 +370,11 @@ impl<B: Backend> Llama<B> {
             None => x,
         };
         let heads = |x: Tensor<B, 4>| x.swap_dims(1, 2);
-        let q = norm(split(linear(h.clone(), &l.q_proj, l.q_bias.as_ref()), nh), l.q_norm.as_ref());
-        let k = norm(split(linear(h.clone(), &l.k_proj, l.k_bias.as_ref()), nkv), l.k_norm.as_ref());
+        let q = norm(split(self.project(l, LoraTarget::QProj, h.clone(), l.q_bias.as_ref()), nh), l.q_norm.as_ref());
+        let k = norm(split(self.project(l, LoraTarget::KProj, h.clone(), l.k_bias.as_ref()), nkv), l.k_norm.as_ref());
         let q = heads(rotate(q, &rotary.queries));
         let k = heads(rotate(k, &rotary.keys));
-        let v = heads(split(linear(h, &l.v_proj, l.v_bias.as_ref()), nkv));
+        let v = heads(split(self.project(l, LoraTarget::VProj, h, l.v_bias.as_ref()), nkv));
         (q, k, v)
     }
 
@@ -295,8 +397,24 @@ impl<B: Backend> Llama<B> {
         }
         let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };
         let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        linear(out, &l.o_proj, l.o_bias.as_ref())
+        self.project(l, LoraTarget::OProj, out, l.o_bias.as_ref())
     }
+
+    /// Projection `target` of block `l`, with its LoRA adapter if it has one: `x Wᵀ + b +
+    /// scale · (x Aᵀ) Bᵀ`, PEFT's order (the low-rank product is never formed).
+    fn project(&self, l: &Block<B>, target: LoraTarget, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
+        match (l.lora.get(&target), &self.lora) {
+            (Some(Adapter { a, b }), Some(lora)) => {
+                let low = linear(linear(x.clone(), a, None), b, None).mul_scalar(lora.scale());
+                linear(x, l.weight(target), bias) + low
+            }
+            _ => linear(x, l.weight(target), bias),
+        }
+    }
+}
+
+fn trains(lora: bool, name: &str) -> bool {
+    !lora || model_files::params::is_adapter(name)
 }
 
 fn host_to_tensor<B: Backend>(t: &HostTensor, device: &B::Device) -> Tensor<B, 2> {

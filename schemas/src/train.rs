@@ -68,6 +68,94 @@ impl std::str::FromStr for LrSchedule {
     }
 }
 
+/// Low-rank adaptation (LoRA, Hu et al. 2021) as PEFT's `LoraConfig` computes it: each target
+/// projection `W` of every block gains `(alpha / rank) · B A`, with `A` `[rank, in]` and `B`
+/// `[out, rank]`; only `A` and `B` train, the base weights stay as loaded. `A` starts as PEFT
+/// draws it (uniform in `±1/sqrt(in)`), `B` at zero, so the first forward pass is the base model's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lora {
+    pub rank: usize,
+    pub alpha: f64,
+    /// The projections adapted in every block (PEFT's `target_modules`).
+    pub targets: Vec<LoraTarget>,
+}
+
+/// A projection LoRA can adapt, by its Hugging Face module name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl LoraTarget {
+    /// Every projection of a block: PEFT's `all-linear` (which leaves out the output head).
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::QProj,
+        LoraTarget::KProj,
+        LoraTarget::VProj,
+        LoraTarget::OProj,
+        LoraTarget::GateProj,
+        LoraTarget::UpProj,
+        LoraTarget::DownProj,
+    ];
+
+    /// The module name (`q_proj`), as the recipe and PEFT write it.
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).expect("a unit variant serialises to its name")
+    }
+}
+
+impl Lora {
+    /// `alpha / rank`, the factor of `B A` (PEFT without `use_rslora`).
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn adapts(&self, target: LoraTarget) -> bool {
+        self.targets.contains(&target)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.rank == 0 {
+            bail!("`lora.rank` must be at least 1, got 0");
+        }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            bail!("`lora.alpha` must be positive, got {}", self.alpha);
+        }
+        if self.targets.is_empty() {
+            bail!("`lora.targets` is empty: name the projections to adapt (all of them: {})", Self::all_names());
+        }
+        let mut seen = self.targets.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != self.targets.len() {
+            bail!("`lora.targets` names a projection twice: {:?}", self.targets.iter().map(|t| t.name()).collect::<Vec<_>>());
+        }
+        Ok(())
+    }
+
+    fn all_names() -> String {
+        LoraTarget::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// How messages and resume checks write it.
+    pub fn describe(&self) -> String {
+        format!(
+            "rank {}, alpha {}, targets [{}]",
+            self.rank,
+            self.alpha,
+            self.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainRecipe {
@@ -131,6 +219,9 @@ pub struct TrainRecipe {
     /// Steps between validation measurements (default: `checkpoint_every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_every: Option<u64>,
+    /// Train low-rank adapters instead of every weight; absent: full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<Lora>,
 }
 
 /// Per-layer activation recompute: a recomputed block keeps only its input from the forward pass
@@ -278,14 +369,18 @@ impl TrainRecipe {
             "steps" => self.steps.map_or("unset".into(), |v| v.to_string()),
             "epochs" => self.epochs.map_or("unset".into(), |v| v.to_string()),
             "seed" => self.seed.to_string(),
+            "lora" => self.lora.as_ref().map_or("none (full fine-tuning)".into(), Lora::describe),
             other => unreachable!("`{other}` is not one of MATH_KEYS"),
         }
     }
 
-    /// `key: was -> now` for each of [`MATH_KEYS`] whose value differs between `self` and `now`.
+    /// `key: was -> now` for each of [`MATH_KEYS`] and `lora` whose value differs between `self`
+    /// and `now`. `lora` is not among the keys a recipe is told it left out: leaving it out is
+    /// full fine-tuning, not a default of the adapters.
     pub fn math_differences(&self, now: &TrainRecipe) -> Vec<String> {
         MATH_KEYS
             .into_iter()
+            .chain(["lora"])
             .filter_map(|k| {
                 let (a, b) = (self.math_value(k), now.math_value(k));
                 (a != b).then(|| format!("{k}: {a} -> {b}"))
@@ -347,6 +442,9 @@ impl TrainRecipe {
         }
         if self.validation_every == Some(0) {
             bail!("`validation_every` must be at least 1");
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         if self.keep_checkpoints == Some(0) {
             bail!("`keep_checkpoints` must be at least 1 (the newest is what --resume continues from); leave it out to keep all");

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// A LoRA run's adapters beside the merged weights, as a PEFT adapter folder: what a resume
+/// continues from, and what PEFT loads onto the base model.
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// What a checkpoint needs besides weights and optimizer moments to resume exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +99,7 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     // before this save, whose disk it may need.
     schemas::snapshot::remove_all_leftovers(&output.join("checkpoints"));
     publish_dir(&final_dir, |tmp| {
-        save_model_folder(tmp, model, tok)?;
+        save_model_folder(tmp, model, tok, &state.recipe.model)?;
         write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;
@@ -143,17 +146,22 @@ pub struct Provenance {
 /// 5 and `trainer generate` read) and its [`Provenance`].
 pub fn save_final<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, provenance: &Provenance) -> anyhow::Result<()> {
     publish_dir(dir, |tmp| {
-        save_model_folder(tmp, model, tok)?;
+        save_model_folder(tmp, model, tok, &provenance.base_model)?;
         schemas::write_atomic(&tmp.join(TRAINING_FILE), (serde_json::to_string_pretty(provenance)? + "\n").as_bytes())
     })
 }
 
-/// Weights, `config.json` (its `eos_token_id` naming the end-of-turn token too) and the
-/// tokenizer files: what `final/` and every checkpoint hold.
-fn save_model_folder<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer) -> anyhow::Result<()> {
+/// Weights (LoRA adapters merged), `config.json` (its `eos_token_id` naming the end-of-turn token
+/// too) and the tokenizer files: what `final/` and every checkpoint hold; with LoRA, the adapters
+/// alone in [`ADAPTER_DIR`] too, naming `base_model`. In a folder of its own: transformers would
+/// take a folder holding `adapter_config.json` for an adapter and load its base instead.
+fn save_model_folder<B: AutodiffBackend>(dir: &Path, model: &Llama<B>, tok: &ChatTokenizer, base_model: &str) -> anyhow::Result<()> {
     let mut checkpoint = model.to_checkpoint();
     checkpoint.config.add_eos_token_id(tok.eos_id());
     save_hf(dir, &checkpoint)?;
+    if let Some(lora) = &model.lora {
+        model_files::lora::write_adapter(&dir.join(ADAPTER_DIR), lora, &model.adapters(), base_model)?;
+    }
     tok.save_hf_files(dir)
 }
 

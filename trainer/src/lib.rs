@@ -1,5 +1,5 @@
 //! rectify's trainer: batch assembly (`batch`), the SFT / DFT / iwsft objectives (`loss`), AdamW
-//! and the schedule (`optim`), element-wise updates in place on CPU (`in_place`), the loop
+//! and the schedule (`optim`), LoRA's starting adapters (`lora`), element-wise updates in place on CPU (`in_place`), the loop
 //! (`train`), its held-out loss (`validation`), its checkpoints (`checkpoint`) and training curves
 //! (`curves`), reference scoring into a new snapshot (`score`), and sampling verified rollouts for
 //! rejection-sampled offline RL (`sample`). The `trainer` binary also fronts evaluation (the
@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod curves;
 pub mod in_place;
 pub mod journal;
+pub mod lora;
 pub mod loss;
 pub mod optim;
 pub mod sample;

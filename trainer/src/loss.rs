@@ -96,6 +96,7 @@ pub fn objective<B: AutodiffBackend>(
         (LossKind::Iwsft, Some(r)) => Some(r),
         _ => None,
     };
+    let head_trains = head.is_require_grad();
     let (h, w) = (hidden.clone().inner(), head.clone().inner());
     let device = h.device();
     let mut grad_h = Vec::with_capacity(n.div_ceil(chunk.max(1)));
@@ -133,20 +134,26 @@ pub fn objective<B: AutodiffBackend>(
         let dz = (e / sum_e) * scale.clone();
         let dz = dz.scatter(1, ids, scale.neg(), IndexingUpdateOp::Add);
         grad_h.push(dz.clone().matmul(w.clone()));
-        let gw = dz.transpose().matmul(hc);
-        grad_w = Some(match grad_w {
-            Some(acc) => acc + gw,
-            None => gw,
-        });
+        // A frozen head (LoRA) needs no gradient: `dzᵀ·h` would cost as much as the logits.
+        if head_trains {
+            let gw = dz.transpose().matmul(hc);
+            grad_w = Some(match grad_w {
+                Some(acc) => acc + gw,
+                None => gw,
+            });
+        }
     }
-    let (Some(sums), Some(grad_w)) = (sums, grad_w) else {
+    let Some(sums) = sums else {
         // No trained position: a zero surrogate that still reaches every parameter.
         let surrogate = head.clone().sum().mul_scalar(0.0) + hidden.sum().mul_scalar(0.0);
         return Ok(LossParts { surrogate, objective: 0.0, ce_sum: 0.0, prob_sum: 0.0, tokens: 0.0 });
     };
     let sums: Vec<f64> = sums.into_data().convert::<f64>().to_vec().expect("f64 sums");
     let grad_h = Tensor::<B, 2>::from_inner(Tensor::cat(grad_h, 0));
-    let surrogate = (hidden * grad_h).sum() + (head.clone() * Tensor::<B, 2>::from_inner(grad_w)).sum();
+    let surrogate = match grad_w {
+        Some(grad_w) => (hidden * grad_h).sum() + (head.clone() * Tensor::<B, 2>::from_inner(grad_w)).sum(),
+        None => (hidden * grad_h).sum(),
+    };
     Ok(LossParts { surrogate, objective: sums[0] / step_tokens, ce_sum: sums[1], prob_sum: sums[2], tokens: n as f64 })
 }
 

@@ -3,7 +3,7 @@
 
 use crate::batch::{micro_batch, MicroBatch, Targets};
 use crate::checkpoint::{
-    latest_checkpoint, save_checkpoint, save_final, snapshot_tokenizer, Provenance, TrainerState, OPTIMIZER_FILE, STATE_FILE,
+    latest_checkpoint, save_checkpoint, save_final, snapshot_tokenizer, Provenance, TrainerState, ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE,
 };
 use crate::in_place::{self, Arithmetic};
 use crate::loss::{chunk_positions, objective, Loss, LossKind, LossParts};
@@ -352,10 +352,33 @@ fn train_in<B: AutodiffBackend>(
             (run.model_path.clone(), state)
         }
     };
-    let mut model: Llama<B> = Llama::<B>::load(&model_dir, device)?.map_params(device, |_, p| p.require_grad());
+    let mut model: Llama<B> = match &r.lora {
+        None => Llama::<B>::load(&model_dir, device)?,
+        // The base model stays as loaded; a checkpoint's own weights are merged, so a resume
+        // takes the base again (its sha256 checked above) and the checkpoint's adapters.
+        Some(lora) => {
+            let base = Llama::<B>::load(&run.model_path, device)?;
+            let adapters = if state.step > 0 {
+                let dir = model_dir.join(ADAPTER_DIR);
+                let (saved, adapters) = model_files::lora::read_adapter(&dir)?;
+                if saved != *lora {
+                    bail!("{} holds adapters of {}, the recipe asks for {}", dir.display(), saved.describe(), lora.describe());
+                }
+                adapters
+            } else {
+                crate::lora::initial_adapters(&base.config, lora, r.seed)
+            };
+            let model = base.with_lora(lora, &adapters)?;
+            let trained: usize = model.trainable_params().iter().map(|(_, p)| p.shape().num_elements()).sum();
+            let all: usize = model.named_params().iter().map(|(_, p)| p.shape().num_elements()).sum();
+            tracing::info!("LoRA {}: {trained} trained parameters, {:.2}% of {all}", lora.describe(), 100.0 * trained as f64 / all as f64);
+            model
+        }
+    }
+    .with_trainable_leaves();
     model.check_vocab(snapshot.manifest.tokenizer.vocab_size)?;
     model.check_context(snapshot.longest_example()).with_context(|| format!("snapshot {}", run.snapshot_dir.display()))?;
-    let shapes: Vec<(String, [usize; 2])> = model.named_params().into_iter().map(|(n, p)| (n, p.dims())).collect();
+    let shapes: Vec<(String, [usize; 2])> = model.trainable_params().into_iter().map(|(n, p)| (n, p.dims())).collect();
     opt.check_moments(&shapes).with_context(|| format!("resuming from {}", model_dir.display()))?;
     let recompute_blocks = r.recompute.blocks(model.config.num_hidden_layers)?;
     if let Some(v) = &validation {
@@ -521,7 +544,7 @@ pub fn step_gradients<B: AutodiffBackend>(
         } else {
             wave.par_iter()
                 .map(|chunk| {
-                    let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner()).require_grad());
+                    let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner())).with_trainable_leaves();
                     micro_step(&local, chunk, loss, step_tokens, recompute_blocks, device)
                 })
                 .collect()
@@ -559,18 +582,26 @@ pub fn apply_update<B: AutodiffBackend>(
 ) -> Llama<B> {
     opt.begin_step();
     let mut grads: BTreeMap<String, Tensor<B::InnerBackend, 2>> = grads.into_iter().collect();
-    // The parameters are moved out of the model (one-element placeholders stand in until the
-    // updates go back), so each old parameter is freed as soon as its update is computed rather
-    // than all of them living next to all the new ones. One element, not zero: a zero-byte
-    // allocation is a corner a GPU memory pool need not handle.
+    // The trained parameters are moved out of the model (one-element placeholders stand in until
+    // the updates go back), so each old parameter is freed as soon as its update is computed
+    // rather than all of them living next to all the new ones. One element, not zero: a
+    // zero-byte allocation is a corner a GPU memory pool need not handle. Frozen ones (LoRA's
+    // base weights) stay.
+    let trained: std::collections::BTreeSet<String> = model.trainable_params().into_iter().map(|(name, _)| name).collect();
     let mut work = Vec::new();
     let emptied = model.map_params(device, |name, p| {
-        work.push((name.to_string(), p.inner(), grads.remove(name).expect("a gradient per parameter")));
+        if !trained.contains(name) {
+            return p;
+        }
+        work.push((name.to_string(), p.inner(), grads.remove(name).expect("a gradient per trained parameter")));
         Tensor::<B, 2>::empty([1, 1], device)
     });
     let names: Vec<String> = work.iter().map(|(name, _, _)| name.clone()).collect();
     let mut updated: BTreeMap<String, _> = names.into_iter().zip(opt.update_all(work, lr, threads)).collect();
-    emptied.map_params(device, |name, _| Tensor::from_inner(updated.remove(name).expect("one update per parameter")).require_grad())
+    emptied.map_params(device, |name, p| match updated.remove(name) {
+        Some(u) => Tensor::from_inner(u).require_grad(),
+        None => p,
+    })
 }
 
 /// Forward and backward of one micro-batch, its objective scaled by the step's loss tokens.
@@ -672,8 +703,11 @@ pub fn recomputed_step<B: AutodiffBackend>(
         grads.take(model, &mut g);
         upstream = x.grad(&g).context("no gradient for a block's input")?;
     }
-    let mut g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
-    grads.take(model, &mut g);
+    // The embeddings' gradient, unless they are frozen (LoRA): then nothing below needs one.
+    if model.trains(&model.named_params()[0].0) {
+        let mut g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
+        grads.take(model, &mut g);
+    }
     Ok(MicroResult { grads: grads.into_named(model)?, objective: parts.objective, ce_sum: parts.ce_sum, prob_sum: parts.prob_sum })
 }
 
@@ -691,7 +725,7 @@ impl<B: AutodiffBackend> Grads<B> {
     /// Add the gradients one backward pass left on the model's parameters. They are moved out
     /// of `g`, so each is its bytes' only owner and sums run in place on CPU (`in_place`).
     fn take(&mut self, model: &Llama<B>, g: &mut B::Gradients) {
-        for (name, p) in model.named_params() {
+        for (name, p) in model.trainable_params() {
             if let Some(gp) = p.grad_remove(g) {
                 // Inside one micro-batch, which has its own core: one thread.
                 self.add(name, gp, 1);
@@ -708,10 +742,10 @@ impl<B: AutodiffBackend> Grads<B> {
         self.0.insert(name, sum);
     }
 
-    /// One gradient per parameter, in [`Llama::named_params`] order.
+    /// One gradient per trained parameter, in [`Llama::trainable_params`] order.
     fn into_named(mut self, model: &Llama<B>) -> anyhow::Result<Vec<(String, Tensor<B::InnerBackend, 2>)>> {
         model
-            .named_params()
+            .trainable_params()
             .into_iter()
             .map(|(name, _)| self.0.remove(&name).with_context(|| format!("no gradient for {name}")).map(|g| (name, g)))
             .collect()

@@ -1,0 +1,153 @@
+//! PEFT LoRA adapter folders: `adapter_config.json` and `adapter_model.safetensors`, as
+//! `PeftModel.save_pretrained` writes them and `PeftModel.from_pretrained` reads them.
+//!
+//! Tensor names in the file carry PEFT's `base_model.model.` prefix
+//! (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`); in memory they are named
+//! as [`crate::params::Params::map`] names them, without it.
+
+use crate::checkpoint::HostTensor;
+use crate::safetensors::{read_safetensors, write_safetensors};
+use anyhow::{bail, Context, Result};
+use schemas::train::{Lora, LoraTarget};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const PREFIX: &str = "base_model.model.";
+
+/// Writes `tensors` (adapter tensors by in-memory name) and their settings as a PEFT adapter
+/// folder; `base_model` is recorded as `base_model_name_or_path`.
+pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTensor>, base_model: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let prefixed: BTreeMap<String, HostTensor> = tensors.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
+    write_safetensors(dir.join(WEIGHTS_FILE), &prefixed)?;
+    // What PEFT needs to rebuild the same layers; every other field takes PEFT's default, which
+    // is what rectify computes (no dropout at inference, no rsLoRA, DoRA or bias training).
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "target_modules": lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "inference_mode": true,
+    });
+    schemas::write_atomic(&dir.join(CONFIG_FILE), format!("{}\n", serde_json::to_string_pretty(&config)?).as_bytes())
+}
+
+/// Reads a PEFT adapter folder: its settings and its tensors by in-memory name. Settings that
+/// rectify does not compute (rsLoRA's scale, DoRA, trained biases, per-layer ranks, other
+/// modules) are errors naming the field, since ignoring one would give another model.
+pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let c: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
+    let lora = lora_from_config(&c).with_context(|| format!("{}", config_path.display()))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let mut tensors = BTreeMap::new();
+    for (name, t) in read_safetensors(&weights)? {
+        let Some(short) = name.strip_prefix(PREFIX) else {
+            bail!("{}: tensor `{name}` lacks PEFT's `{PREFIX}` prefix", weights.display());
+        };
+        tensors.insert(short.to_string(), t);
+    }
+    Ok((lora, tensors))
+}
+
+fn lora_from_config(c: &Value) -> Result<Lora> {
+    let field = |k: &str| c.get(k).filter(|v| !v.is_null());
+    if let Some(t) = field("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
+        bail!("`peft_type` is {t}: only LORA adapters are read");
+    }
+    // Each of these, set, changes what the adapter computes.
+    for (key, off) in [("use_rslora", json!(false)), ("use_dora", json!(false)), ("fan_in_fan_out", json!(false)), ("bias", json!("none"))]
+    {
+        if let Some(v) = field(key).filter(|v| **v != off) {
+            bail!("`{key}` is {v}: rectify computes LoRA with {key} {off} only");
+        }
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if field(key).is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
+            bail!("`{key}` is set: rectify gives every adapted projection the same rank and alpha");
+        }
+    }
+    for key in ["modules_to_save", "layers_to_transform", "trainable_token_indices", "target_parameters"] {
+        if let Some(v) = field(key).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+            bail!("`{key}` is {v}: rectify adapts the named projections of every block, and nothing else");
+        }
+    }
+    let rank = field("r").and_then(Value::as_u64).context("`r` (the rank) is missing")? as usize;
+    let alpha = field("lora_alpha").and_then(Value::as_f64).context("`lora_alpha` is missing")?;
+    let targets = match field("target_modules") {
+        Some(Value::String(s)) if s == "all-linear" => LoraTarget::ALL.to_vec(),
+        Some(Value::Array(names)) => {
+            let mut targets = Vec::new();
+            for n in names {
+                let name = n.as_str().context("`target_modules` holds a value that is not a module name")?;
+                let target = LoraTarget::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
+                    format!("`target_modules` names `{name}`: rectify adapts only {}", LoraTarget::ALL.map(|t| t.name()).join(", "))
+                })?;
+                targets.push(target);
+            }
+            // PEFT keeps a set: its order means nothing.
+            targets.sort();
+            targets.dedup();
+            targets
+        }
+        Some(other) => bail!("`target_modules` is {other}: rectify reads a list of module names, or \"all-linear\""),
+        None => bail!("`target_modules` is missing"),
+    };
+    let lora = Lora { rank, alpha, targets };
+    lora.validate()?;
+    Ok(lora)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_adapters_read_back_and_unknown_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj] };
+        let t = HostTensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
+        let tensors = BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), t)]);
+        write_adapter(dir.path(), &lora, &tensors, "base").unwrap();
+        let (back, read) = read_adapter(dir.path()).unwrap();
+        assert_eq!((back, read), (lora, tensors));
+        let base = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]});
+        for (patch, said) in [
+            (json!({"use_rslora": true}), "`use_rslora` is true"),
+            (json!({"use_dora": true}), "`use_dora` is true"),
+            (json!({"bias": "all"}), "`bias` is \"all\""),
+            (json!({"rank_pattern": {"q_proj": 8}}), "`rank_pattern` is set"),
+            (json!({"modules_to_save": ["lm_head"]}), "`modules_to_save` is [\"lm_head\"]"),
+            (json!({"target_modules": ["lm_head"]}), "`target_modules` names `lm_head`"),
+            (json!({"target_modules": ".*proj"}), "`target_modules` is \".*proj\""),
+            (json!({"peft_type": "IA3"}), "`peft_type` is IA3"),
+            (json!({"r": 0}), "`lora.rank` must be at least 1"),
+        ] {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+            let err = format!("{:#}", lora_from_config(&c).unwrap_err());
+            assert!(err.contains(said), "{patch}: {err}");
+        }
+        // PEFT's defaults as its files spell them are accepted; all-linear is every projection.
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().extend(
+            json!({"target_modules": "all-linear", "rank_pattern": {}, "modules_to_save": null, "use_rslora": false, "bias": "none"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(lora_from_config(&c).unwrap().targets, LoraTarget::ALL.to_vec());
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""LoRA fixtures for `trainer/tests/lora.rs`: adapters made and saved by PEFT itself on the
+transformers 5 fixtures (`scripts/transformers_fixtures.py`), with PEFT's own log-probabilities
+and DFT gradients, so that the Rust test checks rectify's LoRA against PEFT without Python.
+
+    python scripts/lora_fixtures.py     # needs torch + transformers + peft (a cache venv will do)
+
+Writes trainer/tests/fixtures/lora/<name>/:
+  adapter/                  adapter_config.json and adapter_model.safetensors exactly as
+                            `PeftModel.save_pretrained` writes them (rank 4, alpha 8, every
+                            projection of both blocks; A as PEFT draws it, B random rather than
+                            zero so that every gradient and log-probability is non-trivial)
+  case.json                 one packed row of the base fixture (three examples and padding) with a
+                            seeded loss mask; PEFT's log-probability of every token given the
+                            earlier tokens of its own example (0.0 at each example's first), and
+                            the DFT objective -(1/N) sum m_t sg(p_t) log p_t over the N trained
+                            tokens, each example run alone, in float32
+  grads.safetensors         the objective's gradient of every lora_A / lora_B, by the names
+                            rectify uses (PEFT's without `base_model.model.` and `.default`)
+"""
+import json
+import os
+import random
+
+import peft
+import safetensors.torch
+import torch
+import transformers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASES = os.path.join(HERE, "..", "model", "tests", "fixtures", "transformers5")
+OUT = os.path.join(HERE, "..", "trainer", "tests", "fixtures", "lora")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def rectify_name(peft_name):
+    return peft_name.removeprefix("base_model.model.").replace(".default", "")
+
+
+def main():
+    for name in ["llama3-tied", "qwen2-untied"]:
+        torch.manual_seed(3)
+        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, name), dtype=torch.float32,
+                                                                 attn_implementation="eager")
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, bias="none")
+        model = peft.get_peft_model(base, config)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0.0, 0.3)
+        path = os.path.join(OUT, name)
+        model.save_pretrained(os.path.join(path, "adapter"))
+        os.remove(os.path.join(path, "adapter", "README.md"))  # a model card template
+        # Reloaded from the saved files, so the figures are those of the adapter on disk.
+        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, name), dtype=torch.float32,
+                                                                 attn_implementation="eager")
+        model = peft.PeftModel.from_pretrained(base, os.path.join(path, "adapter"), is_trainable=True)
+        model.train()  # no dropout to switch off: lora_dropout is 0
+
+        with open(os.path.join(BASES, name, "logprobs.json")) as f:
+            packed = json.load(f)["cases"][1]
+        ids, seg = packed["input_ids"], packed["segment_ids"]
+        rng = random.Random(17)
+        mask = [int(i > 0 and seg[i] != 0 and seg[i] == seg[i - 1] and rng.random() < 0.6) for i in range(len(ids))]
+        n = sum(mask)
+        logprobs, objective = [], 0.0
+        total = torch.zeros(())
+        for s in sorted(set(seg) - {0}):
+            idx = [i for i in range(len(ids)) if seg[i] == s]
+            x = torch.tensor([[ids[i] for i in idx]])
+            lp = torch.log_softmax(model(input_ids=x).logits.float(), -1)[0, :-1].gather(1, x[0, 1:, None])[:, 0]
+            m = torch.tensor([float(mask[i]) for i in idx[1:]])
+            total = total + -(lp.detach().exp() * lp * m).sum() / n
+            logprobs += [0.0] + lp.tolist()
+        logprobs += [0.0] * (len(ids) - len(logprobs))
+        total.backward()
+        grads = {rectify_name(k): p.grad.detach().contiguous() for k, p in model.named_parameters() if "lora_" in k}
+        assert len(grads) == 2 * len(TARGETS) * base.config.num_hidden_layers
+        safetensors.torch.save_file(grads, os.path.join(path, "grads.safetensors"))
+        with open(os.path.join(path, "case.json"), "w") as f:
+            json.dump({"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
+                       "input_ids": ids, "position_ids": packed["position_ids"], "segment_ids": seg, "loss_mask": mask,
+                       "logprobs": logprobs, "objective": total.item()}, f)
+            f.write("\n")
+        print(f"{name}: {n} trained tokens, objective {total.item():.6f}, {len(grads)} adapter gradients in {os.path.normpath(path)}")
+
+
+if __name__ == "__main__":
+    main()

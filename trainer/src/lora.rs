@@ -1,0 +1,67 @@
+//! LoRA's starting adapters: `A` drawn as PEFT draws it, `B` zero (see `schemas::train::Lora`).
+
+use model_files::checkpoint::HostTensor;
+use model_files::config::LlamaConfig;
+use model_files::params::{is_adapter, Params};
+use schemas::rng::{mix64, SplitMix64};
+use schemas::train::Lora;
+use std::collections::BTreeMap;
+
+/// Keeps the adapters' draw apart from the data order, which the same recipe seed drives.
+const STREAM: u64 = 0x4c6f_5241_2d69_6e69;
+
+/// The starting adapters of a model of `cfg`, by parameter name: each `A` `[rank, in]` uniform in
+/// `±1/sqrt(in)` (PEFT's `kaiming_uniform_(a=sqrt(5))`), each `B` zero, so the adapted model
+/// starts as the base model. The draw follows from `seed` alone, adapter by adapter in
+/// [`Params::map`] order.
+pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> BTreeMap<String, HostTensor> {
+    let mut rng = SplitMix64::new(mix64(seed ^ STREAM));
+    Params::shapes(cfg)
+        .with_lora(lora)
+        .into_named()
+        .into_iter()
+        .filter(|(name, _)| is_adapter(&name.hf))
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data = if name.hf.ends_with(".lora_A.weight") {
+                let bound = 1.0 / (shape[1] as f64).sqrt();
+                // 53 random bits: uniform in [0, 1), then onto [-bound, bound).
+                (0..n).map(|_| (((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) * bound).map(|x| x as f32).collect()
+            } else {
+                vec![0.0; n]
+            };
+            (name.hf, HostTensor { shape, data })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::train::LoraTarget;
+
+    #[test]
+    fn a_is_uniform_within_peft_bounds_and_b_is_zero() {
+        let cfg: LlamaConfig = serde_json::from_str(
+            r#"{"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+                "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
+        )
+        .unwrap();
+        let lora = Lora { rank: 8, alpha: 16.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj] };
+        let a = initial_adapters(&cfg, &lora, 1);
+        assert_eq!(a.len(), 2 * 2 * 2);
+        let down = &a["model.layers.1.mlp.down_proj.lora_A.weight"];
+        assert_eq!(down.shape, [8, 96]);
+        let bound = 1.0 / 96f32.sqrt();
+        assert!(down.data.iter().all(|x| x.abs() <= bound));
+        // Spread over the whole range: a uniform's mean square is bound² / 3.
+        let mean_square = down.data.iter().map(|x| x * x).sum::<f32>() / down.data.len() as f32;
+        assert!((mean_square / (bound * bound / 3.0) - 1.0).abs() < 0.1, "{mean_square}");
+        assert_eq!(a["model.layers.0.self_attn.q_proj.lora_B.weight"].shape, [64, 8]);
+        assert!(a["model.layers.0.self_attn.q_proj.lora_B.weight"].data.iter().all(|&x| x == 0.0));
+        // The seed decides the draw.
+        assert_eq!(initial_adapters(&cfg, &lora, 1), a);
+        assert_ne!(initial_adapters(&cfg, &lora, 2), a);
+    }
+}
