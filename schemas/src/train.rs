@@ -494,6 +494,37 @@ mod tests {
     }
 
     #[test]
+    fn lora_settings_are_checked_and_part_of_the_math() {
+        let base = "model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\n";
+        let r: TrainRecipe =
+            serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: [q_proj, down_proj]}}\n")).unwrap();
+        r.validate().unwrap();
+        let lora = r.lora.clone().unwrap();
+        assert_eq!((lora.scale(), lora.targets), (2.0, vec![LoraTarget::QProj, LoraTarget::DownProj]));
+        for (extra, said) in [
+            ("lora: {rank: 0, alpha: 16, targets: [q_proj]}", "`lora.rank` must be at least 1, got 0"),
+            ("lora: {rank: 8, alpha: 0, targets: [q_proj]}", "`lora.alpha` must be positive, got 0"),
+            ("lora: {rank: 8, alpha: 16, targets: []}", "`lora.targets` is empty"),
+            ("lora: {rank: 8, alpha: 16, targets: [q_proj, q_proj]}", "names a projection twice"),
+        ] {
+            let r: TrainRecipe = serde_norway::from_str(&format!("{base}{extra}\n")).unwrap();
+            let err = r.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "{extra}: {err}");
+        }
+        // Unknown projections and PEFT settings rectify does not compute are refused by name.
+        for (extra, said) in [
+            ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "lm_head"),
+            ("lora: {rank: 8, alpha: 16, targets: [q_proj], dropout: 0.05}", "dropout"),
+        ] {
+            let err = serde_norway::from_str::<TrainRecipe>(&format!("{base}{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains(said), "{extra}: {err}");
+        }
+        // Adding, dropping or changing the adapters changes the math: a resume is refused.
+        let full: TrainRecipe = serde_norway::from_str(base).unwrap();
+        assert_eq!(full.math_differences(&r), ["lora: none (full fine-tuning) -> rank 8, alpha 16, targets [q_proj, down_proj]"]);
+    }
+
+    #[test]
     fn validation_needs_its_snapshot_and_defaults_to_the_checkpoint_interval() {
         let base = "model: m\nsnapshot: s\noutput_dir: o\nsteps: 3\ncheckpoint_every: 7\n";
         let r: TrainRecipe = serde_norway::from_str(&format!("{base}validation_snapshot: v\n")).unwrap();

@@ -443,3 +443,64 @@ fn device_cuda_on_a_cpu_build_says_how_to_build_one() {
         assert!(out.status.code() == Some(2) && err.contains("built without CUDA") && err.contains("make build-cuda"), "{err}");
     }
 }
+
+/// A LoRA run trains only the adapters: `final/` holds the base weights with the adapters merged
+/// (embeddings and norms untouched) and `final/adapter/` the adapters as PEFT writes them; the
+/// optimizer keeps moments for the adapters alone. Resumed from a checkpoint, it ends at the
+/// same adapters and weights, bit for bit; a resume with other adapters is refused.
+#[test]
+fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}\ncheckpoint_every: 2\nsteps: 4\n";
+    let write = |name: &str| {
+        let path = recipe(dir, name);
+        let text = std::fs::read_to_string(&path).unwrap().replace("steps: 6\n", "").replace("checkpoint_every: 1\n", "");
+        std::fs::write(&path, format!("{text}{lora}")).unwrap();
+        path
+    };
+    let (a, b) = (write("a"), write("b"));
+    for r in [&a, &b] {
+        let out = trainer(&["train", "--recipe", r.to_str().unwrap()]).env("RUST_LOG", "info").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        // 2 blocks x (q 32x32 + v 16x32 + down 32x64): A and B of rank 4.
+        let trained = 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4 + 4 * 64 + 32 * 4);
+        assert!(err.contains(&format!("LoRA rank 4, alpha 8, targets [q_proj, v_proj, down_proj]: {trained} trained parameters")), "{err}");
+    }
+    let tensors = |p: &str| model_files::safetensors::read_safetensors(dir.join(p)).unwrap();
+    let (base, merged) = (tensors("tiny/model.safetensors"), tensors("a/final/model.safetensors"));
+    assert_eq!(base.keys().collect::<Vec<_>>(), merged.keys().collect::<Vec<_>>(), "final/ holds the base model's tensors");
+    for (name, t) in &base {
+        let adapted = ["q_proj", "v_proj", "down_proj"].iter().any(|m| name.contains(m));
+        assert_eq!(merged[name] == *t, !adapted, "{name}");
+    }
+    let adapters = tensors("a/final/adapter/adapter_model.safetensors");
+    assert_eq!(adapters.len(), 2 * 3 * 2);
+    assert!(adapters.keys().all(|k| k.starts_with("base_model.model.model.layers.") && k.contains(".lora_")));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("a/final/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+    let moments = tensors("a/checkpoints/step-000004/optimizer.safetensors");
+    assert_eq!(moments.len(), 2 * adapters.len(), "an m and a v per adapter, none for frozen weights");
+
+    // b as if killed after its step-2 checkpoint, then resumed.
+    std::fs::remove_dir_all(dir.join("b/checkpoints/step-000004")).unwrap();
+    std::fs::remove_dir_all(dir.join("b/final")).unwrap();
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["final/model.safetensors", "final/adapter/adapter_model.safetensors"] {
+        assert!(std::fs::read(dir.join("a").join(file)).unwrap() == std::fs::read(dir.join("b").join(file)).unwrap(), "{file}");
+    }
+    let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
+    assert_eq!(objectives(&la), objectives(&std::fs::read_to_string(dir.join("b/metrics.jsonl")).unwrap()));
+
+    // Other adapters on resume: refused, naming both.
+    std::fs::remove_dir_all(dir.join("b/checkpoints/step-000004")).unwrap();
+    std::fs::write(&b, std::fs::read_to_string(&b).unwrap().replace("rank: 4", "rank: 8")).unwrap();
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lora: rank 4, alpha 8, targets [q_proj, v_proj, down_proj] -> rank 8"), "{err}");
+}
