@@ -1352,11 +1352,17 @@ def w_train(torch, dev, a):
     with decay on matrices only, one clip over the global gradient norm."""
     set_tf32(torch, a.get("tf32", False))
     m = load_model(torch, dev, a["model"])
+    if a.get("lora_adapter"):
+        # LoRA (`bench_train --lora`): rectify's starting adapters, trained by PEFT.
+        import peft
+
+        m = peft.PeftModel.from_pretrained(m, a["lora_adapter"], is_trainable=True)
     m.train()
     m.config.use_cache = False
     rows = rows_of(a["rows"])
-    decay = [p for n, p in m.named_parameters() if not (n.endswith(".bias") or "norm" in n)]
-    rest = [p for n, p in m.named_parameters() if n.endswith(".bias") or "norm" in n]
+    trained = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if not (n.endswith(".bias") or "norm" in n)]
+    rest = [p for n, p in trained if n.endswith(".bias") or "norm" in n]
     o = a["adamw"]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]}, {"params": rest, "weight_decay": 0.0}], lr=0.0,
                             betas=tuple(o["betas"]), eps=o["eps"])
@@ -1378,7 +1384,7 @@ def w_train(torch, dev, a):
             obj = -(mask * lp.detach().exp() * lp).sum() / n_tok
             obj.backward()
             obj_sum += obj.item()
-        norm = torch.nn.utils.clip_grad_norm_(m.parameters(), a["clip"]).item()
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in trained], a["clip"]).item()
         for g in opt.param_groups:
             g["lr"] = step["lr"]
         opt.step()

@@ -384,6 +384,18 @@ pub fn check_model_path(path: &Path) -> Result<()> {
     let weights = |d: &Path| {
         std::fs::read_dir(d).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))))
     };
+    if path.is_dir() && path.join(crate::lora::CONFIG_FILE).is_file() && !path.join("config.json").exists() {
+        // A PEFT adapter holds safetensors too, but is no model by itself.
+        let merged = path.parent().filter(|p| p.join("config.json").is_file());
+        bail!(
+            "{} is a LoRA adapter (PEFT's adapter_config.json), not a model: {}",
+            path.display(),
+            match merged {
+                Some(p) => format!("the model with it merged is {}", p.display()),
+                None => "give its base model with the adapter merged (PEFT's merge_and_unload)".to_string(),
+            }
+        );
+    }
     if path.is_dir() && !path.join("config.json").exists() && !weights(path) {
         bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
     }
@@ -457,6 +469,12 @@ mod tests {
         assert!(err(&snap).ends_with("it is a data snapshot, not a model"));
         std::fs::write(run.join("final").join("config.json"), "{}").unwrap();
         assert!(check_model_path(&run.join("final")).is_ok());
+        // A LoRA run's adapter folder holds safetensors, but is no model: its parent is.
+        let adapter = run.join("final").join("adapter");
+        std::fs::create_dir(&adapter).unwrap();
+        std::fs::write(adapter.join(crate::lora::CONFIG_FILE), "{}").unwrap();
+        std::fs::write(adapter.join(crate::lora::WEIGHTS_FILE), "").unwrap();
+        assert!(err(&adapter).ends_with(&format!("not a model: the model with it merged is {}", run.join("final").display())));
     }
     use crate::gguf::Value;
     use crate::gguf_writer::GgufWriter;

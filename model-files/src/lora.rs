@@ -68,8 +68,14 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         bail!("`peft_type` is {t}: only LORA adapters are read");
     }
     // Each of these, set, changes what the adapter computes.
-    for (key, off) in [("use_rslora", json!(false)), ("use_dora", json!(false)), ("fan_in_fan_out", json!(false)), ("bias", json!("none"))]
-    {
+    for (key, off) in [
+        ("use_rslora", json!(false)),
+        ("use_dora", json!(false)),
+        ("use_qalora", json!(false)),
+        ("lora_bias", json!(false)),
+        ("fan_in_fan_out", json!(false)),
+        ("bias", json!("none")),
+    ] {
         if let Some(v) = field(key).filter(|v| **v != off) {
             bail!("`{key}` is {v}: rectify computes LoRA with {key} {off} only");
         }
@@ -79,7 +85,15 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
             bail!("`{key}` is set: rectify gives every adapted projection the same rank and alpha");
         }
     }
-    for key in ["modules_to_save", "layers_to_transform", "trainable_token_indices", "target_parameters"] {
+    for key in [
+        "modules_to_save",
+        "layers_to_transform",
+        "layer_replication",
+        "exclude_modules",
+        "trainable_token_indices",
+        "target_parameters",
+        "alora_invocation_tokens",
+    ] {
         if let Some(v) = field(key).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             bail!("`{key}` is {v}: rectify adapts the named projections of every block, and nothing else");
         }
@@ -127,6 +141,8 @@ mod tests {
         for (patch, said) in [
             (json!({"use_rslora": true}), "`use_rslora` is true"),
             (json!({"use_dora": true}), "`use_dora` is true"),
+            (json!({"alora_invocation_tokens": [1, 2]}), "`alora_invocation_tokens` is [1,2]"),
+            (json!({"lora_bias": true}), "`lora_bias` is true"),
             (json!({"bias": "all"}), "`bias` is \"all\""),
             (json!({"rank_pattern": {"q_proj": 8}}), "`rank_pattern` is set"),
             (json!({"modules_to_save": ["lm_head"]}), "`modules_to_save` is [\"lm_head\"]"),

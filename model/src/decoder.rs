@@ -210,8 +210,9 @@ impl<B: Backend> Llama<B> {
         if let Some(lora) = &self.lora {
             for block in &mut params.layers {
                 for (target, Adapter { a, b }) in std::mem::take(&mut block.lora) {
+                    // Detached: a save records no autodiff graph over a copy of the weights.
                     let w = block.weight_mut(target);
-                    *w = w.clone() + b.matmul(a).mul_scalar(lora.scale());
+                    *w = w.clone().detach() + b.detach().matmul(a.detach()).mul_scalar(lora.scale());
                 }
             }
         }
@@ -232,16 +233,12 @@ impl<B: Backend> Llama<B> {
         let mut base: std::collections::BTreeMap<String, Tensor<B, 2>> =
             self.params.into_named().into_iter().map(|(n, t)| (n.hf, t)).collect();
         let mut problems = Vec::new();
-        let mut used = 0;
         let params = shapes.map(|name, shape| {
             if let Some(t) = base.remove(&name.hf) {
                 return t;
             }
             match adapters.get(&name.hf) {
-                Some(t) if t.shape == shape => {
-                    used += 1;
-                    host_to_tensor(t, &device)
-                }
+                Some(t) if t.shape == shape => host_to_tensor(t, &device),
                 Some(t) => {
                     problems.push(format!("`{}` has shape {:?}, expected {shape:?}", name.hf, t.shape));
                     Tensor::zeros([1, 1], &device)
@@ -252,15 +249,10 @@ impl<B: Backend> Llama<B> {
                 }
             }
         });
-        if used + problems.len() < adapters.len() {
-            let expected: std::collections::BTreeSet<String> = params.as_ref().into_named().into_iter().map(|(n, _)| n.hf).collect();
-            problems.extend(
-                adapters
-                    .keys()
-                    .filter(|k| !expected.contains(*k))
-                    .map(|k| format!("`{k}` adapts nothing in this model ({})", lora.describe())),
-            );
-        }
+        let expected: std::collections::BTreeSet<String> = params.as_ref().into_named().into_iter().map(|(n, _)| n.hf).collect();
+        problems.extend(
+            adapters.keys().filter(|k| !expected.contains(*k)).map(|k| format!("`{k}` adapts nothing in this model ({})", lora.describe())),
+        );
         if !problems.is_empty() {
             bail!("LoRA adapters ({}): {}", lora.describe(), problems.join("; "));
         }
@@ -402,7 +394,7 @@ impl<B: Backend> Llama<B> {
 
     /// Projection `target` of block `l`, with its LoRA adapter if it has one: `x Wᵀ + b +
     /// scale · (x Aᵀ) Bᵀ`, PEFT's order (the low-rank product is never formed).
-    fn project(&self, l: &Block<B>, target: LoraTarget, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
+    pub(crate) fn project(&self, l: &Block<B>, target: LoraTarget, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
         match (l.lora.get(&target), &self.lora) {
             (Some(Adapter { a, b }), Some(lora)) => {
                 let low = linear(linear(x.clone(), a, None), b, None).mul_scalar(lora.scale());

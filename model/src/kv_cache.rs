@@ -3,6 +3,7 @@
 use crate::decoder::{linear, rms_norm, Block, Llama, Rotary};
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
+use schemas::train::LoraTarget;
 
 /// Keys and values of every layer for the tokens seen so far, `[batch, kv_heads, len, head_dim]`
 /// each, after rotary embedding. Row `b` of the cache belongs to row `b` of the batch.
@@ -87,6 +88,6 @@ impl<B: Backend> Llama<B> {
         let scores = scores.reshape([b, nkv, group, t, total]) + bias.clone().reshape([b, 1, 1, t, total]);
         let weights = activation::softmax(scores, 4).reshape([b, nkv, group * t, total]);
         let out = weights.matmul(v).reshape([b, nh, t, hd]).swap_dims(1, 2).reshape([b, t, nh * hd]);
-        linear(out, &l.o_proj, l.o_bias.as_ref())
+        self.project(l, LoraTarget::OProj, out, l.o_bias.as_ref())
     }
 }

@@ -145,14 +145,17 @@ impl Lora {
         LoraTarget::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
     }
 
-    /// How messages and resume checks write it.
+    /// How messages and resume checks write it: the targets in one order (a block's), since the
+    /// order they are listed in changes nothing.
     pub fn describe(&self) -> String {
-        format!(
-            "rank {}, alpha {}, targets [{}]",
-            self.rank,
-            self.alpha,
-            self.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
-        )
+        let mut targets = self.targets.clone();
+        targets.sort();
+        format!("rank {}, alpha {}, targets [{}]", self.rank, self.alpha, targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "))
+    }
+
+    /// The same adapters, whatever order the targets are listed in.
+    pub fn same_as(&self, other: &Lora) -> bool {
+        self.describe() == other.describe()
     }
 }
 
@@ -522,6 +525,11 @@ mod tests {
         // Adding, dropping or changing the adapters changes the math: a resume is refused.
         let full: TrainRecipe = serde_norway::from_str(base).unwrap();
         assert_eq!(full.math_differences(&r), ["lora: none (full fine-tuning) -> rank 8, alpha 16, targets [q_proj, down_proj]"]);
+        // The order the targets are listed in is no change.
+        let reordered: TrainRecipe =
+            serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: [down_proj, q_proj]}}\n")).unwrap();
+        assert!(r.math_differences(&reordered).is_empty());
+        assert!(r.lora.as_ref().unwrap().same_as(reordered.lora.as_ref().unwrap()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! CPU, for `make bench-train`.
 //!
 //! usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute BLOCKS|all] [--rows-out FILE.jsonl]
+//!                    [--lora RANK [--adapter-out DIR]]
 //!        bench_train --matmul N
 //!
 //! Step k trains on rows kR..kR+R-1 of the snapshot (R = 2 unless given), each cut to its first
@@ -14,15 +15,19 @@
 //! the part of it spent in forward + backward (the rest is clipping and AdamW), and achieved
 //! GFLOP/s. FLOPs per step use the usual estimate for a decoder: 6 x tokens x (non-embedding
 //! parameters + the vocab x hidden output projection), plus attention scores and values,
-//! 12 x layers x hidden x sum(segment_len^2) / 2 (causal), forward and backward. `--matmul N` times an N x N x N f32
-//! matmul, the machine's practical ceiling.
+//! 12 x layers x hidden x sum(segment_len^2) / 2 (causal), forward and backward. `--lora RANK`
+//! trains LoRA adapters of rank RANK (alpha 2 x RANK) on all seven projections instead, starting
+//! from `trainer::lora::initial_adapters` with seed 0, which `--adapter-out` writes as a PEFT
+//! folder for the baseline to start from; its FLOPs count the frozen weights 4 x tokens (forward,
+//! and the backward pass to the activations) and the adapters 6 x. `--matmul N` times an N x N x N
+//! f32 matmul, the machine's practical ceiling.
 
 use anyhow::{bail, ensure, Context};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
 use model::decoder::Llama;
 use schemas::snapshot::{load_snapshot, segment_runs, Row};
-use schemas::train::Recompute;
+use schemas::train::{Lora, LoraTarget, Recompute};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -42,19 +47,22 @@ fn main() -> anyhow::Result<()> {
     }
     ensure!(
         args.len() >= 5,
-        "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute BLOCKS|all] [--rows-out FILE.jsonl]"
+        "usage: bench_train MODEL SNAPSHOT SEQ_LEN STEPS [--rows-per-step R] [--recompute BLOCKS|all] [--rows-out FILE.jsonl] [--lora RANK [--adapter-out DIR]]"
     );
     let seq_len: usize = args[3].parse()?;
     let steps: usize = args[4].parse()?;
     let mut per_step = 2;
     let mut recompute = Recompute::Flag(false);
     let mut rows_out = None;
+    let (mut lora_rank, mut adapter_out) = (None, None);
     let mut rest = args[5..].iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--recompute" => recompute = rest.next().context("--recompute needs a number of blocks or `all`")?.parse()?,
             "--rows-per-step" => per_step = rest.next().context("--rows-per-step needs a number")?.parse()?,
             "--rows-out" => rows_out = Some(rest.next().context("--rows-out needs a file")?.clone()),
+            "--lora" => lora_rank = Some(rest.next().context("--lora needs a rank")?.parse::<usize>()?),
+            "--adapter-out" => adapter_out = Some(rest.next().context("--adapter-out needs a folder")?.clone()),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -76,8 +84,20 @@ fn main() -> anyhow::Result<()> {
     }
 
     let dev = Default::default();
-    let mut model = Llama::<B>::load(Path::new(&args[1]), &dev)?.map_params(&dev, |_, p| p.require_grad());
-    let cfg = model.config.clone();
+    let base = Llama::<B>::load(Path::new(&args[1]), &dev)?;
+    let cfg = base.config.clone();
+    let lora = lora_rank.map(|rank| Lora { rank, alpha: 2.0 * rank as f64, targets: LoraTarget::ALL.to_vec() });
+    let mut model = match &lora {
+        None => base,
+        Some(lora) => {
+            let adapters = trainer::lora::initial_adapters(&cfg, lora, 0);
+            if let Some(dir) = &adapter_out {
+                model_files::lora::write_adapter(Path::new(dir), lora, &adapters, &args[1])?;
+            }
+            base.with_lora(lora, &adapters)?
+        }
+    }
+    .with_trainable_leaves();
     let recompute_blocks = recompute.blocks(cfg.num_hidden_layers)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 });
     let (mut times, mut backward, mut objectives, mut norms) = (vec![], vec![], vec![], vec![]);
@@ -100,19 +120,26 @@ fn main() -> anyhow::Result<()> {
     let secs: f64 = times[skip..].iter().sum();
     let timed_tokens: usize = tokens[skip..].iter().sum();
     let (d, l, v) = (cfg.hidden_size as f64, cfg.num_hidden_layers as f64, cfg.vocab_size as f64);
-    let n_params: usize = model.named_params().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum();
-    let non_embed = n_params as f64 - if cfg.tie_word_embeddings { 0.0 } else { v * d } - v * d;
+    let count = |params: Vec<(String, &Tensor<B, 2>)>| params.iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum::<usize>();
+    let n_params = count(model.named_params());
+    let trained = count(model.trainable_params());
+    // Full fine-tuning: every weight 6 x tokens. LoRA: the frozen ones 4 x, the adapters 6 x.
+    let (frozen, adapters) = if lora.is_some() { (n_params - trained, trained) } else { (n_params, 0) };
+    let weight_passes = if lora.is_some() { 4.0 } else { 6.0 };
+    let non_embed = frozen as f64 - if cfg.tie_word_embeddings { 0.0 } else { v * d } - v * d;
     let flops: f64 = rows[skip * per_step..]
         .iter()
         .map(|r| {
             let sum_sq: f64 = segment_runs(&r.segment_ids).iter().map(|&(_, n)| (n as f64).powi(2)).sum();
-            6.0 * r.input_ids.len() as f64 * (non_embed + v * d) + 12.0 * l * d * sum_sq / 2.0
+            let t = r.input_ids.len() as f64;
+            weight_passes * t * (non_embed + v * d) + 6.0 * t * adapters as f64 + 12.0 * l * d * sum_sq / 2.0
         })
         .sum();
     println!(
         "{}",
         serde_json::json!({
-            "seq_len": seq_len, "recompute_blocks": recompute_blocks, "params": n_params, "rows_per_step": per_step, "threads": cores, "step_tokens": tokens,
+            "seq_len": seq_len, "recompute_blocks": recompute_blocks, "params": n_params, "trained_params": trained,
+            "lora_rank": lora_rank, "rows_per_step": per_step, "threads": cores, "step_tokens": tokens,
             "step_seconds": times, "forward_backward_seconds": backward, "objectives": objectives, "grad_norms": norms,
             "tokens_per_second": timed_tokens as f64 / secs, "gflops": flops / secs / 1e9,
             "peak_rss_mib": progress::peak_rss_mib().unwrap_or(0.0),

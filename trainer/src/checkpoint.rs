@@ -93,13 +93,14 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     tok: &ChatTokenizer,
     opt: &AdamW<B::InnerBackend>,
     state: &TrainerState,
+    base_model: &Path,
 ) -> anyhow::Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
     // What a killed run left while writing another step (a resume may checkpoint other steps);
     // before this save, whose disk it may need.
     schemas::snapshot::remove_all_leftovers(&output.join("checkpoints"));
     publish_dir(&final_dir, |tmp| {
-        save_model_folder(tmp, model, tok, &state.recipe.model)?;
+        save_model_folder(tmp, model, tok, &base_model.display().to_string())?;
         write_safetensors(tmp.join(OPTIMIZER_FILE), &opt.state_to_host())?;
         schemas::write_atomic(&tmp.join(STATE_FILE), (serde_json::to_string_pretty(state)? + "\n").as_bytes())
     })?;

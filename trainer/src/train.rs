@@ -361,7 +361,7 @@ fn train_in<B: AutodiffBackend>(
             let adapters = if state.step > 0 {
                 let dir = model_dir.join(ADAPTER_DIR);
                 let (saved, adapters) = model_files::lora::read_adapter(&dir)?;
-                if saved != *lora {
+                if !saved.same_as(lora) {
                     bail!("{} holds adapters of {}, the recipe asks for {}", dir.display(), saved.describe(), lora.describe());
                 }
                 adapters
@@ -370,8 +370,12 @@ fn train_in<B: AutodiffBackend>(
             };
             let model = base.with_lora(lora, &adapters)?;
             let trained: usize = model.trainable_params().iter().map(|(_, p)| p.shape().num_elements()).sum();
-            let all: usize = model.named_params().iter().map(|(_, p)| p.shape().num_elements()).sum();
-            tracing::info!("LoRA {}: {trained} trained parameters, {:.2}% of {all}", lora.describe(), 100.0 * trained as f64 / all as f64);
+            let base: usize = model.named_params().iter().map(|(_, p)| p.shape().num_elements()).sum::<usize>() - trained;
+            tracing::info!(
+                "LoRA {}: {trained} trained parameters, {:.2}% of the base model's {base}",
+                lora.describe(),
+                100.0 * trained as f64 / base as f64
+            );
             model
         }
     }
@@ -479,7 +483,7 @@ fn train_in<B: AutodiffBackend>(
             validate(v, log, &model, step_no, &pb, device)?;
         }
         if run.save && (step_no % r.checkpoint_every == 0 || step_no == total_steps) {
-            save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state)?;
+            save_checkpoint(&run.output_dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &opt, &state, &run.model_path)?;
             if let Some(keep) = r.keep_checkpoints {
                 crate::checkpoint::prune_checkpoints(&run.output_dir, keep)?;
             }
