@@ -123,6 +123,10 @@ TRAIN_TOLERANCE = 1e-2
 # weights, hence 1e-3 rather than less; the CPU dry run gives 2e-7. A wrong mask or row shows as
 # a different token count, compared exactly.
 HELDOUT_TOLERANCE = 1e-3
+# The training recipes' seed (data order and, with LoRA, the adapters' starting draw).
+RECIPE_SEED = 42
+# train_lora's adapters: rank 16 on every projection, as datasets/recipes/train/lora.yaml.
+LORA = {"rank": 16, "alpha": 32, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 # Dense peak throughput by GPU, FLOP/s: FP32 on the CUDA cores and TF32 on the tensor cores
 # (NVIDIA's H100, H200 and A100 datasheets, the sparsity figures halved). Both sides run IEEE f32
@@ -452,12 +456,12 @@ class Check:
         with open(path, "w") as f:
             f.write(f"model: {json.dumps(model)}\nsnapshot: {json.dumps(self.args.snapshot)}\n"
                     f"output_dir: {json.dumps(out)}\nloss: dft\nlr: 1.0e-4\nbatch_tokens: {micro * 2048}\n"
-                    f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: 42\ncheckpoint_every: 1000000\n"
+                    f"micro_batch_rows: {micro}\nsteps: {steps}\nseed: {RECIPE_SEED}\ncheckpoint_every: 1000000\n"
                     f"recompute: {'true' if recompute else 'false'}\n{extra}")
         return path, os.path.join(out, "metrics.jsonl")
 
-    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False, recompute=False):
-        recipe, metrics = self.recipe(shape, name, steps, micro, recompute)
+    def train_rectify(self, shape, name, steps, micro, timeout, tf32=False, recompute=False, extra=""):
+        recipe, metrics = self.recipe(shape, name, steps, micro, recompute, extra)
         env = {**self.env, "RECTIFY_TF32": "1"} if tf32 else None
         try:
             res, _ = self.run(name, [self.args.trainer, "train", "--recipe", recipe, "--device", self.device, "--no-save"], timeout,
@@ -531,9 +535,29 @@ class Check:
         self.shape(shape)["train_rectify_recompute"] = r
         return r
 
-    def train_torch(self, shape, compile_, tf32=False):
-        steps = self.shape(shape).get("rectify_tf32_steps" if tf32 else "rectify_steps")
-        key = "train_compile" if compile_ else "train_eager_tf32" if tf32 else "train_eager"
+    def train_lora(self, shape):
+        """LoRA (`LORA`) on the same rows: rectify's steps, then PyTorch's from the same starting
+        adapters (rectify's seeded draw, replayed by the worker) with every other weight frozen,
+        compared step by step as train_eager is: LoRA's CUDA path, and the memory and speed it
+        gives each side."""
+        r = self.train_rectify(shape, f"train-rectify-lora-{shape}", self.mode["steps"], 1, self.limit("train"),
+                               extra=f"lora: {json.dumps(LORA)}\n")
+        self.shape(shape)["rectify_lora_steps"] = r.pop("steps")
+        full = self.shape(shape).get("train_rectify", {})
+        if full.get("peak_memory_mib") and r.get("peak_memory_mib"):
+            r["peak_memory_vs_full_fine_tuning"] = round(r["peak_memory_mib"] / full["peak_memory_mib"], 3)
+        self.shape(shape)["train_rectify_lora"] = r
+        try:
+            return self.train_torch(shape, False, lora=True)
+        finally:
+            # FLOPS_FORMULA counts every weight's gradient, which LoRA does not compute.
+            for d in (r, self.shape(shape).get("train_eager_lora", {})):
+                for k in ("flops_per_token", "flops_formula", "achieved_tflops", "mfu_fp32", "mfu_tf32_tensor", "mfu_peak"):
+                    d.pop(k, None)
+
+    def train_torch(self, shape, compile_, tf32=False, lora=False):
+        steps = self.shape(shape).get("rectify_lora_steps" if lora else "rectify_tf32_steps" if tf32 else "rectify_steps")
+        key = "train_eager_lora" if lora else "train_compile" if compile_ else "train_eager_tf32" if tf32 else "train_eager"
         paired = bool(steps)
         if not paired:
             # rectify recorded no step (it failed on this machine): PyTorch's figures still
@@ -542,7 +566,8 @@ class Check:
         r = self.worker(f"{key}-{shape}", "train",
                         {"model": os.path.join(self.work, "models", shape), "rows": self.rows_file, "device": self.device,
                          "steps": [{"rows": s["rows"], "lr": s["lr"]} for s in steps], "micro": 1, "compile": compile_,
-                         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}, "clip": 1.0, "tf32": tf32},
+                         "adamw": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}, "clip": 1.0, "tf32": tf32,
+                         "lora": {**LORA, "seed": RECIPE_SEED} if lora else None},
                         self.limit("compile" if compile_ else "torch_train"))
         r.update(self.throughput(shape, r["steps"]))
         if not paired:
@@ -561,7 +586,7 @@ class Check:
         # NaN-safe: a NaN anywhere makes the largest difference NaN, which fails below.
         diffs = [d for c in cmp for d in (c["objective_rel"], c["grad_norm_rel"])]
         r["max_rel_diff"] = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
-        mine = self.shape(shape).get("train_rectify_tf32" if tf32 else "train_rectify", {})
+        mine = self.shape(shape).get("train_rectify_lora" if lora else "train_rectify_tf32" if tf32 else "train_rectify", {})
         if mine.get("tokens_per_second") and r.get("tokens_per_second"):
             r["rectify_over_pytorch_tokens_per_second"] = round(mine["tokens_per_second"] / r["tokens_per_second"], 3)
         self.shape(shape)[key] = {k: v for k, v in r.items() if k != "steps"}
@@ -708,6 +733,11 @@ class Check:
             if rc:
                 print(f"{'':<14} recompute every block: rectify {fmt(rc.get('tokens_per_second'), '.0f')} tok/s, "
                       f"{fmt(rc.get('peak_memory_mib'), '.0f')} MiB peak ({fmt(rc.get('peak_memory_vs_plain'), '.2f')}x the plain run's)")
+            lr_, le = s.get("train_rectify_lora", {}), s.get("train_eager_lora", {})
+            if lr_:
+                print(f"{'':<14} LoRA r{LORA['rank']}: rectify {tps(lr_)} tok/s, {fmt(lr_.get('peak_memory_mib'), '.0f')} MiB peak; "
+                      f"PyTorch eager {tps(le)} tok/s, {fmt(le.get('process', {}).get('peak_memory_mib'), '.0f')} MiB; "
+                      f"steps {fmt(le.get('max_rel_diff'), '.1e')} relative apart")
             ho = s.get("heldout", {})
             if ho.get("rectify", {}).get("lines"):
                 against = f"{fmt(max(ho['rel_diff'].values()), '.1e')} relative from PyTorch's" if ho.get("rel_diff") else "no PyTorch"
@@ -1113,7 +1143,7 @@ def main():
 
 # The measurements `--only` picks from, in the order `run_all` runs them.
 STEP_KINDS = ["logprobs", "train_rectify", "train_eager", "generate", "heldout", "microbatch", "train_compile", "train_tf32",
-              "train_recompute"]
+              "train_recompute", "train_lora"]
 # Those that replay rectify's training steps or compare with them (and load the kernels that run
 # compiled): `--only` runs train_rectify with them.
 PAIRED_WITH_TRAIN = ["train_eager", "heldout", "microbatch", "train_compile", "train_tf32", "train_recompute"]
@@ -1156,6 +1186,9 @@ def run_all(c):
         c.step(f"train_compile {s}", c.train_torch, s, True, min_seconds=90, required=False)
     for s in ready[1:]:
         c.step(f"generate {s}", c.generate, s, min_seconds=60)
+    for s in reversed(ready):
+        # Optional, the larger shape first (where LoRA's memory matters): LoRA against PyTorch.
+        c.step(f"train_lora {s}", c.train_lora, s, min_seconds=60, required=False)
     if c.device == "cuda":
         for s in (s for s in ready if s not in tf32_done):
             # Optional: the IEEE f32 figures above are the check; TF32 is the opt-in speed.
@@ -1357,6 +1390,8 @@ def w_train(torch, dev, a):
         import peft
 
         m = peft.PeftModel.from_pretrained(m, a["lora_adapter"], is_trainable=True)
+    elif a.get("lora"):
+        add_lora(torch, m, a["lora"], dev)
     m.train()
     m.config.use_cache = False
     rows = rows_of(a["rows"])
@@ -1402,6 +1437,70 @@ def w_train(torch, dev, a):
     return {"steps": out, "compile": a["compile"], "attention": "sdpa with a block-diagonal causal float mask",
             "time_to_first_step_s": round(first_done, 2) if out else None,
             "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# rectify's LoRA targets in the order it visits them (schemas::train::LoraTarget), and the stream
+# its starting adapters are drawn from (trainer/src/lora.rs).
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_STREAM = 0x4C6F_5241_2D69_6E69
+U64 = (1 << 64) - 1
+
+
+def mix64(x):
+    x = ((x ^ (x >> 30)) * 0xBF58_476D_1CE4_E5B9) & U64
+    x = ((x ^ (x >> 27)) * 0x94D0_49BB_1331_11EB) & U64
+    return x ^ (x >> 31)
+
+
+def rectify_lora_a(np, shapes, seed):
+    """rectify's starting `A` matrices (`trainer::lora::initial_adapters`), replayed: its
+    splitmix64 stream from `mix64(seed ^ LORA_STREAM)`, 53 bits per value onto
+    [-1/sqrt(in), 1/sqrt(in)), adapter after adapter in `shapes` order ([rank, in] each)."""
+    total = sum(r * i for r, i in shapes)
+    with np.errstate(over="ignore"):
+        # splitmix64's n-th state is the start plus n times its increment, so the stream is computed at once.
+        x = np.uint64(mix64(seed ^ LORA_STREAM)) + np.arange(1, total + 1, dtype=np.uint64) * np.uint64(0x9E37_79B9_7F4A_7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58_476D_1CE4_E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D0_49BB_1331_11EB)
+        x = x ^ (x >> np.uint64(31))
+    u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    out, k = [], 0
+    for r, i in shapes:
+        out.append(((u[k:k + r * i] * 2.0 - 1.0) * (1.0 / math.sqrt(i))).astype(np.float32).reshape(r, i))
+        k += r * i
+    return out
+
+
+def add_lora(torch, m, lora, dev):
+    """LoRA as PEFT computes it, written out (PEFT is not on the GPU machines): each target
+    projection gives `x Wᵀ + b + (alpha / rank) · (x Aᵀ) Bᵀ`, `B` starting at zero and `A` at
+    rectify's own draw, so that both sides train the same adapters; every other weight frozen."""
+    import numpy as np
+
+    for p in m.parameters():
+        p.requires_grad_(False)
+    rank, scale = lora["rank"], lora["alpha"] / lora["rank"]
+    layers = m.model.layers
+    chosen = [(block, t) for block in layers for t in LORA_TARGETS if t in lora["targets"]]
+
+    def module(block, t):
+        return getattr(block.self_attn if hasattr(block.self_attn, t) else block.mlp, t)
+
+    a_init = rectify_lora_a(np, [(rank, module(b, t).in_features) for b, t in chosen], lora["seed"])
+
+    class Adapted(torch.nn.Module):
+        def __init__(self, base, a):
+            super().__init__()
+            self.base = base
+            self.lora_A = torch.nn.Parameter(torch.from_numpy(a).to(dev))
+            self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
+
+        def forward(self, x):
+            return self.base(x) + (x @ self.lora_A.t()) @ self.lora_B.t() * scale
+
+    for (block, t), a in zip(chosen, a_init):
+        parent = block.self_attn if hasattr(block.self_attn, t) else block.mlp
+        setattr(parent, t, Adapted(module(block, t), a))
 
 
 def w_generate(torch, dev, a):
