@@ -31,7 +31,7 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
         "base_model_name_or_path": base_model,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
-        "target_modules": lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "target_modules": lora.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": false,
@@ -106,8 +106,9 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
             let mut targets = Vec::new();
             for n in names {
                 let name = n.as_str().context("`target_modules` holds a value that is not a module name")?;
-                let target = LoraTarget::ALL.into_iter().find(|t| t.name() == name).with_context(|| {
-                    format!("`target_modules` names `{name}`: rectify adapts only {}", LoraTarget::ALL.map(|t| t.name()).join(", "))
+                let target = LoraTarget::from_name(name).with_context(|| {
+                    let all: Vec<&str> = LoraTarget::ALL.iter().map(|t| t.as_str()).collect();
+                    format!("`target_modules` names `{name}`: rectify adapts only {}", all.join(", "))
                 })?;
                 targets.push(target);
             }

@@ -127,7 +127,7 @@ impl<T> Block<T> {
         // `base_model.model.` prefix (`...q_proj.lora_A.weight`) and llama.cpp's LoRA GGUFs do
         // (`blk.0.attn_q.weight.lora_a`).
         for (target, ad) in self.lora {
-            let suffix = format!(".{}.weight", target.name());
+            let suffix = format!(".{}.weight", target.as_str());
             let base = visited.iter().find(|n| n.hf.ends_with(&suffix)).expect("every LoRA target is a projection of the block");
             let module = base.hf.strip_suffix(".weight").expect("ends with .weight");
             let mut named = |hf: String, gguf: String, t: T| f(&Name { hf, gguf }, t);

@@ -2,51 +2,23 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Domain {
     Math,
     Code,
 }
 
-impl std::str::FromStr for Domain {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Domain> {
-        match s {
-            "math" => Ok(Domain::Math),
-            "code" => Ok(Domain::Code),
-            other => anyhow::bail!("unknown domain `{other}` (math or code)"),
-        }
-    }
-}
-
-impl Domain {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Domain::Math => "math",
-            Domain::Code => "code",
-        }
-    }
-}
+spelled!(Domain, "domain", { Math => "math", Code => "code" });
 
 /// Who speaks a turn of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     System,
     User,
     Assistant,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
+spelled!(Role, "role", { System => "system", User => "user", Assistant => "assistant" });
 
 /// One turn of a conversation, as chat templates read it (`{"role": ..., "content": ...}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

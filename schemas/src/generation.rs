@@ -43,8 +43,7 @@ impl Sampling {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Finish {
     /// Ended with one of the stop tokens (kept as the last id).
     Stop,
@@ -52,14 +51,7 @@ pub enum Finish {
     Length,
 }
 
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
-    }
-}
+spelled!(Finish, "finish reason", { Stop => "stop", Length => "length" }, custom FromStr);
 
 impl std::str::FromStr for Finish {
     type Err = anyhow::Error;
@@ -67,9 +59,8 @@ impl std::str::FromStr for Finish {
     /// words for an ended turn) read as `stop`.
     fn from_str(s: &str) -> anyhow::Result<Finish> {
         match s {
-            "stop" | "eos" | "stop_sequence" => Ok(Finish::Stop),
-            "length" => Ok(Finish::Length),
-            other => anyhow::bail!("unknown finish reason `{other}` (stop or length)"),
+            "eos" | "stop_sequence" => Ok(Finish::Stop),
+            other => Finish::parse_name(other),
         }
     }
 }

@@ -3,6 +3,58 @@
 //! verifying and atomically writing a snapshot, and the seeded RNG and hashes the formats are
 //! defined by. No DataFusion, no Burn: every other crate may depend on this one.
 
+/// An enum of unit variants whose values are spelled once, in the table given here: `ALL`,
+/// `as_str`, `from_name`, serde (the same spelling in recipes, manifests and results) and, unless
+/// `custom FromStr` is given, `FromStr` (the CLI's flags), whose error names `$what` and lists
+/// the spellings.
+macro_rules! spelled {
+    ($ty:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        spelled!($ty, $what, { $($variant => $text),+ }, custom FromStr);
+        impl std::str::FromStr for $ty {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> anyhow::Result<$ty> {
+                $ty::parse_name(s)
+            }
+        }
+    };
+    ($ty:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }, custom FromStr) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+
+            /// The value spelled `s` exactly, if any.
+            pub fn from_name(s: &str) -> Option<$ty> {
+                $ty::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+
+            /// [`Self::from_name`], or an error listing the spellings.
+            pub fn parse_name(s: &str) -> anyhow::Result<$ty> {
+                let names: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                $ty::from_name(s).ok_or_else(|| anyhow::anyhow!("unknown {} `{s}`: expected one of {}", $what, names.join(", ")))
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$ty, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                $ty::parse_name(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod example;
 pub mod generation;
 pub mod manifest;

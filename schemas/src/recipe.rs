@@ -47,8 +47,7 @@ pub struct Recipe {
     pub write: WriteConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SnapshotKind {
     #[default]
     Train,
@@ -69,15 +68,9 @@ impl SnapshotKind {
             SnapshotKind::Rollouts => &[],
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotKind::Train => "train",
-            SnapshotKind::Prompts => "prompts",
-            SnapshotKind::Rollouts => "rollouts",
-        }
-    }
 }
+
+spelled!(SnapshotKind, "snapshot kind", { Train => "train", Prompts => "prompts", Rollouts => "rollouts" });
 
 /// Built-in adapters for the shipped formats, and `generic` for anything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
     /// Token-mean cross-entropy over loss tokens.
     Sft,
@@ -18,22 +17,11 @@ pub enum LossKind {
     Iwsft,
 }
 
-impl std::str::FromStr for LossKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "sft" => Ok(LossKind::Sft),
-            "dft" => Ok(LossKind::Dft),
-            "iwsft" => Ok(LossKind::Iwsft),
-            other => bail!("unknown loss `{other}`: expected sft, dft or iwsft"),
-        }
-    }
-}
+spelled!(LossKind, "loss", { Sft => "sft", Dft => "dft", Iwsft => "iwsft" });
 
 /// How the learning rate moves after the linear warmup: the decays reach 0 one step past the
 /// last (the last step runs just above it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LrSchedule {
     /// Half a cosine from the peak down to 0 (the DFT paper's).
     #[default]
@@ -56,17 +44,7 @@ impl LrSchedule {
     }
 }
 
-impl std::str::FromStr for LrSchedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "cosine" => Ok(LrSchedule::Cosine),
-            "linear" => Ok(LrSchedule::Linear),
-            "constant" => Ok(LrSchedule::Constant),
-            other => bail!("unknown lr_schedule `{other}`: expected cosine, linear or constant"),
-        }
-    }
-}
+spelled!(LrSchedule, "lr_schedule", { Cosine => "cosine", Linear => "linear", Constant => "constant" });
 
 /// Low-rank adaptation (LoRA, Hu et al. 2021) as PEFT's `LoraConfig` computes it: each target
 /// projection `W` of every block gains `(alpha / rank) · B A`, with `A` `[rank, in]` and `B`
@@ -82,8 +60,7 @@ pub struct Lora {
 }
 
 /// A projection LoRA can adapt, by its Hugging Face module name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LoraTarget {
     QProj,
     KProj,
@@ -94,23 +71,16 @@ pub enum LoraTarget {
     DownProj,
 }
 
-impl LoraTarget {
-    /// Every projection of a block: PEFT's `all-linear` (which leaves out the output head).
-    pub const ALL: [LoraTarget; 7] = [
-        LoraTarget::QProj,
-        LoraTarget::KProj,
-        LoraTarget::VProj,
-        LoraTarget::OProj,
-        LoraTarget::GateProj,
-        LoraTarget::UpProj,
-        LoraTarget::DownProj,
-    ];
-
-    /// The module name (`q_proj`), as the recipe and PEFT write it.
-    pub fn name(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).expect("a unit variant serialises to its name")
-    }
-}
+// `ALL` is every projection of a block: PEFT's `all-linear` (which leaves out the output head).
+spelled!(LoraTarget, "LoRA target", {
+    QProj => "q_proj",
+    KProj => "k_proj",
+    VProj => "v_proj",
+    OProj => "o_proj",
+    GateProj => "gate_proj",
+    UpProj => "up_proj",
+    DownProj => "down_proj",
+});
 
 impl Lora {
     /// `alpha / rank`, the factor of `B A` (PEFT without `use_rslora`).
@@ -136,13 +106,13 @@ impl Lora {
         seen.sort();
         seen.dedup();
         if seen.len() != self.targets.len() {
-            bail!("`lora.targets` names a projection twice: {:?}", self.targets.iter().map(|t| t.name()).collect::<Vec<_>>());
+            bail!("`lora.targets` names a projection twice: {:?}", self.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>());
         }
         Ok(())
     }
 
     fn all_names() -> String {
-        LoraTarget::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        LoraTarget::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// How messages and resume checks write it: the targets in one order (a block's), since the
@@ -150,7 +120,7 @@ impl Lora {
     pub fn describe(&self) -> String {
         let mut targets = self.targets.clone();
         targets.sort();
-        format!("rank {}, alpha {}, targets [{}]", self.rank, self.alpha, targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "))
+        format!("rank {}, alpha {}, targets [{}]", self.rank, self.alpha, targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))
     }
 
     /// The same adapters, whatever order the targets are listed in.
@@ -359,14 +329,14 @@ impl TrainRecipe {
     /// The value of one of [`MATH_KEYS`], as written in messages.
     pub fn math_value(&self, key: &str) -> String {
         match key {
-            "loss" => format!("{:?}", self.loss).to_lowercase(),
+            "loss" => self.loss.as_str().to_string(),
             "iwsft_clip" => format!("{:?}", self.iwsft_clip),
             "lr" => self.lr.to_string(),
             "betas" => format!("{:?}", self.betas),
             "eps" => self.eps.to_string(),
             "weight_decay" => self.weight_decay.to_string(),
             "warmup_ratio" => self.warmup_ratio.to_string(),
-            "lr_schedule" => format!("{:?}", self.lr_schedule).to_lowercase(),
+            "lr_schedule" => self.lr_schedule.as_str().to_string(),
             "clip" => self.clip.to_string(),
             "batch_tokens" => self.batch_tokens.to_string(),
             "steps" => self.steps.map_or("unset".into(), |v| v.to_string()),
@@ -583,7 +553,7 @@ mod tests {
         let err = with("lr_schedule: cosine_with_restarts\n").unwrap_err().to_string();
         assert!(err.contains("cosine_with_restarts") && err.contains("linear"), "{err}");
         assert_eq!("linear".parse::<LrSchedule>().unwrap(), LrSchedule::Linear);
-        assert!("step".parse::<LrSchedule>().unwrap_err().to_string().contains("expected cosine, linear or constant"));
+        assert!("step".parse::<LrSchedule>().unwrap_err().to_string().contains("expected one of cosine, linear, constant"));
         // The recipe a checkpoint's state saved before the key existed (JSON, without it).
         let mut saved = serde_json::to_value(with("lr_schedule: linear\n").unwrap()).unwrap();
         saved.as_object_mut().unwrap().remove("lr_schedule").unwrap();

@@ -419,7 +419,7 @@ fn train_in<B: AutodiffBackend>(
     };
     let mut stream = Stream::new(snapshot.rows.len(), state.seed);
     let start = Instant::now();
-    let pb = progress::steps(total_steps, &format!("{:?}", r.loss).to_lowercase());
+    let pb = progress::steps(total_steps, r.loss.as_str());
     pb.set_position(state.step);
     let mut last = None;
     // Due, or the first measurement of this held-out set in a resumed run (added, or another

@@ -471,7 +471,10 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
         // 2 blocks x (q 32x32 + v 16x32 + down 32x64): A and B of rank 4.
         let trained = 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4 + 4 * 64 + 32 * 4);
         assert!(err.contains(&format!("LoRA rank 4, alpha 8, targets [q_proj, v_proj, down_proj]: {trained} trained parameters")), "{err}");
-        assert!(err.contains(&format!("of the base model's {}", 49152 * 32 + 2 * (2 * 32 + 2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 64) + 32)), "{err}");
+        assert!(
+            err.contains(&format!("of the base model's {}", 49152 * 32 + 2 * (2 * 32 + 2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 64) + 32)),
+            "{err}"
+        );
     }
     let tensors = |p: &str| model_files::safetensors::read_safetensors(dir.join(p)).unwrap();
     let (base, merged) = (tensors("tiny/model.safetensors"), tensors("a/final/model.safetensors"));
