@@ -302,6 +302,7 @@ fn undo_llama_qk_permutation(ckpt: &mut Checkpoint) -> Result<()> {
 /// when both exist, as in transformers), or one `.safetensors` file with `config.json` beside it.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let path = path.as_ref();
+    refuse_adapter(path)?;
     let (dir, files, index): (PathBuf, Vec<PathBuf>, Option<BTreeMap<String, String>>) = if path.is_dir() {
         let single = path.join("model.safetensors");
         let index_path = path.join("model.safetensors.index.json");
@@ -384,20 +385,27 @@ pub fn check_model_path(path: &Path) -> Result<()> {
     let weights = |d: &Path| {
         std::fs::read_dir(d).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))))
     };
-    if path.is_dir() && path.join(crate::lora::CONFIG_FILE).is_file() && !path.join("config.json").exists() {
-        // A PEFT adapter holds safetensors too, but is no model by itself.
-        let merged = path.parent().filter(|p| p.join("config.json").is_file());
+    refuse_adapter(path)?;
+    if path.is_dir() && !path.join("config.json").exists() && !weights(path) {
+        bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
+    }
+    Ok(())
+}
+
+/// Fails where `model` is a PEFT adapter folder, or a file in one: it holds safetensors too, but
+/// is no model by itself.
+fn refuse_adapter(model: &Path) -> Result<()> {
+    let folder = model_folder(model);
+    if folder.join(crate::lora::CONFIG_FILE).is_file() && !folder.join("config.json").exists() {
+        let merged = folder.parent().filter(|p| p.join("config.json").is_file());
         bail!(
             "{} is a LoRA adapter (PEFT's adapter_config.json), not a model: {}",
-            path.display(),
+            folder.display(),
             match merged {
                 Some(p) => format!("the model with it merged is {}", p.display()),
                 None => "give its base model with the adapter merged (PEFT's merge_and_unload)".to_string(),
             }
         );
-    }
-    if path.is_dir() && !path.join("config.json").exists() && !weights(path) {
-        bail!("{} holds no config.json or safetensors files{}", path.display(), what_folder_is_this(path));
     }
     Ok(())
 }
@@ -474,7 +482,13 @@ mod tests {
         std::fs::create_dir(&adapter).unwrap();
         std::fs::write(adapter.join(crate::lora::CONFIG_FILE), "{}").unwrap();
         std::fs::write(adapter.join(crate::lora::WEIGHTS_FILE), "").unwrap();
-        assert!(err(&adapter).ends_with(&format!("not a model: the model with it merged is {}", run.join("final").display())));
+        let said = format!("not a model: the model with it merged is {}", run.join("final").display());
+        assert!(err(&adapter).ends_with(&said));
+        // Loading it (as `trainer export` does), or its weights file alone, says the same.
+        for p in [adapter.clone(), adapter.join(crate::lora::WEIGHTS_FILE)] {
+            let e = load_safetensors(&p).unwrap_err().to_string();
+            assert!(e.ends_with(&said), "{e}");
+        }
     }
     use crate::gguf::Value;
     use crate::gguf_writer::GgufWriter;

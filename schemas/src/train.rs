@@ -55,7 +55,8 @@ spelled!(LrSchedule, "lr_schedule", { Cosine => "cosine", Linear => "linear", Co
 pub struct Lora {
     pub rank: usize,
     pub alpha: f64,
-    /// The projections adapted in every block (PEFT's `target_modules`).
+    /// The projections adapted in every block (PEFT's `target_modules`): a list, or `all-linear`.
+    #[serde(deserialize_with = "lora_targets")]
     pub targets: Vec<LoraTarget>,
 }
 
@@ -81,6 +82,30 @@ spelled!(LoraTarget, "LoRA target", {
     UpProj => "up_proj",
     DownProj => "down_proj",
 });
+
+/// `targets`: a list of projection names, or PEFT's `all-linear` (all seven).
+fn lora_targets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<LoraTarget>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        List(Vec<String>),
+        One(String),
+    }
+    let names = match Written::deserialize(d)? {
+        Written::One(s) if s == "all-linear" => return Ok(LoraTarget::ALL.to_vec()),
+        Written::One(s) => return Err(serde::de::Error::custom(format!("`targets` is `{s}`: give a list, as `[{s}]`, or `all-linear`"))),
+        Written::List(names) => names,
+    };
+    names
+        .iter()
+        .map(|n| {
+            LoraTarget::parse_name(n).map_err(|e| {
+                let why = if n == "lm_head" || n == "embed_tokens" { " (the head and the embeddings are not adapted)" } else { "" };
+                serde::de::Error::custom(format!("{e}{why}"))
+            })
+        })
+        .collect()
+}
 
 impl Lora {
     /// `alpha / rank`, the factor of `B A` (PEFT without `use_rslora`).
@@ -322,6 +347,14 @@ impl TrainRecipe {
             anyhow::anyhow!("training recipe {}: {e}{hint}", path.display())
         })?;
         let keys: serde_norway::Mapping = serde_norway::from_str(&text).unwrap_or_default();
+        if keys.get("lora").is_some_and(serde_norway::Value::is_null) {
+            // `lora:` with its settings left out (or commented out) would otherwise train every
+            // weight, at a learning rate chosen for adapters.
+            bail!(
+                "training recipe {}: `lora` is empty: give {{rank, alpha, targets}}, or remove the key for full fine-tuning",
+                path.display()
+            );
+        }
         let unset = MATH_KEYS.into_iter().filter(|k| !keys.contains_key(*k)).collect();
         Ok((r, unset))
     }
@@ -484,14 +517,26 @@ mod tests {
             let err = r.validate().unwrap_err().to_string();
             assert!(err.contains(said), "{extra}: {err}");
         }
+        // PEFT's `all-linear` is all seven; a single name must be a list.
+        let all: TrainRecipe = serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: all-linear}}\n")).unwrap();
+        assert_eq!(all.lora.unwrap().targets, LoraTarget::ALL.to_vec());
+        let err = serde_norway::from_str::<TrainRecipe>(&format!("{base}lora: {{rank: 8, alpha: 16, targets: q_proj}}\n")).unwrap_err();
+        assert!(err.to_string().contains("`targets` is `q_proj`: give a list, as `[q_proj]`, or `all-linear`"), "{err}");
         // Unknown projections and PEFT settings rectify does not compute are refused by name.
         for (extra, said) in [
-            ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "lm_head"),
+            ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "unknown LoRA target `lm_head`: expected one of q_proj, k_proj"),
+            ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "(the head and the embeddings are not adapted)"),
             ("lora: {rank: 8, alpha: 16, targets: [q_proj], dropout: 0.05}", "dropout"),
         ] {
             let err = serde_norway::from_str::<TrainRecipe>(&format!("{base}{extra}\n")).unwrap_err().to_string();
             assert!(err.contains(said), "{extra}: {err}");
         }
+        // `lora:` with nothing under it is refused, not read as full fine-tuning.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.yaml");
+        std::fs::write(&path, format!("{base}lora:\n  # rank: 16\n")).unwrap();
+        let err = TrainRecipe::load(&path).unwrap_err().to_string();
+        assert!(err.contains("`lora` is empty: give {rank, alpha, targets}, or remove the key"), "{err}");
         // Adding, dropping or changing the adapters changes the math: a resume is refused.
         let full: TrainRecipe = serde_norway::from_str(base).unwrap();
         assert_eq!(full.math_differences(&r), ["lora: none (full fine-tuning) -> rank 8, alpha 16, targets [q_proj, down_proj]"]);

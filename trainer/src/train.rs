@@ -360,6 +360,12 @@ fn train_in<B: AutodiffBackend>(
             let base = Llama::<B>::load(&run.model_path, device)?;
             let adapters = if state.step > 0 {
                 let dir = model_dir.join(ADAPTER_DIR);
+                if !dir.is_dir() {
+                    bail!(
+                        "checkpoint {} has no {ADAPTER_DIR}/, the LoRA adapters a resume continues from (its merged weights cannot be split back into them): restore it, or start afresh in another output_dir",
+                        model_dir.display()
+                    );
+                }
                 let (saved, adapters) = model_files::lora::read_adapter(&dir)?;
                 if !saved.same_as(lora) {
                     bail!("{} holds adapters of {}, the recipe asks for {}", dir.display(), saved.describe(), lora.describe());

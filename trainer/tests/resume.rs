@@ -503,8 +503,17 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
     assert_eq!(objectives(&la), objectives(&std::fs::read_to_string(dir.join("b/metrics.jsonl")).unwrap()));
 
-    // Other adapters on resume: refused, naming both.
+    // A checkpoint without its adapters cannot be resumed (the merged weights cannot be split
+    // back): said, naming what to do.
     std::fs::remove_dir_all(dir.join("b/checkpoints/step-000004")).unwrap();
+    let (adapter, aside) = (dir.join("b/checkpoints/step-000002/adapter"), dir.join("adapter-aside"));
+    std::fs::rename(&adapter, &aside).unwrap();
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has no adapter/, the LoRA adapters a resume continues from"), "{err}");
+    std::fs::rename(&aside, &adapter).unwrap();
+
+    // Other adapters on resume: refused, naming both.
     std::fs::write(&b, std::fs::read_to_string(&b).unwrap().replace("rank: 4", "rank: 8")).unwrap();
     let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
