@@ -1483,10 +1483,10 @@ def add_lora(torch, m, lora, dev):
     layers = m.model.layers
     chosen = [(block, t) for block in layers for t in LORA_TARGETS if t in lora["targets"]]
 
-    def module(block, t):
-        return getattr(block.self_attn if hasattr(block.self_attn, t) else block.mlp, t)
+    def parent(block, t):
+        return block.self_attn if hasattr(block.self_attn, t) else block.mlp
 
-    a_init = rectify_lora_a(np, [(rank, module(b, t).in_features) for b, t in chosen], lora["seed"])
+    a_init = rectify_lora_a(np, [(rank, getattr(parent(b, t), t).in_features) for b, t in chosen], lora["seed"])
 
     class Adapted(torch.nn.Module):
         def __init__(self, base, a):
@@ -1499,8 +1499,7 @@ def add_lora(torch, m, lora, dev):
             return self.base(x) + (x @ self.lora_A.t()) @ self.lora_B.t() * scale
 
     for (block, t), a in zip(chosen, a_init):
-        parent = block.self_attn if hasattr(block.self_attn, t) else block.mlp
-        setattr(parent, t, Adapted(module(block, t), a))
+        setattr(parent(block, t), t, Adapted(getattr(parent(block, t), t), a))
 
 
 def w_generate(torch, dev, a):

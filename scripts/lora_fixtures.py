@@ -51,6 +51,14 @@ def main():
         path = os.path.join(OUT, name)
         model.save_pretrained(os.path.join(path, "adapter"))
         os.remove(os.path.join(path, "adapter", "README.md"))  # a model card template
+        # PEFT records the base's path as loaded (absolute here): the repository's, relative to its root.
+        config_path = os.path.join(path, "adapter", "adapter_config.json")
+        with open(config_path) as f:
+            adapter_config = json.load(f)
+        adapter_config["base_model_name_or_path"] = f"model/tests/fixtures/transformers5/{name}"
+        with open(config_path, "w") as f:
+            json.dump(adapter_config, f, indent=2, sort_keys=True)
+            f.write("\n")
         # Reloaded from the saved files, so the figures are those of the adapter on disk.
         base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, name), dtype=torch.float32,
                                                                  attn_implementation="eager")

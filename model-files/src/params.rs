@@ -230,18 +230,28 @@ impl Params<Vec<usize>> {
 }
 
 impl Params<Vec<usize>> {
-    /// These shapes with `lora`'s adapters on every block.
-    pub fn with_lora(mut self, lora: &Lora) -> Params<Vec<usize>> {
+    /// These shapes with `lora`'s adapters on every block. A rank past a projection's smaller
+    /// side is refused: that is no low-rank update, only a larger one (and, asked for by mistake,
+    /// more memory than the model).
+    pub fn with_lora(mut self, lora: &Lora) -> anyhow::Result<Params<Vec<usize>>> {
         for block in &mut self.layers {
             for &target in &lora.targets {
                 let (out, inp) = match block.weight(target).as_slice() {
                     &[out, inp] => (out, inp),
                     other => unreachable!("projections are matrices, got {other:?}"),
                 };
+                if lora.rank > out.min(inp) {
+                    anyhow::bail!(
+                        "`lora.rank` {} is larger than {}'s smaller side ({}, of [{out}, {inp}]): a rank-r update needs r at most that",
+                        lora.rank,
+                        target.as_str(),
+                        out.min(inp)
+                    );
+                }
                 block.lora.insert(target, Adapter { a: vec![lora.rank, inp], b: vec![out, lora.rank] });
             }
         }
-        self
+        Ok(self)
     }
 }
 

@@ -228,22 +228,8 @@ impl<B: Backend> Llama<B> {
             bail!("the model has LoRA adapters already");
         }
         lora.validate()?;
-        // A rank past the smaller side of a projection is no low-rank update, only a larger one.
-        if let Some(block) = Params::shapes(&self.config).layers.first() {
-            for &target in &lora.targets {
-                let side = block.weight(target).iter().copied().min().unwrap_or(0);
-                if lora.rank > side {
-                    bail!(
-                        "`lora.rank` {} is larger than {}'s smaller side ({side}, of {:?}): a rank-r update needs r at most that",
-                        lora.rank,
-                        target.as_str(),
-                        block.weight(target)
-                    );
-                }
-            }
-        }
         let device = self.params.embed_tokens.device();
-        let shapes = Params::shapes(&self.config).with_lora(lora);
+        let shapes = Params::shapes(&self.config).with_lora(lora)?;
         let mut base: std::collections::BTreeMap<String, Tensor<B, 2>> =
             self.params.into_named().into_iter().map(|(n, t)| (n.hf, t)).collect();
         let mut problems = Vec::new();

@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     let mut model = match &lora {
         None => base,
         Some(lora) => {
-            let adapters = trainer::lora::initial_adapters(&cfg, lora, 0);
+            let adapters = trainer::lora::initial_adapters(&cfg, lora, 0)?;
             if let Some(dir) = &adapter_out {
                 model_files::lora::write_adapter(Path::new(dir), lora, &adapters, &args[1])?;
             }

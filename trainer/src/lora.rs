@@ -13,11 +13,11 @@ const STREAM: u64 = 0x4c6f_5241_2d69_6e69;
 /// The starting adapters of a model of `cfg`, by parameter name: each `A` `[rank, in]` uniform in
 /// `±1/sqrt(in)` (PEFT's `kaiming_uniform_(a=sqrt(5))`), each `B` zero, so the adapted model
 /// starts as the base model. The draw follows from `seed` alone, adapter by adapter in
-/// [`Params::map`] order.
-pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> BTreeMap<String, HostTensor> {
+/// [`Params::map`] order. Fails, before drawing anything, where `lora` does not fit the model.
+pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> anyhow::Result<BTreeMap<String, HostTensor>> {
     let mut rng = SplitMix64::new(mix64(seed ^ STREAM));
-    Params::shapes(cfg)
-        .with_lora(lora)
+    Ok(Params::shapes(cfg)
+        .with_lora(lora)?
         .into_named()
         .into_iter()
         .filter(|(name, _)| is_adapter(&name.hf))
@@ -32,7 +32,7 @@ pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> BTreeMap<S
             };
             (name.hf, HostTensor { shape, data })
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -49,7 +49,7 @@ mod tests {
         )
         .unwrap();
         let lora = Lora { rank: 8, alpha: 16.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj] };
-        let a = initial_adapters(&cfg, &lora, 1);
+        let a = initial_adapters(&cfg, &lora, 1).unwrap();
         assert_eq!(a.len(), 2 * 2 * 2);
         let down = &a["model.layers.1.mlp.down_proj.lora_A.weight"];
         assert_eq!(down.shape, [8, 96]);
@@ -61,7 +61,12 @@ mod tests {
         assert_eq!(a["model.layers.0.self_attn.q_proj.lora_B.weight"].shape, [64, 8]);
         assert!(a["model.layers.0.self_attn.q_proj.lora_B.weight"].data.iter().all(|&x| x == 0.0));
         // The seed decides the draw.
-        assert_eq!(initial_adapters(&cfg, &lora, 1), a);
-        assert_ne!(initial_adapters(&cfg, &lora, 2), a);
+        assert_eq!(initial_adapters(&cfg, &lora, 1).unwrap(), a);
+        assert_ne!(initial_adapters(&cfg, &lora, 2).unwrap(), a);
+        // A rank past a projection's smaller side is refused before anything is drawn (a rank of
+        // 100000 once aborted out of memory here).
+        let huge = Lora { rank: 100_000, ..lora };
+        let err = initial_adapters(&cfg, &huge, 1).unwrap_err().to_string();
+        assert!(err.contains("`lora.rank` 100000 is larger than q_proj's smaller side (64, of [64, 64])"), "{err}");
     }
 }

@@ -372,7 +372,7 @@ fn train_in<B: AutodiffBackend>(
                 }
                 adapters
             } else {
-                crate::lora::initial_adapters(&base.config, lora, r.seed)
+                crate::lora::initial_adapters(&base.config, lora, r.seed)?
             };
             let model = base.with_lora(lora, &adapters)?;
             let trained: usize = model.trainable_params().iter().map(|(_, p)| p.shape().num_elements()).sum();
@@ -714,7 +714,7 @@ pub fn recomputed_step<B: AutodiffBackend>(
         upstream = x.grad(&g).context("no gradient for a block's input")?;
     }
     // The embeddings' gradient, unless they are frozen (LoRA): then nothing below needs one.
-    if model.trains(&model.named_params()[0].0) {
+    if model.params.embed_tokens.is_require_grad() {
         let mut g = (model.embed(mb.input_ids) * Tensor::from_inner(upstream)).sum().backward();
         grads.take(model, &mut g);
     }
