@@ -403,7 +403,11 @@ fn refuse_adapter(model: &Path) -> Result<()> {
             folder.display(),
             match merged {
                 Some(p) => format!("the model with it merged is {}", p.display()),
-                None => "give its base model with the adapter merged (PEFT's merge_and_unload)".to_string(),
+                None => format!(
+                    "merge it into its base model first: `trainer export --model BASE --adapter {} --out MERGED`{}",
+                    folder.display(),
+                    crate::lora::base_model(folder).map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default()
+                ),
             }
         );
     }
@@ -489,6 +493,15 @@ mod tests {
             let e = load_safetensors(&p).unwrap_err().to_string();
             assert!(e.ends_with(&said), "{e}");
         }
+        // An adapter trained elsewhere has no merged model beside it: merging it is the way.
+        let alone = tmp.path().join("peft-adapter");
+        std::fs::create_dir(&alone).unwrap();
+        std::fs::write(alone.join(crate::lora::CONFIG_FILE), r#"{"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}"#).unwrap();
+        let said = format!(
+            "merge it into its base model first: `trainer export --model BASE --adapter {} --out MERGED` (the adapter names its base `Qwen/Qwen2.5-0.5B`)",
+            alone.display()
+        );
+        assert!(err(&alone).ends_with(&said), "{}", err(&alone));
     }
     use crate::gguf::Value;
     use crate::gguf_writer::GgufWriter;

@@ -62,6 +62,53 @@ pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> 
     Ok((lora, tensors))
 }
 
+/// The `base_model_name_or_path` an adapter folder records, if it records one: a Hub name or a
+/// path, as the adapter's trainer saw it.
+pub fn base_model(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok()?;
+    let c: Value = serde_json::from_str(&text).ok()?;
+    c.get("base_model_name_or_path")?.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// The `adapter_config.json` keys that rectify reads, checks above, or knows to change nothing
+/// once an adapter is trained: what it was made for and with (names, versions, dropout, the
+/// initialisations that leave the base alone, settings only read with a switch that is off).
+const KNOWN_KEYS: [&str; 33] = [
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "revision",
+    "auto_mapping",
+    "peft_version",
+    "inference_mode",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "lora_dropout",
+    "init_lora_weights",
+    "use_rslora",
+    "use_dora",
+    "use_qalora",
+    "qalora_group_size",
+    "lora_bias",
+    "fan_in_fan_out",
+    "bias",
+    "rank_pattern",
+    "alpha_pattern",
+    "modules_to_save",
+    "layers_to_transform",
+    "layers_pattern",
+    "layer_replication",
+    "exclude_modules",
+    "trainable_token_indices",
+    "target_parameters",
+    "alora_invocation_tokens",
+    "ensure_weight_tying",
+    "eva_config",
+    "megatron_config",
+    "megatron_core",
+];
+
 fn lora_from_config(c: &Value) -> Result<Lora> {
     let field = |k: &str| c.get(k).filter(|v| !v.is_null());
     if let Some(t) = field("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
@@ -96,6 +143,24 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
     ] {
         if let Some(v) = field(key).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             bail!("`{key}` is {v}: rectify adapts the named projections of every block, and nothing else");
+        }
+    }
+    // Initialisations that move the base weights (PiSSA, OLoRA, LoftQ, CorDA, LoRA-GA) leave an
+    // adapter for the moved base, not for the model it names; PEFT converts them to a plain
+    // LoRA on save when asked (`path_initial_model_for_weight_conversion`), and records `true`.
+    match field("init_lora_weights") {
+        None | Some(Value::Bool(_)) => {}
+        Some(Value::String(s)) if ["gaussian", "orthogonal", "eva"].contains(&s.as_str()) => {}
+        Some(v) => bail!(
+            "`init_lora_weights` is {v}: that initialisation changes the base weights, so this adapter fits a model other than its base; have PEFT convert it to a plain LoRA when saving (path_initial_model_for_weight_conversion)"
+        ),
+    }
+    // Any other setting, in a PEFT version newer than rectify knows, may change what the adapter
+    // computes (Arrow routing, MonteCLoRA, block-diagonal LoRA, ...): one that is set is refused.
+    for (key, v) in c.as_object().into_iter().flatten() {
+        let set = !(v.is_null() || *v == json!(false) || *v == json!({}) || *v == json!([]));
+        if set && !KNOWN_KEYS.contains(&key.as_str()) {
+            bail!("`{key}` is {v}: rectify does not know what it computes, so it cannot merge this adapter as PEFT would");
         }
     }
     let rank = field("r").and_then(Value::as_u64).context("`r` (the rank) is missing")? as usize;
@@ -151,6 +216,12 @@ mod tests {
             (json!({"target_modules": ".*proj"}), "`target_modules` is \".*proj\""),
             (json!({"peft_type": "IA3"}), "`peft_type` is IA3"),
             (json!({"r": 0}), "`lora.rank` must be at least 1"),
+            (
+                json!({"init_lora_weights": "pissa_niter_4"}),
+                "`init_lora_weights` is \"pissa_niter_4\": that initialisation changes the base",
+            ),
+            (json!({"use_bdlora": {"nblocks": 2}}), "`use_bdlora` is {\"nblocks\":2}: rectify does not know what it computes"),
+            (json!({"arrow_config": {"top_k": 3}}), "`arrow_config` is {\"top_k\":3}"),
         ] {
             let mut c = base.clone();
             c.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
@@ -160,10 +231,12 @@ mod tests {
         // PEFT's defaults as its files spell them are accepted; all-linear is every projection.
         let mut c = base.clone();
         c.as_object_mut().unwrap().extend(
-            json!({"target_modules": "all-linear", "rank_pattern": {}, "modules_to_save": null, "use_rslora": false, "bias": "none"})
-                .as_object()
-                .unwrap()
-                .clone(),
+            json!({"target_modules": "all-linear", "rank_pattern": {}, "modules_to_save": null, "use_rslora": false, "bias": "none",
+                "init_lora_weights": "gaussian", "lora_dropout": 0.05, "loftq_config": {}, "eva_config": null, "use_bdlora": null,
+                "megatron_core": "megatron.core", "qalora_group_size": 16})
+            .as_object()
+            .unwrap()
+            .clone(),
         );
         assert_eq!(lora_from_config(&c).unwrap().targets, LoraTarget::ALL.to_vec());
     }

@@ -410,11 +410,18 @@ enum Command {
     },
     /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors +
     /// config.json, and the tokenizer and chat template (tokenizer.json, chat_template.jinja,
-    /// tokenizer_config.json) from the GGUF or the source folder.
+    /// tokenizer_config.json) from the GGUF or the source folder. With --adapter, a PEFT LoRA
+    /// adapter is merged into the weights first (PEFT's merge_and_unload), so a model trained
+    /// with LoRA elsewhere can be evaluated, scored or trained on here.
     Export {
-        /// GGUF file, Hugging Face folder, .safetensors or rectify checkpoint.
+        /// GGUF file, Hugging Face folder, .safetensors or rectify checkpoint (with --adapter:
+        /// the base model the adapter was trained on).
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge
+        /// into the model's weights.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// The Hugging Face folder to write.
         #[arg(long)]
         out: PathBuf,
@@ -643,6 +650,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, bench, snapshots, samples, sampling, max_new_tokens, limit, batch_size, out, device } => {
             device_ready(device)?;
+            // Before its tokens are read: a wrong path is the error, not the tokenizer it lacks.
+            model_files::checkpoint::check_model_path(&model)?;
             let out = out.unwrap_or_else(|| eval::report::default_out(&model));
             let bench = eval::benchmark::expand_all(&bench, &snapshots)?;
             let benches = bench.iter().map(|b| load_benchmark(b, &snapshots)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -752,6 +761,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchGenerate { model, prompts, snapshots, batch, new_tokens, sampling, repeat, prompts_out, device } => {
+            model_files::checkpoint::check_model_path(&model)?;
             let bench = load_benchmark(&prompts, &snapshots)?;
             anyhow::ensure!(!bench.prompts.is_empty(), "{} holds no prompts", bench.dir.display());
             if let Some(tokens) = model_files::vocab::ModelTokens::of(&model)? {
@@ -877,11 +887,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Export { model, out } => {
+        Command::Export { model, adapter, out } => {
             if std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
                 anyhow::bail!("{} is not empty: choose another --out, or remove it first", out.display());
             }
-            let ckpt = model_files::checkpoint::load(&model)?;
+            let ckpt = match &adapter {
+                None => model_files::checkpoint::load(&model)?,
+                Some(dir) => merged_adapter(&model, dir)?,
+            };
             // The weights are the export; a tokenizer that cannot be read (a base model without a
             // chat template) is left out with a word, as it was before exports carried one.
             let tok = model_files::tokenizer::ChatTokenizer::for_model(&model, None).unwrap_or_else(|e| {
@@ -897,6 +910,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `base` with the PEFT LoRA adapter in `dir` merged into its weights (`W + alpha/rank · B A`,
+/// as the merged `final/` of a LoRA run holds them). The adapter's shapes must fit the base;
+/// that it was trained on this base, not another of the same shapes, cannot be checked.
+fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<model_files::checkpoint::Checkpoint> {
+    // The adapter's weights file names its folder as well as the folder does.
+    let dir = model_files::checkpoint::model_folder(dir);
+    let (lora, adapters) = model_files::lora::read_adapter(dir)?;
+    let model = model::Llama::<Flex>::load(base, &Default::default())?
+        .with_lora(&lora, &adapters)
+        .with_context(|| format!("{} does not fit {}", dir.display(), base.display()))?;
+    tracing::info!("merging LoRA {} from {} into {}", lora.describe(), dir.display(), base.display());
+    Ok(model.to_checkpoint())
 }
 
 /// Loads each of `runs` with the `--label` in the same position, if one was given.

@@ -91,6 +91,7 @@ pub fn sample(opts: &SampleOptions, load: &dyn Fn(&Path) -> anyhow::Result<Box<d
     anyhow::ensure!(opts.samples >= 1, "--samples must be at least 1");
     Sampling::check_temperature(s.temperature).map_err(|e| anyhow::anyhow!("--{e}"))?;
     Sampling::check_top_p(s.top_p).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    model_files::checkpoint::check_model_path(&opts.model)?;
     let bench = load_benchmark_dir(&opts.prompts)?;
     check_training_questions(&opts.prompts, &bench.manifest)?;
     if let Some(tokens) = model_files::vocab::ModelTokens::of(&opts.model)? {

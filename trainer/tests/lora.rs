@@ -83,6 +83,37 @@ fn adapted_and_merged_log_probabilities_equal_pefts() {
 
 /// One DFT micro-step gives PEFT's objective and PEFT's gradient of every adapter, with and
 /// without activation recompute, and no gradient for a base weight.
+/// `trainer export --adapter` merges an adapter PEFT saved into its base: the folder it writes
+/// gives PEFT's log-probabilities of the adapted model. An adapter on another base is refused.
+#[test]
+fn export_merges_a_peft_adapter_into_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let export = |base: &str, adapter: &std::path::Path, out: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["export", "--model", base_model(base).to_str().unwrap(), "--adapter"])
+            .args([adapter, std::path::Path::new("--out"), out])
+            .output()
+            .unwrap()
+    };
+    for name in CASES {
+        let out = tmp.path().join(name);
+        // The weights file names its folder too.
+        let adapter = fixture(name).join("adapter").join(model_files::lora::WEIGHTS_FILE);
+        let run = export(name, &adapter, &out);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let merged = Llama::<Flex>::load(&out, &dev).unwrap();
+        let c = case(name);
+        let gap = worst_gap(&row_logprobs(&merged, &[&c.row], &dev)[0], &c.logprobs);
+        assert!(gap < 1e-4, "{name}: exported merge {gap} nats from PEFT's");
+    }
+    // Qwen3's wider heads make q_proj [32, 16], not the adapter's [16, 16].
+    let run = export("qwen3-tied", &fixture("llama3-tied").join("adapter"), &tmp.path().join("mismatch"));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("does not fit") && err.contains("has shape"), "{err}");
+    assert!(!tmp.path().join("mismatch").exists());
+}
+
 #[test]
 fn dft_gradients_of_the_adapters_equal_pefts() {
     for name in CASES {

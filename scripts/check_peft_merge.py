@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Does `trainer export --adapter` merge an adapter PEFT trained as PEFT computes it? Makes a
+LoRA adapter with PEFT on the base model (a Hugging Face folder; `trainer export` writes one from
+a GGUF) the way a TRL or LLaMA-Factory run leaves one: rank 8, alpha 16, on q_proj, v_proj and
+down_proj, B random (a trained adapter's is not zero), saved in bfloat16. Then has rectify merge
+it into the base and compares the merged folder's log-probabilities, through transformers, with
+PEFT's adapted model on one sentence over the whole vocabulary.
+
+    python scripts/check_peft_merge.py BASE_HF_DIR WORK_DIR [TRAINER]   # needs torch, transformers, peft
+"""
+import os
+import subprocess
+import sys
+
+import peft
+import torch
+import transformers
+
+TOLERANCE = 5e-4  # nats; float32 sums in another order, merged against unmerged
+
+
+def main():
+    base_dir, work = sys.argv[1], sys.argv[2]
+    trainer = sys.argv[3] if len(sys.argv) > 3 else "target/release/trainer"
+    adapter_dir, merged_dir = os.path.join(work, "adapter"), os.path.join(work, "merged")
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.05)
+    adapted = peft.get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    adapted.save_pretrained(adapter_dir)
+    subprocess.run([trainer, "export", "--model", base_dir, "--adapter", adapter_dir, "--out", merged_dir], check=True)
+
+    tok = transformers.AutoTokenizer.from_pretrained(base_dir)
+    ids = tok("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        lp_base = torch.log_softmax(base(ids).logits, -1)
+        adapted = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+        lp_adapted = torch.log_softmax(adapted(ids).logits, -1)
+        merged = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+        lp_merged = torch.log_softmax(merged(ids).logits, -1)
+    gap, moved = (lp_adapted - lp_merged).abs().max().item(), (lp_base - lp_merged).abs().max().item()
+    print(f"{ids.shape[1]} tokens: PEFT's bfloat16 adapter on the base vs rectify's merge: max |d log p| {gap:.2e} nats; "
+          f"the base model vs the merge: {moved:.2f}")
+    if gap > TOLERANCE or moved <= 10 * TOLERANCE:
+        sys.exit("FAILED: " + ("the merge differs from PEFT's adapter" if gap > TOLERANCE else "the adapter changed nothing"))
+
+
+if __name__ == "__main__":
+    main()
