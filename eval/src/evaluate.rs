@@ -1,12 +1,14 @@
 //! `trainer eval`: generate K completions per benchmark prompt, verify each (math answers with
-//! the math verifier, code in the sandbox), and report Average@K and pass@K per benchmark.
+//! the math verifier, code in the sandbox), and report Average@K, pass@K and (math) maj@K per benchmark.
 
 use crate::benchmark::{Benchmark, Prompt};
-use crate::metrics::pass_rates;
+use crate::metrics::{majority, pass_rates};
 use crate::report::{write_results, BenchSummary, EvalConfig, SampleResult};
 use anyhow::{bail, Context};
 use model::generate::{stop_ids, Completion, Finish, Generator, Request};
 use model::sampling::Sampling;
+use rayon::prelude::*;
+use schemas::Domain;
 use std::path::Path;
 use std::time::Instant;
 
@@ -93,6 +95,7 @@ fn graded(
 
     let correct: Vec<usize> = results.chunks(k).map(|s| s.iter().filter(|r| r.correct).count()).collect();
     let (average_at_k, pass_at_1, pass_at_k) = pass_rates(&correct, k);
+    let majority_at_k = (k > 1 && prompts.iter().all(|p| p.domain == Domain::Math)).then(|| majority_rate(&results, k));
     let new_tokens: usize = results.iter().map(|r| r.new_tokens).sum();
     Ok(BenchSummary {
         bench: bench.name.clone(),
@@ -103,6 +106,7 @@ fn graded(
         average_at_k,
         pass_at_1,
         pass_at_k,
+        majority_at_k,
         truncated: results.iter().filter(|r| r.finish == Finish::Length).count(),
         mean_new_tokens: new_tokens as f64 / results.len() as f64,
         generation_seconds,
@@ -111,6 +115,22 @@ fn graded(
         stop_ids: stop,
         graded_by: String::new(),
     })
+}
+
+/// maj@K of graded math `results` (K per prompt, in prompt order): the fraction of prompts whose
+/// majority answer ([`majority`]) is correct. Two answers are one when the verifier finds them
+/// equivalent either way round (it reads its first argument as the gold answer, and is not
+/// symmetric); the majority's verdict is that of its first sample.
+pub fn majority_rate(results: &[SampleResult], k: usize) -> f64 {
+    let same = |a: &str, b: &str| verify::math::equivalent(a, b) || verify::math::equivalent(b, a);
+    let right = results
+        .par_chunks(k)
+        .filter(|samples| {
+            let answers: Vec<Option<&str>> = samples.iter().map(|r| r.extracted.as_deref()).collect();
+            majority(&answers, same).is_some_and(|i| samples[i].correct)
+        })
+        .count();
+    right as f64 / (results.len() / k).max(1) as f64
 }
 
 /// Fails when a prompt holds ids the model has no embedding for (the snapshot was tokenized for
@@ -178,7 +198,6 @@ pub fn grade(bench: &str, prompts: &[Prompt], k: usize, results: &mut [SampleRes
 mod tests {
     use super::*;
     use crate::benchmark::load_benchmark;
-    use schemas::Domain;
 
     fn sample(bench: &str, p: &Prompt, completion: &str) -> SampleResult {
         SampleResult {
@@ -192,6 +211,36 @@ mod tests {
             new_tokens: 0,
             status: None,
         }
+    }
+
+    /// maj@K counts answers the verifier finds equal as one (1/2 written three ways outvotes a
+    /// 3 written first), takes the majority's verdict, and lets no unanswered sample vote.
+    #[test]
+    fn majority_votes_count_equivalent_answers_as_one() {
+        let result = |extracted: Option<&str>, correct: bool| SampleResult {
+            bench: "math500".into(),
+            prompt_id: String::new(),
+            sample: 0,
+            completion: String::new(),
+            extracted: extracted.map(str::to_string),
+            correct,
+            finish: Finish::Stop,
+            new_tokens: 0,
+            status: None,
+        };
+        let halves =
+            [result(Some("3"), false), result(Some("\\frac{1}{2}"), true), result(Some("0.5"), true), result(Some("\\dfrac12"), true)];
+        let sevens = [result(Some("7"), false), result(None, false), result(Some("1/2"), true), result(Some("7.0"), false)];
+        let unanswered = [result(None, false), result(None, false), result(None, false), result(None, false)];
+        assert_eq!(majority_rate(&halves, 4), 1.0);
+        assert_eq!(majority_rate(&sevens, 4), 0.0);
+        assert_eq!(majority_rate(&[halves.clone(), sevens.clone(), unanswered].concat(), 4), 1.0 / 3.0);
+        // As exact strings, every answer of the first prompt differs and the first, 3, would win.
+        let exact = |samples: &[SampleResult]| {
+            let answers: Vec<Option<&str>> = samples.iter().map(|r| r.extracted.as_deref()).collect();
+            majority(&answers, |a, b| a == b)
+        };
+        assert_eq!(exact(&halves), Some(0));
     }
 
     /// The benchmarks' own solutions, graded as if a model had written them, must pass; the

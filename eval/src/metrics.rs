@@ -24,6 +24,25 @@ pub fn pass_rates(correct_per_prompt: &[usize], k: usize) -> (f64, f64, f64) {
     (average / n, pass1 / n, passk / n)
 }
 
+/// maj@K's vote over one prompt's K samples (self-consistency, Wang et al. 2023): the index of
+/// the first sample giving the answer that the most samples give, `same` deciding when two
+/// answers are one; None when no sample gave an answer. A tie goes to the answer given first.
+/// Each answer is compared with the first sample of each answer found so far, so `same` need
+/// not be transitive.
+pub fn majority(answers: &[Option<&str>], same: impl Fn(&str, &str) -> bool) -> Option<usize> {
+    // (the first sample giving an answer, how many give it), in order of first appearance.
+    let mut votes: Vec<(usize, &str, usize)> = Vec::new();
+    for (i, answer) in answers.iter().enumerate() {
+        let Some(answer) = answer else { continue };
+        match votes.iter_mut().find(|(_, first, _)| same(first, answer)) {
+            Some(v) => v.2 += 1,
+            None => votes.push((i, answer, 1)),
+        }
+    }
+    // `max_by_key` keeps the last of equal maxima: over the reversed list, the first answer.
+    votes.iter().rev().max_by_key(|v| v.2).map(|v| v.0)
+}
+
 /// The 95% Wilson score interval of a rate `p` measured on `n` prompts. For K = 1 it is the
 /// standard interval of a proportion, and unlike `p ± 1.96·se` it does not collapse to a point
 /// at 0% or 100% (0 of 30 right: [0, 11.4%]). For K > 1, Average@K is a mean of per-prompt
@@ -95,6 +114,18 @@ pub fn p_text(p: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_majority_answer_wins_and_a_tie_goes_to_the_first() {
+        let same = |a: &str, b: &str| a.trim_start_matches('0') == b.trim_start_matches('0');
+        // "7" and "07" are one answer with three votes against "5"'s two; samples without an
+        // answer do not vote.
+        assert_eq!(majority(&[Some("5"), None, Some("7"), Some("5"), Some("07"), Some("007"), None], same), Some(2));
+        assert_eq!(majority(&[Some("5"), Some("7"), Some("7"), Some("5")], same), Some(0), "tie: the first");
+        assert_eq!(majority(&[Some("9"), Some("5"), Some("7"), Some("7"), Some("5")], same), Some(1), "tie: the first of the tied");
+        assert_eq!(majority(&[None, None], same), None);
+        assert_eq!(majority(&[None, Some("3")], same), Some(1));
+    }
 
     #[test]
     fn sign_test_matches_the_binomial_distribution() {

@@ -54,6 +54,11 @@ pub struct BenchSummary {
     /// Unbiased pass@k (Chen et al. 2021) for k = 1 and k = K.
     pub pass_at_1: f64,
     pub pass_at_k: f64,
+    /// maj@K for math with K > 1: the fraction of prompts whose most frequent answer among the
+    /// K samples is correct ([`crate::metrics::majority`]; answers compared by the verifier).
+    /// None for code, for K = 1, and in summaries written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub majority_at_k: Option<f64>,
     /// Samples cut off by `max_new_tokens` rather than ended by the model.
     pub truncated: usize,
     pub mean_new_tokens: f64,
@@ -141,13 +146,15 @@ pub fn markdown(s: &Summary) -> String {
     );
     let k = c.samples;
     // With K = 1, pass@1 and pass@K are the same column.
-    let kcol = if k > 1 { format!(" pass@{k} |") } else { String::new() };
+    let kcol = if k > 1 { format!(" pass@{k} | maj@{k} |") } else { String::new() };
     md.push_str(&format!(
         "| benchmark | snapshot | prompts | Average@{k} | 95% interval | pass@1 |{kcol} truncated | mean new tokens | tokens/s |\n"
     ));
-    md.push_str(&format!("|---|---|---:|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|" } else { "" }));
+    md.push_str(&format!("|---|---|---:|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|---:|" } else { "" }));
     for b in &s.benchmarks {
-        let kval = if k > 1 { format!(" {:.1}% |", 100.0 * b.pass_at_k) } else { String::new() };
+        // maj@K is a math figure: a code benchmark has none.
+        let majority = b.majority_at_k.map_or("–".to_string(), |m| format!("{:.1}%", 100.0 * m));
+        let kval = if k > 1 { format!(" {:.1}% | {majority} |", 100.0 * b.pass_at_k) } else { String::new() };
         let verifier = b.verifier(&s.verifier_version);
         let name = if verifier == s.verifier_version { b.bench.clone() } else { format!("{} (graded by {verifier})", b.bench) };
         md.push_str(&format!(
@@ -432,6 +439,7 @@ mod tests {
                     average_at_k: avg,
                     pass_at_1: avg,
                     pass_at_k: avg,
+                    majority_at_k: None,
                     truncated: 0,
                     mean_new_tokens: 1.0,
                     generation_seconds: 1.0,
@@ -489,10 +497,17 @@ mod tests {
         assert!(md.contains("| gsm8k_test | 30 | 50.0% | 60.0% | +10.0 |"), "{md}");
 
         let other = run("burn cuda, f32 matmuls", "0.1.0+b", 4, &[("gsm8k_test", 0.25), ("math500", 0.1)]);
-        let md = compare_markdown(&[eval("base", base), eval("gpu", other)]);
+        let md = compare_markdown(&[eval("base", base), eval("gpu", other.clone())]);
         assert!(md.contains("note: gpu differs from base: K = 4, engine `burn cuda, f32 matmuls`, verifier 0.1.0+b"), "{md}");
         assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
         assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
+        // K > 1: maj@K beside pass@K, for math only.
+        let mut four = other.clone();
+        four.benchmarks[1].majority_at_k = Some(0.2);
+        let md = markdown(&four);
+        assert!(md.contains("| pass@1 | pass@4 | maj@4 | truncated |"), "{md}");
+        assert!(md.contains("| 25.0% | 25.0% | – | 0 |") && md.contains("| 10.0% | 10.0% | 20.0% | 0 |"), "{md}");
+        assert_eq!(md.lines().nth(4).unwrap().matches('|').count(), md.lines().nth(5).unwrap().matches('|').count(), "{md}");
 
         // A benchmark still waiting to be graded again is named in both reports.
         let mut pending = same.clone();
