@@ -2,7 +2,7 @@
 //! the math verifier, code in the sandbox), and report Average@K, pass@K and (math) maj@K per benchmark.
 
 use crate::benchmark::{Benchmark, Prompt};
-use crate::metrics::{majority, pass_rates};
+use crate::metrics::{majority, pass_at_k_curve, pass_rates};
 use crate::report::{write_results, BenchSummary, EvalConfig, SampleResult};
 use anyhow::{bail, Context};
 use model::generate::{stop_ids, Completion, Finish, Generator, Request};
@@ -104,8 +104,10 @@ fn graded(
         prompts: prompts.len(),
         samples: k,
         average_at_k,
+        average_at_k_interval: Some(crate::metrics::wilson_interval(average_at_k, prompts.len())),
         pass_at_1,
         pass_at_k,
+        pass_at: pass_at_k_curve(&correct, k),
         majority_at_k,
         truncated: results.iter().filter(|r| r.finish == Finish::Length).count(),
         mean_new_tokens: new_tokens as f64 / results.len() as f64,

@@ -43,6 +43,20 @@ pub fn majority(answers: &[Option<&str>], same: impl Fn(&str, &str) -> bool) -> 
     votes.iter().rev().max_by_key(|v| v.2).map(|v| v.0)
 }
 
+/// The k at which an evaluation of K samples per prompt reports pass@k: 1, 2, 4, ... below K,
+/// and K itself, so a curve over k draws evenly on a log scale.
+pub fn pass_at_ks(k: usize) -> Vec<usize> {
+    (0..usize::BITS).map(|i| 1usize << i).take_while(|&x| x < k).chain([k]).collect()
+}
+
+/// Mean unbiased pass@k over prompts for each k of [`pass_at_ks`]`(k)`, from the number of
+/// correct samples of each prompt out of `k`: how the chance that one of k samples is right
+/// grows with k (the curve by which RL and SFT papers compare what a model can reach at all).
+pub fn pass_at_k_curve(correct_per_prompt: &[usize], k: usize) -> std::collections::BTreeMap<usize, f64> {
+    let n = correct_per_prompt.len().max(1) as f64;
+    pass_at_ks(k).into_iter().map(|j| (j, correct_per_prompt.iter().map(|&c| pass_at_k(k, c, j)).sum::<f64>() / n)).collect()
+}
+
 /// The 95% Wilson score interval of a rate `p` measured on `n` prompts. For K = 1 it is the
 /// standard interval of a proportion, and unlike `p ± 1.96·se` it does not collapse to a point
 /// at 0% or 100% (0 of 30 right: [0, 11.4%]). For K > 1, Average@K is a mean of per-prompt
@@ -114,6 +128,21 @@ pub fn p_text(p: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_at_k_curve_runs_over_powers_of_two_and_k() {
+        assert_eq!(pass_at_ks(1), [1]);
+        assert_eq!(pass_at_ks(4), [1, 2, 4]);
+        assert_eq!(pass_at_ks(6), [1, 2, 4, 6]);
+        // Two prompts of 4 samples, one right once and one never: pass@1 = 1/8, pass@2 = (1 -
+        // C(3,2)/C(4,2)) / 2 = (1 - 3/6) / 2 = 1/4, pass@4 = 1/2.
+        let curve = pass_at_k_curve(&[1, 0], 4);
+        let want = [(1, 0.125), (2, 0.25), (4, 0.5)];
+        assert_eq!(curve.len(), 3);
+        for (k, p) in want {
+            assert!((curve[&k] - p).abs() < 1e-12, "pass@{k} = {} not {p}", curve[&k]);
+        }
+    }
 
     #[test]
     fn the_majority_answer_wins_and_a_tie_goes_to_the_first() {

@@ -540,6 +540,12 @@ pub struct LineFigure {
     pub title: String,
     pub subtitle: String,
     pub x_label: String,
+    /// The x values are log2 of what the axis shows (pass@k over k = 1, 2, 4, ...): whole ticks,
+    /// each labelled with its power of two.
+    pub x_log2: bool,
+    /// No y tick below this (rates: 0), so a series flat at the bound is drawn on the bottom
+    /// line rather than mid-panel over negative ticks.
+    pub y_min: Option<f64>,
     /// Per series: label and a note after it (summary numbers).
     pub legend: Vec<(String, String)>,
     pub panels: Vec<LinePanel>,
@@ -640,11 +646,14 @@ impl LineFigure {
         };
         let ((xa, xb), (ya, yb)) = (bounds(|p| p.0), bounds(|p| p.1));
         let mut xt = range_ticks(xa, xb);
-        if xt[1] - xt[0] < 1.0 && all.iter().all(|p| p.0.fract() == 0.0) {
-            // Steps are whole: no tick between two of them.
+        if xt[1] - xt[0] < 1.0 && (self.x_log2 || all.iter().all(|p| p.0.fract() == 0.0)) {
+            // Steps are whole, or the axis is in powers of two: no tick between two of them.
             xt = (xa.floor() as i64..=(xb.ceil() as i64).max(xa.floor() as i64 + 1)).map(|v| v as f64).collect();
         }
-        let yt = range_ticks(ya, yb);
+        let yt = match self.y_min {
+            None => range_ticks(ya, yb),
+            Some(m) => range_ticks(ya.max(m), yb.max(m)).into_iter().filter(|&t| t >= m - 1e-9 * m.abs().max(1.0)).collect(),
+        };
         let (xlo, xhi) = (xt[0], xt[xt.len() - 1]);
         let (ylo, yhi) = (yt[0], yt[yt.len() - 1]);
         let x_of = |v: f64| x0 as f64 + (v - xlo) / (xhi - xlo) * (x1 - x0 - 1) as f64;
@@ -655,7 +664,8 @@ impl LineFigure {
             c.fill_rect(x0 - 5, y, x0, y + 1, AXIS);
             c.text(&label, x0 - 9, y + 5, TICK_PX, TEXT, Align::End);
         }
-        for (&v, label) in xt.iter().zip(axis_labels(&xt)) {
+        let x_labels = if self.x_log2 { xt.iter().map(|v| format!("{}", 2f64.powf(*v))).collect() } else { axis_labels(&xt) };
+        for (&v, label) in xt.iter().zip(x_labels) {
             let x = x_of(v).round() as i64;
             c.fill_rect(x, y1, x + 1, y1 + 5, AXIS);
             c.text(&label, x, y1 + 20, TICK_PX, TEXT, Align::Center);
@@ -908,6 +918,8 @@ mod tests {
             title: "Training curves".into(),
             subtitle: "two runs".into(),
             x_label: "step".into(),
+            x_log2: false,
+            y_min: None,
             legend: vec![("dft".into(), "8 steps".into()), ("sft".into(), "8 steps".into())],
             panels: vec![
                 LinePanel {
@@ -992,6 +1004,8 @@ mod tests {
             title: String::new(),
             subtitle: String::new(),
             x_label: "step".into(),
+            x_log2: false,
+            y_min: None,
             legend: vec![],
             panels: vec![LinePanel { title: "loss".into(), series: vec![noisy(1.0), noisy(1.05)], smooth: true }],
             columns: 1,

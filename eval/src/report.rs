@@ -51,9 +51,17 @@ pub struct BenchSummary {
     pub samples: usize,
     /// Mean over prompts of the fraction of correct samples (greedy accuracy when K = 1, T = 0).
     pub average_at_k: f64,
+    /// Average@K's 95% Wilson interval over the prompts, as fractions ([`Self::interval_percent`]
+    /// in percent); absent in summaries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_at_k_interval: Option<(f64, f64)>,
     /// Unbiased pass@k (Chen et al. 2021) for k = 1 and k = K.
     pub pass_at_1: f64,
     pub pass_at_k: f64,
+    /// Unbiased pass@k for k = 1, 2, 4, ... below K, and K ([`crate::metrics::pass_at_k_curve`]);
+    /// empty in summaries written before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pass_at: BTreeMap<usize, f64>,
     /// maj@K for math with K > 1: the fraction of prompts whose most frequent answer among the
     /// K samples is correct ([`crate::metrics::majority`]; answers compared by the verifier).
     /// None for code, for K = 1, and in summaries written before it was measured.
@@ -300,6 +308,51 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
     }
 }
 
+/// Evaluations side by side as pass@k curves over k = 1, 2, 4, ... K on a log scale, one panel
+/// per benchmark of the first (in its order) that some evaluation sampled more than once, one
+/// line per evaluation (none where it lacks the benchmark, or has a summary written before
+/// pass@k curves were recorded). Whether training narrowed what a model can reach shows as
+/// curves that cross: higher pass@1, lower pass@K.
+pub fn pass_at_k_figure(evals: &[Evaluation]) -> crate::plot::LineFigure {
+    let base = evals.first().map(|e| &e.summary);
+    let benches: Vec<&str> = base.map(|b| b.benchmarks.iter().map(|x| x.bench.as_str()).collect()).unwrap_or_default();
+    let curve = |e: &Evaluation, bench: &str| -> Vec<(f64, f64)> {
+        let found = e.summary.benchmarks.iter().find(|x| x.bench == bench);
+        found.map_or(vec![], |x| x.pass_at.iter().map(|(&k, &p)| ((k as f64).log2(), 100.0 * p)).collect())
+    };
+    let panels: Vec<crate::plot::LinePanel> = benches
+        .iter()
+        .filter(|b| evals.iter().any(|e| curve(e, b).len() > 1))
+        .map(|b| crate::plot::LinePanel {
+            title: format!("{b}: pass@k (%)"),
+            series: evals.iter().map(|e| curve(e, b)).collect(),
+            smooth: false,
+        })
+        .collect();
+    let legend = evals
+        .iter()
+        .map(|e| {
+            (
+                e.label.clone(),
+                format!("{} (K = {}, temperature {})", e.summary.model, e.summary.config.samples, e.summary.config.sampling.temperature),
+            )
+        })
+        .collect();
+    let limit = base.and_then(|b| b.config.limit).map(|l| format!("; first {l} prompts per benchmark")).unwrap_or_default();
+    crate::plot::LineFigure {
+        title: "pass@k per benchmark".into(),
+        subtitle: format!("unbiased estimator 1 - C(n-c, k) / C(n, k) over K samples per prompt{limit}"),
+        x_label: "k (samples drawn)".into(),
+        x_log2: true,
+        y_min: Some(0.0),
+        legend,
+        columns: panels.len().clamp(1, 3),
+        panels,
+        panel_width: 440,
+        panel_height: 320,
+    }
+}
+
 /// Evaluations side by side, the first as the baseline: per benchmark, each run's Average@K
 /// (with the difference to the baseline in points and its 95% paired-bootstrap interval),
 /// truncated samples and mean new tokens. Runs that evaluated different settings, engines,
@@ -437,8 +490,10 @@ mod tests {
                     prompts: 30,
                     samples,
                     average_at_k: avg,
+                    average_at_k_interval: None,
                     pass_at_1: avg,
                     pass_at_k: avg,
+                    pass_at: BTreeMap::new(),
                     majority_at_k: None,
                     truncated: 0,
                     mean_new_tokens: 1.0,
@@ -515,6 +570,34 @@ mod tests {
         let md = compare_markdown(&[eval("base", same), eval("dft", pending.clone())]);
         assert!(md.contains("note: dft's gsm8k_test was graded by verifier 0.0.9+old"), "{md}");
         assert!(markdown(&pending).contains("| gsm8k_test (graded by 0.0.9+old) |"), "{}", markdown(&pending));
+    }
+
+    /// pass@k curves: a panel per benchmark of the baseline that some evaluation sampled more
+    /// than once, a line per evaluation over log2 k, none where an evaluation lacks the curve.
+    #[test]
+    fn pass_at_k_figure_draws_a_curve_per_evaluation() {
+        let mut base = run("host", "0.1.0+a", 4, &[("gsm8k_test", 0.25), ("math500", 0.1), ("aime24", 0.0)]);
+        base.benchmarks[0].pass_at = BTreeMap::from([(1, 0.25), (2, 0.4), (4, 0.5)]);
+        base.benchmarks[2].pass_at = BTreeMap::from([(1, 0.0)]);
+        let mut dft = run("host", "0.1.0+a", 8, &[("gsm8k_test", 0.3)]);
+        dft.benchmarks[0].pass_at = BTreeMap::from([(1, 0.3), (2, 0.35), (4, 0.4), (8, 0.45)]);
+        let old = run("host", "0.1.0+a", 4, &[("gsm8k_test", 0.2), ("math500", 0.1)]);
+        let fig = pass_at_k_figure(&[eval("base", base), eval("dft", dft), eval("old", old)]);
+        // math500 has no curve anywhere and aime24 a single point: only gsm8k_test is drawn.
+        assert_eq!(fig.panels.iter().map(|p| p.title.as_str()).collect::<Vec<_>>(), ["gsm8k_test: pass@k (%)"]);
+        let s = &fig.panels[0].series;
+        assert_eq!(s[0], [(0.0, 25.0), (1.0, 40.0), (2.0, 50.0)]);
+        assert_eq!(s[1].last(), Some(&(3.0, 45.0)));
+        assert!(s[2].is_empty());
+        assert!(fig.legend[1].1.ends_with("(K = 8, temperature 0)"), "{:?}", fig.legend);
+        let (_, layout) = fig.render();
+        assert_eq!(layout[0].x_ticks, [0.0, 1.0, 2.0, 3.0], "whole powers of two");
+        // A benchmark flat at 0% is drawn on the bottom line, with no negative tick.
+        let mut zero = run("host", "0.1.0+a", 2, &[("math500", 0.0)]);
+        zero.benchmarks[0].pass_at = BTreeMap::from([(1, 0.0), (2, 0.0)]);
+        let (_, layout) = pass_at_k_figure(&[eval("zero", zero)]).render();
+        assert_eq!(layout[0].y_range.0, 0.0);
+        assert_eq!(layout[0].points[0][0].unwrap().1, layout[0].plot.3 - 1, "on the bottom line");
     }
 
     /// Two evaluations written as `trainer eval` writes them: the difference gets the paired

@@ -140,6 +140,8 @@ pub fn figure(runs: &[RunCurves]) -> LineFigure {
         title: "Training curves".into(),
         subtitle: files.join(", "),
         x_label: "step".into(),
+        x_log2: false,
+        y_min: None,
         legend,
         panels,
         columns: 3,

@@ -276,6 +276,10 @@ enum Command {
         /// Also draw Average@K per benchmark as a bar chart (PNG), with 95% intervals as whiskers.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Also draw pass@k against k = 1, 2, 4, ... K per benchmark (PNG), one line per
+        /// evaluation; for evaluations of K > 1 samples per prompt.
+        #[arg(long)]
+        pass_plot: Option<PathBuf>,
     },
     /// Decoding throughput: new tokens/s of batched KV-cache generation of a prompt snapshot's
     /// prompts, one batch per size, every sequence decoding exactly --new-tokens (no stop
@@ -749,13 +753,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Compare { runs, labels, plot } => {
+        Command::Compare { runs, labels, plot, pass_plot } => {
             let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
             if let Some(path) = plot {
                 let chart = eval::report::compare_chart(&evals);
                 anyhow::ensure!(!chart.categories.is_empty(), "{}: no benchmark to plot", runs[0].display());
                 chart.render().0.save_png(&path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = pass_plot {
+                let figure = eval::report::pass_at_k_figure(&evals);
+                anyhow::ensure!(
+                    !figure.panels.is_empty(),
+                    "no pass@k curve to draw: no evaluation has one for a benchmark of {} (evaluate with --samples above 1)",
+                    runs[0].display()
+                );
+                figure.render().0.save_png(&path)?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
@@ -1151,12 +1165,17 @@ fn eval_on(
     let mut model_cell = None;
     for b in benches {
         if let Some(i) = reusable.iter().position(|x| x.bench == b.name) {
-            let s = reusable.remove(i);
+            let mut s = reusable.remove(i);
             eprintln!(
                 "{}: reusing the results in {} (same model sha256, settings, snapshot, stop ids and verifier)",
                 s.bench,
                 out.display()
             );
+            if s.pass_at.is_empty() {
+                // Summed up before pass@k curves, maj@K and the interval were recorded: the same
+                // verifier grades the same completions again, to the same verdicts.
+                s = eval::evaluate::regrade(b, &s, out)?;
+            }
             summary.benchmarks.push(s);
             save(&summary, &reusable, &regradable)?;
             continue;
