@@ -188,6 +188,8 @@ fn a_model_with_another_vocabulary_is_refused() {
     let model = tmp.path().join("other");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
+    // A config.json makes the folder pass for a model until its weights are read.
+    std::fs::write(model.join("config.json"), "{}").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(["eval", "--model", model.to_str().unwrap(), "--bench", a.to_str().unwrap()])
         .args(["--out", tmp.path().join("out").to_str().unwrap()])
@@ -253,7 +255,8 @@ fn a_prompt_that_fills_the_context_is_refused_by_name() {
 /// A model whose own chat template renders the benchmark's questions otherwise (here a folder
 /// whose exported template carries a trained system prompt) is warned about, naming the first
 /// difference and how to build snapshots in its format; the same template without the system
-/// prompt is not. The folder has no weights, so both runs then fail on loading them.
+/// prompt is not. The folder has no weights (only an empty config.json, so that it passes for a
+/// model until they are read), so both runs then fail on loading them.
 #[test]
 fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     let tmp = tempfile::tempdir().unwrap();
@@ -272,12 +275,14 @@ fn a_model_prompted_otherwise_than_it_was_saved_is_warned_about() {
     let same = tmp.path().join("same");
     std::fs::create_dir(&same).unwrap();
     tok.save_hf_files(&same).unwrap();
+    std::fs::write(same.join("config.json"), "{}").unwrap();
     let log = run(&same);
     assert!(!log.contains("renders its prompts otherwise"), "{log}");
 
     let rex = tmp.path().join("rex");
     std::fs::create_dir(&rex).unwrap();
     tok.clone().with_system_prompt(Some("You are Rex, a terse math tutor.".into())).save_hf_files(&rex).unwrap();
+    std::fs::write(rex.join("config.json"), "{}").unwrap();
     let log = run(&rex);
     assert!(
         log.contains(&format!("a: {} renders its prompts otherwise than snapshot {} (built with", rex.display(), a.display())),
