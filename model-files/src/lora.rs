@@ -185,7 +185,7 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         Some(other) => bail!("`target_modules` is {other}: rectify reads a list of module names, or \"all-linear\""),
         None => bail!("`target_modules` is missing"),
     };
-    let lora = Lora { rank, alpha, targets };
+    let lora = Lora { rank, alpha, targets, from: None };
     lora.validate()?;
     Ok(lora)
 }
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn written_adapters_read_back_and_unknown_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj] };
+        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], from: None };
         let t = HostTensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         let tensors = BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), t)]);
         write_adapter(dir.path(), &lora, &tensors, "base").unwrap();

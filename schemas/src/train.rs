@@ -49,7 +49,8 @@ spelled!(LrSchedule, "lr_schedule", { Cosine => "cosine", Linear => "linear", Co
 /// Low-rank adaptation (LoRA, Hu et al. 2021) as PEFT's `LoraConfig` computes it: each target
 /// projection `W` of every block gains `(alpha / rank) · B A`, with `A` `[rank, in]` and `B`
 /// `[out, rank]`; only `A` and `B` train, the base weights stay as loaded. `A` starts as PEFT
-/// draws it (uniform in `±1/sqrt(in)`), `B` at zero, so the first forward pass is the base model's.
+/// draws it (uniform in `±1/sqrt(in)`), `B` at zero, so the first forward pass is the base model's;
+/// or both start as a PEFT adapter folder holds them (`from`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lora {
@@ -58,6 +59,11 @@ pub struct Lora {
     /// The projections adapted in every block (PEFT's `target_modules`): a list, or `all-linear`.
     #[serde(deserialize_with = "lora_targets")]
     pub targets: Vec<LoraTarget>,
+    /// A PEFT adapter folder (relative to the recipe) whose adapters training starts from, as
+    /// LLaMA-Factory's `adapter_name_or_path` continues one: its rank, alpha and targets must be
+    /// these. None: fresh adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// A projection LoRA can adapt, by its Hugging Face module name.
@@ -148,9 +154,18 @@ impl Lora {
         format!("rank {}, alpha {}, targets [{}]", self.rank, self.alpha, targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))
     }
 
-    /// The same adapters, whatever order the targets are listed in.
+    /// Adapters of the same shapes and scale, whatever order the targets are listed in and
+    /// wherever they start from.
     pub fn same_as(&self, other: &Lora) -> bool {
         self.describe() == other.describe()
+    }
+
+    /// [`Self::describe`] and where the adapters start: what a resume must keep.
+    pub fn describe_with_start(&self) -> String {
+        match &self.from {
+            Some(dir) => format!("{}, from {dir}", self.describe()),
+            None => self.describe(),
+        }
     }
 }
 
@@ -375,7 +390,7 @@ impl TrainRecipe {
             "steps" => self.steps.map_or("unset".into(), |v| v.to_string()),
             "epochs" => self.epochs.map_or("unset".into(), |v| v.to_string()),
             "seed" => self.seed.to_string(),
-            "lora" => self.lora.as_ref().map_or("none (full fine-tuning)".into(), Lora::describe),
+            "lora" => self.lora.as_ref().map_or("none (full fine-tuning)".into(), Lora::describe_with_start),
             other => unreachable!("`{other}` is not one of MATH_KEYS"),
         }
     }
@@ -545,6 +560,17 @@ mod tests {
             serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: [down_proj, q_proj]}}\n")).unwrap();
         assert!(r.math_differences(&reordered).is_empty());
         assert!(r.lora.as_ref().unwrap().same_as(reordered.lora.as_ref().unwrap()));
+        // Starting from an adapter folder: the same shapes, but another run to resume.
+        let from: TrainRecipe = serde_norway::from_str(&format!(
+            "{base}lora: {{rank: 8, alpha: 16, targets: [q_proj, down_proj], from: ../sft/adapter}}
+"
+        ))
+        .unwrap();
+        assert!(r.lora.as_ref().unwrap().same_as(from.lora.as_ref().unwrap()));
+        assert_eq!(
+            r.math_differences(&from),
+            ["lora: rank 8, alpha 16, targets [q_proj, down_proj] -> rank 8, alpha 16, targets [q_proj, down_proj], from ../sft/adapter"]
+        );
     }
 
     #[test]

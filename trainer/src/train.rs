@@ -74,6 +74,8 @@ pub struct Run {
     pub output_dir: PathBuf,
     /// The held-out snapshot measured during training (the recipe's `validation_snapshot`).
     pub validation_dir: Option<PathBuf>,
+    /// The PEFT adapter folder LoRA starts from (the recipe's `lora.from`).
+    pub lora_from: Option<PathBuf>,
     /// Write checkpoints and the final model (off for speed measurements: metrics only).
     pub save: bool,
     /// What computes the steps (`burn flex`, `burn cuda, f32 matmuls`), recorded in checkpoints
@@ -91,6 +93,7 @@ impl Run {
             snapshot_dir: at(&recipe.snapshot),
             output_dir: at(&recipe.output_dir),
             validation_dir: recipe.validation_snapshot.as_deref().map(at),
+            lora_from: recipe.lora.as_ref().and_then(|l| l.from.as_deref()).map(at),
             recipe,
             save: true,
             engine: String::new(),
@@ -370,6 +373,18 @@ fn train_in<B: AutodiffBackend>(
                 if !saved.same_as(lora) {
                     bail!("{} holds adapters of {}, the recipe asks for {}", dir.display(), saved.describe(), lora.describe());
                 }
+                adapters
+            } else if let Some(dir) = &run.lora_from {
+                let (saved, adapters) = model_files::lora::read_adapter(dir).with_context(|| format!("`lora.from` {}", dir.display()))?;
+                if !saved.same_as(lora) {
+                    bail!(
+                        "`lora.from` {} holds adapters of {}, the recipe asks for {}: give the recipe the adapter's rank, alpha and targets",
+                        dir.display(),
+                        saved.describe(),
+                        lora.describe()
+                    );
+                }
+                tracing::info!("LoRA starts from the adapters in {}", dir.display());
                 adapters
             } else {
                 crate::lora::initial_adapters(&base.config, lora, r.seed)?

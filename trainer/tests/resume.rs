@@ -519,3 +519,55 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("lora: rank 4, alpha 8, targets [q_proj, v_proj, down_proj] -> rank 8"), "{err}");
 }
+
+/// `lora.from` starts the adapters as a PEFT adapter folder holds them: the first step's
+/// objective is the one of the model with those adapters merged (trained in full from it, on the
+/// same data), not the base model's. An adapter of other settings is refused, naming both, and
+/// so is a resume that changes where the adapters started.
+#[test]
+fn lora_from_an_adapter_folder_starts_where_it_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
+    let write = |name: &str, model: &str, steps: u64, lr: f64, lora: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        let text = format!(
+            "model: {model}\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: {lr}\nwarmup_ratio: 0\nsteps: {steps}\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5\n{lora}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let train = |recipe: &Path| {
+        let out = trainer(&["train", "--recipe", recipe.to_str().unwrap()]).env("RUST_LOG", "info").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
+    // a trains adapters; b starts from them, c trains a/final (them merged) in full, d starts
+    // afresh. All see the same first batch.
+    let (ok, log) = train(&write("a", "tiny", 3, 1e-2, &format!("{lora}}}\n")));
+    assert!(ok, "{log}");
+    let (ok, log) = train(&write("b", "tiny", 1, 1e-3, &format!("{lora}, from: a/final/adapter}}\n")));
+    assert!(ok && log.contains(&format!("LoRA starts from the adapters in {}", dir.join("a/final/adapter").display())), "{log}");
+    let (ok, log) = train(&write("c", "a/final", 1, 1e-3, ""));
+    assert!(ok, "{log}");
+    let (ok, log) = train(&write("d", "tiny", 1, 1e-3, &format!("{lora}}}\n")));
+    assert!(ok, "{log}");
+    let (b, c, d) = (first_objective("b"), first_objective("c"), first_objective("d"));
+    assert!((b - c).abs() <= 1e-5 * c.abs(), "from the adapters {b}, their merged model {c}");
+    assert!((b - d).abs() > 1e-3 * d.abs(), "the adapters change nothing: {b} against fresh ones' {d}");
+
+    // Another rank than the folder's: refused before training, naming both.
+    let (ok, log) =
+        train(&write("e", "tiny", 1, 1e-3, "lora: {rank: 2, alpha: 8, targets: [q_proj, v_proj, down_proj], from: a/final/adapter}\n"));
+    assert!(
+        !ok && log.contains("holds adapters of rank 4, alpha 8, targets [q_proj, v_proj, down_proj], the recipe asks for rank 2"),
+        "{log}"
+    );
+    // b resumed from another start: refused as a change of the math.
+    let b2 = write("b", "tiny", 2, 1e-3, &format!("{lora}, from: d/final/adapter}}\n"));
+    let out = trainer(&["train", "--recipe", b2.to_str().unwrap(), "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(", from a/final/adapter -> rank 4") && err.contains("from d/final/adapter"), "{err}");
+}
