@@ -6,13 +6,16 @@ down_proj, B random (a trained adapter's is not zero), saved in bfloat16. Then h
 it into the base and compares the merged folder's log-probabilities, through transformers, with
 PEFT's adapted model on one sentence over the whole vocabulary.
 
-    python scripts/check_peft_merge.py BASE_HF_DIR WORK_DIR [TRAINER]   # needs torch, transformers, peft
+    python scripts/check_peft_merge.py BASE_HF_DIR WORK_DIR [TRAINER]   # needs torch, transformers >= 4.56, peft
+
+WORK_DIR must be new or empty (the adapter and the merged model are written there).
 """
 import os
 import subprocess
 import sys
 
 import peft
+from safetensors import safe_open
 import torch
 import transformers
 
@@ -23,15 +26,22 @@ def main():
     base_dir, work = sys.argv[1], sys.argv[2]
     trainer = sys.argv[3] if len(sys.argv) > 3 else "target/release/trainer"
     adapter_dir, merged_dir = os.path.join(work, "adapter"), os.path.join(work, "merged")
+    if os.path.isdir(work) and os.listdir(work):
+        sys.exit(f"{work} is not empty: give a new folder")
     torch.manual_seed(0)
     base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
     config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.05)
-    adapted = peft.get_peft_model(base, config)
+    # PEFT keeps adapters in f32 on a bfloat16 model unless told not to (autocast_adapter_dtype).
+    adapted = peft.get_peft_model(base, config, autocast_adapter_dtype=False)
     with torch.no_grad():
         for name, p in adapted.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.02)
     adapted.save_pretrained(adapter_dir)
+    # What the check claims: a bfloat16 file (a transformers that ignores `dtype=` loads f32).
+    with safe_open(os.path.join(adapter_dir, "adapter_model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}, f"the adapter was saved as {dtypes}, not bfloat16"
     subprocess.run([trainer, "export", "--model", base_dir, "--adapter", adapter_dir, "--out", merged_dir], check=True)
 
     tok = transformers.AutoTokenizer.from_pretrained(base_dir)

@@ -52,13 +52,36 @@ pub fn evaluate(model: &dyn Generator, bench: &Benchmark, cfg: &EvalConfig, out_
             });
         }
     }
-    graded(bench, prompts.len(), k, results, generation_seconds, stop, out_dir)
+    grade(&bench.name, prompts, k, &mut results)?;
+    let results_sha256 = write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
+    Ok(summarise(bench, k, &results, generation_seconds, stop, results_sha256))
 }
 
 /// Grades the completions of `results/<bench>.jsonl` in `out_dir` again, with this build's
 /// verifier: for results that the same model, settings and snapshot wrote when another verifier
 /// graded them. Nothing is generated; the generation figures are `earlier`'s.
 pub fn regrade(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> anyhow::Result<BenchSummary> {
+    let mut results = stored_results(bench, earlier, out_dir)?;
+    let n = earlier.prompts;
+    grade(&bench.name, &bench.prompts[..n], earlier.samples, &mut results)?;
+    let results_sha256 = write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
+    Ok(summarise(bench, earlier.samples, &results, earlier.generation_seconds, earlier.stop_ids.clone(), results_sha256))
+}
+
+/// `earlier` summed up again from its stored results, their verdicts as they are (nothing is
+/// graded or written): for a summary written before some of its figures (the pass@k curve,
+/// maj@K) were recorded.
+pub fn resummed(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> anyhow::Result<BenchSummary> {
+    let results = stored_results(bench, earlier, out_dir)?;
+    let s =
+        summarise(bench, earlier.samples, &results, earlier.generation_seconds, earlier.stop_ids.clone(), earlier.results_sha256.clone());
+    Ok(BenchSummary { graded_by: earlier.graded_by.clone(), ..s })
+}
+
+/// The results file `earlier` was written with: the K samples of the snapshot's first `n`
+/// prompts, in order, as `evaluate` writes them; anything else is not the run the summary
+/// describes.
+fn stored_results(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> anyhow::Result<Vec<SampleResult>> {
     let path = out_dir.join("results").join(format!("{}.jsonl", bench.name));
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let results = text
@@ -67,8 +90,6 @@ pub fn regrade(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> any
         .map(|(i, l)| serde_json::from_str::<SampleResult>(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (n, k) = (earlier.prompts, earlier.samples);
-    // The lines must be the K samples of the snapshot's first `n` prompts, in order, as
-    // `evaluate` writes them; anything else is not the run the summary describes.
     let in_order = k > 0
         && results.len() == n * k
         && n <= bench.prompts.len()
@@ -76,28 +97,25 @@ pub fn regrade(bench: &Benchmark, earlier: &BenchSummary, out_dir: &Path) -> any
     if !in_order {
         bail!("{}: not the {n} x {k} samples of {} in order; evaluate it again", path.display(), bench.name);
     }
-    graded(bench, n, k, results, earlier.generation_seconds, earlier.stop_ids.clone(), out_dir)
+    Ok(results)
 }
 
-/// Grades `results` (K per prompt, for the first `n` prompts), writes them and sums them up.
-fn graded(
+/// The figures of graded `results` (K per prompt, for the snapshot's first `results.len() / k`
+/// prompts) written as `results_sha256`.
+fn summarise(
     bench: &Benchmark,
-    n: usize,
     k: usize,
-    mut results: Vec<SampleResult>,
+    results: &[SampleResult],
     generation_seconds: f64,
     stop: Vec<u32>,
-    out_dir: &Path,
-) -> anyhow::Result<BenchSummary> {
-    let prompts = &bench.prompts[..n];
-    grade(&bench.name, prompts, k, &mut results)?;
-    let results_sha256 = write_results(&out_dir.join("results").join(format!("{}.jsonl", bench.name)), &results)?;
-
+    results_sha256: String,
+) -> BenchSummary {
+    let prompts = &bench.prompts[..results.len() / k];
     let correct: Vec<usize> = results.chunks(k).map(|s| s.iter().filter(|r| r.correct).count()).collect();
     let (average_at_k, pass_at_1, pass_at_k) = pass_rates(&correct, k);
-    let majority_at_k = (k > 1 && prompts.iter().all(|p| p.domain == Domain::Math)).then(|| majority_rate(&results, k));
+    let majority_at_k = (k > 1 && prompts.iter().all(|p| p.domain == Domain::Math)).then(|| majority_rate(results, k));
     let new_tokens: usize = results.iter().map(|r| r.new_tokens).sum();
-    Ok(BenchSummary {
+    BenchSummary {
         bench: bench.name.clone(),
         snapshot_id: bench.manifest.snapshot_id.clone(),
         snapshot: bench.dir.display().to_string(),
@@ -110,13 +128,13 @@ fn graded(
         pass_at: pass_at_k_curve(&correct, k),
         majority_at_k,
         truncated: results.iter().filter(|r| r.finish == Finish::Length).count(),
-        mean_new_tokens: new_tokens as f64 / results.len() as f64,
+        mean_new_tokens: new_tokens as f64 / results.len().max(1) as f64,
         generation_seconds,
         new_tokens_per_second: new_tokens as f64 / generation_seconds.max(1e-9),
         results_sha256,
         stop_ids: stop,
         graded_by: String::new(),
-    })
+    }
 }
 
 /// maj@K of graded math `results` (K per prompt, in prompt order): the fraction of prompts whose
@@ -124,7 +142,8 @@ fn graded(
 /// equivalent either way round (it reads its first argument as the gold answer, and is not
 /// symmetric); the majority's verdict is that of its first sample.
 pub fn majority_rate(results: &[SampleResult], k: usize) -> f64 {
-    let same = |a: &str, b: &str| verify::math::equivalent(a, b) || verify::math::equivalent(b, a);
+    // Equal text first: most votes repeat an answer word for word, and the verifier parses.
+    let same = |a: &str, b: &str| a == b || verify::math::equivalent(a, b) || verify::math::equivalent(b, a);
     let right = results
         .par_chunks(k)
         .filter(|samples| {

@@ -30,7 +30,8 @@ pub fn pass_rates(correct_per_prompt: &[usize], k: usize) -> (f64, f64, f64) {
 /// Each answer is compared with the first sample of each answer found so far, so `same` need
 /// not be transitive.
 pub fn majority(answers: &[Option<&str>], same: impl Fn(&str, &str) -> bool) -> Option<usize> {
-    // (the first sample giving an answer, how many give it), in order of first appearance.
+    // (the first sample giving an answer, that answer, how many give it), in order of first
+    // appearance.
     let mut votes: Vec<(usize, &str, usize)> = Vec::new();
     for (i, answer) in answers.iter().enumerate() {
         let Some(answer) = answer else { continue };

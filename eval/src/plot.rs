@@ -104,6 +104,16 @@ pub enum Align {
     End,
 }
 
+/// The 8 bytes every PNG file starts with.
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Whether the file at `path` starts as a PNG image does.
+fn is_png(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == PNG_SIGNATURE
+}
+
 /// An RGB image, row-major, 8 bits per channel.
 pub struct Canvas {
     pub width: usize,
@@ -205,6 +215,14 @@ impl Canvas {
     /// commands (`probs`, `curves`, `compare --plot`) ends with.
     pub fn save_png(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use anyhow::Context;
+        // Only an earlier image is replaced: a path mistyped onto a run's summary.json or
+        // results would otherwise lose them.
+        if path.is_dir() {
+            anyhow::bail!("{} is a folder: give the PNG file's name", path.display());
+        }
+        if path.exists() && !is_png(path) {
+            anyhow::bail!("{} exists and is not a PNG image: choose another path, or remove it first", path.display());
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -606,7 +624,17 @@ impl LineFigure {
         let rows = self.panels.len().div_ceil(cols).max(1);
         let (pw, ph) = (self.panel_width as i64, self.panel_height as i64);
         let legend_top = FIGURE_HEADER + rows as i64 * ph + 8;
-        let width = (cols as i64 * pw) as usize;
+        let note_x = 40 + 38 + self.legend.iter().map(|(l, _)| text_width(l, LEGEND_PX) as i64).max().unwrap_or(0) + 16;
+        // Wide enough for the title, subtitle and legend too (one panel is narrower than a
+        // long model path), the panels centred in it.
+        let text = [
+            text_width(&self.title, TITLE_PX) as i64 + 40,
+            text_width(&self.subtitle, SUBTITLE_PX) as i64 + 40,
+            note_x + self.legend.iter().map(|(_, n)| text_width(n, LEGEND_PX) as i64).max().unwrap_or(0) + 20,
+        ];
+        let panels_width = cols as i64 * pw;
+        let width = text.into_iter().fold(panels_width, i64::max) as usize;
+        let left = (width as i64 - panels_width) / 2;
         let height = (legend_top + LEGEND_ROW * self.legend.len() as i64 + 12) as usize;
         let mut c = Canvas::new(width, height, WHITE);
         c.text(&self.title, width as i64 / 2, 34, TITLE_PX, TEXT, Align::Center);
@@ -615,9 +643,8 @@ impl LineFigure {
             .panels
             .iter()
             .enumerate()
-            .map(|(i, p)| self.panel(&mut c, p, (i % cols) as i64 * pw, FIGURE_HEADER + (i / cols) as i64 * ph))
+            .map(|(i, p)| self.panel(&mut c, p, left + (i % cols) as i64 * pw, FIGURE_HEADER + (i / cols) as i64 * ph))
             .collect();
-        let note_x = 40 + 38 + self.legend.iter().map(|(l, _)| text_width(l, LEGEND_PX) as i64).max().unwrap_or(0) + 16;
         for (s, (label, note)) in self.legend.iter().enumerate() {
             let top = legend_top + s as i64 * LEGEND_ROW;
             let color = PALETTE[s % PALETTE.len()];
@@ -1103,5 +1130,37 @@ mod tests {
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width as usize, info.height as usize, info.color_type), (c.width, c.height, png::ColorType::Rgb));
         assert_eq!(&buf[..info.buffer_size()], &c.pixels[..]);
+    }
+
+    /// One panel under a long subtitle and legend: the figure widens to show them whole, the
+    /// panel centred in it.
+    #[test]
+    fn a_narrow_figure_widens_for_its_text() {
+        let mut fig = figure();
+        fig.panels.truncate(1);
+        fig.columns = 1;
+        fig.legend[0].1 = "runs/a-very-long-folder-name/checkpoints/step-000128 (K = 16, temperature 0.6)".repeat(2);
+        let (c, layout) = fig.render();
+        let legend = 40 + 38 + text_width("dft", LEGEND_PX) + 16 + text_width(&fig.legend[0].1, LEGEND_PX);
+        assert!(c.width >= legend + 20 && c.width > 400, "{} for a legend of {legend}", c.width);
+        let left = (c.width as i64 - 400) / 2;
+        assert_eq!(layout[0].plot.0, left + 78, "centred");
+    }
+
+    /// A chart replaces an earlier image, but no other file, and is no folder.
+    #[test]
+    fn a_chart_replaces_only_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = chart(false).render();
+        let png = dir.path().join("chart.png");
+        c.save_png(&png).unwrap();
+        c.save_png(&png).unwrap();
+        let summary = dir.path().join("summary.json");
+        std::fs::write(&summary, "{}").unwrap();
+        let err = c.save_png(&summary).unwrap_err().to_string();
+        assert!(err.ends_with("summary.json exists and is not a PNG image: choose another path, or remove it first"), "{err}");
+        assert_eq!(std::fs::read_to_string(&summary).unwrap(), "{}");
+        let err = c.save_png(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("is a folder: give the PNG file's name"), "{err}");
     }
 }

@@ -114,7 +114,7 @@ impl BenchSummary {
     /// ([`crate::metrics::wilson_interval`]): how far another set of prompts like these could
     /// move the figure.
     pub fn interval_percent(&self) -> (f64, f64) {
-        let (lo, hi) = crate::metrics::wilson_interval(self.average_at_k, self.prompts);
+        let (lo, hi) = self.average_at_k_interval.unwrap_or_else(|| crate::metrics::wilson_interval(self.average_at_k, self.prompts));
         (100.0 * lo, 100.0 * hi)
     }
 
@@ -160,7 +160,8 @@ pub fn markdown(s: &Summary) -> String {
     ));
     md.push_str(&format!("|---|---|---:|---:|---:|---:|{}---:|---:|---:|\n", if k > 1 { "---:|---:|" } else { "" }));
     for b in &s.benchmarks {
-        // maj@K is a math figure: a code benchmark has none.
+        // maj@K is a math figure: a code benchmark has none, and neither has a math benchmark
+        // kept from a summary written before it was recorded.
         let majority = b.majority_at_k.map_or("–".to_string(), |m| format!("{:.1}%", 100.0 * m));
         let kval = if k > 1 { format!(" {:.1}% | {majority} |", 100.0 * b.pass_at_k) } else { String::new() };
         let verifier = b.verifier(&s.verifier_version);
@@ -308,6 +309,9 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
     }
 }
 
+/// The legend's note for an evaluation with no curve in the figure.
+const NO_CURVE: &str = ": no pass@k curve (K = 1, or a summary from before curves were recorded: run its `trainer eval` again)";
+
 /// Evaluations side by side as pass@k curves over k = 1, 2, 4, ... K on a log scale, one panel
 /// per benchmark of the first (in its order) that some evaluation sampled more than once, one
 /// line per evaluation (none where it lacks the benchmark, or has a summary written before
@@ -331,11 +335,11 @@ pub fn pass_at_k_figure(evals: &[Evaluation]) -> crate::plot::LineFigure {
         .collect();
     let legend = evals
         .iter()
-        .map(|e| {
-            (
-                e.label.clone(),
-                format!("{} (K = {}, temperature {})", e.summary.model, e.summary.config.samples, e.summary.config.sampling.temperature),
-            )
+        .enumerate()
+        .map(|(i, e)| {
+            let c = &e.summary.config;
+            let none = if panels.iter().all(|p| p.series[i].is_empty()) { NO_CURVE } else { "" };
+            (e.label.clone(), format!("{} (K = {}, temperature {}){none}", e.summary.model, c.samples, c.sampling.temperature))
         })
         .collect();
     let limit = base.and_then(|b| b.config.limit).map(|l| format!("; first {l} prompts per benchmark")).unwrap_or_default();
@@ -590,6 +594,7 @@ mod tests {
         assert_eq!(s[1].last(), Some(&(3.0, 45.0)));
         assert!(s[2].is_empty());
         assert!(fig.legend[1].1.ends_with("(K = 8, temperature 0)"), "{:?}", fig.legend);
+        assert!(fig.legend[2].1.ends_with(&format!("(K = 4, temperature 0){NO_CURVE}")), "{:?}", fig.legend);
         let (_, layout) = fig.render();
         assert_eq!(layout[0].x_ticks, [0.0, 1.0, 2.0, 3.0], "whole powers of two");
         // A benchmark flat at 0% is drawn on the bottom line, with no negative tick.

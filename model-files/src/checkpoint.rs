@@ -397,7 +397,9 @@ pub fn check_model_path(path: &Path) -> Result<()> {
 fn refuse_adapter(model: &Path) -> Result<()> {
     let folder = model_folder(model);
     if folder.join(crate::lora::CONFIG_FILE).is_file() && !folder.join("config.json").exists() {
-        let merged = folder.parent().filter(|p| p.join("config.json").is_file());
+        // A LoRA run's `adapter/` sits in the folder of its merged model; an adapter kept in
+        // its base's folder under another name does not.
+        let merged = folder.parent().filter(|p| folder.file_name().is_some_and(|n| n == "adapter") && p.join("config.json").is_file());
         bail!(
             "{} is a LoRA adapter (PEFT's adapter_config.json), not a model: {}",
             folder.display(),
@@ -493,7 +495,12 @@ mod tests {
             let e = load_safetensors(&p).unwrap_err().to_string();
             assert!(e.ends_with(&said), "{e}");
         }
-        // An adapter trained elsewhere has no merged model beside it: merging it is the way.
+        // An adapter trained elsewhere has no merged model beside it, even kept in its base's
+        // folder: merging it is the way.
+        let beside_base = run.join("final").join("lora");
+        std::fs::create_dir(&beside_base).unwrap();
+        std::fs::write(beside_base.join(crate::lora::CONFIG_FILE), "{}").unwrap();
+        assert!(err(&beside_base).contains("merge it into its base model first: `trainer export --model BASE"), "{}", err(&beside_base));
         let alone = tmp.path().join("peft-adapter");
         std::fs::create_dir(&alone).unwrap();
         std::fs::write(alone.join(crate::lora::CONFIG_FILE), r#"{"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}"#).unwrap();

@@ -48,18 +48,48 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
 /// modules) are errors naming the field, since ignoring one would give another model.
 pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> {
     let config_path = dir.join(CONFIG_FILE);
+    if !config_path.is_file() {
+        bail!("no PEFT adapter at {}: it holds no {CONFIG_FILE}", dir.display());
+    }
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let c: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config_path.display()))?;
     let lora = lora_from_config(&c).with_context(|| format!("{}", config_path.display()))?;
     let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() && dir.join("adapter_model.bin").is_file() {
+        bail!(
+            "{}: the adapter is saved as adapter_model.bin (a pickle), which rectify does not read: save it again with PEFT's save_pretrained(..., safe_serialization=True)",
+            dir.display()
+        );
+    }
     let mut tensors = BTreeMap::new();
     for (name, t) in read_safetensors(&weights)? {
         let Some(short) = name.strip_prefix(PREFIX) else {
             bail!("{}: tensor `{name}` lacks PEFT's `{PREFIX}` prefix", weights.display());
         };
+        check_tensor(short, &t, &lora).with_context(|| format!("{}: tensor `{name}`", weights.display()))?;
         tensors.insert(short.to_string(), t);
     }
     Ok((lora, tensors))
+}
+
+/// What the config says of one adapter tensor, checked before shapes are compared with a
+/// model's: which projection it adapts, its rank, and finite values (a NaN would merge into
+/// every weight it touches, and train to NaN).
+fn check_tensor(name: &str, t: &HostTensor, lora: &Lora) -> Result<()> {
+    let side = [(".lora_A.weight", 0), (".lora_B.weight", 1)].into_iter().find_map(|(end, dim)| name.strip_suffix(end).map(|m| (m, dim)));
+    if let Some((module, dim)) = side {
+        let projection = module.rsplit('.').next().unwrap_or_default();
+        if let Some(target) = LoraTarget::from_name(projection).filter(|t| !lora.adapts(*t)) {
+            bail!("it adapts {}, which `target_modules` does not list", target.as_str());
+        }
+        if t.shape.len() == 2 && t.shape[dim] != lora.rank {
+            bail!("its rank is {}, `r` is {}", t.shape[dim], lora.rank);
+        }
+    }
+    if let Some(bad) = t.data.iter().find(|v| !v.is_finite()) {
+        bail!("it holds {bad}: the adapter is broken (a training run that diverged?)");
+    }
+    Ok(())
 }
 
 /// The `base_model_name_or_path` an adapter folder records, if it records one: a Hub name or a
@@ -70,10 +100,15 @@ pub fn base_model(dir: &Path) -> Option<String> {
     c.get("base_model_name_or_path")?.as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
+/// What to do with an adapter rectify does not compute: PEFT computes it, and its merged model is
+/// an ordinary one.
+const MERGE_WITH_PEFT: &str =
+    "merge it into its base with PEFT (`PeftModel.from_pretrained(base, DIR).merge_and_unload().save_pretrained(OUT)`) and give rectify OUT as the model";
+
 /// The `adapter_config.json` keys that rectify reads, checks above, or knows to change nothing
 /// once an adapter is trained: what it was made for and with (names, versions, dropout, the
 /// initialisations that leave the base alone, settings only read with a switch that is off).
-const KNOWN_KEYS: [&str; 33] = [
+const KNOWN_KEYS: &[&str] = &[
     "peft_type",
     "task_type",
     "base_model_name_or_path",
@@ -105,7 +140,6 @@ const KNOWN_KEYS: [&str; 33] = [
     "alora_invocation_tokens",
     "ensure_weight_tying",
     "eva_config",
-    "megatron_config",
     "megatron_core",
 ];
 
@@ -124,12 +158,12 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         ("bias", json!("none")),
     ] {
         if let Some(v) = field(key).filter(|v| **v != off) {
-            bail!("`{key}` is {v}: rectify computes LoRA with {key} {off} only");
+            bail!("`{key}` is {v}: rectify computes LoRA with {key} {off} only; {MERGE_WITH_PEFT}");
         }
     }
     for key in ["rank_pattern", "alpha_pattern"] {
         if field(key).is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
-            bail!("`{key}` is set: rectify gives every adapted projection the same rank and alpha");
+            bail!("`{key}` is set: rectify gives every adapted projection the same rank and alpha; {MERGE_WITH_PEFT}");
         }
     }
     for key in [
@@ -142,7 +176,7 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         "alora_invocation_tokens",
     ] {
         if let Some(v) = field(key).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
-            bail!("`{key}` is {v}: rectify adapts the named projections of every block, and nothing else");
+            bail!("`{key}` is {v}: rectify adapts the named projections of every block, and nothing else; {MERGE_WITH_PEFT}");
         }
     }
     // Initialisations that move the base weights (PiSSA, OLoRA, LoftQ, CorDA, LoRA-GA) leave an
@@ -160,11 +194,19 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
     for (key, v) in c.as_object().into_iter().flatten() {
         let set = !(v.is_null() || *v == json!(false) || *v == json!({}) || *v == json!([]));
         if set && !KNOWN_KEYS.contains(&key.as_str()) {
-            bail!("`{key}` is {v}: rectify does not know what it computes, so it cannot merge this adapter as PEFT would");
+            bail!(
+                "`{key}` is {v}: rectify does not know what it computes, so it cannot merge this adapter as PEFT would; {MERGE_WITH_PEFT}"
+            );
         }
     }
-    let rank = field("r").and_then(Value::as_u64).context("`r` (the rank) is missing")? as usize;
-    let alpha = field("lora_alpha").and_then(Value::as_f64).context("`lora_alpha` is missing")?;
+    let rank = match field("r") {
+        None => bail!("`r` (the rank) is missing"),
+        Some(v) => v.as_u64().filter(|&r| r >= 1).with_context(|| format!("`r` is {v}: the rank is a whole number, at least 1"))?,
+    } as usize;
+    let alpha = match field("lora_alpha") {
+        None => bail!("`lora_alpha` is missing"),
+        Some(v) => v.as_f64().filter(|a| *a > 0.0).with_context(|| format!("`lora_alpha` is {v}: it must be a positive number"))?,
+    };
     let targets = match field("target_modules") {
         Some(Value::String(s)) if s == "all-linear" => LoraTarget::ALL.to_vec(),
         Some(Value::Array(names)) => {
@@ -176,6 +218,9 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
                     format!("`target_modules` names `{name}`: rectify adapts only {}", all.join(", "))
                 })?;
                 targets.push(target);
+            }
+            if targets.is_empty() {
+                bail!("`target_modules` is empty: the adapter adapts nothing");
             }
             // PEFT keeps a set: its order means nothing.
             targets.sort();
@@ -215,7 +260,11 @@ mod tests {
             (json!({"target_modules": ["lm_head"]}), "`target_modules` names `lm_head`"),
             (json!({"target_modules": ".*proj"}), "`target_modules` is \".*proj\""),
             (json!({"peft_type": "IA3"}), "`peft_type` is IA3"),
-            (json!({"r": 0}), "`lora.rank` must be at least 1"),
+            (json!({"r": 0}), "`r` is 0: the rank is a whole number, at least 1"),
+            (json!({"r": "4"}), "`r` is \"4\": the rank is a whole number"),
+            (json!({"lora_alpha": -8}), "`lora_alpha` is -8: it must be a positive number"),
+            (json!({"target_modules": []}), "`target_modules` is empty"),
+            (json!({"use_dora": true}), "merge_and_unload()"),
             (
                 json!({"init_lora_weights": "pissa_niter_4"}),
                 "`init_lora_weights` is \"pissa_niter_4\": that initialisation changes the base",
@@ -239,5 +288,33 @@ mod tests {
             .clone(),
         );
         assert_eq!(lora_from_config(&c).unwrap().targets, LoraTarget::ALL.to_vec());
+    }
+
+    /// The tensors must be what the config says, and finite; a folder must be an adapter's.
+    #[test]
+    fn adapter_tensors_are_checked_against_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], from: None };
+        let a = |data: Vec<f32>| HostTensor { shape: vec![2, 3], data };
+        let read = |name: &str, t: HostTensor| {
+            let d = dir.path().join(name);
+            write_adapter(&d, &lora, &BTreeMap::from([(format!("model.layers.0.self_attn.{name}.weight"), t)]), "base").unwrap();
+            read_adapter(&d).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        read("q_proj.lora_A", a(vec![0.5; 6])).unwrap();
+        let err = read("q_proj.lora_A", a(vec![0.5, f32::NAN, 0.0, 0.0, 0.0, 0.0])).unwrap_err();
+        assert!(err.contains("q_proj.lora_A.weight`: it holds NaN"), "{err}");
+        let err = read("v_proj.lora_A", a(vec![0.5; 6])).unwrap_err();
+        assert!(err.contains("it adapts v_proj, which `target_modules` does not list"), "{err}");
+        let err = read("q_proj.lora_B", a(vec![0.5; 6])).unwrap_err();
+        assert!(err.contains("its rank is 3, `r` is 2"), "{err}");
+        // Not an adapter folder; an adapter PEFT pickled.
+        let err = format!("{:#}", read_adapter(dir.path()).unwrap_err());
+        assert!(err.contains("no PEFT adapter at") && err.contains("holds no adapter_config.json"), "{err}");
+        let pickled = dir.path().join("pickled");
+        write_adapter(&pickled, &lora, &BTreeMap::new(), "base").unwrap();
+        std::fs::rename(pickled.join(WEIGHTS_FILE), pickled.join("adapter_model.bin")).unwrap();
+        let err = format!("{:#}", read_adapter(&pickled).unwrap_err());
+        assert!(err.contains("adapter_model.bin (a pickle)") && err.contains("safe_serialization=True"), "{err}");
     }
 }

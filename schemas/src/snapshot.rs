@@ -385,6 +385,11 @@ pub fn check_replaceable(out: &Path, force: bool) -> anyhow::Result<()> {
 /// failed run never leaves a half-written folder under the real name. The caller decides whether
 /// an existing `out` may be replaced.
 pub fn publish_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    // A file there would be moved aside and then fail to be removed as a folder: the user's
+    // file hidden, and an error.
+    if out.exists() && !out.is_dir() {
+        bail!("{} is a file, not a folder: choose another path for the folder, or remove the file first", out.display());
+    }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = out.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} needs a folder name", out.display()))?;
@@ -506,6 +511,14 @@ mod tests {
 
         publish_dir(&out, |d| Ok(std::fs::write(d.join("b"), "4")?)).unwrap();
         assert_eq!((names(root.path()), names(&out)), (vec!["snap".to_string()], vec!["b".to_string()]));
+
+        // A file where the folder would go is refused before anything is written, and kept.
+        let file = root.path().join("notes.txt");
+        std::fs::write(&file, "mine").unwrap();
+        let err = publish_dir(&file, |d| Ok(std::fs::write(d.join("a"), "1")?)).unwrap_err().to_string();
+        assert!(err.contains("notes.txt is a file, not a folder"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+        assert_eq!(names(root.path()), ["notes.txt", "snap"]);
     }
 
     #[test]

@@ -414,9 +414,10 @@ enum Command {
     },
     /// Write a model (GGUF or safetensors) as a Hugging Face folder: model.safetensors +
     /// config.json, and the tokenizer and chat template (tokenizer.json, chat_template.jinja,
-    /// tokenizer_config.json) from the GGUF or the source folder. With --adapter, a PEFT LoRA
-    /// adapter is merged into the weights first (PEFT's merge_and_unload), so a model trained
-    /// with LoRA elsewhere can be evaluated, scored or trained on here.
+    /// tokenizer_config.json) from the GGUF or the source folder. Weights are written in f32
+    /// (a GGUF dequantised). With --adapter, a PEFT LoRA adapter is merged into the weights first
+    /// (PEFT's merge_and_unload), so a model trained with LoRA elsewhere can be evaluated, scored
+    /// or trained on here; a tokenizer saved beside the adapter is the export's.
     Export {
         /// GGUF file, Hugging Face folder, .safetensors or rectify checkpoint (with --adapter:
         /// the base model the adapter was trained on).
@@ -754,6 +755,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare { runs, labels, plot, pass_plot } => {
+            if plot.is_some() && plot == pass_plot {
+                anyhow::bail!("--plot and --pass-plot are both {}: give each chart its own file", plot.unwrap_or_default().display());
+            }
             let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
             if let Some(path) = plot {
@@ -764,11 +768,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(path) = pass_plot {
                 let figure = eval::report::pass_at_k_figure(&evals);
-                anyhow::ensure!(
-                    !figure.panels.is_empty(),
-                    "no pass@k curve to draw: no evaluation has one for a benchmark of {} (evaluate with --samples above 1)",
-                    runs[0].display()
-                );
+                if figure.panels.is_empty() {
+                    let sampled: Vec<String> = evals.iter().filter(|e| e.summary.config.samples > 1).map(|e| e.label.clone()).collect();
+                    anyhow::bail!(
+                        "no pass@k curve to draw for the benchmarks of {}: {}",
+                        runs[0].display(),
+                        if sampled.is_empty() {
+                            "every evaluation drew one sample per prompt (evaluate with --samples above 1)".to_string()
+                        } else {
+                            format!(
+                                "{} drew several samples, but before curves were recorded: run its `trainer eval` again with the same arguments (it grades the stored completions again, generating nothing)",
+                                sampled.join(", ")
+                            )
+                        }
+                    );
+                }
                 figure.render().0.save_png(&path)?;
                 eprintln!("wrote {}", path.display());
             }
@@ -909,10 +923,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => model_files::checkpoint::load(&model)?,
                 Some(dir) => merged_adapter(&model, dir)?,
             };
+            // TRL and LLaMA-Factory save the tokenizer and chat template the adapter was trained
+            // with beside it (an SFT run may have changed the template): those win over the base's.
+            let tok_source = match adapter.as_deref().map(model_files::checkpoint::model_folder) {
+                Some(dir) if dir.join("tokenizer.json").is_file() => {
+                    tracing::info!("the tokenizer and chat template come from the adapter's folder {}", dir.display());
+                    dir.to_path_buf()
+                }
+                _ => model.clone(),
+            };
             // The weights are the export; a tokenizer that cannot be read (a base model without a
             // chat template) is left out with a word, as it was before exports carried one.
-            let tok = model_files::tokenizer::ChatTokenizer::for_model(&model, None).unwrap_or_else(|e| {
-                tracing::warn!("{}: the export has no tokenizer: {e:#}", model.display());
+            let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, None).unwrap_or_else(|e| {
+                tracing::warn!("{}: the export has no tokenizer: {e:#}", tok_source.display());
                 None
             });
             schemas::snapshot::publish_dir(&out, |tmp| {
@@ -930,12 +953,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// as the merged `final/` of a LoRA run holds them). The adapter's shapes must fit the base;
 /// that it was trained on this base, not another of the same shapes, cannot be checked.
 fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<model_files::checkpoint::Checkpoint> {
+    if !dir.exists() {
+        anyhow::bail!("--adapter {}: no such file or folder", dir.display());
+    }
     // The adapter's weights file names its folder as well as the folder does.
     let dir = model_files::checkpoint::model_folder(dir);
     let (lora, adapters) = model_files::lora::read_adapter(dir)?;
+    let named = model_files::lora::base_model(dir);
+    let named_text = named.as_deref().map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default();
+    // Shapes are all the merge can check; the names can still tell another base apart.
+    let stem = |p: &str| {
+        let name = std::path::Path::new(p.trim_end_matches('/')).file_name().map(|n| n.to_string_lossy().to_lowercase());
+        name.map(|n| n.trim_end_matches(".gguf").trim_end_matches(".safetensors").to_string())
+    };
+    if named.as_deref().and_then(stem).is_some_and(|n| Some(n) != stem(&base.to_string_lossy())) {
+        tracing::warn!(
+            "{}{named_text} is merged into {}: make sure it was trained on this model's weights (the shapes fit, which is all that can be checked)",
+            dir.display(),
+            base.display()
+        );
+    }
     let model = model::Llama::<Flex>::load(base, &Default::default())?
         .with_lora(&lora, &adapters)
-        .with_context(|| format!("{} does not fit {}", dir.display(), base.display()))?;
+        .with_context(|| format!("{}{named_text} does not fit {}", dir.display(), base.display()))?;
     tracing::info!("merging LoRA {} from {} into {}", lora.describe(), dir.display(), base.display());
     Ok(model.to_checkpoint())
 }
@@ -1135,6 +1175,15 @@ fn eval_on(
             // This run's stops for a benchmark it names on the same snapshot.
             let stops = named.filter(|b| b.manifest.snapshot_id == x.snapshot_id).map(|b| stop_ids(&b.tokenizer));
             match (why, named, stops) {
+                // A summary from before the pass@k curve and maj@K were recorded is summed up
+                // again from its results' verdicts (nothing graded again: a sandbox's timeouts
+                // could change them).
+                (None, Some(b), Some(stops)) if stops == x.stop_ids && same_verifier && x.pass_at.is_empty() => {
+                    match eval::evaluate::resummed(b, x, out) {
+                        Ok(s) => reusable.push(s),
+                        Err(e) => eprintln!("{}: evaluating again: its results cannot be summed up again ({e:#})", x.bench),
+                    }
+                }
                 (None, Some(_), Some(stops)) if stops == x.stop_ids && same_verifier => reusable.push(x.clone()),
                 (None, Some(_), Some(stops)) if stops == x.stop_ids => {
                     regradable.push(BenchSummary { graded_by: x.verifier(&p.verifier_version).to_string(), ..x.clone() })
@@ -1150,7 +1199,11 @@ fn eval_on(
                 (Some(why), Some(_), _) if !same_generation => {
                     eprintln!("{}: evaluating again, replacing the results in {} {why}", x.bench, out.display())
                 }
-                _ => {}
+                (Some(why), Some(_), _) => eprintln!("{}: evaluating again: {}/summary.json held it {why}", x.bench, out.display()),
+                (None, Some(b), None) => eprintln!(
+                    "{}: evaluating again: its results are of snapshot {}, this run's is {}",
+                    x.bench, x.snapshot_id, b.manifest.snapshot_id
+                ),
             }
         }
     }
@@ -1165,17 +1218,12 @@ fn eval_on(
     let mut model_cell = None;
     for b in benches {
         if let Some(i) = reusable.iter().position(|x| x.bench == b.name) {
-            let mut s = reusable.remove(i);
+            let s = reusable.remove(i);
             eprintln!(
                 "{}: reusing the results in {} (same model sha256, settings, snapshot, stop ids and verifier)",
                 s.bench,
                 out.display()
             );
-            if s.pass_at.is_empty() {
-                // Summed up before pass@k curves, maj@K and the interval were recorded: the same
-                // verifier grades the same completions again, to the same verdicts.
-                s = eval::evaluate::regrade(b, &s, out)?;
-            }
             summary.benchmarks.push(s);
             save(&summary, &reusable, &regradable)?;
             continue;

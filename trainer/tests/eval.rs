@@ -88,7 +88,29 @@ fn eval_summaries_keep_what_still_holds_and_refuse_what_would_mislead() {
     text.push_str(&text.clone());
     std::fs::write(&results, text).unwrap();
     let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
-    assert!(ok && !log.contains("reusing"), "{log}");
+    assert!(
+        ok && !log.contains("reusing") && log.contains("a: evaluating again:") && log.contains("whose results file has changed since"),
+        "{log}"
+    );
+
+    // A summary from before pass@k curves were recorded is summed up again from its results'
+    // verdicts: the figures come back, the results file is not written.
+    let path = out.join("summary.json");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let mut summary: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let bench = summary["benchmarks"][0].as_object_mut().unwrap();
+    for key in ["pass_at", "average_at_k_interval"] {
+        assert!(bench.remove(key).is_some(), "{key} is recorded");
+    }
+    std::fs::write(&path, serde_json::to_string(&summary).unwrap()).unwrap();
+    let modified = std::fs::metadata(&results).unwrap().modified().unwrap();
+    let (ok, log) = eval(&[&a], &out, &["--seed", "7"]);
+    assert!(ok && log.contains("a: reusing the results"), "{log}");
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(again["benchmarks"][0]["pass_at"], first["benchmarks"][0]["pass_at"]);
+    assert_eq!(again["benchmarks"][0]["average_at_k_interval"], first["benchmarks"][0]["average_at_k_interval"]);
+    assert_eq!(std::fs::metadata(&results).unwrap().modified().unwrap(), modified, "results not written again");
 
     // Results that ended on other stop ids (a change in which tokens end a completion) are not
     // reused either.

@@ -81,8 +81,6 @@ fn adapted_and_merged_log_probabilities_equal_pefts() {
     }
 }
 
-/// One DFT micro-step gives PEFT's objective and PEFT's gradient of every adapter, with and
-/// without activation recompute, and no gradient for a base weight.
 /// `trainer export --adapter` merges an adapter PEFT saved into its base: the folder it writes
 /// gives PEFT's log-probabilities of the adapted model. An adapter on another base is refused.
 #[test]
@@ -101,7 +99,8 @@ fn export_merges_a_peft_adapter_into_its_base() {
         // The weights file names its folder too.
         let adapter = fixture(name).join("adapter").join(model_files::lora::WEIGHTS_FILE);
         let run = export(name, &adapter, &out);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success() && !err.contains("make sure it was trained"), "{err}");
         let merged = Llama::<Flex>::load(&out, &dev).unwrap();
         let c = case(name);
         let gap = worst_gap(&row_logprobs(&merged, &[&c.row], &dev)[0], &c.logprobs);
@@ -111,9 +110,18 @@ fn export_merges_a_peft_adapter_into_its_base() {
     let run = export("qwen3-tied", &fixture("llama3-tied").join("adapter"), &tmp.path().join("mismatch"));
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("does not fit") && err.contains("has shape"), "{err}");
+    assert!(err.contains("(the adapter names its base `model/tests/fixtures/transformers5/llama3-tied`)"), "{err}");
+    assert!(err.contains("make sure it was trained on this model's weights"), "another base's name is warned about: {err}");
     assert!(!tmp.path().join("mismatch").exists());
+    // A mistyped adapter path is named, not replaced by the folder above it.
+    let typo = fixture("llama3-tied").join("adapter").join("typo");
+    let run = export("llama3-tied", &typo, &tmp.path().join("typo"));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("typo: no such file or folder"), "{err}");
 }
 
+/// One DFT micro-step gives PEFT's objective and PEFT's gradient of every adapter, with and
+/// without activation recompute, and no gradient for a base weight.
 #[test]
 fn dft_gradients_of_the_adapters_equal_pefts() {
     for name in CASES {
