@@ -472,6 +472,37 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
             crate::metrics::BOOTSTRAP_RESAMPLES
         ));
     }
+    // Where runs drew several samples per prompt: what one of K samples reaches, and the
+    // majority's answer (math), beside the Average@K above.
+    if runs.iter().any(|(_, s)| s.config.samples > 1) {
+        let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1}%", 100.0 * v));
+        let (mut head, mut rule) = ("| benchmark |".to_string(), "|---|".to_string());
+        for (label, s) in &runs {
+            let k = s.config.samples;
+            head.push_str(&format!(" {label} pass@1 | {label} pass@{k} | {label} maj@{k} |"));
+            rule.push_str("---:|---:|---:|");
+        }
+        md.push_str(&format!(
+            "
+K samples per prompt: pass@1, pass@K and (math) maj@K
+
+{head}
+{rule}
+"
+        ));
+        for b in &base.benchmarks {
+            let mut line = format!("| {} |", b.bench);
+            for (_, s) in &runs {
+                let x = s.benchmarks.iter().find(|x| x.bench == b.bench);
+                let (p1, pk, maj) = (x.map(|x| x.pass_at_1), x.map(|x| x.pass_at_k), x.and_then(|x| x.majority_at_k));
+                line.push_str(&format!(" {} | {} | {} |", pct(p1), pct(pk), pct(maj)));
+            }
+            md.push_str(&format!(
+                "{line}
+"
+            ));
+        }
+    }
     md
 }
 
@@ -533,7 +564,7 @@ mod tests {
         let base = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.5)]);
         let same = run("host", "0.1.0+a", 1, &[("gsm8k_test", 0.6)]);
         let md = compare_markdown(&[eval("base", base.clone()), eval("dft", same.clone())]);
-        assert!(!md.contains("note:"), "{md}");
+        assert!(!md.contains("note:") && !md.contains("maj@"), "one sample per prompt: no pass@K table: {md}");
         // The chart: the baseline's benchmarks, one bar per run with its Wilson whisker.
         let chart = compare_chart(&[eval("base", base.clone()), eval("dft", same.clone())]);
         assert_eq!(chart.categories, ["gsm8k_test"]);
@@ -560,6 +591,9 @@ mod tests {
         assert!(md.contains("note: gpu differs from base: K = 4, engine `burn cuda, f32 matmuls`, verifier 0.1.0+b"), "{md}");
         assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
         assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
+        // gpu drew 4 samples: pass@1, pass@4 and maj@4 of each run, in a table of their own.
+        assert!(md.contains("| benchmark | base pass@1 | base pass@1 | base maj@1 | gpu pass@1 | gpu pass@4 | gpu maj@4 |"), "{md}");
+        assert!(md.contains("| gsm8k_test | 50.0% | 50.0% | – | 25.0% | 25.0% | – |"), "{md}");
         // K > 1: maj@K beside pass@K, for math only.
         let mut four = other.clone();
         four.benchmarks[1].majority_at_k = Some(0.2);
