@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod generation_config;
 pub mod gguf;
 pub mod gguf_writer;
 pub mod lora;

@@ -638,6 +638,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let m = load_generator(&model, device)?;
             m.config().check_prompt_fits(prompt_ids.len())?;
             let params = sampling.with_budget(max_new_tokens);
+            note_suggested_sampling(&model, &params);
             let requests: Vec<Request> = (0..samples as u64).map(|stream| Request { prompt: &prompt_ids, stream }).collect();
             for (i, c) in m.complete(&requests, &params, &stop, requests.len(), &|_, _| {}).iter().enumerate() {
                 if json {
@@ -688,6 +689,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 benchmarks: vec![],
             };
+            note_suggested_sampling(&model, &summary.config.sampling);
             let summary = eval_on(&model, device, &benches, summary, &out)?;
             print!("{}", markdown(&summary));
             println!("\nwrote {}/summary.md, summary.json and results/<bench>.jsonl", out.display());
@@ -723,6 +725,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 engine: engine(device),
             };
             device_ready(device)?;
+            note_suggested_sampling(&opts.model, &opts.sampling);
             let s = trainer::sample::sample(&opts, &|path| load_generator(path, device))?;
             let r = s.manifest.rollouts.as_ref().expect("a rollouts snapshot");
             if s.reused {
@@ -978,6 +981,14 @@ fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Resu
         .with_context(|| format!("{}{named_text} does not fit {}", dir.display(), base.display()))?;
     tracing::info!("merging LoRA {} from {} into {}", lora.describe(), dir.display(), base.display());
     Ok(model.to_checkpoint())
+}
+
+/// Says where the sampling a model's `generation_config.json` suggests is not the run's: rectify
+/// samples as its flags say, but a model's makers often evaluate it with their own settings.
+fn note_suggested_sampling(model: &std::path::Path, sampling: &Sampling) {
+    if let Some(flags) = model_files::generation_config::SuggestedSampling::of(model).and_then(|s| s.differs_from(sampling)) {
+        tracing::info!("{}'s generation_config.json suggests {flags}; this run samples as its own flags say", model.display());
+    }
 }
 
 /// Loads each of `runs` with the `--label` in the same position, if one was given.
