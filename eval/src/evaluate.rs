@@ -142,8 +142,9 @@ fn summarise(
 /// equivalent either way round (it reads its first argument as the gold answer, and is not
 /// symmetric); the majority's verdict is that of its first sample.
 pub fn majority_rate(results: &[SampleResult], k: usize) -> f64 {
-    // Equal text first: most votes repeat an answer word for word, and the verifier parses.
-    let same = |a: &str, b: &str| a == b || verify::math::equivalent(a, b) || verify::math::equivalent(b, a);
+    // Equal text first: most votes repeat an answer word for word, and the verifier parses. A
+    // blank answer is no answer to the verifier, so equal blanks are no shared one either.
+    let same = |a: &str, b: &str| (a == b && !a.trim().is_empty()) || verify::math::equivalent(a, b) || verify::math::equivalent(b, a);
     let right = results
         .par_chunks(k)
         .filter(|samples| {

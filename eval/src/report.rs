@@ -309,8 +309,14 @@ pub fn compare_chart(evals: &[Evaluation]) -> crate::plot::BarChart {
     }
 }
 
-/// The legend's note for an evaluation with no curve in the figure.
-const NO_CURVE: &str = ": no pass@k curve (K = 1, or a summary from before curves were recorded: run its `trainer eval` again)";
+/// The legend's note for an evaluation with no curve in the figure, of `samples` per prompt.
+fn no_curve(samples: usize) -> &'static str {
+    if samples > 1 {
+        ": no pass@k curve (a summary from before curves were recorded: run its `trainer eval` again)"
+    } else {
+        ": no pass@k curve (one sample per prompt)"
+    }
+}
 
 /// Evaluations side by side as pass@k curves over k = 1, 2, 4, ... K on a log scale, one panel
 /// per benchmark of the first (in its order) that some evaluation sampled more than once, one
@@ -338,7 +344,7 @@ pub fn pass_at_k_figure(evals: &[Evaluation]) -> crate::plot::LineFigure {
         .enumerate()
         .map(|(i, e)| {
             let c = &e.summary.config;
-            let none = if panels.iter().all(|p| p.series[i].is_empty()) { NO_CURVE } else { "" };
+            let none = if panels.iter().all(|p| p.series[i].is_empty()) { no_curve(c.samples) } else { "" };
             (e.label.clone(), format!("{} (K = {}, temperature {}){none}", e.summary.model, c.samples, c.sampling.temperature))
         })
         .collect();
@@ -473,34 +479,25 @@ pub fn compare_markdown(evals: &[Evaluation]) -> String {
         ));
     }
     // Where runs drew several samples per prompt: what one of K samples reaches, and the
-    // majority's answer (math), beside the Average@K above.
+    // majority's answer (math), beside the Average@K above (which is the unbiased pass@1).
     if runs.iter().any(|(_, s)| s.config.samples > 1) {
         let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1}%", 100.0 * v));
         let (mut head, mut rule) = ("| benchmark |".to_string(), "|---|".to_string());
         for (label, s) in &runs {
             let k = s.config.samples;
-            head.push_str(&format!(" {label} pass@1 | {label} pass@{k} | {label} maj@{k} |"));
-            rule.push_str("---:|---:|---:|");
+            head.push_str(&format!(" {label} pass@{k} | {label} maj@{k} |"));
+            rule.push_str("---:|---:|");
         }
-        md.push_str(&format!(
-            "
-K samples per prompt: pass@1, pass@K and (math) maj@K
-
-{head}
-{rule}
-"
-        ));
+        md.push_str(&format!("\nK samples per prompt: pass@K and (math) maj@K (a run of one sample has neither)\n\n{head}\n{rule}\n"));
         for b in &base.benchmarks {
             let mut line = format!("| {} |", b.bench);
             for (_, s) in &runs {
-                let x = s.benchmarks.iter().find(|x| x.bench == b.bench);
-                let (p1, pk, maj) = (x.map(|x| x.pass_at_1), x.map(|x| x.pass_at_k), x.and_then(|x| x.majority_at_k));
-                line.push_str(&format!(" {} | {} | {} |", pct(p1), pct(pk), pct(maj)));
+                let x = s.benchmarks.iter().find(|x| x.bench == b.bench).filter(|x| x.samples > 1);
+                let mark = if x.is_some_and(|x| x.snapshot_id != b.snapshot_id || x.prompts != b.prompts) { "*" } else { "" };
+                let (pk, maj) = (x.map(|x| x.pass_at_k), x.and_then(|x| x.majority_at_k));
+                line.push_str(&format!(" {}{mark} | {} |", pct(pk), pct(maj)));
             }
-            md.push_str(&format!(
-                "{line}
-"
-            ));
+            md.push_str(&format!("{line}\n"));
         }
     }
     md
@@ -592,8 +589,8 @@ mod tests {
         assert!(md.contains("note: gpu also evaluated math500, which base did not: not shown"), "{md}");
         assert!(md.contains("base Average@1 | gpu Average@4 |"), "{md}");
         // gpu drew 4 samples: pass@1, pass@4 and maj@4 of each run, in a table of their own.
-        assert!(md.contains("| benchmark | base pass@1 | base pass@1 | base maj@1 | gpu pass@1 | gpu pass@4 | gpu maj@4 |"), "{md}");
-        assert!(md.contains("| gsm8k_test | 50.0% | 50.0% | – | 25.0% | 25.0% | – |"), "{md}");
+        assert!(md.contains("| benchmark | base pass@1 | base maj@1 | gpu pass@4 | gpu maj@4 |"), "{md}");
+        assert!(md.contains("| gsm8k_test | – | – | 25.0% | – |"), "{md}");
         // K > 1: maj@K beside pass@K, for math only.
         let mut four = other.clone();
         four.benchmarks[1].majority_at_k = Some(0.2);
@@ -628,7 +625,13 @@ mod tests {
         assert_eq!(s[1].last(), Some(&(3.0, 45.0)));
         assert!(s[2].is_empty());
         assert!(fig.legend[1].1.ends_with("(K = 8, temperature 0)"), "{:?}", fig.legend);
-        assert!(fig.legend[2].1.ends_with(&format!("(K = 4, temperature 0){NO_CURVE}")), "{:?}", fig.legend);
+        assert!(
+            fig.legend[2].1.ends_with(
+                "(K = 4, temperature 0): no pass@k curve (a summary from before curves were recorded: run its `trainer eval` again)"
+            ),
+            "{:?}",
+            fig.legend
+        );
         let (_, layout) = fig.render();
         assert_eq!(layout[0].x_ticks, [0.0, 1.0, 2.0, 3.0], "whole powers of two");
         // A benchmark flat at 0% is drawn on the bottom line, with no negative tick.

@@ -92,6 +92,30 @@ fn check_tensor(name: &str, t: &HostTensor, lora: &Lora) -> Result<()> {
     Ok(())
 }
 
+/// sha256 over an adapter folder's settings and weights: which adapters a run started from, kept
+/// with its checkpoints (a path's text may name another folder from another place).
+pub fn adapter_sha256(dir: &Path) -> Result<String> {
+    let mut joined = String::new();
+    for file in [CONFIG_FILE, WEIGHTS_FILE] {
+        joined.push_str(&format!("{}  {file}\n", schemas::sha256_file(&dir.join(file))?));
+    }
+    Ok(schemas::sha256_hex(joined.as_bytes()))
+}
+
+/// The base an adapter folder names, where that is not `base` by its name: a Hub id `Org/Name`
+/// and a local `.../Name` folder (or a file in it) are one. For a warning: that the shapes fit
+/// is all a merge can check.
+pub fn other_named_base(dir: &Path, base: &Path) -> Option<String> {
+    let named = base_model(dir)?;
+    // A weights file stands for its folder; a GGUF, or a name that is no file here, for itself.
+    let stem = |p: &Path| {
+        let p = if p.is_file() && !crate::checkpoint::is_gguf(p) { crate::checkpoint::model_folder(p) } else { p };
+        p.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_lowercase())
+    };
+    let given = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    (stem(Path::new(named.trim_end_matches('/'))) != stem(&given)).then_some(named)
+}
+
 /// The `base_model_name_or_path` an adapter folder records, if it records one: a Hub name or a
 /// path, as the adapter's trainer saw it.
 pub fn base_model(dir: &Path) -> Option<String> {

@@ -38,6 +38,10 @@ pub struct TrainerState {
     /// The base model the run started from (absent in checkpoints written before it was kept).
     #[serde(default)]
     pub base_model_sha256: Option<String>,
+    /// [`model_files::lora::adapter_sha256`] of the adapter folder LoRA started from
+    /// (`lora.from`); None for fresh adapters, full fine-tuning and older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_from_sha256: Option<String>,
     /// What computed the steps up to this checkpoint (`burn flex`, `burn cuda, f32 matmuls`):
     /// engines agree to rounding, not in the last bits (empty in older checkpoints).
     #[serde(default)]
@@ -139,6 +143,11 @@ pub struct Provenance {
     /// What computed the last steps (see [`TrainerState::engine`]).
     #[serde(default)]
     pub engine: String,
+    /// The adapter folder LoRA started from, as resolved, and its sha256 (`lora.from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_from_sha256: Option<String>,
 }
 
 /// The trained model as a Hugging Face folder at `dir`, with the tokenizer and chat template of

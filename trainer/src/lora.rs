@@ -1,4 +1,5 @@
-//! LoRA's starting adapters: `A` drawn as PEFT draws it, `B` zero (see `schemas::train::Lora`).
+//! LoRA's starting adapters: `A` drawn as PEFT draws it, `B` zero (see `schemas::train::Lora`),
+//! or those of a PEFT adapter folder (`lora.from`).
 
 use model_files::checkpoint::HostTensor;
 use model_files::config::LlamaConfig;
@@ -33,6 +34,62 @@ pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> anyhow::Re
             (name.hf, HostTensor { shape, data })
         })
         .collect())
+}
+
+/// The adapters of the folder `lora.from` names, checked for the run before anything costly is
+/// loaded: an adapter folder (pointing to the `adapter/` of a run's `final/` or checkpoint where
+/// it was given instead), of `lora`'s rank, alpha and targets, with its sha256 for the state.
+pub fn adapters_from(dir: &std::path::Path, lora: &Lora) -> anyhow::Result<(BTreeMap<String, HostTensor>, String)> {
+    use model_files::lora::CONFIG_FILE;
+    if !dir.exists() {
+        anyhow::bail!("`lora.from` {}: no such folder", dir.display());
+    }
+    let inner = dir.join(crate::checkpoint::ADAPTER_DIR);
+    if !dir.join(CONFIG_FILE).is_file() && inner.join(CONFIG_FILE).is_file() {
+        anyhow::bail!("`lora.from` {} is a model folder; its adapters are in {}: name that", dir.display(), inner.display());
+    }
+    let (saved, adapters) = model_files::lora::read_adapter(dir).map_err(|e| anyhow::anyhow!("`lora.from`: {e:#}"))?;
+    if !saved.same_as(lora) {
+        anyhow::bail!(
+            "`lora.from` {} holds adapters of {}, the recipe asks for {}: give the recipe the adapter's rank, alpha and targets",
+            dir.display(),
+            saved.describe(),
+            lora.describe()
+        );
+    }
+    Ok((adapters, model_files::lora::adapter_sha256(dir)?))
+}
+
+/// Fails where the adapters in `dir` were trained on another base than the one of sha256
+/// `base_sha256` at `base`: known for the `adapter/` of a rectify run's `final/` or checkpoint,
+/// beside which `training.json` or the checkpoint's state records its base's sha256; for others
+/// only the base's name can be compared, and a different one is warned about.
+pub fn check_adapter_base(dir: &std::path::Path, base: &std::path::Path, base_sha256: &str) -> anyhow::Result<()> {
+    use crate::checkpoint::{STATE_FILE, TRAINING_FILE};
+    let recorded = [TRAINING_FILE, STATE_FILE].into_iter().find_map(|name| {
+        let path = dir.parent()?.join(name);
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+        Some((path, v["base_model_sha256"].as_str()?.to_string()))
+    });
+    match recorded {
+        Some((path, h)) if h != base_sha256 => anyhow::bail!(
+            "`lora.from` {} was trained on another base model (sha256 {h}, as its {} says) than this run's {} ({base_sha256})",
+            dir.display(),
+            path.display(),
+            base.display()
+        ),
+        Some(_) => {}
+        None => {
+            if let Some(named) = model_files::lora::other_named_base(dir, base) {
+                tracing::warn!(
+                    "`lora.from` {} names its base `{named}`; this run's model is {}: make sure it was trained on these weights",
+                    dir.display(),
+                    base.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

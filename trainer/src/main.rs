@@ -758,8 +758,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare { runs, labels, plot, pass_plot } => {
-            if plot.is_some() && plot == pass_plot {
-                anyhow::bail!("--plot and --pass-plot are both {}: give each chart its own file", plot.unwrap_or_default().display());
+            let same_file = |a: &PathBuf, b: &PathBuf| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+            if let (Some(a), Some(b)) = (&plot, &pass_plot) {
+                if same_file(a, b) {
+                    anyhow::bail!("--plot and --pass-plot are both {}: give each chart its own file", a.display());
+                }
             }
             let evals = labelled(&runs, &labels, eval::report::load_evaluation)?;
             print!("{}", eval::report::compare_markdown(&evals));
@@ -928,18 +931,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // TRL and LLaMA-Factory save the tokenizer and chat template the adapter was trained
             // with beside it (an SFT run may have changed the template): those win over the base's.
-            let tok_source = match adapter.as_deref().map(model_files::checkpoint::model_folder) {
-                Some(dir) if dir.join("tokenizer.json").is_file() => {
+            let beside_adapter =
+                adapter.as_deref().map(model_files::checkpoint::model_folder).filter(|d| d.join("tokenizer.json").is_file());
+            let adapters_own = beside_adapter.and_then(|dir| match model_files::tokenizer::ChatTokenizer::for_model(dir, None) {
+                Ok(t) => {
                     tracing::info!("the tokenizer and chat template come from the adapter's folder {}", dir.display());
-                    dir.to_path_buf()
+                    t
                 }
-                _ => model.clone(),
-            };
+                Err(e) => {
+                    tracing::warn!("{}: its tokenizer cannot be read ({e:#}): the export takes the base model's", dir.display());
+                    None
+                }
+            });
             // The weights are the export; a tokenizer that cannot be read (a base model without a
             // chat template) is left out with a word, as it was before exports carried one.
-            let tok = model_files::tokenizer::ChatTokenizer::for_model(&tok_source, None).unwrap_or_else(|e| {
-                tracing::warn!("{}: the export has no tokenizer: {e:#}", tok_source.display());
-                None
+            let tok = adapters_own.or_else(|| {
+                model_files::tokenizer::ChatTokenizer::for_model(&model, None).unwrap_or_else(|e| {
+                    tracing::warn!("{}: the export has no tokenizer: {e:#}", model.display());
+                    None
+                })
             });
             schemas::snapshot::publish_dir(&out, |tmp| {
                 model_files::checkpoint::save_hf(tmp, &ckpt)?;
@@ -962,14 +972,8 @@ fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Resu
     // The adapter's weights file names its folder as well as the folder does.
     let dir = model_files::checkpoint::model_folder(dir);
     let (lora, adapters) = model_files::lora::read_adapter(dir)?;
-    let named = model_files::lora::base_model(dir);
-    let named_text = named.as_deref().map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default();
-    // Shapes are all the merge can check; the names can still tell another base apart.
-    let stem = |p: &str| {
-        let name = std::path::Path::new(p.trim_end_matches('/')).file_name().map(|n| n.to_string_lossy().to_lowercase());
-        name.map(|n| n.trim_end_matches(".gguf").trim_end_matches(".safetensors").to_string())
-    };
-    if named.as_deref().and_then(stem).is_some_and(|n| Some(n) != stem(&base.to_string_lossy())) {
+    let named_text = model_files::lora::base_model(dir).map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default();
+    if model_files::lora::other_named_base(dir, base).is_some() {
         tracing::warn!(
             "{}{named_text} is merged into {}: make sure it was trained on this model's weights (the shapes fit, which is all that can be checked)",
             dir.display(),
@@ -987,7 +991,7 @@ fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Resu
 /// samples as its flags say, but a model's makers often evaluate it with their own settings.
 fn note_suggested_sampling(model: &std::path::Path, sampling: &Sampling) {
     if let Some(flags) = model_files::generation_config::SuggestedSampling::of(model).and_then(|s| s.differs_from(sampling)) {
-        tracing::info!("{}'s generation_config.json suggests {flags}; this run samples as its own flags say", model.display());
+        tracing::info!("{}'s generation_config.json suggests {flags}; this run samples as its flags say", model.display());
     }
 }
 

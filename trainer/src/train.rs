@@ -184,6 +184,12 @@ fn train_in<B: AutodiffBackend>(
             );
         }
     }
+    // Before the base is hashed and loaded: a wrong `lora.from` should cost nothing to find out
+    // (a resume takes a checkpoint's adapters instead, and needs the folder no more).
+    let mut start_adapters = match (&r.lora, &run.lora_from) {
+        (Some(lora), Some(dir)) if !resume => Some(crate::lora::adapters_from(dir, lora)?),
+        _ => None,
+    };
     model_files::vocab::check_model_tokens(&run.model_path, &run.snapshot_dir, snapshot.token_ids())?;
     let loss = Loss::from(r);
     let validation = match &run.validation_dir {
@@ -246,6 +252,28 @@ fn train_in<B: AutodiffBackend>(
                     dir.display(),
                     changed.join("\n  ")
                 );
+            }
+            // Where the adapters started is part of the run: by content, not by the path's text
+            // (a recipe read from elsewhere may name the same folder otherwise).
+            if r.lora.is_some() {
+                let now = match &run.lora_from {
+                    Some(d) if d.exists() => Some(model_files::lora::adapter_sha256(d)?),
+                    Some(d) => {
+                        tracing::warn!("`lora.from` {} is gone: the adapters this run started from cannot be compared", d.display());
+                        state.lora_from_sha256.clone()
+                    }
+                    None => None,
+                };
+                if now != state.lora_from_sha256 {
+                    let said =
+                        |h: &Option<String>| h.as_ref().map_or("fresh adapters".to_string(), |h| format!("the adapters of sha256 {h}"));
+                    bail!(
+                        "checkpoint {} started from {}; the recipe's `lora.from` gives {}: resume with the start it had",
+                        dir.display(),
+                        said(&state.lora_from_sha256),
+                        said(&now)
+                    );
+                }
             }
             if state.base_model_sha256.as_ref().is_some_and(|h| *h != base_model_sha256) {
                 bail!(
@@ -350,6 +378,7 @@ fn train_in<B: AutodiffBackend>(
                 snapshot_id: snapshot.manifest.snapshot_id.clone(),
                 recipe: r.clone(),
                 base_model_sha256: Some(base_model_sha256.clone()),
+                lora_from_sha256: None,
                 engine: run.engine.clone(),
             };
             (run.model_path.clone(), state)
@@ -375,16 +404,13 @@ fn train_in<B: AutodiffBackend>(
                 }
                 adapters
             } else if let Some(dir) = &run.lora_from {
-                let (saved, adapters) = model_files::lora::read_adapter(dir).with_context(|| format!("`lora.from` {}", dir.display()))?;
-                if !saved.same_as(lora) {
-                    bail!(
-                        "`lora.from` {} holds adapters of {}, the recipe asks for {}: give the recipe the adapter's rank, alpha and targets",
-                        dir.display(),
-                        saved.describe(),
-                        lora.describe()
-                    );
-                }
-                tracing::info!("LoRA starts from the adapters in {}", dir.display());
+                let (adapters, sha256) = match start_adapters.take() {
+                    Some(read) => read,
+                    None => crate::lora::adapters_from(dir, lora)?,
+                };
+                crate::lora::check_adapter_base(dir, &run.model_path, &base_model_sha256)?;
+                tracing::info!("LoRA starts from the adapters in {} (sha256 {})", dir.display(), &sha256[..16]);
+                state.lora_from_sha256 = Some(sha256);
                 adapters
             } else {
                 crate::lora::initial_adapters(&base.config, lora, r.seed)?
@@ -524,6 +550,8 @@ fn train_in<B: AutodiffBackend>(
             recipe: r.clone(),
             tool: format!("rectify-trainer {} train", env!("CARGO_PKG_VERSION")),
             engine: run.engine.clone(),
+            lora_from: run.lora_from.as_ref().map(|d| d.display().to_string()),
+            lora_from_sha256: state.lora_from_sha256.clone(),
         };
         save_final(&dir, &model, saved_tokenizer.as_ref().expect("read when saving"), &provenance)?;
         Some(dir)

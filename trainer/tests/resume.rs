@@ -522,8 +522,8 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
 
 /// `lora.from` starts the adapters as a PEFT adapter folder holds them: the first step's
 /// objective is the one of the model with those adapters merged (trained in full from it, on the
-/// same data), not the base model's. An adapter of other settings is refused, naming both, and
-/// so is a resume that changes where the adapters started.
+/// same data), not the base model's. Such a run resumes bit for bit. An adapter of other
+/// settings, a run's adapters on another base, and a resume from other adapters are refused.
 #[test]
 fn lora_from_an_adapter_folder_starts_where_it_ended() {
     let tmp = tempfile::tempdir().unwrap();
@@ -565,9 +565,43 @@ fn lora_from_an_adapter_folder_starts_where_it_ended() {
         !ok && log.contains("holds adapters of rank 4, alpha 8, targets [q_proj, v_proj, down_proj], the recipe asks for rank 2"),
         "{log}"
     );
-    // b resumed from another start: refused as a change of the math.
-    let b2 = write("b", "tiny", 2, 1e-3, &format!("{lora}, from: d/final/adapter}}\n"));
-    let out = trainer(&["train", "--recipe", b2.to_str().unwrap(), "--resume"]).output().unwrap();
+    // A run's model folder named instead of its adapters: pointed to them.
+    let (ok, log) = train(&write("e", "tiny", 1, 1e-3, &format!("{lora}, from: a/final}}\n")));
+    assert!(!ok && log.contains(&format!("is a model folder; its adapters are in {}", dir.join("a/final/adapter").display())), "{log}");
+    // A rectify run's adapters on another base than the one they were trained on (c/final is
+    // a's merged model trained further): refused by the sha256 a's training.json records.
+    let (ok, log) = train(&write("e", "c/final", 1, 1e-3, &format!("{lora}, from: a/final/adapter}}\n")));
+    assert!(!ok && log.contains("was trained on another base model") && log.contains("a/final/training.json"), "{log}");
+
+    // A run from the adapters, stopped after its first checkpoint and resumed, ends bit for bit
+    // where the uninterrupted run does.
+    let from_a = format!("{lora}, from: a/final/adapter}}\n");
+    let (f, g) = (write("f", "tiny", 2, 1e-3, &from_a), write("g", "tiny", 2, 1e-3, &from_a));
+    for r in [&f, &g] {
+        let (ok, log) = train(r);
+        assert!(ok, "{log}");
+    }
+    std::fs::remove_dir_all(dir.join("g/checkpoints/step-000002")).unwrap();
+    std::fs::remove_dir_all(dir.join("g/final")).unwrap();
+    let out = trainer(&["train", "--recipe", g.to_str().unwrap(), "--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["final/model.safetensors", "final/adapter/adapter_model.safetensors"] {
+        assert!(std::fs::read(dir.join("f").join(file)).unwrap() == std::fs::read(dir.join("g").join(file)).unwrap(), "{file}");
+    }
+    let training: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("g/final/training.json")).unwrap()).unwrap();
+    assert_eq!(training["lora_from_sha256"].as_str().unwrap(), model_files::lora::adapter_sha256(&dir.join("a/final/adapter")).unwrap());
+
+    // Resumed from another start (d's adapters): refused by their sha256, whatever the path.
+    std::fs::remove_dir_all(dir.join("g/checkpoints/step-000002")).unwrap();
+    std::fs::remove_dir_all(dir.join("g/final")).unwrap();
+    let g2 = write("g", "tiny", 2, 1e-3, &format!("{lora}, from: d/final/adapter}}\n"));
+    let out = trainer(&["train", "--recipe", g2.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(", from a/final/adapter -> rank 4") && err.contains("from d/final/adapter"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("started from the adapters of sha256")
+            && err.contains("the recipe's `lora.from` gives the adapters of sha256"),
+        "{err}"
+    );
+    assert!(!err.contains("steps:"), "only the start differs: {err}");
 }
