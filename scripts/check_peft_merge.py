@@ -15,11 +15,10 @@ import subprocess
 import sys
 
 import peft
+from check_peft_adapter import compare
 from safetensors import safe_open
 import torch
 import transformers
-
-TOLERANCE = 5e-4  # nats; float32 sums in another order, merged against unmerged
 
 
 def main():
@@ -44,22 +43,7 @@ def main():
     assert dtypes == {torch.bfloat16}, f"the adapter was saved as {dtypes}, not bfloat16"
     subprocess.run([trainer, "export", "--model", base_dir, "--adapter", adapter_dir, "--out", merged_dir], check=True)
 
-    tok = transformers.AutoTokenizer.from_pretrained(base_dir)
-    ids = tok("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
-              return_tensors="pt").input_ids
-    with torch.no_grad():
-        base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        lp_base = torch.log_softmax(base(ids).logits, -1)
-        adapted = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
-        lp_adapted = torch.log_softmax(adapted(ids).logits, -1)
-        merged = transformers.AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
-        lp_merged = torch.log_softmax(merged(ids).logits, -1)
-    gap, moved = (lp_adapted - lp_merged).abs().max().item(), (lp_base - lp_merged).abs().max().item()
-    print(f"{ids.shape[1]} tokens: PEFT's bfloat16 adapter on the base vs rectify's merge: max |d log p| {gap:.2e} nats; "
-          f"the base model vs the merge: {moved:.2f}")
-    if gap > TOLERANCE or moved <= 10 * TOLERANCE:
-        sys.exit("FAILED: " + ("the merge differs from PEFT's adapter" if gap > TOLERANCE else "the adapter changed nothing"))
-
+    compare(base_dir, adapter_dir, merged_dir, "PEFT's bfloat16 adapter on the base vs rectify's merge")
 
 if __name__ == "__main__":
     main()
