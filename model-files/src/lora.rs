@@ -63,6 +63,15 @@ pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> 
     }
     let mut tensors = BTreeMap::new();
     for (name, t) in read_safetensors(&weights)? {
+        // `...lora_A.default.weight`: a model's state_dict (the adapter's name still in it), not
+        // what `save_pretrained` writes; said once, not as every tensor missing and unexpected.
+        let inner_name = |side: &str| name.contains(&format!(".{side}.")) && !name.ends_with(&format!(".{side}.weight"));
+        if inner_name("lora_A") || inner_name("lora_B") {
+            bail!(
+                "{}: tensor `{name}` carries an adapter's name between `lora_A`/`lora_B` and `weight`: this is a model's state_dict, not an adapter as PEFT's save_pretrained writes it; save it with save_pretrained",
+                weights.display()
+            );
+        }
         let Some(short) = name.strip_prefix(PREFIX) else {
             bail!("{}: tensor `{name}` lacks PEFT's `{PREFIX}` prefix", weights.display());
         };
@@ -332,6 +341,17 @@ mod tests {
         assert!(err.contains("it adapts v_proj, which `target_modules` does not list"), "{err}");
         let err = read("q_proj.lora_B", a(vec![0.5; 6])).unwrap_err();
         assert!(err.contains("its rank is 3, `r` is 2"), "{err}");
+        // A state_dict dump with PEFT's adapter name in the tensor names.
+        let dumped = dir.path().join("dumped");
+        write_adapter(
+            &dumped,
+            &lora,
+            &BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.default.weight".to_string(), a(vec![0.5; 6]))]),
+            "base",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_adapter(&dumped).unwrap_err());
+        assert!(err.contains("carries an adapter's name between `lora_A`/`lora_B` and `weight`"), "{err}");
         // Not an adapter folder; an adapter PEFT pickled.
         let err = format!("{:#}", read_adapter(dir.path()).unwrap_err());
         assert!(err.contains("no PEFT adapter at") && err.contains("holds no adapter_config.json"), "{err}");
