@@ -783,7 +783,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             "every evaluation drew one sample per prompt (evaluate with --samples above 1)".to_string()
                         } else {
                             format!(
-                                "{} drew several samples, but before curves were recorded: run its `trainer eval` again with the same arguments (it grades the stored completions again, generating nothing)",
+                                "{} drew several samples, but before curves were recorded: run its `trainer eval` again with the same arguments (it sums up the stored verdicts again, generating nothing)",
                                 sampled.join(", ")
                             )
                         }
