@@ -51,8 +51,9 @@ pub struct BenchSummary {
     pub samples: usize,
     /// Mean over prompts of the fraction of correct samples (greedy accuracy when K = 1, T = 0).
     pub average_at_k: f64,
-    /// Average@K's 95% Wilson interval over the prompts, as fractions ([`Self::interval_percent`]
-    /// in percent); absent in summaries written before it was recorded.
+    /// Average@K's 95% Wilson interval over the prompts, as fractions, for readers of
+    /// `summary.json` (rectify's own reports compute it, [`Self::interval_percent`]); absent in
+    /// summaries written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub average_at_k_interval: Option<(f64, f64)>,
     /// Unbiased pass@k (Chen et al. 2021) for k = 1 and k = K.
@@ -114,7 +115,7 @@ impl BenchSummary {
     /// ([`crate::metrics::wilson_interval`]): how far another set of prompts like these could
     /// move the figure.
     pub fn interval_percent(&self) -> (f64, f64) {
-        let (lo, hi) = self.average_at_k_interval.unwrap_or_else(|| crate::metrics::wilson_interval(self.average_at_k, self.prompts));
+        let (lo, hi) = crate::metrics::wilson_interval(self.average_at_k, self.prompts);
         (100.0 * lo, 100.0 * hi)
     }
 

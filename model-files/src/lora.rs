@@ -111,18 +111,17 @@ pub fn adapter_sha256(dir: &Path) -> Result<String> {
     Ok(schemas::sha256_hex(joined.as_bytes()))
 }
 
-/// The base an adapter folder names, where that is not `base` by its name: a Hub id `Org/Name`
-/// and a local `.../Name` folder (or a file in it) are one. For a warning: that the shapes fit
-/// is all a merge can check.
-pub fn other_named_base(dir: &Path, base: &Path) -> Option<String> {
-    let named = base_model(dir)?;
+/// Whether `named`, the base an adapter records ([`base_model`]), is by its name another model
+/// than `base`: a Hub id `Org/Name` and a local `.../Name` folder (or a file in it) are one. For
+/// a warning: that the shapes fit is all a merge can check.
+pub fn names_other_base(named: &str, base: &Path) -> bool {
     // A weights file stands for its folder; a GGUF, or a name that is no file here, for itself.
     let stem = |p: &Path| {
         let p = if p.is_file() && !crate::checkpoint::is_gguf(p) { crate::checkpoint::model_folder(p) } else { p };
         p.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_lowercase())
     };
     let given = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    (stem(Path::new(named.trim_end_matches('/'))) != stem(&given)).then_some(named)
+    stem(Path::new(named.trim_end_matches('/'))) != stem(&given)
 }
 
 /// The `base_model_name_or_path` an adapter folder records, if it records one: a Hub name or a

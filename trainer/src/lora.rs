@@ -60,16 +60,46 @@ pub fn adapters_from(dir: &std::path::Path, lora: &Lora) -> anyhow::Result<(BTre
     Ok((adapters, model_files::lora::adapter_sha256(dir)?))
 }
 
+/// Fails where a LoRA run resumed from `checkpoint`, which started from the adapters of sha256
+/// `started` (None: fresh ones), is given another start: `from`, the recipe's `lora.from`,
+/// compared by content, not by the path's text (a recipe read from elsewhere may name the same
+/// folder otherwise). A `from` that is gone cannot be compared, and is said to be.
+pub fn check_resumed_start(checkpoint: &std::path::Path, started: Option<&str>, from: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let now = match from {
+        Some(d) if d.exists() => Some(model_files::lora::adapter_sha256(d)?),
+        Some(d) => {
+            tracing::warn!("`lora.from` {} is gone: the adapters this run started from cannot be compared", d.display());
+            return Ok(());
+        }
+        None => None,
+    };
+    if now.as_deref() != started {
+        let said = |h: Option<&str>| h.map_or("fresh adapters".to_string(), |h| format!("the adapters of sha256 {h}"));
+        anyhow::bail!(
+            "checkpoint {} started from {}; the recipe's `lora.from` gives {}: resume with the start it had",
+            checkpoint.display(),
+            said(started),
+            said(now.as_deref())
+        );
+    }
+    Ok(())
+}
+
 /// Fails where the adapters in `dir` were trained on another base than the one of sha256
 /// `base_sha256` at `base`: known for the `adapter/` of a rectify run's `final/` or checkpoint,
 /// beside which `training.json` or the checkpoint's state records its base's sha256; for others
 /// only the base's name can be compared, and a different one is warned about.
 pub fn check_adapter_base(dir: &std::path::Path, base: &std::path::Path, base_sha256: &str) -> anyhow::Result<()> {
     use crate::checkpoint::{STATE_FILE, TRAINING_FILE};
+    // The one field `training.json` (`Provenance`) and a checkpoint's `TrainerState` share here.
+    #[derive(serde::Deserialize)]
+    struct Base {
+        base_model_sha256: Option<String>,
+    }
     let recorded = [TRAINING_FILE, STATE_FILE].into_iter().find_map(|name| {
         let path = dir.parent()?.join(name);
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-        Some((path, v["base_model_sha256"].as_str()?.to_string()))
+        let base: Base = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+        Some((path, base.base_model_sha256?))
     });
     match recorded {
         Some((path, h)) if h != base_sha256 => anyhow::bail!(
@@ -80,7 +110,7 @@ pub fn check_adapter_base(dir: &std::path::Path, base: &std::path::Path, base_sh
         ),
         Some(_) => {}
         None => {
-            if let Some(named) = model_files::lora::other_named_base(dir, base) {
+            if let Some(named) = model_files::lora::base_model(dir).filter(|n| model_files::lora::names_other_base(n, base)) {
                 tracing::warn!(
                     "`lora.from` {} names its base `{named}`; this run's model is {}: make sure it was trained on these weights",
                     dir.display(),

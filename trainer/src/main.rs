@@ -972,8 +972,9 @@ fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Resu
     // The adapter's weights file names its folder as well as the folder does.
     let dir = model_files::checkpoint::model_folder(dir);
     let (lora, adapters) = model_files::lora::read_adapter(dir)?;
-    let named_text = model_files::lora::base_model(dir).map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default();
-    if model_files::lora::other_named_base(dir, base).is_some() {
+    let named = model_files::lora::base_model(dir);
+    let named_text = named.as_ref().map(|b| format!(" (the adapter names its base `{b}`)")).unwrap_or_default();
+    if named.is_some_and(|n| model_files::lora::names_other_base(&n, base)) {
         tracing::warn!(
             "{}{named_text} is merged into {}: make sure it was trained on this model's weights (the shapes fit, which is all that can be checked)",
             dir.display(),

@@ -253,27 +253,8 @@ fn train_in<B: AutodiffBackend>(
                     changed.join("\n  ")
                 );
             }
-            // Where the adapters started is part of the run: by content, not by the path's text
-            // (a recipe read from elsewhere may name the same folder otherwise).
             if r.lora.is_some() {
-                let now = match &run.lora_from {
-                    Some(d) if d.exists() => Some(model_files::lora::adapter_sha256(d)?),
-                    Some(d) => {
-                        tracing::warn!("`lora.from` {} is gone: the adapters this run started from cannot be compared", d.display());
-                        state.lora_from_sha256.clone()
-                    }
-                    None => None,
-                };
-                if now != state.lora_from_sha256 {
-                    let said =
-                        |h: &Option<String>| h.as_ref().map_or("fresh adapters".to_string(), |h| format!("the adapters of sha256 {h}"));
-                    bail!(
-                        "checkpoint {} started from {}; the recipe's `lora.from` gives {}: resume with the start it had",
-                        dir.display(),
-                        said(&state.lora_from_sha256),
-                        said(&now)
-                    );
-                }
+                crate::lora::check_resumed_start(&dir, state.lora_from_sha256.as_deref(), run.lora_from.as_deref())?;
             }
             if state.base_model_sha256.as_ref().is_some_and(|h| *h != base_model_sha256) {
                 bail!(
