@@ -5,7 +5,9 @@ and DFT gradients, so that the Rust test checks rectify's LoRA against PEFT with
 
     python scripts/lora_fixtures.py     # needs torch + transformers + peft (a cache venv will do)
 
-Writes trainer/tests/fixtures/lora/<name>/:
+    python scripts/lora_fixtures.py qwen3-tied-rslora   # only the cases named
+
+Writes trainer/tests/fixtures/lora/<name>/ (CASES: the base fixture and PEFT settings of each):
   adapter/                  adapter_config.json and adapter_model.safetensors exactly as
                             `PeftModel.save_pretrained` writes them (rank 4, alpha 8, every
                             projection of both blocks; A as PEFT draws it, B random rather than
@@ -15,12 +17,13 @@ Writes trainer/tests/fixtures/lora/<name>/:
                             earlier tokens of its own example (0.0 at each example's first), and
                             the DFT objective -(1/N) sum m_t sg(p_t) log p_t over the N trained
                             tokens, each example run alone, in float32
-  grads.safetensors         the objective's gradient of every lora_A / lora_B, by the names
+  grads.safetensors         the objective's gradient of every lora_A / lora_B (and DoRA magnitude), by the names
                             rectify uses (PEFT's without `base_model.model.` and `.default`)
 """
 import json
 import os
 import random
+import sys
 
 import peft
 import safetensors.torch
@@ -31,23 +34,37 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BASES = os.path.join(HERE, "..", "model", "tests", "fixtures", "transformers5")
 OUT = os.path.join(HERE, "..", "trainer", "tests", "fixtures", "lora")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Fixture name: (base fixture, PEFT settings beyond rank 4, alpha 8). rsLoRA scales by
+# alpha / sqrt(r) = 4, not alpha / r = 2, so a rectify that ignored it would be far off. DoRA's
+# magnitudes are moved off their starting row norms too, so that each one matters.
+CASES = {
+    "llama3-tied": ("llama3-tied", {}),
+    "qwen2-untied": ("qwen2-untied", {}),
+    "qwen3-tied-rslora": ("qwen3-tied", {"use_rslora": True}),
+    "qwen2-untied-dora": ("qwen2-untied", {"use_dora": True}),
+}
 
 
 def rectify_name(peft_name):
-    return peft_name.removeprefix("base_model.model.").replace(".default", "")
+    # DoRA's magnitude is saved without `.weight`, and rectify names it so.
+    name = peft_name.removeprefix("base_model.model.").replace(".default", "")
+    return name.removesuffix(".weight") if name.endswith("lora_magnitude_vector.weight") else name
 
 
 def main():
-    for name in ["llama3-tied", "qwen2-untied"]:
+    for name in sys.argv[1:] or CASES:
+        base_name, settings = CASES[name]
         torch.manual_seed(3)
-        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, name), dtype=torch.float32,
+        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, base_name), dtype=torch.float32,
                                                                  attn_implementation="eager")
-        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, bias="none")
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, bias="none", **settings)
         model = peft.get_peft_model(base, config)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0.0, 0.3)
+                if "lora_magnitude_vector" in n:
+                    p.mul_(1.0 + 0.2 * torch.randn_like(p))
         path = os.path.join(OUT, name)
         model.save_pretrained(os.path.join(path, "adapter"))
         os.remove(os.path.join(path, "adapter", "README.md"))  # a model card template
@@ -55,17 +72,17 @@ def main():
         config_path = os.path.join(path, "adapter", "adapter_config.json")
         with open(config_path) as f:
             adapter_config = json.load(f)
-        adapter_config["base_model_name_or_path"] = f"model/tests/fixtures/transformers5/{name}"
+        adapter_config["base_model_name_or_path"] = f"model/tests/fixtures/transformers5/{base_name}"
         with open(config_path, "w") as f:
             json.dump(adapter_config, f, indent=2, sort_keys=True)
             f.write("\n")
         # Reloaded from the saved files, so the figures are those of the adapter on disk.
-        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, name), dtype=torch.float32,
+        base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, base_name), dtype=torch.float32,
                                                                  attn_implementation="eager")
         model = peft.PeftModel.from_pretrained(base, os.path.join(path, "adapter"), is_trainable=True)
         model.train()  # no dropout to switch off: lora_dropout is 0
 
-        with open(os.path.join(BASES, name, "logprobs.json")) as f:
+        with open(os.path.join(BASES, base_name, "logprobs.json")) as f:
             packed = json.load(f)["cases"][1]
         ids, seg = packed["input_ids"], packed["segment_ids"]
         rng = random.Random(17)
@@ -83,7 +100,8 @@ def main():
         logprobs += [0.0] * (len(ids) - len(logprobs))
         total.backward()
         grads = {rectify_name(k): p.grad.detach().contiguous() for k, p in model.named_parameters() if "lora_" in k}
-        assert len(grads) == 2 * len(TARGETS) * base.config.num_hidden_layers
+        per_target = 3 if settings.get("use_dora") else 2
+        assert len(grads) == per_target * len(TARGETS) * base.config.num_hidden_layers
         safetensors.torch.save_file(grads, os.path.join(path, "grads.safetensors"))
         with open(os.path.join(path, "case.json"), "w") as f:
             json.dump({"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__,

@@ -6,6 +6,7 @@
 //! as [`crate::params::Params::map`] names them, without it.
 
 use crate::checkpoint::HostTensor;
+use crate::params::MAGNITUDE;
 use crate::safetensors::{read_safetensors, write_safetensors};
 use anyhow::{bail, Context, Result};
 use schemas::train::{Lora, LoraTarget};
@@ -24,7 +25,7 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
     let prefixed: BTreeMap<String, HostTensor> = tensors.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.clone())).collect();
     write_safetensors(dir.join(WEIGHTS_FILE), &prefixed)?;
     // What PEFT needs to rebuild the same layers; every other field takes PEFT's default, which
-    // is what rectify computes (no dropout at inference, no rsLoRA, DoRA or bias training).
+    // is what rectify computes (no dropout at inference, no bias training).
     let config = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -35,8 +36,8 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": false,
-        "use_rslora": false,
-        "use_dora": false,
+        "use_rslora": lora.rslora,
+        "use_dora": lora.dora,
         "modules_to_save": null,
         "inference_mode": true,
     });
@@ -44,7 +45,7 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
 }
 
 /// Reads a PEFT adapter folder: its settings and its tensors by in-memory name. Settings that
-/// rectify does not compute (rsLoRA's scale, DoRA, trained biases, per-layer ranks, other
+/// rectify does not compute ( trained biases, per-layer ranks, other
 /// modules) are errors naming the field, since ignoring one would give another model.
 pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> {
     let config_path = dir.join(CONFIG_FILE);
@@ -82,17 +83,21 @@ pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> 
 }
 
 /// What the config says of one adapter tensor, checked before shapes are compared with a
-/// model's: which projection it adapts, its rank, and finite values (a NaN would merge into
-/// every weight it touches, and train to NaN).
+/// model's: which projection it adapts, its rank, a DoRA magnitude only with `use_dora`, and
+/// finite values (a NaN would merge into every weight it touches, and train to NaN).
 fn check_tensor(name: &str, t: &HostTensor, lora: &Lora) -> Result<()> {
-    let side = [(".lora_A.weight", 0), (".lora_B.weight", 1)].into_iter().find_map(|(end, dim)| name.strip_suffix(end).map(|m| (m, dim)));
+    let side = [(".lora_A.weight", Some(0)), (".lora_B.weight", Some(1)), (MAGNITUDE, None)]
+        .into_iter()
+        .find_map(|(end, dim)| name.strip_suffix(end).map(|m| (m, dim)));
     if let Some((module, dim)) = side {
         let projection = module.rsplit('.').next().unwrap_or_default();
         if let Some(target) = LoraTarget::from_name(projection).filter(|t| !lora.adapts(*t)) {
             bail!("it adapts {}, which `target_modules` does not list", target.as_str());
         }
-        if t.shape.len() == 2 && t.shape[dim] != lora.rank {
-            bail!("its rank is {}, `r` is {}", t.shape[dim], lora.rank);
+        match dim {
+            Some(dim) if t.shape.len() == 2 && t.shape[dim] != lora.rank => bail!("its rank is {}, `r` is {}", t.shape[dim], lora.rank),
+            None if !lora.dora => bail!("it is a DoRA magnitude, but `use_dora` is not set: the config and the weights disagree"),
+            _ => {}
         }
     }
     if let Some(bad) = t.data.iter().find(|v| !v.is_finite()) {
@@ -181,14 +186,8 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         bail!("`peft_type` is {t}: only LORA adapters are read");
     }
     // Each of these, set, changes what the adapter computes.
-    for (key, off) in [
-        ("use_rslora", json!(false)),
-        ("use_dora", json!(false)),
-        ("use_qalora", json!(false)),
-        ("lora_bias", json!(false)),
-        ("fan_in_fan_out", json!(false)),
-        ("bias", json!("none")),
-    ] {
+    for (key, off) in [("use_qalora", json!(false)), ("lora_bias", json!(false)), ("fan_in_fan_out", json!(false)), ("bias", json!("none"))]
+    {
         if let Some(v) = field(key).filter(|v| **v != off) {
             bail!("`{key}` is {v}: rectify computes LoRA with {key} {off} only; {MERGE_WITH_PEFT}");
         }
@@ -262,7 +261,13 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         Some(other) => bail!("`target_modules` is {other}: rectify reads a list of module names, or \"all-linear\""),
         None => bail!("`target_modules` is missing"),
     };
-    let lora = Lora { rank, alpha, targets, from: None };
+    // rsLoRA: another scale for the same tensors. DoRA: a magnitude per output row besides.
+    let switch = |key: &str| match field(key) {
+        None => Ok(false),
+        Some(v) => v.as_bool().with_context(|| format!("`{key}` is {v}: it is true or false")),
+    };
+    let (rslora, dora) = (switch("use_rslora")?, switch("use_dora")?);
+    let lora = Lora { rank, alpha, targets, rslora, dora, from: None };
     lora.validate()?;
     Ok(lora)
 }
@@ -274,16 +279,34 @@ mod tests {
     #[test]
     fn written_adapters_read_back_and_unknown_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], from: None };
+        let lora =
+            Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], rslora: false, dora: false, from: None };
         let t = HostTensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         let tensors = BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), t)]);
         write_adapter(dir.path(), &lora, &tensors, "base").unwrap();
         let (back, read) = read_adapter(dir.path()).unwrap();
-        assert_eq!((back, read), (lora, tensors));
+        assert_eq!((back, read), (lora.clone(), tensors.clone()));
+        // rsLoRA's scale is written as PEFT spells it, and read back.
+        let rs = Lora { rslora: true, ..lora.clone() };
+        write_adapter(dir.path(), &rs, &tensors, "base").unwrap();
+        assert!(std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap().contains(r#""use_rslora": true"#));
+        assert_eq!(read_adapter(dir.path()).unwrap().0, rs);
+        // DoRA's magnitudes ([out], PEFT's name without `.weight`) and its switch, both ways.
+        let dora = Lora { dora: true, ..rs };
+        let mut with_magnitude = tensors.clone();
+        let m = HostTensor { shape: vec![2], data: vec![0.5, 2.0] };
+        with_magnitude.insert(format!("model.layers.0.self_attn.q_proj{MAGNITUDE}"), m);
+        write_adapter(dir.path(), &dora, &with_magnitude, "base").unwrap();
+        assert!(std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap().contains(r#""use_dora": true"#));
+        assert_eq!(read_adapter(dir.path()).unwrap(), (dora, with_magnitude.clone()));
+        write_adapter(dir.path(), &lora, &with_magnitude, "base").unwrap();
+        let err = format!("{:#}", read_adapter(dir.path()).unwrap_err());
+        assert!(err.contains("q_proj.lora_magnitude_vector`: it is a DoRA magnitude, but `use_dora` is not set"), "{err}");
         let base = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]});
         for (patch, said) in [
-            (json!({"use_rslora": true}), "`use_rslora` is true"),
-            (json!({"use_dora": true}), "`use_dora` is true"),
+            (json!({"use_rslora": "yes"}), "`use_rslora` is \"yes\": it is true or false"),
+            (json!({"use_qalora": true}), "`use_qalora` is true"),
+            (json!({"use_dora": 1}), "`use_dora` is 1: it is true or false"),
             (json!({"alora_invocation_tokens": [1, 2]}), "`alora_invocation_tokens` is [1,2]"),
             (json!({"lora_bias": true}), "`lora_bias` is true"),
             (json!({"bias": "all"}), "`bias` is \"all\""),
@@ -296,7 +319,7 @@ mod tests {
             (json!({"r": "4"}), "`r` is \"4\": the rank is a whole number"),
             (json!({"lora_alpha": -8}), "`lora_alpha` is -8: it must be a positive number"),
             (json!({"target_modules": []}), "`target_modules` is empty"),
-            (json!({"use_dora": true}), "merge_and_unload()"),
+            (json!({"lora_bias": true}), "merge_and_unload()"),
             (
                 json!({"init_lora_weights": "pissa_niter_4"}),
                 "`init_lora_weights` is \"pissa_niter_4\": that initialisation changes the base",
@@ -326,7 +349,7 @@ mod tests {
     #[test]
     fn adapter_tensors_are_checked_against_the_config() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], from: None };
+        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], rslora: false, dora: false, from: None };
         let a = |data: Vec<f32>| HostTensor { shape: vec![2, 3], data };
         let read = |name: &str, t: HostTensor| {
             let d = dir.path().join(name);

@@ -46,16 +46,21 @@ pub struct Block<T> {
 }
 
 /// A LoRA adapter of one projection `[out, in]`: `a` `[rank, in]` and `b` `[out, rank]`,
-/// PEFT's `lora_A` and `lora_B`.
+/// PEFT's `lora_A` and `lora_B`; with DoRA also `magnitude` `[out]`, PEFT's
+/// `lora_magnitude_vector`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Adapter<T> {
     pub a: T,
     pub b: T,
+    pub magnitude: Option<T>,
 }
+
+/// The end of a DoRA magnitude's name: PEFT saves it without `.weight`.
+pub const MAGNITUDE: &str = ".lora_magnitude_vector";
 
 /// Whether `hf_name` (as [`Params::map`] names parameters) is a LoRA adapter's.
 pub fn is_adapter(hf_name: &str) -> bool {
-    hf_name.ends_with(".lora_A.weight") || hf_name.ends_with(".lora_B.weight")
+    hf_name.ends_with(".lora_A.weight") || hf_name.ends_with(".lora_B.weight") || hf_name.ends_with(MAGNITUDE)
 }
 
 /// Every parameter of a decoder.
@@ -133,7 +138,8 @@ impl<T> Block<T> {
             let mut named = |hf: String, gguf: String, t: T| f(&Name { hf, gguf }, t);
             let a = named(format!("{module}.lora_A.weight"), format!("{}.lora_a", base.gguf), ad.a);
             let b = named(format!("{module}.lora_B.weight"), format!("{}.lora_b", base.gguf), ad.b);
-            block.lora.insert(target, Adapter { a, b });
+            let magnitude = ad.magnitude.map(|m| named(format!("{module}{MAGNITUDE}"), format!("{}.lora_magnitude", base.gguf), m));
+            block.lora.insert(target, Adapter { a, b, magnitude });
         }
         block
     }
@@ -188,7 +194,7 @@ impl<T> Block<T> {
             gate_proj: &self.gate_proj,
             up_proj: &self.up_proj,
             down_proj: &self.down_proj,
-            lora: self.lora.iter().map(|(&t, ad)| (t, Adapter { a: &ad.a, b: &ad.b })).collect(),
+            lora: self.lora.iter().map(|(&t, ad)| (t, Adapter { a: &ad.a, b: &ad.b, magnitude: ad.magnitude.as_ref() })).collect(),
         }
     }
 }
@@ -248,7 +254,8 @@ impl Params<Vec<usize>> {
                         out.min(inp)
                     );
                 }
-                block.lora.insert(target, Adapter { a: vec![lora.rank, inp], b: vec![out, lora.rank] });
+                let magnitude = lora.dora.then(|| vec![out]);
+                block.lora.insert(target, Adapter { a: vec![lora.rank, inp], b: vec![out, lora.rank], magnitude });
             }
         }
         Ok(self)

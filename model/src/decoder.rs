@@ -188,7 +188,8 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The weights as a Hugging Face checkpoint (norms and biases back to rank 1), with any LoRA
-    /// adapters merged into their projections (`W + scale · B A`, as PEFT's `merge_and_unload`).
+    /// adapters merged into their projections (`W + scale · B A`, with DoRA each row then scaled
+    /// by its factor, as PEFT's `merge_and_unload`).
     pub fn to_checkpoint(&self) -> Checkpoint {
         let shapes = Params::shapes(&self.config).into_named();
         let tensors = self
@@ -209,10 +210,15 @@ impl<B: Backend> Llama<B> {
         let mut params = self.params.clone();
         if let Some(lora) = &self.lora {
             for block in &mut params.layers {
-                for (target, Adapter { a, b }) in std::mem::take(&mut block.lora) {
+                for (target, ad) in std::mem::take(&mut block.lora) {
                     // Detached: a save records no autodiff graph over a copy of the weights.
                     let w = block.weight_mut(target);
-                    *w = w.clone().detach() + b.detach().matmul(a.detach()).mul_scalar(lora.scale());
+                    let factor = ad.magnitude.as_ref().map(|m| dora_factor(w, &ad, m, lora.scale()).detach().transpose());
+                    let adapted = w.clone().detach() + ad.b.detach().matmul(ad.a.detach()).mul_scalar(lora.scale());
+                    *w = match factor {
+                        Some(factor) => adapted * factor,
+                        None => adapted,
+                    };
                 }
             }
         }
@@ -259,18 +265,39 @@ impl<B: Backend> Llama<B> {
         Ok(Llama { params, lora: Some(lora.clone()), ..self })
     }
 
-    /// The LoRA adapters' tensors by Hugging Face name (empty without LoRA).
+    /// The LoRA adapters' tensors by Hugging Face name, in their Hugging Face shapes (a DoRA
+    /// magnitude `[out]`, as PEFT saves it); empty without LoRA.
     pub fn adapters(&self) -> std::collections::BTreeMap<String, HostTensor> {
+        let Some(lora) = &self.lora else {
+            return Default::default();
+        };
+        let shapes = Params::shapes(&self.config).with_lora(lora).expect("checked when the adapters were added").into_named();
         self.params
             .as_ref()
             .into_named()
             .into_iter()
-            .filter(|(n, _)| model_files::params::is_adapter(&n.hf))
-            .map(|(n, t)| {
-                let shape = t.dims().to_vec();
+            .zip(shapes)
+            .filter(|((n, _), _)| model_files::params::is_adapter(&n.hf))
+            .map(|((n, t), (_, shape))| {
                 (n.hf, HostTensor { shape, data: t.clone().into_data().convert::<f32>().to_vec().expect("f32 data") })
             })
             .collect()
+    }
+
+    /// DoRA's starting magnitudes for `lora`'s targets, by Hugging Face name: the row norms of
+    /// each adapted projection, so that with `B` at zero the adapted model is this one (PEFT
+    /// starts `lora_magnitude_vector` the same way).
+    pub fn initial_magnitudes(&self, lora: &Lora) -> std::collections::BTreeMap<String, HostTensor> {
+        let mut named: Params<Option<HostTensor>> = self.params.as_ref().map(|_, _| None);
+        for (block, l) in named.layers.iter_mut().zip(&self.params.layers) {
+            for &target in &lora.targets {
+                let norm = l.weight(target).clone().detach().square().sum_dim(1).sqrt();
+                let data: Vec<f32> = norm.into_data().convert::<f32>().to_vec().expect("f32 data");
+                let magnitude = Some(Some(HostTensor { shape: vec![data.len()], data }));
+                block.lora.insert(target, Adapter { a: None, b: None, magnitude });
+            }
+        }
+        named.into_named().into_iter().filter_map(|(n, t)| Some((n.hf, t?))).collect()
     }
 
     /// Whether training updates parameter `name`: with LoRA only the adapters, else every one.
@@ -393,16 +420,38 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Projection `target` of block `l`, with its LoRA adapter if it has one: `x Wᵀ + b +
-    /// scale · (x Aᵀ) Bᵀ`, PEFT's order (the low-rank product is never formed).
+    /// scale · (x Aᵀ) Bᵀ`, PEFT's order (the low-rank product is not formed for it); with DoRA,
+    /// `(x Wᵀ + scale · (x Aᵀ) Bᵀ) ⊙ factor + b` (see [`dora_factor`]), which is PEFT's
+    /// `(factor - 1) ⊙ x Wᵀ + factor ⊙ scale · (x Aᵀ) Bᵀ` added to the base layer's output.
     pub(crate) fn project(&self, l: &Block<B>, target: LoraTarget, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
         match (l.lora.get(&target), &self.lora) {
-            (Some(Adapter { a, b }), Some(lora)) => {
-                let low = linear(linear(x.clone(), a, None), b, None).mul_scalar(lora.scale());
-                linear(x, l.weight(target), bias) + low
+            (Some(ad), Some(lora)) => {
+                let low = linear(linear(x.clone(), &ad.a, None), &ad.b, None).mul_scalar(lora.scale());
+                match &ad.magnitude {
+                    None => linear(x, l.weight(target), bias) + low,
+                    Some(m) => {
+                        let factor = dora_factor(l.weight(target), ad, m, lora.scale()).unsqueeze::<3>();
+                        let y = (linear(x, l.weight(target), None) + low) * factor;
+                        match bias {
+                            Some(bias) => y + bias.clone().unsqueeze::<3>(),
+                            None => y,
+                        }
+                    }
+                }
             }
             _ => linear(x, l.weight(target), bias),
         }
     }
+}
+
+/// DoRA's factor of each output row of projection `w`, `m / ||W + scale · B A||` as `[1, out]`,
+/// the norm taken over each row of the adapted weight and detached: DoRA's section 4.3 (and PEFT)
+/// hold it constant in the backward pass, so `m` gets its gradient through the factor and `A`,
+/// `B` theirs through the low-rank path only. This forms `B A` (`[out, in]`) once per call.
+fn dora_factor<B: Backend>(w: &Tensor<B, 2>, ad: &Adapter<Tensor<B, 2>>, m: &Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+    let adapted = w.clone().detach() + ad.b.clone().detach().matmul(ad.a.clone().detach()).mul_scalar(scale);
+    let norm = adapted.square().sum_dim(1).sqrt();
+    m.clone() / norm.transpose()
 }
 
 fn trains(lora: bool, name: &str) -> bool {

@@ -47,8 +47,8 @@ impl LrSchedule {
 spelled!(LrSchedule, "lr_schedule", { Cosine => "cosine", Linear => "linear", Constant => "constant" });
 
 /// Low-rank adaptation (LoRA, Hu et al. 2021) as PEFT's `LoraConfig` computes it: each target
-/// projection `W` of every block gains `(alpha / rank) · B A`, with `A` `[rank, in]` and `B`
-/// `[out, rank]`; only `A` and `B` train, the base weights stay as loaded. `A` starts as PEFT
+/// projection `W` of every block gains `scale · B A` (`scale`: `alpha / rank`, or `alpha /
+/// sqrt(rank)` with `rslora`), with `A` `[rank, in]` and `B` `[out, rank]`; only `A` and `B` train, the base weights stay as loaded. `A` starts as PEFT
 /// draws it (uniform in `±1/sqrt(in)`), `B` at zero, so the first forward pass is the base model's;
 /// or both start as a PEFT adapter folder holds them (`from`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,18 @@ pub struct Lora {
     /// The projections adapted in every block (PEFT's `target_modules`): a list, or `all-linear`.
     #[serde(deserialize_with = "lora_targets")]
     pub targets: Vec<LoraTarget>,
+    /// Rank-stabilised LoRA (Kalajdzievski 2023; PEFT's `use_rslora`): the adapters' output is
+    /// scaled by `alpha / sqrt(rank)`, which keeps its size from shrinking as the rank grows.
+    /// Absent: plain LoRA's `alpha / rank`, PEFT's default; written only when set, so recipes and
+    /// states of runs from before it existed read back unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rslora: bool,
+    /// DoRA (Liu et al. 2024; PEFT's `use_dora`): each adapted projection also learns a magnitude
+    /// per output row, `m ⊙ (W + scale · B A) / ||W + scale · B A||` (the norm over each row,
+    /// held constant in the backward pass, as the paper's section 4.3 and PEFT do). `m` starts at
+    /// the base weights' row norms, so the adapted model starts as the base model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dora: bool,
     /// A PEFT adapter folder (relative to the recipe) whose adapters training starts from, as
     /// LLaMA-Factory's `adapter_name_or_path` continues one: its rank, alpha and targets must be
     /// these. None: fresh adapters.
@@ -114,9 +126,14 @@ fn lora_targets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<LoraTarget
 }
 
 impl Lora {
-    /// `alpha / rank`, the factor of `B A` (PEFT without `use_rslora`).
+    /// The factor of `B A`: `alpha / rank`, or `alpha / sqrt(rank)` with rsLoRA (PEFT's
+    /// `scaling`, with and without `use_rslora`).
     pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 
     pub fn adapts(&self, target: LoraTarget) -> bool {
@@ -151,7 +168,14 @@ impl Lora {
     pub fn describe(&self) -> String {
         let mut targets = self.targets.clone();
         targets.sort();
-        format!("rank {}, alpha {}, targets [{}]", self.rank, self.alpha, targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))
+        let rslora = if self.rslora { " (rsLoRA)" } else { "" };
+        let dora = if self.dora { ", DoRA" } else { "" };
+        format!(
+            "rank {}, alpha {}{rslora}{dora}, targets [{}]",
+            self.rank,
+            self.alpha,
+            targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+        )
     }
 
     /// Adapters of the same shapes and scale, whatever order the targets are listed in and
@@ -560,6 +584,19 @@ mod tests {
         assert_eq!(from.lora.as_ref().unwrap().from.as_deref(), Some("../sft/adapter"));
         assert!(r.lora.as_ref().unwrap().same_as(from.lora.as_ref().unwrap()));
         assert!(r.math_differences(&from).is_empty());
+        // rsLoRA scales by alpha / sqrt(rank) (16 / sqrt(8)), is another scale for resumes and
+        // adapters, and is written only when set (a recipe from before it reads back the same).
+        let rs: TrainRecipe =
+            serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: [q_proj, down_proj], rslora: true}}\n")).unwrap();
+        let rs_lora = rs.lora.clone().unwrap();
+        assert!((rs_lora.scale() - 16.0 / 8f64.sqrt()).abs() < 1e-12, "{}", rs_lora.scale());
+        assert!(!rs_lora.same_as(r.lora.as_ref().unwrap()));
+        assert_eq!(
+            r.math_differences(&rs),
+            ["lora: rank 8, alpha 16, targets [q_proj, down_proj] -> rank 8, alpha 16 (rsLoRA), targets [q_proj, down_proj]"]
+        );
+        assert!(!serde_json::to_string(&r).unwrap().contains("rslora"));
+        assert!(serde_json::to_string(&rs).unwrap().contains(r#""rslora":true"#));
     }
 
     #[test]

@@ -86,7 +86,14 @@ fn main() -> anyhow::Result<()> {
     let dev = Default::default();
     let base = Llama::<B>::load(Path::new(&args[1]), &dev)?;
     let cfg = base.config.clone();
-    let lora = lora_rank.map(|rank| Lora { rank, alpha: 2.0 * rank as f64, targets: LoraTarget::ALL.to_vec(), from: None });
+    let lora = lora_rank.map(|rank| Lora {
+        rank,
+        alpha: 2.0 * rank as f64,
+        targets: LoraTarget::ALL.to_vec(),
+        rslora: false,
+        dora: false,
+        from: None,
+    });
     let mut model = match &lora {
         None => base,
         Some(lora) => {

@@ -3,7 +3,7 @@
 
 use model_files::checkpoint::HostTensor;
 use model_files::config::LlamaConfig;
-use model_files::params::{is_adapter, Params};
+use model_files::params::{is_adapter, Params, MAGNITUDE};
 use schemas::rng::{mix64, SplitMix64};
 use schemas::train::Lora;
 use std::collections::BTreeMap;
@@ -14,14 +14,16 @@ const STREAM: u64 = 0x4c6f_5241_2d69_6e69;
 /// The starting adapters of a model of `cfg`, by parameter name: each `A` `[rank, in]` uniform in
 /// `±1/sqrt(in)` (PEFT's `kaiming_uniform_(a=sqrt(5))`), each `B` zero, so the adapted model
 /// starts as the base model. The draw follows from `seed` alone, adapter by adapter in
-/// [`Params::map`] order. Fails, before drawing anything, where `lora` does not fit the model.
+/// [`Params::map`] order. DoRA's magnitudes are not drawn but follow from the base weights
+/// (`model::Llama::initial_magnitudes`), so they are not here. Fails, before drawing anything,
+/// where `lora` does not fit the model.
 pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> anyhow::Result<BTreeMap<String, HostTensor>> {
     let mut rng = SplitMix64::new(mix64(seed ^ STREAM));
     Ok(Params::shapes(cfg)
         .with_lora(lora)?
         .into_named()
         .into_iter()
-        .filter(|(name, _)| is_adapter(&name.hf))
+        .filter(|(name, _)| is_adapter(&name.hf) && !name.hf.ends_with(MAGNITUDE))
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
             let data = if name.hf.ends_with(".lora_A.weight") {
@@ -135,7 +137,8 @@ mod tests {
                 "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
         )
         .unwrap();
-        let lora = Lora { rank: 8, alpha: 16.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], from: None };
+        let lora =
+            Lora { rank: 8, alpha: 16.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], rslora: false, dora: false, from: None };
         let a = initial_adapters(&cfg, &lora, 1).unwrap();
         assert_eq!(a.len(), 2 * 2 * 2);
         let down = &a["model.layers.1.mlp.down_proj.lora_A.weight"];

@@ -394,7 +394,11 @@ fn train_in<B: AutodiffBackend>(
                 state.lora_from_sha256 = Some(sha256);
                 adapters
             } else {
-                crate::lora::initial_adapters(&base.config, lora, r.seed)?
+                let mut fresh = crate::lora::initial_adapters(&base.config, lora, r.seed)?;
+                if lora.dora {
+                    fresh.extend(base.initial_magnitudes(lora));
+                }
+                fresh
             };
             let model = base.with_lora(lora, &adapters)?;
             let trained: usize = model.trainable_params().iter().map(|(_, p)| p.shape().num_elements()).sum();

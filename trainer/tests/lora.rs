@@ -15,20 +15,25 @@ use trainer::train::{apply_update, micro_step};
 
 type B = Autodiff<Flex>;
 
-const CASES: [&str; 2] = ["llama3-tied", "qwen2-untied"];
+/// The fixtures `scripts/lora_fixtures.py` made: rank 4, alpha 8 on every projection; one with
+/// rsLoRA's scale (alpha / sqrt(rank) = 4, not alpha / rank = 2), one with DoRA's magnitudes.
+const CASES: [&str; 4] = ["llama3-tied", "qwen2-untied", "qwen3-tied-rslora", "qwen2-untied-dora"];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora").join(name)
 }
 
+/// The transformers 5 fixture a case's adapter was made on (`qwen3-tied-rslora`: `qwen3-tied`).
 fn base_model(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/transformers5").join(name)
+    let base = name.strip_suffix("-rslora").or(name.strip_suffix("-dora")).unwrap_or(name);
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/transformers5").join(base)
 }
 
 /// The base fixture with PEFT's adapter on it, its trained parameters tracking gradients.
 fn adapted(name: &str) -> Llama<B> {
     let (lora, adapters) = model_files::lora::read_adapter(&fixture(name).join("adapter")).unwrap();
-    assert_eq!((lora.rank, lora.alpha, lora.targets.len()), (4, 8.0, 7));
+    let settings = (lora.rank, lora.alpha, lora.targets.len(), lora.rslora, lora.dora);
+    assert_eq!(settings, (4, 8.0, 7, name.ends_with("-rslora"), name.ends_with("-dora")));
     Llama::<B>::load(&base_model(name), &Default::default()).unwrap().with_lora(&lora, &adapters).unwrap().with_trainable_leaves()
 }
 
@@ -98,7 +103,7 @@ fn export_merges_a_peft_adapter_into_its_base() {
         let out = tmp.path().join(name);
         // The weights file names its folder too.
         let adapter = fixture(name).join("adapter").join(model_files::lora::WEIGHTS_FILE);
-        let run = export(name, &adapter, &out);
+        let run = export(base_model(name).file_name().unwrap().to_str().unwrap(), &adapter, &out);
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success() && !err.contains("make sure it was trained"), "{err}");
         let merged = Llama::<Flex>::load(&out, &dev).unwrap();
@@ -152,7 +157,14 @@ fn dft_gradients_of_the_adapters_equal_pefts() {
 #[test]
 fn a_rank_larger_than_a_projection_is_refused() {
     let base = Llama::<B>::load(&base_model(CASES[0]), &Default::default()).unwrap();
-    let lora = schemas::train::Lora { rank: 9, alpha: 9.0, targets: vec![schemas::train::LoraTarget::KProj], from: None };
+    let lora = schemas::train::Lora {
+        rank: 9,
+        alpha: 9.0,
+        targets: vec![schemas::train::LoraTarget::KProj],
+        rslora: false,
+        dora: false,
+        from: None,
+    };
     let err = base.with_lora(&lora, &BTreeMap::new()).unwrap_err().to_string();
     // The fixture's k_proj is [8, 16]: one key head of 8 over a hidden size of 16.
     assert!(err.contains("`lora.rank` 9 is larger than k_proj's smaller side (8, of [8, 16])"), "{err}");

@@ -513,11 +513,79 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     assert!(!out.status.success() && err.contains("has no adapter/, the LoRA adapters a resume continues from"), "{err}");
     std::fs::rename(&aside, &adapter).unwrap();
 
-    // Other adapters on resume: refused, naming both.
-    std::fs::write(&b, std::fs::read_to_string(&b).unwrap().replace("rank: 4", "rank: 8")).unwrap();
+    // Other adapters on resume: refused, naming both; rsLoRA's scale is another model too.
+    let text = std::fs::read_to_string(&b).unwrap();
+    std::fs::write(&b, text.replace("v_proj]}", "v_proj], rslora: true}")).unwrap();
+    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("-> rank 4, alpha 8 (rsLoRA), targets [q_proj, v_proj, down_proj]"), "{err}");
+    std::fs::write(&b, text.replace("rank: 4", "rank: 8")).unwrap();
     let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("lora: rank 4, alpha 8, targets [q_proj, v_proj, down_proj] -> rank 8"), "{err}");
+}
+
+/// A recipe `NAME.yaml` in `dir` training `model` on the tiny snapshot for `steps` steps at `lr`
+/// (DFT, seed 5, a checkpoint every step), with `lora` (a `lora:` line, or empty) appended.
+fn lora_recipe(dir: &Path, name: &str, model: &str, steps: u64, lr: f64, lora: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "model: {model}\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: {lr}\nwarmup_ratio: 0\nsteps: {steps}\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5\n{lora}"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `trainer train --recipe RECIPE`: whether it succeeded, and its log.
+fn train(recipe: &Path) -> (bool, String) {
+    let out = trainer(&["train", "--recipe", recipe.to_str().unwrap()]).env("RUST_LOG", "info").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// DoRA starts at the base model (`B` zero, each magnitude its row's norm), so its first
+/// objective is plain LoRA's; it trains the magnitudes too, saves them as PEFT does, and its
+/// `final/adapter` merged by `trainer export` is the `final/` it saved.
+#[test]
+fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(&dir.join("tiny"));
+    tiny_snapshot(dir);
+    let targets = "rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
+    let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
+    for (name, extra) in [("lora", ""), ("dora", ", dora: true")] {
+        let (ok, log) = train(&lora_recipe(dir, name, "tiny", 2, 1e-2, &format!("lora: {{{targets}{extra}}}\n")));
+        assert!(ok, "{log}");
+    }
+    let (lora, dora) = (first_objective("lora"), first_objective("dora"));
+    assert!((lora - dora).abs() <= 1e-6 * lora.abs(), "DoRA's first objective {dora}, plain LoRA's {lora}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dora/final/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["use_dora"], true);
+    let adapters = model_files::safetensors::read_safetensors(dir.join("dora/final/adapter/adapter_model.safetensors")).unwrap();
+    // 2 blocks x 3 targets: A, B and a magnitude [out] each (q 32, v 16, down 32 rows).
+    assert_eq!(adapters.len(), 2 * 3 * 3);
+    let m = &adapters["base_model.model.model.layers.1.self_attn.v_proj.lora_magnitude_vector"];
+    assert_eq!(m.shape, [16]);
+    // Trained: no longer v_proj's row norms.
+    let base = model_files::safetensors::read_safetensors(dir.join("tiny/model.safetensors")).unwrap();
+    let v = &base["model.layers.1.self_attn.v_proj.weight"];
+    let norms: Vec<f32> = v.data.chunks(v.shape[1]).map(|row| row.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+    assert!(m.data.iter().zip(&norms).any(|(a, b)| (a - b).abs() > 1e-4 * b), "the magnitudes did not move");
+    // The saved adapter, merged into the base by export, is the merged model the run saved.
+    let out = trainer(&["export", "--model"])
+        .args([dir.join("tiny"), "--adapter".into(), dir.join("dora/final/adapter"), "--out".into(), dir.join("merged")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = model_files::safetensors::read_safetensors(dir.join("merged/model.safetensors")).unwrap();
+    let saved = model_files::safetensors::read_safetensors(dir.join("dora/final/model.safetensors")).unwrap();
+    assert_eq!(exported.keys().collect::<Vec<_>>(), saved.keys().collect::<Vec<_>>());
+    for (name, t) in &saved {
+        let gap = t.data.iter().zip(&exported[name].data).fold(0.0f32, |g, (a, b)| g.max((a - b).abs()));
+        assert!(gap <= 1e-6, "{name}: the export differs by {gap}");
+        assert_eq!(*t == base[name], !["q_proj", "v_proj", "down_proj"].iter().any(|p| name.contains(p)), "{name}");
+    }
 }
 
 /// `lora.from` starts the adapters as a PEFT adapter folder holds them: the first step's
@@ -531,18 +599,7 @@ fn lora_from_an_adapter_folder_starts_where_it_ended() {
     tiny_model(&dir.join("tiny"));
     tiny_snapshot(dir);
     let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
-    let write = |name: &str, model: &str, steps: u64, lr: f64, lora: &str| {
-        let path = dir.join(format!("{name}.yaml"));
-        let text = format!(
-            "model: {model}\nsnapshot: snap\noutput_dir: {name}\nloss: dft\nlr: {lr}\nwarmup_ratio: 0\nsteps: {steps}\nbatch_tokens: 1024\ncheckpoint_every: 1\nseed: 5\n{lora}"
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let train = |recipe: &Path| {
-        let out = trainer(&["train", "--recipe", recipe.to_str().unwrap()]).env("RUST_LOG", "info").output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let write = |name: &str, model: &str, steps: u64, lr: f64, lora: &str| lora_recipe(dir, name, model, steps, lr, lora);
     let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
     // a trains adapters; b starts from them, c trains a/final (them merged) in full, d starts
     // afresh. All see the same first batch.
@@ -565,6 +622,15 @@ fn lora_from_an_adapter_folder_starts_where_it_ended() {
         !ok && log.contains("holds adapters of rank 4, alpha 8, targets [q_proj, v_proj, down_proj], the recipe asks for rank 2"),
         "{log}"
     );
+    // rsLoRA on adapters trained without it: refused (another scale, another model).
+    let (ok, log) = train(&write(
+        "e",
+        "tiny",
+        1,
+        1e-3,
+        "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj], rslora: true, from: a/final/adapter}\n",
+    ));
+    assert!(!ok && log.contains("the recipe asks for rank 4, alpha 8 (rsLoRA), targets"), "{log}");
     // A run's model folder named instead of its adapters: pointed to them.
     let (ok, log) = train(&write("e", "tiny", 1, 1e-3, &format!("{lora}, from: a/final}}\n")));
     assert!(!ok && log.contains(&format!("is a model folder; its adapters are in {}", dir.join("a/final/adapter").display())), "{log}");
