@@ -21,6 +21,7 @@ Writes trainer/tests/fixtures/lora/<name>/ (CASES: the base fixture and PEFT set
                             rectify uses (PEFT's without `base_model.model.` and `.default`)
 """
 import json
+import math
 import os
 import random
 import sys
@@ -42,7 +43,45 @@ CASES = {
     "qwen2-untied": ("qwen2-untied", {}),
     "qwen3-tied-rslora": ("qwen3-tied", {"use_rslora": True}),
     "qwen2-untied-dora": ("qwen2-untied", {"use_dora": True}),
+    "llama3-tied-dropout": ("llama3-tied", {"lora_dropout": 0.25}),
+    "qwen2-untied-dora-dropout": ("qwen2-untied", {"use_dora": True, "lora_dropout": 0.25}),
 }
+# With lora_dropout, the objective and gradients are those of one training step whose dropout
+# masks are rectify's (`model/src/dropout.rs`, reproduced below) for this seed and step, the
+# packed row being the step's row 0; the log-probabilities are the adapted model's (no dropout).
+DROPOUT_DRAW = {"seed": 5, "step": 1, "slot": 0}
+M64 = (1 << 64) - 1
+STREAM = 0x4C6F52412D64726F
+
+
+def mix64(x):
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def dropout_mask(p, layer, target, seq, width):
+    """rectify's mask of the input [seq, width] of `target` in block `layer`, for DROPOUT_DRAW."""
+    d = DROPOUT_DRAW
+    row = mix64(mix64(mix64(d["seed"] ^ STREAM) ^ d["step"]) ^ d["slot"])
+    key = mix64(row ^ mix64((layer << 8) | TARGETS.index(target)))
+    cut = math.ceil(p * 2**53)
+    draws = [mix64((key + (i + 1) * 0x9E3779B97F4A7C15) & M64) >> 11 for i in range(seq * width)]
+    return torch.tensor([1.0 / (1.0 - p) if u >= cut else 0.0 for u in draws], dtype=torch.float32).reshape(seq, width)
+
+
+class MaskedDropout(torch.nn.Module):
+    """Stands in for PEFT's nn.Dropout: drops by rectify's mask of the packed row, at the
+    positions of the example running (`offset[0]` onward)."""
+
+    def __init__(self, mask, offset):
+        super().__init__()
+        self.mask, self.offset = mask, offset
+
+    def forward(self, x):
+        if not self.training:  # as nn.Dropout: nothing outside training
+            return x
+        return x * self.mask[self.offset[0]:self.offset[0] + x.shape[1]]
 
 
 def rectify_name(peft_name):
@@ -57,7 +96,8 @@ def main():
         torch.manual_seed(3)
         base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, base_name), dtype=torch.float32,
                                                                  attn_implementation="eager")
-        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, bias="none", **settings)
+        config = peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": TARGETS, "lora_dropout": 0.0, "bias": "none",
+                                    **settings})
         model = peft.get_peft_model(base, config)
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -80,11 +120,20 @@ def main():
         base = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(BASES, base_name), dtype=torch.float32,
                                                                  attn_implementation="eager")
         model = peft.PeftModel.from_pretrained(base, os.path.join(path, "adapter"), is_trainable=True)
-        model.train()  # no dropout to switch off: lora_dropout is 0
+        model.train()
 
         with open(os.path.join(BASES, base_name, "logprobs.json")) as f:
             packed = json.load(f)["cases"][1]
         ids, seg = packed["input_ids"], packed["segment_ids"]
+        p = settings.get("lora_dropout", 0.0)
+        offset = [0]
+        if p > 0:
+            for module_name, module in model.named_modules():
+                if module_name.endswith(".lora_dropout"):
+                    parts = module_name.split(".")
+                    layer, target = int(parts[parts.index("layers") + 1]), parts[-2]
+                    width = model.get_submodule(module_name.removesuffix(".lora_dropout")).in_features
+                    module["default"] = MaskedDropout(dropout_mask(p, layer, target, len(ids), width), offset)
         rng = random.Random(17)
         mask = [int(i > 0 and seg[i] != 0 and seg[i] == seg[i - 1] and rng.random() < 0.6) for i in range(len(ids))]
         n = sum(mask)
@@ -92,10 +141,17 @@ def main():
         total = torch.zeros(())
         for s in sorted(set(seg) - {0}):
             idx = [i for i in range(len(ids)) if seg[i] == s]
+            offset[0] = idx[0]
             x = torch.tensor([[ids[i] for i in idx]])
-            lp = torch.log_softmax(model(input_ids=x).logits.float(), -1)[0, :-1].gather(1, x[0, 1:, None])[:, 0]
+            gather = lambda logits: torch.log_softmax(logits.float(), -1)[0, :-1].gather(1, x[0, 1:, None])[:, 0]
+            lp = gather(model(input_ids=x).logits)
             m = torch.tensor([float(mask[i]) for i in idx[1:]])
             total = total + -(lp.detach().exp() * lp * m).sum() / n
+            if p > 0:  # the adapted model's own log-probabilities: dropout is off outside training
+                model.eval()
+                with torch.no_grad():
+                    lp = gather(model(input_ids=x).logits)
+                model.train()
             logprobs += [0.0] + lp.tolist()
         logprobs += [0.0] * (len(ids) - len(logprobs))
         total.backward()
@@ -106,7 +162,7 @@ def main():
         with open(os.path.join(path, "case.json"), "w") as f:
             json.dump({"peft": peft.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                        "input_ids": ids, "position_ids": packed["position_ids"], "segment_ids": seg, "loss_mask": mask,
-                       "logprobs": logprobs, "objective": total.item()}, f)
+                       "logprobs": logprobs, "objective": total.item(), **({"dropout": DROPOUT_DRAW} if p > 0 else {})}, f)
             f.write("\n")
         print(f"{name}: {n} trained tokens, objective {total.item():.6f}, {len(grads)} adapter gradients in {os.path.normpath(path)}")
 

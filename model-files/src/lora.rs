@@ -33,7 +33,7 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "target_modules": lora.targets.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        "lora_dropout": 0.0,
+        "lora_dropout": lora.dropout,
         "bias": "none",
         "fan_in_fan_out": false,
         "use_rslora": lora.rslora,
@@ -267,7 +267,14 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         Some(v) => v.as_bool().with_context(|| format!("`{key}` is {v}: it is true or false")),
     };
     let (rslora, dora) = (switch("use_rslora")?, switch("use_dora")?);
-    let lora = Lora { rank, alpha, targets, rslora, dora, from: None };
+    // How it was trained; nothing once trained (dropout is off in inference and merges).
+    let dropout = match field("lora_dropout") {
+        None => 0.0,
+        Some(v) => {
+            v.as_f64().filter(|p| (0.0..1.0).contains(p)).with_context(|| format!("`lora_dropout` is {v}: a probability in [0, 1)"))?
+        }
+    };
+    let lora = Lora { rank, alpha, targets, rslora, dora, dropout, from: None };
     lora.validate()?;
     Ok(lora)
 }
@@ -279,8 +286,15 @@ mod tests {
     #[test]
     fn written_adapters_read_back_and_unknown_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let lora =
-            Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], rslora: false, dora: false, from: None };
+        let lora = Lora {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
+            rslora: false,
+            dora: false,
+            dropout: 0.0,
+            from: None,
+        };
         let t = HostTensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         let tensors = BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), t)]);
         write_adapter(dir.path(), &lora, &tensors, "base").unwrap();
@@ -349,7 +363,7 @@ mod tests {
     #[test]
     fn adapter_tensors_are_checked_against_the_config() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], rslora: false, dora: false, from: None };
+        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], rslora: false, dora: false, dropout: 0.0, from: None };
         let a = |data: Vec<f32>| HostTensor { shape: vec![2, 3], data };
         let read = |name: &str, t: HostTensor| {
             let d = dir.path().join(name);

@@ -87,6 +87,17 @@ impl<T> Block<T> {
         }
     }
 
+    /// The bias of projection `target`, where it has one (Qwen2's q/k/v, `attention_bias`).
+    pub fn bias(&self, target: LoraTarget) -> Option<&T> {
+        match target {
+            LoraTarget::QProj => self.q_bias.as_ref(),
+            LoraTarget::KProj => self.k_bias.as_ref(),
+            LoraTarget::VProj => self.v_bias.as_ref(),
+            LoraTarget::OProj => self.o_bias.as_ref(),
+            LoraTarget::GateProj | LoraTarget::UpProj | LoraTarget::DownProj => None,
+        }
+    }
+
     /// The weight of projection `target`, to change it.
     pub fn weight_mut(&mut self, target: LoraTarget) -> &mut T {
         match target {

@@ -11,6 +11,7 @@
 //! than masking a `T x T` score matrix, each segment's attention is computed on its own slice,
 //! which is block-diagonal by construction and needs `sum(len_i^2)` instead of `T^2` memory.
 
+use crate::dropout::LoraDropout;
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
@@ -32,6 +33,8 @@ pub struct Llama<B: Backend> {
     pub params: Params<Tensor<B, 2>>,
     /// The adapters' settings: each adapted projection adds `scale · B A` (see [`Llama::with_lora`]).
     pub lora: Option<Lora>,
+    /// LoRA dropout in a training forward pass ([`Llama::with_dropout`]); None everywhere else.
+    pub dropout: Option<LoraDropout>,
     rope: Rope<B>,
 }
 
@@ -141,7 +144,7 @@ impl<B: Backend> Llama<B> {
         }
         let params = Params::shapes(&cfg).map(|name, _| host_to_tensor(&ckpt.tensors[&name.hf], device));
         let rope = Rope::new(&cfg.rope_inv_freq()?, cfg.max_position_embeddings, device);
-        Ok(Llama { rope, params, config: cfg, lora: None })
+        Ok(Llama { rope, params, config: cfg, lora: None, dropout: None })
     }
 
     /// Load a model file (GGUF, or a Hugging Face folder / safetensors file) onto `device`.
@@ -183,6 +186,7 @@ impl<B: Backend> Llama<B> {
             rope: self.rope.to_backend::<B2>(device),
             config: self.config,
             lora: self.lora,
+            dropout: self.dropout,
             params: self.params.map(|n, t| f(&n.hf, t)),
         }
     }
@@ -300,6 +304,18 @@ impl<B: Backend> Llama<B> {
         named.into_named().into_iter().filter_map(|(n, t)| Some((n.hf, t?))).collect()
     }
 
+    /// The model whose forward passes drop the inputs of its adapters' low-rank paths as
+    /// `dropout` draws (a training step's; see [`LoraDropout`]), or none.
+    pub fn with_dropout(self, dropout: Option<LoraDropout>) -> Self {
+        Llama { dropout, ..self }
+    }
+
+    /// The model for `rows` rows of a step from the `first`-th on (a micro-batch): its dropout
+    /// narrowed to their draws.
+    pub fn for_rows(&self, first: usize, rows: usize) -> Self {
+        Llama { dropout: self.dropout.as_ref().map(|d| d.rows(first, rows)), ..self.clone() }
+    }
+
     /// Whether training updates parameter `name`: with LoRA only the adapters, else every one.
     pub fn trains(&self, name: &str) -> bool {
         trains(self.lora.is_some(), name)
@@ -330,7 +346,7 @@ impl<B: Backend> Llama<B> {
         assert_eq!(segments.len(), input_ids.dims()[0], "one segment list per row");
         let rotary = self.rotary(&positions);
         let mut x = self.embed(input_ids);
-        for layer in &self.params.layers {
+        for layer in 0..self.params.layers.len() {
             x = self.block(layer, x, &rotary, segments);
         }
         self.final_norm(x)
@@ -360,26 +376,26 @@ impl<B: Backend> Llama<B> {
         Rotary { queries, keys }
     }
 
-    /// One transformer block (`l`, one of `params.layers`) on the residual stream `x`
-    /// `[batch, seq, hidden]`, at the positions `rotary` was made for.
-    pub fn block(&self, l: &Block<B>, x: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
-        let eps = self.config.rms_norm_eps;
-        let h = rms_norm(x.clone(), &l.input_layernorm, eps);
-        let x = x + self.attention(l, h, rotary, segments);
-        self.mlp(l, x)
+    /// Block `layer` (of `params.layers`) on the residual stream `x` `[batch, seq, hidden]`, at
+    /// the positions `rotary` was made for.
+    pub fn block(&self, layer: usize, x: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+        let h = rms_norm(x.clone(), &self.params.layers[layer].input_layernorm, self.config.rms_norm_eps);
+        let x = x + self.attention(layer, h, rotary, segments);
+        self.mlp(layer, x)
     }
 
-    /// The second half of a block: norm, SwiGLU MLP, residual.
-    pub(crate) fn mlp(&self, l: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = rms_norm(x.clone(), &l.post_attention_layernorm, self.config.rms_norm_eps);
-        let gate = activation::silu(self.project(l, LoraTarget::GateProj, h.clone(), None));
-        let up = self.project(l, LoraTarget::UpProj, h, None);
-        x + self.project(l, LoraTarget::DownProj, gate * up, None)
+    /// The second half of block `layer`: norm, SwiGLU MLP, residual.
+    pub(crate) fn mlp(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = rms_norm(x.clone(), &self.params.layers[layer].post_attention_layernorm, self.config.rms_norm_eps);
+        let gate = activation::silu(self.project(layer, LoraTarget::GateProj, h.clone()));
+        let up = self.project(layer, LoraTarget::UpProj, h);
+        x + self.project(layer, LoraTarget::DownProj, gate * up)
     }
 
     /// Queries, keys and values `[batch, heads, seq, head_dim]` of normed hidden states `h`, with
     /// rotary embeddings applied to queries and keys.
-    pub(crate) fn qkv(&self, l: &Block<B>, h: Tensor<B, 3>, rotary: &Rotary<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub(crate) fn qkv(&self, layer: usize, h: Tensor<B, 3>, rotary: &Rotary<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let l = &self.params.layers[layer];
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
         let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]);
@@ -389,18 +405,18 @@ impl<B: Backend> Llama<B> {
             None => x,
         };
         let heads = |x: Tensor<B, 4>| x.swap_dims(1, 2);
-        let q = norm(split(self.project(l, LoraTarget::QProj, h.clone(), l.q_bias.as_ref()), nh), l.q_norm.as_ref());
-        let k = norm(split(self.project(l, LoraTarget::KProj, h.clone(), l.k_bias.as_ref()), nkv), l.k_norm.as_ref());
+        let q = norm(split(self.project(layer, LoraTarget::QProj, h.clone()), nh), l.q_norm.as_ref());
+        let k = norm(split(self.project(layer, LoraTarget::KProj, h.clone()), nkv), l.k_norm.as_ref());
         let q = heads(rotate(q, &rotary.queries));
         let k = heads(rotate(k, &rotary.keys));
-        let v = heads(split(self.project(l, LoraTarget::VProj, h, l.v_bias.as_ref()), nkv));
+        let v = heads(split(self.project(layer, LoraTarget::VProj, h), nkv));
         (q, k, v)
     }
 
-    fn attention(&self, l: &Block<B>, h: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
+    fn attention(&self, layer: usize, h: Tensor<B, 3>, rotary: &Rotary<B>, segments: &[Vec<(usize, usize)>]) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
-        let (q, k, v) = self.qkv(l, h, rotary);
+        let (q, k, v) = self.qkv(layer, h, rotary);
         // Grouped-query attention: each key/value head serves nh / nkv query heads.
         let group = nh / nkv;
         let expand =
@@ -416,30 +432,38 @@ impl<B: Backend> Llama<B> {
         }
         let out = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(rows, 0) };
         let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        self.project(l, LoraTarget::OProj, out, l.o_bias.as_ref())
+        self.project(layer, LoraTarget::OProj, out)
     }
 
-    /// Projection `target` of block `l`, with its LoRA adapter if it has one: `x Wᵀ + b +
-    /// scale · (x Aᵀ) Bᵀ`, PEFT's order (the low-rank product is not formed for it); with DoRA,
-    /// `(x Wᵀ + scale · (x Aᵀ) Bᵀ) ⊙ factor + b` (see [`dora_factor`]), which is PEFT's
-    /// `(factor - 1) ⊙ x Wᵀ + factor ⊙ scale · (x Aᵀ) Bᵀ` added to the base layer's output.
-    pub(crate) fn project(&self, l: &Block<B>, target: LoraTarget, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 3> {
-        match (l.lora.get(&target), &self.lora) {
-            (Some(ad), Some(lora)) => {
-                let low = linear(linear(x.clone(), &ad.a, None), &ad.b, None).mul_scalar(lora.scale());
-                match &ad.magnitude {
-                    None => linear(x, l.weight(target), bias) + low,
-                    Some(m) => {
-                        let factor = dora_factor(l.weight(target), ad, m, lora.scale()).unsqueeze::<3>();
-                        let y = (linear(x, l.weight(target), None) + low) * factor;
-                        match bias {
-                            Some(bias) => y + bias.clone().unsqueeze::<3>(),
-                            None => y,
-                        }
-                    }
+    /// Projection `target` of block `layer` (with its bias, if it has one), with its LoRA adapter
+    /// if it has one: `x Wᵀ + b + scale · (x̃ Aᵀ) Bᵀ`, PEFT's order (the low-rank product is not
+    /// formed for it), `x̃` being `x` with LoRA dropout applied in training and `x` otherwise. With
+    /// DoRA, PEFT's `x Wᵀ + b + (factor - 1) ⊙ x̃ Wᵀ + factor ⊙ scale · (x̃ Aᵀ) Bᵀ` (see
+    /// [`dora_factor`]), computed as `(x Wᵀ + scale · (x Aᵀ) Bᵀ) ⊙ factor + b` without dropout.
+    pub(crate) fn project(&self, layer: usize, target: LoraTarget, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let l = &self.params.layers[layer];
+        let (w, bias) = (l.weight(target), l.bias(target));
+        let (Some(ad), Some(lora)) = (l.lora.get(&target), &self.lora) else {
+            return linear(x, w, bias);
+        };
+        let dropped = self.dropout.as_ref().filter(|d| d.p > 0.0).map(|d| {
+            let [_, t, width] = x.dims();
+            x.clone() * d.mask::<B>(layer, target, t, width, &x.device())
+        });
+        let low = linear(linear(dropped.clone().unwrap_or_else(|| x.clone()), &ad.a, None), &ad.b, None).mul_scalar(lora.scale());
+        let Some(m) = &ad.magnitude else {
+            return linear(x, w, bias) + low;
+        };
+        let factor = dora_factor(w, ad, m, lora.scale()).unsqueeze::<3>();
+        match dropped {
+            Some(dropped) => linear(x, w, bias) + linear(dropped, w, None) * factor.clone().sub_scalar(1.0) + low * factor,
+            None => {
+                let y = (linear(x, w, None) + low) * factor;
+                match bias {
+                    Some(bias) => y + bias.clone().unsqueeze::<3>(),
+                    None => y,
                 }
             }
-            _ => linear(x, l.weight(target), bias),
         }
     }
 }

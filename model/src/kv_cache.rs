@@ -1,6 +1,6 @@
 //! The KV cache and the incremental forward pass that fills it, for generation.
 
-use crate::decoder::{linear, rms_norm, Block, Llama, Rotary};
+use crate::decoder::{linear, rms_norm, Llama, Rotary};
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation, Int, Tensor, TensorData};
 use schemas::train::LoraTarget;
@@ -53,10 +53,10 @@ impl<B: Backend> Llama<B> {
         let eps = self.config.rms_norm_eps;
         let rotary = self.rotary(&positions);
         let mut x = self.embed(input_ids);
-        for (l, layer_cache) in self.params.layers.iter().zip(&mut cache.layers) {
-            let h = rms_norm(x.clone(), &l.input_layernorm, eps);
-            let x_attn = x + self.attention_cached(l, h, &rotary, &bias, layer_cache);
-            x = self.mlp(l, x_attn);
+        for (layer, layer_cache) in cache.layers.iter_mut().enumerate() {
+            let h = rms_norm(x.clone(), &self.params.layers[layer].input_layernorm, eps);
+            let x_attn = x + self.attention_cached(layer, h, &rotary, &bias, layer_cache);
+            x = self.mlp(layer, x_attn);
         }
         let last = self.final_norm(x.narrow(1, t - 1, 1));
         let v = self.head().dims()[0];
@@ -65,7 +65,7 @@ impl<B: Backend> Llama<B> {
 
     fn attention_cached(
         &self,
-        l: &Block<B>,
+        layer: usize,
         h: Tensor<B, 3>,
         rotary: &Rotary<B>,
         bias: &Tensor<B, 3>,
@@ -73,7 +73,7 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = h.dims();
         let (nh, nkv, hd) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
-        let (q, k, v) = self.qkv(l, h, rotary);
+        let (q, k, v) = self.qkv(layer, h, rotary);
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
             None => (k, v),
@@ -88,6 +88,6 @@ impl<B: Backend> Llama<B> {
         let scores = scores.reshape([b, nkv, group, t, total]) + bias.clone().reshape([b, 1, 1, t, total]);
         let weights = activation::softmax(scores, 4).reshape([b, nkv, group * t, total]);
         let out = weights.matmul(v).reshape([b, nh, t, hd]).swap_dims(1, 2).reshape([b, t, nh * hd]);
-        self.project(l, LoraTarget::OProj, out, l.o_bias.as_ref())
+        self.project(layer, LoraTarget::OProj, out)
     }
 }

@@ -71,11 +71,22 @@ pub struct Lora {
     /// the base weights' row norms, so the adapted model starts as the base model.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dora: bool,
+    /// LoRA dropout (PEFT's `lora_dropout`): in training, each element of an adapted
+    /// projection's input to the low-rank path is zeroed with this probability and the rest
+    /// scaled by `1 / (1 - dropout)`, a fresh draw for every projection, row and step (seeded, so
+    /// a resume and activation recompute draw the same). Off in held-out measurement, evaluation
+    /// and merges. Absent: 0, PEFT's default; written only when set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
     /// A PEFT adapter folder (relative to the recipe) whose adapters training starts from, as
     /// LLaMA-Factory's `adapter_name_or_path` continues one: its rank, alpha and targets must be
     /// these. None: fresh adapters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// A projection LoRA can adapt, by its Hugging Face module name.
@@ -150,6 +161,9 @@ impl Lora {
         if self.targets.is_empty() {
             bail!("`lora.targets` is empty: name the projections to adapt (all of them: {})", Self::all_names());
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("`lora.dropout` must be in [0, 1), got {}", self.dropout);
+        }
         let mut seen = self.targets.clone();
         seen.sort();
         seen.dedup();
@@ -163,9 +177,19 @@ impl Lora {
         LoraTarget::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
     }
 
-    /// How messages and resume checks write it: the targets in one order (a block's), since the
-    /// order they are listed in changes nothing.
+    /// How messages and resume checks write it: the adapters ([`Lora::adapters_described`]) and
+    /// the dropout that trains them.
     pub fn describe(&self) -> String {
+        if self.dropout == 0.0 {
+            self.adapters_described()
+        } else {
+            format!("{}, dropout {}", self.adapters_described(), self.dropout)
+        }
+    }
+
+    /// The adapters' shapes and scale: the targets in one order (a block's), since the order
+    /// they are listed in changes nothing.
+    fn adapters_described(&self) -> String {
         let mut targets = self.targets.clone();
         targets.sort();
         let rslora = if self.rslora { " (rsLoRA)" } else { "" };
@@ -178,10 +202,10 @@ impl Lora {
         )
     }
 
-    /// Adapters of the same shapes and scale, whatever order the targets are listed in and
-    /// wherever they start from.
+    /// Adapters of the same shapes and scale, whatever order the targets are listed in, wherever
+    /// they start from and whatever dropout trains them.
     pub fn same_as(&self, other: &Lora) -> bool {
-        self.describe() == other.describe()
+        self.adapters_described() == other.adapters_described()
     }
 }
 
@@ -543,6 +567,8 @@ mod tests {
             ("lora: {rank: 8, alpha: 0, targets: [q_proj]}", "`lora.alpha` must be positive, got 0"),
             ("lora: {rank: 8, alpha: 16, targets: []}", "`lora.targets` is empty"),
             ("lora: {rank: 8, alpha: 16, targets: [q_proj, q_proj]}", "names a projection twice"),
+            ("lora: {rank: 8, alpha: 16, targets: [q_proj], dropout: 1.0}", "`lora.dropout` must be in [0, 1), got 1"),
+            ("lora: {rank: 8, alpha: 16, targets: [q_proj], dropout: .nan}", "`lora.dropout` must be in [0, 1), got NaN"),
         ] {
             let r: TrainRecipe = serde_norway::from_str(&format!("{base}{extra}\n")).unwrap();
             let err = r.validate().unwrap_err().to_string();
@@ -557,7 +583,7 @@ mod tests {
         for (extra, said) in [
             ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "unknown LoRA target `lm_head`: expected one of q_proj, k_proj"),
             ("lora: {rank: 8, alpha: 16, targets: [lm_head]}", "(the head and the embeddings are not adapted)"),
-            ("lora: {rank: 8, alpha: 16, targets: [q_proj], dropout: 0.05}", "dropout"),
+            ("lora: {rank: 8, alpha: 16, targets: [q_proj], drop_out: 0.05}", "unknown field `drop_out`"),
         ] {
             let err = serde_norway::from_str::<TrainRecipe>(&format!("{base}{extra}\n")).unwrap_err().to_string();
             assert!(err.contains(said), "{extra}: {err}");
@@ -597,6 +623,17 @@ mod tests {
         );
         assert!(!serde_json::to_string(&r).unwrap().contains("rslora"));
         assert!(serde_json::to_string(&rs).unwrap().contains(r#""rslora":true"#));
+        // Dropout trains the same adapters otherwise: another run's adapters fit, a resume may
+        // not change it (it changes the math of training).
+        let dropped: TrainRecipe =
+            serde_norway::from_str(&format!("{base}lora: {{rank: 8, alpha: 16, targets: [q_proj, down_proj], dropout: 0.05}}\n")).unwrap();
+        dropped.validate().unwrap();
+        assert!(dropped.lora.as_ref().unwrap().same_as(r.lora.as_ref().unwrap()));
+        assert_eq!(
+            r.math_differences(&dropped),
+            ["lora: rank 8, alpha 16, targets [q_proj, down_proj] -> rank 8, alpha 16, targets [q_proj, down_proj], dropout 0.05"]
+        );
+        assert!(!serde_json::to_string(&r).unwrap().contains("dropout"));
     }
 
     #[test]

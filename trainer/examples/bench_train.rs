@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         targets: LoraTarget::ALL.to_vec(),
         rslora: false,
         dora: false,
+        dropout: 0.0,
         from: None,
     });
     let mut model = match &lora {

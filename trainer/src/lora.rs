@@ -137,8 +137,15 @@ mod tests {
                 "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
         )
         .unwrap();
-        let lora =
-            Lora { rank: 8, alpha: 16.0, targets: vec![LoraTarget::QProj, LoraTarget::DownProj], rslora: false, dora: false, from: None };
+        let lora = Lora {
+            rank: 8,
+            alpha: 16.0,
+            targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
+            rslora: false,
+            dora: false,
+            dropout: 0.0,
+            from: None,
+        };
         let a = initial_adapters(&cfg, &lora, 1).unwrap();
         assert_eq!(a.len(), 2 * 2 * 2);
         let down = &a["model.layers.1.mlp.down_proj.lora_A.weight"];

@@ -466,7 +466,13 @@ fn train_in<B: AutodiffBackend>(
         let t0 = Instant::now();
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
         let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
-        let step = step_gradients(&model, &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
+        // LoRA dropout: this step's draws, on a copy (held-out measurement runs without).
+        let dropped = r.lora.as_ref().filter(|l| l.dropout > 0.0).map(|l| {
+            model.clone().with_dropout(Some(model::dropout::LoraDropout::for_step(l.dropout, state.seed, state.step + 1, rows.len())))
+        });
+        let step =
+            step_gradients(dropped.as_ref().unwrap_or(&model), &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
+        drop(dropped);
         let reference = reference_logprob_sum(&rows);
         let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
@@ -576,13 +582,21 @@ pub fn step_gradients<B: AutodiffBackend>(
     // and their gradients are summed in micro-batch order, which keeps the result independent
     // of thread timing.
     let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
-    for wave in chunks.chunks(concurrency.max(1)) {
+    // LoRA dropout draws by a row's place in the step: each micro-batch takes its rows' draws.
+    let first_row = |chunk: usize| chunk * micro_batch_rows.max(1);
+    for (w, wave) in chunks.chunks(concurrency.max(1)).enumerate() {
+        let first_chunk = w * concurrency.max(1);
         let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-            vec![micro_step(model, wave[0], loss, step_tokens, recompute_blocks, device)]
+            let model = model.for_rows(first_row(first_chunk), wave[0].len());
+            vec![micro_step(&model, wave[0], loss, step_tokens, recompute_blocks, device)]
         } else {
             wave.par_iter()
-                .map(|chunk| {
-                    let local = model.clone().map_params(device, |_, p| Tensor::from_inner(p.inner())).with_trainable_leaves();
+                .enumerate()
+                .map(|(j, chunk)| {
+                    let local = model
+                        .for_rows(first_row(first_chunk + j), chunk.len())
+                        .map_params(device, |_, p| Tensor::from_inner(p.inner()))
+                        .with_trainable_leaves();
                     micro_step(&local, chunk, loss, step_tokens, recompute_blocks, device)
                 })
                 .collect()
@@ -711,10 +725,10 @@ pub fn recomputed_step<B: AutodiffBackend>(
     let rotary = model.rotary(&mb.positions);
     let mut x = plain.embed(mb.input_ids.clone().inner());
     let mut kept: Vec<Kept<B>> = Vec::with_capacity(model.params.layers.len());
-    for (i, (layer, plain_layer)) in model.params.layers.iter().zip(&plain.params.layers).enumerate() {
-        if i < blocks {
+    for layer in 0..model.params.layers.len() {
+        if layer < blocks {
             kept.push(Kept::Input(x.clone()));
-            x = plain.block(plain_layer, x, &plain_rotary, &mb.segments);
+            x = plain.block(layer, x, &plain_rotary, &mb.segments);
         } else {
             let leaf = Tensor::<B, 3>::from_inner(x).require_grad();
             let y = model.block(layer, leaf.clone(), &rotary, &mb.segments);
@@ -728,7 +742,7 @@ pub fn recomputed_step<B: AutodiffBackend>(
     let mut g = parts.surrogate.backward();
     grads.take(model, &mut g);
     let mut upstream = x.grad(&g).context("no gradient for the last block's output")?;
-    for (layer, kept) in model.params.layers.iter().zip(kept).rev() {
+    for (layer, kept) in kept.into_iter().enumerate().rev() {
         let (x, y) = match kept {
             Kept::Input(x) => {
                 let x = Tensor::<B, 3>::from_inner(x).require_grad();

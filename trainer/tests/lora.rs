@@ -3,6 +3,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
+use model::dropout::LoraDropout;
 use model::logprobs::row_logprobs;
 use model::Llama;
 use model_files::checkpoint::HostTensor;
@@ -16,24 +17,29 @@ use trainer::train::{apply_update, micro_step};
 type B = Autodiff<Flex>;
 
 /// The fixtures `scripts/lora_fixtures.py` made: rank 4, alpha 8 on every projection; one with
-/// rsLoRA's scale (alpha / sqrt(rank) = 4, not alpha / rank = 2), one with DoRA's magnitudes.
-const CASES: [&str; 4] = ["llama3-tied", "qwen2-untied", "qwen3-tied-rslora", "qwen2-untied-dora"];
+/// rsLoRA's scale (alpha / sqrt(rank) = 4, not alpha / rank = 2), one with DoRA's magnitudes, and
+/// two trained with dropout 0.25 (their objective and gradients those of a step with rectify's
+/// masks, which the script draws again).
+const CASES: [&str; 6] =
+    ["llama3-tied", "qwen2-untied", "qwen3-tied-rslora", "qwen2-untied-dora", "llama3-tied-dropout", "qwen2-untied-dora-dropout"];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora").join(name)
 }
 
-/// The transformers 5 fixture a case's adapter was made on (`qwen3-tied-rslora`: `qwen3-tied`).
+/// The transformers 5 fixture a case's adapter was made on: its name's first two parts
+/// (`qwen3-tied-rslora`: `qwen3-tied`).
 fn base_model(name: &str) -> PathBuf {
-    let base = name.strip_suffix("-rslora").or(name.strip_suffix("-dora")).unwrap_or(name);
+    let base = name.splitn(3, '-').take(2).collect::<Vec<_>>().join("-");
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/transformers5").join(base)
 }
 
 /// The base fixture with PEFT's adapter on it, its trained parameters tracking gradients.
 fn adapted(name: &str) -> Llama<B> {
     let (lora, adapters) = model_files::lora::read_adapter(&fixture(name).join("adapter")).unwrap();
-    let settings = (lora.rank, lora.alpha, lora.targets.len(), lora.rslora, lora.dora);
-    assert_eq!(settings, (4, 8.0, 7, name.ends_with("-rslora"), name.ends_with("-dora")));
+    let settings = (lora.rank, lora.alpha, lora.targets.len(), lora.rslora, lora.dora, lora.dropout);
+    let dropout = if name.ends_with("-dropout") { 0.25 } else { 0.0 };
+    assert_eq!(settings, (4, 8.0, 7, name.contains("-rslora"), name.contains("-dora"), dropout));
     Llama::<B>::load(&base_model(name), &Default::default()).unwrap().with_lora(&lora, &adapters).unwrap().with_trainable_leaves()
 }
 
@@ -41,6 +47,9 @@ struct Case {
     row: Row,
     logprobs: Vec<f32>,
     objective: f64,
+    /// The seed and step whose dropout masks the objective was computed with (the row is the
+    /// step's row 0).
+    dropout: Option<(u64, u64)>,
 }
 
 fn case(name: &str) -> Case {
@@ -54,7 +63,11 @@ fn case(name: &str) -> Case {
         ref_logprobs: None,
     };
     let logprobs = c["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    Case { row, logprobs, objective: c["objective"].as_f64().unwrap() }
+    let dropout = c.get("dropout").map(|d| {
+        assert_eq!(d["slot"], 0);
+        (d["seed"].as_u64().unwrap(), d["step"].as_u64().unwrap())
+    });
+    Case { row, logprobs, objective: c["objective"].as_f64().unwrap(), dropout }
 }
 
 fn host(t: Tensor<Flex, 2>) -> Vec<f32> {
@@ -125,12 +138,15 @@ fn export_merges_a_peft_adapter_into_its_base() {
     assert!(!run.status.success() && err.contains("typo: no such file or folder"), "{err}");
 }
 
-/// One DFT micro-step gives PEFT's objective and PEFT's gradient of every adapter, with and
+/// One DFT micro-step gives PEFT's objective and PEFT's gradient of every adapter (with dropout:
+/// with rectify's masks, the same in the recomputed forward pass), with and
 /// without activation recompute, and no gradient for a base weight.
 #[test]
 fn dft_gradients_of_the_adapters_equal_pefts() {
     for name in CASES {
         let (model, c) = (adapted(name), case(name));
+        let p = model.lora.as_ref().unwrap().dropout;
+        let model = model.with_dropout(c.dropout.map(|(seed, step)| LoraDropout::for_step(p, seed, step, 1)));
         let want: BTreeMap<String, HostTensor> =
             model_files::safetensors::read_safetensors(fixture(name).join("grads.safetensors")).unwrap();
         let n = c.row.targets() as f64;
@@ -163,6 +179,7 @@ fn a_rank_larger_than_a_projection_is_refused() {
         targets: vec![schemas::train::LoraTarget::KProj],
         rslora: false,
         dora: false,
+        dropout: 0.0,
         from: None,
     };
     let err = base.with_lora(&lora, &BTreeMap::new()).unwrap_err().to_string();

@@ -454,7 +454,9 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     let dir = tmp.path();
     tiny_model(&dir.join("tiny"));
     tiny_snapshot(dir);
-    let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}\ncheckpoint_every: 2\nsteps: 4\n";
+    // With dropout: its masks follow from the seed and the step, so the resumed run draws the
+    // uninterrupted one's.
+    let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj], dropout: 0.1}\ncheckpoint_every: 2\nsteps: 4\n";
     let write = |name: &str| {
         let path = recipe(dir, name);
         let text = std::fs::read_to_string(&path).unwrap().replace("steps: 6\n", "").replace("checkpoint_every: 1\n", "");
@@ -470,7 +472,8 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
         assert!(out.status.success(), "{err}");
         // 2 blocks x (q 32x32 + v 16x32 + down 32x64): A and B of rank 4.
         let trained = 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4 + 4 * 64 + 32 * 4);
-        assert!(err.contains(&format!("LoRA rank 4, alpha 8, targets [q_proj, v_proj, down_proj]: {trained} trained parameters")), "{err}");
+        let said = format!("LoRA rank 4, alpha 8, targets [q_proj, v_proj, down_proj], dropout 0.1: {trained} trained parameters");
+        assert!(err.contains(&said), "{err}");
         assert!(
             err.contains(&format!("of the base model's {}", 49152 * 32 + 2 * (2 * 32 + 2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 64) + 32)),
             "{err}"
@@ -488,7 +491,7 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     assert!(adapters.keys().all(|k| k.starts_with("base_model.model.model.layers.") && k.contains(".lora_")));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("a/final/adapter/adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(4), Some(8.0)));
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64(), config["lora_dropout"].as_f64()), (Some(4), Some(8.0), Some(0.1)));
     let moments = tensors("a/checkpoints/step-000004/optimizer.safetensors");
     assert_eq!(moments.len(), 2 * adapters.len(), "an m and a v per adapter, none for frozen weights");
 
@@ -515,14 +518,17 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
 
     // Other adapters on resume: refused, naming both; rsLoRA's scale is another model too.
     let text = std::fs::read_to_string(&b).unwrap();
-    std::fs::write(&b, text.replace("v_proj]}", "v_proj], rslora: true}")).unwrap();
+    std::fs::write(&b, text.replace("dropout: 0.1}", "dropout: 0.1, rslora: true}")).unwrap();
     let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("-> rank 4, alpha 8 (rsLoRA), targets [q_proj, v_proj, down_proj]"), "{err}");
     std::fs::write(&b, text.replace("rank: 4", "rank: 8")).unwrap();
     let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("lora: rank 4, alpha 8, targets [q_proj, v_proj, down_proj] -> rank 8"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("lora: rank 4, alpha 8, targets [q_proj, v_proj, down_proj], dropout 0.1 -> rank 8"),
+        "{err}"
+    );
 }
 
 /// A recipe `NAME.yaml` in `dir` training `model` on the tiny snapshot for `steps` steps at `lr`
@@ -544,7 +550,8 @@ fn train(recipe: &Path) -> (bool, String) {
 
 /// DoRA starts at the base model (`B` zero, each magnitude its row's norm), so its first
 /// objective is plain LoRA's; it trains the magnitudes too, saves them as PEFT does, and its
-/// `final/adapter` merged by `trainer export` is the `final/` it saved.
+/// `final/adapter` merged by `trainer export` is the `final/` it saved. Dropout changes the
+/// second step (the first's output is the base model's, whatever the low-rank path drops).
 #[test]
 fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -553,12 +560,15 @@ fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
     tiny_snapshot(dir);
     let targets = "rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
     let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
-    for (name, extra) in [("lora", ""), ("dora", ", dora: true")] {
+    for (name, extra) in [("lora", ""), ("dora", ", dora: true"), ("dropped", ", dropout: 0.5")] {
         let (ok, log) = train(&lora_recipe(dir, name, "tiny", 2, 1e-2, &format!("lora: {{{targets}{extra}}}\n")));
         assert!(ok, "{log}");
     }
     let (lora, dora) = (first_objective("lora"), first_objective("dora"));
     assert!((lora - dora).abs() <= 1e-6 * lora.abs(), "DoRA's first objective {dora}, plain LoRA's {lora}");
+    let second = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[1];
+    assert_eq!(first_objective("dropped"), lora);
+    assert!((second("dropped") - second("lora")).abs() > 1e-4 * second("lora").abs(), "dropout changed nothing");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("dora/final/adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["use_dora"], true);
