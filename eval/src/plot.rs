@@ -223,6 +223,15 @@ impl Canvas {
         if path.exists() && !is_png(path) {
             anyhow::bail!("{} exists and is not a PNG image: choose another path, or remove it first", path.display());
         }
+        // PNG bytes under another image's name would open as a broken file.
+        if let Some(ext) = path.extension().filter(|e| !e.eq_ignore_ascii_case("png")) {
+            anyhow::bail!(
+                "{}: charts are PNG images, not .{}: name it {}",
+                path.display(),
+                ext.to_string_lossy(),
+                path.with_extension("png").display()
+            );
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -1162,5 +1171,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&summary).unwrap(), "{}");
         let err = c.save_png(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("is a folder: give the PNG file's name"), "{err}");
+        // Another image format's name is refused, not filled with PNG bytes.
+        let err = c.save_png(&dir.path().join("chart.jpg")).unwrap_err().to_string();
+        assert!(err.contains("chart.jpg: charts are PNG images, not .jpg: name it "), "{err}");
+        assert!(err.contains(&format!("name it {}", dir.path().join("chart.png").display())), "{err}");
+        assert!(!dir.path().join("chart.jpg").exists());
+        c.save_png(&dir.path().join("CHART.PNG")).unwrap();
     }
 }

@@ -267,14 +267,9 @@ fn lora_from_config(c: &Value) -> Result<Lora> {
         Some(v) => v.as_bool().with_context(|| format!("`{key}` is {v}: it is true or false")),
     };
     let (rslora, dora) = (switch("use_rslora")?, switch("use_dora")?);
-    // How it was trained; nothing once trained (dropout is off in inference and merges).
-    let dropout = match field("lora_dropout") {
-        None => 0.0,
-        Some(v) => {
-            v.as_f64().filter(|p| (0.0..1.0).contains(p)).with_context(|| format!("`lora_dropout` is {v}: a probability in [0, 1)"))?
-        }
-    };
-    let lora = Lora { rank, alpha, targets, rslora, dora, dropout, from: None };
+    // `lora_dropout` is how the adapter was trained, and changes nothing once it is (dropout is
+    // off in inference and merges; a run continuing from it trains with its recipe's): not read.
+    let lora = Lora { rank, alpha, targets, rslora, dora, dropout: 0.0, from: None };
     lora.validate()?;
     Ok(lora)
 }
@@ -300,6 +295,11 @@ mod tests {
         write_adapter(dir.path(), &lora, &tensors, "base").unwrap();
         let (back, read) = read_adapter(dir.path()).unwrap();
         assert_eq!((back, read), (lora.clone(), tensors.clone()));
+        // Dropout is recorded as PEFT records it, and not read back: it trained the adapter.
+        let dropped = Lora { dropout: 0.1, ..lora.clone() };
+        write_adapter(dir.path(), &dropped, &tensors, "base").unwrap();
+        assert!(std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap().contains(r#""lora_dropout": 0.1"#));
+        assert_eq!(read_adapter(dir.path()).unwrap().0, lora);
         // rsLoRA's scale is written as PEFT spells it, and read back.
         let rs = Lora { rslora: true, ..lora.clone() };
         write_adapter(dir.path(), &rs, &tensors, "base").unwrap();

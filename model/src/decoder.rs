@@ -446,10 +446,7 @@ impl<B: Backend> Llama<B> {
         let (Some(ad), Some(lora)) = (l.lora.get(&target), &self.lora) else {
             return linear(x, w, bias);
         };
-        let dropped = self.dropout.as_ref().filter(|d| d.p > 0.0).map(|d| {
-            let [_, t, width] = x.dims();
-            x.clone() * d.mask::<B>(layer, target, t, width, &x.device())
-        });
+        let dropped = self.dropout.as_ref().filter(|d| d.p > 0.0).map(|d| d.apply(layer, target, x.clone()));
         let low = linear(linear(dropped.clone().unwrap_or_else(|| x.clone()), &ad.a, None), &ad.b, None).mul_scalar(lora.scale());
         let Some(m) = &ad.magnitude else {
             return linear(x, w, bias) + low;

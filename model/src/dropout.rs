@@ -44,23 +44,25 @@ impl LoraDropout {
         LoraDropout { first: self.first + first, rows, ..self.clone() }
     }
 
-    /// The mask of the input `[rows, seq, width]` of projection `target` of block `layer`: 0
-    /// where an element is dropped, `1 / (1 - p)` where it is kept.
-    pub fn mask<B: Backend>(&self, layer: usize, target: LoraTarget, seq: usize, width: usize, device: &B::Device) -> Tensor<B, 3> {
+    /// `x`, the input `[rows, seq, width]` of projection `target` of block `layer`, with its
+    /// dropped elements zeroed and the rest scaled by `1 / (1 - p)`. The mask travels and is kept
+    /// for the backward pass as booleans (a byte each), as torch's dropout keeps it.
+    pub fn apply<B: Backend>(&self, layer: usize, target: LoraTarget, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [rows, seq, width] = x.dims();
+        assert_eq!(rows, self.rows, "one draw per row of the batch");
         let index = LoraTarget::ALL.iter().position(|&t| t == target).expect("every target is in ALL") as u64;
         let site = mix64(((layer as u64) << 8) | index);
         // `p · 2^53` as an integer: a 53-bit draw below it is dropped.
         let cut = (self.p * (1u64 << 53) as f64).ceil() as u64;
-        let kept = (1.0 / (1.0 - self.p)) as f32;
-        let mut data = vec![0.0f32; self.rows * seq * width];
-        data.par_chunks_mut((seq * width).max(1)).enumerate().for_each(|(r, row)| {
+        let mut dropped = vec![false; rows * seq * width];
+        dropped.par_chunks_mut((seq * width).max(1)).enumerate().for_each(|(r, row)| {
             let key = mix64(mix64(self.step ^ (self.first + r) as u64) ^ site);
-            for (i, x) in row.iter_mut().enumerate() {
-                let draw = mix64(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 11;
-                *x = if draw >= cut { kept } else { 0.0 };
+            for (i, d) in row.iter_mut().enumerate() {
+                *d = mix64(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 11 < cut;
             }
         });
-        Tensor::from_data(TensorData::new(data, [self.rows, seq, width]), device)
+        let mask = Tensor::from_data(TensorData::new(dropped, [rows, seq, width]), &x.device());
+        x.mask_fill(mask, 0.0).mul_scalar(1.0 / (1.0 - self.p))
     }
 }
 
@@ -70,8 +72,10 @@ mod tests {
     use burn::backend::Flex;
     use schemas::rng::SplitMix64;
 
+    /// The mask as `apply` multiplies by it: `apply` to ones.
     fn host(d: &LoraDropout, layer: usize, target: LoraTarget, seq: usize, width: usize) -> Vec<f32> {
-        d.mask::<Flex>(layer, target, seq, width, &Default::default()).into_data().to_vec().unwrap()
+        let ones = Tensor::<Flex, 3>::ones([d.rows, seq, width], &Default::default());
+        d.apply(layer, target, ones).into_data().to_vec().unwrap()
     }
 
     #[test]

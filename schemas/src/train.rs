@@ -48,7 +48,8 @@ spelled!(LrSchedule, "lr_schedule", { Cosine => "cosine", Linear => "linear", Co
 
 /// Low-rank adaptation (LoRA, Hu et al. 2021) as PEFT's `LoraConfig` computes it: each target
 /// projection `W` of every block gains `scale · B A` (`scale`: `alpha / rank`, or `alpha /
-/// sqrt(rank)` with `rslora`), with `A` `[rank, in]` and `B` `[out, rank]`; only `A` and `B` train, the base weights stay as loaded. `A` starts as PEFT
+/// sqrt(rank)` with `rslora`), with `A` `[rank, in]` and `B` `[out, rank]`; only `A` and `B` (and
+/// DoRA's magnitudes) train, the base weights stay as loaded. `A` starts as PEFT
 /// draws it (uniform in `±1/sqrt(in)`), `B` at zero, so the first forward pass is the base model's;
 /// or both start as a PEFT adapter folder holds them (`from`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -53,7 +53,7 @@ pub fn adapters_from(dir: &std::path::Path, lora: &Lora) -> anyhow::Result<(BTre
     let (saved, adapters) = model_files::lora::read_adapter(dir).map_err(|e| anyhow::anyhow!("`lora.from`: {e:#}"))?;
     if !saved.same_as(lora) {
         anyhow::bail!(
-            "`lora.from` {} holds adapters of {}, the recipe asks for {}: give the recipe the adapter's rank, alpha and targets",
+            "`lora.from` {} holds adapters of {}, the recipe asks for {}: give the recipe the adapter's rank, alpha, targets, rslora and dora",
             dir.display(),
             saved.describe(),
             lora.describe()

@@ -962,8 +962,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `base` with the PEFT LoRA adapter in `dir` merged into its weights (`W + alpha/rank · B A`,
-/// as the merged `final/` of a LoRA run holds them). The adapter's shapes must fit the base;
+/// `base` with the PEFT LoRA adapter in `dir` merged into its weights (`W + scale · B A`, with
+/// DoRA each row then scaled by its factor, as the merged `final/` of a LoRA run holds them). The adapter's shapes must fit the base;
 /// that it was trained on this base, not another of the same shapes, cannot be checked.
 fn merged_adapter(base: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<model_files::checkpoint::Checkpoint> {
     if !dir.exists() {

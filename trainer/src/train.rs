@@ -1033,6 +1033,44 @@ mod tests {
         }
     }
 
+    /// LoRA dropout draws by a row's place in the step: one micro-batch of both rows, one row at
+    /// a time, and both side by side give the same step (its masks, so its objective and
+    /// gradients), and with activation recompute too; without dropout the step is another.
+    #[test]
+    fn lora_dropout_draws_by_row_not_by_micro_batch() {
+        use model::dropout::LoraDropout;
+        use schemas::train::{Lora, LoraTarget};
+        let rows = rows();
+        let rows: Vec<&Row> = rows.iter().collect();
+        let base = tiny("llama");
+        let lora = Lora { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), rslora: false, dora: true, dropout: 0.3, from: None };
+        let mut adapters = crate::lora::initial_adapters(&base.config, &lora, 1).unwrap();
+        // B away from zero, so that the low-rank path (what dropout drops) counts.
+        for (name, t) in adapters.iter_mut().filter(|(n, _)| n.ends_with(".lora_B.weight")) {
+            t.data.iter_mut().enumerate().for_each(|(i, x)| *x = 0.2 * ((i + name.len()) as f32).sin());
+        }
+        adapters.extend(base.initial_magnitudes(&lora));
+        let model = base.with_lora(&lora, &adapters).unwrap().with_trainable_leaves();
+        let dropped = model.clone().with_dropout(Some(LoraDropout::for_step(lora.dropout, 5, 1, rows.len())));
+        let dev = Default::default();
+        let kind = Loss::from(LossKind::Dft);
+        let whole = step_gradients(&dropped, &rows, 2, 1, kind, 0, &dev).unwrap();
+        let want: BTreeMap<String, Vec<f32>> = whole.grads.iter().map(|(n, g)| (n.clone(), host(g.clone()))).collect();
+        for (micro, concurrency, recompute) in [(1, 1, 0), (1, 2, 0), (2, 1, 1), (1, 2, 2)] {
+            let got = step_gradients(&dropped, &rows, micro, concurrency, kind, recompute, &dev).unwrap();
+            let what = format!("{micro} row(s) per micro-batch, {concurrency} at once, {recompute} blocks recomputed");
+            assert!(
+                (got.objective - whole.objective).abs() < 1e-6 * whole.objective.abs(),
+                "{what}: {} vs {}",
+                got.objective,
+                whole.objective
+            );
+            assert_same_grads(&got.grads, &want, &what);
+        }
+        let plain = step_gradients(&model, &rows, 2, 1, kind, 0, &dev).unwrap();
+        assert!((plain.objective - whole.objective).abs() > 1e-3 * whole.objective.abs(), "dropout changed nothing");
+    }
+
     /// The held-out measurement (per-token log-probabilities as scoring computes them, the
     /// objective on the host) equals the training objective (chunked closed form, on the device)
     /// of the same model on the same rows, for each loss; iw-SFT without reference
