@@ -45,8 +45,7 @@ pub fn write_adapter(dir: &Path, lora: &Lora, tensors: &BTreeMap<String, HostTen
 }
 
 /// Reads a PEFT adapter folder: its settings and its tensors by in-memory name. Settings that
-/// rectify does not compute ( trained biases, per-layer ranks, other
-/// modules) are errors naming the field, since ignoring one would give another model.
+/// rectify does not compute (trained biases, per-layer ranks, other modules, QA-LoRA) are errors naming the field, since ignoring one would give another model.
 pub fn read_adapter(dir: &Path) -> Result<(Lora, BTreeMap<String, HostTensor>)> {
     let config_path = dir.join(CONFIG_FILE);
     if !config_path.is_file() {
@@ -281,15 +280,7 @@ mod tests {
     #[test]
     fn written_adapters_read_back_and_unknown_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora {
-            rank: 2,
-            alpha: 4.0,
-            targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
-            rslora: false,
-            dora: false,
-            dropout: 0.0,
-            from: None,
-        };
+        let lora = Lora::plain(2, 4.0, vec![LoraTarget::QProj, LoraTarget::DownProj]);
         let t = HostTensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
         let tensors = BTreeMap::from([("model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), t)]);
         write_adapter(dir.path(), &lora, &tensors, "base").unwrap();
@@ -363,7 +354,7 @@ mod tests {
     #[test]
     fn adapter_tensors_are_checked_against_the_config() {
         let dir = tempfile::tempdir().unwrap();
-        let lora = Lora { rank: 2, alpha: 4.0, targets: vec![LoraTarget::QProj], rslora: false, dora: false, dropout: 0.0, from: None };
+        let lora = Lora::plain(2, 4.0, vec![LoraTarget::QProj]);
         let a = |data: Vec<f32>| HostTensor { shape: vec![2, 3], data };
         let read = |name: &str, t: HostTensor| {
             let d = dir.path().join(name);

@@ -31,7 +31,8 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
     /// Every weight, named by [`Params::map`], with the LoRA adapters when `lora` is set.
     pub params: Params<Tensor<B, 2>>,
-    /// The adapters' settings: each adapted projection adds `scale · B A` (see [`Llama::with_lora`]).
+    /// The adapters' settings: each adapted projection adds `scale · B A`, with DoRA then scaled
+    /// row by row (see `Llama::project`).
     pub lora: Option<Lora>,
     /// LoRA dropout in a training forward pass ([`Llama::with_dropout`]); None everywhere else.
     pub dropout: Option<LoraDropout>,

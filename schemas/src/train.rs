@@ -80,8 +80,8 @@ pub struct Lora {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropout: f64,
     /// A PEFT adapter folder (relative to the recipe) whose adapters training starts from, as
-    /// LLaMA-Factory's `adapter_name_or_path` continues one: its rank, alpha and targets must be
-    /// these. None: fresh adapters.
+    /// LLaMA-Factory's `adapter_name_or_path` continues one: its rank, alpha, targets, `rslora`
+    /// and `dora` must be these. None: fresh adapters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
 }
@@ -138,6 +138,12 @@ fn lora_targets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<LoraTarget
 }
 
 impl Lora {
+    /// Plain LoRA of these shapes from fresh adapters: PEFT's defaults for the rest (no rsLoRA,
+    /// DoRA or dropout).
+    pub fn plain(rank: usize, alpha: f64, targets: Vec<LoraTarget>) -> Lora {
+        Lora { rank, alpha, targets, rslora: false, dora: false, dropout: 0.0, from: None }
+    }
+
     /// The factor of `B A`: `alpha / rank`, or `alpha / sqrt(rank)` with rsLoRA (PEFT's
     /// `scaling`, with and without `use_rslora`).
     pub fn scale(&self) -> f64 {

@@ -86,15 +86,7 @@ fn main() -> anyhow::Result<()> {
     let dev = Default::default();
     let base = Llama::<B>::load(Path::new(&args[1]), &dev)?;
     let cfg = base.config.clone();
-    let lora = lora_rank.map(|rank| Lora {
-        rank,
-        alpha: 2.0 * rank as f64,
-        targets: LoraTarget::ALL.to_vec(),
-        rslora: false,
-        dora: false,
-        dropout: 0.0,
-        from: None,
-    });
+    let lora = lora_rank.map(|rank| Lora::plain(rank, 2.0 * rank as f64, LoraTarget::ALL.to_vec()));
     let mut model = match &lora {
         None => base,
         Some(lora) => {

@@ -40,7 +40,8 @@ pub fn initial_adapters(cfg: &LlamaConfig, lora: &Lora, seed: u64) -> anyhow::Re
 
 /// The adapters of the folder `lora.from` names, checked for the run before anything costly is
 /// loaded: an adapter folder (pointing to the `adapter/` of a run's `final/` or checkpoint where
-/// it was given instead), of `lora`'s rank, alpha and targets, with its sha256 for the state.
+/// it was given instead), of `lora`'s adapters ([`Lora::same_as`]: rank, alpha, targets, rsLoRA
+/// and DoRA), with its sha256 for the state.
 pub fn adapters_from(dir: &std::path::Path, lora: &Lora) -> anyhow::Result<(BTreeMap<String, HostTensor>, String)> {
     use model_files::lora::CONFIG_FILE;
     if !dir.exists() {
@@ -137,15 +138,7 @@ mod tests {
                 "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
         )
         .unwrap();
-        let lora = Lora {
-            rank: 8,
-            alpha: 16.0,
-            targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
-            rslora: false,
-            dora: false,
-            dropout: 0.0,
-            from: None,
-        };
+        let lora = Lora::plain(8, 16.0, vec![LoraTarget::QProj, LoraTarget::DownProj]);
         let a = initial_adapters(&cfg, &lora, 1).unwrap();
         assert_eq!(a.len(), 2 * 2 * 2);
         let down = &a["model.layers.1.mlp.down_proj.lora_A.weight"];

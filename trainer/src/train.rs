@@ -1043,7 +1043,7 @@ mod tests {
         let rows = rows();
         let rows: Vec<&Row> = rows.iter().collect();
         let base = tiny("llama");
-        let lora = Lora { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), rslora: false, dora: true, dropout: 0.3, from: None };
+        let lora = Lora { dora: true, dropout: 0.3, ..Lora::plain(2, 4.0, LoraTarget::ALL.to_vec()) };
         let mut adapters = crate::lora::initial_adapters(&base.config, &lora, 1).unwrap();
         // B away from zero, so that the low-rank path (what dropout drops) counts.
         for (name, t) in adapters.iter_mut().filter(|(n, _)| n.ends_with(".lora_B.weight")) {

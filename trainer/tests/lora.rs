@@ -176,15 +176,7 @@ fn dft_gradients_of_the_adapters_equal_pefts() {
 #[test]
 fn a_rank_larger_than_a_projection_is_refused() {
     let base = Llama::<B>::load(&base_model(CASES[0]), &Default::default()).unwrap();
-    let lora = schemas::train::Lora {
-        rank: 9,
-        alpha: 9.0,
-        targets: vec![schemas::train::LoraTarget::KProj],
-        rslora: false,
-        dora: false,
-        dropout: 0.0,
-        from: None,
-    };
+    let lora = schemas::train::Lora::plain(9, 9.0, vec![schemas::train::LoraTarget::KProj]);
     let err = base.with_lora(&lora, &BTreeMap::new()).unwrap_err().to_string();
     // The fixture's k_proj is [8, 16]: one key head of 8 over a hidden size of 16.
     assert!(err.contains("`lora.rank` 9 is larger than k_proj's smaller side (8, of [8, 16])"), "{err}");

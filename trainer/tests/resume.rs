@@ -33,8 +33,13 @@ fn tiny_model(dir: &Path) {
     model_files::checkpoint::save_hf(dir, &Checkpoint { config, tensors }).unwrap();
 }
 
-fn tiny_snapshot(dir: &Path) -> PathBuf {
-    gsm8k_snapshot(dir, "snap", 40, "")
+/// A fresh folder holding the tiny model (`tiny/`) and a snapshot of 40 GSM8K examples (`snap/`).
+fn tiny_run_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(&tmp.path().join("tiny"));
+    let snap = gsm8k_snapshot(tmp.path(), "snap", 40, "");
+    assert_eq!(snap, tmp.path().join("snap"));
+    tmp
 }
 
 fn recipe(dir: &Path, name: &str) -> PathBuf {
@@ -70,10 +75,8 @@ fn objectives(metrics: &str) -> Vec<f64> {
 
 #[test]
 fn kill_9_and_resume_reaches_the_same_weights() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
 
     let a = recipe(dir, "a");
     let status = trainer(&["train", "--recipe", a.to_str().unwrap()]).status().unwrap();
@@ -173,10 +176,8 @@ fn kill_9_and_resume_reaches_the_same_weights() {
 
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let r = recipe(dir, "nan");
     // An absurd learning rate overflows the weights after the first update.
     let text = std::fs::read_to_string(&r).unwrap().replace("lr: 1e-3", "lr: 1.0e+30");
@@ -196,10 +197,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint() {
 /// warning that nothing is left to train.
 #[test]
 fn resume_says_when_there_is_nothing_to_resume() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let r = recipe(dir, "fin");
     let run = |extra: &[&str]| trainer(&[&["train", "--recipe", r.to_str().unwrap(), "--steps", "2"], extra].concat()).output().unwrap();
     let out = run(&["--resume"]);
@@ -218,10 +217,8 @@ fn resume_says_when_there_is_nothing_to_resume() {
 /// has, found once the model is loaded) leaves no empty folder; an existing folder stays.
 #[test]
 fn a_refused_run_leaves_no_empty_output_folder() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let r = recipe(dir, "refused");
     let out = trainer(&["train", "--recipe", r.to_str().unwrap(), "--recompute", "99"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -236,10 +233,9 @@ fn a_refused_run_leaves_no_empty_output_folder() {
 /// `e` visits the rows in `shuffle(0..n, seed ^ mix64(e))` order.
 #[test]
 fn no_save_writes_only_metrics_with_each_steps_rows() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    let snap = tiny_snapshot(dir);
+    let snap = dir.join("snap");
     let r = recipe(dir, "ns");
     let status = trainer(&["train", "--recipe", r.to_str().unwrap(), "--no-save"]).status().unwrap();
     assert!(status.success());
@@ -272,10 +268,8 @@ fn no_save_writes_only_metrics_with_each_steps_rows() {
 /// step 7, or the peak throughout.
 #[test]
 fn the_lr_schedule_flag_sets_each_steps_learning_rate() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let r = recipe(dir, "sched");
     let lrs = |schedule: &[&str]| -> Vec<f64> {
         let _ = std::fs::remove_dir_all(dir.join("sched"));
@@ -317,10 +311,9 @@ fn measured(path: &Path) -> Vec<(u64, f64, u64)> {
 /// training rows are warned about.
 #[test]
 fn held_out_loss_is_measured_without_changing_training() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    let snap = tiny_snapshot(dir);
+    let snap = dir.join("snap");
     let gsm = common::repo().join("datasets/raw/gsm8k/train.jsonl");
     let held_out = |name: &str, skip: usize| {
         let recipe = format!(
@@ -450,10 +443,8 @@ fn device_cuda_on_a_cpu_build_says_how_to_build_one() {
 /// same adapters and weights, bit for bit; a resume with other adapters is refused.
 #[test]
 fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     // With dropout: its masks follow from the seed and the step, so the resumed run draws the
     // uninterrupted one's.
     let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj], dropout: 0.1}\ncheckpoint_every: 2\nsteps: 4\n";
@@ -554,10 +545,8 @@ fn train(recipe: &Path) -> (bool, String) {
 /// second step (the first's output is the base model's, whatever the low-rank path drops).
 #[test]
 fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let targets = "rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
     let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
     for (name, extra) in [("lora", ""), ("dora", ", dora: true"), ("dropped", ", dropout: 0.5")] {
@@ -604,10 +593,8 @@ fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
 /// settings, a run's adapters on another base, and a resume from other adapters are refused.
 #[test]
 fn lora_from_an_adapter_folder_starts_where_it_ended() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tiny_run_dir();
     let dir = tmp.path();
-    tiny_model(&dir.join("tiny"));
-    tiny_snapshot(dir);
     let lora = "lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]";
     let write = |name: &str, model: &str, steps: u64, lr: f64, lora: &str| lora_recipe(dir, name, model, steps, lr, lora);
     let first_objective = |name: &str| objectives(&std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap())[0];
