@@ -585,6 +585,16 @@ fn dora_starts_at_the_base_model_and_its_adapter_merges_to_its_final_model() {
         assert!(gap <= 1e-6, "{name}: the export differs by {gap}");
         assert_eq!(*t == base[name], !["q_proj", "v_proj", "down_proj"].iter().any(|p| name.contains(p)), "{name}");
     }
+    // Continued from its adapter (`lora.from`, magnitudes included), DoRA starts where the run
+    // ended: its first objective is that of the merged final/ trained in full, on the same rows.
+    let from = format!("lora: {{{targets}, dora: true, from: dora/final/adapter}}\n");
+    for (name, model, lora) in [("dora-from", "tiny", from.as_str()), ("merged-full", "dora/final", "")] {
+        let (ok, log) = train(&lora_recipe(dir, name, model, 1, 1e-3, lora));
+        assert!(ok, "{log}");
+    }
+    let (from, full) = (first_objective("dora-from"), first_objective("merged-full"));
+    assert!((from - full).abs() <= 1e-5 * full.abs(), "from the DoRA adapter {from}, its merged model {full}");
+    assert!((from - lora).abs() > 1e-3 * lora.abs(), "the adapter changes nothing: {from} against the base's {lora}");
 }
 
 /// `lora.from` starts the adapters as a PEFT adapter folder holds them: the first step's
