@@ -218,10 +218,9 @@ impl<B: Backend> Llama<B> {
                 for (target, ad) in std::mem::take(&mut block.lora) {
                     // Detached: a save records no autodiff graph over a copy of the weights.
                     let w = block.weight_mut(target);
-                    let factor = ad.magnitude.as_ref().map(|m| dora_factor(w, &ad, m, lora.scale()).detach().transpose());
-                    let adapted = w.clone().detach() + ad.b.detach().matmul(ad.a.detach()).mul_scalar(lora.scale());
-                    *w = match factor {
-                        Some(factor) => adapted * factor,
+                    let adapted = adapted_weight(w, &ad, lora.scale());
+                    *w = match &ad.magnitude {
+                        Some(m) => adapted.clone() * dora_factor(adapted, m).detach().transpose(),
                         None => adapted,
                     };
                 }
@@ -309,12 +308,6 @@ impl<B: Backend> Llama<B> {
     /// `dropout` draws (a training step's; see [`LoraDropout`]), or none.
     pub fn with_dropout(self, dropout: Option<LoraDropout>) -> Self {
         Llama { dropout, ..self }
-    }
-
-    /// The model for `rows` rows of a step from the `first`-th on (a micro-batch): its dropout
-    /// narrowed to their draws.
-    pub fn for_rows(&self, first: usize, rows: usize) -> Self {
-        Llama { dropout: self.dropout.as_ref().map(|d| d.rows(first, rows)), ..self.clone() }
     }
 
     /// Whether training updates parameter `name`: with LoRA only the adapters, else every one.
@@ -447,12 +440,12 @@ impl<B: Backend> Llama<B> {
         let (Some(ad), Some(lora)) = (l.lora.get(&target), &self.lora) else {
             return linear(x, w, bias);
         };
-        let dropped = self.dropout.as_ref().filter(|d| d.p > 0.0).map(|d| d.apply(layer, target, x.clone()));
+        let dropped = self.dropout.as_ref().map(|d| d.apply(layer, target, x.clone()));
         let low = linear(linear(dropped.clone().unwrap_or_else(|| x.clone()), &ad.a, None), &ad.b, None).mul_scalar(lora.scale());
         let Some(m) = &ad.magnitude else {
             return linear(x, w, bias) + low;
         };
-        let factor = dora_factor(w, ad, m, lora.scale()).unsqueeze::<3>();
+        let factor = dora_factor(adapted_weight(w, ad, lora.scale()), m).unsqueeze::<3>();
         match dropped {
             Some(dropped) => linear(x, w, bias) + linear(dropped, w, None) * factor.clone().sub_scalar(1.0) + low * factor,
             None => {
@@ -466,14 +459,17 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// DoRA's factor of each output row of projection `w`, `m / ||W + scale · B A||` as `[1, out]`,
-/// the norm taken over each row of the adapted weight and detached: DoRA's section 4.3 (and PEFT)
-/// hold it constant in the backward pass, so `m` gets its gradient through the factor and `A`,
-/// `B` theirs through the low-rank path only. This forms `B A` (`[out, in]`) once per call.
-fn dora_factor<B: Backend>(w: &Tensor<B, 2>, ad: &Adapter<Tensor<B, 2>>, m: &Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
-    let adapted = w.clone().detach() + ad.b.clone().detach().matmul(ad.a.clone().detach()).mul_scalar(scale);
-    let norm = adapted.square().sum_dim(1).sqrt();
-    m.clone() / norm.transpose()
+/// DoRA's factor of each output row, `m / ||W + scale · B A||` as `[1, out]`, from the detached
+/// adapted weight ([`adapted_weight`]): DoRA's section 4.3 (and PEFT) hold the norm constant in
+/// the backward pass, so `m` gets its gradient through the factor and `A`, `B` theirs through the
+/// low-rank path only.
+fn dora_factor<B: Backend>(adapted: Tensor<B, 2>, m: &Tensor<B, 2>) -> Tensor<B, 2> {
+    m.clone() / adapted.square().sum_dim(1).sqrt().transpose()
+}
+
+/// `W + scale · B A`, detached: the adapted weight of projection `w` (`[out, in]`).
+fn adapted_weight<B: Backend>(w: &Tensor<B, 2>, ad: &Adapter<Tensor<B, 2>>, scale: f64) -> Tensor<B, 2> {
+    w.clone().detach() + ad.b.clone().detach().matmul(ad.a.clone().detach()).mul_scalar(scale)
 }
 
 fn trains(lora: bool, name: &str) -> bool {

@@ -14,7 +14,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
-use schemas::rng::mix64;
+use schemas::rng::{mix64, SplitMix64};
 use schemas::train::LoraTarget;
 
 /// Keeps the masks' draw apart from the adapters' initial draw and the data order, which the same
@@ -57,8 +57,8 @@ impl LoraDropout {
         let mut dropped = vec![false; rows * seq * width];
         dropped.par_chunks_mut((seq * width).max(1)).enumerate().for_each(|(r, row)| {
             let key = mix64(mix64(self.step ^ (self.first + r) as u64) ^ site);
-            for (i, d) in row.iter_mut().enumerate() {
-                *d = mix64(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 11 < cut;
+            for (d, draw) in row.iter_mut().zip(SplitMix64::new(key)) {
+                *d = draw >> 11 < cut;
             }
         });
         let mask = Tensor::from_data(TensorData::new(dropped, [rows, seq, width]), &x.device());
@@ -70,7 +70,6 @@ impl LoraDropout {
 mod tests {
     use super::*;
     use burn::backend::Flex;
-    use schemas::rng::SplitMix64;
 
     /// The mask as `apply` multiplies by it: `apply` to ones.
     fn host(d: &LoraDropout, layer: usize, target: LoraTarget, seq: usize, width: usize) -> Vec<f32> {

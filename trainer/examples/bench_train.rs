@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
     for step_rows in rows.chunks(per_step) {
         let t = Instant::now();
         let step_rows: Vec<&Row> = step_rows.iter().collect();
-        let step = step_gradients(&model, &step_rows, 1, cores, LossKind::Dft.into(), recompute_blocks, &dev)?;
+        let step = step_gradients(&model, &step_rows, None, 1, cores, LossKind::Dft.into(), recompute_blocks, &dev)?;
         backward.push(t.elapsed().as_secs_f64());
         let (norm, grads) = clip_global(step.grads, 1.0, cores);
         model = apply_update(model, grads, &mut opt, LR, cores, &dev);

@@ -12,6 +12,7 @@ use crate::validation::{Validation, ValidationMetrics, VALIDATION_FILE};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
+use model::dropout::LoraDropout;
 use model::Llama;
 use rayon::prelude::*;
 use schemas::rng::shuffle;
@@ -253,9 +254,7 @@ fn train_in<B: AutodiffBackend>(
                     changed.join("\n  ")
                 );
             }
-            if r.lora.is_some() {
-                crate::lora::check_resumed_start(&dir, state.lora_from_sha256.as_deref(), run.lora_from.as_deref())?;
-            }
+            crate::lora::check_resumed_start(&dir, state.lora_from_sha256.as_deref(), run.lora_from.as_deref())?;
             if state.base_model_sha256.as_ref().is_some_and(|h| *h != base_model_sha256) {
                 bail!(
                     "checkpoint {} was trained from another base model than {} (sha256 {} there, {base_model_sha256} here)",
@@ -466,13 +465,10 @@ fn train_in<B: AutodiffBackend>(
         let t0 = Instant::now();
         let row_ids: Vec<usize> = (0..rows_per_step as u64).map(|i| stream.row(state.rows_consumed + i)).collect();
         let rows: Vec<&Row> = row_ids.iter().map(|&i| &snapshot.rows[i]).collect();
-        // LoRA dropout: this step's draws, on a copy (held-out measurement runs without).
-        let dropped = r.lora.as_ref().filter(|l| l.dropout > 0.0).map(|l| {
-            model.clone().with_dropout(Some(model::dropout::LoraDropout::for_step(l.dropout, state.seed, state.step + 1, rows.len())))
-        });
-        let step =
-            step_gradients(dropped.as_ref().unwrap_or(&model), &rows, r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
-        drop(dropped);
+        // LoRA dropout: this step's draws (held-out measurement runs without).
+        let dropout =
+            r.lora.as_ref().filter(|l| l.dropout > 0.0).map(|l| LoraDropout::for_step(l.dropout, state.seed, state.step + 1, rows.len()));
+        let step = step_gradients(&model, &rows, dropout.as_ref(), r.micro_batch_rows, concurrency, loss, recompute_blocks, device)?;
         let reference = reference_logprob_sum(&rows);
         let (obj, ce, prob, step_tokens) = (step.objective, step.ce_sum, step.prob_sum, step.tokens);
         let step_no = state.step + 1;
@@ -564,10 +560,13 @@ pub struct StepResult<B: AutodiffBackend> {
 }
 
 /// Forward and backward over the rows of one optimizer step, `micro_batch_rows` at a time, with
-/// `concurrency` micro-batches side by side, their gradients summed.
+/// `concurrency` micro-batches side by side, their gradients summed; with the step's LoRA
+/// `dropout`, if it has one.
+#[allow(clippy::too_many_arguments)]
 pub fn step_gradients<B: AutodiffBackend>(
     model: &Llama<B>,
     rows: &[&Row],
+    dropout: Option<&LoraDropout>,
     micro_batch_rows: usize,
     concurrency: usize,
     loss: Loss,
@@ -582,19 +581,21 @@ pub fn step_gradients<B: AutodiffBackend>(
     // and their gradients are summed in micro-batch order, which keeps the result independent
     // of thread timing.
     let chunks: Vec<&[&Row]> = rows.chunks(micro_batch_rows.max(1)).collect();
-    // LoRA dropout draws by a row's place in the step: each micro-batch takes its rows' draws.
-    let first_row = |chunk: usize| chunk * micro_batch_rows.max(1);
+    // LoRA dropout draws by a row's place in the step: micro-batch `chunk` runs on a copy of the
+    // model with its rows' draws (None: no dropout, so no copy).
+    let dropped =
+        |chunk: usize, rows: usize| dropout.map(|d| model.clone().with_dropout(Some(d.rows(chunk * micro_batch_rows.max(1), rows))));
     for (w, wave) in chunks.chunks(concurrency.max(1)).enumerate() {
         let first_chunk = w * concurrency.max(1);
         let results: Vec<anyhow::Result<MicroResult<B>>> = if wave.len() == 1 {
-            let model = model.for_rows(first_row(first_chunk), wave[0].len());
-            vec![micro_step(&model, wave[0], loss, step_tokens, recompute_blocks, device)]
+            let copy = dropped(first_chunk, wave[0].len());
+            vec![micro_step(copy.as_ref().unwrap_or(model), wave[0], loss, step_tokens, recompute_blocks, device)]
         } else {
             wave.par_iter()
                 .enumerate()
                 .map(|(j, chunk)| {
-                    let local = model
-                        .for_rows(first_row(first_chunk + j), chunk.len())
+                    let local = dropped(first_chunk + j, chunk.len())
+                        .unwrap_or_else(|| model.clone())
                         .map_params(device, |_, p| Tensor::from_inner(p.inner()))
                         .with_trainable_leaves();
                     micro_step(&local, chunk, loss, step_tokens, recompute_blocks, device)
@@ -1024,7 +1025,7 @@ mod tests {
         for kind in [LossKind::Sft, LossKind::Dft] {
             let (value, want) = full_step(&model, &rows, kind.into(), n);
             for concurrency in [1, 2] {
-                let got = step_gradients(&model, &rows, 1, concurrency, kind.into(), 0, &Default::default()).unwrap();
+                let got = step_gradients(&model, &rows, None, 1, concurrency, kind.into(), 0, &Default::default()).unwrap();
                 let what = format!("{kind:?}, {concurrency} at once");
                 assert_eq!(got.tokens, n, "{what}");
                 assert!((got.objective - value).abs() < 1e-6 * (1.0 + value.abs()), "{what}: objective {} vs {value}", got.objective);
@@ -1038,7 +1039,6 @@ mod tests {
     /// gradients), and with activation recompute too; without dropout the step is another.
     #[test]
     fn lora_dropout_draws_by_row_not_by_micro_batch() {
-        use model::dropout::LoraDropout;
         use schemas::train::{Lora, LoraTarget};
         let rows = rows();
         let rows: Vec<&Row> = rows.iter().collect();
@@ -1051,13 +1051,13 @@ mod tests {
         }
         adapters.extend(base.initial_magnitudes(&lora));
         let model = base.with_lora(&lora, &adapters).unwrap().with_trainable_leaves();
-        let dropped = model.clone().with_dropout(Some(LoraDropout::for_step(lora.dropout, 5, 1, rows.len())));
+        let dropout = LoraDropout::for_step(lora.dropout, 5, 1, rows.len());
         let dev = Default::default();
         let kind = Loss::from(LossKind::Dft);
-        let whole = step_gradients(&dropped, &rows, 2, 1, kind, 0, &dev).unwrap();
+        let whole = step_gradients(&model, &rows, Some(&dropout), 2, 1, kind, 0, &dev).unwrap();
         let want: BTreeMap<String, Vec<f32>> = whole.grads.iter().map(|(n, g)| (n.clone(), host(g.clone()))).collect();
         for (micro, concurrency, recompute) in [(1, 1, 0), (1, 2, 0), (2, 1, 1), (1, 2, 2)] {
-            let got = step_gradients(&dropped, &rows, micro, concurrency, kind, recompute, &dev).unwrap();
+            let got = step_gradients(&model, &rows, Some(&dropout), micro, concurrency, kind, recompute, &dev).unwrap();
             let what = format!("{micro} row(s) per micro-batch, {concurrency} at once, {recompute} blocks recomputed");
             assert!(
                 (got.objective - whole.objective).abs() < 1e-6 * whole.objective.abs(),
@@ -1067,7 +1067,7 @@ mod tests {
             );
             assert_same_grads(&got.grads, &want, &what);
         }
-        let plain = step_gradients(&model, &rows, 2, 1, kind, 0, &dev).unwrap();
+        let plain = step_gradients(&model, &rows, None, 2, 1, kind, 0, &dev).unwrap();
         assert!((plain.objective - whole.objective).abs() > 1e-3 * whole.objective.abs(), "dropout changed nothing");
     }
 
@@ -1098,7 +1098,7 @@ mod tests {
             let (below, above) = (ratios.iter().any(|&x| x < lo), ratios.iter().any(|&x| x > hi));
             assert!(below && above && ratios.iter().any(|&x| lo < x && x < hi), "{kind}: {ratios:?}");
             for loss in [LossKind::Sft, LossKind::Dft, LossKind::Iwsft].map(Loss::from) {
-                let step = step_gradients(&model, &refs, 2, 1, loss, 0, &dev).unwrap();
+                let step = step_gradients(&model, &refs, None, 2, 1, loss, 0, &dev).unwrap();
                 let (objective, ce, p, n) = held_out_means(&refs, &logprobs, loss);
                 let what = format!("{kind} {:?}", loss.kind);
                 assert_eq!(n as f64, step.tokens, "{what}");

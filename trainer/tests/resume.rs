@@ -487,13 +487,7 @@ fn lora_trains_the_adapters_alone_and_resumes_to_the_same_ones() {
     assert_eq!(moments.len(), 2 * adapters.len(), "an m and a v per adapter, none for frozen weights");
 
     // b as if killed after its step-2 checkpoint, then resumed.
-    std::fs::remove_dir_all(dir.join("b/checkpoints/step-000004")).unwrap();
-    std::fs::remove_dir_all(dir.join("b/final")).unwrap();
-    let out = trainer(&["train", "--recipe", b.to_str().unwrap(), "--resume"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for file in ["final/model.safetensors", "final/adapter/adapter_model.safetensors"] {
-        assert!(std::fs::read(dir.join("a").join(file)).unwrap() == std::fs::read(dir.join("b").join(file)).unwrap(), "{file}");
-    }
+    resume_lora_to_the_same_end(dir, "a", "b", &b, "step-000004");
     let la = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
     assert_eq!(objectives(&la), objectives(&std::fs::read_to_string(dir.join("b/metrics.jsonl")).unwrap()));
 
@@ -531,6 +525,25 @@ fn lora_recipe(dir: &Path, name: &str, model: &str, steps: u64, lr: f64, lora: &
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Run `run` as if killed after the checkpoint before `last`: that checkpoint and `final/` gone.
+fn kill_before(dir: &Path, run: &str, last: &str) {
+    std::fs::remove_dir_all(dir.join(run).join("checkpoints").join(last)).unwrap();
+    std::fs::remove_dir_all(dir.join(run).join("final")).unwrap();
+}
+
+/// LoRA run `resumed` (of `recipe`), killed before its checkpoint `last` ([`kill_before`]) and
+/// resumed, ends with the merged weights and the adapters of the uninterrupted run `whole`, bit
+/// for bit.
+fn resume_lora_to_the_same_end(dir: &Path, whole: &str, resumed: &str, recipe: &Path, last: &str) {
+    kill_before(dir, resumed, last);
+    let out = trainer(&["train", "--recipe", recipe.to_str().unwrap(), "--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["final/model.safetensors", "final/adapter/adapter_model.safetensors"] {
+        let read = |run: &str| std::fs::read(dir.join(run).join(file)).unwrap();
+        assert!(read(whole) == read(resumed), "{file}");
+    }
 }
 
 /// `trainer train --recipe RECIPE`: whether it succeeded, and its log.
@@ -654,19 +667,12 @@ fn lora_from_an_adapter_folder_starts_where_it_ended() {
         let (ok, log) = train(r);
         assert!(ok, "{log}");
     }
-    std::fs::remove_dir_all(dir.join("g/checkpoints/step-000002")).unwrap();
-    std::fs::remove_dir_all(dir.join("g/final")).unwrap();
-    let out = trainer(&["train", "--recipe", g.to_str().unwrap(), "--resume"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for file in ["final/model.safetensors", "final/adapter/adapter_model.safetensors"] {
-        assert!(std::fs::read(dir.join("f").join(file)).unwrap() == std::fs::read(dir.join("g").join(file)).unwrap(), "{file}");
-    }
+    resume_lora_to_the_same_end(dir, "f", "g", &g, "step-000002");
     let training: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("g/final/training.json")).unwrap()).unwrap();
     assert_eq!(training["lora_from_sha256"].as_str().unwrap(), model_files::lora::adapter_sha256(&dir.join("a/final/adapter")).unwrap());
 
     // Resumed from another start (d's adapters): refused by their sha256, whatever the path.
-    std::fs::remove_dir_all(dir.join("g/checkpoints/step-000002")).unwrap();
-    std::fs::remove_dir_all(dir.join("g/final")).unwrap();
+    kill_before(dir, "g", "step-000002");
     let g2 = write("g", "tiny", 2, 1e-3, &format!("{lora}, from: d/final/adapter}}\n"));
     let out = trainer(&["train", "--recipe", g2.to_str().unwrap(), "--resume"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
